@@ -1,0 +1,201 @@
+//! The launch spec: what guest init runs, and on which disks.
+//!
+//! The host writes it as JSON to [`SPEC_PATH`] inside a small per-sandbox
+//! initramfs archive that the VMM loads after the shared archive holding
+//! init itself (the kernel unpacks concatenated archives in order). Init
+//! reads it before mounting anything.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the spec sits in the initramfs (and so in the guest's early root).
+pub const SPEC_PATH: &str = "mvm/launch.json";
+/// Version of the spec format; init refuses other versions.
+pub const SPEC_VERSION: u32 = 1;
+/// virtio-blk serial (`VIRTIO_BLK_T_GET_ID`) of the image disk by default.
+pub const ROOTFS_DRIVE_ID: &str = "rootfs";
+/// virtio-blk serial of the writable scratch disk by default.
+pub const SCRATCH_DRIVE_ID: &str = "scratch";
+/// The longest serial virtio-blk can carry.
+pub const MAX_DRIVE_ID_LEN: usize = 20;
+
+/// Everything init needs to start the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchSpec {
+    /// Must equal [`SPEC_VERSION`].
+    pub version: u32,
+    /// The guest's hostname; init leaves the kernel default when absent.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The root filesystem.
+    pub rootfs: Rootfs,
+    /// The workload.
+    pub process: Process,
+}
+
+/// How the root filesystem is assembled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rootfs {
+    /// Serial of the read-only ext4 image disk (the overlay's lower layer).
+    pub image_drive: String,
+    /// Serial of the writable ext4 scratch disk holding the overlay's upper
+    /// and work directories. `None`: the upper layer is a tmpfs, so writes
+    /// cost guest memory and vanish at power-off.
+    #[serde(default)]
+    pub scratch_drive: Option<String>,
+}
+
+/// The workload process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// argv; `args[0]` is looked up in `PATH` from `env` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries, as in an OCI image config.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory; created if missing, as Docker does.
+    #[serde(default = "default_cwd")]
+    pub cwd: String,
+    /// Docker's `--user` syntax: `uid`, `uid:gid`, `name`, `name:group`;
+    /// names are resolved against the image's /etc/passwd and /etc/group.
+    /// Empty means root.
+    #[serde(default)]
+    pub user: String,
+}
+
+fn default_cwd() -> String {
+    "/".to_string()
+}
+
+/// Why a spec is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("launch spec is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("launch spec version {found} is not supported (expected {SPEC_VERSION})")]
+    Version { found: u32 },
+    #[error("launch spec has no command to run (process.args is empty)")]
+    NoArgs,
+    #[error("launch spec names a drive id {0:?}: it must be 1 to {MAX_DRIVE_ID_LEN} bytes")]
+    DriveId(String),
+    #[error("launch spec contains a NUL byte in {0}")]
+    Nul(&'static str),
+    #[error("launch spec environment entry {0:?} is not KEY=VALUE")]
+    Env(String),
+    #[error("launch spec working directory {0:?} is not absolute")]
+    Cwd(String),
+}
+
+impl LaunchSpec {
+    /// A spec for `args` on the default drive ids, with no scratch disk.
+    pub fn new(args: Vec<String>) -> Self {
+        Self {
+            version: SPEC_VERSION,
+            hostname: None,
+            rootfs: Rootfs {
+                image_drive: ROOTFS_DRIVE_ID.into(),
+                scratch_drive: None,
+            },
+            process: Process {
+                args,
+                env: Vec::new(),
+                cwd: default_cwd(),
+                user: String::new(),
+            },
+        }
+    }
+
+    /// Parse and validate a spec; used by init on what the host wrote.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, SpecError> {
+        let spec: Self = serde_json::from_slice(bytes)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Serialise a spec after validating it.
+    pub fn to_json(&self) -> Result<Vec<u8>, SpecError> {
+        self.validate()?;
+        Ok(serde_json::to_vec(self)?)
+    }
+
+    /// Check what JSON alone cannot: the things that would make init fail
+    /// late or behave surprisingly.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.version != SPEC_VERSION {
+            return Err(SpecError::Version {
+                found: self.version,
+            });
+        }
+        if self.process.args.is_empty() {
+            return Err(SpecError::NoArgs);
+        }
+        let ids = std::iter::once(&self.rootfs.image_drive).chain(&self.rootfs.scratch_drive);
+        for id in ids {
+            if id.is_empty() || id.len() > MAX_DRIVE_ID_LEN {
+                return Err(SpecError::DriveId(id.clone()));
+            }
+        }
+        let has_nul = |v: &[String]| v.iter().any(|s| s.contains('\0'));
+        if has_nul(&self.process.args) {
+            return Err(SpecError::Nul("process.args"));
+        }
+        if has_nul(&self.process.env) {
+            return Err(SpecError::Nul("process.env"));
+        }
+        if let Some(bad) = self.process.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+            return Err(SpecError::Env(bad.clone()));
+        }
+        if !self.process.cwd.starts_with('/') {
+            return Err(SpecError::Cwd(self.process.cwd.clone()));
+        }
+        if self.process.cwd.contains('\0') {
+            return Err(SpecError::Nul("process.cwd"));
+        }
+        if self.process.user.contains('\0') {
+            return Err(SpecError::Nul("process.user"));
+        }
+        if self.hostname.as_deref().is_some_and(|h| h.contains('\0')) {
+            return Err(SpecError::Nul("hostname"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_awkward_content() {
+        let mut spec = LaunchSpec::new(vec!["sh".into(), "-c".into(), "echo 'a b' \"$X\"\n;".into()]);
+        spec.process.env = vec!["X=ünïcode = ok".into(), format!("BIG={}", "x".repeat(100_000))];
+        spec.rootfs.scratch_drive = Some(SCRATCH_DRIVE_ID.into());
+        let json = spec.to_json().unwrap();
+        assert_eq!(LaunchSpec::from_json(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        assert!(matches!(LaunchSpec::from_json(b"{"), Err(SpecError::Json(_))));
+        let mut s = LaunchSpec::new(vec![]);
+        assert!(matches!(s.validate(), Err(SpecError::NoArgs)));
+        s.process.args = vec!["a\0b".into()];
+        assert!(matches!(s.validate(), Err(SpecError::Nul(_))));
+        s.process.args = vec!["true".into()];
+        s.process.env = vec!["NOEQUALS".into()];
+        assert!(matches!(s.validate(), Err(SpecError::Env(_))));
+        s.process.env.clear();
+        s.process.cwd = "relative".into();
+        assert!(matches!(s.validate(), Err(SpecError::Cwd(_))));
+        s.process.cwd = "/".into();
+        s.rootfs.image_drive = "x".repeat(21);
+        assert!(matches!(s.validate(), Err(SpecError::DriveId(_))));
+        s.rootfs.image_drive = "rootfs".into();
+        s.version = 7;
+        assert!(matches!(s.validate(), Err(SpecError::Version { found: 7 })));
+        let unknown = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"]},"extra":1}"#;
+        assert!(LaunchSpec::from_json(unknown).is_err());
+    }
+}
