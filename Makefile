@@ -1,0 +1,55 @@
+# mvm: the two commands a fresh machine needs are `make demo` and `make test`.
+# Every target installs what it needs; see README.md.
+
+PREFIX ?= /usr/local
+CARGO ?= cargo
+INIT_TARGET := x86_64-unknown-linux-gnu
+INIT_BIN := target/$(INIT_TARGET)/release/mvm-init
+BINARIES := mvm-vmm
+
+.PHONY: all deps kernel init build build-release unit e2e lint test demo install bench clean
+
+all: build
+
+deps:
+	@resources/deps.sh
+
+kernel: deps
+	@resources/kernel/build.sh >/dev/null
+
+# The guest init is static (it runs before any library exists in the guest).
+# --target keeps crt-static off build scripts and proc macros.
+init:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p mvm-init --target $(INIT_TARGET)
+
+build: init
+	$(CARGO) build --workspace --exclude mvm-init --exclude mvm-e2e
+
+build-release: init
+	$(CARGO) build --release --workspace --exclude mvm-init --exclude mvm-e2e
+
+unit:
+	$(CARGO) test --workspace --exclude mvm-e2e
+
+e2e: kernel build
+	tests/run-e2e.sh
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: deps kernel build lint unit e2e
+
+demo: deps kernel build
+	resources/demo.sh
+
+bench: deps kernel build-release
+	MVM_PROFILE_DIR=release tests/run-bench.sh
+
+install: build-release
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/mvm
+	install -m 0755 $(addprefix target/release/,$(BINARIES)) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(INIT_BIN) $(DESTDIR)$(PREFIX)/lib/mvm/mvm-init
+
+clean:
+	$(CARGO) clean

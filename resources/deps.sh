@@ -1,0 +1,40 @@
+#!/bin/sh
+# Install the Debian packages that building and testing mvm need.
+# Idempotent and quick when everything is already there.
+set -eu
+
+PACKAGES="
+  build-essential pkg-config cpio xz-utils zstd e2fsprogs busybox-static
+  linux-source-6.12 flex bison libelf-dev bc
+  qemu-system-x86 linux-image-amd64
+  docker-registry skopeo apache2-utils debootstrap
+  iproute2 procps psmisc file
+"
+
+missing=""
+for p in $PACKAGES; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    missing="$missing $p"
+  fi
+done
+
+if [ -z "$missing" ]; then
+  echo "deps: all system packages present" >&2
+  exit 0
+fi
+
+echo "deps: installing:$missing" >&2
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: need root to install packages (run as root or with sudo)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >&2
+# The registry package starts a system service on :5000 that tests do not
+# use; policy-rc.d keeps package scripts from starting services.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod +x /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing >&2
+echo "deps: done" >&2

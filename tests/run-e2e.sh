@@ -1,0 +1,59 @@
+#!/bin/bash
+# Build the end-to-end test binaries on this host and run them on real KVM:
+# directly when the host has hardware virtualization, otherwise inside the
+# emulated KVM host (one boot of it for the whole suite).
+#
+# Usage: tests/run-e2e.sh [TEST-FILTER]
+# Needs: the guest kernel (resources/kernel/build.sh), the static init and
+# mvm-vmm built (make build). Environment passed to the tests:
+#   MVM_KERNEL, MVM_INIT, MVM_VMM
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+filter=${1:-}
+profile_dir=${MVM_PROFILE_DIR:-debug}
+
+export MVM_KERNEL=${MVM_KERNEL:-$(resources/kernel/build.sh --print-path)}
+export MVM_INIT=${MVM_INIT:-$root/target/x86_64-unknown-linux-gnu/release/mvm-init}
+export MVM_VMM=${MVM_VMM:-$root/target/$profile_dir/mvm-vmm}
+for f in "$MVM_KERNEL" "$MVM_INIT" "$MVM_VMM"; do
+  [ -f "$f" ] || { echo "e2e: $f is missing; run 'make build kernel' first" >&2; exit 1; }
+done
+
+echo "e2e: building test binaries" >&2
+mapfile -t bins < <(cargo test -p mvm-e2e --no-run --message-format=json 2>/dev/null |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+')
+[ ${#bins[@]} -gt 0 ] || { echo "e2e: no test binaries were built" >&2; exit 1; }
+
+job=$(mktemp /tmp/mvm-e2e-job.XXXXXX)
+trap 'rm -f "$job"' EXIT
+{
+  echo '#!/bin/sh'
+  echo 'status=0'
+  for b in "${bins[@]}"; do
+    printf 'echo "=== %s" >&2\n' "$(basename "$b")"
+    # Two test threads: the emulated host has two vCPUs.
+    printf '"%s" --test-threads=2 %s || status=1\n' "$b" "$filter"
+  done
+  echo 'exit $status'
+} > "$job"
+chmod +x "$job"
+
+mode=$(resources/testhost/run --check 2>/dev/null || true)
+if [ "$mode" = hardware ]; then
+  echo "e2e: hardware KVM here; running natively" >&2
+  exec "$job"
+fi
+echo "e2e: no hardware KVM here ($mode); running inside the emulated KVM host" >&2
+exec resources/testhost/run --timeout "${MVM_E2E_TIMEOUT:-2400}" \
+  --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env RUST_BACKTRACE -- "$job"
