@@ -1,0 +1,175 @@
+//! PID 1's whole life, in order (see the README for the why):
+//! report boot, mount the API filesystems, read the spec, assemble and
+//! switch to the root filesystem, set up the system, start the workload,
+//! reap until it exits, stop the rest, make data durable, power off.
+//! Every failure before the workload runs is printed as
+//! `mvm-init: error: ...`, reported as an `InitError`, and powers off.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mvm_protocol::launch::{LaunchSpec, SpecError, SPEC_PATH};
+use mvm_protocol::status::{GuestEvent, InitError};
+
+use crate::hostname::HostnameError;
+use crate::mounts::MountError;
+use crate::process::{Command, SpawnError};
+use crate::reaper::{Reaper, ReaperError};
+use crate::rootfs::{Assembled, RootfsError};
+use crate::status::{self, ConsoleOnly, StatusPort};
+use crate::user::UserError;
+
+/// How long the workload's leftover processes get between SIGTERM and
+/// SIGKILL once the workload has exited.
+const GRACE: Duration = Duration::from_millis(100);
+
+/// Anything that stops init from running the workload.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Early(MountError),
+    #[error("cannot read the launch spec /{SPEC_PATH}: {0}; the host must load the spec archive after the init archive")]
+    SpecRead(std::io::Error),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Hostname(#[from] HostnameError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error("{0}")]
+    System(MountError),
+    #[error("user {spec:?}: {source}")]
+    User { spec: String, source: UserError },
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Reaper(#[from] ReaperError),
+}
+
+impl Error {
+    /// The code the host receives.
+    pub fn code(&self) -> InitError {
+        match self {
+            Self::Early(_) | Self::System(_) | Self::Reaper(_) => InitError::Other,
+            Self::SpecRead(_) | Self::Spec(_) | Self::Hostname(HostnameError::Invalid(_)) => {
+                InitError::BadSpec
+            }
+            Self::Hostname(_) => InitError::Other,
+            Self::Rootfs(_) => InitError::Mount,
+            Self::User { .. } => InitError::User,
+            Self::Spawn(e) => e.code(),
+        }
+    }
+}
+
+/// What survives from the run into the shutdown, success or not.
+#[derive(Debug, Default)]
+struct State {
+    rootfs: Assembled,
+}
+
+/// The entry point of the `mvm-init` binary.
+pub fn main() -> ! {
+    // SAFETY: getpid cannot fail.
+    if unsafe { libc::getpid() } != 1 {
+        crate::error!("mvm-init is PID 1 inside an mvm guest and must not run anywhere else (it mounts, kills every process and reboots)");
+        std::process::exit(1);
+    }
+    let reporter: Box<dyn status::Reporter> = match StatusPort::open() {
+        Ok(port) => Box::new(port),
+        Err(e) => {
+            crate::warn!("{e}; events are reported on the console only");
+            Box::new(ConsoleOnly)
+        }
+    };
+    status::install(reporter);
+    // First thing: the boot timer stops here. Its console line waits until
+    // /proc/cmdline says whether to be quiet.
+    status::report_silently(GuestEvent::BootComplete);
+    std::panic::set_hook(Box::new(|info| {
+        crate::error!("init panicked: {info}");
+        status::report(GuestEvent::InitError(InitError::Other));
+        crate::shutdown::power_off(None, None);
+    }));
+
+    let mut state = State::default();
+    let event = match run(&mut state) {
+        Ok(event) => Some(event),
+        Err(e) => {
+            crate::error!("{e}");
+            status::report(GuestEvent::InitError(e.code()));
+            None
+        }
+    };
+    crate::shutdown::power_off(event, state.rootfs.scratch.as_ref())
+}
+
+fn run(state: &mut State) -> Result<GuestEvent, Error> {
+    crate::mounts::mount_early(Path::new("/")).map_err(Error::Early)?;
+    ensure_stdio();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    crate::console::set_quiet(crate::console::cmdline_wants_quiet(&cmdline));
+    crate::info!("{}", status::describe(GuestEvent::BootComplete));
+
+    let bytes = std::fs::read(Path::new("/").join(SPEC_PATH)).map_err(Error::SpecRead)?;
+    let spec = LaunchSpec::from_json(&bytes)?;
+    if let Some(name) = &spec.hostname {
+        crate::hostname::validate(name)?;
+    }
+    // Before anything is forked, so no SIGCHLD or forwarded signal is lost.
+    let reaper = Reaper::new()?;
+
+    state.rootfs = crate::rootfs::assemble(&spec.rootfs)?;
+    crate::rootfs::switch_root(Path::new(crate::rootfs::ROOT_DIR))?;
+    crate::mounts::mount_system(Path::new("/")).map_err(Error::System)?;
+
+    if let Some(name) = &spec.hostname {
+        crate::hostname::set(name)?;
+    }
+    let hostname = crate::sys::hostname().unwrap_or_default();
+    crate::hostname::write_etc(Path::new("/"), &hostname, spec.hostname.is_some());
+    if let Err(e) = crate::net::bring_up("lo") {
+        crate::warn!("cannot bring up the loopback interface: {e}");
+    }
+
+    let p = &spec.process;
+    let user =
+        crate::user::resolve_in_root(&p.user, Path::new("/")).map_err(|source| Error::User {
+            spec: p.user.clone(),
+            source,
+        })?;
+    let env = crate::env::build(&p.env, &hostname, &user.home);
+    let command = Command::new(&p.args, &env, &p.cwd, user)?;
+    command.ensure_cwd()?;
+    let pid = command.spawn()?;
+
+    let status = reaper.wait_for(pid)?;
+    let event =
+        crate::reaper::event_for_status(status).unwrap_or(GuestEvent::InitError(InitError::Other));
+    match reaper.terminate_all(GRACE) {
+        Ok(true) => {}
+        Ok(false) => crate::warn!("some processes did not exit after SIGKILL"),
+        Err(e) => crate::warn!("{e}"),
+    }
+    Ok(event)
+}
+
+/// The kernel opens /dev/console as fds 0-2 for init only if the
+/// initramfs has the node; without it they are closed, and the workload
+/// would have no stdout. Open the devtmpfs console onto any missing one.
+fn ensure_stdio() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD on a small integer only queries the fd table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
+            continue;
+        }
+        // SAFETY: open with a constant path; dup2 onto a free slot.
+        unsafe {
+            let console = libc::open(c"/dev/console".as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+            if console >= 0 && console != fd {
+                libc::dup2(console, fd);
+                libc::close(console);
+            }
+        }
+    }
+}

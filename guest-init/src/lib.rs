@@ -1,0 +1,31 @@
+//! `mvm-init`: PID 1 inside every mvm guest.
+//!
+//! A library so each piece is tested on the host; `main.rs` only calls
+//! [`init::main`]. One module per job:
+//!
+//! * [`init`]: the sequence, from boot report to power-off.
+//! * [`status`]: reporting events to the host (status port), echoed on the console.
+//! * [`console`]: init's own `mvm-init:` lines.
+//! * [`mounts`]: /proc, /sys, /dev and friends.
+//! * [`rootfs`]: disks by serial, overlay, switch root.
+//! * [`hostname`], [`net`]: identity and loopback.
+//! * [`user`]: Docker `--user` against the image's passwd and group.
+//! * [`env`]: the workload's environment and `PATH` lookup.
+//! * [`process`]: fork/exec with an error pipe.
+//! * [`reaper`]: reaping, signal forwarding, stopping the rest.
+//! * [`shutdown`]: durability, power-off.
+//! * [`sys`]: checked wrappers for raw syscalls.
+
+pub mod console;
+pub mod env;
+pub mod hostname;
+pub mod init;
+pub mod mounts;
+pub mod net;
+pub mod process;
+pub mod reaper;
+pub mod rootfs;
+pub mod shutdown;
+pub mod status;
+pub mod sys;
+pub mod user;

@@ -1,0 +1,50 @@
+//! The way out: make the scratch disk durable, tell the host, reboot.
+//!
+//! The overlay is `/` and cannot be unmounted from inside it, and the
+//! scratch disk is only reachable through the handle kept at assembly. So
+//! init `sync`s every filesystem and then freezes the scratch filesystem
+//! (`FIFREEZE`): for ext4 that flushes the journal into place and marks the
+//! filesystem clean, exactly what an unmount would leave. Tools on the host
+//! that do not replay journals (`debugfs`) then see every write, and the
+//! host may reuse the disk without recovery. Nothing writes after the
+//! freeze: every process is gone and the reboot does not sync.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use mvm_protocol::status::GuestEvent;
+
+/// `FIFREEZE` = `_IOWR('X', 119, int)`.
+const FIFREEZE: libc::c_ulong = 0xC004_5877;
+
+/// Flush everything and freeze the scratch filesystem behind `scratch`.
+pub fn make_durable(scratch: Option<&OwnedFd>) {
+    crate::sys::sync();
+    if let Some(fd) = scratch {
+        // SAFETY: FIFREEZE takes no pointer argument; `fd` is a valid open
+        // descriptor on the scratch filesystem.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), FIFREEZE as _, 0) } != 0 {
+            crate::warn!(
+                "cannot freeze the scratch disk ({}); synced data is safe but its journal may need replaying",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Report `event` (the workload's end, if known), make the scratch disk
+/// durable, report the power-off intent and reboot (with `reboot=k` the
+/// kernel resets through the i8042 and the VMM ends).
+pub fn power_off(event: Option<GuestEvent>, scratch: Option<&OwnedFd>) -> ! {
+    make_durable(scratch);
+    if let Some(event) = event {
+        crate::status::report(event);
+    }
+    crate::status::report(GuestEvent::PowerOff);
+    // SAFETY: reboot(2) with a constant command; as PID 1 we may.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    crate::error!("reboot failed: {}", std::io::Error::last_os_error());
+    // PID 1 exiting panics the kernel, which (panic=-1) resets the guest:
+    // the host sees a crash, which is what this is.
+    // SAFETY: leaving without unwinding.
+    unsafe { libc::_exit(1) }
+}
