@@ -55,6 +55,8 @@ pub mod transport;
 
 #[cfg(test)]
 pub(crate) mod test_utils;
+#[cfg(test)]
+mod wiring_tests;
 
 pub use transport::MmioTransport;
 
@@ -77,6 +79,8 @@ pub const TYPE_VSOCK: u32 = 19;
 
 /// Feature bit: the device follows virtio 1.x (mandatory for MMIO version 2).
 pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: descriptors may point to indirect descriptor tables.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
 /// Feature bit: `used_event`/`avail_event` interrupt suppression.
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 

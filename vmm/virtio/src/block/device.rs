@@ -15,7 +15,10 @@ use super::request::process_chain;
 use super::{QUEUE_SIZE, SECTOR_SIZE, SERIAL_LEN};
 use crate::common::{read_config_bytes, throttled_warn, CommonError, LogThrottle, VirtioCommon};
 use crate::queue::DrainOutcome;
-use crate::{ActivateError, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::{
+    ActivateError, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+};
 
 /// Feature: `seg_max` in the config space is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
@@ -112,6 +115,9 @@ impl Block {
 
         let mut features = (1u64 << VIRTIO_F_VERSION_1)
             | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+            // A large request then takes one ring slot instead of up to
+            // seg_max + 2; virtio-queue walks (and bounds) the tables.
+            | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1u64 << VIRTIO_BLK_F_FLUSH)
             | (1u64 << VIRTIO_BLK_F_SEG_MAX)
             | (1u64 << VIRTIO_BLK_F_BLK_SIZE);

@@ -98,7 +98,7 @@ pub struct Request {
     pub data: Vec<Segment>,
     /// Sum of the data buffer lengths.
     pub data_len: u64,
-    /// Where the status byte goes.
+    /// Where the status byte goes (last byte of the last descriptor).
     pub status_addr: GuestAddress,
 }
 
@@ -253,10 +253,18 @@ pub fn parse(chain: DescriptorChain<&GuestMemoryMmap>) -> Result<Request, Invali
     if last.len() == 0 {
         return fail(RequestError::StatusEmpty, None);
     }
-    if !mem.check_range(last.addr(), 1) {
+    // The status is the last byte of the device-writable area (Linux makes
+    // it a 1-byte descriptor; a longer one is answered in its last byte).
+    let status_addr = last
+        .addr()
+        .0
+        .checked_add(u64::from(last.len() - 1))
+        .map(GuestAddress)
+        .filter(|&a| mem.check_range(a, 1));
+    let Some(status_addr) = status_addr else {
         return fail(RequestError::StatusOutOfMemory(last.addr().0), None);
-    }
-    let status = Some(last.addr());
+    };
+    let status = Some(status_addr);
     if count > MAX_DESCRIPTORS {
         return fail(RequestError::TooManyDescriptors(count), status);
     }
@@ -341,7 +349,7 @@ pub fn parse(chain: DescriptorChain<&GuestMemoryMmap>) -> Result<Request, Invali
         sector,
         data,
         data_len,
-        status_addr: last.addr(),
+        status_addr,
     })
 }
 
