@@ -20,7 +20,7 @@ use crate::interrupt::Interrupt;
 /// Rounds of "pop everything, re-enable notifications, look again" per call
 /// before yielding to the event loop (so one busy queue cannot starve other
 /// devices sharing the thread).
-const MAX_ROUNDS: usize = 4;
+pub const MAX_ROUNDS: usize = 4;
 
 /// What one [`drain_queue`] call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +185,26 @@ mod tests {
         assert_eq!(descs, 0, "a head past the table yields no descriptor");
         assert_eq!(out.completed, 0);
         assert_eq!(gq.used_idx(), 0);
+    }
+
+    #[test]
+    fn endless_producer_is_cut_off_and_rescheduled() {
+        let mem = mem();
+        let gq = GuestQueue::new(&mem, GuestAddress(0x1000), 8);
+        let mut q = gq.queue();
+        gq.add_chain(&[(0x8000, 0x10, WRITE)]);
+        let irq = Interrupt::new().unwrap();
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let mut t = LogThrottle::default();
+        // A vCPU that adds a new chain for every one completed.
+        let out = drain_queue(&mut q, &mem, &irq, &evt, &mut t, |_| {
+            gq.add_chain(&[(0x8000, 0x10, WRITE)]);
+            0
+        });
+        assert_eq!(out.completed, MAX_ROUNDS, "one chain per round");
+        assert!(out.rescheduled);
+        assert!(out.interrupted);
+        assert_eq!(evt.read().unwrap(), 1, "the event loop will come back");
     }
 
     #[test]
