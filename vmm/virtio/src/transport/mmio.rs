@@ -57,6 +57,7 @@ const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
 const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
 const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
 const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_SHM_SEL: u64 = 0x0ac;
 const REG_SHM_LEN_LOW: u64 = 0x0b0;
 const REG_SHM_LEN_HIGH: u64 = 0x0b4;
 const REG_SHM_BASE_LOW: u64 = 0x0b8;
@@ -288,6 +289,9 @@ impl MmioTransport {
                 self.interrupt_status.fetch_and(!value, Ordering::SeqCst);
             }
             REG_STATUS => self.write_status(value),
+            // There are no shared memory regions to select; every SHMLen
+            // read answers "none" whatever the selection.
+            REG_SHM_SEL => {}
             _ => self.warn_bad_access("write to unknown or read-only register", offset, 4),
         }
     }
