@@ -1,0 +1,231 @@
+//! The `mvm-vmm` command line.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+
+use crate::builder::{self, RunOptions};
+use crate::config::{self, FileConfig, FlagConfig, HostLimits, VmConfig};
+use crate::kvm_check;
+use crate::outcome::{self, StatusReport, EXIT_VMM_ERROR};
+
+/// Run one microVM. Options override the values of --config FILE.
+#[derive(Debug, Parser)]
+#[command(name = "mvm-vmm", version, about, long_about = None)]
+pub struct Cli {
+    /// JSON configuration file (see vmm/README.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Guest kernel: an ELF vmlinux with a PVH entry point.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// initramfs archive; repeat to load several back to back.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Vec<PathBuf>,
+    /// Extra kernel arguments, appended to the defaults.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs (default 1).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Guest memory in MiB (default 128).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u64>,
+    /// A virtio-blk disk: id=ID,path=PATH[,ro]; repeatable.
+    #[arg(long = "drive", value_name = "SPEC")]
+    pub drives: Vec<String>,
+    /// Console output: stdout, off or file:PATH (default stdout).
+    #[arg(long, value_name = "WHERE")]
+    pub console: Option<String>,
+    /// Write the outcome as JSON here when the VM stops.
+    #[arg(long, value_name = "PATH")]
+    pub status_file: Option<PathBuf>,
+    /// No virtio-rng device.
+    #[arg(long)]
+    pub no_rng: bool,
+    /// Boot even though /dev/kvm is PVM (experiments only).
+    #[arg(long)]
+    pub force_pvm: bool,
+    /// Print this host's KVM mode (hardware, pvm or none) and exit:
+    /// 0 if it can boot guests, 1 otherwise.
+    #[arg(long)]
+    pub check_kvm: bool,
+}
+
+impl Cli {
+    fn flags(&self) -> Result<FlagConfig, config::ConfigError> {
+        Ok(FlagConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            vcpus: self.cpus,
+            memory_mib: self.memory,
+            drives: self
+                .drives
+                .iter()
+                .map(|d| config::parse_drive_flag(d))
+                .collect::<Result<_, _>>()?,
+            console: self
+                .console
+                .as_deref()
+                .map(config::parse_console_flag)
+                .transpose()?,
+            status_file: self.status_file.clone(),
+            no_rng: self.no_rng,
+        })
+    }
+
+    fn vm_config(&self) -> Result<VmConfig, config::ConfigError> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        VmConfig::merge(file, self.flags()?)
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MVM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .compact()
+        .try_init();
+}
+
+/// Run the VMM with `args`; returns the process exit status.
+pub fn main_with_args<I, T>(args: I, start: Instant) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are not errors; usage errors exit 1
+            // (2 means "the guest crashed" for this program).
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_VMM_ERROR } else { 0 };
+        }
+    };
+    init_logging();
+
+    if cli.check_kvm {
+        let mode = kvm_check::detect();
+        println!("{}", mode.short());
+        eprintln!("{mode}");
+        return i32::from(!matches!(mode, kvm_check::KvmMode::Hardware { .. }));
+    }
+
+    let cfg = match cli.vm_config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_VMM_ERROR;
+        }
+    };
+    let entry = match cfg.validate(&HostLimits::probe()) {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_VMM_ERROR;
+        }
+    };
+
+    let opts = RunOptions {
+        force_pvm: cli.force_pvm,
+        start,
+    };
+    let out = match builder::run(&cfg, entry, opts) {
+        Ok(result) => outcome::decide(&result),
+        Err(e) => {
+            tracing::error!("{e}");
+            let report = StatusReport {
+                guest: "error",
+                workload: None,
+                boot_time_us: None,
+                message: e.to_string(),
+            };
+            write_status(&cfg, &report);
+            return EXIT_VMM_ERROR;
+        }
+    };
+    let r = &out.report;
+    match out.exit_code {
+        0 => tracing::info!("{}", r.message),
+        _ => tracing::error!("{}", r.message),
+    }
+    write_status(&cfg, r);
+    out.exit_code
+}
+
+fn write_status(cfg: &VmConfig, report: &StatusReport) {
+    if let Some(path) = &cfg.status_file {
+        if let Err(e) = outcome::write_status_file(path, report) {
+            tracing::error!("cannot write the status file {}: {e}", path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("mvm-vmm").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_map_to_the_config() {
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/a",
+            "--initrd",
+            "/b",
+            "--cmdline",
+            "-x y",
+            "--cpus",
+            "2",
+            "--memory",
+            "256",
+            "--drive",
+            "id=rootfs,path=/r,ro",
+            "--console",
+            "file:/c",
+            "--no-rng",
+            "--status-file",
+            "/s",
+        ]);
+        let v = c.vm_config().unwrap();
+        assert_eq!(v.kernel, PathBuf::from("/k"));
+        assert_eq!(v.initrd, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!((v.vcpus, v.memory_mib, v.rng), (2, 256, false));
+        assert_eq!(v.cmdline, "-x y");
+        assert!(v.drives[0].read_only);
+        assert_eq!(v.console, config::Console::File("/c".into()));
+        assert_eq!(v.status_file, Some(PathBuf::from("/s")));
+    }
+
+    #[test]
+    fn usage_errors_exit_one_and_help_zero() {
+        let start = Instant::now();
+        assert_eq!(main_with_args(["mvm-vmm", "--cpus", "banana"], start), 1);
+        assert_eq!(main_with_args(["mvm-vmm", "--bogus"], start), 1);
+        assert_eq!(main_with_args(["mvm-vmm", "--help"], start), 0);
+        assert_eq!(
+            main_with_args(["mvm-vmm", "--drive", "nonsense", "--kernel", "/k"], start),
+            1
+        );
+        assert_eq!(main_with_args(["mvm-vmm"], start), 1, "no kernel");
+        assert_eq!(
+            main_with_args(["mvm-vmm", "--config", "/no/such.json"], start),
+            1
+        );
+    }
+}

@@ -1,0 +1,759 @@
+//! The VM configuration: a JSON file (`--config`), flags, or both.
+//!
+//! Flags override file values (a repeatable flag such as `--drive` or
+//! `--initrd` replaces the file's whole list). The merged result goes
+//! through one validation, so both forms fail the same way, before any VM
+//! is created: every message names the offending value and what to do.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::layout::{self, MAX_VIRTIO_DEVICES};
+use crate::arch::mptable::MAX_SUPPORTED_CPUS;
+use crate::arch::pvh::{self, KernelImageError};
+use crate::cmdline::{self, CmdlineError};
+
+pub const DEFAULT_VCPUS: u32 = 1;
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// Below this the kernel plus initramfs do not fit comfortably.
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// virtio-blk serials are at most 20 bytes.
+pub const MAX_DRIVE_ID_LEN: usize = mvm_protocol::launch::MAX_DRIVE_ID_LEN;
+
+const KERNEL_HINT: &str = "build it with resources/kernel/build.sh (it prints the vmlinux path)";
+
+/// Where the guest console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "ConsoleRepr", into = "ConsoleRepr")]
+pub enum Console {
+    #[default]
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+/// The JSON shapes of [`Console`]: `"stdout"`, `"off"`, `{"file": PATH}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ConsoleRepr {
+    Name(String),
+    File(ConsoleFile),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleFile {
+    file: PathBuf,
+}
+
+impl TryFrom<ConsoleRepr> for Console {
+    type Error = String;
+    fn try_from(r: ConsoleRepr) -> Result<Self, String> {
+        match r {
+            ConsoleRepr::Name(n) if n == "stdout" => Ok(Console::Stdout),
+            ConsoleRepr::Name(n) if n == "off" => Ok(Console::Off),
+            ConsoleRepr::Name(n) => Err(format!(
+                "console {n:?} is not one of \"stdout\", \"off\", {{\"file\": PATH}}"
+            )),
+            ConsoleRepr::File(f) => Ok(Console::File(f.file)),
+        }
+    }
+}
+
+impl From<Console> for ConsoleRepr {
+    fn from(c: Console) -> Self {
+        match c {
+            Console::Stdout => ConsoleRepr::Name("stdout".into()),
+            Console::Off => ConsoleRepr::Name("off".into()),
+            Console::File(file) => ConsoleRepr::File(ConsoleFile { file }),
+        }
+    }
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// The disk's virtio-blk serial, how the guest finds it.
+    pub id: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The configuration file. Every field is optional here so flags can fill
+/// in; [`VmConfig`] is the merged, defaulted result.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<Vec<PathBuf>>,
+    pub cmdline: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub drives: Option<Vec<DriveConfig>>,
+    pub console: Option<Console>,
+    pub status_file: Option<PathBuf>,
+    pub rng: Option<bool>,
+}
+
+/// Values given as flags (`None`/empty: not given).
+#[derive(Debug, Clone, Default)]
+pub struct FlagConfig {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Vec<PathBuf>,
+    pub cmdline: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub drives: Vec<DriveConfig>,
+    pub console: Option<Console>,
+    pub status_file: Option<PathBuf>,
+    pub no_rng: bool,
+}
+
+/// The complete configuration of one microVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Vec<PathBuf>,
+    /// Extra kernel arguments, appended to the defaults.
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub drives: Vec<DriveConfig>,
+    pub console: Console,
+    pub status_file: Option<PathBuf>,
+    pub rng: bool,
+}
+
+/// Facts about the host that bound the configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostLimits {
+    /// MemTotal from /proc/meminfo, in MiB.
+    pub mem_total_mib: Option<u64>,
+    /// KVM_CAP_MAX_VCPUS, when KVM could be asked.
+    pub kvm_max_vcpus: Option<u32>,
+}
+
+impl HostLimits {
+    /// Read the limits of this host (best effort: unknown limits are skipped).
+    pub fn probe() -> Self {
+        Self {
+            mem_total_mib: mem_total_mib(),
+            kvm_max_vcpus: kvm_ioctls::Kvm::new()
+                .ok()
+                .map(|k| k.get_max_vcpus() as u32),
+        }
+    }
+}
+
+fn mem_total_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_total_mib(&info)
+}
+
+fn parse_mem_total_mib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Everything that can be wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no guest kernel given: pass --kernel PATH or set \"kernel\" in the config file ({KERNEL_HINT})")]
+    NoKernel,
+    #[error("kernel {path}: {source}; {KERNEL_HINT}")]
+    KernelUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel {path} is not usable: {source}; {KERNEL_HINT}")]
+    KernelImage {
+        path: PathBuf,
+        source: KernelImageError,
+    },
+    #[error("initrd {path}: {source}")]
+    Initrd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("initrd {0} is not a regular file")]
+    InitrdNotFile(PathBuf),
+    #[error("vcpus is {got}: it must be between 1 and {max}{why}")]
+    Vcpus {
+        got: u32,
+        max: u32,
+        why: &'static str,
+    },
+    #[error("memory is {0} MiB: the guest needs at least {MIN_MEMORY_MIB} MiB")]
+    MemoryTooSmall(u64),
+    #[error(
+        "memory is {got} MiB but this host has only {host} MiB in total (MemTotal); ask for less"
+    )]
+    MemoryTooLarge { got: u64, host: u64 },
+    #[error("drive id {0:?} is invalid: it must be 1 to {MAX_DRIVE_ID_LEN} bytes of letters, digits, '-', '_' or '.'")]
+    DriveId(String),
+    #[error("drive id {0:?} is used twice; each drive needs its own id (its virtio-blk serial)")]
+    DuplicateDrive(String),
+    #[error("drive {id:?} at {path}: {source}")]
+    Drive {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("drive {id:?} at {path} is not a regular file or block device")]
+    DriveNotFile { id: String, path: PathBuf },
+    #[error("{0} virtio devices requested; at most {MAX_VIRTIO_DEVICES} fit (one IRQ each)")]
+    TooManyDevices(usize),
+    #[error(transparent)]
+    Cmdline(#[from] CmdlineError),
+    #[error("the directory of {what} {path} does not exist; create it first")]
+    NoParentDir { what: &'static str, path: PathBuf },
+    #[error("bad --drive {0:?}: expected id=ID,path=PATH[,ro]")]
+    DriveFlag(String),
+    #[error("bad --console {0:?}: expected stdout, off or file:PATH")]
+    ConsoleFlag(String),
+}
+
+impl FileConfig {
+    /// Read and parse a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| ConfigError::Json {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Parse a `--drive id=ID,path=PATH[,ro]` value.
+pub fn parse_drive_flag(s: &str) -> Result<DriveConfig, ConfigError> {
+    let bad = || ConfigError::DriveFlag(s.to_owned());
+    let (mut id, mut path, mut read_only) = (None, None, false);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) if id.is_none() => id = Some(v.to_owned()),
+            Some(("path", v)) if path.is_none() && !v.is_empty() => path = Some(PathBuf::from(v)),
+            None if part == "ro" => read_only = true,
+            None if part == "rw" => read_only = false,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(DriveConfig {
+        id: id.ok_or_else(bad)?,
+        path: path.ok_or_else(bad)?,
+        read_only,
+    })
+}
+
+/// Parse a `--console stdout|off|file:PATH` value.
+pub fn parse_console_flag(s: &str) -> Result<Console, ConfigError> {
+    match s {
+        "stdout" => Ok(Console::Stdout),
+        "off" => Ok(Console::Off),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(Console::File(PathBuf::from(p))),
+            _ => Err(ConfigError::ConsoleFlag(s.to_owned())),
+        },
+    }
+}
+
+/// A repeatable flag's values replace the file's list when given.
+fn or_list<T>(flag: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
+    if flag.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flag
+    }
+}
+
+impl VmConfig {
+    /// Merge a config file (if any) with flags; flags win.
+    pub fn merge(file: FileConfig, flags: FlagConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            kernel: flags.kernel.or(file.kernel).ok_or(ConfigError::NoKernel)?,
+            initrd: or_list(flags.initrd, file.initrd),
+            cmdline: flags.cmdline.or(file.cmdline).unwrap_or_default(),
+            vcpus: flags.vcpus.or(file.vcpus).unwrap_or(DEFAULT_VCPUS),
+            memory_mib: flags
+                .memory_mib
+                .or(file.memory_mib)
+                .unwrap_or(DEFAULT_MEMORY_MIB),
+            drives: or_list(flags.drives, file.drives),
+            console: flags.console.or(file.console).unwrap_or_default(),
+            status_file: flags.status_file.or(file.status_file),
+            rng: !flags.no_rng && file.rng.unwrap_or(true),
+        })
+    }
+
+    /// The virtio devices in MMIO slot order: drives as configured, then rng.
+    pub fn virtio_device_count(&self) -> usize {
+        self.drives.len() + usize::from(self.rng)
+    }
+
+    /// (MMIO base, IRQ) of each virtio device.
+    pub fn virtio_slots(&self) -> Vec<(u64, u32)> {
+        (0..self.virtio_device_count())
+            .map(layout::virtio_slot)
+            .collect()
+    }
+
+    /// The full kernel command line this configuration boots with.
+    pub fn kernel_cmdline(&self) -> Result<String, CmdlineError> {
+        cmdline::build(&self.virtio_slots(), &self.cmdline)
+    }
+
+    /// Memory size in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+
+    /// Check everything that can be checked before creating the VM. Returns
+    /// the kernel's PVH entry point.
+    pub fn validate(&self, host: &HostLimits) -> Result<u64, ConfigError> {
+        let entry = check_kernel(&self.kernel)?;
+        for path in &self.initrd {
+            let meta = std::fs::metadata(path)
+                .and_then(|m| File::open(path).map(|_| m))
+                .map_err(|source| ConfigError::Initrd {
+                    path: path.clone(),
+                    source,
+                })?;
+            if !meta.is_file() {
+                return Err(ConfigError::InitrdNotFile(path.clone()));
+            }
+        }
+        let (max, why) = match host.kvm_max_vcpus {
+            Some(k) if k < MAX_SUPPORTED_CPUS => (k, " (KVM_CAP_MAX_VCPUS on this host)"),
+            _ => (MAX_SUPPORTED_CPUS, ""),
+        };
+        if self.vcpus == 0 || self.vcpus > max {
+            return Err(ConfigError::Vcpus {
+                got: self.vcpus,
+                max,
+                why,
+            });
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::MemoryTooSmall(self.memory_mib));
+        }
+        if let Some(host_mib) = host.mem_total_mib {
+            if self.memory_mib > host_mib {
+                return Err(ConfigError::MemoryTooLarge {
+                    got: self.memory_mib,
+                    host: host_mib,
+                });
+            }
+        }
+        // Far beyond any host, and it would overflow the byte count.
+        if self.memory_mib > (1 << 24) {
+            return Err(ConfigError::MemoryTooLarge {
+                got: self.memory_mib,
+                host: host.mem_total_mib.unwrap_or(1 << 24),
+            });
+        }
+        self.check_drives()?;
+        if self.virtio_device_count() > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(self.virtio_device_count()));
+        }
+        self.kernel_cmdline()?;
+        if let Console::File(p) = &self.console {
+            check_parent("console file", p)?;
+        }
+        if let Some(p) = &self.status_file {
+            check_parent("status file", p)?;
+        }
+        Ok(entry)
+    }
+
+    fn check_drives(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.drives {
+            let id_ok = !d.id.is_empty()
+                && d.id.len() <= MAX_DRIVE_ID_LEN
+                && d.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !id_ok {
+                return Err(ConfigError::DriveId(d.id.clone()));
+            }
+            if !seen.insert(d.id.as_str()) {
+                return Err(ConfigError::DuplicateDrive(d.id.clone()));
+            }
+            let drive_err = |source| ConfigError::Drive {
+                id: d.id.clone(),
+                path: d.path.clone(),
+                source,
+            };
+            let meta = std::fs::metadata(&d.path).map_err(drive_err)?;
+            use std::os::unix::fs::FileTypeExt;
+            if !(meta.is_file() || meta.file_type().is_block_device()) {
+                return Err(ConfigError::DriveNotFile {
+                    id: d.id.clone(),
+                    path: d.path.clone(),
+                });
+            }
+            OpenOptions::new()
+                .read(true)
+                .write(!d.read_only)
+                .open(&d.path)
+                .map_err(drive_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// Check the kernel is a readable ELF vmlinux with a PVH entry point.
+pub fn check_kernel(path: &Path) -> Result<u64, ConfigError> {
+    let unreadable = |source| ConfigError::KernelUnreadable {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(unreadable(std::io::Error::other("not a regular file")));
+    }
+    let mut f = File::open(path).map_err(unreadable)?;
+    pvh::find_pvh_entry(&mut f).map_err(|source| ConfigError::KernelImage {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn check_parent(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if parent.is_dir() {
+        Ok(())
+    } else {
+        Err(ConfigError::NoParentDir {
+            what,
+            path: path.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::pvh::tests::pvh_elf;
+    use std::io::Write;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let f = Self {
+                dir: tempfile::tempdir().unwrap(),
+            };
+            f.file("vmlinux", &pvh_elf());
+            f.file("init.cpio", b"070701");
+            f.file("root.ext4", &[0u8; 4096]);
+            f
+        }
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+        fn file(&self, name: &str, data: &[u8]) -> PathBuf {
+            let p = self.path(name);
+            File::create(&p).unwrap().write_all(data).unwrap();
+            p
+        }
+        fn json(&self, body: &str) -> Result<VmConfig, ConfigError> {
+            let p = self.file("vm.json", body.as_bytes());
+            VmConfig::merge(FileConfig::load(&p)?, FlagConfig::default())
+        }
+        fn base(&self) -> VmConfig {
+            VmConfig::merge(
+                FileConfig::default(),
+                FlagConfig {
+                    kernel: Some(self.path("vmlinux")),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        }
+    }
+
+    const HOST: HostLimits = HostLimits {
+        mem_total_mib: Some(1024),
+        kvm_max_vcpus: Some(255),
+    };
+
+    fn err(c: &VmConfig) -> String {
+        c.validate(&HOST).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn full_file_parses_with_defaults_and_flags_override() {
+        let fx = Fixture::new();
+        let body = format!(
+            r#"{{"kernel": "{k}", "initrd": ["{i}"], "cmdline": "foo=1", "vcpus": 2,
+                "memory_mib": 256,
+                "drives": [{{"id": "rootfs", "path": "{d}", "read_only": true}}],
+                "console": {{"file": "{c}"}}, "status_file": "{s}", "rng": false}}"#,
+            k = fx.path("vmlinux").display(),
+            i = fx.path("init.cpio").display(),
+            d = fx.path("root.ext4").display(),
+            c = fx.path("console.log").display(),
+            s = fx.path("status.json").display(),
+        );
+        let file: FileConfig = serde_json::from_str(&body).unwrap();
+        let c = VmConfig::merge(file.clone(), FlagConfig::default()).unwrap();
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.memory_mib, 256);
+        assert_eq!(c.console, Console::File(fx.path("console.log")));
+        assert!(!c.rng);
+        assert!(c.drives[0].read_only);
+        assert_eq!(c.validate(&HOST).unwrap(), 0x0100_0abc);
+
+        let flags = FlagConfig {
+            vcpus: Some(4),
+            console: Some(Console::Off),
+            drives: vec![parse_drive_flag(&format!(
+                "id=scratch,path={}",
+                fx.path("root.ext4").display()
+            ))
+            .unwrap()],
+            ..Default::default()
+        };
+        let c = VmConfig::merge(file, flags).unwrap();
+        assert_eq!(
+            (c.vcpus, c.memory_mib, c.console.clone()),
+            (4, 256, Console::Off)
+        );
+        assert_eq!(c.drives.len(), 1);
+        assert_eq!(c.drives[0].id, "scratch");
+        assert!(!c.drives[0].read_only);
+
+        let minimal = fx
+            .json(&format!(
+                r#"{{"kernel": "{}"}}"#,
+                fx.path("vmlinux").display()
+            ))
+            .unwrap();
+        assert_eq!(minimal, fx.base());
+        assert_eq!(
+            (minimal.vcpus, minimal.memory_mib, minimal.rng),
+            (1, 128, true)
+        );
+        assert_eq!(minimal.console, Console::Stdout);
+    }
+
+    #[test]
+    fn json_errors_are_reported() {
+        let fx = Fixture::new();
+        let e = fx
+            .json(r#"{"kernel": "/k", "memory": 5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `memory`"), "{e}");
+        let e = fx
+            .json(r#"{"kernel": "/k", "console": "tty"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid"), "{e}");
+        let e = fx.json(r#"{"kernel": "/k", "console": {"file": "/x", "mode": 1}}"#);
+        assert!(e.is_err());
+        let e = fx
+            .json(r#"{"kernel": "/k", "vcpus": -1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vm.json"), "{e}");
+        let e = fx.json(r#"{"vcpus": 1}"#).unwrap_err().to_string();
+        assert!(e.contains("--kernel"), "{e}");
+        let e = FileConfig::load(&fx.path("missing.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.json"), "{e}");
+    }
+
+    #[test]
+    fn console_forms() {
+        assert_eq!(parse_console_flag("stdout").unwrap(), Console::Stdout);
+        assert_eq!(parse_console_flag("off").unwrap(), Console::Off);
+        assert_eq!(
+            parse_console_flag("file:/a b").unwrap(),
+            Console::File("/a b".into())
+        );
+        assert!(parse_console_flag("file:").is_err());
+        assert!(parse_console_flag("tty").is_err());
+        let json = serde_json::to_string(&Console::File("/x".into())).unwrap();
+        assert_eq!(json, r#"{"file":"/x"}"#);
+        assert_eq!(
+            serde_json::from_str::<Console>(r#""off""#).unwrap(),
+            Console::Off
+        );
+    }
+
+    #[test]
+    fn drive_flags() {
+        let d = parse_drive_flag("id=rootfs,path=/x/r.ext4,ro").unwrap();
+        assert_eq!(
+            d,
+            DriveConfig {
+                id: "rootfs".into(),
+                path: "/x/r.ext4".into(),
+                read_only: true
+            }
+        );
+        assert!(!parse_drive_flag("path=/x,id=a").unwrap().read_only);
+        for bad in [
+            "",
+            "id=a",
+            "path=/x",
+            "id=a,path=/x,bogus",
+            "id=a,id=b,path=/x",
+            "id=a,path=",
+        ] {
+            assert!(parse_drive_flag(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn kernel_problems_name_the_build_script() {
+        let fx = Fixture::new();
+        let mut c = fx.base();
+        c.kernel = fx.path("nope");
+        let e = err(&c);
+        assert!(
+            e.contains("nope") && e.contains("resources/kernel/build.sh"),
+            "{e}"
+        );
+        c.kernel = fx.file("bz", &{
+            let mut v = vec![0u8; 0x300];
+            v[0x202..0x206].copy_from_slice(b"HdrS");
+            v
+        });
+        let e = err(&c);
+        assert!(e.contains("bzImage") && e.contains("build.sh"), "{e}");
+        c.kernel = fx.file("nopvh", &crate::arch::pvh::tests::fake_elf(&[]));
+        assert!(err(&c).contains("PVH"));
+        c.kernel = fx.dir.path().to_owned();
+        assert!(err(&c).contains("not a regular file"));
+    }
+
+    #[test]
+    fn limits() {
+        let fx = Fixture::new();
+        let mut c = fx.base();
+        c.vcpus = 0;
+        assert!(
+            err(&c).contains("vcpus is 0: it must be between 1 and 32"),
+            "{}",
+            err(&c)
+        );
+        c.vcpus = 33;
+        assert!(err(&c).contains("vcpus is 33"));
+        c.vcpus = 8;
+        let small_kvm = HostLimits {
+            kvm_max_vcpus: Some(4),
+            ..HOST
+        };
+        let e = c.validate(&small_kvm).unwrap_err().to_string();
+        assert!(
+            e.contains("between 1 and 4") && e.contains("KVM_CAP_MAX_VCPUS"),
+            "{e}"
+        );
+        c.vcpus = 32;
+        c.validate(&HOST).unwrap();
+
+        c.memory_mib = 31;
+        assert!(err(&c).contains("31 MiB"));
+        c.memory_mib = 2048;
+        assert!(
+            err(&c).contains("2048 MiB but this host has only 1024 MiB"),
+            "{}",
+            err(&c)
+        );
+        c.memory_mib = u64::MAX;
+        assert!(c.validate(&HostLimits::default()).is_err());
+        c.memory_mib = 32;
+        c.validate(&HOST).unwrap();
+    }
+
+    #[test]
+    fn drive_problems() {
+        let fx = Fixture::new();
+        let mut c = fx.base();
+        let drive = |id: &str, path: PathBuf| DriveConfig {
+            id: id.into(),
+            path,
+            read_only: true,
+        };
+        c.drives = vec![
+            drive("rootfs", fx.path("root.ext4")),
+            drive("rootfs", fx.path("root.ext4")),
+        ];
+        assert!(err(&c).contains("used twice"));
+        c.drives = vec![drive(&"x".repeat(21), fx.path("root.ext4"))];
+        assert!(err(&c).contains("1 to 20 bytes"));
+        c.drives = vec![drive("a b", fx.path("root.ext4"))];
+        assert!(err(&c).contains("invalid"));
+        c.drives = vec![drive("", fx.path("root.ext4"))];
+        assert!(err(&c).contains("invalid"));
+        c.drives = vec![drive("rootfs", fx.path("gone.ext4"))];
+        let e = err(&c);
+        assert!(e.contains("gone.ext4") && e.contains("rootfs"), "{e}");
+        c.drives = vec![drive("rootfs", fx.dir.path().to_owned())];
+        assert!(err(&c).contains("not a regular file"));
+        c.drives = (0..MAX_VIRTIO_DEVICES)
+            .map(|i| drive(&format!("d{i}"), fx.path("root.ext4")))
+            .collect();
+        assert!(err(&c).contains("virtio devices requested"), "{}", err(&c));
+        c.rng = false;
+        c.validate(&HOST).unwrap();
+    }
+
+    #[test]
+    fn initrd_cmdline_and_output_paths() {
+        let fx = Fixture::new();
+        let mut c = fx.base();
+        c.initrd = vec![fx.path("init.cpio"), fx.path("spec.cpio")];
+        let e = err(&c);
+        assert!(e.contains("initrd") && e.contains("spec.cpio"), "{e}");
+        c.initrd = vec![fx.path("init.cpio")];
+        c.cmdline = "x".repeat(3000);
+        let e = err(&c);
+        assert!(e.contains("would be") && e.contains("limit is 2047"), "{e}");
+        c.cmdline = "init=/bin/sh".into();
+        assert!(c
+            .kernel_cmdline()
+            .unwrap()
+            .contains("virtio_mmio.device=4K@0xd0000000:5 init=/bin/sh"));
+        c.status_file = Some("/nonexistent-dir/status.json".into());
+        assert!(err(&c).contains("does not exist"));
+        c.status_file = Some("status.json".into());
+        c.console = Console::File("/nonexistent-dir/c.log".into());
+        assert!(err(&c).contains("console file"));
+    }
+
+    #[test]
+    fn meminfo_parsing() {
+        assert_eq!(
+            parse_mem_total_mib("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
+            Some(24000)
+        );
+        assert_eq!(parse_mem_total_mib("nothing"), None);
+    }
+}

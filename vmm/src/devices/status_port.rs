@@ -1,0 +1,140 @@
+//! The status port: guest init reports boot completion, the workload's
+//! exit status and its intent to power off (see `mvm_protocol::status`).
+//!
+//! Only a 32-bit write at offset 0 counts; every other access, and every
+//! value `GuestEvent::decode` does not know, is ignored, because the guest
+//! is untrusted and a stray `outb` must not change the outcome.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mvm_protocol::status::{GuestEvent, InitError, STATUS_PORT, STATUS_PORT_LEN};
+
+use super::bus::{lock, BusDevice};
+
+pub const PORT: u16 = STATUS_PORT;
+pub const LEN: u16 = STATUS_PORT_LEN;
+
+/// What happened to the workload, as init reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Exited(u8),
+    Signaled(u8),
+    InitError(InitError),
+}
+
+/// Everything the guest reported.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GuestStatus {
+    /// Time from VMM start to init's BootComplete.
+    pub boot_time: Option<Duration>,
+    pub workload: Option<Workload>,
+    /// Init announced the coming reset: it is a clean power-off.
+    pub power_off: bool,
+}
+
+/// The port device.
+pub struct StatusPort {
+    status: Arc<Mutex<GuestStatus>>,
+    start: Instant,
+}
+
+impl StatusPort {
+    /// `start` is when the VMM process started: the boot time is measured
+    /// from there, which is what a user waiting for the sandbox sees.
+    pub fn new(start: Instant) -> Self {
+        Self {
+            status: Arc::default(),
+            start,
+        }
+    }
+
+    /// A handle to read the reports after the VM stopped.
+    pub fn status(&self) -> Arc<Mutex<GuestStatus>> {
+        self.status.clone()
+    }
+
+    fn event(&mut self, ev: GuestEvent) {
+        let mut s = lock(&self.status);
+        match ev {
+            GuestEvent::BootComplete => {
+                if s.boot_time.is_none() {
+                    let t = self.start.elapsed();
+                    tracing::info!("guest boot complete after {} ms", t.as_millis());
+                    s.boot_time = Some(t);
+                }
+            }
+            GuestEvent::Exited(c) => s.workload = Some(Workload::Exited(c)),
+            GuestEvent::Signaled(n) => s.workload = Some(Workload::Signaled(n)),
+            GuestEvent::InitError(e) => s.workload = Some(Workload::InitError(e)),
+            GuestEvent::PowerOff => s.power_off = true,
+        }
+    }
+}
+
+impl BusDevice for StatusPort {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let (0, Ok(bytes)) = (offset, <[u8; 4]>::try_from(data)) else {
+            return;
+        };
+        match GuestEvent::decode(u32::from_le_bytes(bytes)) {
+            Some(ev) => self.event(ev),
+            None => tracing::debug!("ignoring unknown status port value {bytes:02x?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(p: &mut StatusPort, ev: GuestEvent) {
+        p.write(0, &ev.encode().to_le_bytes());
+    }
+
+    #[test]
+    fn events_are_recorded() {
+        let mut p = StatusPort::new(Instant::now());
+        let s = p.status();
+        out(&mut p, GuestEvent::BootComplete);
+        let first = s.lock().unwrap().boot_time.unwrap();
+        out(&mut p, GuestEvent::BootComplete);
+        assert_eq!(
+            s.lock().unwrap().boot_time,
+            Some(first),
+            "first boot event wins"
+        );
+        out(&mut p, GuestEvent::Exited(3));
+        assert_eq!(s.lock().unwrap().workload, Some(Workload::Exited(3)));
+        out(&mut p, GuestEvent::Signaled(9));
+        assert_eq!(s.lock().unwrap().workload, Some(Workload::Signaled(9)));
+        out(&mut p, GuestEvent::InitError(InitError::NotFound));
+        assert_eq!(
+            s.lock().unwrap().workload,
+            Some(Workload::InitError(InitError::NotFound))
+        );
+        assert!(!s.lock().unwrap().power_off);
+        out(&mut p, GuestEvent::PowerOff);
+        assert!(s.lock().unwrap().power_off);
+    }
+
+    #[test]
+    fn other_widths_offsets_and_values_are_ignored() {
+        let mut p = StatusPort::new(Instant::now());
+        let s = p.status();
+        let v = GuestEvent::PowerOff.encode().to_le_bytes();
+        p.write(1, &v);
+        p.write(0, &v[..2]);
+        p.write(0, &[v[3]]);
+        p.write(0, &[0, 0, 0, 0xee]);
+        p.write(0, &[0u8; 8]);
+        assert_eq!(*s.lock().unwrap(), GuestStatus::default());
+        let mut r = [0xaau8; 4];
+        p.read(0, &mut r);
+        assert_eq!(r, [0; 4]);
+    }
+}
