@@ -55,17 +55,6 @@ impl FileLock {
         }
     }
 
-    /// Takes an exclusive lock on an already open file, waiting for it.
-    pub fn exclusive_file(file: File) -> io::Result<Self> {
-        loop {
-            match flock(&file, FlockOperation::LockExclusive) {
-                Ok(()) => return Ok(FileLock { file }),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
     /// The locked file.
     pub fn file(&self) -> &File {
         &self.file

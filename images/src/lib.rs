@@ -7,6 +7,7 @@
 
 pub mod digest;
 mod fsutil;
+pub mod layer;
 pub mod manifest;
 pub mod reference;
 pub mod rootdisk;
