@@ -180,7 +180,14 @@ pub fn unmount_early(root: &Path) {
 /// ships in /tmp would break it silently. The price of the tmpfs is guest
 /// memory instead of scratch disk for temporary files.
 pub fn mount_system(root: &Path) -> Result<(), MountError> {
-    mount_table(root, &SYSTEM)?;
+    mount_system_with(root, &SYSTEM)
+}
+
+/// [`mount_system`] with the table as a parameter: host tests swap
+/// devtmpfs for a tmpfs, because devtmpfs is one instance per kernel and
+/// the /dev links would land in the test machine's own /dev.
+fn mount_system_with(root: &Path, table: &[Fs]) -> Result<(), MountError> {
+    mount_table(root, table)?;
     let tmp = root.join(TMP.target);
     let has_content = std::fs::read_dir(&tmp)
         .map(|mut d| d.next().is_some())
@@ -240,6 +247,139 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("missing"), "{text}");
+    }
+
+    /// [`SYSTEM`] with a tmpfs in place of devtmpfs: devtmpfs is shared
+    /// with the test machine's /dev, which the tests must not touch.
+    fn host_safe_table() -> Vec<Fs> {
+        let mut table = SYSTEM.to_vec();
+        table[2] = Fs {
+            fstype: "tmpfs",
+            source: "tmpfs",
+            ..table[2]
+        };
+        assert_eq!(SYSTEM[2].fstype, "devtmpfs");
+        table
+    }
+
+    /// The real mounts, on the host kernel, in a private mount namespace of
+    /// a forked child (so no mount leaks into the test machine).
+    fn in_mount_namespace(root: &Path, check: fn(&Path) -> Result<(), String>) {
+        let mut fds = [0; 2];
+        // SAFETY: valid out array for pipe.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child runs `check` and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let result = (|| {
+                // SAFETY: plain syscalls on constant arguments.
+                if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+                    return Err(format!("unshare: {}", io::Error::last_os_error()));
+                }
+                crate::sys::mount(
+                    "none",
+                    Path::new("/"),
+                    "",
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    "",
+                )
+                .map_err(|e| format!("make / private: {e}"))?;
+                check(root)
+            })();
+            let msg = result.err().unwrap_or_default();
+            // SAFETY: write our message and leave without unwinding.
+            unsafe {
+                libc::write(fds[1], msg.as_ptr().cast(), msg.len());
+                libc::_exit(i32::from(!msg.is_empty()));
+            }
+        }
+        // SAFETY: closing our copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let mut msg = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            // SAFETY: reading into a local buffer.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            msg.extend_from_slice(&buf[..n as usize]);
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{}",
+            String::from_utf8_lossy(&msg)
+        );
+    }
+
+    fn mounted(root: &Path) -> Result<Vec<(String, String)>, String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        let prefix = root.to_str().unwrap();
+        Ok(info
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let sep = f.iter().position(|x| *x == "-")?;
+                let target = f.get(4)?.strip_prefix(prefix)?;
+                Some((target.to_string(), f.get(sep + 1)?.to_string()))
+            })
+            .collect())
+    }
+
+    #[test]
+    fn system_mounts_in_a_private_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        in_mount_namespace(dir.path(), |root| {
+            mount_system_with(root, &host_safe_table()).map_err(|e| e.to_string())?;
+            let got = mounted(root)?;
+            for (target, fstype) in [
+                ("/proc", "proc"),
+                ("/sys", "sysfs"),
+                ("/dev", "tmpfs"),
+                ("/dev/pts", "devpts"),
+                ("/dev/shm", "tmpfs"),
+                ("/sys/fs/cgroup", "cgroup2"),
+                ("/tmp", "tmpfs"),
+            ] {
+                if !got.iter().any(|(t, f)| t == target && f == fstype) {
+                    return Err(format!("{fstype} not on {target}: {got:?}"));
+                }
+            }
+            let link = std::fs::read_link(root.join("dev/ptmx")).map_err(|e| e.to_string())?;
+            if link != Path::new("pts/ptmx") {
+                return Err(format!("/dev/ptmx -> {}", link.display()));
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(root.join("tmp"))
+                .map_err(|e| e.to_string())?
+                .permissions()
+                .mode();
+            if mode & 0o7777 != 0o1777 {
+                return Err(format!("/tmp mode {mode:o}"));
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn image_tmp_with_content_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        std::fs::write(dir.path().join("tmp/shipped"), "x").unwrap();
+        in_mount_namespace(dir.path(), |root| {
+            mount_system_with(root, &host_safe_table()).map_err(|e| e.to_string())?;
+            if mounted(root)?.iter().any(|(t, _)| t == "/tmp") {
+                return Err("a tmpfs hides the image's /tmp".into());
+            }
+            if !root.join("tmp/shipped").exists() {
+                return Err("tmp/shipped is gone".into());
+            }
+            Ok(())
+        });
     }
 
     #[test]
