@@ -138,8 +138,10 @@ impl Lease {
 
     /// Deletes the blobs this lease wrote that nothing else references (no
     /// name, no untagged image, no other live lease), then ends the lease.
-    /// Used when an import fails half way: the store is left as it was.
-    pub fn abort(self) -> Result<()> {
+    /// After a failed import this leaves the store as it was; after a
+    /// successful one it drops by-products (files of an archive that no
+    /// image uses) while keeping everything the new names reference.
+    pub fn discard_unreferenced(self) -> Result<()> {
         let created = self
             .state
             .lock()
