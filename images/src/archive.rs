@@ -85,7 +85,7 @@ pub enum ArchiveError {
         path: String,
     },
     /// An uncompressed layer does not match its diff_id.
-    #[error("layer {path:?} hashes to {actual} but the image config says {expected}; the archive is corrupt")]
+    #[error("layer {path:?} hashes to {actual} but the image config gives diff_id {expected}; the archive is corrupt")]
     DiffIdMismatch {
         /// Archive path.
         path: String,

@@ -185,7 +185,7 @@ pub enum LayerError {
         entry: String,
     },
     /// The uncompressed content does not match the config's diff_id.
-    #[error("layer content hashes to {actual} but the image config says {expected}; the layer is corrupt")]
+    #[error("layer content hashes to {actual} but the image config gives diff_id {expected}; the layer is corrupt")]
     DiffIdMismatch {
         /// From the config.
         expected: Digest,
