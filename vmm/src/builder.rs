@@ -166,11 +166,18 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
     let signals =
         SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).map_err(BuildError::Signals)?;
 
+    let phase = |what: &str| {
+        tracing::debug!(
+            "{what}: {} ms after VMM start",
+            opts.start.elapsed().as_millis()
+        );
+    };
     let kvm = kvm_check::open(opts.force_pvm)?;
     let mem_size = cfg.memory_bytes();
     let mem = memory::create(mem_size)?;
     let vm = Vm::new(&kvm)?;
     vm.register_memory(&mem)?;
+    phase("VM and memory ready");
     let exit = Arc::new(ExitSignal::new().map_err(BuildError::EventFd)?);
 
     // Legacy devices on the port I/O bus.
@@ -253,6 +260,7 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         )?;
     }
 
+    phase("devices ready");
     let count = cfg.vcpus as u8;
     let vcpus = (0..count)
         .map(|i| Vcpu::new(&vm, i))
@@ -263,8 +271,10 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
     if loaded_entry != entry {
         tracing::debug!("PVH entry {loaded_entry:#x} from the loader, {entry:#x} from validation");
     }
+    phase("kernel loaded");
     let kernel_end = kernel_end(cfg)?;
     let initrd = load_initrd(&mem, cfg, kernel_end)?;
+    phase("initrd loaded");
     let cmdline = cfg.kernel_cmdline()?;
     tracing::debug!("kernel command line: {cmdline}");
     let mut bytes = cmdline.into_bytes();
@@ -302,11 +312,7 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         mmio_bus: Arc::new(mmio_bus),
         exit: exit.clone(),
     };
-    tracing::debug!(
-        "starting {} vCPU(s) {} ms after VMM start",
-        count,
-        opts.start.elapsed().as_millis()
-    );
+    phase(&format!("starting {count} vCPU(s)"));
     for v in vcpus {
         v.start(ctx.clone())?;
     }
