@@ -133,6 +133,7 @@ where
         Ok(entry) => entry,
         Err(e) => {
             tracing::error!("{e}");
+            write_status(&cfg, &error_report(e.to_string()));
             return EXIT_VMM_ERROR;
         }
     };
@@ -145,13 +146,7 @@ where
         Ok(result) => outcome::decide(&result),
         Err(e) => {
             tracing::error!("{e}");
-            let report = StatusReport {
-                guest: "error",
-                workload: None,
-                boot_time_us: None,
-                message: e.to_string(),
-            };
-            write_status(&cfg, &report);
+            write_status(&cfg, &error_report(e.to_string()));
             return EXIT_VMM_ERROR;
         }
     };
@@ -164,6 +159,17 @@ where
     out.exit_code
 }
 
+fn error_report(message: String) -> StatusReport {
+    StatusReport {
+        guest: "error",
+        workload: None,
+        boot_time_us: None,
+        message,
+    }
+}
+
+/// Write the status file if one is configured; failing to is only logged
+/// (the exit status still tells the outcome).
 fn write_status(cfg: &VmConfig, report: &StatusReport) {
     if let Some(path) = &cfg.status_file {
         if let Err(e) = outcome::write_status_file(path, report) {
@@ -211,6 +217,27 @@ mod tests {
         assert!(v.drives[0].read_only);
         assert_eq!(v.console, config::Console::File("/c".into()));
         assert_eq!(v.status_file, Some(PathBuf::from("/s")));
+    }
+
+    #[test]
+    fn validation_errors_are_written_to_the_status_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("status.json");
+        let code = main_with_args(
+            [
+                "mvm-vmm",
+                "--kernel",
+                "/no/such/vmlinux",
+                "--status-file",
+                status.to_str().unwrap(),
+            ],
+            Instant::now(),
+        );
+        assert_eq!(code, 1);
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
+        assert_eq!(v["guest"], "error");
+        assert!(v["message"].as_str().unwrap().contains("/no/such/vmlinux"));
     }
 
     #[test]
