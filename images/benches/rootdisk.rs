@@ -79,6 +79,7 @@ struct Row {
     ours: Duration,
     unpack: Duration,
     mkfs: Duration,
+    publish: Duration,
     plain: Duration,
     cached: Duration,
 }
@@ -93,10 +94,15 @@ fn bench_image(name: &str, tarball: &Path, work: &Path) -> Row {
         .import(f, Some(&reference), &ImportOptions::default())
         .unwrap();
     let rec = store.resolve(&reference.to_string()).unwrap();
-    let (mut ours, mut unpack, mut mkfs, mut plain, mut cached) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut unpack, mut mkfs, mut publish, mut plain, mut cached) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     let mut files = 0;
-    let mut size = 0;
     for _ in 0..RUNS {
         let _ = std::fs::remove_file(store.root_disk_path(&rec));
         let t = Instant::now();
@@ -105,13 +111,13 @@ fn bench_image(name: &str, tarball: &Path, work: &Path) -> Row {
         let b = disk.build.expect("fresh build");
         unpack.push(b.unpack);
         mkfs.push(b.mkfs);
+        publish.push(b.publish);
         files = b.stats.entries;
-        size = disk.size;
         let t = Instant::now();
         let again = store.root_disk(&rec, &RootDiskOptions::default()).unwrap();
         cached.push(t.elapsed());
         assert!(again.cached);
-        plain.push(plain_tools(tarball, work, size));
+        plain.push(plain_tools(tarball, work, disk.size));
     }
     Row {
         name: name.to_string(),
@@ -119,6 +125,7 @@ fn bench_image(name: &str, tarball: &Path, work: &Path) -> Row {
         ours: median(ours),
         unpack: median(unpack),
         mkfs: median(mkfs),
+        publish: median(publish),
         plain: median(plain),
         cached: median(cached),
     }
@@ -151,17 +158,26 @@ fn main() {
     println!();
     println!("root disk conversion (median of {RUNS}; ratio = plain / ours, target >= 0.8; cached target <= 10 ms)");
     println!(
-        "{:<8} {:>7} {:>10} {:>10} {:>10} {:>12} {:>6} {:>10}",
-        "image", "entries", "ours ms", "unpack ms", "mkfs ms", "tar+mkfs ms", "ratio", "cached ms"
+        "{:<8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>12} {:>6} {:>10}",
+        "image",
+        "entries",
+        "ours ms",
+        "unpack ms",
+        "mkfs ms",
+        "fsync ms",
+        "tar+mkfs ms",
+        "ratio",
+        "cached ms"
     );
     for r in &rows {
         println!(
-            "{:<8} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>6.2} {:>10.3}",
+            "{:<8} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>6.2} {:>10.3}",
             r.name,
             r.files,
             ms(r.ours),
             ms(r.unpack),
             ms(r.mkfs),
+            ms(r.publish),
             ms(r.plain),
             r.plain.as_secs_f64() / r.ours.as_secs_f64(),
             ms(r.cached)

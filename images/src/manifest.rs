@@ -234,6 +234,8 @@ impl Index {
 }
 
 /// A parsed manifest-like document.
+// Short-lived (parsed, inspected, dropped): boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ManifestKind {
     /// A single-platform image.

@@ -55,8 +55,8 @@ pub enum RootDiskError {
         digest: Digest,
         /// Image ID.
         image: Digest,
-        /// The problem.
-        source: LayerError,
+        /// The problem (boxed: it is large and errors travel far).
+        source: Box<LayerError>,
     },
     /// mkfs.ext4 is not installed.
     #[error("{MKFS} not found: install e2fsprogs (apt-get install e2fsprogs)")]
@@ -163,8 +163,11 @@ pub struct RootDisk {
 pub struct BuildStats {
     /// Time spent applying layers.
     pub unpack: Duration,
-    /// Time spent in mkfs (all attempts).
+    /// Time spent in mkfs (all attempts, including sizing the tree).
     pub mkfs: Duration,
+    /// Time spent making the disk durable and visible (fsync, rename,
+    /// fsync of the directory).
+    pub publish: Duration,
     /// Unpacker totals.
     pub stats: UnpackStats,
     /// Inodes in the tree.
@@ -381,7 +384,7 @@ impl Store {
                 index: i + 1,
                 digest: l.digest,
                 image: rec.id,
-                source,
+                source: Box::new(source),
             })?;
         }
         let unpack = t0.elapsed();
@@ -395,6 +398,7 @@ impl Store {
             opts.headroom_percent,
         )?;
         let mkfs = t1.elapsed();
+        let t2 = Instant::now();
         let f = File::open(&tmp_disk).map_err(io_err("opening", &tmp_disk))?;
         f.sync_all().map_err(io_err("syncing", &tmp_disk))?;
         let size = f.metadata().map_err(io_err("inspecting", &tmp_disk))?.len();
@@ -403,6 +407,7 @@ impl Store {
             .map_err(io_err("setting mode of", &tmp_disk))?;
         fs::rename(&tmp_disk, &path).map_err(io_err("publishing", &path))?;
         fsutil::sync_dir(&self.disks_dir()).map_err(io_err("syncing", self.disks_dir()))?;
+        let publish = t2.elapsed();
         // Drop the unpacked tree now rather than at lease drop, so the
         // space is back before the caller boots anything.
         let _ = fs::remove_dir_all(&tree);
@@ -414,6 +419,7 @@ impl Store {
             build: Some(BuildStats {
                 unpack,
                 mkfs,
+                publish,
                 stats,
                 inodes: t.inodes,
                 attempts,

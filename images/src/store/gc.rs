@@ -311,7 +311,7 @@ impl Store {
             let key = name
                 .strip_suffix(rootdisk::DISK_SUFFIX)
                 .or_else(|| name.strip_suffix(".lock"));
-            if !key.is_some_and(|k| Digest::from_hex(k).is_ok()) {
+            if key.is_none_or(|k| Digest::from_hex(k).is_err()) {
                 rep.problems
                     .push(format!("disks/{name}: unexpected file in the disk cache"));
             }
