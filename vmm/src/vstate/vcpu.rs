@@ -107,7 +107,17 @@ impl Vcpu {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.run(ctx))
+            .spawn(move || {
+                // A bug here must end the VM with an error, not leave the
+                // main thread waiting forever for a vCPU that is gone.
+                let exit = ctx.exit.clone();
+                let run = std::panic::AssertUnwindSafe(move || self.run(ctx));
+                if std::panic::catch_unwind(run).is_err() {
+                    exit.request(StopReason::VmmError(format!(
+                        "the thread of vCPU {index} panicked"
+                    )));
+                }
+            })
             .map_err(|source| VcpuError::Thread { index, source })
     }
 
