@@ -373,32 +373,16 @@ fn load_kernel(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<u64, BuildError>
     }
 }
 
-/// The highest physical address any loadable segment of the kernel uses
-/// (p_paddr + p_memsz, so the bss is included).
+/// The end of the kernel image in guest memory (see [`pvh::load_end`]).
 fn kernel_end(cfg: &VmConfig) -> Result<u64, BuildError> {
-    let err = |source| BuildError::KernelOpen {
+    let mut f = File::open(&cfg.kernel).map_err(|source| BuildError::KernelOpen {
         path: cfg.kernel.clone(),
         source,
-    };
-    let mut f = File::open(&cfg.kernel).map_err(err)?;
-    let mut ehdr = [0u8; 64];
-    f.read_exact(&mut ehdr).map_err(err)?;
-    let phoff = u64::from_le_bytes(ehdr[32..40].try_into().unwrap_or_default());
-    let phnum = u16::from_le_bytes([ehdr[56], ehdr[57]]);
-    let mut end = 0u64;
-    use std::io::{Seek, SeekFrom};
-    f.seek(SeekFrom::Start(phoff)).map_err(err)?;
-    for _ in 0..phnum {
-        let mut ph = [0u8; 56];
-        f.read_exact(&mut ph).map_err(err)?;
-        let ptype = u32::from_le_bytes(ph[0..4].try_into().unwrap_or_default());
-        if ptype == 1 {
-            let paddr = u64::from_le_bytes(ph[24..32].try_into().unwrap_or_default());
-            let memsz = u64::from_le_bytes(ph[40..48].try_into().unwrap_or_default());
-            end = end.max(paddr.saturating_add(memsz));
-        }
-    }
-    Ok(end)
+    })?;
+    pvh::load_end(&mut f).map_err(|e| BuildError::KernelOpen {
+        path: cfg.kernel.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// Concatenate the initrd archives (each padded to 4 bytes, which the

@@ -24,6 +24,7 @@ pub const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
 pub const E820_RAM: u32 = 1;
 /// ELF note type of the 32-bit PVH entry (XEN_ELFNOTE_PHYS32_ENTRY).
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 const EM_X86_64: u16 = 62;
 /// Upper bound on the note segment bytes we are willing to read.
@@ -203,6 +204,35 @@ pub fn find_pvh_entry<F: Read + Seek>(f: &mut F) -> Result<u64, KernelImageError
     Err(KernelImageError::NoPvhNote)
 }
 
+/// The end (exclusive) of the kernel's loadable segments in guest physical
+/// memory, `max(p_paddr + p_memsz)` over PT_LOAD headers, so the bss is
+/// included: nothing (the initrd) may be placed below it.
+pub fn load_end<F: Read + Seek>(f: &mut F) -> Result<u64, KernelImageError> {
+    let mut ehdr = [0u8; 64];
+    f.seek(SeekFrom::Start(0))?;
+    if read_up_to(f, &mut ehdr)? != ehdr.len() || &ehdr[..4] != b"\x7fELF" {
+        return Err(KernelImageError::NotElf);
+    }
+    let phoff = u64::from_le_bytes(ehdr[32..40].try_into().unwrap());
+    let phnum = u16::from_le_bytes([ehdr[56], ehdr[57]]);
+    let mut end = 0u64;
+    for i in 0..u64::from(phnum) {
+        let mut ph = [0u8; 56];
+        f.seek(SeekFrom::Start(phoff.saturating_add(i * 56)))?;
+        if read_up_to(f, &mut ph)? != ph.len() {
+            return Err(KernelImageError::Malformed(
+                "truncated program header table",
+            ));
+        }
+        if u32::from_le_bytes(ph[0..4].try_into().unwrap()) == PT_LOAD {
+            let paddr = u64::from_le_bytes(ph[24..32].try_into().unwrap());
+            let memsz = u64::from_le_bytes(ph[40..48].try_into().unwrap());
+            end = end.max(paddr.saturating_add(memsz));
+        }
+    }
+    Ok(end)
+}
+
 /// Walk a note segment looking for Xen's PHYS32_ENTRY note.
 fn pvh_entry_in_notes(mut notes: &[u8]) -> Option<u64> {
     let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
@@ -326,6 +356,17 @@ pub(crate) mod tests {
         let mut truncated = pvh_elf();
         truncated.truncate(100);
         assert!(find_pvh_entry(&mut Cursor::new(truncated)).is_err());
+    }
+
+    #[test]
+    fn load_end_covers_the_bss() {
+        let mut elf = pvh_elf();
+        // Turn the note header into a PT_LOAD at 16 MiB, 1 MiB in memory.
+        elf[64..68].copy_from_slice(&PT_LOAD.to_le_bytes());
+        elf[64 + 24..64 + 32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        elf[64 + 40..64 + 48].copy_from_slice(&0x10_0000u64.to_le_bytes());
+        assert_eq!(load_end(&mut Cursor::new(elf)).unwrap(), 0x110_0000);
+        assert!(load_end(&mut Cursor::new(b"nope".to_vec())).is_err());
     }
 
     #[test]
