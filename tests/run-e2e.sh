@@ -35,7 +35,10 @@ for line in sys.stdin:
 ')
 [ ${#bins[@]} -gt 0 ] || { echo "e2e: no test binaries were built" >&2; exit 1; }
 
-job=$(mktemp /tmp/mvm-e2e-job.XXXXXX)
+# The job file must be visible inside the emulated host, whose /tmp is its
+# own tmpfs: keep it under the target directory.
+mkdir -p "$root/target"
+job=$(mktemp "$root/target/mvm-e2e-job.XXXXXX")
 trap 'rm -f "$job"' EXIT
 {
   echo '#!/bin/sh'
