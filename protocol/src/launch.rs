@@ -63,6 +63,42 @@ pub struct Process {
     /// Empty means root.
     #[serde(default)]
     pub user: String,
+    /// Where stdout and stderr go. Fields below left at their defaults are
+    /// not written, so a spec that does not use them stays readable by an
+    /// init that predates them.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub output: Output,
+    /// Run on a pseudo-terminal (needs `output: agent`): one output stream,
+    /// line discipline, job control, as `docker run -t`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub terminal: bool,
+    /// Keep stdin open for an attached host (needs `output: agent`), as
+    /// `docker run -i`; otherwise stdin is /dev/null.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub stdin: bool,
+    /// Initial terminal size; 0 leaves the kernel default.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rows: u16,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub cols: u16,
+}
+
+/// Where the workload's stdout and stderr go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// The serial console, interleaved with init's and the kernel's lines.
+    #[default]
+    Console,
+    /// Pipes (or the terminal) read by the guest agent, buffered until a
+    /// host attaches over vsock (`attach`). Init keeps the guest up after
+    /// the workload exits until an attached host has read everything, or
+    /// until no host has been attached for a while.
+    Agent,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_cwd() -> String {
@@ -86,6 +122,8 @@ pub enum SpecError {
     Env(String),
     #[error("launch spec working directory {0:?} is not absolute")]
     Cwd(String),
+    #[error("launch spec sets process.{0} but process.output is \"console\": a terminal or an open stdin needs \"output\": \"agent\"")]
+    NeedsAgent(&'static str),
 }
 
 impl LaunchSpec {
@@ -103,6 +141,11 @@ impl LaunchSpec {
                 env: Vec::new(),
                 cwd: default_cwd(),
                 user: String::new(),
+                output: Output::Console,
+                terminal: false,
+                stdin: false,
+                rows: 0,
+                cols: 0,
             },
         }
     }
@@ -144,7 +187,12 @@ impl LaunchSpec {
         if has_nul(&self.process.env) {
             return Err(SpecError::Nul("process.env"));
         }
-        if let Some(bad) = self.process.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+        if let Some(bad) = self
+            .process
+            .env
+            .iter()
+            .find(|e| !e.contains('=') || e.starts_with('='))
+        {
             return Err(SpecError::Env(bad.clone()));
         }
         if !self.process.cwd.starts_with('/') {
@@ -159,6 +207,14 @@ impl LaunchSpec {
         if self.hostname.as_deref().is_some_and(|h| h.contains('\0')) {
             return Err(SpecError::Nul("hostname"));
         }
+        if self.process.output == Output::Console {
+            if self.process.terminal {
+                return Err(SpecError::NeedsAgent("terminal"));
+            }
+            if self.process.stdin {
+                return Err(SpecError::NeedsAgent("stdin"));
+            }
+        }
         Ok(())
     }
 }
@@ -169,8 +225,15 @@ mod tests {
 
     #[test]
     fn round_trip_with_awkward_content() {
-        let mut spec = LaunchSpec::new(vec!["sh".into(), "-c".into(), "echo 'a b' \"$X\"\n;".into()]);
-        spec.process.env = vec!["X=ünïcode = ok".into(), format!("BIG={}", "x".repeat(100_000))];
+        let mut spec = LaunchSpec::new(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo 'a b' \"$X\"\n;".into(),
+        ]);
+        spec.process.env = vec![
+            "X=ünïcode = ok".into(),
+            format!("BIG={}", "x".repeat(100_000)),
+        ];
         spec.rootfs.scratch_drive = Some(SCRATCH_DRIVE_ID.into());
         let json = spec.to_json().unwrap();
         assert_eq!(LaunchSpec::from_json(&json).unwrap(), spec);
@@ -178,7 +241,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_specs() {
-        assert!(matches!(LaunchSpec::from_json(b"{"), Err(SpecError::Json(_))));
+        assert!(matches!(
+            LaunchSpec::from_json(b"{"),
+            Err(SpecError::Json(_))
+        ));
         let mut s = LaunchSpec::new(vec![]);
         assert!(matches!(s.validate(), Err(SpecError::NoArgs)));
         s.process.args = vec!["a\0b".into()];
@@ -195,7 +261,37 @@ mod tests {
         s.rootfs.image_drive = "rootfs".into();
         s.version = 7;
         assert!(matches!(s.validate(), Err(SpecError::Version { found: 7 })));
-        let unknown = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"]},"extra":1}"#;
+        let unknown =
+            br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"]},"extra":1}"#;
         assert!(LaunchSpec::from_json(unknown).is_err());
+        s.version = SPEC_VERSION;
+        s.process.terminal = true;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::NeedsAgent("terminal"))
+        ));
+        s.process.terminal = false;
+        s.process.stdin = true;
+        assert!(matches!(s.validate(), Err(SpecError::NeedsAgent("stdin"))));
+        s.process.output = Output::Agent;
+        s.process.terminal = true;
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn agent_fields_default_and_stay_off_the_wire() {
+        let spec = LaunchSpec::new(vec!["true".into()]);
+        let json = String::from_utf8(spec.to_json().unwrap()).unwrap();
+        for field in ["output", "terminal", "stdin", "rows", "cols"] {
+            assert!(!json.contains(field), "{json}");
+        }
+        let with = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"],"output":"agent","terminal":true,"stdin":true,"rows":30,"cols":100}}"#;
+        let p = LaunchSpec::from_json(with).unwrap().process;
+        assert_eq!(
+            (p.output, p.terminal, p.stdin, p.rows, p.cols),
+            (Output::Agent, true, true, 30, 100)
+        );
+        let bad = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"],"output":"file"}}"#;
+        assert!(LaunchSpec::from_json(bad).is_err());
     }
 }

@@ -12,10 +12,11 @@
 //! * [`initramfs`]: writing the newc cpio archives that carry init and the
 //!   launch spec.
 //!
-//! The agent protocol (exec, signals, files, stats over vsock) joins this
-//! crate when vsock lands; the launch spec and status port stay as the
-//! zero-round-trip boot path.
+//! * [`agent`]: the guest agent protocol over vsock (exec, attach, signals,
+//!   stats, file copy) and, with feature `client`, its tokio host client.
+//!   The launch spec and status port stay as the zero-round-trip boot path.
 
+pub mod agent;
 pub mod initramfs;
 pub mod launch;
 pub mod status;
