@@ -408,9 +408,29 @@ impl Store {
         fs::rename(&tmp_disk, &path).map_err(io_err("publishing", &path))?;
         fsutil::sync_dir(&self.disks_dir()).map_err(io_err("syncing", self.disks_dir()))?;
         let publish = t2.elapsed();
-        // Drop the unpacked tree now rather than at lease drop, so the
-        // space is back before the caller boots anything.
-        let _ = fs::remove_dir_all(&tree);
+        // The unpacked tree is no longer needed, but deleting thousands of
+        // files takes longer than the whole mkfs on a busy disk: move it
+        // aside (one rename) and delete it in the background. If this
+        // process exits first, the next prune removes the orphan (it
+        // belongs to no live lease).
+        let trash = self
+            .tmp_dir()
+            .join(format!("trash-{}", fsutil::random_id()));
+        match fs::rename(&tree, &trash) {
+            Ok(()) => {
+                let spawned = std::thread::Builder::new()
+                    .name("mvm-rootfs-cleanup".into())
+                    .spawn(move || {
+                        let _ = fs::remove_dir_all(&trash);
+                    });
+                if let Err(e) = spawned {
+                    tracing::debug!("cleanup thread not started ({e}); prune will remove the tree");
+                }
+            }
+            Err(_) => {
+                let _ = fs::remove_dir_all(&tree);
+            }
+        }
         Ok(RootDisk {
             path,
             key,
