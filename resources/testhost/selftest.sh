@@ -52,7 +52,7 @@ inside_l1() {
 check_status_and_streams() {
     local o e rc
     o=$(mktemp) e=$(mktemp)
-    "$run" -- sh -c 'ls -l /dev/kvm; grep -c svm /proc/cpuinfo; lsmod | grep kvm; echo to-stderr >&2; exit 7' >"$o" 2>"$e"
+    "$run" --keep "$tmp/streams" -- sh -c 'ls -l /dev/kvm; grep -c svm /proc/cpuinfo; lsmod | grep kvm; echo to-stderr >&2; exit 7' >"$o" 2>"$e"
     rc=$?
     [ "$rc" -eq 7 ] && pass "exit status of the job returned (7)" || fail "exit status: want 7, got $rc"
     grep -q '^crw.* /dev/kvm$' "$o" && pass "/dev/kvm present in L1" || fail "/dev/kvm not listed: $(cat "$o")"
@@ -80,7 +80,7 @@ check_out_dir_and_env() {
 check_timeout() {
     local t0 rc el
     t0=$(now_ms)
-    "$run" --timeout 20 -- sleep 1000 >/dev/null 2>&1
+    "$run" --keep "$tmp/timeout" --timeout 20 -- sleep 1000 >/dev/null 2>&1
     rc=$?
     el=$(($(now_ms) - t0))
     [ "$rc" -eq 124 ] && [ "$el" -lt 30000 ] && pass "timeout: 124 after $el ms" ||
@@ -90,18 +90,33 @@ check_timeout() {
 check_failures() {
     local rc e
     e=$(mktemp)
-    "$run" -- sh -c 'echo c >/proc/sysrq-trigger; sleep 30' >/dev/null 2>"$e"
+    "$run" --keep "$tmp/panic" -- sh -c 'echo c >/proc/sysrq-trigger; sleep 30' >/dev/null 2>"$e"
     rc=$?
     [ "$rc" -eq 125 ] && grep -q 'console.log' "$e" && pass "L1 panic gives 125 and names console.log" ||
         fail "L1 panic: rc $rc, $(cat "$e")"
-    "$run" --boot-timeout 1 -- true >/dev/null 2>"$e"
+    "$run" --keep "$tmp/boot-timeout" --boot-timeout 1 -- true >/dev/null 2>"$e"
     rc=$?
     [ "$rc" -eq 125 ] && grep -q 'did not start the job' "$e" && pass "boot timeout gives 125" ||
         fail "boot timeout: rc $rc, $(cat "$e")"
-    (cd /tmp && "$run" -- true) >/dev/null 2>"$e"
+    (cd /tmp && "$run" --keep "$tmp/cwd" -- true) >/dev/null 2>"$e"
     rc=$?
     [ "$rc" -eq 125 ] && grep -q 'run from elsewhere or share it with --rw' "$e" &&
         pass "cwd hidden in L1 is refused up front" || fail "cwd under /tmp: rc $rc, $(cat "$e")"
+    rm -f "$e"
+}
+
+check_output_limits() {
+    local t0 rc el e
+    e=$(mktemp)
+    t0=$(now_ms)
+    "$run" --keep "$tmp/pipe" --timeout 200 -- yes 2>"$e" | head -n 2 >/dev/null
+    rc=${PIPESTATUS[0]}
+    el=$(($(now_ms) - t0))
+    [ "$rc" -eq 141 ] && [ "$el" -lt 100000 ] && pass "reader gone (run | head): 141 after $el ms" ||
+        fail "broken pipe: rc $rc after $el ms, $(cat "$e")"
+    "$run" --keep "$tmp/log-limit" --log-limit 5 -- sh -c 'yes >&2' 2>/dev/null >"$e"
+    rc=$?
+    [ "$rc" -eq 125 ] && pass "runaway output stopped by --log-limit (125)" || fail "log limit: rc $rc"
     rm -f "$e"
 }
 
@@ -115,7 +130,7 @@ check_nested() {
     o=$(mktemp)
     # The network part needs the kernel's module autoloading through the
     # host's modprobe (bridge, veth) and the eager tun module.
-    "$run" --timeout 900 -- bash -c '
+    "$run" --keep "$tmp/nested" --timeout 900 -- bash -c '
         set -e
         ip link add br0 type bridge
         ip link add v0 type veth peer name v1
@@ -152,7 +167,7 @@ if [ "${1:-}" = inside-l1 ]; then
 fi
 
 checks=("$@")
-[ ${#checks[@]} -gt 0 ] || checks=(kvm_mode status_and_streams out_dir_and_env timeout failures nested)
+[ ${#checks[@]} -gt 0 ] || checks=(kvm_mode status_and_streams out_dir_and_env timeout failures output_limits nested)
 tmp=$(mktemp -d /var/tmp/testhost-selftest.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 cd "$here/../.." || exit 1
