@@ -491,3 +491,27 @@ fn full_disk_gives_a_clear_error_and_stays_consistent() {
     import(&store, &tar(&[E::File("f", b"ok", 0o644)]), "after:1");
     assert_consistent(&store);
 }
+
+#[test]
+fn truncated_or_invalid_rootfs_import_leaves_nothing() {
+    let (_d, store) = common::store();
+    import(&store, &small_rootfs(), "keep:1");
+    let before = blob_names(&store);
+    let full = small_rootfs();
+    for (what, data) in [
+        ("truncated tar", full[..full.len() / 2].to_vec()),
+        ("truncated gzip", gzip(&full)[..400].to_vec()),
+        ("not a tar", b"hello, I am not an archive".to_vec()),
+    ] {
+        let e = store
+            .import(&data[..], Some(&r("bad:1")), &ImportOptions::default())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("corrupt or truncated"),
+            "{what}: {e}"
+        );
+        assert!(store.resolve("bad:1").is_err(), "{what}: tagged anyway");
+        assert_eq!(blob_names(&store), before, "{what}: blobs left behind");
+        assert_consistent(&store);
+    }
+}
