@@ -942,8 +942,20 @@ impl<'a> Applier<'a> {
                     );
                     continue;
                 }
-                rfs::lsetxattr(&target, OsStr::from_bytes(k), v, rfs::XattrFlags::empty())
-                    .map_err(errno_err(display, "setting xattr"))?;
+                match rfs::lsetxattr(&target, OsStr::from_bytes(k), v, rfs::XattrFlags::empty()) {
+                    Ok(()) => {}
+                    // As Docker does: the unpack filesystem may not support
+                    // xattrs, and user.* is not allowed on symlinks. Losing
+                    // such an xattr is not worth failing the image.
+                    Err(Errno::NOTSUP) | Err(Errno::PERM) => {
+                        let ename: &str = display;
+                        tracing::warn!(
+                            "layer entry {ename}: cannot set xattr {}, skipped",
+                            String::from_utf8_lossy(k)
+                        );
+                    }
+                    Err(e) => return Err(errno_err(display, "setting xattr")(e)),
+                }
             }
         }
         Ok(())

@@ -427,3 +427,27 @@ fn truncated_layer_is_an_error_naming_the_entry() {
     let e = apply(&s.root, &gzip(b"definitely not a tar archive, but long enough to have a header ................................................................................................................................................................................................................................................................................................................................................................................................................................................................")).unwrap_err();
     assert!(matches!(e, LayerError::Archive { .. }), "{e}");
 }
+
+#[test]
+fn user_xattr_on_symlink_is_skipped_not_fatal() {
+    common::require_root();
+    let s = Sandbox::new();
+    // PAX xattrs apply to the next entry; user.* cannot be set on a link.
+    let mut data = Vec::new();
+    let mut pax = tar::Header::new_ustar();
+    let rec = b"25 SCHILY.xattr.user.a=b\n";
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_size(rec.len() as u64);
+    pax.set_path("PaxHeaders/l").unwrap();
+    pax.set_cksum();
+    data.extend_from_slice(pax.as_bytes());
+    data.extend_from_slice(rec);
+    data.extend(std::iter::repeat_n(0u8, 512 - rec.len()));
+    let link = tar(&[E::Symlink("l", "target")]);
+    data.extend_from_slice(&link);
+    apply(&s.root, &data).unwrap();
+    assert_eq!(
+        fs::read_link(s.root.join("l")).unwrap(),
+        Path::new("target")
+    );
+}
