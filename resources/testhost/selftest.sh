@@ -16,7 +16,7 @@ fail() {
     echo "FAIL $*"
     failed=1
 }
-now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
+now_ms() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((10#$t / 1000)); }
 
 # Boot a guest kernel under nested KVM inside L1 and wait for a marker from
 # its init; prints the wall time QEMU needed. Runs inside L1.
