@@ -76,3 +76,35 @@ pub struct LoginRequest {
     #[serde(default)]
     pub insecure: bool,
 }
+
+/// `POST /v1/auth/logout` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutRequest {
+    /// Registry host; Docker Hub when empty.
+    #[serde(default)]
+    pub server: String,
+}
+
+/// One image of `GET /v1/images` (the fields of the image store's summary,
+/// so the daemon can serialise that directly).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// Tag references (`docker.io/library/busybox:latest`), sorted.
+    #[serde(default)]
+    pub repo_tags: Vec<String>,
+    /// Digest references (`repo@sha256:...`), sorted.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    /// Image ID (config digest, `sha256:...`).
+    pub id: String,
+    /// The digest names point at.
+    #[serde(default)]
+    pub digest: String,
+    /// Config `created`, RFC 3339, if stated.
+    #[serde(default)]
+    pub created: Option<String>,
+    /// Stored bytes of config and layers.
+    #[serde(default)]
+    pub size: u64,
+}
