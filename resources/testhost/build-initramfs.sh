@@ -70,8 +70,11 @@ ensure_packages() {
     [ ${#missing[@]} -eq 0 ] && return 0
     [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; install them as root: apt-get install ${missing[*]}"
     echo "testhost: installing ${missing[*]} (apt-get)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
-        die "apt-get install ${missing[*]} failed; run 'apt-get update' and retry"
+    export DEBIAN_FRONTEND=noninteractive
+    # A fresh machine may have no package lists yet: update once and retry.
+    apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+        { apt-get update >&2 && apt-get install -y --no-install-recommends "${missing[@]}" >&2; } ||
+        die "apt-get install ${missing[*]} failed (see above)"
 }
 
 ensure_packages

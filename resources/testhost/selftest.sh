@@ -66,14 +66,17 @@ check_status_and_streams() {
 check_out_dir_and_env() {
     local k rc
     k=$tmp/keep
-    FOO='a b $c "d"' "$run" --keep "$k" --env FOO --env BAR=x=y --env UNSET_VAR_XYZ -- \
-        sh -c 'printf "%s|%s|%s|%s\n" "$FOO" "$BAR" "${UNSET_VAR_XYZ-unset}" "$PWD" >"$MVM_TESTHOST_OUT/result"; echo logged' >/dev/null
+    mkdir -p "$tmp/rw dir"
+    FOO='a b $c "d"' "$run" --keep "$k" --rw "$tmp/rw dir" --env FOO --env BAR=x=y --env UNSET_VAR_XYZ -- \
+        sh -c 'printf "%s|%s|%s|%s\n" "$FOO" "$BAR" "${UNSET_VAR_XYZ-unset}" "$PWD" >"$MVM_TESTHOST_OUT/result"
+               echo rw-ok >"$0/f"; echo logged' "$tmp/rw dir" >/dev/null
     rc=$?
     [ "$rc" -eq 0 ] || fail "out-dir job exit $rc"
     [ "$(cat "$k/result" 2>/dev/null)" = "a b \$c \"d\"|x=y|unset|$(pwd -P)" ] &&
         pass "file written to \$MVM_TESTHOST_OUT visible on the host; env and cwd passed" ||
         fail "out dir result: '$(cat "$k/result" 2>/dev/null)'"
     grep -qx logged "$k/job.log" && pass "job.log saved in the out dir" || fail "job.log missing or wrong"
+    [ "$(cat "$tmp/rw dir/f" 2>/dev/null)" = rw-ok ] && pass "--rw dir written through" || fail "--rw dir not written"
     [ "$(cat "$k/exit-status" 2>/dev/null)" = 0 ] && pass "exit-status file" || fail "exit-status file"
 }
 
