@@ -6,6 +6,7 @@
 //! `mvm-init: error: ...`, reported as an `InitError`, and powers off.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mvm_protocol::launch::{LaunchSpec, SpecError, SPEC_PATH};
@@ -139,11 +140,26 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
             source,
         })?;
     let env = crate::env::build(&p.env, &hostname, &user.home);
-    let command = Command::new(&p.args, &env, &p.cwd, user)?;
+    let cgroup = crate::agent::cgroup::setup_guest();
+    let mut command = Command::new(&p.args, &env, &p.cwd, user)?;
+    if let Some(cg) = &cgroup {
+        command.cgroup(&cg.join("cgroup.procs"));
+    }
     command.ensure_cwd()?;
-    let pid = command.spawn()?;
+    let workload = crate::agent::Workload::spawn(&mut command, p)?;
 
-    let status = reaper.wait_for(pid)?;
+    // The agent listens only now: the workload's start waits for nothing.
+    let config = crate::agent::Config {
+        env: p.env.clone(),
+        user: p.user.clone(),
+        cwd: p.cwd.clone(),
+        hostname,
+        root: "/".into(),
+        cgroup,
+    };
+    let agent = crate::agent::Agent::new(config, Arc::new(crate::agent::Router::new()), workload);
+    crate::agent::start(agent.clone(), crate::agent::listen_guest);
+    let status = crate::agent::supervise(&reaper, &agent)?;
     let event =
         crate::reaper::event_for_status(status).unwrap_or(GuestEvent::InitError(InitError::Other));
     match reaper.terminate_all(GRACE) {

@@ -14,8 +14,10 @@
 //! * [`process`]: fork/exec with an error pipe.
 //! * [`reaper`]: reaping, signal forwarding, stopping the rest.
 //! * [`shutdown`]: durability, power-off.
+//! * [`agent`]: the host's agent over vsock (exec, attach, copy, stats).
 //! * [`sys`]: checked wrappers for raw syscalls.
 
+pub mod agent;
 pub mod console;
 pub mod env;
 pub mod hostname;

@@ -9,7 +9,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use mvm_protocol::status::InitError;
@@ -28,6 +28,8 @@ enum Step {
     Uid = 5,
     Cwd = 6,
     Exec = 7,
+    Stdio = 8,
+    Tty = 9,
 }
 
 impl Step {
@@ -40,6 +42,8 @@ impl Step {
             5 => Self::Uid,
             6 => Self::Cwd,
             7 => Self::Exec,
+            8 => Self::Stdio,
+            9 => Self::Tty,
             _ => return None,
         })
     }
@@ -112,6 +116,26 @@ fn errno_text(errno: i32) -> String {
     }
 }
 
+/// Where the child's stdin, stdout and stderr come from. The descriptors
+/// are the parent's (close-on-exec, as every descriptor init opens must be,
+/// or concurrent spawns would leak them into each other's children and
+/// pipes would never see EOF); the child `dup2`s them onto 0, 1 and 2.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stdio {
+    /// stdin /dev/null; stdout and stderr inherited from init (the console).
+    #[default]
+    Console,
+    /// These descriptors; no stdin descriptor means /dev/null.
+    Fds {
+        stdin: Option<RawFd>,
+        stdout: RawFd,
+        stderr: RawFd,
+    },
+    /// The slave side of a pseudo-terminal: it becomes the controlling
+    /// terminal of the child's new session and its stdin, stdout, stderr.
+    Pty { slave: RawFd },
+}
+
 /// A fully prepared workload command.
 #[derive(Debug)]
 pub struct Command {
@@ -124,6 +148,9 @@ pub struct Command {
     cwd: CString,
     cwd_display: String,
     user: ExecUser,
+    stdio: Stdio,
+    /// `cgroup.procs` of the cgroup the child joins before exec.
+    cgroup_procs: Option<CString>,
 }
 
 impl Command {
@@ -165,7 +192,23 @@ impl Command {
             cwd: cstring(cwd.as_bytes()).map_err(nul("process.cwd"))?,
             cwd_display: cwd.into(),
             user,
+            stdio: Stdio::Console,
+            cgroup_procs: None,
         })
+    }
+
+    /// Set where stdin, stdout and stderr come from.
+    pub fn stdio(&mut self, stdio: Stdio) -> &mut Self {
+        self.stdio = stdio;
+        self
+    }
+
+    /// Make the child join the cgroup whose `cgroup.procs` file is `procs`
+    /// before it execs, so nothing it starts escapes the cgroup. Best
+    /// effort: a cgroup that cannot be joined only costs accounting.
+    pub fn cgroup(&mut self, procs: &Path) -> &mut Self {
+        self.cgroup_procs = crate::sys::cpath(procs).ok();
+        self
     }
 
     /// Create the working directory if it is missing, as runc does
@@ -247,6 +290,14 @@ impl Command {
                 what: "stdin (/dev/null)",
                 errno,
             },
+            Some(Step::Stdio) => SpawnError::Setup {
+                what: "stdin, stdout and stderr",
+                errno,
+            },
+            Some(Step::Tty) => SpawnError::Setup {
+                what: "controlling terminal",
+                errno,
+            },
             Some(Step::Groups | Step::Gid | Step::Uid) => SpawnError::User {
                 uid: self.user.uid,
                 gid: self.user.gid,
@@ -295,15 +346,55 @@ impl Command {
             reset_signal_dispositions();
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
+            if let Some(procs) = &self.cgroup_procs {
+                // "0" moves the writing process itself.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
             if libc::setsid() == -1 {
                 fail(Step::Session);
             }
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            if null == -1 || libc::dup2(null, 0) == -1 {
-                fail(Step::Stdin);
-            }
-            if null != 0 {
-                libc::close(null);
+            match self.stdio {
+                Stdio::Console => {
+                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+                    if null == -1 || libc::dup2(null, 0) == -1 {
+                        fail(Step::Stdin);
+                    }
+                    if null != 0 {
+                        libc::close(null);
+                    }
+                }
+                // 0-2 are always open in init (ensure_stdio) and in tests,
+                // so no source descriptor is among the targets unless it is
+                // its own target, which `dup_onto` handles.
+                Stdio::Fds {
+                    stdin,
+                    stdout,
+                    stderr,
+                } => {
+                    let stdin = match stdin {
+                        Some(fd) => fd,
+                        None => libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC),
+                    };
+                    if stdin == -1
+                        || !dup_onto(stdin, 0)
+                        || !dup_onto(stdout, 1)
+                        || !dup_onto(stderr, 2)
+                    {
+                        fail(Step::Stdio);
+                    }
+                }
+                Stdio::Pty { slave } => {
+                    if libc::ioctl(slave, libc::TIOCSCTTY, 0) == -1 {
+                        fail(Step::Tty);
+                    }
+                    if !dup_onto(slave, 0) || !dup_onto(slave, 1) || !dup_onto(slave, 2) {
+                        fail(Step::Stdio);
+                    }
+                }
             }
             if libc::setgroups(self.user.sgids.len(), self.user.sgids.as_ptr()) == -1 {
                 fail(Step::Groups);
@@ -372,6 +463,19 @@ fn reset_signal_dispositions() {
                 8usize,
             )
         };
+    }
+}
+
+/// Make `src` the child's descriptor `dst`, without close-on-exec.
+/// Async-signal-safe.
+fn dup_onto(src: libc::c_int, dst: libc::c_int) -> bool {
+    // SAFETY: plain descriptor syscalls on integers.
+    unsafe {
+        if src == dst {
+            libc::fcntl(dst, libc::F_SETFD, 0) != -1
+        } else {
+            libc::dup2(src, dst) != -1
+        }
     }
 }
 

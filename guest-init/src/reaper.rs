@@ -87,11 +87,23 @@ impl Reaper {
     /// Wait until `pid` exits and return its raw wait status, reaping every
     /// other process that dies meanwhile and forwarding signals to `pid`.
     pub fn wait_for(&self, pid: libc::pid_t) -> Result<libc::c_int, ReaperError> {
+        self.wait_for_routed(pid, |_, _| {})
+    }
+
+    /// [`Self::wait_for`], handing every other status to `on_other` (the
+    /// agent routes them to the sessions that started those processes).
+    pub fn wait_for_routed(
+        &self,
+        pid: libc::pid_t,
+        mut on_other: impl FnMut(libc::pid_t, libc::c_int),
+    ) -> Result<libc::c_int, ReaperError> {
         loop {
             let mut main_status = None;
             self.reap(|p, status| {
                 if p == pid {
                     main_status = Some(status);
+                } else {
+                    on_other(p, status);
                 }
             });
             if let Some(status) = main_status {
@@ -111,6 +123,24 @@ impl Reaper {
                     }
                 }
             }
+        }
+    }
+
+    /// Keep reaping (statuses to `on_exit`; signals other than SIGCHLD are
+    /// dropped, the workload being gone) until `done()` holds; `done` is
+    /// checked at least every `tick`.
+    pub fn reap_until(
+        &self,
+        tick: Duration,
+        mut on_exit: impl FnMut(libc::pid_t, libc::c_int),
+        mut done: impl FnMut() -> bool,
+    ) -> Result<(), ReaperError> {
+        loop {
+            self.reap(&mut on_exit);
+            if done() {
+                return Ok(());
+            }
+            self.next_signal(Some(tick))?;
         }
     }
 

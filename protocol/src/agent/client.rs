@@ -143,6 +143,9 @@ impl FrameOut {
     }
 
     async fn stream(&mut self, kind: Kind, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return self.frame(kind, data).await;
+        }
         for chunk in data.chunks(MAX_PAYLOAD) {
             self.frame(kind, chunk).await?;
         }

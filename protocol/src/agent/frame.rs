@@ -249,8 +249,12 @@ impl<W: Write> FrameWriter<W> {
         Ok(())
     }
 
-    /// Write `data` as as many frames of `kind` as it takes.
+    /// Write `data` as as many frames of `kind` as it takes (one empty
+    /// frame for empty data, as the end markers are).
     pub fn write_stream(&mut self, kind: Kind, data: &[u8]) -> Result<(), FrameError> {
+        if data.is_empty() {
+            return self.write_frame(kind, data);
+        }
         for chunk in data.chunks(MAX_PAYLOAD) {
             self.write_frame(kind, chunk)?;
         }
@@ -293,7 +297,7 @@ mod tests {
         out.write_frame(Kind::StdinEof, b"").unwrap();
         out.write_stream(Kind::Data, &vec![7u8; MAX_PAYLOAD + 3])
             .unwrap();
-        out.write_frame(Kind::DataEof, b"").unwrap();
+        out.write_stream(Kind::DataEof, b"").unwrap();
         let bytes = out.get_ref().clone();
         assert_eq!(&bytes[..5], &[14, 0, 0, 0, 1]);
 
