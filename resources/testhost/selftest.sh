@@ -123,6 +123,20 @@ check_output_limits() {
     rm -f "$e"
 }
 
+check_tty() {
+    local o rc
+    o=$(mktemp)
+    # script(1) gives run a terminal (its end of input reaches the job's
+    # terminal as a ^D, which this job does not read).
+    script -qec "stty rows 30 cols 100; $run --keep $tmp/tty -- sh -c 'tty; stty size; exit 5'" /dev/null \
+        </dev/null | tr -d '\r' >"$o"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 5 ] && grep -q '/dev/hvc0$' "$o" && grep -qx '30 100' "$o" &&
+        pass "--tty: job on /dev/hvc0 with the caller's window size, exit status 5" ||
+        fail "tty mode: rc $rc, $(cat "$o")"
+    rm -f "$o"
+}
+
 check_nested() {
     local kernel o rc
     kernel=$("$here/../kernel/build.sh" --print-path 2>/dev/null)
@@ -170,7 +184,7 @@ if [ "${1:-}" = inside-l1 ]; then
 fi
 
 checks=("$@")
-[ ${#checks[@]} -gt 0 ] || checks=(kvm_mode status_and_streams out_dir_and_env timeout failures output_limits nested)
+[ ${#checks[@]} -gt 0 ] || checks=(kvm_mode status_and_streams out_dir_and_env timeout failures output_limits tty nested)
 tmp=$(mktemp -d /var/tmp/testhost-selftest.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 cd "$here/../.." || exit 1
