@@ -18,6 +18,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use mvm_virtio::block::{Block, BlockConfig};
 use mvm_virtio::rng::Rng;
+use mvm_virtio::vsock::{Vsock, VsockConfig};
 use mvm_virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -76,6 +77,8 @@ pub enum BuildError {
     },
     #[error("virtio-rng: {0}")]
     Rng(mvm_virtio::rng::RngError),
+    #[error(transparent)]
+    Vsock(mvm_virtio::vsock::VsockError),
     #[error("opening kernel {path}: {source}")]
     KernelOpen {
         path: std::path::PathBuf,
@@ -213,7 +216,7 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         )?;
     }
 
-    // virtio devices on the MMIO bus, in slot order: drives, then rng.
+    // virtio devices on the MMIO bus, in slot order: drives, rng, vsock.
     let mut mmio_bus = Bus::new();
     let mut slots = Vec::new();
     for d in &cfg.drives {
@@ -237,6 +240,18 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         slots.push(VirtioSlot {
             device: rng.clone(),
             subscriber: rng,
+        });
+    }
+    if let Some(v) = &cfg.vsock {
+        let vsock = Vsock::new(VsockConfig {
+            guest_cid: v.guest_cid,
+            uds_path: v.uds_path.clone(),
+        })
+        .map_err(BuildError::Vsock)?;
+        let vsock = Arc::new(Mutex::new(vsock));
+        slots.push(VirtioSlot {
+            device: vsock.clone(),
+            subscriber: vsock,
         });
     }
     for (i, slot) in slots.iter().enumerate() {

@@ -44,6 +44,10 @@ pub struct Cli {
     /// No virtio-rng device.
     #[arg(long)]
     pub no_rng: bool,
+    /// A virtio-vsock device: cid=CID,path=PATH (host clients connect to
+    /// PATH; guest connections to host port P go to PATH_P).
+    #[arg(long, value_name = "SPEC")]
+    pub vsock: Option<String>,
     /// Boot even though /dev/kvm is PVM (experiments only).
     #[arg(long)]
     pub force_pvm: bool,
@@ -73,6 +77,11 @@ impl Cli {
                 .transpose()?,
             status_file: self.status_file.clone(),
             no_rng: self.no_rng,
+            vsock: self
+                .vsock
+                .as_deref()
+                .map(config::parse_vsock_flag)
+                .transpose()?,
         })
     }
 
@@ -208,6 +217,8 @@ mod tests {
             "--no-rng",
             "--status-file",
             "/s",
+            "--vsock",
+            "cid=5,path=/v.sock",
         ]);
         let v = c.vm_config().unwrap();
         assert_eq!(v.kernel, PathBuf::from("/k"));
@@ -217,6 +228,8 @@ mod tests {
         assert!(v.drives[0].read_only);
         assert_eq!(v.console, config::Console::File("/c".into()));
         assert_eq!(v.status_file, Some(PathBuf::from("/s")));
+        let vs = v.vsock.unwrap();
+        assert_eq!((vs.guest_cid, vs.uds_path), (5, PathBuf::from("/v.sock")));
     }
 
     #[test]

@@ -83,6 +83,22 @@ pub struct DriveConfig {
     pub read_only: bool,
 }
 
+/// A virtio-vsock device: guest AF_VSOCK streams joined to host Unix
+/// sockets (Firecracker's hybrid design, see `mvm_virtio::vsock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's CID (3 to 2^32 - 2).
+    pub guest_cid: u64,
+    /// Host clients connect here; guest connections to host port P go to
+    /// `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+/// Longest vsock socket path: `<uds_path>_4294967295` must fit a Unix
+/// socket address (107 bytes and a NUL).
+pub const MAX_VSOCK_PATH_LEN: usize = 107 - "_4294967295".len();
+
 /// The configuration file. Every field is optional here so flags can fill
 /// in; [`VmConfig`] is the merged, defaulted result.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -97,6 +113,7 @@ pub struct FileConfig {
     pub console: Option<Console>,
     pub status_file: Option<PathBuf>,
     pub rng: Option<bool>,
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Values given as flags (`None`/empty: not given).
@@ -111,6 +128,7 @@ pub struct FlagConfig {
     pub console: Option<Console>,
     pub status_file: Option<PathBuf>,
     pub no_rng: bool,
+    pub vsock: Option<VsockConfig>,
 }
 
 /// The complete configuration of one microVM.
@@ -126,6 +144,7 @@ pub struct VmConfig {
     pub console: Console,
     pub status_file: Option<PathBuf>,
     pub rng: bool,
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Facts about the host that bound the configuration.
@@ -226,6 +245,16 @@ pub enum ConfigError {
     DriveFlag(String),
     #[error("bad --console {0:?}: expected stdout, off or file:PATH")]
     ConsoleFlag(String),
+    #[error("bad --vsock {0:?}: expected cid=CID,path=PATH")]
+    VsockFlag(String),
+    #[error(
+        "vsock guest_cid {0} is invalid: it must be between 3 and 4294967294 (0-2 are reserved)"
+    )]
+    VsockCid(u64),
+    #[error("vsock uds_path {path} is {len} bytes; at most {MAX_VSOCK_PATH_LEN} fit (\"<uds_path>_<port>\" must fit a Unix socket address): use a shorter path")]
+    VsockPathTooLong { path: PathBuf, len: usize },
+    #[error("vsock uds_path {0} exists and is not a socket; remove it or pick another path")]
+    VsockPathNotSocket(PathBuf),
 }
 
 impl FileConfig {
@@ -274,6 +303,23 @@ pub fn parse_console_flag(s: &str) -> Result<Console, ConfigError> {
     }
 }
 
+/// Parse a `--vsock cid=CID,path=PATH` value.
+pub fn parse_vsock_flag(s: &str) -> Result<VsockConfig, ConfigError> {
+    let bad = || ConfigError::VsockFlag(s.to_owned());
+    let (mut cid, mut path) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", v)) if cid.is_none() => cid = Some(v.parse().map_err(|_| bad())?),
+            Some(("path", v)) if path.is_none() && !v.is_empty() => path = Some(PathBuf::from(v)),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(VsockConfig {
+        guest_cid: cid.ok_or_else(bad)?,
+        uds_path: path.ok_or_else(bad)?,
+    })
+}
+
 /// A repeatable flag's values replace the file's list when given.
 fn or_list<T>(flag: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
     if flag.is_empty() {
@@ -299,12 +345,14 @@ impl VmConfig {
             console: flags.console.or(file.console).unwrap_or_default(),
             status_file: flags.status_file.or(file.status_file),
             rng: !flags.no_rng && file.rng.unwrap_or(true),
+            vsock: flags.vsock.or(file.vsock),
         })
     }
 
-    /// The virtio devices in MMIO slot order: drives as configured, then rng.
+    /// The virtio devices in MMIO slot order: drives as configured, then
+    /// rng, then vsock.
     pub fn virtio_device_count(&self) -> usize {
-        self.drives.len() + usize::from(self.rng)
+        self.drives.len() + usize::from(self.rng) + usize::from(self.vsock.is_some())
     }
 
     /// (MMIO base, IRQ) of each virtio device.
@@ -379,6 +427,9 @@ impl VmConfig {
         if let Some(p) = &self.status_file {
             check_parent("status file", p)?;
         }
+        if let Some(v) = &self.vsock {
+            check_vsock(v)?;
+        }
         Ok(entry)
     }
 
@@ -434,6 +485,29 @@ pub fn check_kernel(path: &Path) -> Result<u64, ConfigError> {
         path: path.to_owned(),
         source,
     })
+}
+
+fn check_vsock(v: &VsockConfig) -> Result<(), ConfigError> {
+    if !(3..=u64::from(u32::MAX) - 1).contains(&v.guest_cid) {
+        return Err(ConfigError::VsockCid(v.guest_cid));
+    }
+    let len = v.uds_path.as_os_str().len();
+    if len > MAX_VSOCK_PATH_LEN {
+        return Err(ConfigError::VsockPathTooLong {
+            path: v.uds_path.clone(),
+            len,
+        });
+    }
+    check_parent("vsock socket", &v.uds_path)?;
+    // A stale socket is replaced when the VMM starts; anything else is not
+    // ours to delete.
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(&v.uds_path) {
+        if !meta.file_type().is_socket() {
+            return Err(ConfigError::VsockPathNotSocket(v.uds_path.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn check_parent(what: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -746,6 +820,75 @@ mod tests {
         c.status_file = Some("status.json".into());
         c.console = Console::File("/nonexistent-dir/c.log".into());
         assert!(err(&c).contains("console file"));
+    }
+
+    #[test]
+    fn vsock_forms_and_checks() {
+        let v = parse_vsock_flag("cid=3,path=/run/x/v.sock").unwrap();
+        assert_eq!(
+            v,
+            VsockConfig {
+                guest_cid: 3,
+                uds_path: "/run/x/v.sock".into()
+            }
+        );
+        for bad in [
+            "",
+            "cid=3",
+            "path=/x",
+            "cid=x,path=/x",
+            "cid=3,path=/x,ro",
+            "cid=3,cid=4,path=/x",
+        ] {
+            assert!(parse_vsock_flag(bad).is_err(), "{bad:?}");
+        }
+        let fx = Fixture::new();
+        let parsed = fx
+            .json(&format!(
+                r#"{{"kernel": "{}", "vsock": {{"guest_cid": 7, "uds_path": "{}"}}}}"#,
+                fx.path("vmlinux").display(),
+                fx.path("v.sock").display()
+            ))
+            .unwrap();
+        assert_eq!(parsed.vsock.as_ref().unwrap().guest_cid, 7);
+        assert_eq!(parsed.virtio_device_count(), 2, "rng and vsock");
+        parsed.validate(&HOST).unwrap();
+        assert!(fx
+            .json(r#"{"kernel": "/k", "vsock": {"guest_cid": 3, "uds_path": "/x", "port": 1}}"#)
+            .is_err());
+
+        let mut c = fx.base();
+        for cid in [0, 1, 2, u64::from(u32::MAX), u64::MAX] {
+            c.vsock = Some(VsockConfig {
+                guest_cid: cid,
+                uds_path: fx.path("v.sock"),
+            });
+            assert!(err(&c).contains("guest_cid"), "{cid}: {}", err(&c));
+        }
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: PathBuf::from(format!("/tmp/{}", "x".repeat(100))),
+        });
+        assert!(err(&c).contains("shorter path"), "{}", err(&c));
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/nonexistent-dir/v.sock".into(),
+        });
+        assert!(err(&c).contains("does not exist"), "{}", err(&c));
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: fx.path("root.ext4"),
+        });
+        assert!(err(&c).contains("not a socket"), "{}", err(&c));
+        // The slot after rng.
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: fx.path("v.sock"),
+        });
+        assert!(c
+            .kernel_cmdline()
+            .unwrap()
+            .contains("virtio_mmio.device=4K@0xd0001000:6"));
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub mod interrupt;
 pub mod queue;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 
 #[cfg(test)]
 pub(crate) mod test_utils;
