@@ -161,6 +161,7 @@ impl Vsock {
                     throttled_warn(queue_throttle, "virtio-vsock: tx queue", &e);
                     break;
                 }
+                let round_start = used;
                 loop {
                     if muxer.rx_backlogged() {
                         *tx_stalled = true;
@@ -193,8 +194,11 @@ impl Vsock {
                     used += 1;
                 }
                 match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    Ok(false) => break,
+                    // More arrived while notifications were off. Without
+                    // progress this round the index is bogus: stop rather
+                    // than spin.
+                    Ok(true) if used > round_start => continue,
+                    Ok(_) => break,
                     Err(e) => {
                         throttled_warn(queue_throttle, "virtio-vsock: tx queue", &e);
                         break;
@@ -230,22 +234,29 @@ impl Vsock {
             let mem = &active.mem;
             let queue = &mut active.queues[RXQ_INDEX];
             let mut used = 0usize;
+            let mut rechecked = false;
             while muxer.has_pending_rx() {
                 if used >= MAX_CHAINS_PER_TURN {
                     reschedule = true;
                     break;
                 }
                 let Some(chain) = next_chain(queue, mem, queue_throttle) else {
-                    // No buffers: ask to be told when there are.
+                    // No buffers: ask to be told when there are. If some
+                    // arrived meanwhile look once more, but only once: a
+                    // bogus available index must not make this spin.
                     match queue.enable_notification(mem) {
-                        Ok(true) => continue,
-                        Ok(false) => break,
+                        Ok(true) if !rechecked => {
+                            rechecked = true;
+                            continue;
+                        }
+                        Ok(_) => break,
                         Err(e) => {
                             throttled_warn(queue_throttle, "virtio-vsock: rx queue", &e);
                             break;
                         }
                     }
                 };
+                rechecked = false;
                 let head = chain.head_index();
                 let len = match parse_rx(mem, chain) {
                     Ok(buf) if buf.data_capacity() > 0 => match muxer.recv_pkt(&buf, now) {
@@ -472,3 +483,6 @@ impl VirtioDevice for Vsock {
         self.common.interrupt().status()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -131,7 +131,8 @@ fn tx_data_straddling_a_region_boundary() {
 #[test]
 fn hostile_tx_chains_are_refused_with_the_reason() {
     let mem = mem();
-    let cases: Vec<(Vec<(u64, u32, u16)>, VsockHeader, PacketError, bool)> = vec![
+    type Case = (Vec<(u64, u32, u16)>, VsockHeader, PacketError, bool);
+    let cases: Vec<Case> = vec![
         // Header cut short.
         (
             vec![(0x8000, 20, 0)],

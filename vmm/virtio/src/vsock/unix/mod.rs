@@ -3,7 +3,7 @@
 //!
 //! - [`muxer`]: owns the listener and the connections, routes packets.
 //! - [`muxer_rxq`]: what is owed to the guest, in order, bounded.
-//! - [`muxer_killq`]: deadlines.
+//! - [`muxer_killq`]: the deadlines.
 //! - [`handshake`]: the `CONNECT <port>\n` line.
 //! - [`stream`]: non-blocking, SIGPIPE-free socket I/O on guest memory.
 
