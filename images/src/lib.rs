@@ -58,6 +58,7 @@ mod fsutil;
 pub mod layer;
 pub mod manifest;
 pub mod reference;
+pub mod registry;
 pub mod rootdisk;
 pub mod store;
 
