@@ -20,7 +20,7 @@ kernel: deps
 # The guest init is static (it runs before any library exists in the guest).
 # --target keeps crt-static off build scripts and proc macros.
 init:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p mvm-init --target $(INIT_TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p mvm-init -p mvm-guest-tools --target $(INIT_TARGET)
 
 build: init
 	$(CARGO) build --workspace --exclude mvm-init --exclude mvm-e2e
