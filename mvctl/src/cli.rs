@@ -1,0 +1,671 @@
+//! Every command and flag, with Docker's names and short forms.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+use crate::flags;
+
+/// mvctl: run container images as microVM sandboxes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mvctl",
+    version,
+    about = "Run container images as microVM sandboxes (a client of mvmd)",
+    long_about = "Run container images as microVM sandboxes.\n\n\
+        mvctl talks to mvmd at unix:///run/mvm/mvmd.sock, starting it in the background when \
+        nothing answers there (on hosts without hardware KVM, inside the mvm machine). \
+        -H/--host or MVM_HOST point elsewhere.\n\n\
+        Exit status: the workload's for run and start -a; 125 when mvctl or mvmd fails.",
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Daemon address: unix:///path/to.sock or tcp://host:port [env: MVM_HOST]
+    #[arg(short = 'H', long = "host", global = true, value_name = "ADDRESS")]
+    pub host: Option<String>,
+    /// File holding the bearer token for tcp:// addresses [default: $MVM_TOKEN]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and start a sandbox; stream its output and exit with its status
+    #[command(disable_help_flag = true)]
+    Run(RunArgs),
+    /// Create a sandbox without starting it; print its id
+    #[command(disable_help_flag = true)]
+    Create(CreateArgs),
+    /// Start sandboxes
+    Start(StartArgs),
+    /// Stop sandboxes (stop signal, then power-off after the timeout)
+    Stop(StopArgs),
+    /// Send a signal to sandboxes' workloads (SIGKILL ends the microVM)
+    Kill(KillArgs),
+    /// Restart sandboxes
+    Restart(StopArgs),
+    /// Remove sandboxes
+    Rm(RmArgs),
+    /// List sandboxes
+    #[command(alias = "ls")]
+    Ps(PsArgs),
+    /// Show a sandbox's output
+    Logs(LogsArgs),
+    /// Wait for sandboxes to stop; print their exit codes
+    Wait(IdsArgs),
+    /// Show sandboxes (or images) in detail, as JSON
+    Inspect(InspectArgs),
+    /// System-wide information and clean-up
+    System {
+        /// The subcommand.
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+    /// Same as `system info`
+    Info(InfoArgs),
+    /// Client and daemon versions
+    Version(VersionArgs),
+    /// Download an image from a registry
+    Pull(PullArgs),
+    /// Upload an image to a registry
+    Push(PushArgs),
+    /// List images
+    Images(ImagesArgs),
+    /// Manage images
+    Image {
+        /// The subcommand.
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Give an image another name
+    Tag(TagArgs),
+    /// Remove images
+    Rmi(RmiArgs),
+    /// Load images from a docker-archive or OCI tarball
+    Load(LoadArgs),
+    /// Save images to a tarball
+    Save(SaveArgs),
+    /// Make an image from a root filesystem tarball
+    Import(ImportArgs),
+    /// Store credentials for a registry
+    Login(LoginArgs),
+    /// Forget the credentials for a registry
+    Logout(LogoutArgs),
+    /// Manage the mvm machine (the emulated KVM host used without hardware KVM)
+    Machine {
+        /// The subcommand.
+        #[command(subcommand)]
+        command: MachineCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completion {
+        /// The shell.
+        shell: Shell,
+    },
+}
+
+/// How a sandbox is made (shared by `run` and `create`).
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// Print help (`-h` is --hostname, as in Docker)
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+    /// Name of the sandbox (unique)
+    #[arg(long, value_parser = flags::parse_name)]
+    pub name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass the host's value)
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines, # comments)
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the sandbox (absolute)
+    #[arg(short = 'w', long = "workdir", value_parser = flags::parse_workdir)]
+    pub workdir: Option<String>,
+    /// User to run as: name, uid, name:group or uid:gid
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Replace the image's ENTRYPOINT ("" clears it)
+    #[arg(long, allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// CPU quota in CPUs (decimal, e.g. 1.5); vCPUs are the quota rounded up
+    #[arg(long, value_parser = flags::parse_cpus)]
+    pub cpus: Option<f64>,
+    /// Guest memory: a number with a unit b, k, m, g (e.g. 512m, 1g); bytes without one
+    #[arg(short = 'm', long, value_parser = flags::parse_memory_mib, value_name = "SIZE")]
+    pub memory: Option<u64>,
+    /// Guest hostname
+    #[arg(short = 'h', long, value_parser = flags::parse_hostname)]
+    pub hostname: Option<String>,
+    /// Restart policy: no, on-failure[:max-retries], always, unless-stopped
+    #[arg(long, value_parser = flags::parse_restart, value_name = "POLICY")]
+    pub restart: Option<mvm_api::sandbox::RestartPolicy>,
+    /// Set a label (key=value)
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Remove the sandbox when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Keep stdin open (needs the guest agent)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a terminal (needs the guest agent)
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Signal that `stop` sends (default: the image's STOPSIGNAL or SIGTERM)
+    #[arg(long, value_parser = flags::parse_signal, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Seconds `stop` waits before powering off
+    #[arg(long, value_name = "SECONDS")]
+    pub stop_timeout: Option<u64>,
+    /// Pull the image first: missing, always, never
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+    /// Image to run
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Command and arguments (replace the image's CMD)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+impl CreateArgs {
+    /// The image.
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    /// The command.
+    pub fn command(&self) -> &[String] {
+        &self.command
+    }
+}
+
+/// `--pull`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicy {
+    /// Pull when the image is not present.
+    Missing,
+    /// Always pull.
+    Always,
+    /// Never pull.
+    Never,
+}
+
+/// `mvctl run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Run in the background and print the sandbox id
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Create options.
+    #[command(flatten)]
+    pub create: CreateArgs,
+}
+
+/// `mvctl start`.
+#[derive(Debug, Clone, Args)]
+pub struct StartArgs {
+    /// Stream the output and exit with the workload's status (one sandbox)
+    #[arg(short = 'a', long)]
+    pub attach: bool,
+    /// Sandboxes (id, id prefix or name)
+    #[arg(required = true, value_name = "SANDBOX")]
+    pub ids: Vec<String>,
+}
+
+/// `mvctl stop` and `mvctl restart`.
+#[derive(Debug, Clone, Args)]
+pub struct StopArgs {
+    /// Seconds to wait before powering off (default: the sandbox's stop timeout)
+    #[arg(
+        short = 't',
+        long = "timeout",
+        visible_alias = "time",
+        value_name = "SECONDS"
+    )]
+    pub timeout: Option<u64>,
+    /// Sandboxes
+    #[arg(required = true, value_name = "SANDBOX")]
+    pub ids: Vec<String>,
+}
+
+/// `mvctl kill`.
+#[derive(Debug, Clone, Args)]
+pub struct KillArgs {
+    /// Signal to send
+    #[arg(short = 's', long, default_value = "KILL", value_parser = flags::parse_signal)]
+    pub signal: String,
+    /// Sandboxes
+    #[arg(required = true, value_name = "SANDBOX")]
+    pub ids: Vec<String>,
+}
+
+/// `mvctl rm`.
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// Remove running sandboxes too (they are killed)
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Sandboxes
+    #[arg(required = true, value_name = "SANDBOX")]
+    pub ids: Vec<String>,
+}
+
+/// Output formats of listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `mvctl ps`.
+#[derive(Debug, Clone, Args)]
+pub struct PsArgs {
+    /// Show all sandboxes (default: running ones)
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only ids
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+    /// Do not truncate ids and commands
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Filter: label=KEY or label=KEY=VALUE
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
+
+/// `mvctl logs`.
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// Follow new output until the sandbox stops
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines, or "all"
+    #[arg(short = 'n', long, value_parser = flags::parse_tail, value_name = "N")]
+    pub tail: Option<flags::Tail>,
+    /// Only output since a time (RFC 3339, Unix timestamp) or a duration ago (10m, 1h)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only output before a time or a duration ago
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Prefix each line with its RFC 3339 time
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    /// Sandbox
+    #[arg(value_name = "SANDBOX")]
+    pub id: String,
+}
+
+/// Commands that take a list of sandboxes.
+#[derive(Debug, Clone, Args)]
+pub struct IdsArgs {
+    /// Sandboxes
+    #[arg(required = true, value_name = "SANDBOX")]
+    pub ids: Vec<String>,
+}
+
+/// What `inspect` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InspectType {
+    /// Sandboxes.
+    Sandbox,
+    /// Images.
+    Image,
+}
+
+/// `mvctl inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// Only this kind of object (default: sandboxes, then images)
+    #[arg(long = "type", value_enum)]
+    pub kind: Option<InspectType>,
+    /// Sandboxes or images
+    #[arg(required = true, value_name = "NAME|ID")]
+    pub ids: Vec<String>,
+}
+
+/// `mvctl system ...`.
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// KVM mode, kernel, versions, paths
+    Info(InfoArgs),
+    /// Remove stopped sandboxes, unused images and disks
+    Prune(PruneArgs),
+}
+
+/// `mvctl system info`.
+#[derive(Debug, Clone, Args)]
+pub struct InfoArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+/// `mvctl version`.
+#[derive(Debug, Clone, Args)]
+pub struct VersionArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+/// `mvctl system prune` and `mvctl image prune`.
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// Do not ask for confirmation
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Also remove tagged images that no sandbox uses (image prune)
+    #[arg(short = 'a', long)]
+    pub all: bool,
+}
+
+/// `mvctl pull`.
+#[derive(Debug, Clone, Args)]
+pub struct PullArgs {
+    /// Allow plain HTTP (loopback registries only)
+    #[arg(long)]
+    pub insecure: bool,
+    /// No progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Image reference
+    #[arg(value_name = "NAME[:TAG|@DIGEST]")]
+    pub reference: String,
+}
+
+/// `mvctl push`.
+#[derive(Debug, Clone, Args)]
+pub struct PushArgs {
+    /// Allow plain HTTP (loopback registries only)
+    #[arg(long)]
+    pub insecure: bool,
+    /// No progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Image reference
+    #[arg(value_name = "NAME[:TAG]")]
+    pub reference: String,
+}
+
+/// `mvctl images` and `mvctl image ls`.
+#[derive(Debug, Clone, Args)]
+pub struct ImagesArgs {
+    /// Only image ids
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+    /// Only images of this repository (e.g. busybox)
+    #[arg(value_name = "REPOSITORY")]
+    pub repository: Option<String>,
+}
+
+/// `mvctl tag`.
+#[derive(Debug, Clone, Args)]
+pub struct TagArgs {
+    /// Existing image
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// New name
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+}
+
+/// `mvctl rmi` and `mvctl image rm`.
+#[derive(Debug, Clone, Args)]
+pub struct RmiArgs {
+    /// Remove even when sandboxes use the image
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Images
+    #[arg(required = true, value_name = "IMAGE")]
+    pub references: Vec<String>,
+}
+
+/// `mvctl load`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Read from this tarball instead of stdin
+    #[arg(short = 'i', long = "input", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// No progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `--format` of `save`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchiveFormat {
+    /// docker-archive (`docker save`), loadable by `docker load`.
+    Docker,
+    /// OCI image layout.
+    Oci,
+}
+
+/// `mvctl save`.
+#[derive(Debug, Clone, Args)]
+pub struct SaveArgs {
+    /// Write to this file instead of stdout
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Archive format
+    #[arg(long, value_enum, default_value_t = ArchiveFormat::Docker)]
+    pub format: ArchiveFormat,
+    /// Images
+    #[arg(required = true, value_name = "IMAGE")]
+    pub references: Vec<String>,
+}
+
+/// `mvctl import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// Root filesystem tarball ("-" for stdin)
+    #[arg(value_name = "FILE|-")]
+    pub file: String,
+    /// Name for the image
+    #[arg(value_name = "NAME[:TAG]")]
+    pub reference: Option<String>,
+}
+
+/// `mvctl login`.
+#[derive(Debug, Clone, Args)]
+pub struct LoginArgs {
+    /// User name (asked when absent)
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password (insecure: visible in the process list; prefer --password-stdin)
+    #[arg(short = 'p', long)]
+    pub password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Plain HTTP (loopback registries only)
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry (default: Docker Hub)
+    #[arg(value_name = "SERVER")]
+    pub server: Option<String>,
+}
+
+/// `mvctl logout`.
+#[derive(Debug, Clone, Args)]
+pub struct LogoutArgs {
+    /// Registry (default: Docker Hub)
+    #[arg(value_name = "SERVER")]
+    pub server: Option<String>,
+}
+
+/// `mvctl image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List images
+    #[command(alias = "list")]
+    Ls(ImagesArgs),
+    /// Show images in detail, as JSON
+    Inspect {
+        /// Images
+        #[arg(required = true, value_name = "IMAGE")]
+        references: Vec<String>,
+    },
+    /// Remove images
+    #[command(alias = "remove")]
+    Rm(RmiArgs),
+    /// Give an image another name
+    Tag(TagArgs),
+    /// Remove unused images
+    Prune(PruneArgs),
+    /// Download an image
+    Pull(PullArgs),
+    /// Upload an image
+    Push(PushArgs),
+    /// Load images from a tarball
+    Load(LoadArgs),
+    /// Save images to a tarball
+    Save(SaveArgs),
+    /// Make an image from a root filesystem tarball
+    Import(ImportArgs),
+}
+
+/// `mvctl machine ...` (handled by the machine module).
+#[derive(Debug, Clone, Subcommand)]
+pub enum MachineCommand {
+    /// Start the machine (and mvmd inside it) unless it runs
+    Start {
+        /// vCPUs of the machine
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory of the machine (e.g. 4g)
+        #[arg(long, value_parser = flags::parse_size_mib, value_name = "SIZE")]
+        memory: Option<u64>,
+    },
+    /// Stop the machine and every sandbox in it
+    Stop,
+    /// Whether the machine runs, and its endpoint
+    Status,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mvctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_stops_flag_parsing_at_the_image() {
+        let cli = parse(&[
+            "run", "--rm", "-e", "A=1", "busybox", "sh", "-c", "exit 3", "-e", "--rm",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.create.command(), ["sh", "-c", "exit 3", "-e", "--rm"]);
+        // A flag right after the image belongs to the command too.
+        let cli = parse(&[
+            "run", "--rm", "-e", "A=1", "busybox", "-c", "exit 3", "-e", "--rm",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert!(r.create.rm);
+        assert_eq!(r.create.env, ["A=1"]);
+        assert_eq!(r.create.image(), "busybox");
+        assert_eq!(r.create.command(), ["-c", "exit 3", "-e", "--rm"]);
+    }
+
+    #[test]
+    fn run_short_flags_like_docker() {
+        let cli = parse(&[
+            "run",
+            "-d",
+            "-h",
+            "box",
+            "-m",
+            "1g",
+            "-w",
+            "/tmp",
+            "-u",
+            "1000:1000",
+            "busybox",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert!(r.detach);
+        assert_eq!(r.create.hostname.as_deref(), Some("box"));
+        assert_eq!(r.create.memory, Some(1024));
+        assert_eq!(r.create.workdir.as_deref(), Some("/tmp"));
+        assert!(r.create.command().is_empty());
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        for args in [
+            &["run", "--bogus", "busybox"][..],
+            &["run", "--memory", "0", "busybox"],
+            &["run", "--memory", "100t", "busybox"],
+            &["run", "--cpus", "x", "busybox"],
+            &["run", "--restart", "sometimes", "busybox"],
+            &["run", "--name", "bad name", "busybox"],
+            &["run"],
+            &["kill", "-s", "NOPE", "x"],
+            &["logs", "--tail", "x", "x"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_ne!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
+        }
+        let e = parse(&["run", "--memory", "0", "busybox"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too small"), "{e}");
+    }
+
+    #[test]
+    fn entrypoint_may_be_empty_or_dashed() {
+        let cli = parse(&["create", "--entrypoint", "", "busybox"]).unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!()
+        };
+        assert_eq!(c.entrypoint.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn global_host_anywhere() {
+        let cli = parse(&["ps", "-H", "tcp://127.0.0.1:1234", "-a"]).unwrap();
+        assert_eq!(cli.host.as_deref(), Some("tcp://127.0.0.1:1234"));
+        let cli = parse(&["logs", "--tail", "all", "x"]).unwrap();
+        let Command::Logs(l) = cli.command else {
+            panic!()
+        };
+        assert_eq!(l.tail, Some(flags::Tail(None)));
+    }
+}

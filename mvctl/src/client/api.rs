@@ -1,0 +1,308 @@
+//! One typed helper per endpoint of `docs/api.md`.
+
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::Method;
+use mvm_api::images::{
+    ImageSummary, LoginRequest, LogoutRequest, Progress, TagRequest, TransferRequest,
+};
+use mvm_api::logs::LogRecord;
+use mvm_api::sandbox::{
+    CreateRequest, CreateResponse, PruneResponse, SandboxInfo, SandboxSummary, WaitResponse,
+};
+use mvm_api::system::Info;
+use serde_json::Value;
+
+use super::{encode_segment, Body, Client, ClientError, NdjsonStream, Query, Result};
+
+/// `wait?condition=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCondition {
+    /// Returns at once if the sandbox is not running.
+    NotRunning,
+    /// The next exit after the request.
+    NextExit,
+    /// Until the sandbox is removed (for `--rm`).
+    Removed,
+}
+
+impl WaitCondition {
+    fn as_str(self) -> &'static str {
+        match self {
+            WaitCondition::NotRunning => "not-running",
+            WaitCondition::NextExit => "next-exit",
+            WaitCondition::Removed => "removed",
+        }
+    }
+}
+
+/// Query of `GET /v1/sandboxes/{id}/logs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogsOptions {
+    /// Keep the stream open for new records while the sandbox runs.
+    pub follow: bool,
+    /// Only the last N records (all when `None`).
+    pub tail: Option<u64>,
+    /// Only records at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Only records before this RFC 3339 time.
+    pub until: Option<String>,
+}
+
+/// An answer that is either a progress stream or one JSON document (the
+/// contract streams progress for long operations; a daemon may answer a
+/// short one directly).
+pub enum Answer {
+    /// NDJSON progress; the last line is `result` or `error`.
+    Progress(NdjsonStream<Progress>),
+    /// A JSON document.
+    Json(Value),
+}
+
+fn sandbox(id: &str) -> String {
+    format!("/v1/sandboxes/{}", encode_segment(id))
+}
+
+impl Client {
+    /// `GET /_ping`.
+    pub async fn ping(&self) -> Result<()> {
+        let resp = self
+            .send(Method::GET, "/_ping", Body::empty(), None)
+            .await?;
+        super::read_limited(resp.into_body(), 4096, "GET /_ping", &self.host_str()).await?;
+        Ok(())
+    }
+
+    /// `GET /v1/version` (shown as it comes).
+    pub async fn version(&self) -> Result<Value> {
+        self.json::<(), _>(Method::GET, "/v1/version", None).await
+    }
+
+    /// `GET /v1/info`.
+    pub async fn info(&self) -> Result<Info> {
+        self.json::<(), _>(Method::GET, "/v1/info", None).await
+    }
+
+    /// `POST /v1/system/prune`.
+    pub async fn system_prune(&self) -> Result<PruneResponse> {
+        self.json::<(), _>(Method::POST, "/v1/system/prune", None)
+            .await
+    }
+
+    /// `POST /v1/sandboxes`.
+    pub async fn create(&self, req: &CreateRequest) -> Result<CreateResponse> {
+        self.json(Method::POST, "/v1/sandboxes", Some(req)).await
+    }
+
+    /// `GET /v1/sandboxes`; `labels` are `key=value` or `key` filters.
+    pub async fn list(&self, all: bool, labels: &[String]) -> Result<Vec<SandboxSummary>> {
+        let mut q = Query::new("/v1/sandboxes").flag("all", all);
+        for l in labels {
+            q = q.push("label", l);
+        }
+        self.json::<(), _>(Method::GET, &q.build(), None).await
+    }
+
+    /// `GET /v1/sandboxes/{id}`.
+    pub async fn inspect(&self, id: &str) -> Result<SandboxInfo> {
+        self.json::<(), _>(Method::GET, &sandbox(id), None).await
+    }
+
+    /// `GET /v1/sandboxes/{id}`, as the daemon wrote it (for printing, so
+    /// that fields this client does not know yet are shown too).
+    pub async fn inspect_raw(&self, id: &str) -> Result<Value> {
+        self.json::<(), _>(Method::GET, &sandbox(id), None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/start`.
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.call::<()>(Method::POST, &format!("{}/start", sandbox(id)), None)
+            .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/stop`.
+    pub async fn stop(&self, id: &str, timeout: Option<u64>) -> Result<()> {
+        let q = Query::new(format!("{}/stop", sandbox(id)))
+            .opt("timeout", timeout.map(|t| t.to_string()));
+        self.call::<()>(Method::POST, &q.build(), None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/restart`.
+    pub async fn restart(&self, id: &str, timeout: Option<u64>) -> Result<()> {
+        let q = Query::new(format!("{}/restart", sandbox(id)))
+            .opt("timeout", timeout.map(|t| t.to_string()));
+        self.call::<()>(Method::POST, &q.build(), None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/kill`.
+    pub async fn kill(&self, id: &str, signal: &str) -> Result<()> {
+        let q = Query::new(format!("{}/kill", sandbox(id))).push("signal", signal);
+        self.call::<()>(Method::POST, &q.build(), None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/wait`.
+    pub async fn wait(&self, id: &str, condition: WaitCondition) -> Result<WaitResponse> {
+        let q = Query::new(format!("{}/wait", sandbox(id))).push("condition", condition.as_str());
+        self.json::<(), _>(Method::POST, &q.build(), None).await
+    }
+
+    /// `DELETE /v1/sandboxes/{id}`.
+    pub async fn remove(&self, id: &str, force: bool) -> Result<()> {
+        let q = Query::new(sandbox(id)).flag("force", force);
+        self.call::<()>(Method::DELETE, &q.build(), None).await
+    }
+
+    /// `GET /v1/sandboxes/{id}/logs`.
+    pub async fn logs(&self, id: &str, o: &LogsOptions) -> Result<NdjsonStream<LogRecord>> {
+        let q = Query::new(format!("{}/logs", sandbox(id)))
+            .flag("follow", o.follow)
+            .opt("tail", o.tail.map(|t| t.to_string()))
+            .opt("since", o.since.as_deref())
+            .opt("until", o.until.as_deref())
+            .flag("stdout", true)
+            .flag("stderr", true);
+        self.ndjson(Method::GET, &q.build(), Body::empty(), None)
+            .await
+    }
+
+    /// `GET /v1/images`.
+    pub async fn images(&self) -> Result<Vec<ImageSummary>> {
+        self.json::<(), _>(Method::GET, "/v1/images", None).await
+    }
+
+    /// `GET /v1/images/inspect?ref=`.
+    pub async fn image_inspect(&self, reference: &str) -> Result<Value> {
+        let q = Query::new("/v1/images/inspect").push("ref", reference);
+        self.json::<(), _>(Method::GET, &q.build(), None).await
+    }
+
+    /// `POST /v1/images/pull`.
+    pub async fn pull(&self, req: &TransferRequest) -> Result<Answer> {
+        self.json_answer(Method::POST, "/v1/images/pull", req).await
+    }
+
+    /// `POST /v1/images/push`.
+    pub async fn push(&self, req: &TransferRequest) -> Result<Answer> {
+        self.json_answer(Method::POST, "/v1/images/push", req).await
+    }
+
+    /// `POST /v1/images/tag`.
+    pub async fn tag(&self, req: &TagRequest) -> Result<()> {
+        self.call(Method::POST, "/v1/images/tag", Some(req)).await
+    }
+
+    /// `DELETE /v1/images?ref=&force=`.
+    pub async fn image_remove(&self, reference: &str, force: bool) -> Result<Value> {
+        let q = Query::new("/v1/images")
+            .push("ref", reference)
+            .flag("force", force);
+        self.json_or_null(Method::DELETE, &q.build()).await
+    }
+
+    /// `POST /v1/images/prune?all=`.
+    pub async fn image_prune(&self, all: bool) -> Result<Value> {
+        let q = Query::new("/v1/images/prune").flag("all", all);
+        self.json_or_null(Method::POST, &q.build()).await
+    }
+
+    /// `POST /v1/images/load` with a docker-archive or OCI tarball.
+    pub async fn load(&self, tarball: Body) -> Result<Answer> {
+        let resp = self
+            .send(
+                Method::POST,
+                "/v1/images/load",
+                tarball,
+                Some("application/x-tar"),
+            )
+            .await?;
+        self.answer(resp, "POST /v1/images/load").await
+    }
+
+    /// `GET /v1/images/save?ref=..&format=`: the tarball as a body stream.
+    pub async fn save(&self, references: &[String], format: &str) -> Result<Incoming> {
+        let mut q = Query::new("/v1/images/save");
+        for r in references {
+            q = q.push("ref", r);
+        }
+        let q = q.push("format", format);
+        Ok(self
+            .send(Method::GET, &q.build(), Body::empty(), None)
+            .await?
+            .into_body())
+    }
+
+    /// `POST /v1/images/import?ref=` with a root filesystem tarball.
+    pub async fn import(&self, reference: Option<&str>, tarball: Body) -> Result<Answer> {
+        let q = Query::new("/v1/images/import").opt("ref", reference);
+        let resp = self
+            .send(Method::POST, &q.build(), tarball, Some("application/x-tar"))
+            .await?;
+        self.answer(resp, "POST /v1/images/import").await
+    }
+
+    /// `POST /v1/auth/login`.
+    pub async fn login(&self, req: &LoginRequest) -> Result<Value> {
+        let resp = self
+            .send_json(Method::POST, "/v1/auth/login", Some(req))
+            .await?;
+        self.value_of(resp, "POST /v1/auth/login").await
+    }
+
+    /// `POST /v1/auth/logout`.
+    pub async fn logout(&self, req: &LogoutRequest) -> Result<()> {
+        self.call(Method::POST, "/v1/auth/logout", Some(req)).await
+    }
+
+    async fn json_answer<B: serde::Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<Answer> {
+        let what = format!("{method} {path}");
+        let resp = self.send_json(method, path, Some(body)).await?;
+        self.answer(resp, &what).await
+    }
+
+    async fn json_or_null(&self, method: Method, path: &str) -> Result<Value> {
+        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let resp = self.send(method, path, Body::empty(), None).await?;
+        self.value_of(resp, &what).await
+    }
+
+    /// A JSON body, or `null` for an empty one (`204`).
+    async fn value_of(&self, resp: hyper::Response<Incoming>, what: &str) -> Result<Value> {
+        let bytes = super::read_limited(
+            resp.into_body(),
+            super::MAX_JSON_BODY,
+            what,
+            &self.host_str(),
+        )
+        .await?;
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            what: what.to_string(),
+            why: e.to_string(),
+        })
+    }
+
+    async fn answer(&self, resp: hyper::Response<Incoming>, what: &str) -> Result<Answer> {
+        let ndjson = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.contains("ndjson") || ct.contains("json-seq") || ct.contains("stream")
+            });
+        if ndjson {
+            return Ok(Answer::Progress(NdjsonStream::new(
+                resp.into_body(),
+                what.to_string(),
+                self.host_str(),
+            )));
+        }
+        Ok(Answer::Json(self.value_of(resp, what).await?))
+    }
+}

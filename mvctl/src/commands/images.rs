@@ -1,0 +1,480 @@
+//! Image commands, as clients of the image endpoints: pull, push, images,
+//! image inspect, tag, rmi, image prune, load, save, import, login, logout.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use http_body_util::BodyExt;
+use mvm_api::images::{ImageSummary, LoginRequest, LogoutRequest, TagRequest, TransferRequest};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    confirm, for_each, progress, prompt, report, stdout_is_terminal, CmdError, CmdResult, Ctx,
+};
+use crate::cli::{
+    ArchiveFormat, ImagesArgs, ImportArgs, ListFormat, LoadArgs, LoginArgs, LogoutArgs, PruneArgs,
+    PullArgs, PushArgs, RmiArgs, SaveArgs, TagArgs,
+};
+use crate::client::{Body, ClientError};
+use crate::format;
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// `mvctl pull`.
+pub async fn pull(ctx: &Ctx, a: PullArgs) -> CmdResult {
+    let client = ctx.client().await?;
+    let req = TransferRequest {
+        reference: a.reference.clone(),
+        insecure: a.insecure,
+    };
+    let v = progress::show(client.pull(&req).await?, a.quiet).await?;
+    let name = v
+        .get("reference")
+        .and_then(Value::as_str)
+        .unwrap_or(&a.reference);
+    if let Some(d) = v.get("digest").and_then(Value::as_str).filter(|_| !a.quiet) {
+        eprintln!("Digest: {d}");
+    }
+    println!("{name}");
+    Ok(0)
+}
+
+/// `mvctl push`.
+pub async fn push(ctx: &Ctx, a: PushArgs) -> CmdResult {
+    let client = ctx.client().await?;
+    let req = TransferRequest {
+        reference: a.reference.clone(),
+        insecure: a.insecure,
+    };
+    let v = progress::show(client.push(&req).await?, a.quiet).await?;
+    if let Some(d) = v.get("digest").and_then(Value::as_str) {
+        println!("{}: digest: {d}", a.reference);
+    } else {
+        println!("{}", a.reference);
+    }
+    Ok(0)
+}
+
+/// Does `img` have a name in `repository` (`busybox` matches
+/// `docker.io/library/busybox:*`)?
+fn in_repository(img: &ImageSummary, repository: &str) -> bool {
+    let (want_repo, want_tag) = match repository.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t)),
+        _ => (repository, None),
+    };
+    img.repo_tags.iter().any(|t| {
+        let (full_repo, tag) = t.rsplit_once(':').unwrap_or((t, ""));
+        let (short, _) = format::repo_and_tag(t);
+        (short == want_repo || full_repo == want_repo) && want_tag.is_none_or(|w| w == tag)
+    })
+}
+
+/// `mvctl images` / `mvctl image ls`.
+pub async fn list(ctx: &Ctx, a: ImagesArgs) -> CmdResult {
+    let client = ctx.client().await?;
+    let mut list = client.images().await?;
+    if let Some(r) = &a.repository {
+        list.retain(|i| in_repository(i, r));
+    }
+    // Newest first, as Docker lists them.
+    list.sort_by(|x, y| y.created.cmp(&x.created));
+    if a.quiet {
+        let mut seen = std::collections::HashSet::new();
+        for i in &list {
+            if seen.insert(i.id.clone()) {
+                println!("{}", format::short_id(&i.id));
+            }
+        }
+        return Ok(0);
+    }
+    match a.format {
+        ListFormat::Json => {
+            for i in &list {
+                println!("{}", serde_json::to_string(i).unwrap_or_default());
+            }
+        }
+        ListFormat::Table => print!("{}", format::images_table(&list, chrono::Utc::now())),
+    }
+    Ok(0)
+}
+
+/// `mvctl image inspect`.
+pub async fn inspect(ctx: &Ctx, references: &[String]) -> CmdResult {
+    let client = ctx.client().await?;
+    let mut out = Vec::new();
+    let mut failed = 0;
+    for r in references {
+        match client.image_inspect(r).await {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                report(&e);
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Value::Array(out)).unwrap_or_default()
+    );
+    if failed > 0 {
+        return Err(CmdError::Partial(format!(
+            "{failed} of {} not found",
+            references.len()
+        )));
+    }
+    Ok(0)
+}
+
+/// `mvctl tag`.
+pub async fn tag(ctx: &Ctx, a: TagArgs) -> CmdResult {
+    let client = ctx.client().await?;
+    client
+        .tag(&TagRequest {
+            source: a.source,
+            target: a.target,
+        })
+        .await?;
+    Ok(0)
+}
+
+/// `mvctl rmi` / `mvctl image rm`.
+pub async fn rm(ctx: &Ctx, a: RmiArgs) -> CmdResult {
+    let client = ctx.client().await?;
+    let force = a.force;
+    for_each(&a.references, |r| async move {
+        let v = client.image_remove(&r, force).await?;
+        let untagged = strings(v.get("untagged"));
+        let deleted = strings(v.get("deleted"));
+        if untagged.is_empty() && deleted.is_empty() {
+            println!("Untagged: {r}");
+        }
+        for u in untagged {
+            println!("Untagged: {u}");
+        }
+        for d in deleted {
+            println!("Deleted: {d}");
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Bytes freed, from either the API's `PruneResponse` or the image store's
+/// report.
+fn reclaimed(v: &Value) -> u64 {
+    ["space_reclaimed", "bytes_freed"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_u64))
+        .or_else(|| {
+            v.get("pruned")
+                .and_then(|p| p.get("bytes_freed"))
+                .and_then(Value::as_u64)
+        })
+        .unwrap_or(0)
+}
+
+/// `mvctl image prune`.
+pub async fn prune(ctx: &Ctx, a: PruneArgs) -> CmdResult {
+    if !a.force {
+        let what = if a.all {
+            "all images without at least one sandbox"
+        } else {
+            "all dangling images"
+        };
+        if !confirm(&format!(
+            "WARNING! This will remove {what}.\nAre you sure you want to continue?"
+        )) {
+            return Ok(0);
+        }
+    }
+    let client = ctx.client().await?;
+    let v = client.image_prune(a.all).await?;
+    let deleted: Vec<String> = ["deleted", "images_removed"]
+        .iter()
+        .flat_map(|k| strings(v.get(*k)))
+        .collect();
+    if !deleted.is_empty() {
+        println!("Deleted Images:");
+        for d in deleted {
+            println!("deleted: {d}");
+        }
+        println!();
+    }
+    println!(
+        "Total reclaimed space: {}",
+        format::human_size(reclaimed(&v))
+    );
+    Ok(0)
+}
+
+/// A request body from a file, or stdin for `None`/`-`.
+async fn input_body(path: Option<&Path>, what: &str) -> Result<Body, CmdError> {
+    match path {
+        Some(p) if p != Path::new("-") => {
+            let f = tokio::fs::File::open(p)
+                .await
+                .map_err(|source| CmdError::Io {
+                    what: format!("cannot open {}", p.display()),
+                    source,
+                })?;
+            Ok(Body::reader(f))
+        }
+        _ => {
+            if std::io::stdin().is_terminal() {
+                return Err(CmdError::Invalid(format!(
+                    "{what} reads the tarball from stdin, but stdin is a terminal: redirect a file or pass it (-i FILE)"
+                )));
+            }
+            Ok(Body::reader(tokio::io::stdin()))
+        }
+    }
+}
+
+/// `mvctl load [-i FILE]`.
+pub async fn load(ctx: &Ctx, a: LoadArgs) -> CmdResult {
+    let body = input_body(a.input.as_deref(), "load").await?;
+    let client = ctx.client().await?;
+    let v = progress::show(client.load(body).await?, a.quiet).await?;
+    let names = strings(v.get("names"));
+    if names.is_empty() {
+        match v.get("id").and_then(Value::as_str) {
+            Some(id) => println!("Loaded image ID: {id}"),
+            None => println!("{v}"),
+        }
+    }
+    for n in names {
+        println!("Loaded image: {n}");
+    }
+    Ok(0)
+}
+
+/// `mvctl import FILE|- [NAME[:TAG]]`: prints the new image's id.
+pub async fn import(ctx: &Ctx, a: ImportArgs) -> CmdResult {
+    if a.file.contains("://") {
+        return Err(CmdError::Invalid(format!(
+            "import takes a file or - for stdin, not a URL ({}): download it first",
+            a.file
+        )));
+    }
+    let body = input_body(Some(Path::new(&a.file)), "import").await?;
+    let client = ctx.client().await?;
+    let v = progress::show(client.import(a.reference.as_deref(), body).await?, true).await?;
+    match v.get("id").and_then(Value::as_str) {
+        Some(id) => println!("{id}"),
+        None => println!("{v}"),
+    }
+    Ok(0)
+}
+
+/// `mvctl save [-o FILE] [--format docker|oci] IMAGE...`.
+pub async fn save(ctx: &Ctx, a: SaveArgs) -> CmdResult {
+    if a.output.is_none() && stdout_is_terminal() {
+        return Err(CmdError::Invalid(
+            "refusing to write a tarball to a terminal: use -o FILE or redirect stdout".into(),
+        ));
+    }
+    let format = match a.format {
+        ArchiveFormat::Docker => "docker",
+        ArchiveFormat::Oci => "oci",
+    };
+    let client = ctx.client().await?;
+    let body = client.save(&a.references, format).await?;
+    match &a.output {
+        Some(path) => save_to_file(body, path, &client.host().to_string()).await,
+        None => copy_body(
+            body,
+            tokio::io::stdout(),
+            "stdout",
+            &client.host().to_string(),
+        )
+        .await
+        .map(|_| 0),
+    }
+}
+
+/// Write to a temporary file next to `path` and rename it into place, so
+/// a failed save never leaves a truncated tarball under the final name.
+async fn save_to_file(body: hyper::body::Incoming, path: &Path, host: &str) -> CmdResult {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image.tar".into());
+    let tmp = dir.join(format!(".{name}.mvctl-{}", std::process::id()));
+    let file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|source| CmdError::Io {
+            what: format!("cannot create {}", tmp.display()),
+            source,
+        })?;
+    let result = copy_body(body, file, &tmp.display().to_string(), host).await;
+    match result {
+        Ok(f) => {
+            f.sync_all().await.map_err(|source| CmdError::Io {
+                what: format!("sync {}", tmp.display()),
+                source,
+            })?;
+            tokio::fs::rename(&tmp, path)
+                .await
+                .map_err(|source| CmdError::Io {
+                    what: format!("rename to {}", path.display()),
+                    source,
+                })?;
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+async fn copy_body<W: tokio::io::AsyncWrite + Unpin>(
+    mut body: hyper::body::Incoming,
+    mut w: W,
+    what: &str,
+    host: &str,
+) -> Result<W, CmdError> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|source| ClientError::Http {
+            host: host.to_string(),
+            source,
+        })?;
+        if let Ok(data) = frame.into_data() {
+            w.write_all(&data).await.map_err(|source| CmdError::Io {
+                what: format!("write {what}"),
+                source,
+            })?;
+        }
+    }
+    w.flush().await.map_err(|source| CmdError::Io {
+        what: format!("write {what}"),
+        source,
+    })?;
+    Ok(w)
+}
+
+/// `mvctl login`.
+pub async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
+    let server = a.server.clone().unwrap_or_default();
+    let username = match a.username.clone() {
+        Some(u) => u,
+        None => prompt::line("Username: ").map_err(|source| CmdError::Io {
+            what: "no user name given (-u) and no terminal to ask on".into(),
+            source,
+        })?,
+    };
+    if username.is_empty() {
+        return Err(CmdError::Invalid("the user name is empty".into()));
+    }
+    let password = if a.password_stdin {
+        if a.password.is_some() {
+            return Err(CmdError::Invalid(
+                "--password and --password-stdin are mutually exclusive".into(),
+            ));
+        }
+        let mut s = String::new();
+        std::io::stdin()
+            .take(64 << 10)
+            .read_to_string(&mut s)
+            .map_err(|source| CmdError::Io {
+                what: "read the password from stdin".into(),
+                source,
+            })?;
+        s.trim_end_matches(['\n', '\r']).to_string()
+    } else if let Some(p) = a.password.clone() {
+        eprintln!(
+            "WARNING! Using --password via the command line is insecure. Use --password-stdin."
+        );
+        p
+    } else {
+        prompt::secret("Password: ").map_err(|source| CmdError::Io {
+            what: "no password given and no terminal to ask on (use --password-stdin)".into(),
+            source,
+        })?
+    };
+    if password.is_empty() {
+        return Err(CmdError::Invalid("the password is empty".into()));
+    }
+    let client = ctx.client().await?;
+    client
+        .login(&LoginRequest {
+            server,
+            username,
+            password,
+            insecure: a.insecure,
+        })
+        .await?;
+    println!("Login Succeeded");
+    Ok(0)
+}
+
+/// `mvctl logout`.
+pub async fn logout(ctx: &Ctx, a: LogoutArgs) -> CmdResult {
+    let server = a.server.unwrap_or_default();
+    let client = ctx.client().await?;
+    client
+        .logout(&LogoutRequest {
+            server: server.clone(),
+        })
+        .await?;
+    println!(
+        "Removing login credentials for {}",
+        if server.is_empty() {
+            "Docker Hub"
+        } else {
+            &server
+        }
+    );
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_filter() {
+        let img = ImageSummary {
+            repo_tags: vec![
+                "docker.io/library/busybox:latest".into(),
+                "localhost:5000/app:1".into(),
+            ],
+            id: "sha256:x".into(),
+            ..Default::default()
+        };
+        assert!(in_repository(&img, "busybox"));
+        assert!(in_repository(&img, "busybox:latest"));
+        assert!(!in_repository(&img, "busybox:1"));
+        assert!(in_repository(&img, "localhost:5000/app"));
+        assert!(in_repository(&img, "docker.io/library/busybox"));
+        assert!(!in_repository(&img, "alpine"));
+    }
+
+    #[test]
+    fn prune_answers() {
+        assert_eq!(
+            reclaimed(&serde_json::json!({"deleted": [], "space_reclaimed": 5})),
+            5
+        );
+        assert_eq!(reclaimed(&serde_json::json!({"bytes_freed": 7})), 7);
+        assert_eq!(
+            reclaimed(&serde_json::json!({"pruned": {"bytes_freed": 9}})),
+            9
+        );
+        assert_eq!(reclaimed(&Value::Null), 0);
+    }
+}

@@ -1,0 +1,504 @@
+//! `run`, `create`, and the foreground session shared with `start -a`.
+//!
+//! A foreground run is create + start + follow the logs + wait, and exits
+//! with the workload's status. This works without the guest agent: output
+//! comes from the daemon's log of the sandbox, and signals go through the
+//! kill endpoint. Ctrl-C sends SIGINT to the workload; a second Ctrl-C
+//! within one second sends SIGKILL, which ends the microVM (for a workload
+//! that ignores SIGINT). SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 that
+//! mvctl receives are forwarded as they are, as `docker run` does.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use mvm_api::images::TransferRequest;
+use mvm_api::logs::{LogRecord, Stream};
+use mvm_api::sandbox::{CreateRequest, RestartPolicy, Status, WaitResponse};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::task::JoinHandle;
+
+use super::{progress, CmdError, CmdResult, Ctx};
+use crate::cli::{CreateArgs, PullPolicy, RunArgs};
+use crate::client::{Client, ClientError, LogsOptions, WaitCondition};
+use crate::flags;
+
+/// Window in which a second Ctrl-C escalates to SIGKILL.
+const DOUBLE_INTERRUPT: Duration = Duration::from_secs(1);
+/// How long to trust the wait request after the log stream ended before
+/// also asking for the state (a guard against a lost wake-up).
+const WAIT_GRACE: Duration = Duration::from_secs(3);
+
+/// Build the create request from the flags, reading env files. Everything
+/// that can be wrong locally is caught here, before any request.
+pub fn create_request(
+    a: &CreateArgs,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<CreateRequest, CmdError> {
+    let mut env = Vec::new();
+    for path in &a.env_file {
+        let bytes = std::fs::read(path).map_err(|source| CmdError::Io {
+            what: format!("cannot read env file {}", path.display()),
+            source,
+        })?;
+        env.extend(
+            flags::parse_env_file(&path.display().to_string(), &bytes, lookup)
+                .map_err(CmdError::Invalid)?,
+        );
+    }
+    for e in &a.env {
+        if let Some(entry) = flags::env_flag(e, lookup).map_err(CmdError::Invalid)? {
+            env.push(entry);
+        }
+    }
+    let labels = flags::labels(&a.label).map_err(CmdError::Invalid)?;
+    let restart_policy = a.restart.clone().unwrap_or_default();
+    if a.rm && restart_policy != RestartPolicy::No {
+        return Err(CmdError::Invalid(
+            "conflicting options: --restart and --rm (a sandbox removed on exit cannot be restarted)".into(),
+        ));
+    }
+    let image = a.image().trim();
+    if image.is_empty() {
+        return Err(CmdError::Invalid("the image name is empty".into()));
+    }
+    Ok(CreateRequest {
+        image: image.to_string(),
+        name: a.name.clone(),
+        cmd: (!a.command().is_empty()).then(|| a.command().to_vec()),
+        entrypoint: a.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                vec![]
+            } else {
+                vec![e.clone()]
+            }
+        }),
+        env,
+        working_dir: a.workdir.clone(),
+        user: a.user.clone().filter(|u| !u.is_empty()),
+        hostname: a.hostname.clone(),
+        labels,
+        tty: a.tty,
+        open_stdin: a.interactive,
+        vcpus: None,
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        restart_policy,
+        auto_remove: a.rm,
+        stop_signal: a.stop_signal.clone(),
+        stop_timeout: a.stop_timeout,
+    })
+}
+
+fn host_env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// `-i`/`-t` need an interactive stream into the guest, which only the
+/// guest agent provides.
+fn refuse_interactive(a: &CreateArgs) -> Result<(), CmdError> {
+    if a.interactive || a.tty {
+        return Err(CmdError::Invalid(
+            "-i/--interactive and -t/--tty need the guest agent, which this mvm does not have yet; \
+             run without them (output is still streamed, and Ctrl-C still reaches the workload)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Pull the image when the policy says so.
+async fn ensure_image(client: &Client, image: &str, policy: PullPolicy) -> Result<(), CmdError> {
+    let pull = match policy {
+        PullPolicy::Never => false,
+        PullPolicy::Always => true,
+        PullPolicy::Missing => match client.image_inspect(image).await {
+            Ok(_) => false,
+            Err(e) if e.is_not_found() => {
+                eprintln!("Unable to find image '{image}' locally");
+                true
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    if !pull {
+        return Ok(());
+    }
+    let req = TransferRequest {
+        reference: image.to_string(),
+        insecure: false,
+    };
+    let result = async {
+        let answer = client.pull(&req).await?;
+        progress::show(answer, false).await
+    }
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(CmdError::Invalid(format!(
+            "image {image:?} is not here and pulling it failed: {e} (import or load it first, or check the name)"
+        ))),
+    }
+}
+
+/// `mvctl create`.
+pub async fn create(ctx: &Ctx, a: CreateArgs) -> CmdResult {
+    let req = create_request(&a, &host_env)?;
+    refuse_interactive(&a)?;
+    let client = ctx.client().await?;
+    ensure_image(client, &req.image, a.pull).await?;
+    let created = client.create(&req).await?;
+    for w in &created.warnings {
+        eprintln!("mvctl: warning: {w}");
+    }
+    println!("{}", created.id);
+    Ok(0)
+}
+
+/// `mvctl run`.
+pub async fn run(ctx: &Ctx, a: RunArgs) -> CmdResult {
+    let req = create_request(&a.create, &host_env)?;
+    refuse_interactive(&a.create)?;
+    let client = ctx.client().await?;
+    ensure_image(client, &req.image, a.create.pull).await?;
+    let created = client.create(&req).await?;
+    for w in &created.warnings {
+        eprintln!("mvctl: warning: {w}");
+    }
+    let id = created.id;
+    if a.detach {
+        if let Err(e) = client.start(&id).await {
+            discard_failed(client, &id, req.auto_remove).await;
+            return Err(e.into());
+        }
+        println!("{id}");
+        return Ok(0);
+    }
+    foreground(client, &id, req.auto_remove).await
+}
+
+/// After a failed start, a `--rm` sandbox goes away as it would have on
+/// exit; others stay for inspection, as in Docker.
+async fn discard_failed(client: &Client, id: &str, auto_remove: bool) {
+    if auto_remove {
+        let _ = client.remove(id, true).await;
+    }
+}
+
+/// Start `id`, stream its output until it stops, and return its exit
+/// status (`start -a` and foreground `run`).
+pub async fn foreground(client: &Client, id: &str, auto_remove: bool) -> CmdResult {
+    // The wait goes out before the start so that even a workload that ends
+    // at once cannot exit unseen; `removed` for --rm, because the sandbox
+    // is gone by the time anyone could ask for its state.
+    let condition = if auto_remove {
+        WaitCondition::Removed
+    } else {
+        WaitCondition::NextExit
+    };
+    let waiter: JoinHandle<Result<WaitResponse, ClientError>> = {
+        let (c, id) = (client.clone(), id.to_string());
+        tokio::spawn(async move { c.wait(&id, condition).await })
+    };
+    // Let the wait request reach the daemon first.
+    tokio::task::yield_now().await;
+    if let Err(e) = client.start(id).await {
+        waiter.abort();
+        discard_failed(client, id, auto_remove).await;
+        return Err(e.into());
+    }
+    let mut signals = Forwarder::new(client.clone(), id.to_string())?;
+    let mut logs = Some(
+        client
+            .logs(
+                id,
+                &LogsOptions {
+                    follow: true,
+                    ..Default::default()
+                },
+            )
+            .await?,
+    );
+    let mut waiter = waiter;
+    let mut logs_done_at: Option<Instant> = None;
+    loop {
+        let grace = async {
+            match logs_done_at {
+                Some(t) => tokio::time::sleep_until((t + WAIT_GRACE).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            rec = async { logs.as_mut().expect("guarded").next().await }, if logs.is_some() => match rec {
+                Ok(Some(r)) => write_record(&r, false)?,
+                Ok(None) => {
+                    logs = None;
+                    logs_done_at = Some(Instant::now());
+                }
+                Err(e) => {
+                    eprintln!("mvctl: warning: the output stream broke ({e}); waiting for the sandbox to stop");
+                    logs = None;
+                    logs_done_at = Some(Instant::now());
+                }
+            },
+            res = &mut waiter => {
+                let res = res.map_err(|e| CmdError::Invalid(format!("internal: the wait task failed: {e}")))?;
+                return finish(res, id, auto_remove);
+            }
+            () = grace, if !auto_remove => {
+                // The output ended but the wait did not answer: the exit may
+                // have happened before the wait was registered. The state
+                // has the last exit code.
+                if let Some(code) = exited_code(client, id).await {
+                    waiter.abort();
+                    return Ok(code);
+                }
+                logs_done_at = Some(Instant::now());
+            }
+            sig = signals.recv() => signals.forward(sig).await,
+        }
+    }
+}
+
+fn finish(res: Result<WaitResponse, ClientError>, id: &str, auto_remove: bool) -> CmdResult {
+    match res {
+        Ok(w) => {
+            if let Some(err) = w.error.as_deref().filter(|e| !e.is_empty()) {
+                eprintln!("mvctl: error: {err}");
+            }
+            Ok(w.exit_code)
+        }
+        Err(e) if auto_remove && e.is_not_found() => Err(CmdError::Invalid(format!(
+            "sandbox {} was removed before its exit status could be read",
+            crate::format::short_id(id)
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn exited_code(client: &Client, id: &str) -> Option<i32> {
+    let info = client.inspect(id).await.ok()?;
+    match info.state.status {
+        Status::Exited => info.state.exit_code,
+        _ => None,
+    }
+}
+
+/// Write one log record to stdout or stderr as it came.
+pub fn write_record(r: &LogRecord, timestamps: bool) -> Result<(), CmdError> {
+    let io_err = |source| CmdError::Io {
+        what: "write the output".into(),
+        source,
+    };
+    let mut buf = Vec::with_capacity(r.log.len() + 40);
+    if timestamps {
+        buf.extend_from_slice(r.time.as_bytes());
+        buf.push(b' ');
+    }
+    buf.extend_from_slice(r.log.as_bytes());
+    match r.stream {
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf)
+                .and_then(|()| out.flush())
+                .map_err(io_err)
+        }
+        Stream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(&buf)
+                .and_then(|()| err.flush())
+                .map_err(io_err)
+        }
+    }
+}
+
+/// Forwards the signals mvctl gets to the sandbox's workload.
+struct Forwarder {
+    client: Client,
+    id: String,
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+    quit: Signal,
+    usr1: Signal,
+    usr2: Signal,
+    last_interrupt: Option<Instant>,
+}
+
+impl Forwarder {
+    fn new(client: Client, id: String) -> Result<Forwarder, CmdError> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|source| CmdError::Io {
+                what: format!("install a {name} handler"),
+                source,
+            })
+        };
+        Ok(Forwarder {
+            client,
+            id,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+            quit: install(SignalKind::quit(), "SIGQUIT")?,
+            usr1: install(SignalKind::user_defined1(), "SIGUSR1")?,
+            usr2: install(SignalKind::user_defined2(), "SIGUSR2")?,
+            last_interrupt: None,
+        })
+    }
+
+    /// The name of the next signal received.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+            _ = self.quit.recv() => "SIGQUIT",
+            _ = self.usr1.recv() => "SIGUSR1",
+            _ = self.usr2.recv() => "SIGUSR2",
+        }
+    }
+
+    async fn forward(&mut self, name: &'static str) {
+        let mut send = name;
+        if name == "SIGINT" {
+            let now = Instant::now();
+            if self
+                .last_interrupt
+                .is_some_and(|t| now.duration_since(t) < DOUBLE_INTERRUPT)
+            {
+                send = "SIGKILL";
+                eprintln!(
+                    "mvctl: second interrupt: killing sandbox {}",
+                    crate::format::short_id(&self.id)
+                );
+            }
+            self.last_interrupt = Some(now);
+        }
+        // A sandbox that already stopped answers invalid_state: nothing to do.
+        if let Err(e) = self.client.kill(&self.id, send).await {
+            if e.code() != Some(mvm_api::ErrorCode::InvalidState) && !e.is_not_found() {
+                eprintln!("mvctl: warning: could not forward {send}: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(a: &[&str]) -> CreateArgs {
+        let cli = Cli::try_parse_from(["mvctl", "create"].iter().chain(a.iter())).unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!()
+        };
+        c
+    }
+
+    fn lookup(k: &str) -> Option<String> {
+        (k == "FROM_HOST").then(|| "host value".into())
+    }
+
+    #[test]
+    fn request_from_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let envf = dir.path().join("app.env");
+        std::fs::write(&envf, "# settings\nA=from-file\nFROM_HOST\nNOT_SET\n").unwrap();
+        let a = args(&[
+            "--name",
+            "web",
+            "--env-file",
+            envf.to_str().unwrap(),
+            "-e",
+            "A=override",
+            "-e",
+            "FROM_HOST",
+            "-e",
+            "NOT_SET",
+            "-w",
+            "/srv",
+            "-u",
+            "1000",
+            "--entrypoint",
+            "/bin/sh",
+            "--cpus",
+            "1.5",
+            "-m",
+            "512m",
+            "-h",
+            "box",
+            "--restart",
+            "on-failure:2",
+            "-l",
+            "tier=web",
+            "--stop-signal",
+            "INT",
+            "--stop-timeout",
+            "3",
+            "busybox",
+            "-c",
+            "echo hi",
+        ]);
+        let r = create_request(&a, &lookup).unwrap();
+        assert_eq!(r.image, "busybox");
+        assert_eq!(r.name.as_deref(), Some("web"));
+        assert_eq!(
+            r.env,
+            [
+                "A=from-file",
+                "FROM_HOST=host value",
+                "A=override",
+                "FROM_HOST=host value"
+            ]
+        );
+        assert_eq!(r.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(r.user.as_deref(), Some("1000"));
+        assert_eq!(r.entrypoint, Some(vec!["/bin/sh".to_string()]));
+        assert_eq!(r.cmd, Some(vec!["-c".to_string(), "echo hi".to_string()]));
+        assert_eq!(r.cpus, Some(1.5));
+        assert_eq!(r.memory_mib, Some(512));
+        assert_eq!(r.hostname.as_deref(), Some("box"));
+        assert_eq!(
+            r.restart_policy,
+            RestartPolicy::OnFailure {
+                maximum_retry_count: 2
+            }
+        );
+        assert_eq!(r.labels.get("tier").map(String::as_str), Some("web"));
+        assert_eq!(r.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(r.stop_timeout, Some(3));
+        assert!(!r.auto_remove);
+        // Defaults stay unset, so the image's apply.
+        let r = create_request(&args(&["busybox"]), &lookup).unwrap();
+        assert_eq!(
+            (r.cmd, r.entrypoint, r.working_dir, r.user),
+            (None, None, None, None)
+        );
+        let r = create_request(&args(&["--entrypoint", "", "busybox"]), &lookup).unwrap();
+        assert_eq!(r.entrypoint, Some(vec![]));
+    }
+
+    #[test]
+    fn request_errors() {
+        let e = create_request(&args(&["--rm", "--restart", "always", "busybox"]), &lookup)
+            .unwrap_err();
+        assert!(e.to_string().contains("--restart and --rm"), "{e}");
+        let e = create_request(
+            &args(&["--env-file", "/nonexistent/x.env", "busybox"]),
+            &lookup,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot read env file /nonexistent/x.env"),
+            "{e}"
+        );
+        let e = create_request(&args(&["-e", "BAD KEY=1", "busybox"]), &lookup).unwrap_err();
+        assert!(e.to_string().contains("whitespace"), "{e}");
+        let e = create_request(&args(&["-l", "=x", "busybox"]), &lookup).unwrap_err();
+        assert!(e.to_string().contains("invalid label"), "{e}");
+        assert!(refuse_interactive(&args(&["-it", "busybox"])).is_err());
+    }
+}
