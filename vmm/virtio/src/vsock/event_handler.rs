@@ -80,8 +80,7 @@ impl MutEventSubscriber for Vsock {
             DeviceEvent::Queue(q) => warn!("virtio-vsock: notification for unknown queue {q}"),
             DeviceEvent::Other(TAG_LISTENER) => self.muxer.accept_ready(Instant::now()),
             DeviceEvent::Other(TAG_CONN) => {
-                self.muxer
-                    .socket_event(events.fd(), events.event_set(), Instant::now());
+                self.muxer.socket_event(events.fd(), events.event_set());
             }
             DeviceEvent::Other(TAG_TIMER) => self.timer_fired(),
             DeviceEvent::Other(TAG_KICK) => {

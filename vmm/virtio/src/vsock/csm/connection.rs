@@ -433,7 +433,7 @@ impl VsockConnection {
     }
 
     /// Handles readiness of the host stream.
-    pub fn on_host_event(&mut self, ev: EventSet, now: Instant) {
+    pub fn on_host_event(&mut self, ev: EventSet) {
         if self.state != ConnState::Established {
             return;
         }
@@ -449,7 +449,7 @@ impl VsockConnection {
                 return;
             }
             if self.host_eof && self.shutdown_flags & VSOCK_FLAGS_SHUTDOWN_RCV == 0 {
-                self.queue_shutdown(VSOCK_FLAGS_SHUTDOWN_RCV, now);
+                self.queue_shutdown(VSOCK_FLAGS_SHUTDOWN_RCV);
             }
         }
         if ev.contains(EventSet::OUT) {
@@ -508,10 +508,9 @@ impl VsockConnection {
         }
     }
 
-    fn queue_shutdown(&mut self, flags: u32, now: Instant) {
+    fn queue_shutdown(&mut self, flags: u32) {
         self.shutdown_flags |= flags;
         self.pending.shutdown = true;
-        let _ = now;
     }
 
     /// Handles the connection's timer; `now` is past [`Self::expiry`].
@@ -614,7 +613,7 @@ impl VsockConnection {
                         if self.host_hup {
                             flags |= VSOCK_FLAGS_SHUTDOWN_RCV;
                         }
-                        self.queue_shutdown(flags, now);
+                        self.queue_shutdown(flags);
                     }
                     HostRead::WouldBlock => self.pending.rw = false,
                     HostRead::Error => {
@@ -653,3 +652,6 @@ impl VsockConnection {
         None
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -424,10 +424,10 @@ impl VsockMuxer {
     }
 
     /// Handles readiness of a host socket (a connection or a handshake).
-    pub fn socket_event(&mut self, fd: RawFd, ev: EventSet, now: Instant) {
+    pub fn socket_event(&mut self, fd: RawFd, ev: EventSet) {
         if let Some(&key) = self.fd_owner.get(&fd) {
             if let Some(e) = self.conns.get_mut(&key) {
-                e.conn.on_host_event(ev, now);
+                e.conn.on_host_event(ev);
             }
             self.after_conn_change(key);
         } else if self.handshakes.contains_key(&fd) {
