@@ -729,3 +729,75 @@ async fn unreachable_and_insecure_remote_registries_are_explained() {
     assert!(e.to_string().contains("--insecure"), "{e}");
     assert_clean(&s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_auth_through_a_token_server() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr());
+    proxy.require_bearer("bob", "builder", "tok-123");
+    let host = proxy.host();
+    let cfg = tempfile::tempdir().unwrap();
+    let auth = AuthFile::at(cfg.path().join("auth.json"));
+    let lopts = LoginOptions {
+        insecure: true,
+        retry: retry(),
+        ..Default::default()
+    };
+    // The token server refuses wrong credentials: nothing saved.
+    let e = registry::login(&host, &Credentials::new("bob", "nope"), &lopts, &auth)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::CredentialsRefused { .. }),
+        "{e:?}"
+    );
+    assert!(!auth.path().exists());
+    registry::login(&host, &Credentials::new("bob", "builder"), &lopts, &auth)
+        .await
+        .unwrap();
+
+    let (_d, s) = store();
+    let img = Image::simple("bearer");
+    let r = proxy.reference("tok/app:1");
+    img.load(&s, &r);
+    let e = registry::push(&s, &r, &push_opts(), &registry::NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::AuthRequired { .. }), "{e:?}");
+    let popts = PushOptions {
+        credentials: CredentialSource::File(auth.clone()),
+        ..push_opts()
+    };
+    registry::push(&s, &r, &popts, &registry::NoProgress)
+        .await
+        .unwrap();
+
+    let (_d2, s2) = store();
+    let e = pull(&s2, &r).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("authentication required: run mvctl login {host}")
+    );
+    proxy.clear_log();
+    let opts = PullOptions {
+        credentials: CredentialSource::File(auth.clone()),
+        ..pull_opts()
+    };
+    let rec = registry::pull(&s2, &r, &opts, &registry::NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(rec.manifest_digest, img.digest());
+    // One token for the pull scope, reused by every request.
+    assert_eq!(proxy.count("GET /token"), 1, "{:?}", proxy.requests());
+    assert_clean(&s2);
+
+    // A token that is not a valid header value is refused, not a panic.
+    proxy.require_bearer("bob", "builder", "evil\r\nX-Injected: 1");
+    let (_d3, s3) = store();
+    let e = registry::pull(&s3, &r, &opts, &registry::NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Protocol { .. }), "{e:?}");
+    assert!(e.to_string().contains("invalid characters"), "{e}");
+    assert!(names(&s3).is_empty());
+}

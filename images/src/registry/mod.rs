@@ -176,7 +176,7 @@ pub enum RegistryError {
     },
     /// The registry kept failing (5xx, 429) or answered something
     /// unexpected.
-    #[error("the registry {host} answered {what} with HTTP {status}{} {detail}", if *attempts > 1 { format!(" {attempts} times") } else { String::new() })]
+    #[error("the registry {host} answered {what} with HTTP {status}{}{detail}", if *attempts > 1 { format!(" {attempts} times") } else { String::new() })]
     Status {
         /// The registry.
         host: String,

@@ -175,6 +175,9 @@ struct ProxyState {
     upstream: SocketAddr,
     rules: Mutex<Vec<Rule>>,
     log: Mutex<Vec<String>>,
+    /// Token auth in front of the registry: (user, password, token).
+    bearer: Mutex<Option<(String, String, String)>>,
+    own: Mutex<String>,
 }
 
 /// A tiny HTTP/1.1 proxy in front of the registry: logs every request
@@ -195,6 +198,8 @@ impl FaultProxy {
             upstream,
             rules: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
+            bearer: Mutex::new(None),
+            own: Mutex::new(format!("127.0.0.1:{}", addr.port())),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -220,6 +225,14 @@ impl FaultProxy {
 
     pub fn reference(&self, repo_tag: &str) -> Reference {
         Reference::parse(&format!("{}/{repo_tag}", self.host())).unwrap()
+    }
+
+    /// Puts Docker-style token auth in front of the registry: `/v2/`
+    /// requests need `Authorization: Bearer TOKEN`, which `/token` hands
+    /// out for basic auth `user:password` (an anonymous request gets a
+    /// useless token, as Docker Hub does for private repositories).
+    pub fn require_bearer(&self, user: &str, password: &str, token: &str) {
+        *self.state.bearer.lock().unwrap() = Some((user.into(), password.into(), token.into()));
     }
 
     pub fn add_rule(&self, r: Rule) {
@@ -260,6 +273,7 @@ fn handle(mut conn: TcpStream, st: &ProxyState) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut line = String::new();
     let mut content_length = 0usize;
+    let mut authorization = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -274,6 +288,10 @@ fn handle(mut conn: TcpStream, st: &ProxyState) -> std::io::Result<()> {
         }
         if lower.starts_with("connection:") {
             continue;
+        }
+        if lower.starts_with("authorization:") {
+            authorization = line["authorization:".len()..].trim().to_string();
+            continue; // the registry itself is open
         }
         head.push(line.clone());
     }
@@ -301,14 +319,49 @@ fn handle(mut conn: TcpStream, st: &ProxyState) -> std::io::Result<()> {
         found
     };
     let respond = |conn: &mut TcpStream, status: u16, ctype: &str, body: &[u8]| {
-        let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        conn.write_all(head.as_bytes())?;
-        conn.write_all(body)?;
-        conn.shutdown(Shutdown::Both)
+        respond_with(conn, status, ctype, "", body)
     };
+    let bearer = st.bearer.lock().unwrap().clone();
+    if let Some((user, password, token)) = bearer {
+        use base64::Engine as _;
+        if path.starts_with("/token") {
+            let good = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            );
+            return if authorization.is_empty() {
+                respond(
+                    &mut conn,
+                    200,
+                    "application/json",
+                    br#"{"token":"anonymous"}"#,
+                )
+            } else if authorization == good {
+                let body = serde_json::to_vec(&json!({"token": token, "expires_in": 300})).unwrap();
+                respond(&mut conn, 200, "application/json", &body)
+            } else {
+                respond(
+                    &mut conn,
+                    401,
+                    "application/json",
+                    br#"{"details":"incorrect username or password"}"#,
+                )
+            };
+        }
+        if authorization != format!("Bearer {token}") {
+            let own = st.own.lock().unwrap().clone();
+            let challenge = format!(
+                "WWW-Authenticate: Bearer realm=\"http://{own}/token\",service=\"mvm-test\"\r\n"
+            );
+            return respond_with(
+                &mut conn,
+                401,
+                "application/json",
+                &challenge,
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+            );
+        }
+    }
     match &action {
         Some(Action::Status(code, msg)) => {
             return respond(&mut conn, *code, "text/plain", msg.as_bytes())
@@ -341,6 +394,22 @@ fn handle(mut conn: TcpStream, st: &ProxyState) -> std::io::Result<()> {
     } else {
         conn.write_all(&resp)?;
     }
+    conn.shutdown(Shutdown::Both)
+}
+
+fn respond_with(
+    conn: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    extra_headers: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)?;
     conn.shutdown(Shutdown::Both)
 }
 
