@@ -15,9 +15,18 @@ pub enum Entry<'a> {
     /// A directory.
     Dir { path: &'a str, mode: u32 },
     /// A regular file.
-    File { path: &'a str, mode: u32, data: &'a [u8] },
+    File {
+        path: &'a str,
+        mode: u32,
+        data: &'a [u8],
+    },
     /// A character device node.
-    CharDev { path: &'a str, mode: u32, major: u32, minor: u32 },
+    CharDev {
+        path: &'a str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// Builds a newc archive entry by entry.
@@ -29,7 +38,11 @@ pub struct Writer<W: Write> {
 
 impl<W: Write> Writer<W> {
     pub fn new(out: W) -> Self {
-        Self { out, ino: 1, written: 0 }
+        Self {
+            out,
+            ino: 1,
+            written: 0,
+        }
     }
 
     /// Append one entry. Paths are relative (no leading `/`).
@@ -37,9 +50,12 @@ impl<W: Write> Writer<W> {
         let (path, mode, data, rdev) = match *entry {
             Entry::Dir { path, mode } => (path, libc_s_ifdir() | (mode & 0o7777), &[][..], (0, 0)),
             Entry::File { path, mode, data } => (path, 0o100000 | (mode & 0o7777), data, (0, 0)),
-            Entry::CharDev { path, mode, major, minor } => {
-                (path, 0o020000 | (mode & 0o7777), &[][..], (major, minor))
-            }
+            Entry::CharDev {
+                path,
+                mode,
+                major,
+                minor,
+            } => (path, 0o020000 | (mode & 0o7777), &[][..], (major, minor)),
         };
         let path = path.trim_start_matches('/');
         if path.is_empty() || path.contains('\0') {
@@ -47,7 +63,11 @@ impl<W: Write> Writer<W> {
         }
         let size = u32::try_from(data.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cpio entry over 4 GiB"))?;
-        let nlink = if mode & 0o170000 == libc_s_ifdir() { 2 } else { 1 };
+        let nlink = if mode & 0o170000 == libc_s_ifdir() {
+            2
+        } else {
+            1
+        };
         let ino = self.ino;
         self.ino += 1;
         self.header(ino, mode, nlink, size, rdev, path)?;
@@ -61,7 +81,15 @@ impl<W: Write> Writer<W> {
         Ok(self.out)
     }
 
-    fn header(&mut self, ino: u32, mode: u32, nlink: u32, size: u32, rdev: (u32, u32), name: &str) -> io::Result<()> {
+    fn header(
+        &mut self,
+        ino: u32,
+        mode: u32,
+        nlink: u32,
+        size: u32,
+        rdev: (u32, u32),
+        name: &str,
+    ) -> io::Result<()> {
         let namesize = name.len() + 1;
         let hdr = format!(
             "070701{ino:08x}{mode:08x}{uid:08x}{gid:08x}{nlink:08x}{mtime:08x}{size:08x}{dmaj:08x}{dmin:08x}{rmaj:08x}{rmin:08x}{namesize:08x}{check:08x}",
@@ -99,18 +127,37 @@ const fn libc_s_ifdir() -> u32 {
 pub fn init_archive(init_binary: &[u8]) -> io::Result<Vec<u8>> {
     let mut w = Writer::new(Vec::with_capacity(init_binary.len() + 4096));
     for dir in ["dev", "proc", "sys", "mvm"] {
-        w.add(&Entry::Dir { path: dir, mode: 0o755 })?;
+        w.add(&Entry::Dir {
+            path: dir,
+            mode: 0o755,
+        })?;
     }
-    w.add(&Entry::CharDev { path: "dev/console", mode: 0o600, major: 5, minor: 1 })?;
-    w.add(&Entry::File { path: "init", mode: 0o755, data: init_binary })?;
+    w.add(&Entry::CharDev {
+        path: "dev/console",
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    })?;
+    w.add(&Entry::File {
+        path: "init",
+        mode: 0o755,
+        data: init_binary,
+    })?;
     w.finish()
 }
 
 /// The per-sandbox archive carrying the launch spec JSON.
 pub fn spec_archive(spec_json: &[u8]) -> io::Result<Vec<u8>> {
     let mut w = Writer::new(Vec::with_capacity(spec_json.len() + 512));
-    w.add(&Entry::Dir { path: "mvm", mode: 0o755 })?;
-    w.add(&Entry::File { path: crate::launch::SPEC_PATH, mode: 0o400, data: spec_json })?;
+    w.add(&Entry::Dir {
+        path: "mvm",
+        mode: 0o755,
+    })?;
+    w.add(&Entry::File {
+        path: crate::launch::SPEC_PATH,
+        mode: 0o400,
+        data: spec_json,
+    })?;
     w.finish()
 }
 
@@ -141,7 +188,11 @@ mod tests {
             .unwrap();
         child.stdin.take().unwrap().write_all(&a).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8_lossy(&out.stdout);
         assert!(listing.contains("dev/console"), "{listing}");
         assert!(listing.contains("init"), "{listing}");

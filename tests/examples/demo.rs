@@ -21,8 +21,14 @@ fn main() {
         "demo: mvm-vmm exited {:?}; guest {}; workload {}; boot to init {} ms; total {:?}",
         out.code(),
         status.map(|s| s.guest.as_str()).unwrap_or("?"),
-        status.and_then(|s| s.workload.as_ref()).map(|w| w.to_string()).unwrap_or("-".into()),
-        status.and_then(|s| s.boot_time_us).map(|t| format!("{:.1}", t as f64 / 1000.0)).unwrap_or("?".into()),
+        status
+            .and_then(|s| s.workload.as_ref())
+            .map(|w| w.to_string())
+            .unwrap_or("-".into()),
+        status
+            .and_then(|s| s.boot_time_us)
+            .map(|t| format!("{:.1}", t as f64 / 1000.0))
+            .unwrap_or("?".into()),
         out.elapsed,
     );
     std::process::exit(out.code().unwrap_or(1));

@@ -36,7 +36,11 @@ fn env_path(name: &str) -> PathBuf {
         panic!("{name} is not set: run the end-to-end tests with `make e2e`, which builds the artifacts and sets it")
     });
     let p = PathBuf::from(v);
-    assert!(p.exists(), "{name}={} does not exist: run `make e2e`", p.display());
+    assert!(
+        p.exists(),
+        "{name}={} does not exist: run `make e2e`",
+        p.display()
+    );
     p
 }
 
@@ -54,7 +58,13 @@ impl Artifacts {
             let cpio = mvm_protocol::initramfs::init_archive(&bin).expect("init archive");
             let init_cpio = dir.path().join("init.cpio");
             fs::write(&init_cpio, cpio).expect("write init archive");
-            Artifacts { kernel, init, vmm, init_cpio, _dir: dir }
+            Artifacts {
+                kernel,
+                init,
+                vmm,
+                init_cpio,
+                _dir: dir,
+            }
         })
     }
 }
@@ -153,7 +163,10 @@ impl Vm {
     /// A VM running `args` on the shared busybox root disk with a fresh
     /// 64 MiB scratch disk.
     pub fn new(args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new().prefix("mvm-e2e-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("mvm-e2e-")
+            .tempdir()
+            .expect("temp dir");
         let scratch = dir.path().join("scratch.ext4");
         rootfs::scratch_disk(&scratch, 64).expect("scratch disk");
         let mut spec = LaunchSpec::new(args.iter().map(|s| s.to_string()).collect());
@@ -164,8 +177,16 @@ impl Vm {
             memory_mib: 128,
             cmdline: String::new(),
             drives: vec![
-                Drive { id: "rootfs".into(), path: rootfs::busybox().to_path_buf(), read_only: true },
-                Drive { id: "scratch".into(), path: scratch, read_only: false },
+                Drive {
+                    id: "rootfs".into(),
+                    path: rootfs::busybox().to_path_buf(),
+                    read_only: true,
+                },
+                Drive {
+                    id: "scratch".into(),
+                    path: scratch,
+                    read_only: false,
+                },
             ],
             timeout: Duration::from_secs(180),
             config_patch: serde_json::Value::Null,
@@ -195,7 +216,11 @@ impl Vm {
         let a = Artifacts::get();
         let spec_cpio = self.dir.path().join("spec.cpio");
         let json = self.spec.to_json().expect("valid spec");
-        fs::write(&spec_cpio, mvm_protocol::initramfs::spec_archive(&json).unwrap()).unwrap();
+        fs::write(
+            &spec_cpio,
+            mvm_protocol::initramfs::spec_archive(&json).unwrap(),
+        )
+        .unwrap();
         let drives: Vec<_> = self
             .drives
             .iter()
@@ -231,7 +256,11 @@ impl Vm {
             .stderr(fs::File::create(self.dir.path().join("vmm.stderr")).unwrap())
             .spawn()
             .expect("spawn mvm-vmm");
-        Running { vm: self, child, started: Instant::now() }
+        Running {
+            vm: self,
+            child,
+            started: Instant::now(),
+        }
     }
 
     /// Boot, wait for the VMM to end, and collect the outcome.
@@ -257,7 +286,10 @@ impl Running<'_> {
     pub fn wait_for_console(&mut self, marker: &str) {
         while !self.console().contains(marker) {
             if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("VMM ended ({st}) before {marker:?} appeared:\n{}", self.console());
+                panic!(
+                    "VMM ended ({st}) before {marker:?} appeared:\n{}",
+                    self.console()
+                );
             }
             assert!(
                 self.started.elapsed() < self.vm.timeout,

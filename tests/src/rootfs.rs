@@ -16,7 +16,10 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub fn busybox() -> &'static Path {
     static DISK: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, p) = DISK.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("mvm-rootfs-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("mvm-rootfs-")
+            .tempdir()
+            .unwrap();
         let tree = dir.path().join("tree");
         busybox_tree(&tree).expect("busybox tree");
         let img = dir.path().join("busybox.ext4");
@@ -32,13 +35,26 @@ pub fn busybox_tree(root: &Path) -> Result<()> {
     fs::create_dir_all(&bin)?;
     fs::copy(BUSYBOX, bin.join("busybox"))
         .with_context(|| format!("copy {BUSYBOX}: install Debian's busybox-static (make deps)"))?;
-    let list = Command::new(BUSYBOX).arg("--list").output().context("busybox --list")?;
+    let list = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .context("busybox --list")?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" && !applet.is_empty() {
             let _ = symlink("busybox", bin.join(applet));
         }
     }
-    for d in ["etc", "tmp", "root", "home/user", "proc", "sys", "dev", "usr/bin", "var"] {
+    for d in [
+        "etc",
+        "tmp",
+        "root",
+        "home/user",
+        "proc",
+        "sys",
+        "dev",
+        "usr/bin",
+        "var",
+    ] {
         fs::create_dir_all(root.join(d))?;
     }
     fs::write(
@@ -71,7 +87,12 @@ pub fn mkfs_from_dir(tree: &Path, img: &Path, mib: u64) -> Result<()> {
 /// A blank, sparse, writable ext4 scratch disk of `mib` MiB.
 pub fn scratch_disk(img: &Path, mib: u64) -> Result<()> {
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1"])
+        .args([
+            "-q",
+            "-F",
+            "-E",
+            "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
+        ])
         .arg(img)
         .arg(format!("{mib}M"))
         .output()

@@ -15,15 +15,28 @@ fn output_reaches_the_host_and_exit_zero_is_reported() {
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert_eq!(out.status().guest, "powered_off", "{}", out.describe());
     assert_eq!(out.status().exit_code(), Some(0), "{}", out.describe());
-    assert!(out.console.contains("hello-from-the-guest"), "{}", out.describe());
+    assert!(
+        out.console.contains("hello-from-the-guest"),
+        "{}",
+        out.describe()
+    );
     assert!(out.console.contains("from the image"), "{}", out.describe());
-    assert!(out.status().boot_time_us.is_some_and(|t| t > 0), "{}", out.describe());
+    assert!(
+        out.status().boot_time_us.is_some_and(|t| t > 0),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
 fn exit_status_three_is_reported() {
     let out = sh("exit 3").run();
-    assert_eq!(out.code(), Some(0), "a workload failure is not a VMM failure: {}", out.describe());
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "a workload failure is not a VMM failure: {}",
+        out.describe()
+    );
     assert_eq!(out.status().exit_code(), Some(3), "{}", out.describe());
 }
 
@@ -62,20 +75,29 @@ fn configured_memory_is_visible() {
 #[test]
 fn image_disk_is_read_only_and_scratch_layer_writable() {
     let before = std::fs::read(rootfs::busybox()).unwrap();
-    let vm = sh(
-        "cat /sys/block/vda/ro /sys/block/vdb/ro; \
+    let vm = sh("cat /sys/block/vda/ro /sys/block/vdb/ro; \
          echo written > /etc/new-file && rm /etc/image-marker && echo write-ok; \
-         cat /etc/new-file; test -e /etc/image-marker || echo marker-gone",
-    );
+         cat /etc/new-file; test -e /etc/image-marker || echo marker-gone");
     let out = vm.run();
     assert_eq!(out.status().exit_code(), Some(0), "{}", out.describe());
     let console: Vec<&str> = out.console.lines().map(str::trim).collect();
-    assert!(console.contains(&"1"), "image disk not read-only: {}", out.describe());
-    assert!(console.contains(&"0"), "scratch disk read-only: {}", out.describe());
+    assert!(
+        console.contains(&"1"),
+        "image disk not read-only: {}",
+        out.describe()
+    );
+    assert!(
+        console.contains(&"0"),
+        "scratch disk read-only: {}",
+        out.describe()
+    );
     assert!(console.contains(&"write-ok"), "{}", out.describe());
     assert!(console.contains(&"marker-gone"), "{}", out.describe());
     // The image disk is byte-for-byte unchanged; the change is on scratch.
-    assert!(std::fs::read(rootfs::busybox()).unwrap() == before, "image disk was modified");
+    assert!(
+        std::fs::read(rootfs::busybox()).unwrap() == before,
+        "image disk was modified"
+    );
     let upper = debugfs_cat(&vm.scratch(), "/upper/etc/new-file").unwrap();
     assert_eq!(upper, b"written\n");
 }
@@ -103,7 +125,11 @@ fn guest_kernel_panic_ends_the_vmm_with_an_error() {
         "no panic message: {}",
         out.describe()
     );
-    assert!(!out.stderr.contains("panicked at"), "the VMM itself panicked: {}", out.describe());
+    assert!(
+        !out.stderr.contains("panicked at"),
+        "the VMM itself panicked: {}",
+        out.describe()
+    );
 }
 
 #[test]
@@ -113,10 +139,21 @@ fn big_argv_and_env_reach_the_workload() {
     let mut vm = sh("echo len=${#BIG} arg=${#0}; echo \"$SPECIAL\"");
     vm.spec.process.args.push(big.clone());
     vm.spec.process.env.push(format!("BIG={big}"));
-    vm.spec.process.env.push("SPECIAL=quotes ' \" and $dollar; semi".into());
+    vm.spec
+        .process
+        .env
+        .push("SPECIAL=quotes ' \" and $dollar; semi".into());
     let out = vm.run();
-    assert!(out.console.contains("len=65536 arg=65536"), "{}", out.describe());
-    assert!(out.console.contains("quotes ' \" and $dollar; semi"), "{}", out.describe());
+    assert!(
+        out.console.contains("len=65536 arg=65536"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.console.contains("quotes ' \" and $dollar; semi"),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
@@ -127,7 +164,8 @@ fn user_workdir_and_env_are_applied() {
     vm.spec.process.env.push("FOO=bar".into());
     let out = vm.run();
     assert!(
-        out.console.contains("id=1000:1000 groups=1000 1500 pwd=/home/user/work home=/home/user foo=bar"),
+        out.console
+            .contains("id=1000:1000 groups=1000 1500 pwd=/home/user/work home=/home/user foo=bar"),
         "{}",
         out.describe()
     );
@@ -173,7 +211,10 @@ fn bad_configs_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let not_elf = dir.path().join("not-elf");
     std::fs::write(&not_elf, b"this is not a kernel").unwrap();
-    assert_config_error(serde_json::json!({"kernel": "/no/such/vmlinux"}), "/no/such/vmlinux");
+    assert_config_error(
+        serde_json::json!({"kernel": "/no/such/vmlinux"}),
+        "/no/such/vmlinux",
+    );
     assert_config_error(serde_json::json!({"kernel": not_elf}), "elf");
     assert_config_error(serde_json::json!({"vcpus": 0}), "vcpu");
     assert_config_error(serde_json::json!({"memory_mib": 1}), "memory");
@@ -182,7 +223,10 @@ fn bad_configs_give_clear_errors() {
         serde_json::json!({"drives": [{"id": "rootfs", "path": "/no/such/disk.ext4", "read_only": true}]}),
         "/no/such/disk.ext4",
     );
-    assert_config_error(serde_json::json!({"initrd": ["/no/such/initrd"]}), "/no/such/initrd");
+    assert_config_error(
+        serde_json::json!({"initrd": ["/no/such/initrd"]}),
+        "/no/such/initrd",
+    );
     assert_config_error(serde_json::json!({"bogus_key": 1}), "bogus_key");
     let _ = a;
 }

@@ -32,7 +32,10 @@ fn tool() -> PathBuf {
 fn rootfs_with_tool() -> &'static Path {
     static DISK: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, p) = DISK.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("mvm-vsock-rootfs-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("mvm-vsock-rootfs-")
+            .tempdir()
+            .unwrap();
         let tree = dir.path().join("tree");
         rootfs::busybox_tree(&tree).unwrap();
         fs::copy(tool(), tree.join("bin/mvm-vsock-tool")).unwrap();

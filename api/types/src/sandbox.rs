@@ -125,7 +125,9 @@ impl RestartPolicy {
             }
         };
         if arg.is_some() {
-            return Err(format!("restart policy {name:?} takes no count (only on-failure does)"));
+            return Err(format!(
+                "restart policy {name:?} takes no count (only on-failure does)"
+            ));
         }
         Ok(policy)
     }
@@ -307,20 +309,33 @@ mod tests {
     #[test]
     fn restart_policy_parsing() {
         assert_eq!(RestartPolicy::parse("no").unwrap(), RestartPolicy::No);
-        assert_eq!(RestartPolicy::parse("always").unwrap(), RestartPolicy::Always);
-        assert_eq!(RestartPolicy::parse("unless-stopped").unwrap(), RestartPolicy::UnlessStopped);
+        assert_eq!(
+            RestartPolicy::parse("always").unwrap(),
+            RestartPolicy::Always
+        );
+        assert_eq!(
+            RestartPolicy::parse("unless-stopped").unwrap(),
+            RestartPolicy::UnlessStopped
+        );
         assert_eq!(
             RestartPolicy::parse("on-failure:3").unwrap(),
-            RestartPolicy::OnFailure { maximum_retry_count: 3 }
+            RestartPolicy::OnFailure {
+                maximum_retry_count: 3
+            }
         );
         assert_eq!(
             RestartPolicy::parse("on-failure").unwrap(),
-            RestartPolicy::OnFailure { maximum_retry_count: 0 }
+            RestartPolicy::OnFailure {
+                maximum_retry_count: 0
+            }
         );
         assert!(RestartPolicy::parse("sometimes").is_err());
         assert!(RestartPolicy::parse("on-failure:x").is_err());
         assert!(RestartPolicy::parse("always:3").is_err());
-        let json = serde_json::to_string(&RestartPolicy::OnFailure { maximum_retry_count: 2 }).unwrap();
+        let json = serde_json::to_string(&RestartPolicy::OnFailure {
+            maximum_retry_count: 2,
+        })
+        .unwrap();
         assert_eq!(json, r#"{"name":"on-failure","maximum_retry_count":2}"#);
     }
 
