@@ -2,7 +2,8 @@
 //!
 //! Order (issue #4, part 5):
 //! 1. `-H/--host` or `MVM_HOST`: that daemon, nothing started.
-//! 2. The default socket, when something answers there.
+//! 2. The default socket (`/run/mvm/mvmd.sock`, or in `$MVM_RUN_DIR` as
+//!    for mvmd), when something answers there.
 //! 3. A running machine (hosts without hardware KVM): its forwarded port.
 //! 4. Hardware KVM here: start `mvmd` in the background and wait for its
 //!    socket, saying so on stderr.
@@ -29,6 +30,24 @@ pub const START_TIMEOUT_ENV: &str = "MVM_START_TIMEOUT";
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where a started mvmd logs, when writable.
 pub const DAEMON_LOG: &str = "/var/log/mvm/mvmd.log";
+/// mvmd's runtime directory override, which moves its default socket.
+pub const RUN_DIR_ENV: &str = "MVM_RUN_DIR";
+/// mvmd's state root override; a started mvmd then logs there too.
+pub const ROOT_ENV: &str = "MVM_ROOT";
+
+fn env_nonempty(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The default socket: `$MVM_RUN_DIR/mvmd.sock` when mvmd's runtime
+/// directory is overridden (mvmd reads the same variable), else
+/// `/run/mvm/mvmd.sock`.
+pub fn default_socket() -> PathBuf {
+    match env_nonempty(RUN_DIR_ENV) {
+        Some(d) => PathBuf::from(d).join("mvmd.sock"),
+        None => PathBuf::from(mvm_api::DEFAULT_SOCKET),
+    }
+}
 
 /// Errors while finding or starting the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -167,11 +186,10 @@ impl Options {
     /// From the global flags, with the environment filling the gaps
     /// (empty variables count as unset).
     pub fn from_flags(host: Option<String>, token_file: Option<PathBuf>) -> Options {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Options {
-            host: host.or_else(|| env(mvm_api::HOST_ENV)),
+            host: host.or_else(|| env_nonempty(mvm_api::HOST_ENV)),
             token_file,
-            token_env: env(mvm_api::TOKEN_ENV),
+            token_env: env_nonempty(mvm_api::TOKEN_ENV),
         }
     }
 
@@ -196,11 +214,8 @@ pub async fn connect(opts: &Options) -> Result<Connection, ConnectError> {
             mode: Mode::Explicit,
         });
     }
-    let host = Host::default_unix();
-    let Host::Unix(socket) = &host else {
-        unreachable!("the default host is a socket")
-    };
-    let client = Client::new(host.clone(), None);
+    let socket = default_socket();
+    let client = Client::new(Host::Unix(socket.clone()), None);
     if answers(&client).await? {
         return Ok(Connection {
             client,
@@ -211,13 +226,16 @@ pub async fn connect(opts: &Options) -> Result<Connection, ConnectError> {
         return machine_connection(ep);
     }
     if !hardware_kvm() {
-        eprintln!("mvctl: this host has no hardware KVM; starting the mvm machine (an emulated KVM host) for mvmd");
+        // The machine module says what it starts; this says what it means.
         let ep = machine::ensure_running(&machine::StartOptions::default())
             .map_err(|e| ConnectError::Machine(e.to_string()))?;
-        eprintln!("mvctl: mvmd runs in the mvm machine at {}", ep.url);
+        eprintln!(
+            "mvctl: no hardware KVM here: using mvmd in the mvm machine at {}",
+            ep.url
+        );
         return machine_connection(ep);
     }
-    let (pid, log) = start_daemon(socket, &client).await?;
+    let (pid, log) = start_daemon(&socket, &client).await?;
     let mode = match (pid, log) {
         (Some(pid), Some(log)) => {
             eprintln!("mvctl: started mvmd (pid {pid}, log {log})");
@@ -385,9 +403,13 @@ async fn start_daemon(
     }
 }
 
-/// The daemon's log: [`DAEMON_LOG`], else the user's state directory.
+/// The daemon's log: in `$MVM_ROOT` when the state root is overridden,
+/// else [`DAEMON_LOG`], else the user's state directory.
 fn open_log() -> Result<(File, String), ConnectError> {
-    let mut candidates = vec![PathBuf::from(DAEMON_LOG)];
+    let mut candidates = match env_nonempty(ROOT_ENV) {
+        Some(root) => vec![PathBuf::from(root).join("mvmd.log")],
+        None => vec![PathBuf::from(DAEMON_LOG)],
+    };
     if let Some(state) = std::env::var_os("XDG_STATE_HOME") {
         candidates.push(PathBuf::from(state).join("mvm/mvmd.log"));
     } else if let Some(home) = std::env::var_os("HOME") {
