@@ -471,6 +471,9 @@ async fn shutdown_kills_a_workload_that_ignores_sigterm() {
     let g = Guest::start(GuestSpec::sh(
         "trap '' TERM; echo up; while :; do sleep 0.05; done",
     ));
+    // Only once the trap is set: the agent can be faster than the shell.
+    let mut a = g.client().await.attach(false).await.unwrap();
+    read_until(&mut a.output, "up").await;
     let t = Instant::now();
     g.client()
         .await
@@ -482,6 +485,7 @@ async fn shutdown_kills_a_workload_that_ignores_sigterm() {
         took >= Duration::from_millis(500),
         "did not wait the grace: {took:?}"
     );
+    assert_eq!(a.output.wait().await.unwrap(), Exit::signal(libc::SIGKILL));
     let code = tokio::task::spawn_blocking(move || g.wait()).await.unwrap();
     assert_eq!(code, 128 + libc::SIGKILL);
 }
