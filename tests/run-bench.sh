@@ -1,0 +1,110 @@
+#!/bin/bash
+# Build the benchmarks on this host and run them: every `[[bench]]` target
+# of the mvm-e2e package (tests/Cargo.toml) on real KVM - natively when the
+# host has hardware virtualization, otherwise all of them inside ONE boot
+# of the emulated KVM host - then the host-side image benchmarks
+# (`cargo bench -p mvm-images`). Each benchmark prints a table.
+# See docs/benchmarks.md.
+#
+# Usage: tests/run-bench.sh [NAME...]
+#   NAME: an mvm-e2e bench target (boot, agent, ...) or `images`; default
+#   all. `make bench` runs everything after `make build-release`.
+# Environment: MVM_PROFILE_DIR (debug|release, default release) picks the
+# mvm-vmm build; CARGO_TARGET_DIR is respected; MVM_KERNEL, MVM_INIT,
+# MVM_VMM override the artifacts and are passed to the benchmarks, as are
+# all MVM_BENCH_* variables (e.g. MVM_BENCH_BOOT_RUNS).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+profile_dir=${MVM_PROFILE_DIR:-release}
+target=${CARGO_TARGET_DIR:-$root/target}
+case "$target" in /*) ;; *) target=$root/$target ;; esac
+names=("$@")
+
+# wanted NAME: whether NAME was asked for (no names: everything).
+wanted() {
+  [ ${#names[@]} -eq 0 ] && return 0
+  local n
+  for n in "${names[@]}"; do [ "$n" = "$1" ] && return 0; done
+  return 1
+}
+
+release=()
+[ "$profile_dir" = release ] && release=(--release)
+echo "bench: building mvm-vmm ($profile_dir) and mvm-init" >&2
+cargo build "${release[@]}" -p mvm-vmm >&2
+export MVM_KERNEL=${MVM_KERNEL:-$(resources/kernel/build.sh --print-path)}
+export MVM_INIT=${MVM_INIT:-$target/x86_64-unknown-linux-gnu/release/mvm-init}
+export MVM_VMM=${MVM_VMM:-$target/$profile_dir/mvm-vmm}
+for f in "$MVM_KERNEL" "$MVM_INIT" "$MVM_VMM"; do
+  [ -f "$f" ] || { echo "bench: $f is missing; run 'make kernel build-release' (or 'make bench') first" >&2; exit 1; }
+done
+
+# The bench executables of mvm-e2e: "NAME PATH" per line. Built in the
+# bench profile (release), which is what `cargo bench` would run.
+echo "bench: building the benchmark executables" >&2
+mapfile -t benches < <(
+  cargo bench -p mvm-e2e --no-run --message-format=json |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])
+'
+)
+selected=()
+for entry in "${benches[@]}"; do
+  wanted "${entry%% *}" && selected+=("$entry")
+done
+if [ ${#names[@]} -gt 0 ]; then
+  for n in "${names[@]}"; do
+    [ "$n" = images ] && continue
+    printf '%s\n' "${benches[@]}" | grep -q "^$n " ||
+      { echo "bench: no bench target '$n' in tests/Cargo.toml (have: $(printf '%s ' "${benches[@]%% *}")images)" >&2; exit 1; }
+  done
+fi
+
+status=0
+if [ ${#selected[@]} -gt 0 ]; then
+  # The job must be visible inside the emulated host, whose /tmp is its
+  # own tmpfs: keep it under the target directory.
+  mkdir -p "$target"
+  job=$(mktemp "$target/mvm-bench-job.XXXXXX")
+  trap 'rm -f "$job"' EXIT
+  {
+    echo '#!/bin/sh'
+    echo 'status=0'
+    for entry in "${selected[@]}"; do
+      printf 'echo "=== bench %s" >&2\n' "${entry%% *}"
+      printf '"%s" --bench || { echo "bench %s FAILED" >&2; status=1; }\n' "${entry#* }" "${entry%% *}"
+    done
+    echo 'exit $status'
+  } >"$job"
+  chmod +x "$job"
+
+  envs=(--env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env RUST_BACKTRACE)
+  while IFS= read -r v; do envs+=(--env "$v"); done < <(compgen -e | grep '^MVM_BENCH_' || true)
+
+  mode=$(resources/testhost/run --check 2>/dev/null || true)
+  if [ "$mode" = hardware ]; then
+    echo "bench: hardware KVM here; running natively" >&2
+    "$job" || status=$?
+  else
+    echo "bench: no hardware KVM here ($mode); running inside the emulated KVM host" >&2
+    resources/testhost/run --timeout "${MVM_BENCH_TIMEOUT:-1800}" "${envs[@]}" -- "$job" || status=$?
+  fi
+fi
+
+if wanted images; then
+  # Host-side: registry pull + unpack + root disk, root disk from a tarball.
+  # The pull bench starts its own docker-registry; inputs are the tarballs
+  # of resources/images/*.sh (missing ones are reported and skipped).
+  echo "=== bench images (cargo bench -p mvm-images, on this host)" >&2
+  cargo bench -p mvm-images || { echo "bench images FAILED" >&2; status=1; }
+fi
+exit "$status"
