@@ -1,0 +1,247 @@
+//! The state store: SQLite (bundled, so no system library), WAL mode, one
+//! transaction per state change, so a crash at any point leaves either the
+//! old or the new state of a sandbox, never half of each.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use mvm_api::sandbox::State;
+use mvm_runtime::{SandboxSpec, VmmProcess};
+use rusqlite::{params, Connection, ErrorCode as SqlCode, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open the state database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("the name {0:?} is already in use by another sandbox; choose another name or remove that sandbox")]
+    NameTaken(String),
+    #[error("state database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state database row {id} is corrupt: {source}")]
+    Corrupt {
+        id: String,
+        source: serde_json::Error,
+    },
+}
+
+/// What mvmd keeps about a sandbox beyond the API's view.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Internal {
+    /// The running VMM.
+    #[serde(default)]
+    pub vmm: Option<VmmProcess>,
+    /// Stopped or killed by a user: restart policies hold off.
+    #[serde(default)]
+    pub manual_stop: bool,
+    /// What mvmd asked of the running VMM (`stop`, `kill:<sig>`).
+    #[serde(default)]
+    pub intent: Option<String>,
+    /// Current restart back-off, milliseconds.
+    #[serde(default)]
+    pub backoff_ms: Option<u64>,
+    /// Runs that have ended so far (for `wait?condition=next-exit`).
+    #[serde(default)]
+    pub exits: u64,
+}
+
+/// One sandbox row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Resolved spec (id, name, image, configs).
+    pub spec: SandboxSpec,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// API state.
+    pub state: State,
+    /// Daemon-internal state.
+    pub internal: Internal,
+}
+
+/// The database handle (one connection; SQLite serialises writers anyway,
+/// and every statement here is short).
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+impl Db {
+    /// Open (creating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let open_err = |source| DbError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS sandboxes (
+                id TEXT PRIMARY KEY NOT NULL,
+                name TEXT NOT NULL UNIQUE,
+                created TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                state TEXT NOT NULL,
+                internal TEXT NOT NULL
+            );",
+        )
+        .map_err(open_err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Insert a new sandbox; a taken name is [`DbError::NameTaken`].
+    pub fn insert(&self, row: &Row) -> Result<(), DbError> {
+        let r = self.conn().execute(
+            "INSERT INTO sandboxes (id, name, created, spec, state, internal) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                row.spec.id,
+                row.spec.name,
+                row.created,
+                json(&row.spec),
+                json(&row.state),
+                json(&row.internal),
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == SqlCode::ConstraintViolation => {
+                Err(DbError::NameTaken(row.spec.name.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replace the state of sandbox `id` (one transaction).
+    pub fn update(&self, id: &str, state: &State, internal: &Internal) -> Result<(), DbError> {
+        self.conn().execute(
+            "UPDATE sandboxes SET state = ?2, internal = ?3 WHERE id = ?1",
+            params![id, json(state), json(internal)],
+        )?;
+        Ok(())
+    }
+
+    /// Delete sandbox `id`.
+    pub fn delete(&self, id: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Whether a row exists (tests and consistency checks).
+    pub fn exists(&self, id: &str) -> Result<bool, DbError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM sandboxes WHERE id = ?1", params![id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// Every row.
+    pub fn load(&self) -> Result<Vec<Row>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, created, spec, state, internal FROM sandboxes")?;
+        let raw: Vec<(String, String, String, String, String)> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        raw.into_iter()
+            .map(|(id, created, spec, state, internal)| {
+                let corrupt = |source| DbError::Corrupt {
+                    id: id.clone(),
+                    source,
+                };
+                Ok(Row {
+                    spec: serde_json::from_str(&spec).map_err(corrupt)?,
+                    created,
+                    state: serde_json::from_str(&state).map_err(corrupt)?,
+                    internal: serde_json::from_str(&internal).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    // The types here serialise infallibly (no maps with non-string keys).
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mvm_api::sandbox::{HostConfig, ProcessConfig, RestartPolicy};
+
+    fn row(id: &str, name: &str) -> Row {
+        Row {
+            spec: SandboxSpec {
+                id: id.into(),
+                name: name.into(),
+                image: "busybox".into(),
+                image_id: "sha256:x".into(),
+                image_digest: "sha256:y".into(),
+                root_disk: "/d".into(),
+                process: ProcessConfig {
+                    entrypoint: vec![],
+                    cmd: vec!["true".into()],
+                    env: vec![],
+                    working_dir: "/".into(),
+                    user: String::new(),
+                    hostname: "h".into(),
+                    labels: Default::default(),
+                    tty: false,
+                    open_stdin: false,
+                    stop_signal: "SIGTERM".into(),
+                    stop_timeout: 10,
+                },
+                host: HostConfig {
+                    vcpus: 1,
+                    cpus: None,
+                    memory_mib: 128,
+                    restart_policy: RestartPolicy::No,
+                    auto_remove: false,
+                },
+                scratch_mib: 64,
+            },
+            created: "now".into(),
+            state: mvm_runtime::state::created(),
+            internal: Internal::default(),
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_and_names_are_unique() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("t.db")).unwrap();
+        db.insert(&row("a", "web")).unwrap();
+        assert!(matches!(
+            db.insert(&row("b", "web")),
+            Err(DbError::NameTaken(_))
+        ));
+        let mut r = row("a", "web");
+        r.internal.manual_stop = true;
+        db.update("a", &r.state, &r.internal).unwrap();
+        drop(db);
+        let db = Db::open(&d.path().join("t.db")).unwrap();
+        let rows = db.load().unwrap();
+        assert_eq!(rows, vec![r]);
+        db.delete("a").unwrap();
+        assert!(!db.exists("a").unwrap());
+        db.insert(&row("b", "web")).unwrap();
+    }
+}

@@ -1,0 +1,232 @@
+//! `mvmd`, the mvm daemon: the single owner of sandbox state. It keeps the
+//! state in SQLite (`<root>/mvmd.db`), runs sandboxes through the
+//! `mvm-runtime` library, and serves the REST API of docs/api.md on a Unix
+//! socket and, when asked, on TCP with a bearer token.
+//!
+//! VMMs run in their own sessions: stopping or killing mvmd leaves them
+//! running, and the next mvmd re-attaches to them ([`manager::Manager::recover`]).
+
+pub mod db;
+pub mod http;
+pub mod loghub;
+pub mod manager;
+
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use mvm_runtime::{ArtifactOverrides, Defaults, Layout, LogLimits, Runtime, RuntimeConfig};
+
+/// Shared state of the HTTP handlers.
+pub struct Daemon {
+    /// The sandbox manager.
+    pub manager: Arc<manager::Manager>,
+    /// Running as the emulated KVM host's daemon ("machine" mode).
+    pub machine: bool,
+}
+
+/// How mvmd is configured (flags of `mvmd`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State root and run dir.
+    pub layout: Layout,
+    /// The Unix socket (default `<run_dir>/mvmd.sock`).
+    pub socket: Option<PathBuf>,
+    /// Also serve on TCP here, with a bearer token.
+    pub tcp: Option<SocketAddr>,
+    /// Token file for TCP (generated, mode 0600, if absent); default
+    /// `<root>/token`.
+    pub token_file: Option<PathBuf>,
+    /// Kernel, init and VMM choices.
+    pub artifacts: ArtifactOverrides,
+    /// Defaults for sandboxes.
+    pub defaults: Defaults,
+    /// Log rotation.
+    pub log_limits: LogLimits,
+    /// Serial console cap in bytes.
+    pub console_max: u64,
+    /// `MVM_LOG` for the VMMs.
+    pub vmm_log_filter: Option<String>,
+    /// Machine mode (reported by `/v1/info`).
+    pub machine: bool,
+}
+
+impl Config {
+    /// The socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| self.layout.socket())
+    }
+}
+
+/// Holds the root's lock for the daemon's lifetime.
+pub struct RootLock {
+    _file: fs::File,
+}
+
+/// Take the exclusive lock of the state root, so two daemons never share
+/// a database and a set of VMMs.
+pub fn lock_root(layout: &Layout) -> Result<RootLock> {
+    fs::create_dir_all(&layout.root)
+        .with_context(|| format!("creating {}", layout.root.display()))?;
+    let path = layout.lock_file();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own; LOCK_NB makes it fail instead of wait.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "another mvmd (pid {}) is running with the state root {}; stop it first or use another --root",
+            holder.trim(),
+            layout.root.display()
+        );
+    }
+    file.set_len(0).ok();
+    fs::write(&path, std::process::id().to_string()).ok();
+    Ok(RootLock { _file: file })
+}
+
+/// Bind the Unix socket: a stale socket file is replaced only if nothing
+/// answers on it.
+pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => bail!(
+                "something already answers on {}: another mvmd is running; stop it or use another --socket",
+                path.display()
+            ),
+            Err(_) => {
+                fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+            }
+        }
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(l)
+}
+
+/// Read the TCP token, generating it (0600) if the file does not exist.
+pub fn load_token(path: &Path) -> Result<String> {
+    match fs::read_to_string(path) {
+        Ok(t) => {
+            let t = t.trim().to_string();
+            if t.len() < 16 {
+                bail!("the token in {} is shorter than 16 characters; write a longer one or delete the file to have one generated", path.display());
+            }
+            Ok(t)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut b = [0u8; 32];
+            mvm_runtime::names::fill_random(&mut b);
+            let t = hex::encode(b);
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let mut f = fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            io::Write::write_all(&mut f, t.as_bytes())?;
+            tracing::info!(path = %path.display(), "generated a TCP bearer token");
+            Ok(t)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<()> {
+    let _lock = lock_root(&cfg.layout)?;
+    let artifacts = mvm_runtime::Artifacts::locate(&cfg.artifacts)?;
+    let rt = Runtime::new(RuntimeConfig {
+        layout: cfg.layout.clone(),
+        artifacts,
+        defaults: cfg.defaults.clone(),
+        log_limits: cfg.log_limits,
+        console_max: cfg.console_max,
+        vmm_log_filter: cfg.vmm_log_filter.clone(),
+    })?;
+    let db = db::Db::open(&cfg.layout.db())?;
+    let socket = cfg.socket_path();
+    let unix = bind_unix(&socket)?;
+    let manager = manager::Manager::new(rt, db);
+    manager.recover().await.context("recovering the state")?;
+    let daemon = Arc::new(Daemon {
+        manager,
+        machine: cfg.machine,
+    });
+    let router = http::router(daemon.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    {
+        let router = router.clone();
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            axum::serve(unix, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("serving the Unix socket")
+        });
+    }
+    if let Some(addr) = cfg.tcp {
+        let token_file = cfg
+            .token_file
+            .clone()
+            .unwrap_or_else(|| cfg.layout.root.join("token"));
+        let token = load_token(&token_file)?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding TCP {addr}"))?;
+        tracing::info!(addr = %tcp.local_addr()?, token_file = %token_file.display(), "serving TCP (bearer token required)");
+        let router = http::with_token(router, token);
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            axum::serve(tcp, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("serving TCP")
+        });
+    }
+    tracing::info!(socket = %socket.display(), root = %cfg.layout.root.display(), "mvmd ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down (sandboxes keep running)"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down (sandboxes keep running)"),
+        r = servers.join_next() => {
+            if let Some(Ok(Err(e))) = r {
+                return Err(e);
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Streams (logs -f, wait) may hold connections open: do not wait long.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    let _ = fs::remove_file(&socket);
+    Ok(())
+}

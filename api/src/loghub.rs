@@ -1,0 +1,112 @@
+//! Per-sandbox log fan-out: one writer appends records to the rotated
+//! `json.log` and broadcasts them to followers. Readers take the same lock
+//! to read the files and subscribe, so a follower never misses or repeats
+//! a record across the file/live boundary.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mvm_api::logs::{LogRecord, Stream};
+use mvm_runtime::logs::{self, LogFilter, LogLimits, LogWriter};
+use tokio::sync::broadcast;
+
+/// A live event: a record, or the end of the current run's output.
+pub type LogEvent = Option<Arc<LogRecord>>;
+
+/// The log hub of one sandbox.
+pub struct LogHub {
+    inner: Mutex<Hub>,
+}
+
+struct Hub {
+    dir: PathBuf,
+    limits: LogLimits,
+    writer: Option<LogWriter>,
+    tx: broadcast::Sender<LogEvent>,
+    /// A run's output is being collected.
+    active: bool,
+}
+
+/// What a reader gets: the stored records, a subscription for what
+/// follows, and whether output is being collected right now.
+pub struct Snapshot {
+    /// Stored records passing the filter.
+    pub records: Vec<LogRecord>,
+    /// Live events after those records.
+    pub rx: broadcast::Receiver<LogEvent>,
+    /// A run is being collected.
+    pub active: bool,
+}
+
+impl LogHub {
+    /// A hub for the log directory `dir`.
+    pub fn new(dir: PathBuf, limits: LogLimits) -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        Self {
+            inner: Mutex::new(Hub {
+                dir,
+                limits,
+                writer: None,
+                tx,
+                active: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Hub> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A run starts collecting output.
+    pub fn begin(&self) {
+        self.lock().active = true;
+    }
+
+    /// The run's output is complete: followers end.
+    pub fn end(&self) {
+        let mut h = self.lock();
+        h.active = false;
+        h.writer = None;
+        let _ = h.tx.send(None);
+    }
+
+    /// Append `data` from `stream` and broadcast the records.
+    pub fn write(&self, stream: Stream, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut h = self.lock();
+        if h.writer.is_none() {
+            match LogWriter::open(&h.dir, h.limits) {
+                Ok(w) => h.writer = Some(w),
+                Err(e) => {
+                    tracing::warn!(dir = %h.dir.display(), "cannot open the log: {e}");
+                    return;
+                }
+            }
+        }
+        let time = logs::now_rfc3339();
+        let recs = match h.writer.as_mut().map(|w| w.write(stream, data, &time)) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                tracing::warn!(dir = %h.dir.display(), "cannot write the log: {e}");
+                return;
+            }
+            None => return,
+        };
+        for r in recs {
+            let _ = h.tx.send(Some(Arc::new(r)));
+        }
+    }
+
+    /// Stored records and a subscription, atomically.
+    pub fn snapshot(&self, filter: &LogFilter) -> std::io::Result<Snapshot> {
+        let h = self.lock();
+        let records = logs::read(&h.dir, filter)?;
+        Ok(Snapshot {
+            records,
+            rx: h.tx.subscribe(),
+            active: h.active,
+        })
+    }
+}

@@ -1,0 +1,1034 @@
+//! The sandbox manager: the single owner of sandbox state. It keeps every
+//! sandbox in memory, persists each change to the database before anyone
+//! can observe it, supervises running VMMs (pidfd), collects their output
+//! into the logs, and applies restart policies and auto-remove.
+//!
+//! Locking: each sandbox has an async operation lock (start, stop, kill,
+//! restart, remove are serialised per sandbox) and a short sync lock on
+//! its row. The supervisor never takes the operation lock to record an
+//! exit, so an operation may hold it while waiting for an exit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use mvm_api::logs::Stream;
+use mvm_api::sandbox::{
+    CreateRequest, CreateResponse, SandboxInfo, SandboxSummary, State, Status, WaitResponse,
+};
+use mvm_api::{ApiError, ErrorCode};
+use mvm_protocol::agent::signal;
+use mvm_runtime::logs::ConsoleLines;
+use mvm_runtime::state::{self, Op};
+use mvm_runtime::{restart, Intent, Runtime, RuntimeError, VmmProcess};
+use tokio::sync::watch;
+
+use crate::db::{Db, DbError, Internal, Row};
+use crate::loghub::LogHub;
+
+/// Result of manager operations: API errors with stable codes.
+pub type Result<T> = std::result::Result<T, ApiError>;
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ApiError {
+    ApiError::new(code, msg)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    err(ErrorCode::Internal, e.to_string())
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NameTaken(_) => err(ErrorCode::Conflict, e.to_string()),
+            e => internal(e),
+        }
+    }
+}
+
+fn runtime_err(e: RuntimeError) -> ApiError {
+    err(e.code(), e.to_string())
+}
+
+/// Now, RFC 3339 with nanoseconds.
+pub fn now() -> String {
+    mvm_runtime::logs::now_rfc3339()
+}
+
+/// What waiters watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snap {
+    /// Lifecycle state.
+    pub status: Status,
+    /// Runs ended so far.
+    pub exits: u64,
+    /// Exit code of the last run.
+    pub exit_code: Option<i32>,
+    /// Error of the last run.
+    pub error: Option<String>,
+    /// The sandbox is gone.
+    pub removed: bool,
+}
+
+/// One sandbox.
+pub struct Entry {
+    /// Id.
+    pub id: String,
+    row: Mutex<Row>,
+    op: tokio::sync::Mutex<()>,
+    watch: watch::Sender<Snap>,
+    /// Workload logs.
+    pub logs: LogHub,
+}
+
+impl Entry {
+    fn new(row: Row, hub: LogHub) -> Self {
+        let snap = snap_of(&row, false);
+        let (watch, _) = watch::channel(snap);
+        Self {
+            id: row.spec.id.clone(),
+            row: Mutex::new(row),
+            op: tokio::sync::Mutex::new(()),
+            watch,
+            logs: hub,
+        }
+    }
+
+    fn row(&self) -> MutexGuard<'_, Row> {
+        self.row.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the row.
+    pub fn snapshot(&self) -> Row {
+        self.row().clone()
+    }
+
+    /// Subscribe to state changes.
+    pub fn subscribe(&self) -> watch::Receiver<Snap> {
+        self.watch.subscribe()
+    }
+}
+
+fn snap_of(row: &Row, removed: bool) -> Snap {
+    Snap {
+        status: row.state.status,
+        exits: row.internal.exits,
+        exit_code: row.state.exit_code,
+        error: row.state.error.clone(),
+        removed,
+    }
+}
+
+/// The exit of a removed sandbox, kept for late `wait`s (`run --rm`).
+#[derive(Debug, Clone)]
+struct Tomb {
+    exit_code: i32,
+    error: Option<String>,
+    at: Instant,
+}
+
+const TOMB_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Arc<Entry>>,
+    /// name -> id; an empty id is a reservation by a create in progress.
+    names: HashMap<String, String>,
+    tombs: HashMap<String, Tomb>,
+}
+
+/// The manager.
+pub struct Manager {
+    rt: Runtime,
+    db: Db,
+    inner: Mutex<Inner>,
+}
+
+/// How long to wait for a VMM to end after SIGTERM or SIGKILL.
+const VMM_GRACE: Duration = Duration::from_secs(10);
+
+impl Manager {
+    /// A manager over `rt` and `db` (call [`Manager::recover`] next).
+    pub fn new(rt: Runtime, db: Db) -> Arc<Self> {
+        Arc::new(Self {
+            rt,
+            db,
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hub(&self, id: &str) -> LogHub {
+        LogHub::new(self.rt.paths(id).logs, self.rt.config().log_limits)
+    }
+
+    fn persist(&self, e: &Entry, row: &Row) -> Result<()> {
+        self.db.update(&e.id, &row.state, &row.internal)?;
+        e.watch.send_replace(snap_of(row, false));
+        Ok(())
+    }
+
+    /// Change the row of `e` with `f`, persist it, notify watchers.
+    fn update<T>(&self, e: &Entry, f: impl FnOnce(&mut Row) -> T) -> Result<T> {
+        let mut row = e.row();
+        let mut new = row.clone();
+        let out = f(&mut new);
+        self.persist(e, &new)?;
+        *row = new;
+        Ok(out)
+    }
+
+    /// All sandboxes.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        self.inner().by_id.values().cloned().collect()
+    }
+
+    /// Find a sandbox by full id, name, or unique id prefix (>= 4).
+    pub fn get(&self, key: &str) -> Result<Arc<Entry>> {
+        let inner = self.inner();
+        if let Some(e) = inner.by_id.get(key) {
+            return Ok(e.clone());
+        }
+        if let Some(e) = inner.names.get(key).and_then(|id| inner.by_id.get(id)) {
+            return Ok(e.clone());
+        }
+        if mvm_runtime::names::is_id_prefix(key) {
+            let mut found = inner.by_id.iter().filter(|(id, _)| id.starts_with(key));
+            if let Some((_, e)) = found.next() {
+                if found.next().is_some() {
+                    return Err(err(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "the id prefix {key:?} matches several sandboxes; give more characters"
+                        ),
+                    ));
+                }
+                return Ok(e.clone());
+            }
+        }
+        Err(err(ErrorCode::NotFound, format!("no such sandbox: {key}")))
+    }
+
+    // ----- create -----
+
+    /// Create a sandbox (disks and a row; not started).
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<CreateResponse> {
+        let name = match &req.name {
+            Some(n) => {
+                mvm_runtime::names::validate_name(n)
+                    .map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
+                n.clone()
+            }
+            None => loop {
+                let n = mvm_runtime::names::generate_name();
+                if !self.inner().names.contains_key(&n) {
+                    break n;
+                }
+            },
+        };
+        if req.image.trim().is_empty() {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "no image given: name the image to run",
+            ));
+        }
+        {
+            let mut inner = self.inner();
+            if let Some(id) = inner.names.get(&name) {
+                let by = if id.is_empty() {
+                    "a sandbox being created".to_string()
+                } else {
+                    format!("sandbox {}", &id[..12])
+                };
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!("the name {name:?} is already in use by {by}; choose another name or remove that sandbox"),
+                ));
+            }
+            inner.names.insert(name.clone(), String::new());
+        }
+        let r = self.create_reserved(&name, req).await;
+        if r.is_err() {
+            let mut inner = self.inner();
+            if inner.names.get(&name).is_some_and(|id| id.is_empty()) {
+                inner.names.remove(&name);
+            }
+        }
+        r
+    }
+
+    async fn create_reserved(
+        self: &Arc<Self>,
+        name: &str,
+        req: CreateRequest,
+    ) -> Result<CreateResponse> {
+        let id = mvm_runtime::names::new_id();
+        let rt = self.rt.clone();
+        let (id2, name2) = (id.clone(), name.to_string());
+        let created = tokio::task::spawn_blocking(move || rt.create(&id2, &name2, &req))
+            .await
+            .map_err(internal)?
+            .map_err(runtime_err)?;
+        let row = Row {
+            spec: created.spec,
+            created: now(),
+            state: state::created(),
+            internal: Internal::default(),
+        };
+        if let Err(e) = self.db.insert(&row) {
+            let _ = self.rt.remove(&id);
+            return Err(e.into());
+        }
+        let entry = Arc::new(Entry::new(row, self.hub(&id)));
+        let mut inner = self.inner();
+        inner.names.insert(name.to_string(), id.clone());
+        inner.by_id.insert(id.clone(), entry);
+        tracing::info!(sandbox = %id, name, "created");
+        Ok(CreateResponse {
+            id,
+            warnings: created.warnings,
+        })
+    }
+
+    // ----- start -----
+
+    /// Start a created or exited sandbox.
+    pub async fn start(self: &Arc<Self>, key: &str) -> Result<Vec<String>> {
+        let e = self.get(key)?;
+        let _op = e.op.lock().await;
+        let status = e.row().state.status;
+        state::check(status, Op::Start).map_err(|m| err(ErrorCode::InvalidState, m))?;
+        self.start_locked(&e, true).await
+    }
+
+    /// Start with the operation lock held. `manual`: a user's start,
+    /// which resets the restart count and the manual-stop mark.
+    async fn start_locked(self: &Arc<Self>, e: &Arc<Entry>, manual: bool) -> Result<Vec<String>> {
+        let spec = e.row().spec.clone();
+        let rt = self.rt.clone();
+        let t0 = Instant::now();
+        let started = tokio::task::spawn_blocking(move || rt.start(&spec))
+            .await
+            .map_err(internal)?;
+        let started = match started {
+            Ok(s) => s,
+            Err(er) => {
+                let msg = er.to_string();
+                tracing::warn!(sandbox = %e.id, "start failed: {msg}");
+                let t = now();
+                self.update(e, |r| {
+                    r.state = state::start_failed(&r.state, &msg, &t);
+                    r.internal.vmm = None;
+                })?;
+                return Err(runtime_err(er));
+            }
+        };
+        let t = now();
+        let proc = started.process;
+        self.update(e, |r| {
+            if manual {
+                r.state.restart_count = 0;
+                r.internal.manual_stop = false;
+                r.internal.backoff_ms = None;
+            }
+            r.state = state::started(&r.state, proc.pid, &t);
+            r.internal.vmm = Some(proc);
+            r.internal.intent = None;
+        })?;
+        tracing::info!(sandbox = %e.id, pid = proc.pid, elapsed_ms = t0.elapsed().as_millis() as u64, "started");
+        self.supervise(e.clone(), proc);
+        Ok(started.warnings)
+    }
+
+    /// Watch a running VMM: collect its console into the logs, and record
+    /// its end.
+    fn supervise(self: &Arc<Self>, e: Arc<Entry>, proc: VmmProcess) {
+        let me = self.clone();
+        e.logs.begin();
+        tokio::spawn(async move {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let pump = tokio::spawn(console_pump(me.rt.paths(&e.id), e.clone(), stop_rx));
+            match proc.pidfd() {
+                Ok(Some(fd)) => {
+                    if let Err(er) = fd.wait().await {
+                        tracing::warn!(sandbox = %e.id, "waiting for the VMM: {er}; polling instead");
+                        while proc.is_alive() {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(er) => {
+                    tracing::warn!(sandbox = %e.id, "cannot watch the VMM: {er}; polling instead");
+                    while proc.is_alive() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            let _ = stop_tx.send(true);
+            let _ = pump.await;
+            e.logs.end();
+            me.on_exit(&e).await;
+        });
+    }
+
+    /// Record the end of a run; then restart or auto-remove as the policy
+    /// says.
+    async fn on_exit(self: &Arc<Self>, e: &Arc<Entry>) {
+        let (intent_s, started_at) = {
+            let r = e.row();
+            (r.internal.intent.clone(), r.state.started_at.clone())
+        };
+        let (intent, sig) = parse_intent(intent_s.as_deref());
+        let rt = self.rt.clone();
+        let id = e.id.clone();
+        let info = tokio::task::spawn_blocking(move || {
+            let info = rt.exit_info(&id, intent);
+            rt.after_exit(&id);
+            info
+        })
+        .await;
+        let mut info = match info {
+            Ok(i) => i,
+            Err(er) => {
+                tracing::error!(sandbox = %e.id, "exit info: {er}");
+                return;
+            }
+        };
+        if let Some(n) = sig {
+            if info.reason == mvm_api::sandbox::ExitReason::Killed {
+                info.exit_code = 128 + n;
+            }
+        }
+        let ran_for = started_at
+            .as_deref()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| {
+                (Utc::now() - t.with_timezone(&Utc))
+                    .to_std()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let t = now();
+        let decision = self.update(e, |r| {
+            if r.state.status == Status::Removing {
+                r.internal.vmm = None;
+                r.internal.exits += 1;
+                return None;
+            }
+            r.state = state::exited(&r.state, &info, &t);
+            r.internal.vmm = None;
+            r.internal.intent = None;
+            r.internal.exits += 1;
+            let policy = r.spec.host.restart_policy.clone();
+            if restart::should_restart(
+                &policy,
+                info.exit_code,
+                r.state.restart_count,
+                r.internal.manual_stop,
+            ) {
+                let prev = r.internal.backoff_ms.map(Duration::from_millis);
+                let delay = restart::next_delay(prev, ran_for);
+                r.internal.backoff_ms = Some(delay.as_millis() as u64);
+                r.state.status = Status::Restarting;
+                r.state.restart_count += 1;
+                Some(Ok(delay))
+            } else if r.spec.host.auto_remove {
+                Some(Err(()))
+            } else {
+                None
+            }
+        });
+        tracing::info!(sandbox = %e.id, exit_code = info.exit_code, reason = ?info.reason, "exited");
+        match decision {
+            Ok(Some(Ok(delay))) => {
+                let me = self.clone();
+                let e = e.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _op = e.op.lock().await;
+                    let (status, removed) = (e.row().state.status, e.watch.borrow().removed);
+                    if status == Status::Restarting && !removed {
+                        tracing::info!(sandbox = %e.id, ?delay, "restarting (policy)");
+                        if let Err(er) = me.start_locked(&e, false).await {
+                            tracing::warn!(sandbox = %e.id, "restart failed: {}", er.message);
+                        }
+                    }
+                });
+            }
+            Ok(Some(Err(()))) => {
+                let me = self.clone();
+                let id = e.id.clone();
+                tokio::spawn(async move {
+                    if let Err(er) = me.remove(&id, false).await {
+                        if er.code != ErrorCode::NotFound {
+                            tracing::warn!(sandbox = %id, "auto-remove failed: {}", er.message);
+                        }
+                    }
+                });
+            }
+            Ok(None) => {}
+            Err(er) => tracing::error!(sandbox = %e.id, "recording the exit: {}", er.message),
+        }
+    }
+
+    /// Wait until the run that is going on now has ended.
+    async fn wait_exit(&self, e: &Entry, exits_before: u64, timeout: Duration) -> bool {
+        let mut rx = e.subscribe();
+        let r = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| s.exits > exits_before || s.removed),
+        )
+        .await;
+        matches!(r, Ok(Ok(_)))
+    }
+
+    // ----- stop / kill -----
+
+    /// Stop: the stop signal, `timeout` to end, then the VMM is killed.
+    pub async fn stop(self: &Arc<Self>, key: &str, timeout: Option<u64>) -> Result<()> {
+        let e = self.get(key)?;
+        let _op = e.op.lock().await;
+        self.stop_locked(&e, timeout).await
+    }
+
+    async fn stop_locked(self: &Arc<Self>, e: &Arc<Entry>, timeout: Option<u64>) -> Result<()> {
+        let (status, vmm, exits, stop_timeout) = {
+            let r = e.row();
+            (
+                r.state.status,
+                r.internal.vmm,
+                r.internal.exits,
+                r.spec.process.stop_timeout,
+            )
+        };
+        if status == Status::Restarting {
+            self.update(e, |r| {
+                r.state.status = Status::Exited;
+                r.internal.manual_stop = true;
+            })?;
+            return Ok(());
+        }
+        state::check(status, Op::Stop).map_err(|m| err(ErrorCode::InvalidState, m))?;
+        let Some(vmm) = vmm else {
+            return Err(internal("the sandbox is running but has no VMM on record"));
+        };
+        self.update(e, |r| {
+            r.internal.intent = Some("stop".into());
+            r.internal.manual_stop = true;
+        })?;
+        let timeout = Duration::from_secs(timeout.unwrap_or(stop_timeout));
+        // Without the guest agent the stop signal cannot reach the
+        // workload: SIGTERM makes the VMM end the guest at once.
+        let _ = vmm.signal(libc::SIGTERM);
+        if self.wait_exit(e, exits, VMM_GRACE.max(timeout)).await {
+            return Ok(());
+        }
+        tracing::warn!(sandbox = %e.id, "the VMM did not end after SIGTERM; killing it");
+        let _ = vmm.signal(libc::SIGKILL);
+        if self.wait_exit(e, exits, VMM_GRACE).await {
+            return Ok(());
+        }
+        Err(internal(format!(
+            "the VMM (pid {}) did not end after SIGKILL; check the host",
+            vmm.pid
+        )))
+    }
+
+    /// Kill: SIGKILL ends the microVM; other signals go to the workload.
+    pub async fn kill(self: &Arc<Self>, key: &str, sig: &str) -> Result<()> {
+        let n = signal::parse(sig).ok_or_else(|| {
+            err(
+                ErrorCode::BadRequest,
+                format!("invalid signal {sig:?}: use a name like SIGKILL or a number from 1 to 64"),
+            )
+        })?;
+        let e = self.get(key)?;
+        let _op = e.op.lock().await;
+        let (status, vmm, exits) = {
+            let r = e.row();
+            (r.state.status, r.internal.vmm, r.internal.exits)
+        };
+        state::check(status, Op::Stop).map_err(|m| err(ErrorCode::InvalidState, m))?;
+        if status == Status::Restarting {
+            self.update(&e, |r| {
+                r.state.status = Status::Exited;
+                r.internal.manual_stop = true;
+            })?;
+            return Ok(());
+        }
+        let Some(vmm) = vmm else {
+            return Err(internal("the sandbox is running but has no VMM on record"));
+        };
+        let vmm_signal = match n {
+            libc::SIGKILL => libc::SIGKILL,
+            // Without the guest agent these end the microVM (the workload
+            // is reported as killed by that signal).
+            libc::SIGTERM | libc::SIGINT | libc::SIGQUIT | libc::SIGHUP => libc::SIGTERM,
+            _ => {
+                return Err(err(
+                    ErrorCode::InvalidState,
+                    format!("signal {sig} can only be delivered to the workload by the guest agent, which this sandbox does not have; use SIGKILL, SIGTERM, SIGINT, SIGQUIT or SIGHUP"),
+                ))
+            }
+        };
+        self.update(&e, |r| {
+            r.internal.intent = Some(format!("kill:{n}"));
+            r.internal.manual_stop = true;
+        })?;
+        let _ = vmm.signal(vmm_signal);
+        if self.wait_exit(&e, exits, VMM_GRACE).await {
+            return Ok(());
+        }
+        let _ = vmm.signal(libc::SIGKILL);
+        if self.wait_exit(&e, exits, VMM_GRACE).await {
+            return Ok(());
+        }
+        Err(internal(format!(
+            "the VMM (pid {}) did not end after SIGKILL",
+            vmm.pid
+        )))
+    }
+
+    /// Restart: stop if running, then start.
+    pub async fn restart(self: &Arc<Self>, key: &str, timeout: Option<u64>) -> Result<Vec<String>> {
+        let e = self.get(key)?;
+        let _op = e.op.lock().await;
+        let status = e.row().state.status;
+        if matches!(status, Status::Running | Status::Restarting) {
+            self.stop_locked(&e, timeout).await?;
+        }
+        let status = e.row().state.status;
+        state::check(status, Op::Start).map_err(|m| err(ErrorCode::InvalidState, m))?;
+        self.start_locked(&e, true).await
+    }
+
+    // ----- remove -----
+
+    /// Remove (a running sandbox only with `force`, which kills it).
+    pub async fn remove(self: &Arc<Self>, key: &str, force: bool) -> Result<()> {
+        let e = self.get(key)?;
+        let _op = e.op.lock().await;
+        if e.watch.borrow().removed {
+            return Err(err(ErrorCode::NotFound, format!("no such sandbox: {key}")));
+        }
+        let (status, vmm, exits) = {
+            let r = e.row();
+            (r.state.status, r.internal.vmm, r.internal.exits)
+        };
+        if !force {
+            state::check(status, Op::Remove).map_err(|m| err(ErrorCode::Conflict, m))?;
+        }
+        self.update(&e, |r| {
+            r.internal.manual_stop = true;
+            if matches!(r.state.status, Status::Running) {
+                r.internal.intent = Some("kill:9".into());
+            }
+            r.state.status = Status::Removing;
+        })?;
+        if let (Status::Running, Some(vmm)) = (status, vmm) {
+            let _ = vmm.signal(libc::SIGKILL);
+            if !self.wait_exit(&e, exits, VMM_GRACE).await {
+                return Err(internal(format!(
+                    "the VMM (pid {}) did not end after SIGKILL",
+                    vmm.pid
+                )));
+            }
+        }
+        self.finish_remove(&e).await
+    }
+
+    async fn finish_remove(&self, e: &Arc<Entry>) -> Result<()> {
+        let rt = self.rt.clone();
+        let id = e.id.clone();
+        tokio::task::spawn_blocking(move || rt.remove(&id))
+            .await
+            .map_err(internal)?
+            .map_err(runtime_err)?;
+        self.db.delete(&e.id)?;
+        let row = e.snapshot();
+        {
+            let mut inner = self.inner();
+            inner.by_id.remove(&e.id);
+            if inner.names.get(&row.spec.name) == Some(&e.id) {
+                inner.names.remove(&row.spec.name);
+            }
+            let tomb = Tomb {
+                exit_code: row.state.exit_code.unwrap_or(0),
+                error: row.state.error.clone(),
+                at: Instant::now(),
+            };
+            inner.tombs.retain(|_, t| t.at.elapsed() < TOMB_TTL);
+            inner.tombs.insert(e.id.clone(), tomb.clone());
+            inner.tombs.insert(row.spec.name.clone(), tomb);
+        }
+        let mut s = snap_of(&row, true);
+        s.status = Status::Removing;
+        e.watch.send_replace(s);
+        tracing::info!(sandbox = %e.id, "removed");
+        Ok(())
+    }
+
+    // ----- wait -----
+
+    /// Block until `condition` holds: `not-running` (default),
+    /// `next-exit` or `removed`.
+    pub async fn wait(&self, key: &str, condition: &str) -> Result<WaitResponse> {
+        let e = match self.get(key) {
+            Ok(e) => e,
+            Err(er) => {
+                if let Some(t) = self.inner().tombs.get(key).cloned() {
+                    return Ok(WaitResponse {
+                        exit_code: t.exit_code,
+                        error: t.error,
+                    });
+                }
+                return Err(er);
+            }
+        };
+        let mut rx = e.subscribe();
+        let initial = rx.borrow().clone();
+        let done: Box<dyn Fn(&Snap) -> bool + Send + Sync> = match condition {
+            "" | "not-running" => Box::new(|s: &Snap| {
+                s.removed || !matches!(s.status, Status::Running | Status::Restarting)
+            }),
+            "next-exit" => {
+                let n = initial.exits;
+                Box::new(move |s: &Snap| s.removed || s.exits > n)
+            }
+            "removed" => Box::new(|s: &Snap| s.removed),
+            other => {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "invalid wait condition {other:?}: use not-running, next-exit or removed"
+                    ),
+                ))
+            }
+        };
+        drop(e);
+        let r = rx.wait_for(|s| done(s)).await.map(|s| s.clone());
+        let s = r.unwrap_or_else(|_| rx.borrow().clone());
+        Ok(WaitResponse {
+            exit_code: s.exit_code.unwrap_or(0),
+            error: s.error,
+        })
+    }
+
+    // ----- views -----
+
+    /// `GET /v1/sandboxes/{id}`.
+    pub fn inspect(&self, key: &str) -> Result<SandboxInfo> {
+        let e = self.get(key)?;
+        Ok(self.info_of(&e.snapshot()))
+    }
+
+    fn info_of(&self, r: &Row) -> SandboxInfo {
+        SandboxInfo {
+            id: r.spec.id.clone(),
+            name: r.spec.name.clone(),
+            image: r.spec.image.clone(),
+            image_id: r.spec.image_id.clone(),
+            created: r.created.clone(),
+            config: r.spec.process.clone(),
+            host_config: r.spec.host.clone(),
+            state: r.state.clone(),
+            paths: self.rt.paths(&r.spec.id).as_map(),
+        }
+    }
+
+    /// `GET /v1/sandboxes`.
+    pub fn list(&self, all: bool, labels: &[(String, Option<String>)]) -> Vec<SandboxSummary> {
+        let mut rows: Vec<Row> = self.entries().iter().map(|e| e.snapshot()).collect();
+        rows.sort_by(|a, b| b.created.cmp(&a.created));
+        rows.into_iter()
+            .filter(|r| all || matches!(r.state.status, Status::Running | Status::Restarting))
+            .filter(|r| {
+                labels
+                    .iter()
+                    .all(|(k, v)| match (r.spec.process.labels.get(k), v) {
+                        (Some(_), None) => true,
+                        (Some(have), Some(want)) => have == want,
+                        (None, _) => false,
+                    })
+            })
+            .map(|r| SandboxSummary {
+                id: r.spec.id.clone(),
+                name: r.spec.name.clone(),
+                image: r.spec.image.clone(),
+                command: r
+                    .spec
+                    .process
+                    .entrypoint
+                    .iter()
+                    .chain(&r.spec.process.cmd)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                created: r.created.clone(),
+                status: r.state.status,
+                status_text: status_text(&r.state),
+                exit_code: r.state.exit_code,
+                labels: r.spec.process.labels.clone(),
+            })
+            .collect()
+    }
+
+    /// Image ids in use by sandboxes.
+    pub fn images_in_use(&self) -> Vec<String> {
+        self.entries()
+            .iter()
+            .map(|e| e.row().spec.image_id.clone())
+            .collect()
+    }
+
+    /// Counts by state.
+    pub fn counts(&self) -> (u64, u64) {
+        let entries = self.entries();
+        let running = entries
+            .iter()
+            .filter(|e| matches!(e.row().state.status, Status::Running | Status::Restarting))
+            .count() as u64;
+        (entries.len() as u64, running)
+    }
+
+    // ----- recovery -----
+
+    /// Load the database and bring it in line with the host: re-attach to
+    /// live VMMs, record the end of dead ones, finish interrupted removals,
+    /// delete orphaned directories, and apply restart policies.
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        let rows = self.db.load()?;
+        let known: std::collections::HashSet<String> =
+            rows.iter().map(|r| r.spec.id.clone()).collect();
+        for id in self.rt.sandbox_dirs() {
+            if !known.contains(&id) {
+                tracing::info!(sandbox = %id, "removing an orphaned sandbox directory (no database row)");
+                let _ = self.rt.remove(&id);
+            }
+        }
+        let mut entries = Vec::new();
+        {
+            let mut inner = self.inner();
+            for row in rows {
+                let id = row.spec.id.clone();
+                inner.names.insert(row.spec.name.clone(), id.clone());
+                let e = Arc::new(Entry::new(row, self.hub(&id)));
+                inner.by_id.insert(id, e.clone());
+                entries.push(e);
+            }
+        }
+        for e in entries {
+            let row = e.snapshot();
+            let alive = row.internal.vmm.filter(|v| v.is_alive());
+            match row.state.status {
+                Status::Removing => {
+                    if let Some(v) = alive {
+                        let _ = v.signal(libc::SIGKILL);
+                    }
+                    if let Err(er) = self.finish_remove(&e).await {
+                        tracing::warn!(sandbox = %e.id, "finishing an interrupted removal: {}", er.message);
+                    }
+                }
+                Status::Running => match alive {
+                    Some(v) => {
+                        tracing::info!(sandbox = %e.id, pid = v.pid, "re-attached to a running VMM");
+                        self.supervise(e.clone(), v);
+                    }
+                    None => {
+                        tracing::info!(sandbox = %e.id, "its VMM ended while mvmd was down");
+                        self.on_exit(&e).await;
+                    }
+                },
+                Status::Restarting => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _op = e.op.lock().await;
+                        if e.row().state.status == Status::Restarting {
+                            let _ = me.start_locked(&e, false).await;
+                        }
+                    });
+                }
+                Status::Created | Status::Exited => {
+                    if let Some(v) = alive {
+                        // A VMM whose start was not recorded (crash in
+                        // between): it is not ours to keep.
+                        let _ = v.signal(libc::SIGKILL);
+                    }
+                    let policy = row.spec.host.restart_policy.clone();
+                    if row.state.status == Status::Exited
+                        && restart::restart_on_daemon_start(&policy, row.internal.manual_stop)
+                    {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            let _op = e.op.lock().await;
+                            if e.row().state.status == Status::Exited {
+                                tracing::info!(sandbox = %e.id, "restarting on daemon start (policy)");
+                                let _ = me.start_locked(&e, false).await;
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_intent(s: Option<&str>) -> (Intent, Option<i32>) {
+    match s {
+        Some("stop") => (Intent::Stop, None),
+        Some(k) if k.starts_with("kill:") => {
+            let n = k[5..].parse().unwrap_or(libc::SIGKILL);
+            (Intent::Kill, Some(n))
+        }
+        _ => (Intent::None, None),
+    }
+}
+
+/// Copy the serial console into the workload log while a run lasts.
+/// The read position is kept next to the logs, so a restarted mvmd
+/// continues where the previous one stopped.
+async fn console_pump(
+    paths: mvm_runtime::SandboxPaths,
+    e: Arc<Entry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let offset_file = paths.logs.join("console.offset");
+    let mut offset: u64 = std::fs::read_to_string(&offset_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let mut lines = ConsoleLines::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let last = *stop.borrow();
+        // Read whatever is new.
+        if let Ok(mut f) = std::fs::File::open(&paths.console) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if offset > len {
+                offset = len;
+            }
+            if len > offset && f.seek(SeekFrom::Start(offset)).is_ok() {
+                loop {
+                    let n = match f.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    offset += n as u64;
+                    let out = lines.feed(&buf[..n]);
+                    e.logs.write(Stream::Stdout, &out);
+                }
+                let _ = std::fs::write(&offset_file, offset.to_string());
+            }
+        }
+        if last {
+            let rest = lines.flush();
+            e.logs.write(Stream::Stdout, &rest);
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(25), stop.changed()).await;
+    }
+}
+
+/// Docker's `Up 5 seconds` / `Exited (0) 2 minutes ago`.
+pub fn status_text(s: &State) -> String {
+    let since = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| {
+                human_duration(
+                    (Utc::now() - t.with_timezone(&Utc))
+                        .to_std()
+                        .unwrap_or_default(),
+                )
+            })
+            .unwrap_or_else(|| "a while".into())
+    };
+    match s.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!("Up {}", since(&s.started_at)),
+        Status::Restarting => format!(
+            "Restarting ({}) {} ago",
+            s.exit_code.unwrap_or(0),
+            since(&s.finished_at)
+        ),
+        Status::Exited => format!(
+            "Exited ({}) {} ago",
+            s.exit_code.unwrap_or(0),
+            since(&s.finished_at)
+        ),
+        Status::Removing => "Removal In Progress".into(),
+    }
+}
+
+/// Docker's `units.HumanDuration`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".into(),
+        7200..=172_799 => format!("{} hours", s / 3600),
+        172_800..=1_209_599 => format!("{} days", s / 86400),
+        1_209_600..=4_838_399 => format!("{} weeks", s / 604_800),
+        4_838_400..=63_071_999 => format!("{} months", s / 2_592_000),
+        _ => format!("{} years", s / 31_536_000),
+    }
+}
+
+/// Label filters `k` or `k=v`.
+pub fn parse_label_filters(values: &[String]) -> Vec<(String, Option<String>)> {
+    values
+        .iter()
+        .map(|v| match v.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (v.clone(), None),
+        })
+        .collect()
+}
+
+/// Labels as a map (for summaries).
+pub type Labels = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
+        assert_eq!(human_duration(Duration::from_secs(5)), "5 seconds");
+        assert_eq!(human_duration(Duration::from_secs(90)), "About a minute");
+        assert_eq!(human_duration(Duration::from_secs(600)), "10 minutes");
+        assert_eq!(human_duration(Duration::from_secs(3 * 86400)), "3 days");
+    }
+
+    #[test]
+    fn intents() {
+        assert_eq!(parse_intent(Some("stop")), (Intent::Stop, None));
+        assert_eq!(parse_intent(Some("kill:2")), (Intent::Kill, Some(2)));
+        assert_eq!(parse_intent(None), (Intent::None, None));
+    }
+}

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Writes api/openapi.json (OpenAPI 3.0) for the mvmd REST API.
+
+The document is generated so that paths, parameters and error responses
+stay uniform; edit this script and run it, do not edit the JSON by hand.
+The unit test `openapi_documents_every_route` checks that every route of
+the router is described.
+"""
+import json, os
+
+def ref(name): return {"$ref": f"#/components/schemas/{name}"}
+def jbody(schema, desc="OK"): return {"description": desc, "content": {"application/json": {"schema": schema}}}
+ERR = {"description": "Error", "content": {"application/json": {"schema": ref("Error")}}}
+def errs(*codes): return {str(c): {"$ref": "#/components/responses/Error"} for c in codes}
+ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+      "description": "Full id, unique id prefix (>= 4 characters) or name"}
+def q(name, typ="string", desc="", required=False, array=False):
+    s = {"type": typ}
+    if array: s = {"type": "array", "items": {"type": typ}}
+    p = {"name": name, "in": "query", "required": required, "schema": s, "description": desc}
+    if array: p.update({"style": "form", "explode": True})
+    return p
+NDJSON = lambda schema, desc: {"description": desc, "content": {"application/x-ndjson": {"schema": schema}}}
+NO = {"description": "Done"}
+
+def op(summary, params=(), body=None, responses=None, tag="sandboxes"):
+    o = {"summary": summary, "tags": [tag], "parameters": list(params), "responses": responses or {}}
+    if body: o["requestBody"] = body
+    o["responses"].update(errs(400, 500))
+    return o
+jreq = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}
+tar = {"required": True, "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}
+AGENT = "Needs the guest agent; answers invalid_state (409) until sandboxes have it."
+
+paths = {
+ "/_ping": {"get": op("Liveness: answers OK (no token needed on the Unix socket)", tag="system",
+     responses={"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+ "/openapi.json": {"get": op("This document", tag="system", responses={"200": jbody({"type": "object"})})},
+ "/v1/version": {"get": op("Versions", tag="system", responses={"200": jbody(ref("Version"))})},
+ "/v1/info": {"get": op("KVM mode, paths, counts, host resources", tag="system", responses={"200": jbody(ref("Info"))})},
+ "/v1/system/prune": {"post": op("Remove exited and created sandboxes, then unused image data", tag="system",
+     responses={"200": jbody(ref("PruneResponse"))})},
+ "/v1/sandboxes": {
+   "get": op("List sandboxes (running only unless all)", [q("all", "boolean", "include stopped sandboxes"),
+       q("label", desc="k or k=v; repeatable; all must match", array=True)],
+       responses={"200": jbody({"type": "array", "items": ref("SandboxSummary")})}),
+   "post": op("Create a sandbox (disks prepared, not started)", body=jreq(ref("CreateRequest")),
+       responses={"201": jbody(ref("CreateResponse"), "Created"), **errs(404, 409, 507)})},
+ "/v1/sandboxes/{id}": {
+   "get": op("Inspect", [ID], responses={"200": jbody(ref("SandboxInfo")), **errs(404)}),
+   "delete": op("Remove (running sandboxes need force, which kills them)", [ID, q("force", "boolean")],
+       responses={"204": NO, **errs(404, 409)})},
+ "/v1/sandboxes/{id}/start": {"post": op("Start", [ID], responses={"204": NO,
+     "200": jbody(ref("Warnings"), "Started with warnings (e.g. CPU quota not enforced)"), **errs(404, 409, 507)})},
+ "/v1/sandboxes/{id}/stop": {"post": op("Stop: the stop signal, wait timeout seconds, then power off / kill", [ID,
+     q("timeout", "integer", "seconds (default: the sandbox's stop timeout)")], responses={"204": NO, **errs(404, 409)})},
+ "/v1/sandboxes/{id}/restart": {"post": op("Stop (if running) then start", [ID, q("timeout", "integer")],
+     responses={"204": NO, "200": jbody(ref("Warnings")), **errs(404, 409)})},
+ "/v1/sandboxes/{id}/kill": {"post": op("Send a signal; SIGKILL ends the microVM", [ID,
+     q("signal", desc="name or number (default SIGKILL)")], responses={"204": NO, **errs(404, 409)})},
+ "/v1/sandboxes/{id}/wait": {"post": op("Block until the condition holds", [ID,
+     {"name": "condition", "in": "query", "schema": {"type": "string", "enum": ["not-running", "next-exit", "removed"]}}],
+     responses={"200": jbody(ref("WaitResponse")), **errs(404)})},
+ "/v1/sandboxes/{id}/logs": {"get": op("Workload logs as NDJSON LogRecords", [ID,
+     q("follow", "boolean", "stay open until the current (or, for a created sandbox, the first) run ends"),
+     q("tail", desc="number of last records, or all"), q("since", desc="RFC 3339 or Unix seconds"),
+     q("until", desc="RFC 3339 or Unix seconds"), q("stdout", "boolean"), q("stderr", "boolean")],
+     responses={"200": NDJSON(ref("LogRecord"), "One LogRecord per line"), **errs(404)})},
+ "/v1/sandboxes/{id}/console": {"get": op("The serial console log", [ID],
+     responses={"200": {"description": "Text", "content": {"text/plain": {"schema": {"type": "string"}}}}, **errs(404)})},
+ "/v1/sandboxes/{id}/attach": {"post": op("Upgrade (Upgrade: mvm-stream) to the main process's streams. " + AGENT,
+     [ID, q("stdin", "boolean"), q("logs", "boolean")], responses={"101": {"description": "Switching protocols"}, **errs(404, 409)})},
+ "/v1/sandboxes/{id}/exec": {"post": op("Create an exec session. " + AGENT, [ID], responses={**errs(404, 409)})},
+ "/v1/sandboxes/{id}/archive": {
+   "get": op("Tar of a path in the sandbox. " + AGENT, [ID, q("path", required=True)], responses={**errs(404, 409)}),
+   "put": op("Extract a tar into a directory. " + AGENT, [ID, q("path", required=True)], body=tar, responses={**errs(404, 409)})},
+ "/v1/sandboxes/{id}/stats": {"get": op("Resource usage. " + AGENT, [ID, q("stream", "boolean")], responses={**errs(404, 409)})},
+ "/v1/sandboxes/{id}/top": {"get": op("Processes in the guest. " + AGENT, [ID], responses={**errs(404, 409)})},
+ "/v1/images": {
+   "get": op("List images", tag="images", responses={"200": jbody({"type": "array", "items": ref("ImageSummary")})}),
+   "delete": op("Remove a name (and the image when unreferenced); refused while a sandbox uses it unless forced",
+       [q("ref", required=True), q("force", "boolean")], tag="images", responses={"200": jbody({"type": "object"}), **errs(404, 409)})},
+ "/v1/images/inspect": {"get": op("Inspect an image", [q("ref", required=True)], tag="images",
+     responses={"200": jbody({"type": "object"}), **errs(404)})},
+ "/v1/images/tag": {"post": op("Add a name to an image", body=jreq(ref("TagRequest")), tag="images",
+     responses={"204": NO, **errs(404)})},
+ "/v1/images/prune": {"post": op("Delete unused blobs and root disks (and untagged images with all)",
+     [q("all", "boolean")], tag="images", responses={"200": jbody({"type": "object"})})},
+ "/v1/images/load": {"post": op("Load a docker-archive or OCI tarball", [q("tag", desc="extra name for a one-image archive")],
+     body=tar, tag="images", responses={"200": NDJSON(ref("Progress"), "Progress; the last line is result or error")})},
+ "/v1/images/save": {"get": op("Save images as a tarball", [q("ref", required=True, array=True),
+     {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["docker", "oci"]}}], tag="images",
+     responses={"200": {"description": "Tarball", "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}, **errs(404)})},
+ "/v1/images/import": {"post": op("Create an image from a root filesystem tarball (docker import)",
+     [q("ref", desc="NAME[:TAG]; untagged when absent")], body=tar, tag="images",
+     responses={"200": NDJSON(ref("Progress"), "Progress; the last line is result or error")})},
+ "/v1/images/pull": {"post": op("Pull from a registry", body=jreq(ref("TransferRequest")), tag="images",
+     responses={"200": NDJSON(ref("Progress"), "Progress"), **errs(502)})},
+ "/v1/images/push": {"post": op("Push to a registry", body=jreq(ref("TransferRequest")), tag="images",
+     responses={"200": NDJSON(ref("Progress"), "Progress"), **errs(502)})},
+ "/v1/auth/login": {"post": op("Store registry credentials after checking them", body=jreq(ref("LoginRequest")),
+     tag="images", responses={"200": jbody({"type": "object"}), **errs(401, 502)})},
+ "/v1/auth/logout": {"post": op("Forget registry credentials", body=jreq(ref("LogoutRequest")), tag="images",
+     responses={"204": NO})},
+}
+
+S = lambda **p: {"type": "object", "properties": p}
+st, i, b, n = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "number"}
+arr = lambda x: {"type": "array", "items": x}
+mp = {"type": "object", "additionalProperties": {"type": "string"}}
+nul = lambda x: {**x, "nullable": True}
+restart = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string", "enum": ["no", "on-failure", "always", "unless-stopped"]},
+    "maximum_retry_count": i}}
+status = {"type": "string", "enum": ["created", "running", "restarting", "exited", "removing"]}
+reason = {"type": "string", "enum": ["exited", "stopped", "killed", "oom_killed", "guest_crashed", "vmm_died", "start_failed", "vmm_error"], "nullable": True}
+codes = ["bad_request", "unauthorized", "not_found", "conflict", "invalid_state", "resource_unavailable", "upstream", "internal"]
+schemas = {
+ "Error": {**S(code={"type": "string", "enum": codes}, message=st), "required": ["code", "message"]},
+ "Warnings": S(warnings=arr(st)),
+ "Version": S(version=st, api_version=st, os=st, arch=st),
+ "Info": S(version=st, api_version=st, kvm_mode={"type": "string", "enum": ["hardware", "machine", "unavailable"]},
+     kvm_detail=st, kernel=st, init=st, vmm=st, root=st, run_dir=st,
+     sandboxes=S(total=i, running=i, stopped=i), images=i, host_cpus=i, host_memory_mib=i),
+ "CreateRequest": {**S(image=st, name=nul(st), cmd=nul(arr(st)), entrypoint=nul(arr(st)), env=arr(st),
+     working_dir=nul(st), user=nul(st), hostname=nul(st), labels=mp, tty=b, open_stdin=b, vcpus=nul(i),
+     cpus=nul(n), memory_mib=nul(i), restart_policy=restart, auto_remove=b, stop_signal=nul(st), stop_timeout=nul(i)),
+     "required": ["image"], "additionalProperties": False},
+ "CreateResponse": S(id=st, warnings=arr(st)),
+ "State": S(status=status, running=b, pid=nul(i), exit_code=nul(i), reason=reason, error=nul(st),
+     started_at=nul(st), finished_at=nul(st), oom_killed=b, restart_count=i),
+ "ProcessConfig": S(entrypoint=arr(st), cmd=arr(st), env=arr(st), working_dir=st, user=st, hostname=st,
+     labels=mp, tty=b, open_stdin=b, stop_signal=st, stop_timeout=i),
+ "HostConfig": S(vcpus=i, cpus=nul(n), memory_mib=i, restart_policy=restart, auto_remove=b),
+ "SandboxInfo": S(id=st, name=st, image=st, image_id=st, created=st, config=ref("ProcessConfig"),
+     host_config=ref("HostConfig"), state=ref("State"), paths=mp),
+ "SandboxSummary": S(id=st, name=st, image=st, command=st, created=st, status=status, status_text=st,
+     exit_code=nul(i), labels=mp),
+ "WaitResponse": S(exit_code=i, error=nul(st)),
+ "PruneResponse": S(deleted=arr(st), space_reclaimed=i),
+ "LogRecord": S(log=st, stream={"type": "string", "enum": ["stdout", "stderr"]}, time=st),
+ "Progress": {"type": "object", "required": ["type"], "properties": {
+     "type": {"type": "string", "enum": ["status", "bytes", "done", "error", "result"]},
+     "message": st, "id": st, "current": i, "total": nul(i), "code": {"type": "string", "enum": codes},
+     "value": {}}},
+ "TransferRequest": {**S(reference=st, insecure=b), "required": ["reference"]},
+ "TagRequest": {**S(source=st, target=st), "required": ["source", "target"]},
+ "LoginRequest": {**S(server=st, username=st, password=st, insecure=b), "required": ["server", "username", "password"]},
+ "LogoutRequest": S(server=st),
+ "ImageSummary": S(repo_tags=arr(st), repo_digests=arr(st), id=st, digest=st, created=nul(st), size=i),
+}
+doc = {
+ "openapi": "3.0.3",
+ "info": {"title": "mvmd REST API", "version": "1",
+   "description": "The mvm daemon's API (docs/api.md). Unix socket /run/mvm/mvmd.sock; on TCP every request needs Authorization: Bearer <token>."},
+ "servers": [{"url": "http://localhost"}],
+ "components": {"schemas": schemas, "responses": {"Error": ERR},
+   "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+ "security": [{}, {"bearer": []}],
+ "paths": paths,
+}
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "openapi.json")
+with open(out, "w") as f:
+    json.dump(doc, f, indent=1, sort_keys=False)
+    f.write("\n")

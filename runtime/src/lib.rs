@@ -1,0 +1,393 @@
+//! The sandbox lifecycle library of mvm, shared by `mvmd` and (later) the
+//! containerd shim, so there is one copy of how a sandbox becomes a
+//! microVM.
+//!
+//! A sandbox is a [`spec::SandboxSpec`] (the create request resolved
+//! against the image config with Docker's merge rules) that becomes the
+//! image's shared read-only root disk, a per-sandbox sparse scratch disk,
+//! a launch spec archive and a VMM config ([`Runtime::create`]); a start
+//! spawns `mvm-vmm` in its own session ([`Runtime::start`]), so it outlives
+//! the daemon; its end is read from the VMM's status file
+//! ([`exit::exit_info`]). The state machine and its persistence belong to
+//! the caller (mvmd keeps it in SQLite); this crate keeps the pure rules
+//! ([`state`], [`restart`]) and the host mechanics.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), mvm_runtime::RuntimeError> {
+//! use mvm_runtime::{Runtime, RuntimeConfig};
+//! let rt = Runtime::new(RuntimeConfig::from_env(Default::default())?)?;
+//! let req = mvm_api::sandbox::CreateRequest { image: "busybox".into(), ..Default::default() };
+//! let id = mvm_runtime::names::new_id();
+//! let created = rt.create(&id, "demo", &req)?;
+//! let started = rt.start(&created.spec)?;
+//! # let _ = started; Ok(()) }
+//! ```
+
+pub mod artifacts;
+pub mod cgroup;
+pub mod exit;
+pub mod host;
+pub mod launch;
+pub mod logs;
+pub mod names;
+pub mod paths;
+pub mod process;
+pub mod restart;
+pub mod spec;
+pub mod state;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use mvm_api::sandbox::CreateRequest;
+use mvm_api::ErrorCode;
+use mvm_images::{RootDiskError, RootDiskOptions, Store, StoreError};
+
+pub use artifacts::{ArtifactOverrides, Artifacts};
+pub use exit::{ExitInfo, Intent};
+pub use host::{HostResources, KvmSupport};
+pub use logs::LogLimits;
+pub use paths::{Layout, SandboxPaths};
+pub use process::VmmProcess;
+pub use spec::{Defaults, SandboxSpec, SpecError};
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("{0}")]
+    ImageNotFound(String),
+    #[error("image {image}: {source}")]
+    Image {
+        image: String,
+        source: Box<StoreError>,
+    },
+    #[error("root disk of image {image}: {source}")]
+    RootDisk {
+        image: String,
+        source: Box<RootDiskError>,
+    },
+    #[error(transparent)]
+    Artifact(#[from] artifacts::ArtifactError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
+}
+
+impl RuntimeError {
+    /// The API error code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Spec(e) => e.code,
+            Self::ImageNotFound(_) => ErrorCode::NotFound,
+            Self::Image { source, .. } => match &**source {
+                StoreError::ImageNotFound(_) => ErrorCode::NotFound,
+                StoreError::Reference(_) | StoreError::AmbiguousId(_) => ErrorCode::BadRequest,
+                StoreError::NoSpace { .. } => ErrorCode::ResourceUnavailable,
+                _ => ErrorCode::Internal,
+            },
+            Self::RootDisk { source, .. } => match &**source {
+                RootDiskError::NoSpace { .. } => ErrorCode::ResourceUnavailable,
+                _ => ErrorCode::Internal,
+            },
+            Self::Artifact(_) => ErrorCode::ResourceUnavailable,
+            Self::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                ErrorCode::ResourceUnavailable
+            }
+            Self::Io { .. } | Self::Process(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io {
+        op,
+        path: path.into(),
+        source,
+    }
+}
+
+/// Everything the runtime needs to know about the host installation.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// State root and run dir.
+    pub layout: Layout,
+    /// Kernel, init, VMM.
+    pub artifacts: Artifacts,
+    /// Defaults for create requests.
+    pub defaults: Defaults,
+    /// Workload log rotation.
+    pub log_limits: LogLimits,
+    /// Cap on the serial console log, in bytes.
+    pub console_max: u64,
+    /// `MVM_LOG` for VMMs (None: theirs, `info`).
+    pub vmm_log_filter: Option<String>,
+}
+
+impl RuntimeConfig {
+    /// A config from the environment (`MVM_ROOT`, `MVM_RUN_DIR`,
+    /// `MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`) and the default locations.
+    pub fn from_env(overrides: ArtifactOverrides) -> Result<Self, RuntimeError> {
+        Ok(Self {
+            layout: Layout::from_env(),
+            artifacts: Artifacts::locate(&overrides)?,
+            defaults: Defaults::default(),
+            log_limits: LogLimits::default(),
+            console_max: 10 << 20,
+            vmm_log_filter: None,
+        })
+    }
+}
+
+/// The result of [`Runtime::create`].
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The resolved spec, to be stored by the caller.
+    pub spec: SandboxSpec,
+    /// Non-fatal remarks.
+    pub warnings: Vec<String>,
+}
+
+/// The result of [`Runtime::start`].
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The VMM process.
+    pub process: VmmProcess,
+    /// Non-fatal remarks (e.g. a CPU quota that could not be applied).
+    pub warnings: Vec<String>,
+}
+
+/// The sandbox runtime: host mechanics of create, start, stop, remove.
+/// Cheap to share; every method is safe to call from several threads.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    store: Store,
+}
+
+impl Runtime {
+    /// Open the runtime: the image store and the directories.
+    pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
+        for d in [
+            cfg.layout.root.clone(),
+            cfg.layout.sandboxes(),
+            cfg.layout.run_dir.clone(),
+            cfg.layout.vsock_dir(),
+        ] {
+            fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+        }
+        let store = Store::open(cfg.layout.images()).map_err(|source| RuntimeError::Image {
+            image: "store".into(),
+            source: Box::new(source),
+        })?;
+        Ok(Self { cfg, store })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    /// The image store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.cfg.layout
+    }
+
+    /// The files of sandbox `id`.
+    pub fn paths(&self, id: &str) -> SandboxPaths {
+        self.cfg.layout.sandbox(id)
+    }
+
+    /// Resolve the request against its image and the host, and make the
+    /// sandbox's disks. On failure nothing is left behind.
+    pub fn create(
+        &self,
+        id: &str,
+        name: &str,
+        req: &CreateRequest,
+    ) -> Result<Created, RuntimeError> {
+        let rec = self
+            .store
+            .resolve(&req.image)
+            .map_err(|source| match source {
+                StoreError::ImageNotFound(_) => RuntimeError::ImageNotFound(format!(
+                "no such image: {} (import, load or pull it first; list images with mvctl images)",
+                req.image
+            )),
+                source => RuntimeError::Image {
+                    image: req.image.clone(),
+                    source: Box::new(source),
+                },
+            })?;
+        let image_config = rec.image_config();
+        let host = HostResources::probe();
+        let resolved = spec::resolve(req, &image_config, id, &self.cfg.defaults, &host)?;
+        let paths = self.paths(id);
+        fs::create_dir(&paths.dir).map_err(io_err("creating", &paths.dir))?;
+        let r = (|| {
+            let disk = self
+                .store
+                .root_disk(&rec, &RootDiskOptions::default())
+                .map_err(|source| RuntimeError::RootDisk {
+                    image: req.image.clone(),
+                    source: Box::new(source),
+                })?;
+            let scratch_mib = self.cfg.defaults.scratch_mib;
+            self.store
+                .create_scratch_disk(&paths.scratch, scratch_mib << 20)
+                .map_err(|source| RuntimeError::RootDisk {
+                    image: req.image.clone(),
+                    source: Box::new(source),
+                })?;
+            fs::create_dir_all(&paths.logs).map_err(io_err("creating", &paths.logs))?;
+            Ok(SandboxSpec {
+                id: id.to_string(),
+                name: name.to_string(),
+                image: req.image.clone(),
+                image_id: rec.id.to_string(),
+                image_digest: rec.manifest_digest.to_string(),
+                root_disk: disk.path,
+                process: resolved.process,
+                host: resolved.host,
+                scratch_mib,
+            })
+        })();
+        match r {
+            Ok(spec) => Ok(Created {
+                spec,
+                warnings: resolved.warnings,
+            }),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&paths.dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Start a VMM for `spec`: fresh launch files, the cgroup if a CPU
+    /// quota is set, then the process.
+    pub fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        let paths = self.paths(&spec.id);
+        let mut warnings = Vec::new();
+        match fs::remove_file(&paths.status) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &paths.status)(e)),
+        }
+        let _ = fs::remove_file(&paths.vsock);
+        if !spec.root_disk.exists() {
+            return Err(RuntimeError::Io {
+                op: "opening the root disk",
+                path: spec.root_disk.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the image's root disk is gone (image removed with force?); recreate the sandbox",
+                ),
+            });
+        }
+        self.cap_console(&paths);
+        let init = self
+            .cfg
+            .artifacts
+            .init_archive(&self.cfg.layout.init_cache())?;
+        launch::write_launch_files(
+            spec,
+            &paths,
+            &self.cfg.artifacts.kernel,
+            &init,
+            self.cfg.defaults.agent,
+        )
+        .map_err(io_err("writing the launch files in", &paths.dir))?;
+        let cgroup = match spec.host.cpus {
+            Some(c) => match cgroup::Cgroup::create(&spec.id, c) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    tracing::warn!(sandbox = %spec.id, "{e}");
+                    warnings.push(e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
+        let procs = cgroup.as_ref().map(|c| c.procs());
+        let process = process::spawn(&process::SpawnSpec {
+            vmm: &self.cfg.artifacts.vmm,
+            config: &paths.vm_config,
+            log: &paths.vmm_log,
+            cgroup_procs: procs.as_deref(),
+            log_filter: self.cfg.vmm_log_filter.as_deref(),
+        });
+        let process = match process {
+            Ok(p) => p,
+            Err(e) => {
+                cgroup::Cgroup::remove(&spec.id);
+                return Err(e.into());
+            }
+        };
+        Ok(Started { process, warnings })
+    }
+
+    /// How the last run of sandbox `id` ended.
+    pub fn exit_info(&self, id: &str, intent: Intent) -> ExitInfo {
+        let paths = self.paths(id);
+        let status = exit::StatusFile::read(&paths.status);
+        let oom = exit::console_shows_oom(&paths.console);
+        exit::exit_info(status.as_ref(), intent, oom)
+    }
+
+    /// Clean up after a VMM ended: its cgroup and socket.
+    pub fn after_exit(&self, id: &str) {
+        cgroup::Cgroup::remove(id);
+        let _ = fs::remove_file(self.paths(id).vsock);
+    }
+
+    /// Delete everything of sandbox `id` (its VMM must be gone).
+    pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.after_exit(id);
+        let paths = self.paths(id);
+        match fs::remove_dir_all(&paths.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &paths.dir)(e)),
+        }
+    }
+
+    /// Ids of the sandbox directories on disk (to find orphans).
+    pub fn sandbox_dirs(&self) -> Vec<String> {
+        fs::read_dir(self.cfg.layout.sandboxes())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Keep the console file under its cap between runs: a file over the
+    /// cap keeps its last half (the VMM appends, so this is only safe
+    /// while no VMM runs).
+    fn cap_console(&self, paths: &SandboxPaths) {
+        let Ok(md) = fs::metadata(&paths.console) else {
+            return;
+        };
+        if md.len() <= self.cfg.console_max {
+            return;
+        }
+        if let Ok(data) = fs::read(&paths.console) {
+            let keep = &data[data.len() - (self.cfg.console_max / 2) as usize..];
+            let _ = fs::write(&paths.console, keep);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Where things live on the host.
+//!
+//! Two roots, as Docker has `/var/lib/docker` and `/run/docker`: the state
+//! root (`MVM_ROOT`, default `/var/lib/mvm`) keeps what must survive a
+//! reboot of mvmd (database, images, disks, logs); the run dir
+//! (`MVM_RUN_DIR`, default `/run/mvm`) keeps sockets, which are only
+//! meaningful while their processes live.
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable overriding the state root.
+pub const ROOT_ENV: &str = "MVM_ROOT";
+/// Environment variable overriding the run dir.
+pub const RUN_DIR_ENV: &str = "MVM_RUN_DIR";
+/// Default state root.
+pub const DEFAULT_ROOT: &str = "/var/lib/mvm";
+/// Default run dir.
+pub const DEFAULT_RUN_DIR: &str = "/run/mvm";
+
+/// The host layout of one mvm installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// State root.
+    pub root: PathBuf,
+    /// Runtime dir (sockets).
+    pub run_dir: PathBuf,
+}
+
+impl Layout {
+    /// A layout with explicit roots.
+    pub fn new(root: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            run_dir: run_dir.into(),
+        }
+    }
+
+    /// The layout from `MVM_ROOT` / `MVM_RUN_DIR`, or the defaults.
+    pub fn from_env() -> Self {
+        let get = |k: &str, d: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(d))
+        };
+        Self::new(
+            get(ROOT_ENV, DEFAULT_ROOT),
+            get(RUN_DIR_ENV, DEFAULT_RUN_DIR),
+        )
+    }
+
+    /// The daemon's database.
+    pub fn db(&self) -> PathBuf {
+        self.root.join("mvmd.db")
+    }
+
+    /// The lock file that keeps a second daemon from using the same root.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("mvmd.lock")
+    }
+
+    /// The image store (`mvm_images::Store`).
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// Cached shared initramfs archives (`<sha256 of init>.cpio`).
+    pub fn init_cache(&self) -> PathBuf {
+        self.root.join("init")
+    }
+
+    /// Parent of every sandbox's directory.
+    pub fn sandboxes(&self) -> PathBuf {
+        self.root.join("sandboxes")
+    }
+
+    /// The default API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("mvmd.sock")
+    }
+
+    /// Parent of the VMMs' vsock sockets.
+    pub fn vsock_dir(&self) -> PathBuf {
+        self.run_dir.join("vsock")
+    }
+
+    /// The files of sandbox `id`.
+    pub fn sandbox(&self, id: &str) -> SandboxPaths {
+        let dir = self.sandboxes().join(id);
+        SandboxPaths {
+            scratch: dir.join("scratch.ext4"),
+            spec_cpio: dir.join("spec.cpio"),
+            vm_config: dir.join("vm.json"),
+            status: dir.join("status.json"),
+            console: dir.join("console.log"),
+            vmm_log: dir.join("vmm.log"),
+            logs: dir.join("logs"),
+            // Unix socket paths are limited to 107 bytes: keep this one
+            // short and out of the (possibly deep) state root.
+            vsock: self
+                .vsock_dir()
+                .join(format!("{}.sock", &id[..id.len().min(32)])),
+            dir,
+        }
+    }
+}
+
+/// The per-sandbox files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPaths {
+    /// `<root>/sandboxes/<id>`.
+    pub dir: PathBuf,
+    /// Writable ext4 scratch disk (sparse).
+    pub scratch: PathBuf,
+    /// Per-sandbox initramfs with the launch spec.
+    pub spec_cpio: PathBuf,
+    /// The VMM configuration.
+    pub vm_config: PathBuf,
+    /// The VMM's status file.
+    pub status: PathBuf,
+    /// The serial console.
+    pub console: PathBuf,
+    /// The VMM's own log (stderr).
+    pub vmm_log: PathBuf,
+    /// Workload logs (`json.log`, rotated as `json.log.1` ...).
+    pub logs: PathBuf,
+    /// The VMM's vsock Unix socket.
+    pub vsock: PathBuf,
+}
+
+impl SandboxPaths {
+    /// The current workload log file.
+    pub fn json_log(&self) -> PathBuf {
+        self.logs.join("json.log")
+    }
+
+    /// Every path as a map for `SandboxInfo::paths`.
+    pub fn as_map(&self) -> std::collections::BTreeMap<String, String> {
+        let s = |p: &Path| p.display().to_string();
+        [
+            ("dir", s(&self.dir)),
+            ("scratch", s(&self.scratch)),
+            ("console", s(&self.console)),
+            ("log", s(&self.json_log())),
+            ("vmm_log", s(&self.vmm_log)),
+            ("status", s(&self.status)),
+            ("vm_config", s(&self.vm_config)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}

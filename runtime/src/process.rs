@@ -1,0 +1,283 @@
+//! The `mvm-vmm` process: spawned in its own session so it outlives mvmd,
+//! identified by pid plus start time so a reused pid is never mistaken for
+//! it, and watched through a pidfd, which works for processes that are not
+//! our children (after mvmd restarts, the VMMs belong to init).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+
+/// Why the VMM could not be spawned or watched.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot start the VMM {vmm}: {source}; check the --vmm path (make build / make install)"
+    )]
+    Spawn { vmm: PathBuf, source: io::Error },
+    #[error("cannot watch VMM process {pid}: {source}")]
+    Watch { pid: i32, source: io::Error },
+}
+
+/// A VMM process, as stored in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmProcess {
+    /// Its pid (also its process group and session id).
+    pub pid: i32,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot when it
+    /// started. A different value means the pid was reused.
+    pub start_time: u64,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec<'a> {
+    /// The `mvm-vmm` binary.
+    pub vmm: &'a Path,
+    /// `--config` file.
+    pub config: &'a Path,
+    /// Where the VMM's stderr (its log) goes; appended.
+    pub log: &'a Path,
+    /// `cgroup.procs` of the cgroup the VMM must run in, if any.
+    pub cgroup_procs: Option<&'a Path>,
+    /// `MVM_LOG` for the VMM.
+    pub log_filter: Option<&'a str>,
+}
+
+/// Start the VMM: a new session (so a signal to mvmd's group or terminal
+/// never reaches it, and it survives mvmd), stdin and stdout on
+/// /dev/null, stderr to its log, moved into its cgroup before it execs.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.log)
+        .map_err(|source| ProcessError::Open {
+            path: spec.log.into(),
+            source,
+        })?;
+    let procs: Option<File> =
+        match spec.cgroup_procs {
+            Some(p) => Some(OpenOptions::new().write(true).open(p).map_err(|source| {
+                ProcessError::Open {
+                    path: p.into(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+    let procs_fd: RawFd = procs.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+    let mut cmd = Command::new(spec.vmm);
+    cmd.arg("--config")
+        .arg(spec.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(f) = spec.log_filter {
+        cmd.env("MVM_LOG", f);
+    }
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (setsid, write) on values prepared
+    // before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if procs_fd >= 0 {
+                let zero = b"0";
+                if libc::write(procs_fd, zero.as_ptr().cast(), 1) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        vmm: spec.vmm.into(),
+        source,
+    })?;
+    drop(procs);
+    let pid = child.id() as i32;
+    // The child is reaped by `reap` once its pidfd says it ended;
+    // dropping the handle neither kills nor waits.
+    drop(child);
+    let start_time = start_time(pid).unwrap_or(0);
+    Ok(VmmProcess { pid, start_time })
+}
+
+/// Field 22 (`starttime`) of `/proc/<pid>/stat`.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: the
+    // fields after it start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // rest starts with field 3 (state); starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl VmmProcess {
+    /// Whether this process still exists (and is not a zombie).
+    pub fn is_alive(&self) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("X");
+        start_time(self.pid) == Some(self.start_time) && state != "Z" && state != "X"
+    }
+
+    /// A pidfd for this process, checked against pid reuse; `None` if the
+    /// process is gone.
+    pub fn pidfd(&self) -> Result<Option<PidFd>, ProcessError> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(None);
+            }
+            return Err(ProcessError::Watch {
+                pid: self.pid,
+                source: e,
+            });
+        }
+        // SAFETY: the syscall returned a new file descriptor we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // Checked after the pidfd exists: if the start time still matches,
+        // the pidfd refers to our process and not to a later one.
+        if start_time(self.pid) != Some(self.start_time) {
+            return Ok(None);
+        }
+        Ok(Some(PidFd { fd, pid: self.pid }))
+    }
+
+    /// Send `signal` to the VMM (through a pidfd, so a reused pid is never
+    /// signalled). The VMM is one process with threads; it spawns nothing.
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        match self.pidfd() {
+            Ok(Some(fd)) => fd.signal(signal),
+            Ok(None) => Ok(()),
+            Err(ProcessError::Watch { source, .. }) => Err(source),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+}
+
+/// A process file descriptor.
+#[derive(Debug)]
+pub struct PidFd {
+    fd: OwnedFd,
+    pid: i32,
+}
+
+impl PidFd {
+    /// Send a signal to the process.
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        // SAFETY: pidfd_send_signal with a valid pidfd, a null siginfo and
+        // no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Wait until the process has ended, then reap it if it is our child
+    /// (after an mvmd restart it is not, and init reaps it).
+    pub async fn wait(self) -> io::Result<()> {
+        let pid = self.pid;
+        // SAFETY: `self.fd` is an owned, valid pidfd that the AsyncFd owns
+        // from here on; nothing else closes or replaces it.
+        let afd =
+            unsafe { AsyncFd::register_with_interest(self.fd, tokio::io::Interest::READABLE)? };
+        let _guard = afd.readable().await?;
+        reap(pid);
+        Ok(())
+    }
+}
+
+/// Reap `pid` if it is a zombie child of ours; harmless otherwise.
+pub fn reap(pid: i32) {
+    let mut status = 0;
+    // SAFETY: waitpid on a specific pid with WNOHANG; ECHILD (not our
+    // child) is fine.
+    unsafe {
+        libc::waitpid(pid, &mut status, libc::WNOHANG);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_tolerates_odd_command_names() {
+        let me = std::process::id() as i32;
+        assert!(start_time(me).is_some());
+        assert!(start_time(i32::MAX).is_none());
+    }
+
+    #[tokio::test]
+    async fn spawn_watch_and_kill_a_process() {
+        let d = tempfile::tempdir().unwrap();
+        // A stand-in VMM: a script that sleeps (the real one needs KVM).
+        let fake = d.path().join("fake-vmm");
+        std::fs::write(&fake, "#!/bin/sh\necho started >&2\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let log = d.path().join("vmm.log");
+        let p = spawn(&SpawnSpec {
+            vmm: &fake,
+            config: Path::new("/nonexistent"),
+            log: &log,
+            cgroup_procs: None,
+            log_filter: None,
+        })
+        .unwrap();
+        assert!(p.is_alive());
+        // Its own session.
+        // SAFETY: getsid on a pid.
+        assert_eq!(unsafe { libc::getsid(p.pid) }, p.pid);
+        let stale = VmmProcess {
+            start_time: p.start_time + 1,
+            ..p
+        };
+        assert!(!stale.is_alive());
+        assert!(stale.pidfd().unwrap().is_none());
+        let fd = p.pidfd().unwrap().unwrap();
+        // Its stderr goes to the log.
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(&log).unwrap().contains("started") {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        p.signal(libc::SIGKILL).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), fd.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!p.is_alive());
+    }
+}

@@ -1,0 +1,506 @@
+//! A sandbox spec: the create request resolved against the image's config
+//! with Docker's merge rules, and checked against the host.
+//!
+//! Everything here is pure, so every rule has a unit test.
+
+use std::collections::BTreeMap;
+
+use mvm_api::sandbox::{CreateRequest, HostConfig, ProcessConfig, RestartPolicy};
+use mvm_api::ErrorCode;
+use mvm_images::ImageConfig;
+use mvm_protocol::agent::signal;
+use serde::{Deserialize, Serialize};
+
+use crate::host::HostResources;
+
+/// The smallest guest that boots our kernel and init with room to work.
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// Memory the host keeps for itself beyond `MemAvailable` checks.
+pub const HOST_MEMORY_MARGIN_MIB: u64 = 64;
+
+/// Daemon-wide defaults for fields a request leaves out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory.
+    pub memory_mib: u64,
+    /// Stop timeout in seconds.
+    pub stop_timeout: u64,
+    /// Size of the writable scratch disk (sparse: costs only what is written).
+    pub scratch_mib: u64,
+    /// Whether the guest agent (vsock) is available, which `tty` and
+    /// `open_stdin` need.
+    pub agent: bool,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            memory_mib: 256,
+            stop_timeout: 10,
+            scratch_mib: 10 * 1024,
+            agent: false,
+        }
+    }
+}
+
+/// What a sandbox runs and with which resources; stored by mvmd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// The image reference as given.
+    pub image: String,
+    /// The image id (config digest).
+    pub image_id: String,
+    /// The manifest digest the reference resolved to, so the sandbox keeps
+    /// its image even if the name moves.
+    pub image_digest: String,
+    /// The image's shared root disk.
+    pub root_disk: std::path::PathBuf,
+    /// Process configuration after the merge.
+    pub process: ProcessConfig,
+    /// Resources and policies.
+    pub host: HostConfig,
+    /// Scratch disk size in MiB.
+    pub scratch_mib: u64,
+}
+
+/// A refused spec: a stable API code and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SpecError {
+    /// `bad_request` or `resource_unavailable`.
+    pub code: ErrorCode,
+    /// What was wrong and what to do.
+    pub message: String,
+}
+
+fn bad(message: impl Into<String>) -> SpecError {
+    SpecError {
+        code: ErrorCode::BadRequest,
+        message: message.into(),
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> SpecError {
+    SpecError {
+        code: ErrorCode::ResourceUnavailable,
+        message: message.into(),
+    }
+}
+
+/// The resolved parts of a request, before disks exist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// Process configuration.
+    pub process: ProcessConfig,
+    /// Resources and policies.
+    pub host: HostConfig,
+    /// Non-fatal remarks for the create response.
+    pub warnings: Vec<String>,
+}
+
+/// Apply Docker's merge rules to `req` over `image` and check the result
+/// against `host`. `id` gives the default hostname.
+pub fn resolve(
+    req: &CreateRequest,
+    image: &ImageConfig,
+    id: &str,
+    defaults: &Defaults,
+    host: &HostResources,
+) -> Result<Resolved, SpecError> {
+    let mut warnings = Vec::new();
+    let (entrypoint, cmd) = merge_command(req, image);
+    if entrypoint.is_empty() && cmd.is_empty() {
+        return Err(bad(format!(
+            "no command to run: image {:?} has no ENTRYPOINT or CMD; give a command after the image name",
+            req.image
+        )));
+    }
+    if entrypoint.iter().chain(&cmd).any(|a| a.contains('\0')) {
+        return Err(bad("the command contains a NUL byte"));
+    }
+    let env = merge_env(&image.env, &req.env)?;
+    let working_dir = match req.working_dir.as_deref() {
+        Some(w) => w.to_string(),
+        None if !image.working_dir.is_empty() => image.working_dir.clone(),
+        None => "/".to_string(),
+    };
+    if !working_dir.starts_with('/') || working_dir.contains('\0') {
+        return Err(bad(format!(
+            "working directory {working_dir:?} is not an absolute path"
+        )));
+    }
+    let user = req.user.clone().unwrap_or_else(|| image.user.clone());
+    if user.contains('\0') || user.contains(char::is_whitespace) {
+        return Err(bad(format!(
+            "invalid user {user:?}: use user[:group] or uid[:gid]"
+        )));
+    }
+    let hostname = match &req.hostname {
+        Some(h) => {
+            validate_hostname(h)?;
+            h.clone()
+        }
+        None => id[..12.min(id.len())].to_string(),
+    };
+    let mut labels: BTreeMap<String, String> = image.labels.clone();
+    labels.extend(req.labels.clone());
+    let stop_signal = match req.stop_signal.as_deref() {
+        Some(s) => canonical_signal(s)?,
+        None if !image.stop_signal.is_empty() => canonical_signal(&image.stop_signal)?,
+        None => "SIGTERM".to_string(),
+    };
+    let stop_timeout = req.stop_timeout.unwrap_or(defaults.stop_timeout);
+    if stop_timeout > 24 * 3600 {
+        return Err(bad(format!(
+            "stop timeout {stop_timeout} s is over a day; give at most 86400"
+        )));
+    }
+    if (req.tty || req.open_stdin) && !defaults.agent {
+        return Err(bad(
+            "interactive sandboxes (-i / -t) need the guest agent, which this mvmd's VMM does not offer yet; run without -i and -t",
+        ));
+    }
+    if req.auto_remove && req.restart_policy != RestartPolicy::No {
+        return Err(bad(
+            "auto-remove (--rm) and a restart policy conflict: a removed sandbox cannot be restarted; drop one of them",
+        ));
+    }
+
+    let (vcpus, cpus) = resolve_cpus(req, defaults, host, &mut warnings)?;
+    let memory_mib = resolve_memory(req.memory_mib.unwrap_or(defaults.memory_mib), host)?;
+
+    Ok(Resolved {
+        process: ProcessConfig {
+            entrypoint,
+            cmd,
+            env,
+            working_dir,
+            user,
+            hostname,
+            labels,
+            tty: req.tty,
+            open_stdin: req.open_stdin,
+            stop_signal,
+            stop_timeout,
+        },
+        host: HostConfig {
+            vcpus,
+            cpus,
+            memory_mib,
+            restart_policy: req.restart_policy.clone(),
+            auto_remove: req.auto_remove,
+        },
+        warnings,
+    })
+}
+
+/// ENTRYPOINT and CMD after overrides: `--entrypoint` resets the image's
+/// CMD unless a command is given too (Docker's rule).
+pub fn merge_command(req: &CreateRequest, image: &ImageConfig) -> (Vec<String>, Vec<String>) {
+    match (&req.entrypoint, &req.cmd) {
+        (Some(e), Some(c)) => (e.clone(), c.clone()),
+        (Some(e), None) => (e.clone(), Vec::new()),
+        (None, Some(c)) => (image.entrypoint.clone(), c.clone()),
+        (None, None) => (image.entrypoint.clone(), image.cmd.clone()),
+    }
+}
+
+/// The image's environment with the request's entries added, a later
+/// entry replacing an earlier one with the same key (in place, so the
+/// order stays the image's).
+pub fn merge_env(image: &[String], extra: &[String]) -> Result<Vec<String>, SpecError> {
+    let mut out: Vec<String> = Vec::with_capacity(image.len() + extra.len());
+    let key = |e: &str| e.split_once('=').map(|(k, _)| k.to_string());
+    for e in extra {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() && !e.contains('\0') => {}
+            _ => return Err(bad(format!("environment entry {e:?} is not KEY=VALUE"))),
+        }
+    }
+    for e in image.iter().chain(extra) {
+        let Some(k) = key(e) else { continue };
+        if let Some(slot) = out.iter_mut().find(|o| key(o).as_deref() == Some(&k)) {
+            *slot = e.clone();
+        } else {
+            out.push(e.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn validate_hostname(h: &str) -> Result<(), SpecError> {
+    let ok = !h.is_empty()
+        && h.len() <= 63
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !h.starts_with('-')
+        && !h.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "invalid hostname {h:?}: use 1 to 63 letters, digits, '-' and '.'"
+        )))
+    }
+}
+
+/// `TERM`, `15`, `sigterm` -> `SIGTERM`.
+pub fn canonical_signal(s: &str) -> Result<String, SpecError> {
+    let n = signal::parse(s).ok_or_else(|| {
+        bad(format!(
+            "invalid stop signal {s:?}: use a name like SIGTERM or a number from 1 to 64"
+        ))
+    })?;
+    Ok(signal::name(n)
+        .map(str::to_string)
+        .unwrap_or_else(|| n.to_string()))
+}
+
+fn resolve_cpus(
+    req: &CreateRequest,
+    defaults: &Defaults,
+    host: &HostResources,
+    warnings: &mut Vec<String>,
+) -> Result<(u32, Option<f64>), SpecError> {
+    let cpus = match req.cpus {
+        None => None,
+        Some(c) if !c.is_finite() || c <= 0.0 => {
+            return Err(bad(format!(
+                "invalid CPU quota {c}: give a positive number of CPUs like 0.5 or 2"
+            )))
+        }
+        Some(c) if c > f64::from(host.cpus) => {
+            return Err(unavailable(format!(
+                "a quota of {c} CPUs is more than this host has ({}); give at most {}",
+                host.cpus, host.cpus
+            )))
+        }
+        Some(c) => Some(c),
+    };
+    let vcpus = match (req.vcpus, cpus) {
+        (Some(0), _) => return Err(bad("vcpus must be at least 1")),
+        (Some(v), _) => v,
+        (None, Some(c)) => c.ceil() as u32,
+        (None, None) => defaults.vcpus,
+    };
+    if vcpus > host.cpus {
+        return Err(unavailable(format!(
+            "{vcpus} vCPUs requested but this host has {} CPUs; give at most {}",
+            host.cpus, host.cpus
+        )));
+    }
+    if vcpus > 32 {
+        return Err(unavailable(format!(
+            "{vcpus} vCPUs requested; the VMM supports at most 32"
+        )));
+    }
+    if let Some(c) = cpus {
+        if c > f64::from(vcpus) {
+            warnings.push(format!(
+                "a CPU quota of {c} exceeds the {vcpus} vCPUs; the guest can use at most {vcpus} CPUs"
+            ));
+        }
+    }
+    Ok((vcpus, cpus))
+}
+
+fn resolve_memory(mib: u64, host: &HostResources) -> Result<u64, SpecError> {
+    if mib < MIN_MEMORY_MIB {
+        return Err(bad(format!(
+            "memory {mib} MiB is too small: a sandbox needs at least {MIN_MEMORY_MIB} MiB"
+        )));
+    }
+    let limit = host
+        .mem_available_mib
+        .saturating_sub(HOST_MEMORY_MARGIN_MIB);
+    if mib > limit {
+        return Err(unavailable(format!(
+            "memory {mib} MiB is more than this host can give (MemAvailable {} MiB, total {} MiB, {HOST_MEMORY_MARGIN_MIB} MiB kept for the host); ask for at most {limit} MiB",
+            host.mem_available_mib, host.mem_total_mib
+        )));
+    }
+    Ok(mib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostResources {
+        HostResources {
+            cpus: 4,
+            mem_total_mib: 8192,
+            mem_available_mib: 4096,
+        }
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["default".into(), "args".into()],
+            env: vec!["PATH=/bin".into(), "A=image".into(), "B=image".into()],
+            working_dir: "/app".into(),
+            user: "nobody".into(),
+            labels: [("from".to_string(), "image".to_string())].into(),
+            stop_signal: "SIGINT".into(),
+            ..Default::default()
+        }
+    }
+
+    fn req() -> CreateRequest {
+        CreateRequest {
+            image: "busybox".into(),
+            ..Default::default()
+        }
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn resolve_ok(r: &CreateRequest) -> Resolved {
+        resolve(r, &image(), ID, &Defaults::default(), &host()).unwrap()
+    }
+
+    fn resolve_err(r: &CreateRequest) -> SpecError {
+        resolve(r, &image(), ID, &Defaults::default(), &host()).unwrap_err()
+    }
+
+    #[test]
+    fn image_defaults_apply() {
+        let r = resolve_ok(&req());
+        let p = &r.process;
+        assert_eq!(p.entrypoint, ["/entry"]);
+        assert_eq!(p.cmd, ["default", "args"]);
+        assert_eq!(p.working_dir, "/app");
+        assert_eq!(p.user, "nobody");
+        assert_eq!(p.hostname, "0123456789ab");
+        assert_eq!(p.stop_signal, "SIGINT");
+        assert_eq!(p.stop_timeout, 10);
+        assert_eq!(r.host.vcpus, 1);
+        assert_eq!(r.host.memory_mib, 256);
+    }
+
+    #[test]
+    fn command_merge_follows_docker() {
+        let mut r = req();
+        r.cmd = Some(vec!["x".into()]);
+        let p = resolve_ok(&r).process;
+        assert_eq!(
+            (p.entrypoint, p.cmd),
+            (vec!["/entry".to_string()], vec!["x".to_string()])
+        );
+        // --entrypoint alone resets CMD.
+        let mut r = req();
+        r.entrypoint = Some(vec!["/bin/sh".into()]);
+        let p = resolve_ok(&r).process;
+        assert_eq!((p.entrypoint, p.cmd), (vec!["/bin/sh".to_string()], vec![]));
+        // --entrypoint '' clears it; the command then runs alone.
+        let mut r = req();
+        r.entrypoint = Some(vec![]);
+        r.cmd = Some(vec!["echo".into(), "hi".into()]);
+        let p = resolve_ok(&r).process;
+        assert!(p.entrypoint.is_empty());
+        assert_eq!(p.cmd, ["echo", "hi"]);
+        // Nothing at all to run.
+        let mut r = req();
+        r.entrypoint = Some(vec![]);
+        let e = resolve_err(&r);
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("no command"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_by_key_in_place() {
+        let env = merge_env(
+            &["PATH=/bin".into(), "A=1".into(), "B=2".into()],
+            &["B=3".into(), "C=4".into(), "A=".into()],
+        )
+        .unwrap();
+        assert_eq!(env, ["PATH=/bin", "A=", "B=3", "C=4"]);
+        assert!(merge_env(&[], &["NOEQUALS".into()]).is_err());
+        assert!(merge_env(&[], &["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn overrides_and_labels() {
+        let mut r = req();
+        r.working_dir = Some("/tmp".into());
+        r.user = Some("1000:1000".into());
+        r.hostname = Some("web".into());
+        r.labels = [("k".to_string(), "v".to_string())].into();
+        r.stop_signal = Some("9".into());
+        r.stop_timeout = Some(3);
+        let p = resolve_ok(&r).process;
+        assert_eq!(p.working_dir, "/tmp");
+        assert_eq!(p.user, "1000:1000");
+        assert_eq!(p.hostname, "web");
+        assert_eq!(p.labels.len(), 2);
+        assert_eq!(p.stop_signal, "SIGKILL");
+        assert_eq!(p.stop_timeout, 3);
+        r.working_dir = Some("relative".into());
+        assert!(resolve_err(&r).message.contains("absolute"));
+        r.working_dir = None;
+        r.hostname = Some("bad host".into());
+        assert!(resolve_err(&r).message.contains("hostname"));
+        r.hostname = None;
+        r.stop_signal = Some("SIGNOPE".into());
+        assert!(resolve_err(&r).message.contains("stop signal"));
+    }
+
+    #[test]
+    fn resources_are_checked() {
+        let mut r = req();
+        r.memory_mib = Some(0);
+        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
+        r.memory_mib = Some(31);
+        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
+        r.memory_mib = Some(1 << 30);
+        let e = resolve_err(&r);
+        assert_eq!(e.code, ErrorCode::ResourceUnavailable);
+        assert!(e.message.contains("MemAvailable"), "{e}");
+        r.memory_mib = Some(512);
+        assert_eq!(resolve_ok(&r).host.memory_mib, 512);
+
+        let mut r = req();
+        r.cpus = Some(1.5);
+        let h = resolve_ok(&r).host;
+        assert_eq!((h.vcpus, h.cpus), (2, Some(1.5)));
+        r.vcpus = Some(1);
+        let res = resolve_ok(&r);
+        assert_eq!(res.host.vcpus, 1);
+        assert_eq!(res.warnings.len(), 1);
+        r.cpus = Some(0.0);
+        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
+        r.cpus = Some(f64::NAN);
+        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
+        r.cpus = Some(5.0);
+        assert_eq!(resolve_err(&r).code, ErrorCode::ResourceUnavailable);
+        r.cpus = None;
+        r.vcpus = Some(0);
+        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
+        r.vcpus = Some(5);
+        assert_eq!(resolve_err(&r).code, ErrorCode::ResourceUnavailable);
+    }
+
+    #[test]
+    fn policy_conflicts_and_agent_features() {
+        let mut r = req();
+        r.auto_remove = true;
+        r.restart_policy = RestartPolicy::Always;
+        assert!(resolve_err(&r).message.contains("conflict"));
+        let mut r = req();
+        r.tty = true;
+        assert!(resolve_err(&r).message.contains("agent"));
+        let d = Defaults {
+            agent: true,
+            ..Defaults::default()
+        };
+        assert!(resolve(&r, &image(), ID, &d, &host()).unwrap().process.tty);
+    }
+}
