@@ -99,12 +99,23 @@ pub(crate) struct Client {
     auth: Mutex<AuthState>,
 }
 
+/// Makes ring the process's rustls crypto provider: reqwest is built without
+/// one (see Cargo.toml) and takes the process default. A provider installed
+/// earlier by the embedding program is kept.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl Client {
     pub(crate) fn new(
         host: RegistryHost,
         creds: Option<Credentials>,
         retry: RetryPolicy,
     ) -> Result<Client> {
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("mvm/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
