@@ -1,0 +1,70 @@
+//! Builds a Dockerfile straight into an image store, without mvmd:
+//! `mvm-build [--root DIR] [-f FILE] [-t NAME]... [--build-arg K=V]...
+//! [--target STAGE] [--no-cache] CONTEXT-DIR`. RUN steps boot microVMs
+//! from `MVM_KERNEL`, `MVM_INIT` and `MVM_VMM`. Prints timings at the end
+//! (used for the benchmark figures in the crate README).
+
+use std::path::PathBuf;
+
+use mvm_build::context::Context;
+use mvm_build::progress::Plain;
+use mvm_build::vm::{Executor, VmmExecutor};
+use mvm_build::{BuildOptions, Builder};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("mvm-build: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let mut root = None;
+    let mut opts = BuildOptions::default();
+    let mut context = None;
+    while let Some(a) = args.next() {
+        let mut val = || args.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--root" => root = Some(PathBuf::from(val()?)),
+            "-f" => opts.dockerfile = Some(val()?),
+            "-t" => opts.tags.push(val()?),
+            "--target" => opts.target = Some(val()?),
+            "--no-cache" => opts.no_cache = true,
+            "--build-arg" | "--label" => {
+                let v = val()?;
+                let (k, v) = v.split_once('=').ok_or("use KEY=VALUE")?;
+                let m = if a == "--label" {
+                    &mut opts.labels
+                } else {
+                    &mut opts.build_args
+                };
+                m.insert(k.into(), v.into());
+            }
+            _ if context.is_none() && !a.starts_with('-') => context = Some(PathBuf::from(a)),
+            _ => return Err(format!("unexpected argument {a}").into()),
+        }
+    }
+    let context = context.ok_or("usage: mvm-build [options] CONTEXT-DIR")?;
+    let store = match root {
+        Some(r) => mvm_images::Store::open(r)?,
+        None => mvm_images::Store::open_default()?,
+    };
+    let exec = VmmExecutor::from_env(store.clone(), &store.root().join("tmp/build-vm")).ok();
+    let out = Plain::new(std::io::stderr());
+    let builder = Builder::new(store, exec.as_ref().map(|e| e as &dyn Executor), &out)?;
+    let ctx = Context::from_dir(&context)?;
+    let r = builder.build(&ctx, &opts)?;
+    println!("{}", r.id);
+    eprintln!(
+        "build: {:.3}s, {} steps, {} cached, {} RUN VMs: boot {:.1}s, command {:.1}s, layer {:.1}s",
+        r.elapsed.as_secs_f64(),
+        r.steps,
+        r.cached,
+        r.runs,
+        r.vm_boot.as_secs_f64(),
+        r.vm_run.as_secs_f64(),
+        r.vm_commit.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! `mvm build`: Dockerfile builds without a Docker engine.
+//!
+//! COPY, ADD and metadata instructions are done on the host; every RUN
+//! step runs inside a microVM booted from the build's current filesystem
+//! ([`vm`]), and its filesystem changes become an OCI layer. Results go
+//! to the mvm image store (`mvm-images`): layers as blobs, intermediate
+//! images untagged (so `image prune` cleans them), the final image tagged.
+//!
+//! ```no_run
+//! use mvm_build::{Builder, BuildOptions, context::Context, progress::Plain, vm::VmmExecutor};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = mvm_images::Store::open_default()?;
+//! let exec = VmmExecutor::from_env(store.clone(), &store.root().join("tmp/build"))?;
+//! let out = Plain::new(std::io::stderr());
+//! let builder = Builder::new(store, Some(&exec), &out)?;
+//! let ctx = Context::from_dir(std::path::Path::new("."))?;
+//! let opts = BuildOptions { tags: vec!["app".into()], ..Default::default() };
+//! let result = builder.build(&ctx, &opts)?;
+//! println!("{}", result.id);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod context;
+pub mod dockerfile;
+pub mod engine;
+pub mod progress;
+pub mod tarlayer;
+pub mod vm;
+
+pub use engine::{BuildError, BuildOptions, BuildResult, Builder};

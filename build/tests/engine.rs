@@ -1,0 +1,473 @@
+//! Builds without RUN steps, on the host: every metadata instruction's
+//! effect on the image config, COPY/ADD semantics, the cache, and
+//! `.dockerignore`, against a real image store in a temp dir. (RUN steps
+//! boot microVMs: tests/tests/build.rs covers them on real KVM.)
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+
+use mvm_build::context::Context;
+use mvm_build::progress::Event;
+use mvm_build::{BuildError, BuildOptions, BuildResult, Builder};
+use mvm_images::Store;
+use serde_json::Value;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    store: Store,
+    ctx: std::path::PathBuf,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let ctx = dir.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    Env {
+        _dir: dir,
+        store,
+        ctx,
+    }
+}
+
+impl Env {
+    fn write(&self, rel: &str, content: &str) {
+        let p = self.ctx.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    fn build(&self, opts: &BuildOptions) -> (Result<BuildResult, BuildError>, Vec<Event>) {
+        let events = Mutex::new(Vec::new());
+        let sink = |e: &Event| events.lock().unwrap().push(e.clone());
+        let b = Builder::new(self.store.clone(), None, &sink).unwrap();
+        let ctx = Context::from_dir(&self.ctx).unwrap();
+        let r = b.build(&ctx, opts);
+        (r, events.into_inner().unwrap())
+    }
+
+    fn ok(&self, opts: &BuildOptions) -> (BuildResult, Vec<Event>) {
+        let (r, ev) = self.build(opts);
+        (r.unwrap_or_else(|e| panic!("build failed: {e}")), ev)
+    }
+
+    fn config(&self, r: &BuildResult) -> Value {
+        let rec = self.store.image_at(&r.digest).unwrap();
+        let b = self
+            .store
+            .read_blob(&rec.manifest.config.digest, 1 << 20)
+            .unwrap();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    /// The image's filesystem, unpacked.
+    fn rootfs(&self, r: &BuildResult) -> tempfile::TempDir {
+        let rec = self.store.image_at(&r.digest).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        mvm_build::tarlayer::unpack_layers(&self.store, &rec.manifest.layers, d.path()).unwrap();
+        d
+    }
+}
+
+fn tags(t: &[&str]) -> BuildOptions {
+    BuildOptions {
+        tags: t.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn every_metadata_instruction_reaches_the_config() {
+    let e = env();
+    e.write(
+        "Dockerfile",
+        r#"# syntax=docker/dockerfile:1
+ARG BASE=scratch
+FROM ${BASE} AS final
+ARG VERSION=0.1
+ARG FROM_CLI
+ENV APP_HOME=/srv/app \
+    GREETING="hello world"
+ENV LEGACY value with spaces
+LABEL version="${VERSION}" "com.example.cli"=$FROM_CLI
+EXPOSE 80 53/udp 8000-8010
+VOLUME ["/data"]
+VOLUME /cache /logs
+USER 1000:1000
+WORKDIR ${APP_HOME}
+WORKDIR sub/../bin
+STOPSIGNAL SIGINT
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+HEALTHCHECK --interval=5s --timeout=2s --retries=4 CMD curl -f http://localhost/ || exit 1
+ONBUILD RUN echo child build
+MAINTAINER someone@example.com
+ENTRYPOINT ["/bin/app"]
+CMD serve --port 80
+"#,
+    );
+    let mut opts = tags(&["example/app:1", "example/app:latest"]);
+    opts.build_args.insert("FROM_CLI".into(), "given".into());
+    opts.labels.insert("extra".into(), "from-flag".into());
+    let (r, events) = e.ok(&opts);
+    let cfg = e.config(&r);
+    let c = &cfg["config"];
+    let env: Vec<&str> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        env,
+        [
+            "APP_HOME=/srv/app",
+            "GREETING=hello world",
+            "LEGACY=value with spaces"
+        ]
+    );
+    assert_eq!(c["Labels"]["version"], "0.1");
+    assert_eq!(c["Labels"]["com.example.cli"], "given");
+    assert_eq!(c["Labels"]["extra"], "from-flag");
+    let ports: Vec<&String> = c["ExposedPorts"].as_object().unwrap().keys().collect();
+    assert_eq!(ports, ["53/udp", "80/tcp", "8000-8010/tcp"]);
+    let vols: Vec<&String> = c["Volumes"].as_object().unwrap().keys().collect();
+    assert_eq!(vols, ["/cache", "/data", "/logs"]);
+    assert_eq!(c["User"], "1000:1000");
+    assert_eq!(c["WorkingDir"], "/srv/app/bin");
+    assert_eq!(c["StopSignal"], "SIGINT");
+    assert_eq!(
+        c["Shell"],
+        serde_json::json!(["/bin/bash", "-o", "pipefail", "-c"])
+    );
+    assert_eq!(
+        c["Healthcheck"],
+        serde_json::json!({"Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
+            "Interval": 5_000_000_000u64, "Timeout": 2_000_000_000u64, "Retries": 4})
+    );
+    assert_eq!(c["OnBuild"], serde_json::json!(["RUN echo child build"]));
+    assert_eq!(cfg["author"], "someone@example.com");
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/app"]));
+    // Shell-form CMD goes through the SHELL in effect.
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!(["/bin/bash", "-o", "pipefail", "-c", "serve --port 80"])
+    );
+    assert!(cfg["history"].as_array().unwrap().len() >= 15);
+    // Both tags name the image; the store's own view agrees.
+    for t in ["example/app:1", "example/app:latest"] {
+        let rec = e.store.resolve(t).unwrap();
+        assert_eq!(rec.manifest_digest, r.digest);
+        assert_eq!(rec.image_config().user, "1000:1000");
+    }
+    // Progress: one step event per instruction, BuildKit numbering.
+    let steps: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step {
+                index, total, text, ..
+            } => Some(format!("{index}/{total} {text}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps.len(), 19, "{steps:?}");
+    assert_eq!(steps[0], "1/19 FROM ${BASE} AS final");
+    assert!(matches!(events.last(), Some(Event::Result { .. })));
+}
+
+#[test]
+fn entrypoint_resets_an_inherited_cmd_and_onbuild_triggers_run_in_children() {
+    let e = env();
+    e.write("f", "x");
+    e.write(
+        "Dockerfile",
+        "FROM scratch\nCMD [\"base-cmd\"]\nONBUILD COPY f /from-trigger\nONBUILD ENV TRIGGERED=yes\n",
+    );
+    e.ok(&tags(&["base:1"]));
+    e.write("Dockerfile", "FROM base:1\nENTRYPOINT [\"/x\"]\n");
+    let (r, _) = e.ok(&tags(&["child:1"]));
+    let cfg = e.config(&r);
+    assert_eq!(cfg["config"]["Entrypoint"], serde_json::json!(["/x"]));
+    assert!(cfg["config"]["Cmd"].is_null(), "{cfg}");
+    assert!(
+        cfg["config"].get("OnBuild").is_none(),
+        "triggers are not inherited twice"
+    );
+    assert!(cfg["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("TRIGGERED=yes")));
+    let fs = e.rootfs(&r);
+    assert_eq!(
+        fs::read_to_string(fs.path().join("from-trigger")).unwrap(),
+        "x"
+    );
+}
+
+#[test]
+fn copy_and_add_semantics() {
+    let e = env();
+    e.write(
+        "etc/passwd",
+        "root:x:0:0::/root:/bin/sh\napp:x:1234:2345::/home/app:/bin/sh\n",
+    );
+    e.write("etc/group", "root:x:0:\nstaff:x:50:\n");
+    e.write("one.txt", "one");
+    e.write("two.py", "two");
+    e.write("three.py", "three");
+    e.write("dir/a", "a");
+    e.write("dir/sub/b", "b");
+    symlink("a", e.ctx.join("dir/link")).unwrap();
+    fs::set_permissions(e.ctx.join("dir/a"), fs::Permissions::from_mode(0o750)).unwrap();
+    // A local archive for ADD.
+    {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o600);
+        h.set_cksum();
+        b.append_data(&mut h, "inner/file", &b"tar"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &data).unwrap();
+        fs::write(e.ctx.join("bundle.tar.gz"), gz.finish().unwrap()).unwrap();
+    }
+    e.write(
+        "Dockerfile",
+        r#"FROM scratch
+COPY etc/ /etc/
+WORKDIR /app
+COPY one.txt .
+COPY one.txt /renamed.txt
+COPY *.py /py/
+COPY dir /copied
+COPY --chown=app:staff --chmod=640 one.txt /owned
+COPY --chown=7 one.txt /numeric
+COPY <<EOF /etc/heredoc.conf
+value=$HOME_DIR
+EOF
+ADD bundle.tar.gz /unpacked/
+ADD one.txt /added
+"#,
+    );
+    let (r, _) = e.ok(&tags(&["copy:1"]));
+    let root = e.rootfs(&r);
+    let p = |s: &str| root.path().join(s);
+    assert_eq!(fs::read_to_string(p("app/one.txt")).unwrap(), "one");
+    assert_eq!(fs::read_to_string(p("renamed.txt")).unwrap(), "one");
+    assert_eq!(fs::read_to_string(p("py/two.py")).unwrap(), "two");
+    assert_eq!(fs::read_to_string(p("py/three.py")).unwrap(), "three");
+    assert!(!p("py/one.txt").exists());
+    // A directory source copies its contents, not itself.
+    assert_eq!(fs::read_to_string(p("copied/a")).unwrap(), "a");
+    assert_eq!(fs::read_to_string(p("copied/sub/b")).unwrap(), "b");
+    assert!(!p("copied/dir").exists());
+    assert_eq!(fs::metadata(p("copied/a")).unwrap().mode() & 0o7777, 0o750);
+    assert_eq!(fs::read_link(p("copied/link")).unwrap(), Path::new("a"));
+    let owned = fs::metadata(p("owned")).unwrap();
+    assert_eq!(
+        (owned.uid(), owned.gid(), owned.mode() & 0o7777),
+        (1234, 50, 0o640)
+    );
+    let numeric = fs::metadata(p("numeric")).unwrap();
+    assert_eq!((numeric.uid(), numeric.gid()), (7, 7));
+    assert_eq!(
+        fs::read_to_string(p("etc/heredoc.conf")).unwrap(),
+        "value=\n"
+    );
+    assert_eq!(fs::read_to_string(p("unpacked/inner/file")).unwrap(), "tar");
+    assert_eq!(fs::read_to_string(p("added")).unwrap(), "one");
+    // Each COPY/ADD is one layer; metadata steps add none.
+    let rec = e.store.image_at(&r.digest).unwrap();
+    assert_eq!(rec.manifest.layers.len(), 10);
+}
+
+#[test]
+fn cache_hits_and_invalidation() {
+    let e = env();
+    e.write("a", "1");
+    e.write("b", "1");
+    e.write(
+        "Dockerfile",
+        "FROM scratch\nENV X=1\nCOPY a /a\nCOPY b /b\nLABEL done=yes\n",
+    );
+    let (first, _) = e.ok(&tags(&["c:1"]));
+    assert_eq!(first.cached, 0);
+    let t = std::time::Instant::now();
+    let (again, ev) = e.ok(&tags(&["c:1"]));
+    let cached_rebuild = t.elapsed();
+    assert_eq!(again.cached, 2, "both COPY steps come from the cache");
+    assert_eq!(
+        again.digest, first.digest,
+        "a fully cached rebuild gives the same image"
+    );
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, Event::Cached { .. }))
+            .count(),
+        2
+    );
+    eprintln!("fully cached rebuild: {cached_rebuild:?}");
+    // Changing b invalidates its step (and what follows), not a's.
+    e.write("b", "2");
+    let (changed, _) = e.ok(&tags(&["c:1"]));
+    assert_eq!(changed.cached, 1);
+    assert_ne!(changed.id, first.id);
+    let root = e.rootfs(&changed);
+    assert_eq!(fs::read_to_string(root.path().join("b")).unwrap(), "2");
+    // Back to the old content: the old layer is found again.
+    e.write("b", "1");
+    let (back, _) = e.ok(&tags(&["c:1"]));
+    assert_eq!(back.cached, 2);
+    assert_eq!(back.digest, first.digest);
+    // --no-cache rebuilds everything.
+    let (nc, _) = e.ok(&BuildOptions {
+        no_cache: true,
+        ..tags(&["c:1"])
+    });
+    assert_eq!(nc.cached, 0);
+    // A build arg in use changes the key of later steps.
+    e.write("Dockerfile", "FROM scratch\nARG V=1\nCOPY a /a-$V\n");
+    let (v1, _) = e.ok(&tags(&["c:2"]));
+    let mut o = tags(&["c:2"]);
+    o.build_args.insert("V".into(), "2".into());
+    let (v2, _) = e.ok(&o);
+    assert_eq!(v2.cached, 0);
+    assert!(e.rootfs(&v2).path().join("a-2").exists());
+    let (v1b, _) = e.ok(&tags(&["c:2"]));
+    assert_eq!((v1b.cached, v1b.digest), (1, v1.digest));
+}
+
+#[test]
+fn dockerignore_exclusions_and_exceptions() {
+    let e = env();
+    e.write("keep.txt", "k");
+    e.write("secret.env", "s");
+    e.write("logs/a.log", "a");
+    e.write("logs/important.log", "i");
+    e.write("node_modules/x/index.js", "x");
+    e.write("src/main.py", "m");
+    e.write("src/cache.pyc", "c");
+    e.write(
+        ".dockerignore",
+        "# build junk\n*.env\nlogs\n!logs/important.log\nnode_modules\n**/*.pyc\n",
+    );
+    e.write("Dockerfile", "FROM scratch\nCOPY . /ctx/\n");
+    let (r, _) = e.ok(&tags(&["ignore:1"]));
+    let root = e.rootfs(&r);
+    let p = |s: &str| root.path().join("ctx").join(s);
+    assert!(p("keep.txt").exists());
+    assert!(p("src/main.py").exists());
+    assert!(!p("secret.env").exists());
+    assert!(!p("logs/a.log").exists());
+    assert!(
+        p("logs/important.log").exists(),
+        "the exception re-includes it"
+    );
+    assert!(!p("node_modules").exists());
+    assert!(!p("src/cache.pyc").exists());
+    // Naming an excluded file is an error that says why.
+    e.write("Dockerfile", "FROM scratch\nCOPY secret.env /x\n");
+    let err = e.build(&tags(&["ignore:2"])).0.unwrap_err().to_string();
+    assert!(err.contains("excluded by .dockerignore"), "{err}");
+}
+
+#[test]
+fn copies_from_outside_the_context_are_refused() {
+    let e = env();
+    fs::write(e.ctx.parent().unwrap().join("outside"), "secret").unwrap();
+    symlink(e.ctx.parent().unwrap().join("outside"), e.ctx.join("leak")).unwrap();
+    symlink("/etc", e.ctx.join("etcdir")).unwrap();
+    for (df, want) in [
+        (
+            "FROM scratch\nCOPY ../outside /x\n",
+            "outside the build context",
+        ),
+        ("FROM scratch\nCOPY leak /x\n", "symlink pointing outside"),
+        (
+            "FROM scratch\nCOPY etcdir/passwd /x\n",
+            "symlink pointing outside",
+        ),
+        (
+            "FROM scratch\nADD ../outside /x\n",
+            "outside the build context",
+        ),
+    ] {
+        e.write("Dockerfile", df);
+        let err = e.build(&tags(&["escape:1"])).0.unwrap_err().to_string();
+        assert!(err.contains(want), "{df:?}: {err}");
+    }
+    assert!(e.store.resolve("escape:1").is_err(), "nothing was tagged");
+}
+
+#[test]
+fn malformed_dockerfiles_report_file_and_line() {
+    let e = env();
+    for (df, want) in [
+        ("FROM scratch\n\nCOPY onlyone\n", "Dockerfile:3: COPY requires"),
+        ("FROM scratch\nRUN <<EOF\necho\n", "Dockerfile:2: heredoc <<EOF is not terminated"),
+        ("FROM scratch\nFROBNICATE x\n", "Dockerfile:2: unknown instruction FROBNICATE"),
+        ("FROM scratch\nEXPOSE 99999\n", "Dockerfile:2: step 2/2 `EXPOSE 99999`: invalid port"),
+        ("FROM scratch\nENV A=${B\n", "Dockerfile:2: step 2/2"),
+        ("FROM missing-image:1\n", "Dockerfile:1: step 1/1 `FROM missing-image:1`: base image missing-image:1 is not in the image store"),
+        ("FROM scratch\nRUN true\n", "Dockerfile:2: step 2/2 `RUN true`: RUN needs the build VM"),
+    ] {
+        e.write("Dockerfile", df);
+        let err = e.build(&tags(&["bad:1"])).0.unwrap_err().to_string();
+        assert!(err.starts_with(want), "{df:?}:\n{err}\nwanted: {want}");
+    }
+    let err = e
+        .build(&BuildOptions {
+            dockerfile: Some("Nope.Dockerfile".into()),
+            ..Default::default()
+        })
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no Dockerfile \"Nope.Dockerfile\""), "{err}");
+}
+
+#[test]
+fn multi_stage_copy_from_a_stage_and_target() {
+    let e = env();
+    e.write("tool.sh", "#!/bin/sh\necho tool\n");
+    e.write(
+        "Dockerfile",
+        "FROM scratch AS builder\nCOPY tool.sh /out/tool\nCOPY tool.sh /out/unused\n\
+         FROM scratch AS unused\nCOPY missing-file /never\n\
+         FROM scratch\nCOPY --from=builder /out/tool /usr/bin/tool\nCOPY --from=0 /out/unused /also\n",
+    );
+    let (r, ev) = e.ok(&tags(&["ms:1"]));
+    let root = e.rootfs(&r);
+    assert_eq!(
+        fs::read_to_string(root.path().join("usr/bin/tool")).unwrap(),
+        "#!/bin/sh\necho tool\n"
+    );
+    assert!(root.path().join("also").exists());
+    assert!(
+        !root.path().join("out").exists(),
+        "only the copied file crosses stages"
+    );
+    // The unused stage (whose COPY would fail) is skipped.
+    assert!(!ev
+        .iter()
+        .any(|e| matches!(e, Event::Step { text, .. } if text.contains("missing-file"))));
+    // --target stops at a stage.
+    let (t, _) = e.ok(&BuildOptions {
+        target: Some("builder".into()),
+        ..tags(&["ms:builder"])
+    });
+    assert!(e.rootfs(&t).path().join("out/tool").exists());
+    let err = e
+        .build(&BuildOptions {
+            target: Some("nope".into()),
+            ..Default::default()
+        })
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("target stage \"nope\" not found"), "{err}");
+    let _ = BTreeMap::<String, String>::new();
+}
