@@ -44,9 +44,14 @@ done
 # The bench executables of mvm-e2e: "NAME PATH" per line. Built in the
 # bench profile (release), which is what `cargo bench` would run.
 echo "bench: building the benchmark executables" >&2
+mkdir -p "$target"
+json=$(mktemp "$target/mvm-bench-build.XXXXXX")
+job=$(mktemp "$target/mvm-bench-job.XXXXXX")
+trap 'rm -f "$json" "$job"' EXIT
+cargo bench -p mvm-e2e --no-run --message-format=json-render-diagnostics >"$json" ||
+  { echo "bench: building the benchmarks failed" >&2; exit 1; }
 mapfile -t benches < <(
-  cargo bench -p mvm-e2e --no-run --message-format=json |
-    python3 -c '
+  python3 -c '
 import json, sys
 for line in sys.stdin:
     try:
@@ -55,8 +60,9 @@ for line in sys.stdin:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
         print(m["target"]["name"], m["executable"])
-'
+' <"$json"
 )
+[ ${#benches[@]} -gt 0 ] || { echo "bench: no [[bench]] target was built for mvm-e2e" >&2; exit 1; }
 selected=()
 for entry in "${benches[@]}"; do
   wanted "${entry%% *}" && selected+=("$entry")
@@ -72,10 +78,7 @@ fi
 status=0
 if [ ${#selected[@]} -gt 0 ]; then
   # The job must be visible inside the emulated host, whose /tmp is its
-  # own tmpfs: keep it under the target directory.
-  mkdir -p "$target"
-  job=$(mktemp "$target/mvm-bench-job.XXXXXX")
-  trap 'rm -f "$job"' EXIT
+  # own tmpfs: it is under the target directory.
   {
     echo '#!/bin/sh'
     echo 'status=0'
@@ -104,7 +107,7 @@ if wanted images; then
   # Host-side: registry pull + unpack + root disk, root disk from a tarball.
   # The pull bench starts its own docker-registry; inputs are the tarballs
   # of resources/images/*.sh (missing ones are reported and skipped).
-  echo "=== bench images (cargo bench -p mvm-images, on this host)" >&2
-  cargo bench -p mvm-images || { echo "bench images FAILED" >&2; status=1; }
+  echo "=== bench images (cargo bench -p mvm-images --bench '*', on this host)" >&2
+  cargo bench -p mvm-images --bench "*" || { echo "bench images FAILED" >&2; status=1; }
 fi
 exit "$status"
