@@ -245,17 +245,34 @@ pub async fn load(ctx: &Ctx, a: LoadArgs) -> CmdResult {
     let body = input_body(a.input.as_deref(), "load").await?;
     let client = ctx.client().await?;
     let v = progress::show(client.load(body).await?, a.quiet).await?;
-    let names = strings(v.get("names"));
-    if names.is_empty() {
-        match v.get("id").and_then(Value::as_str) {
-            Some(id) => println!("Loaded image ID: {id}"),
-            None => println!("{v}"),
-        }
-    }
-    for n in names {
-        println!("Loaded image: {n}");
+    for line in loaded_lines(&v) {
+        println!("{line}");
     }
     Ok(0)
+}
+
+/// Docker's `Loaded image: NAME` lines (or `Loaded image ID: ID` for an
+/// image without names) from a load result: one `{id, names}` object, or
+/// an array of them (an archive may hold several images).
+fn loaded_lines(v: &Value) -> Vec<String> {
+    let items = match v {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    let mut lines = Vec::new();
+    for item in items {
+        let names = strings(item.get("names"));
+        if names.is_empty() {
+            match item.get("id").and_then(Value::as_str) {
+                Some(id) => lines.push(format!("Loaded image ID: {id}")),
+                None => lines.push(item.to_string()),
+            }
+        }
+        for n in names {
+            lines.push(format!("Loaded image: {n}"));
+        }
+    }
+    lines
 }
 
 /// `mvctl import FILE|- [NAME[:TAG]]`: prints the new image's id.
@@ -476,5 +493,25 @@ mod tests {
             9
         );
         assert_eq!(reclaimed(&Value::Null), 0);
+    }
+
+    #[test]
+    fn loaded_lines_from_one_or_several_images() {
+        let one = serde_json::json!({"id": "sha256:ab", "names": ["a:1", "b:2"]});
+        assert_eq!(
+            loaded_lines(&one),
+            ["Loaded image: a:1", "Loaded image: b:2"]
+        );
+        let several = serde_json::json!([
+            {"id": "sha256:ab", "names": ["docker.io/e2e/x:1"]},
+            {"id": "sha256:cd", "names": []}
+        ]);
+        assert_eq!(
+            loaded_lines(&several),
+            [
+                "Loaded image: docker.io/e2e/x:1",
+                "Loaded image ID: sha256:cd"
+            ]
+        );
     }
 }

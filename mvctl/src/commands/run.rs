@@ -27,6 +27,8 @@ const DOUBLE_INTERRUPT: Duration = Duration::from_secs(1);
 /// How long to trust the wait request after the log stream ended before
 /// also asking for the state (a guard against a lost wake-up).
 const WAIT_GRACE: Duration = Duration::from_secs(3);
+/// How long output may still arrive after the exit was reported.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Build the create request from the flags, reading env files. Everything
 /// that can be wrong locally is caught here, before any request.
@@ -242,6 +244,20 @@ pub async fn foreground(client: &Client, id: &str, auto_remove: bool) -> CmdResu
             },
             res = &mut waiter => {
                 let res = res.map_err(|e| CmdError::Invalid(format!("internal: the wait task failed: {e}")))?;
+                // The exit can be reported before the last output lines
+                // were read: drain the stream (it ends with the sandbox),
+                // within a bound.
+                if let Some(mut stream) = logs.take() {
+                    let drain = async {
+                        while let Ok(Some(r)) = stream.next().await {
+                            write_record(&r, false)?;
+                        }
+                        Ok::<(), CmdError>(())
+                    };
+                    if let Ok(r) = tokio::time::timeout(DRAIN_LIMIT, drain).await {
+                        r?;
+                    }
+                }
                 return finish(res, id, auto_remove);
             }
             () = grace, if !auto_remove => {

@@ -133,6 +133,19 @@ pub const PROCESS_NAME: &str = "mvm-machine";
 /// qboot: 4-5 s less than SeaBIOS to L1's kernel under TCG (see `run`).
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
+/// The host's TSC rate in kHz, from `/proc/cpuinfo` (`cpu MHz`).
+fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_cpu_mhz(&info)
+}
+
+fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    let khz = (mhz * 1000.0) as u64;
+    (khz > 0).then_some(khz)
+}
+
 /// L1's kernel command line: the testhost's (see `run` for each part).
 pub fn kernel_cmdline() -> String {
     let mut s = String::from(
@@ -140,6 +153,12 @@ pub fn kernel_cmdline() -> String {
          i8042.noaux i8042.nokbd apparmor=0 audit=0 mitigations=off rodata=off \
          initcall_blacklist=load_system_certificate_list,init_kprobe_trace",
     );
+    // As in `run`: L1's PIT calibration of the TSC fails on a loaded host
+    // (its clock then runs many times too fast); TCG's TSC runs at the
+    // host's rate, so give that.
+    if let Some(khz) = host_tsc_khz() {
+        s.push_str(&format!(" tsc_early_khz={khz}"));
+    }
     if let Ok(extra) = std::env::var("MVM_TESTHOST_APPEND") {
         if !extra.trim().is_empty() {
             s.push(' ');
@@ -246,6 +265,14 @@ pub fn port_taken(qemu_log: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tsc_rate_from_cpuinfo() {
+        let info = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2445.404\n";
+        assert_eq!(parse_cpu_mhz(info), Some(2_445_404));
+        assert_eq!(parse_cpu_mhz("cpu MHz\t: junk\n"), None);
+        assert_eq!(parse_cpu_mhz("no such line\n"), None);
+    }
 
     fn config() -> QemuConfig {
         QemuConfig {
