@@ -2,9 +2,11 @@
 //! queues, and the glue between the queues and the muxer.
 //!
 //! - tx (guest to device): every chain is parsed and handed to the muxer,
-//!   then returned with used length 0. While the muxer's queue of stray
-//!   RSTs is full the chains stay in the ring (back-pressure on a guest
-//!   that sends garbage faster than it takes answers).
+//!   then returned with used length 0. The tx queue never waits for the rx
+//!   side: Linux's driver stops taking rx buffers while its replies wait
+//!   for tx room, so such a wait is a deadlock. What the guest must be told
+//!   waits in bounded queues instead (stray RSTs past their cap are
+//!   dropped), and data is bounded by credit.
 //! - rx (device to guest): pulled, not pushed: a chain is taken only when
 //!   the muxer has a packet for it, and put back otherwise. When the guest
 //!   has posted no buffers, pending packets wait in the muxer (bounded) and
@@ -84,8 +86,6 @@ pub struct Vsock {
     /// Fires at the muxer's next deadline.
     pub(crate) timer: TimerFd,
     timer_armed_for: Option<Instant>,
-    /// The tx queue was left with chains in it (back-pressure).
-    tx_stalled: bool,
     queue_throttle: LogThrottle,
     packet_throttle: LogThrottle,
     queue_max_sizes: [u16; 3],
@@ -116,7 +116,6 @@ impl Vsock {
             kick,
             timer,
             timer_armed_for: None,
-            tx_stalled: false,
             queue_throttle: LogThrottle::default(),
             packet_throttle: LogThrottle::default(),
             queue_max_sizes,
@@ -139,12 +138,10 @@ impl Vsock {
         let Self {
             common,
             muxer,
-            tx_stalled,
             queue_throttle,
             packet_throttle,
             ..
         } = self;
-        *tx_stalled = false;
         if !common.queue_ready(TXQ_INDEX) {
             return false;
         }
@@ -163,10 +160,6 @@ impl Vsock {
                 }
                 let round_start = used;
                 loop {
-                    if muxer.rx_backlogged() {
-                        *tx_stalled = true;
-                        break 'outer;
-                    }
                     if used >= MAX_CHAINS_PER_TURN {
                         reschedule = true;
                         break 'outer;
@@ -290,12 +283,6 @@ impl Vsock {
         };
         finish_turn(common, RXQ_INDEX, reschedule, notify);
         used > 0
-    }
-
-    /// Whether the tx queue was left alone for back-pressure and may be
-    /// served again.
-    pub(crate) fn tx_resumable(&self) -> bool {
-        self.tx_stalled && !self.muxer.rx_backlogged()
     }
 
     /// Drops every connection and tells the guest with a
@@ -463,7 +450,6 @@ impl VirtioDevice for Vsock {
         // on the event loop thread (the kick), which owns the epoll set.
         self.common.reset();
         self.muxer.kill_all();
-        self.tx_stalled = false;
         let _ = self.kick.write(1);
     }
 

@@ -5,9 +5,10 @@
 //! [`TAG_CONN`](super::unix::muxer::TAG_CONN), looked up by descriptor), a
 //! timerfd for deadlines and a kick EventFd written by resets on vCPU
 //! threads. Whatever the event, the handler ends the same way: expire
-//! deadlines, move pending packets to the guest while it has buffers,
-//! resume the tx queue if it was held back, then bring epoll registrations
-//! and the timer up to date.
+//! deadlines, move pending packets to the guest while it has buffers, then
+//! bring epoll registrations and the timer up to date. (The tx queue is
+//! only served on its notifications: it never waits for anything, so
+//! nothing else has to resume it.)
 
 use std::time::Instant;
 
@@ -30,10 +31,6 @@ impl Vsock {
         self.muxer.sweep(Instant::now());
         if self.is_active() {
             self.process_rx();
-            if self.tx_resumable() {
-                self.process_tx();
-                self.process_rx();
-            }
         }
         self.muxer.sync_epoll(ops);
         self.arm_timer();

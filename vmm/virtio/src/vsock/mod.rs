@@ -36,8 +36,15 @@
 //! the device advertises, so an honest guest stops sending when it is full
 //! and a dishonest one is reset. Connections are capped at
 //! [`MAX_CONNECTIONS`]; control packets for the guest wait in queues bounded
-//! by that cap (plus [`MAX_PENDING_RSTS`]), and the device stops taking
-//! packets from the guest's tx queue while they are full.
+//! by that cap (plus [`MAX_PENDING_RSTS`] RSTs for unknown connections,
+//! dropped beyond it).
+//!
+//! # Liveness
+//!
+//! The tx queue never waits for the rx side. Linux's driver stops taking
+//! rx buffers while its own replies (RESPONSE, RST) wait for room on the
+//! tx queue, so a device that holds the tx queue until rx packets went out
+//! can deadlock the whole transport.
 
 pub mod csm;
 pub mod device;
@@ -104,8 +111,9 @@ pub const CONN_TX_BUF_SIZE: u32 = 256 * 1024;
 pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Most RSTs queued for the guest that belong to no connection (answers to
-/// refused requests or stray packets). While full, the tx queue is left
-/// alone, which throttles a guest that sends garbage.
+/// refused requests or stray packets), one per port pair. Past it they are
+/// dropped: the tx queue must never wait for the guest to take rx packets
+/// (see [`unix::muxer_rxq::MuxerRxQ::push_rst`]).
 pub const MAX_PENDING_RSTS: usize = 256;
 
 /// First local (host-side) port given to host-initiated connections; the

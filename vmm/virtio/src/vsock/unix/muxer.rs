@@ -170,10 +170,9 @@ impl VsockMuxer {
         !self.rxq.is_empty()
     }
 
-    /// Whether the stray RST queue is full: the device must stop taking
-    /// guest packets until it drains.
-    pub fn rx_backlogged(&self) -> bool {
-        self.rxq.rsts_full()
+    /// Stray RSTs waiting for the guest (tests, diagnostics).
+    pub fn pending_rsts(&self) -> usize {
+        self.rxq.rst_len()
     }
 
     /// The earliest deadline, for the device's timer.
@@ -244,7 +243,7 @@ impl VsockMuxer {
                 &mut self.guest_throttle,
                 "virtio-vsock: RST queue full",
                 &format_args!(
-                    "no RST for guest port {} to host port {}",
+                    "dropped the RST for guest port {} to host port {}",
                     h.src_port, h.dst_port
                 ),
             );

@@ -2,9 +2,11 @@
 //! send, and RSTs that belong to no connection.
 //!
 //! Each connection is queued at most once (its pending packets are flags on
-//! the connection), so this queue is bounded by the connection cap; the RST
-//! queue has its own small bound. Taking turns in FIFO order keeps one busy
-//! connection from starving the others.
+//! the connection), so this queue is bounded by the connection cap. Stray
+//! RSTs are queued once per `(local, peer)` pair and at most
+//! [`MAX_PENDING_RSTS`] of them: past that they are dropped, never waited
+//! for (see [`MuxerRxQ::push_rst`]). Taking turns in FIFO order keeps one
+//! busy connection from starving the others.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -19,6 +21,7 @@ pub struct MuxerRxQ {
     conns: VecDeque<ConnKey>,
     queued: HashSet<ConnKey>,
     rsts: VecDeque<ConnKey>,
+    rsts_queued: HashSet<ConnKey>,
 }
 
 impl MuxerRxQ {
@@ -41,25 +44,37 @@ impl MuxerRxQ {
         Some(key)
     }
 
-    /// Queues a RST for a connection the muxer does not know; returns false
-    /// (and queues nothing) when the RST queue is full.
+    /// Queues a RST for a connection the muxer does not know, unless one for
+    /// the same pair is queued already. Returns false, and queues nothing,
+    /// when the RST queue is full: the RST is dropped.
+    ///
+    /// Dropping is deliberate. These RSTs can only leave through the guest's
+    /// rx buffers, and Linux's driver stops handing out rx buffers while its
+    /// own replies wait for the tx queue; waiting for room here (holding the
+    /// tx queue) is a circular wait that freezes every connection. A lost
+    /// RST costs only its guest socket a timeout.
     pub fn push_rst(&mut self, key: ConnKey) -> bool {
+        if self.rsts_queued.contains(&key) {
+            return true;
+        }
         if self.rsts.len() >= MAX_PENDING_RSTS {
             return false;
         }
+        self.rsts_queued.insert(key);
         self.rsts.push_back(key);
         true
     }
 
     /// The next stray RST.
     pub fn pop_rst(&mut self) -> Option<ConnKey> {
-        self.rsts.pop_front()
+        let key = self.rsts.pop_front()?;
+        self.rsts_queued.remove(&key);
+        Some(key)
     }
 
-    /// Whether the RST queue is full (the device then leaves the guest's tx
-    /// queue alone until RSTs went out).
-    pub fn rsts_full(&self) -> bool {
-        self.rsts.len() >= MAX_PENDING_RSTS
+    /// Stray RSTs queued.
+    pub fn rst_len(&self) -> usize {
+        self.rsts.len()
     }
 
     /// Whether anything is queued (connections may turn out to have
@@ -78,6 +93,7 @@ impl MuxerRxQ {
         self.conns.clear();
         self.queued.clear();
         self.rsts.clear();
+        self.rsts_queued.clear();
     }
 }
 
@@ -101,16 +117,20 @@ mod tests {
     }
 
     #[test]
-    fn stray_rsts_are_bounded() {
+    fn stray_rsts_are_bounded_and_queued_once_per_pair() {
         let mut q = MuxerRxQ::new();
         for i in 0..MAX_PENDING_RSTS as u32 {
             assert!(q.push_rst((i, i)));
+            assert!(q.push_rst((i, i)), "a duplicate is not a drop");
         }
-        assert!(q.rsts_full());
-        assert!(!q.push_rst((9999, 9999)));
+        assert_eq!(q.rst_len(), MAX_PENDING_RSTS);
+        assert!(!q.push_rst((9999, 9999)), "dropped when full");
+        assert_eq!(q.rst_len(), MAX_PENDING_RSTS);
         assert_eq!(q.pop_rst(), Some((0, 0)));
-        assert!(!q.rsts_full());
+        assert!(q.push_rst((0, 0)), "popped pairs may be queued again");
+        assert!(!q.push_rst((9999, 9999)));
         q.clear();
         assert!(q.is_empty());
+        assert!(q.push_rst((1, 1)));
     }
 }
