@@ -7,6 +7,7 @@
 //! running, and the next mvmd re-attaches to them ([`manager::Manager::recover`]).
 
 pub mod db;
+pub mod exec;
 pub mod http;
 pub mod loghub;
 pub mod manager;
@@ -28,6 +29,8 @@ pub struct Daemon {
     pub manager: Arc<manager::Manager>,
     /// Running as the emulated KVM host's daemon ("machine" mode).
     pub machine: bool,
+    /// Exec sessions.
+    pub execs: exec::Execs,
 }
 
 /// How mvmd is configured (flags of `mvmd`).
@@ -172,6 +175,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let daemon = Arc::new(Daemon {
         manager,
         machine: cfg.machine,
+        execs: exec::Execs::default(),
     });
     let router = http::router(daemon.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -149,6 +149,10 @@ pub struct Manager {
 /// How long to wait for a VMM to end after SIGTERM or SIGKILL.
 const VMM_GRACE: Duration = Duration::from_secs(10);
 
+/// How long stop and kill look for the guest agent before falling back to
+/// signalling the VMM.
+const AGENT_CONNECT: Duration = Duration::from_secs(2);
+
 impl Manager {
     /// A manager over `rt` and `db` (call [`Manager::recover`] next).
     pub fn new(rt: Runtime, db: Db) -> Arc<Self> {
@@ -508,13 +512,14 @@ impl Manager {
     }
 
     async fn stop_locked(self: &Arc<Self>, e: &Arc<Entry>, timeout: Option<u64>) -> Result<()> {
-        let (status, vmm, exits, stop_timeout) = {
+        let (status, vmm, exits, stop_timeout, stop_signal) = {
             let r = e.row();
             (
                 r.state.status,
                 r.internal.vmm,
                 r.internal.exits,
                 r.spec.process.stop_timeout,
+                r.spec.process.stop_signal.clone(),
             )
         };
         if status == Status::Restarting {
@@ -533,9 +538,29 @@ impl Manager {
             r.internal.manual_stop = true;
         })?;
         let timeout = Duration::from_secs(timeout.unwrap_or(stop_timeout));
-        // Without the guest agent the stop signal cannot reach the
-        // workload: SIGTERM makes the VMM end the guest at once.
-        let _ = vmm.signal(libc::SIGTERM);
+        // The guest agent sends the stop signal to the workload, waits
+        // the timeout, SIGKILLs it, and the guest powers off. Without an
+        // agent (still booting, or an init without one) SIGTERM makes the
+        // VMM end the guest at once.
+        let sig = signal::parse(&stop_signal).unwrap_or(libc::SIGTERM);
+        match self.rt.agent(&e.id, AGENT_CONNECT).await {
+            Ok(mut c) => {
+                tokio::spawn(async move {
+                    if let Err(er) = c.shutdown(sig, timeout).await {
+                        tracing::debug!("agent shutdown: {er}");
+                    }
+                });
+                if self.wait_exit(e, exits, timeout + VMM_GRACE).await {
+                    return Ok(());
+                }
+                tracing::warn!(sandbox = %e.id, "the guest did not power off after the agent's shutdown; sending SIGTERM to the VMM");
+                let _ = vmm.signal(libc::SIGTERM);
+            }
+            Err(er) => {
+                tracing::debug!(sandbox = %e.id, "no guest agent ({er}); sending SIGTERM to the VMM");
+                let _ = vmm.signal(libc::SIGTERM);
+            }
+        }
         if self.wait_exit(e, exits, VMM_GRACE.max(timeout)).await {
             return Ok(());
         }
@@ -575,6 +600,21 @@ impl Manager {
         let Some(vmm) = vmm else {
             return Err(internal("the sandbox is running but has no VMM on record"));
         };
+        if n != libc::SIGKILL {
+            // The workload gets the signal through the guest agent, as
+            // `docker kill -s` delivers it to the container's process.
+            match self.rt.agent(&e.id, AGENT_CONNECT).await {
+                Ok(mut c) => {
+                    return c
+                        .signal(mvm_protocol::agent::Target::Main, n)
+                        .await
+                        .map_err(|er| err(ErrorCode::InvalidState, er.to_string()));
+                }
+                Err(er) => {
+                    tracing::debug!(sandbox = %e.id, "no guest agent ({er}); the VMM gets the signal");
+                }
+            }
+        }
         let vmm_signal = match n {
             libc::SIGKILL => libc::SIGKILL,
             // Without the guest agent these end the microVM (the workload

@@ -31,6 +31,8 @@ def op(summary, params=(), body=None, responses=None, tag="sandboxes"):
 jreq = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}
 tar = {"required": True, "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}
 AGENT = "Needs the guest agent; answers invalid_state (409) until sandboxes have it."
+VIA_AGENT = "Served by the guest agent over vsock; invalid_state (409) when the sandbox is not running or its agent does not answer."
+EXEC_ID = {"name": "exec_id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "Exec session id"}
 
 paths = {
  "/_ping": {"get": op("Liveness: answers OK (no token needed on the Unix socket)", tag="system",
@@ -70,11 +72,26 @@ paths = {
      responses={"200": {"description": "Text", "content": {"text/plain": {"schema": {"type": "string"}}}}, **errs(404)})},
  "/v1/sandboxes/{id}/attach": {"post": op("Upgrade (Upgrade: mvm-stream) to the main process's streams. " + AGENT,
      [ID, q("stdin", "boolean"), q("logs", "boolean")], responses={"101": {"description": "Switching protocols"}, **errs(404, 409)})},
- "/v1/sandboxes/{id}/exec": {"post": op("Create an exec session. " + AGENT, [ID], responses={**errs(404, 409)})},
+ "/v1/sandboxes/{id}/exec": {"post": op("Create an exec session in a running sandbox (start it with /v1/exec/{exec_id}/start). " + VIA_AGENT,
+     [ID], body=jreq(ref("ExecCreateRequest")), responses={"201": jbody(ref("ExecCreateResponse"), "Created"), **errs(404, 409)})},
+ "/v1/exec/{exec_id}": {"get": op("Inspect an exec session: running, pid, exit code", [EXEC_ID], tag="exec",
+     responses={"200": jbody(ref("ExecInfo")), **errs(404)})},
+ "/v1/exec/{exec_id}/start": {"post": op("Start an exec session (once). Needs Connection: Upgrade and Upgrade: mvm-stream; "
+     "then agent-protocol frames: STDIN, STDIN_EOF and CONTROL resize/signal from the client; STDOUT, STDERR and a final "
+     "CONTROL exited {exit_code|signal} to it. A program that cannot start gives a STDERR message and exit 127/126/125.",
+     [EXEC_ID], tag="exec", responses={"101": {"description": "Switching protocols"}, **errs(404, 409)})},
+ "/v1/exec/{exec_id}/resize": {"post": op("Set the terminal size of a running tty exec", [EXEC_ID,
+     q("h", "integer", "rows", required=True), q("w", "integer", "columns", required=True)], tag="exec",
+     responses={"204": NO, **errs(404, 409)})},
  "/v1/sandboxes/{id}/archive": {
-   "get": op("Tar of a path in the sandbox. " + AGENT, [ID, q("path", required=True)], responses={**errs(404, 409)}),
-   "put": op("Extract a tar into a directory. " + AGENT, [ID, q("path", required=True)], body=tar, responses={**errs(404, 409)})},
- "/v1/sandboxes/{id}/stats": {"get": op("Resource usage. " + AGENT, [ID, q("stream", "boolean")], responses={**errs(404, 409)})},
+   "get": op("Tar of a path in the sandbox (path/. : its contents), as docker cp. " + VIA_AGENT, [ID, q("path", required=True)],
+       responses={"200": {"description": "Tar stream", "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
+       **errs(404, 409)}),
+   "put": op("Extract a tar into an existing directory (paths resolved beneath it). " + VIA_AGENT, [ID, q("path", required=True)],
+       body=tar, responses={"204": NO, **errs(404, 409)})},
+ "/v1/sandboxes/{id}/stats": {"get": op("Resource usage of the workload, read in the guest. " + VIA_AGENT,
+     [ID, q("stream", "boolean", "NDJSON, one Stats a second, until the sandbox stops")],
+     responses={"200": jbody(ref("Stats")), **errs(404, 409)})},
  "/v1/sandboxes/{id}/top": {"get": op("Processes in the guest. " + AGENT, [ID], responses={**errs(404, 409)})},
  "/v1/images": {
    "get": op("List images", tag="images", responses={"200": jbody({"type": "array", "items": ref("ImageSummary")})}),
@@ -102,6 +119,14 @@ paths = {
      tag="images", responses={"200": jbody({"type": "object"}), **errs(401, 502)})},
  "/v1/auth/logout": {"post": op("Forget registry credentials", body=jreq(ref("LogoutRequest")), tag="images",
      responses={"204": NO})},
+ "/v1/build": {"post": op("Build an image from a Dockerfile; RUN steps run in microVMs",
+     [q("t", desc="NAME[:TAG]; repeatable; untagged when absent", array=True),
+      q("dockerfile", desc="path of the Dockerfile inside the context (default Dockerfile)"),
+      q("buildargs", desc="JSON object of build args"),
+      q("labels", desc="JSON object of labels for the image"),
+      q("target", desc="stage to build"),
+      q("nocache", "boolean", "do not use the build cache")], body=tar, tag="images",
+     responses={"200": NDJSON(ref("Progress"), "Progress: status lines in BuildKit's plain format; the last line is result ({id, digest, tags, steps, cached}) or error")})},
 }
 
 S = lambda **p: {"type": "object", "properties": p}
@@ -148,6 +173,13 @@ schemas = {
  "LoginRequest": {**S(server=st, username=st, password=st, insecure=b), "required": ["server", "username", "password"]},
  "LogoutRequest": S(server=st),
  "ImageSummary": S(repo_tags=arr(st), repo_digests=arr(st), id=st, digest=st, created=nul(st), size=i),
+ "ExecCreateRequest": {**S(cmd=arr(st), env=arr(st), working_dir=nul(st), user=nul(st), tty=b, stdin=b, rows=i, cols=i),
+     "required": ["cmd"], "additionalProperties": False},
+ "ExecCreateResponse": S(id=st),
+ "ExecInfo": S(id=st, sandbox_id=st, config=ref("ExecCreateRequest"), running=b, pid=nul(i), exit_code=nul(i)),
+ "Stats": S(read=st, cpu_usage_usec=nul(i), cpu_user_usec=nul(i), cpu_system_usec=nul(i), system_cpu_usec=i,
+     online_cpus=i, memory_usage_bytes=nul(i), memory_limit_bytes=nul(i), memory_cache_bytes=nul(i), pids=nul(i),
+     block_read_bytes=i, block_write_bytes=i, net_rx_bytes=i, net_tx_bytes=i),
 }
 doc = {
  "openapi": "3.0.3",

@@ -100,6 +100,11 @@ pub fn exit_info(status: Option<&StatusFile>, intent: Intent, oom: bool) -> Exit
         if intent == Intent::Kill {
             info.exit_code = 128 + SIGKILL;
             info.reason = ExitReason::Killed;
+        } else if intent == Intent::Stop {
+            // mvmd's SIGTERM reached the VMM before it could record
+            // anything (e.g. still setting up), or the grace ran out.
+            info.exit_code = 128 + SIGTERM;
+            info.reason = ExitReason::Stopped;
         } else {
             info.error = Some(
                 "the VMM process ended without writing its status file (killed from outside, e.g. SIGKILL or the OOM killer of the host); see vmm.log".into(),

@@ -110,7 +110,10 @@ pub fn write_launch_files(
         ],
         console: serde_json::json!({ "file": paths.console }),
         status_file: paths.status.clone(),
-        vsock: agent.then(|| Vsock {
+        // Always present: exec, copy, stats, stop signals and kill -s go
+        // through the guest agent even when the workload's output stays
+        // on the console.
+        vsock: Some(Vsock {
             guest_cid: 3,
             uds_path: paths.vsock.clone(),
         }),

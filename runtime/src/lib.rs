@@ -210,6 +210,18 @@ impl Runtime {
         self.cfg.layout.sandbox(id)
     }
 
+    /// A connection to the guest agent of running sandbox `id`, through
+    /// its VMM's vsock socket; retried until `timeout` (the guest may
+    /// still be booting).
+    pub async fn agent(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<mvm_protocol::agent::client::AgentClient, mvm_protocol::agent::client::ClientError>
+    {
+        mvm_protocol::agent::client::AgentClient::connect(self.paths(id).vsock, timeout).await
+    }
+
     /// Resolve the request against its image and the host, and make the
     /// sandbox's disks. On failure nothing is left behind.
     pub fn create(

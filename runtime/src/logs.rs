@@ -249,7 +249,7 @@ impl ConsoleLines {
         };
         let rest = self.pending.split_off(last_nl + 1);
         let done = std::mem::replace(&mut self.pending, rest);
-        strip_cr(&done)
+        drop_kernel_lines(strip_cr(&done))
     }
 
     /// Whatever partial line is left (at the end of a run).
@@ -257,6 +257,24 @@ impl ConsoleLines {
         let done = std::mem::take(&mut self.pending);
         strip_cr(&done)
     }
+}
+
+/// The kernel's own last words (printed even with `quiet`): not the
+/// workload's output.
+const KERNEL_LINES: [&[u8]; 2] = [b"reboot: Restarting system\n", b"reboot: Power down\n"];
+
+fn drop_kernel_lines(data: Vec<u8>) -> Vec<u8> {
+    if !KERNEL_LINES
+        .iter()
+        .any(|l| data.windows(l.len()).any(|w| w == *l))
+    {
+        return data;
+    }
+    data.split_inclusive(|b| *b == b'\n')
+        .filter(|l| !KERNEL_LINES.contains(l))
+        .flatten()
+        .copied()
+        .collect()
 }
 
 fn strip_cr(data: &[u8]) -> Vec<u8> {
@@ -276,6 +294,19 @@ fn strip_cr(data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_reboot_line_is_not_workload_output() {
+        let mut c = ConsoleLines::default();
+        assert_eq!(
+            c.feed(b"a\r\nreboot: Restarting system\r\nb\n"),
+            b"a\nb\n".to_vec()
+        );
+        assert_eq!(
+            c.feed(b"reboot: Restarting systemd\n"),
+            b"reboot: Restarting systemd\n".to_vec()
+        );
+    }
 
     #[test]
     fn lines_are_split_and_read_back() {

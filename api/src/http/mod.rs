@@ -1,5 +1,6 @@
 //! The REST API (docs/api.md): routes, JSON errors, query parsing, auth.
 
+mod agent;
 mod images;
 mod sandboxes;
 mod system;
@@ -219,12 +220,15 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/sandboxes/{id}/logs", get(sandboxes::logs))
         .route("/v1/sandboxes/{id}/console", get(sandboxes::console))
         .route("/v1/sandboxes/{id}/attach", post(sandboxes::needs_agent))
-        .route("/v1/sandboxes/{id}/exec", post(sandboxes::needs_agent))
+        .route("/v1/sandboxes/{id}/exec", post(agent::exec_create))
+        .route("/v1/exec/{exec_id}", get(agent::exec_inspect))
+        .route("/v1/exec/{exec_id}/start", post(agent::exec_start))
+        .route("/v1/exec/{exec_id}/resize", post(agent::exec_resize))
         .route(
             "/v1/sandboxes/{id}/archive",
-            get(sandboxes::needs_agent).put(sandboxes::needs_agent),
+            get(agent::archive_get).put(agent::archive_put),
         )
-        .route("/v1/sandboxes/{id}/stats", get(sandboxes::needs_agent))
+        .route("/v1/sandboxes/{id}/stats", get(agent::stats))
         .route("/v1/sandboxes/{id}/top", get(sandboxes::needs_agent))
         .route("/v1/images", get(images::list).delete(images::remove))
         .route("/v1/images/inspect", get(images::inspect))

@@ -101,7 +101,7 @@ pub async fn needs_agent(State(d): D, Path(id): Path<String>) -> ApiResult<Respo
     d.manager.get(&id)?;
     Err(Error::new(
         ErrorCode::InvalidState,
-        "this operation needs the guest agent (vsock), which this mvmd's sandboxes do not have yet",
+        "not available yet: the main process's output goes to the console log (GET /v1/sandboxes/{id}/logs?follow=true); run interactive processes with exec",
     ))
 }
 

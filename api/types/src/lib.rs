@@ -8,6 +8,7 @@
 //! compatibility layer planned later.
 
 pub mod error;
+pub mod exec;
 pub mod images;
 pub mod logs;
 pub mod sandbox;
