@@ -238,7 +238,12 @@ impl ConsoleFilter {
 fn emit(line: &[u8], out: &mut dyn FnMut(&str)) {
     let s = String::from_utf8_lossy(line);
     let s = s.trim_end_matches('\r');
-    if is_kernel_line(s) || (s.starts_with("mvm-init: ") && !s.starts_with("mvm-init: error")) {
+    // The kernel's last words on the way down come without a timestamp.
+    let kernel_exit = s == "reboot: Restarting system" || s == "reboot: Power down";
+    if kernel_exit
+        || is_kernel_line(s)
+        || (s.starts_with("mvm-init: ") && !s.starts_with("mvm-init: error"))
+    {
         return;
     }
     out(s);
@@ -454,7 +459,7 @@ mod tests {
         };
         let mut lines = Vec::new();
         f.feed(
-            b"[    0.123] Linux version\nhello\r\nmvm-init: workload exited\nmvm-init: error: x\n[not a ts] y\npart",
+            b"[    0.123] Linux version\nreboot: Restarting system\nhello\r\nmvm-init: workload exited\nmvm-init: error: x\n[not a ts] y\npart",
             &mut |l| lines.push(l.to_string()),
         );
         f.feed(b"ial", &mut |l| lines.push(l.to_string()));
