@@ -37,7 +37,17 @@ for line in sys.stdin:
 }
 
 echo "e2e: building test binaries" >&2
-mapfile -t bins < <(test_binaries -p mvm-e2e)
+mapfile -t all_bins < <(test_binaries -p mvm-e2e)
+# tests/machine.rs boots the emulated KVM host itself (`mvctl machine`):
+# it runs on this host, after the suite, never inside the emulated host.
+bins=()
+machine_bins=()
+for b in "${all_bins[@]}"; do
+  case "$(basename "$b")" in
+    machine-*) machine_bins+=("$b") ;;
+    *) bins+=("$b") ;;
+  esac
+done
 # The VMM's own boot tests (busybox initramfs, no init) are #[ignore]d in
 # plain `cargo test` because they need KVM; here they run.
 mapfile -t vmm_bins < <(test_binaries -p mvm-vmm --test boot)
@@ -65,10 +75,24 @@ trap 'rm -f "$job"' EXIT
 chmod +x "$job"
 
 mode=$(resources/testhost/run --check 2>/dev/null || true)
+status=0
 if [ "$mode" = hardware ]; then
   echo "e2e: hardware KVM here; running natively" >&2
-  exec "$job"
+  "$job" || status=$?
+else
+  echo "e2e: no hardware KVM here ($mode); running inside the emulated KVM host" >&2
+  resources/testhost/run --timeout "${MVM_E2E_TIMEOUT:-2400}" \
+    --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env RUST_BACKTRACE -- "$job" || status=$?
 fi
-echo "e2e: no hardware KVM here ($mode); running inside the emulated KVM host" >&2
-exec resources/testhost/run --timeout "${MVM_E2E_TIMEOUT:-2400}" \
-  --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env RUST_BACKTRACE -- "$job"
+
+if [ ${#machine_bins[@]} -gt 0 ]; then
+  # The machine test drives the real mvctl, which starts the real mvmd.
+  release=()
+  [ "$profile_dir" = release ] && release=(--release)
+  cargo build "${release[@]}" -p mvctl -p mvmd >&2 || exit 1
+  for b in "${machine_bins[@]}"; do
+    echo "=== $(basename "$b") (on this host: it boots the emulated KVM host itself)" >&2
+    "$b" --test-threads=1 ${filter:+"$filter"} || status=1
+  done
+fi
+exit "$status"

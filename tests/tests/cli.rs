@@ -1,0 +1,1042 @@
+//! End-to-end tests of the `mvctl` command line: the real binary against a
+//! real `mvmd` that boots real microVMs on real KVM.
+//!
+//! Run with `tests/run-e2e.sh cli` (inside the emulated KVM host on
+//! machines without hardware KVM). Every test is in the `cli` module so
+//! that filter selects exactly these.
+//!
+//! One daemon serves the whole suite (state in a temp dir, socket passed
+//! with `-H`), except the auto-start test, which needs none to run. The
+//! suite imports a busybox image (`mvctl import`) and loads a second one
+//! with image defaults (ENV, WORKDIR, CMD, labels) from a docker-archive
+//! it writes itself (`mvctl load`).
+
+mod cli {
+    use std::fs;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::CommandExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+
+    /// The busybox image made by `mvctl import`.
+    const BUSYBOX: &str = "e2e/busybox:1";
+    /// The image with defaults made by `mvctl load`.
+    const DEFAULTS: &str = "e2e/defaults:1";
+    /// Longest any single mvctl call may take (boots under nested
+    /// emulation are slow; a hang must still fail the test).
+    const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+    /// A finished mvctl call.
+    #[derive(Debug)]
+    struct Out {
+        code: i32,
+        stdout: String,
+        stderr: String,
+    }
+
+    impl Out {
+        fn ok(self) -> Out {
+            assert_eq!(self.code, 0, "mvctl failed: {self:#?}");
+            self
+        }
+        fn failed(self) -> Out {
+            assert_eq!(
+                self.code, 125,
+                "expected mvctl's error status 125: {self:#?}"
+            );
+            assert!(
+                self.stderr.contains("mvctl: error: "),
+                "no error message: {self:#?}"
+            );
+            self
+        }
+    }
+
+    /// A binary next to the test binary's directory (`target/debug/`),
+    /// built by `make build`.
+    fn binary(name: &str) -> PathBuf {
+        let env = format!("MVM_{}", name.to_uppercase());
+        if let Some(p) = std::env::var_os(&env) {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let p = dir.join(name);
+        assert!(
+            p.is_file(),
+            "{} is missing: run `make build` first (or set {env})",
+            p.display()
+        );
+        p
+    }
+
+    /// The shared daemon and the images.
+    struct Suite {
+        dir: tempfile::TempDir,
+        host: String,
+        busybox_id: String,
+    }
+
+    fn suite() -> &'static Suite {
+        static S: OnceLock<Suite> = OnceLock::new();
+        S.get_or_init(|| {
+            mvm_e2e::require_hardware_kvm();
+            for v in ["MVM_KERNEL", "MVM_INIT", "MVM_VMM"] {
+                assert!(
+                    std::env::var_os(v).is_some(),
+                    "{v} is not set: run tests/run-e2e.sh"
+                );
+            }
+            let dir = tempfile::Builder::new()
+                .prefix("mvctl-e2e-")
+                .tempdir()
+                .unwrap();
+            let run = dir.path().join("run");
+            let root = dir.path().join("root");
+            let socket = run.join("mvmd.sock");
+            start_daemon(&root, &run, &dir.path().join("mvmd.log"));
+            wait_for_socket(&socket, &dir.path().join("mvmd.log"));
+            let host = format!("unix://{}", socket.display());
+            let mut s = Suite {
+                dir,
+                host,
+                busybox_id: String::new(),
+            };
+            s.busybox_id = make_images(&s);
+            s
+        })
+    }
+
+    /// Start mvmd from a thread that lives as long as the process, so that
+    /// PR_SET_PDEATHSIG (which fires when the forking *thread* ends) takes
+    /// the daemon down with the test process, not with the first test.
+    fn start_daemon(root: &Path, run: &Path, log: &Path) {
+        let (tx, rx) = mpsc::channel();
+        let (root, run, log) = (root.to_path_buf(), run.to_path_buf(), log.to_path_buf());
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(binary("mvmd"));
+            cmd.arg("--root").arg(&root).arg("--run-dir").arg(&run);
+            cmd.stdin(Stdio::null())
+                .stdout(fs::File::create(&log).unwrap())
+                .stderr(fs::File::create(&log).unwrap());
+            // SAFETY: prctl in the child before exec; async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().expect("spawn mvmd");
+            tx.send(child.id()).unwrap();
+            let _keep: Child = child;
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("mvmd started");
+    }
+
+    fn ping(socket: &Path) -> bool {
+        let Ok(mut s) = UnixStream::connect(socket) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"GET /_ping HTTP/1.1\r\nHost: mvmd\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.1 200")
+    }
+
+    fn wait_for_socket(socket: &Path, log: &Path) {
+        let t = Instant::now();
+        while !ping(socket) {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "mvmd did not answer at {} within 60 s; its log:\n{}",
+                socket.display(),
+                fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Run a command with a deadline, collecting its output.
+    fn run_cmd(mut cmd: Command, input: Option<&[u8]>) -> Out {
+        cmd.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn mvctl");
+        if let Some(data) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            });
+        }
+        let mut so = child.stdout.take().unwrap();
+        let mut se = child.stderr.take().unwrap();
+        let t_out = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = so.read_to_end(&mut s);
+            s
+        });
+        let t_err = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = se.read_to_end(&mut s);
+            s
+        });
+        let started = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if started.elapsed() > CALL_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{cmd:?} did not finish within {CALL_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = String::from_utf8_lossy(&t_out.join().unwrap()).into_owned();
+        let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
+        Out {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// `mvctl ARGS` against the suite's daemon.
+    fn mvctl(args: &[&str]) -> Out {
+        let s = suite();
+        let mut cmd = Command::new(binary("mvctl"));
+        cmd.args(args).env("MVM_HOST", &s.host);
+        run_cmd(cmd, None)
+    }
+
+    /// `mvctl ARGS` with `input` on stdin.
+    fn mvctl_stdin(args: &[&str], input: &[u8]) -> Out {
+        let s = suite();
+        let mut cmd = Command::new(binary("mvctl"));
+        cmd.args(args).env("MVM_HOST", &s.host);
+        run_cmd(cmd, Some(input))
+    }
+
+    fn sh(cmd: &str) -> String {
+        let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Import the busybox tree and load the image with defaults; returns
+    /// the busybox image id.
+    fn make_images(s: &Suite) -> String {
+        let d = s.dir.path();
+        let tree = d.join("tree");
+        mvm_e2e::rootfs::busybox_tree(&tree).expect("busybox tree");
+        let rootfs = d.join("rootfs.tar");
+        sh(&format!(
+            "tar --numeric-owner --owner=0 --group=0 -C '{}' -cf '{}' .",
+            tree.display(),
+            rootfs.display()
+        ));
+        let mut cmd = Command::new(binary("mvctl"));
+        cmd.args(["import", rootfs.to_str().unwrap(), BUSYBOX])
+            .env("MVM_HOST", &s.host);
+        let out = run_cmd(cmd, None).ok();
+        let id = out.stdout.trim().to_string();
+        assert!(
+            id.starts_with("sha256:") && id.len() == 71,
+            "import prints the image id: {out:?}"
+        );
+
+        // A docker-archive with image defaults, as `docker save` writes it.
+        let arch = d.join("archive");
+        fs::create_dir_all(&arch).unwrap();
+        fs::copy(&rootfs, arch.join("layer.tar")).unwrap();
+        let diff_id = sh(&format!("sha256sum '{}'", arch.join("layer.tar").display()));
+        let diff_id = diff_id.split_whitespace().next().unwrap();
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "2024-01-01T00:00:00Z",
+            "config": {
+                "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "IMG_VAR=from-image"],
+                "Cmd": ["echo", "default-cmd"],
+                "WorkingDir": "/etc",
+                "Labels": {"origin": "image"}
+            },
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]}
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        fs::write(arch.join("config.json"), &config).unwrap();
+        let manifest = serde_json::json!([{
+            "Config": "config.json",
+            "RepoTags": [DEFAULTS],
+            "Layers": ["layer.tar"]
+        }]);
+        fs::write(
+            arch.join("manifest.json"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        let tarball = d.join("defaults.tar");
+        sh(&format!(
+            "tar -C '{}' -cf '{}' manifest.json config.json layer.tar",
+            arch.display(),
+            tarball.display()
+        ));
+        let mut cmd = Command::new(binary("mvctl"));
+        cmd.args(["load", "-i", tarball.to_str().unwrap()])
+            .env("MVM_HOST", &s.host);
+        let out = run_cmd(cmd, None).ok();
+        assert!(
+            out.stdout.contains("Loaded image: ") && out.stdout.contains("e2e/defaults:1"),
+            "{out:?}"
+        );
+        id
+    }
+
+    /// A name unique to this test run.
+    fn unique(prefix: &str) -> String {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{prefix}-{}-{n}", std::process::id())
+    }
+
+    /// `ps -a --format json` rows.
+    fn ps_all() -> Vec<Value> {
+        let out = mvctl(&["ps", "-a", "--format", "json"]).ok();
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    }
+
+    fn inspect(id: &str) -> Value {
+        let out = mvctl(&["inspect", "--type", "sandbox", id]).ok();
+        let v: Value = serde_json::from_str(&out.stdout).expect("inspect prints JSON");
+        v[0].clone()
+    }
+
+    fn status_of(id: &str) -> String {
+        inspect(id)["state"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    #[test]
+    fn run_foreground_streams_output_and_exit_codes() {
+        let out = mvctl(&[
+            "run",
+            "--rm",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; exit 3",
+        ]);
+        assert_eq!(out.code, 3, "{out:?}");
+        assert!(out.stdout.starts_with("to-stdout\n"), "{out:?}");
+        // Without the guest agent's output path the console carries both
+        // streams (docs/architecture.md), so stderr may arrive on stdout;
+        // it must arrive, after stdout's line.
+        assert!(
+            out.stderr.contains("to-stderr\n") || out.stdout == "to-stdout\nto-stderr\n",
+            "{out:?}"
+        );
+
+        let out = mvctl(&["run", "--rm", BUSYBOX, "true"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        // A workload killed by a signal exits 128+N, as in Docker.
+        let out = mvctl(&["run", "--rm", BUSYBOX, "sh", "-c", "kill -9 $$"]);
+        assert_eq!(out.code, 137, "{out:?}");
+        let out = mvctl(&["run", "--rm", BUSYBOX, "sh", "-c", "kill -TERM $$"]);
+        assert_eq!(out.code, 143, "{out:?}");
+        // A command that does not exist: Docker's 127, with a message.
+        let out = mvctl(&["run", "--rm", BUSYBOX, "/no/such/binary"]);
+        assert_eq!(out.code, 127, "{out:?}");
+    }
+
+    #[test]
+    fn run_detached_and_the_lifecycle_commands() {
+        let name = unique("life");
+        let out = mvctl(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-l",
+            "suite=life",
+            BUSYBOX,
+            "sleep",
+            "600",
+        ])
+        .ok();
+        let id = out.stdout.trim().to_string();
+        assert!(
+            id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "run -d prints the id: {out:?}"
+        );
+        assert_eq!(status_of(&name), "running");
+
+        // ps: table, -q, json, filters.
+        let table = mvctl(&["ps"]).ok().stdout;
+        let header = table.lines().next().unwrap();
+        for col in [
+            "SANDBOX ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "NAMES",
+        ] {
+            assert!(header.contains(col), "{table}");
+        }
+        let row = table
+            .lines()
+            .find(|l| l.ends_with(&name))
+            .unwrap_or_else(|| panic!("{name} in\n{table}"));
+        assert!(row.starts_with(&id[..12]), "{row}");
+        assert!(
+            row.contains("\"sleep 600\"") && row.contains("Up "),
+            "{row}"
+        );
+        let q = mvctl(&["ps", "-q", "--filter", "label=suite=life"])
+            .ok()
+            .stdout;
+        assert!(q.lines().any(|l| l == &id[..12]), "{q}");
+        let rows = ps_all();
+        let me = rows
+            .iter()
+            .find(|r| r["name"] == name.as_str())
+            .expect("in ps --format json");
+        assert_eq!(me["id"], id.as_str());
+        assert_eq!(me["status"], "running");
+
+        // inspect by name, id and prefix agree.
+        let by_name = inspect(&name);
+        assert_eq!(by_name["id"], id.as_str());
+        assert_eq!(inspect(&id[..10])["name"], name.as_str());
+        assert_eq!(by_name["config"]["labels"]["suite"], "life");
+
+        // stop: the stop signal ends sleep (143), or the timeout kills.
+        mvctl(&["stop", "-t", "2", &name]).ok();
+        assert_eq!(status_of(&name), "exited");
+        let code = mvctl(&["wait", &name]).ok().stdout;
+        assert!(code.trim() == "143" || code.trim() == "137", "{code}");
+        let row = mvctl(&["ps", "-a"]).ok().stdout;
+        let row = row
+            .lines()
+            .find(|l| l.ends_with(&name))
+            .unwrap()
+            .to_string();
+        assert!(row.contains("Exited ("), "{row}");
+        assert!(
+            !mvctl(&["ps"]).ok().stdout.contains(&name),
+            "ps without -a shows running ones only"
+        );
+
+        // start again, restart, kill.
+        assert_eq!(mvctl(&["start", &name]).ok().stdout.trim(), name);
+        assert_eq!(status_of(&name), "running");
+        mvctl(&["restart", "-t", "1", &name]).ok();
+        assert_eq!(status_of(&name), "running");
+        mvctl(&["kill", "-s", "KILL", &name]).ok();
+        assert_eq!(mvctl(&["wait", &name]).ok().stdout.trim(), "137");
+
+        // rm refuses a running sandbox without -f.
+        mvctl(&["start", &name]).ok();
+        let out = mvctl(&["rm", &name]).failed();
+        assert!(out.stderr.to_lowercase().contains("running"), "{out:?}");
+        mvctl(&["rm", "-f", &name]).ok();
+        assert!(!ps_all().iter().any(|r| r["name"] == name.as_str()));
+        let out = mvctl(&["inspect", &name]).failed();
+        assert!(
+            out.stderr.contains(&name),
+            "says what was not found: {out:?}"
+        );
+    }
+
+    #[test]
+    fn overrides_and_image_defaults() {
+        // The image's CMD, ENV and WORKDIR apply by default.
+        let out = mvctl(&["run", "--rm", DEFAULTS]).ok();
+        assert_eq!(out.stdout, "default-cmd\n");
+        let probe = "echo $IMG_VAR; pwd; id -u; hostname; echo ${FROM_HOST:-unset}; echo ${FILE_VAR:-unset}";
+        let out = mvctl(&["run", "--rm", DEFAULTS, "sh", "-c", probe]).ok();
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(lines[..3], ["from-image", "/etc", "0"], "{out:?}");
+        assert_eq!(lines[4..], ["unset", "unset"], "{out:?}");
+
+        // Every override.
+        let envf = suite().dir.path().join(format!("{}.env", unique("env")));
+        fs::write(
+            &envf,
+            "# an env file\nFILE_VAR=from-file\n\nIMG_VAR=from-file-too\n",
+        )
+        .unwrap();
+        let mut cmd = Command::new(binary("mvctl"));
+        cmd.env("MVM_HOST", &suite().host)
+            .env("FROM_HOST", "host-value")
+            .args([
+                "run",
+                "--rm",
+                "--env-file",
+                envf.to_str().unwrap(),
+                "-e",
+                "IMG_VAR=overridden",
+                "-e",
+                "FROM_HOST",
+                "-w",
+                "/tmp",
+                "-u",
+                "1000",
+                "--hostname",
+                "box-1",
+                DEFAULTS,
+                "sh",
+                "-c",
+                probe,
+            ]);
+        let out = run_cmd(cmd, None).ok();
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "overridden",
+                "/tmp",
+                "1000",
+                "box-1",
+                "host-value",
+                "from-file"
+            ],
+            "{out:?}"
+        );
+
+        // -u by name, from the image's /etc/passwd.
+        let out = mvctl(&["run", "--rm", "-u", "user", BUSYBOX, "id", "-un"]).ok();
+        assert_eq!(out.stdout.trim(), "user");
+
+        // --entrypoint replaces the image's, CMD args follow it.
+        let out = mvctl(&[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/bin/echo",
+            DEFAULTS,
+            "from",
+            "entrypoint",
+        ])
+        .ok();
+        assert_eq!(out.stdout, "from entrypoint\n");
+        let out = mvctl(&[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "",
+            DEFAULTS,
+            "echo",
+            "no-entrypoint",
+        ])
+        .ok();
+        assert_eq!(out.stdout, "no-entrypoint\n");
+
+        // Resources land in the host config.
+        let name = unique("res");
+        mvctl(&[
+            "create",
+            "--name",
+            &name,
+            "--cpus",
+            "1.5",
+            "-m",
+            "96m",
+            "--restart",
+            "on-failure:2",
+            BUSYBOX,
+            "true",
+        ])
+        .ok();
+        let v = inspect(&name);
+        assert_eq!(v["host_config"]["memory_mib"], 96);
+        assert_eq!(v["host_config"]["cpus"], 1.5);
+        assert_eq!(v["host_config"]["restart_policy"]["name"], "on-failure");
+        assert_eq!(v["state"]["status"], "created");
+        mvctl(&["rm", &name]).ok();
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let name = unique("dup");
+        let out = mvctl(&["create", "--name", &name, BUSYBOX, "true"]).ok();
+        let first = out.stdout.trim().to_string();
+        let out = mvctl(&["create", "--name", &name, BUSYBOX, "true"]).failed();
+        assert!(out.stderr.contains(&name), "names the conflict: {out:?}");
+        let same: Vec<_> = ps_all()
+            .into_iter()
+            .filter(|r| r["name"] == name.as_str())
+            .collect();
+        assert_eq!(same.len(), 1);
+        assert_eq!(same[0]["id"], first.as_str());
+        mvctl(&["rm", &name]).ok();
+    }
+
+    #[test]
+    fn bad_input_fails_clearly_and_leaves_nothing() {
+        // Every `run` case carries the label `suite=bad`, so that what it
+        // might leave behind is found even while other tests run.
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "run",
+                    "--pull",
+                    "never",
+                    "--label",
+                    "suite=bad",
+                    "e2e/no-such-image:1",
+                    "true",
+                ],
+                "no-such-image",
+            ),
+            (
+                &["run", "--label", "suite=bad", "e2e/no-such-image:1", "true"],
+                "no-such-image",
+            ),
+            (
+                &["run", "-l", "suite=bad", "--memory", "0", BUSYBOX, "true"],
+                "too small",
+            ),
+            (
+                &[
+                    "run",
+                    "-l",
+                    "suite=bad",
+                    "--memory",
+                    "100t",
+                    BUSYBOX,
+                    "true",
+                ],
+                "too large",
+            ),
+            (
+                &[
+                    "run",
+                    "-l",
+                    "suite=bad",
+                    "--memory",
+                    "lots",
+                    BUSYBOX,
+                    "true",
+                ],
+                "invalid memory size",
+            ),
+            (
+                &["run", "-l", "suite=bad", "--cpus", "0", BUSYBOX, "true"],
+                "--cpus",
+            ),
+            (
+                &["run", "-l", "suite=bad", "--bogus-flag", BUSYBOX, "true"],
+                "--bogus-flag",
+            ),
+            (
+                &[
+                    "run",
+                    "-l",
+                    "suite=bad",
+                    "--restart",
+                    "sometimes",
+                    BUSYBOX,
+                    "true",
+                ],
+                "restart policy",
+            ),
+            (
+                &[
+                    "run",
+                    "-l",
+                    "suite=bad",
+                    "--rm",
+                    "--restart",
+                    "always",
+                    BUSYBOX,
+                    "true",
+                ],
+                "--restart and --rm",
+            ),
+            (
+                &["run", "-l", "suite=bad", "-w", "relative", BUSYBOX, "true"],
+                "absolute",
+            ),
+            (
+                &[
+                    "run",
+                    "-l",
+                    "suite=bad",
+                    "--env-file",
+                    "/no/such/file.env",
+                    BUSYBOX,
+                    "true",
+                ],
+                "/no/such/file.env",
+            ),
+            (&["kill", "-s", "NOSIG", "x"], "invalid signal"),
+            (&["logs", "--since", "whenever", "x"], "invalid time"),
+            (&["stop", "no-such-sandbox-xyz"], "no-such-sandbox-xyz"),
+        ];
+        for (args, needle) in cases {
+            let out = mvctl(args).failed();
+            assert!(
+                out.stderr.contains(needle),
+                "{args:?}: expected {needle:?} in {out:?}"
+            );
+        }
+        assert!(mvctl(&["ps", "-a", "-q", "--filter", "label=suite=bad"])
+            .ok()
+            .stdout
+            .is_empty());
+    }
+
+    #[test]
+    fn rm_flag_removes_on_exit() {
+        let name = unique("rm");
+        let out = mvctl(&[
+            "run", "--rm", "--name", &name, BUSYBOX, "sh", "-c", "exit 4",
+        ]);
+        assert_eq!(out.code, 4, "{out:?}");
+        mvctl(&["inspect", &name]).failed();
+
+        let name = unique("rmd");
+        mvctl(&[
+            "run", "-d", "--rm", "--name", &name, BUSYBOX, "sh", "-c", "sleep 1",
+        ])
+        .ok();
+        wait_until(
+            "the --rm sandbox to go away",
+            Duration::from_secs(120),
+            || !ps_all().iter().any(|r| r["name"] == name.as_str()),
+        );
+    }
+
+    #[test]
+    fn logs_options_and_follow() {
+        let name = unique("logs");
+        mvctl(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            BUSYBOX,
+            "sh",
+            "-c",
+            "echo line1; echo err1 >&2; sleep 2; echo line2; sleep 1; echo line3",
+        ])
+        .ok();
+        // -f ends when the sandbox stops, with everything in order.
+        // Without the guest agent's output path the console carries both
+        // streams (docs/architecture.md): err1 is on stderr, or in order
+        // on stdout.
+        let all = |out: &Out| {
+            if out.stderr == "err1\n" {
+                assert_eq!(out.stdout, "line1\nline2\nline3\n", "{out:?}");
+                "line1\nline2\nline3\n"
+            } else {
+                assert_eq!(out.stdout, "line1\nerr1\nline2\nline3\n", "{out:?}");
+                "line1\nerr1\nline2\nline3\n"
+            }
+        };
+        let out = mvctl(&["logs", "-f", &name]).ok();
+        let expected = all(&out);
+        assert_eq!(status_of(&name), "exited");
+
+        let out = mvctl(&["logs", "--tail", "1", &name]).ok();
+        assert_eq!(out.stdout, "line3\n", "{out:?}");
+        let out = mvctl(&["logs", "-n", "all", &name]).ok();
+        assert_eq!(out.stdout, expected);
+        let out = mvctl(&["logs", "--since", "1h", &name]).ok();
+        assert_eq!(out.stdout, expected);
+        let future = (chrono_like_now() + 3600).to_string();
+        let out = mvctl(&["logs", "--since", &future, &name]).ok();
+        assert_eq!(out.stdout, "", "nothing after a future --since");
+        let out = mvctl(&["logs", "--until", "1h", &name]).ok();
+        assert_eq!(out.stdout, "", "nothing before an hour ago");
+        let out = mvctl(&["logs", "-t", &name]).ok();
+        for l in out.stdout.lines() {
+            let (ts, text) = l.split_once(' ').unwrap();
+            assert!(
+                ts.len() >= 20 && ts.ends_with('Z') && ts.contains('T'),
+                "RFC 3339 prefix: {l}"
+            );
+            assert!(text.starts_with("line") || text == "err1", "{l}");
+        }
+        mvctl(&["rm", &name]).ok();
+    }
+
+    fn chrono_like_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    #[ignore = "fails against the current mvmd: the workload's trap output after SIGINT does not arrive (kill -s over the API, daemon side pending)"]
+    fn ctrl_c_is_forwarded_as_sigint() {
+        let s = suite();
+        let spawn = |script: &str| {
+            let mut cmd = Command::new(binary("mvctl"));
+            cmd.env("MVM_HOST", &s.host)
+                .args(["run", "--rm", BUSYBOX, "sh", "-c", script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let first = lines.next().expect("output").unwrap();
+            assert_eq!(first, "ready");
+            (child, lines)
+        };
+        let finish = |mut child: Child| {
+            let t = Instant::now();
+            loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    return st.code().unwrap_or(-1);
+                }
+                assert!(
+                    t.elapsed() < CALL_TIMEOUT,
+                    "mvctl did not end after the interrupt"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        // One Ctrl-C: the workload's trap runs.
+        let (child, mut lines) =
+            spawn("trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.2; done");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let code = finish(child);
+        assert_eq!(lines.next().map(Result::unwrap).as_deref(), Some("got-int"));
+        assert_eq!(code, 7);
+        // A workload that ignores SIGINT: the second Ctrl-C within a second kills it.
+        let (child, _lines) = spawn("trap '' INT; echo ready; sleep 600");
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        assert_eq!(finish(child), 137);
+    }
+
+    #[test]
+    fn system_info_and_version() {
+        let out = mvctl(&["system", "info"]).ok();
+        // Hardware KVM, or nested KVM inside the emulated KVM host (which
+        // mvmd reports as machine mode).
+        assert!(
+            out.stdout.contains(" KVM: hardware") || out.stdout.contains(" KVM: machine"),
+            "{out:?}"
+        );
+        assert!(out.stdout.contains(" Mode: "), "{out:?}");
+        assert!(
+            out.stdout.contains(&suite().host),
+            "shows the endpoint: {out:?}"
+        );
+        let v: Value =
+            serde_json::from_str(&mvctl(&["info", "--format", "json"]).ok().stdout).unwrap();
+        assert!(
+            v["server"]["kvm_mode"] == "hardware" || v["server"]["kvm_mode"] == "machine",
+            "{v}"
+        );
+        assert!(v["server"]["images"].as_u64().unwrap() >= 2);
+        let out = mvctl(&["version"]).ok();
+        assert!(
+            out.stdout.contains("Client:") && out.stdout.contains("Server:"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn image_commands() {
+        let s = suite();
+        // images: table and json.
+        let table = mvctl(&["images"]).ok().stdout;
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("e2e/busybox "))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(row.contains("   1   "), "tag column: {row}");
+        assert!(row.contains(&s.busybox_id[7..19]), "short id in {row}");
+        let json: Vec<Value> = mvctl(&["images", "--format", "json"])
+            .ok()
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(json.iter().any(|i| i["id"] == s.busybox_id.as_str()));
+
+        // tag, inspect, save, rmi, load round trip.
+        let copy = format!("e2e/{}:2", unique("copy"));
+        mvctl(&["tag", BUSYBOX, &copy]).ok();
+        let v: Value =
+            serde_json::from_str(&mvctl(&["image", "inspect", &copy]).ok().stdout).unwrap();
+        assert_eq!(v[0]["id"], s.busybox_id.as_str());
+        let saved = s.dir.path().join(format!("{}.tar", unique("saved")));
+        mvctl(&["save", "-o", saved.to_str().unwrap(), &copy]).ok();
+        let listing = sh(&format!("tar -tf '{}'", saved.display()));
+        assert!(
+            listing.lines().any(|l| l == "manifest.json"),
+            "docker-archive: {listing}"
+        );
+        mvctl(&["rmi", &copy]).ok();
+        mvctl(&["image", "inspect", &copy]).failed();
+        let out = mvctl(&["load", "-i", saved.to_str().unwrap()]).ok();
+        assert!(
+            out.stdout.contains(copy.split(':').next().unwrap()),
+            "{out:?}"
+        );
+        let v: Value =
+            serde_json::from_str(&mvctl(&["image", "inspect", &copy]).ok().stdout).unwrap();
+        assert_eq!(
+            v[0]["id"],
+            s.busybox_id.as_str(),
+            "the round trip keeps the image id"
+        );
+
+        // OCI format, loaded from stdin.
+        let oci = s.dir.path().join(format!("{}.tar", unique("oci")));
+        mvctl(&[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            oci.to_str().unwrap(),
+            &copy,
+        ])
+        .ok();
+        let listing = sh(&format!("tar -tf '{}'", oci.display()));
+        assert!(
+            listing
+                .lines()
+                .any(|l| l == "oci-layout" || l == "index.json"),
+            "OCI layout: {listing}"
+        );
+        mvctl(&["rmi", &copy]).ok();
+        let out = mvctl_stdin(&["load"], &fs::read(&oci).unwrap()).ok();
+        assert!(out.stdout.contains("Loaded image"), "{out:?}");
+        mvctl(&["rmi", &copy]).ok();
+
+        // rmi refuses an image a sandbox uses, unless forced.
+        let tiny = s.dir.path().join(unique("tiny"));
+        fs::create_dir_all(tiny.join("etc")).unwrap();
+        fs::write(tiny.join("etc/marker"), unique("content")).unwrap();
+        let tiny_tar = tiny.with_extension("tar");
+        sh(&format!(
+            "tar -C '{}' -cf '{}' .",
+            tiny.display(),
+            tiny_tar.display()
+        ));
+        let used = format!("e2e/{}:1", unique("used"));
+        mvctl(&["import", tiny_tar.to_str().unwrap(), &used]).ok();
+        let name = unique("user");
+        mvctl(&["create", "--pull", "never", "--name", &name, &used, "true"]).ok();
+        let out = mvctl(&["rmi", &used]).failed();
+        assert!(
+            out.stderr.contains("use"),
+            "says the image is in use: {out:?}"
+        );
+        mvctl(&["image", "inspect", &used]).ok();
+        mvctl(&["rmi", "-f", &used]).ok();
+        mvctl(&["image", "inspect", &used]).failed();
+        mvctl(&["rm", &name]).ok();
+
+        // A broken tarball is refused with a clear message.
+        let junk = s.dir.path().join("junk.tar");
+        fs::write(&junk, b"this is not a tarball").unwrap();
+        let out = mvctl(&["load", "-i", junk.to_str().unwrap()]).failed();
+        assert!(out.stderr.len() > "mvctl: error: ".len() + 10, "{out:?}");
+        mvctl(&["load", "-i", "/no/such.tar"]).failed();
+
+        // prune answers and leaves used images alone.
+        let out = mvctl(&["image", "prune", "-f"]).ok();
+        assert!(out.stdout.contains("Total reclaimed space"), "{out:?}");
+        mvctl(&["image", "inspect", BUSYBOX]).ok();
+        mvctl(&["image", "inspect", DEFAULTS]).ok();
+    }
+
+    #[test]
+    fn auto_start_when_no_daemon_runs() {
+        suite(); // the artifacts and KVM are checked there
+        let dir = tempfile::Builder::new()
+            .prefix("mvctl-autostart-")
+            .tempdir()
+            .unwrap();
+        let run = dir.path().join("run");
+        let root = dir.path().join("root");
+        let call = || {
+            let mut cmd = Command::new(binary("mvctl"));
+            cmd.args(["ps", "-a"])
+                .env_remove("MVM_HOST")
+                .env("MVM_RUN_DIR", &run)
+                .env("MVM_ROOT", &root);
+            run_cmd(cmd, None).ok()
+        };
+        let out = call();
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("mvctl: started mvmd (pid "))
+            .unwrap_or_else(|| panic!("says it started mvmd: {out:?}"));
+        let pid: i32 = line["mvctl: started mvmd (pid ".len()..]
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            line.contains(&root.join("mvmd.log").display().to_string()),
+            "names the log: {line}"
+        );
+        assert!(out.stdout.starts_with("SANDBOX ID"), "{out:?}");
+        assert!(run.join("mvmd.sock").exists());
+        // Running now: the next call says nothing about starting.
+        let out = call();
+        assert!(!out.stderr.contains("started mvmd"), "{out:?}");
+        // SAFETY: kill(2) on the daemon this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        wait_until(
+            "the auto-started mvmd to stop",
+            Duration::from_secs(60),
+            || {
+                fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+                    .unwrap_or(true)
+            },
+        );
+    }
+}
