@@ -122,7 +122,12 @@ impl Artifacts {
         }
         fs::create_dir_all(dir).map_err(err(dir))?;
         let archive = mvm_protocol::initramfs::init_archive(&bin).map_err(err(&path))?;
-        let tmp = dir.join(format!(".{}.{}.tmp", &hash[..16], std::process::id()));
+        // Unique per call: parallel first starts in one mvmd build it at
+        // the same time (the same name made one's rename remove the
+        // other's file).
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{}.{}.{seq}.tmp", &hash[..16], std::process::id()));
         let r = (|| {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(&archive)?;
