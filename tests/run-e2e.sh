@@ -37,6 +37,11 @@ for line in sys.stdin:
 }
 
 echo "e2e: building test binaries" >&2
+# Build with diagnostics shown and a failure fatal: test_binaries only lists
+# what was built, so a test file that fails to compile would otherwise
+# silently drop out of the suite.
+cargo test -p mvm-e2e --no-run >&2 || { echo "e2e: the test binaries did not build" >&2; exit 1; }
+cargo test -p mvm-vmm --test boot --no-run >&2 || { echo "e2e: mvm-vmm's boot tests did not build" >&2; exit 1; }
 mapfile -t all_bins < <(test_binaries -p mvm-e2e)
 # tests/machine.rs boots the emulated KVM host itself (`mvctl machine`):
 # it runs on this host, after the suite, never inside the emulated host.
