@@ -5,7 +5,7 @@ PREFIX ?= /usr/local
 CARGO ?= cargo
 INIT_TARGET := x86_64-unknown-linux-gnu
 INIT_BIN := target/$(INIT_TARGET)/release/mvm-init
-BINARIES := mvm-vmm
+BINARIES := mvm-vmm mvmd mvctl
 
 .PHONY: all deps kernel init build build-release unit e2e lint test demo install bench clean
 
@@ -46,10 +46,15 @@ demo: deps kernel build
 bench: deps kernel build-release
 	MVM_PROFILE_DIR=release tests/run-bench.sh
 
-install: build-release
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/mvm
+# Binaries to bin/; to lib/mvm/: the guest kernel and init (where mvmd looks
+# by default) and the emulated-host scripts (machine mode).
+install: kernel build-release
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/mvm/testhost
 	install -m 0755 $(addprefix target/release/,$(BINARIES)) $(DESTDIR)$(PREFIX)/bin/
 	install -m 0755 $(INIT_BIN) $(DESTDIR)$(PREFIX)/lib/mvm/mvm-init
+	install -m 0644 "$$(resources/kernel/build.sh --print-path)" $(DESTDIR)$(PREFIX)/lib/mvm/vmlinux
+	install -m 0755 resources/testhost/run resources/testhost/init resources/testhost/build-initramfs.sh \
+		resources/testhost/kvm-mode resources/testhost/machine-l1 $(DESTDIR)$(PREFIX)/lib/mvm/testhost/
 
 clean:
 	$(CARGO) clean
