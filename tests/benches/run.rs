@@ -1,0 +1,274 @@
+//! Sandbox start benchmark: `mvctl run --rm busybox true` end to end, as a
+//! user types it, against a real `mvmd` on real KVM. Prints a table; not a
+//! timed test.
+//!
+//! Measured:
+//! - sequential runs (`MVM_BENCH_RUNS`, default 20) and parallel ones
+//!   (`MVM_BENCH_PARALLEL`, default 10): p50/p95 of each `mvctl` call, and
+//!   starts per second for the parallel batch;
+//! - a breakdown over `MVM_BENCH_BREAKDOWN` runs (default 5) split into the
+//!   steps a run is made of: `mvctl version` (the CLI plus one API round
+//!   trip), `create` (API + disk preparation: root disk lookup, scratch disk,
+//!   launch archive), `start -a` (VMM start, boot, the workload, power-off),
+//!   of which boot to init is the VMM's own `boot_time_us`, and `rm`
+//!   (teardown);
+//! - `mvmd`'s RSS when idle, and the host memory of one running sandbox's
+//!   VMM (its own RssAnon+RssFile, and the guest memory it touched, which is
+//!   the memfd's RssShmem).
+//!
+//! Every call is checked (exit status 0); a benchmark of failures would be
+//! worthless. QEMU's direct boot of the same kernel and disk is measured by
+//! the `boot` benchmark in the same `make bench` run: compare this table's
+//! p50 with its "spawn to VMM exit".
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The image this benchmark imports.
+const IMAGE: &str = "bench/busybox:1";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `mvmd` and `mvctl` sit next to `mvm-vmm` (one cargo target dir).
+fn binary(name: &str) -> PathBuf {
+    let vmm = std::env::var_os("MVM_VMM").expect("MVM_VMM is not set: run tests/run-bench.sh");
+    let p = Path::new(&vmm).with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make build-release`",
+        p.display()
+    );
+    p
+}
+
+struct Daemon {
+    child: Child,
+    host: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon() -> Daemon {
+    let dir = tempfile::Builder::new()
+        .prefix("mvm-bench-run-")
+        .tempdir()
+        .unwrap();
+    let (root, run) = (dir.path().join("root"), dir.path().join("run"));
+    let log = dir.path().join("mvmd.log");
+    let child = Command::new(binary("mvmd"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--run-dir")
+        .arg(&run)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn mvmd");
+    let socket = run.join("mvmd.sock");
+    let t = Instant::now();
+    while UnixStream::connect(&socket).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "mvmd did not listen within 60 s; log:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon {
+        child,
+        host: format!("unix://{}", socket.display()),
+        dir,
+    }
+}
+
+/// Run mvctl; panics with its output unless it exits 0. Returns stdout and
+/// the call's wall time.
+fn mvctl(d: &Daemon, args: &[&str]) -> (String, Duration) {
+    let t = Instant::now();
+    let out = Command::new(binary("mvctl"))
+        .args(args)
+        .env("MVM_HOST", &d.host)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn mvctl");
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "mvctl {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (String::from_utf8_lossy(&out.stdout).into_owned(), took)
+}
+
+fn import_busybox(d: &Daemon) {
+    let tree = d.dir.path().join("tree");
+    mvm_e2e::rootfs::busybox_tree(&tree).expect("busybox tree");
+    let tar = d.dir.path().join("rootfs.tar");
+    let st = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar failed");
+    mvctl(d, &["import", tar.to_str().unwrap(), IMAGE]);
+}
+
+/// A `/proc/PID/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The q-quantile (nearest rank) of `v` in ms.
+fn pct(v: &[Duration], q: f64) -> f64 {
+    let mut v: Vec<f64> = v.iter().map(|d| ms(*d)).collect();
+    v.sort_by(f64::total_cmp);
+    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+fn row(what: &str, v: &[Duration]) {
+    println!(
+        "| {what} | {} | {:.0} | {:.0} |",
+        v.len(),
+        pct(v, 0.5),
+        pct(v, 0.95)
+    );
+}
+
+fn inspect(d: &Daemon, id: &str) -> serde_json::Value {
+    let (out, _) = mvctl(d, &["inspect", id]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect prints JSON");
+    v[0].clone()
+}
+
+fn main() {
+    mvm_e2e::require_hardware_kvm();
+    let runs = env_usize("MVM_BENCH_RUNS", 20);
+    let parallel = env_usize("MVM_BENCH_PARALLEL", 10);
+    let breakdown = env_usize("MVM_BENCH_BREAKDOWN", 5);
+
+    let d = start_daemon();
+    import_busybox(&d);
+    // Warm-up: converts the image to its root disk and caches the init
+    // archive, as the first run after an import does.
+    let (_, first) = mvctl(&d, &["run", "--rm", IMAGE, "true"]);
+    let idle_rss = status_kib(d.child.id(), "VmRSS");
+
+    let seq: Vec<Duration> = (0..runs)
+        .map(|_| mvctl(&d, &["run", "--rm", IMAGE, "true"]).1)
+        .collect();
+
+    let t = Instant::now();
+    let par: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..parallel)
+            .map(|_| s.spawn(|| mvctl(&d, &["run", "--rm", IMAGE, "true"]).1))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let par_wall = t.elapsed();
+
+    let (mut api, mut create, mut start, mut boot, mut rm) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..breakdown {
+        api.push(mvctl(&d, &["version"]).1);
+        let (id, took) = mvctl(&d, &["create", IMAGE, "true"]);
+        create.push(took);
+        let id = id.trim().to_string();
+        start.push(mvctl(&d, &["start", "-a", &id]).1);
+        let info = inspect(&d, &id);
+        if let Some(p) = info["paths"]["status"].as_str() {
+            let st: serde_json::Value =
+                serde_json::from_slice(&fs::read(p).unwrap_or_default()).unwrap_or_default();
+            if let Some(us) = st["boot_time_us"].as_u64() {
+                boot.push(Duration::from_micros(us));
+            }
+        }
+        rm.push(mvctl(&d, &["rm", &id]).1);
+    }
+
+    // One running sandbox: its VMM's host memory.
+    let (id, _) = mvctl(&d, &["run", "-d", IMAGE, "sleep", "600"]);
+    let id = id.trim().to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let vmm = inspect(&d, &id)["state"]["pid"].as_u64().map(|p| p as u32);
+    let (own, guest) = match vmm {
+        Some(p) => (
+            status_kib(p, "RssAnon") + status_kib(p, "RssFile"),
+            status_kib(p, "RssShmem"),
+        ),
+        None => (0, 0),
+    };
+    mvctl(&d, &["rm", "-f", &id]);
+
+    println!("## mvctl run --rm busybox true (mvctl -> mvmd -> mvm-vmm, real KVM)");
+    println!();
+    println!("| what | n | p50 ms | p95 ms |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| first run after import (root disk conversion) | 1 | {:.0} | - |",
+        ms(first)
+    );
+    row("sequential `run --rm true`", &seq);
+    row(
+        &format!("parallel `run --rm true` ({parallel} at once)"),
+        &par,
+    );
+    row("breakdown: `version` (CLI + API round trip)", &api);
+    row("breakdown: `create` (API + disk preparation)", &create);
+    row(
+        "breakdown: `start -a` (VMM start, boot, workload, power-off)",
+        &start,
+    );
+    if !boot.is_empty() {
+        row(
+            "breakdown: of which boot to init (VMM's boot_time_us)",
+            &boot,
+        );
+    }
+    row("breakdown: `rm` (teardown)", &rm);
+    println!();
+    println!("| figure | value |");
+    println!("| --- | --- |");
+    println!(
+        "| starts per second ({parallel} parallel, {:.1} s wall) | {:.2} |",
+        par_wall.as_secs_f64(),
+        parallel as f64 / par_wall.as_secs_f64()
+    );
+    println!("| mvmd idle RSS | {:.1} MiB |", idle_rss as f64 / 1024.0);
+    println!(
+        "| one sandbox's VMM overhead (RssAnon+RssFile) | {:.1} MiB |",
+        own as f64 / 1024.0
+    );
+    println!(
+        "| its guest memory touched (RssShmem) | {:.1} MiB |",
+        guest as f64 / 1024.0
+    );
+}
