@@ -92,6 +92,10 @@ pub enum Command {
     Save(SaveArgs),
     /// Make an image from a root filesystem tarball
     Import(ImportArgs),
+    /// Run a command in a running sandbox
+    Exec(crate::commands::exec::ExecArgs),
+    /// Build an image from a Dockerfile (RUN steps run in microVMs)
+    Build(crate::commands::build::BuildArgs),
     /// Store credentials for a registry
     Login(LoginArgs),
     /// Forget the credentials for a registry

@@ -723,6 +723,81 @@ mod cli {
             .is_empty());
     }
 
+    /// `mvctl build`: FROM the imported busybox, a RUN step in a microVM,
+    /// COPY from the context (minus what `.dockerignore` excludes) and CMD;
+    /// the built image then runs.
+    #[test]
+    fn build_from_a_dockerfile_and_run_the_image() {
+        let s = suite();
+        let ctx = s.dir.path().join(unique("build-ctx"));
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(ctx.join("hello.txt"), "hello-from-context\n").unwrap();
+        fs::write(ctx.join("secret.txt"), "must-not-be-sent\n").unwrap();
+        fs::write(ctx.join(".dockerignore"), "secret.txt\n").unwrap();
+        fs::write(
+            ctx.join("Dockerfile"),
+            format!(
+                "FROM {BUSYBOX}\n\
+                 RUN echo built-by-run > /built.txt\n\
+                 COPY hello.txt /hello.txt\n\
+                 COPY . /ctx/\n\
+                 CMD [\"sh\", \"-c\", \"cat /built.txt /hello.txt; ls -a /ctx\"]\n"
+            ),
+        )
+        .unwrap();
+        let tag = format!("e2e/built:{}", std::process::id());
+        let out = mvctl(&[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            &tag,
+            ctx.to_str().unwrap(),
+        ])
+        .ok();
+        assert!(out.stderr.contains("Successfully tagged"), "{out:?}");
+        let out = mvctl(&["run", "--rm", &tag]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            out.stdout.contains("built-by-run\nhello-from-context\n"),
+            "{out:?}"
+        );
+        assert!(out.stdout.contains("hello.txt"), "{out:?}");
+        assert!(!out.stdout.contains("secret.txt"), ".dockerignore: {out:?}");
+        mvctl(&["rmi", &tag]).ok();
+    }
+
+    /// `mvctl exec` in a running sandbox: output, exit status, stdin.
+    #[test]
+    fn exec_in_a_running_sandbox() {
+        let name = unique("exec");
+        mvctl(&["run", "-d", "--name", &name, BUSYBOX, "sleep", "600"]).ok();
+        // The guest agent answers once the guest has booted.
+        wait_until("the guest agent", Duration::from_secs(120), || {
+            mvctl(&["exec", &name, "true"]).code == 0
+        });
+        let out = mvctl(&["exec", &name, "sh", "-c", "echo hi; echo err >&2; exit 3"]);
+        assert_eq!(out.code, 3, "{out:?}");
+        assert_eq!(out.stdout, "hi\n", "{out:?}");
+        assert!(out.stderr.contains("err\n"), "{out:?}");
+        let out = mvctl_stdin(&["exec", "-i", &name, "cat"], b"piped-in\n");
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(out.stdout, "piped-in\n", "{out:?}");
+        let out = mvctl(&[
+            "exec",
+            "-w",
+            "/etc",
+            "-e",
+            "X=y",
+            &name,
+            "sh",
+            "-c",
+            "echo $PWD $X",
+        ]);
+        assert_eq!(out.stdout, "/etc y\n", "{out:?}");
+        mvctl(&["rm", "-f", &name]).ok();
+    }
+
     #[test]
     fn rm_flag_removes_on_exit() {
         let name = unique("rm");

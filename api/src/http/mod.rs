@@ -1,6 +1,7 @@
 //! The REST API (docs/api.md): routes, JSON errors, query parsing, auth.
 
 mod agent;
+mod build;
 mod images;
 mod sandboxes;
 mod system;
@@ -239,6 +240,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/images/import", post(images::import))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/push", post(images::push))
+        .route("/v1/build", post(build::build))
         .route("/v1/auth/login", post(images::login))
         .route("/v1/auth/logout", post(images::logout))
         .fallback(|req: Request| async move {

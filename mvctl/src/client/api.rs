@@ -3,6 +3,7 @@
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::Method;
+use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, ExecInfo};
 use mvm_api::images::{
     ImageSummary, LoginRequest, LogoutRequest, Progress, TagRequest, TransferRequest,
 };
@@ -238,6 +239,50 @@ impl Client {
             .send(Method::POST, &q.build(), tarball, Some("application/x-tar"))
             .await?;
         self.answer(resp, "POST /v1/images/import").await
+    }
+
+    /// `POST /v1/build?...` with the build context tarball; `path` is
+    /// the path with its query.
+    pub async fn build_image(&self, path: &str, context: Body) -> Result<Answer> {
+        let resp = self
+            .send(Method::POST, path, context, Some("application/x-tar"))
+            .await?;
+        self.answer(resp, "POST /v1/build").await
+    }
+
+    /// `POST /v1/sandboxes/{id}/exec`: the new exec session's id.
+    pub async fn exec_create(&self, id: &str, req: &ExecCreateRequest) -> Result<String> {
+        let r: ExecCreateResponse = self
+            .json(Method::POST, &format!("{}/exec", sandbox(id)), Some(req))
+            .await?;
+        Ok(r.id)
+    }
+
+    /// `POST /v1/exec/{exec_id}/start`: the upgraded frame stream.
+    pub async fn exec_start(&self, exec_id: &str) -> Result<super::Upgraded> {
+        self.upgrade(
+            Method::POST,
+            &format!("/v1/exec/{}/start", encode_segment(exec_id)),
+        )
+        .await
+    }
+
+    /// `POST /v1/exec/{exec_id}/resize?h=&w=`.
+    pub async fn exec_resize(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()> {
+        let q = Query::new(format!("/v1/exec/{}/resize", encode_segment(exec_id)))
+            .push("h", rows.to_string())
+            .push("w", cols.to_string());
+        self.call::<()>(Method::POST, &q.build(), None).await
+    }
+
+    /// `GET /v1/exec/{exec_id}`.
+    pub async fn exec_inspect(&self, exec_id: &str) -> Result<ExecInfo> {
+        self.json::<(), _>(
+            Method::GET,
+            &format!("/v1/exec/{}", encode_segment(exec_id)),
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/auth/login`.

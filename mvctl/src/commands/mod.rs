@@ -1,6 +1,8 @@
 //! What each command does. Commands validate their input first, then
 //! connect (which may start mvmd), then make their requests.
 
+pub mod build;
+pub mod exec;
 pub mod images;
 pub mod logs;
 mod progress;
@@ -181,6 +183,8 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
         | Command::Image {
             command: ImageCommand::Import(a),
         } => images::import(ctx, a).await,
+        Command::Exec(a) => exec::exec(ctx, a).await,
+        Command::Build(a) => build::build(ctx, a).await,
         Command::Login(a) => images::login(ctx, a).await,
         Command::Logout(a) => images::logout(ctx, a).await,
         Command::Machine { .. } | Command::Completion { .. } => Err(CmdError::Invalid(

@@ -1,0 +1,134 @@
+//! `POST /v1/build`: build an image from a Dockerfile (`mvm-build`).
+//!
+//! The body is the build context as a tarball (plain, gzip or zstd),
+//! unpacked with the store's hardened unpacker. Query parameters: `t`
+//! (repeatable tag), `dockerfile` (path inside the context, default
+//! `Dockerfile`), `buildargs` and `labels` (JSON objects of strings),
+//! `target`, `nocache`. The answer is the NDJSON progress stream every
+//! long image operation uses: `status` lines in BuildKit's plain format
+//! (`#3 [2/4] RUN ...`, `#3 CACHED`, `#3 DONE 1.2s`, RUN output), then
+//! `result` (`{"id", "digest", "tags", "steps", "cached"}`) or `error`.
+//! RUN steps boot microVMs from `MVM_KERNEL`, `MVM_INIT` and `MVM_VMM`,
+//! like sandboxes.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use mvm_api::images::Progress;
+use mvm_api::ErrorCode;
+use mvm_build::context::Context;
+use mvm_build::progress::{format_plain, Event};
+use mvm_build::vm::{Executor, VmmExecutor};
+use mvm_build::{BuildError, BuildOptions, Builder};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::{ApiResult, Error, Query};
+use crate::Daemon;
+
+type D = State<Arc<Daemon>>;
+
+/// A JSON object of strings from a query parameter.
+fn string_map(q: &Query, key: &str) -> ApiResult<BTreeMap<String, String>> {
+    match q.get(key).filter(|v| !v.is_empty()) {
+        None => Ok(BTreeMap::new()),
+        Some(v) => serde_json::from_str(v).map_err(|e| {
+            Error::new(
+                ErrorCode::BadRequest,
+                format!("query parameter {key} must be a JSON object of strings: {e}"),
+            )
+        }),
+    }
+}
+
+fn options(q: &Query) -> ApiResult<BuildOptions> {
+    Ok(BuildOptions {
+        dockerfile: q
+            .get("dockerfile")
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+        build_args: string_map(q, "buildargs")?,
+        labels: string_map(q, "labels")?,
+        target: q
+            .get("target")
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+        tags: q.all("t"),
+        no_cache: q.flag("nocache", false)?,
+        ..Default::default()
+    })
+}
+
+fn code_of(e: &BuildError) -> ErrorCode {
+    match e {
+        BuildError::Store(s) => super::images::store_code(s),
+        BuildError::Io { .. } => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    }
+}
+
+pub async fn build(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
+    let opts = options(&q)?;
+    let store = d.manager.runtime().store().clone();
+    let stream = body.into_data_stream().map_err(io::Error::other);
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(64);
+    let line = |p: &Progress| {
+        let mut v = serde_json::to_vec(p).unwrap_or_default();
+        v.push(b'\n');
+        Ok(Bytes::from(v))
+    };
+    tokio::task::spawn_blocking(move || {
+        let send = |p: Progress| {
+            let _ = tx.blocking_send(line(&p));
+        };
+        let tmp = store.root().join("tmp");
+        let result = (|| -> Result<serde_json::Value, (ErrorCode, String)> {
+            let ctx = Context::from_tar(reader, &tmp)
+                .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+            // Without the VM artifacts, builds without RUN still work and
+            // a RUN step says what is missing.
+            let exec = VmmExecutor::from_env(store.clone(), &tmp.join("build-vm")).ok();
+            let progress = |e: &Event| {
+                let text = format_plain(e);
+                for l in text.lines() {
+                    send(Progress::Status {
+                        message: l.to_string(),
+                    });
+                }
+            };
+            let builder = Builder::new(
+                store.clone(),
+                exec.as_ref().map(|e| e as &dyn Executor),
+                &progress,
+            )
+            .map_err(|e| (code_of(&e), e.to_string()))?;
+            let r = builder
+                .build(&ctx, &opts)
+                .map_err(|e| (code_of(&e), e.to_string()))?;
+            Ok(serde_json::json!({
+                "id": r.id.to_string(),
+                "digest": r.digest.to_string(),
+                "tags": r.tags,
+                "steps": r.steps,
+                "cached": r.cached,
+            }))
+        })();
+        send(match result {
+            Ok(value) => Progress::Result { value },
+            Err((code, message)) => Progress::Error { code, message },
+        });
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
