@@ -94,6 +94,10 @@ pub enum Command {
     Import(ImportArgs),
     /// Run a command in a running sandbox
     Exec(crate::commands::exec::ExecArgs),
+    /// Live resource usage of sandboxes
+    Stats(crate::commands::stats::StatsArgs),
+    /// Copy files between a sandbox and the local filesystem
+    Cp(crate::commands::cp::CpArgs),
     /// Build an image from a Dockerfile (RUN steps run in microVMs)
     Build(crate::commands::build::BuildArgs),
     /// Store credentials for a registry

@@ -3,7 +3,7 @@
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::Method;
-use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, ExecInfo};
+use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, ExecInfo, Stats};
 use mvm_api::images::{
     ImageSummary, LoginRequest, LogoutRequest, Progress, TagRequest, TransferRequest,
 };
@@ -283,6 +283,38 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `GET /v1/sandboxes/{id}/stats?stream=false`.
+    pub async fn stats(&self, id: &str) -> Result<Stats> {
+        let q = Query::new(format!("{}/stats", sandbox(id))).flag("stream", false);
+        self.json::<(), _>(Method::GET, &q.build(), None).await
+    }
+
+    /// `GET /v1/sandboxes/{id}/archive?path=`: a tar stream of `path`.
+    pub async fn archive_get(&self, id: &str, path: &str) -> Result<Incoming> {
+        let q = Query::new(format!("{}/archive", sandbox(id))).push("path", path);
+        Ok(self
+            .send(Method::GET, &q.build(), Body::empty(), None)
+            .await?
+            .into_body())
+    }
+
+    /// `PUT /v1/sandboxes/{id}/archive?path=`: extract a tar into the
+    /// existing directory `path`.
+    pub async fn archive_put(&self, id: &str, path: &str, tar: Body) -> Result<()> {
+        let q = Query::new(format!("{}/archive", sandbox(id))).push("path", path);
+        let resp = self
+            .send(Method::PUT, &q.build(), tar, Some("application/x-tar"))
+            .await?;
+        super::read_limited(
+            resp.into_body(),
+            super::MAX_JSON_BODY,
+            "PUT archive",
+            &self.host_str(),
+        )
+        .await?;
+        Ok(())
     }
 
     /// `POST /v1/auth/login`.

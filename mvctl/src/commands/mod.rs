@@ -2,6 +2,7 @@
 //! connect (which may start mvmd), then make their requests.
 
 pub mod build;
+pub mod cp;
 pub mod exec;
 pub mod images;
 pub mod logs;
@@ -9,6 +10,7 @@ mod progress;
 mod prompt;
 pub mod run;
 pub mod sandbox;
+pub mod stats;
 pub mod system;
 
 use std::io::IsTerminal;
@@ -184,6 +186,8 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
             command: ImageCommand::Import(a),
         } => images::import(ctx, a).await,
         Command::Exec(a) => exec::exec(ctx, a).await,
+        Command::Stats(a) => stats::stats(ctx, a).await,
+        Command::Cp(a) => cp::cp(ctx, a).await,
         Command::Build(a) => build::build(ctx, a).await,
         Command::Login(a) => images::login(ctx, a).await,
         Command::Logout(a) => images::logout(ctx, a).await,
