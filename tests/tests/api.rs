@@ -950,7 +950,6 @@ fn vmm_killed_is_reported_and_restart_policy_applies() {
 }
 
 #[test]
-#[ignore = "found a race: parallel first starts build the shared init archive under one temp name (resource_unavailable); see the mvmd helper report"]
 fn ten_parallel_starts() {
     let d = daemon();
     let ids: Vec<String> = (0..10)
@@ -1224,7 +1223,6 @@ fn exec(d: &Mvmd, sandbox: &str, body: Value, stdin: Option<&[u8]>) -> (String, 
 }
 
 #[test]
-#[ignore = "failed in its only emulated-host run: exec start answered 409 (agent not reached); see the mvmd helper report"]
 fn exec_archive_stats_and_stop_through_the_agent() {
     let d = daemon();
     let id = d.create(json!({"image": "busybox", "name": "agentbox", "cmd": ["sleep", "600"]}));

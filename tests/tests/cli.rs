@@ -770,7 +770,6 @@ mod cli {
     /// `mvctl exec`, `cp` and `stats` in one running sandbox (each boot
     /// costs 10-20 s under nested emulation).
     #[test]
-    #[ignore = "fails in its only emulated-host run: the guest agent never answered within 120 s (vsock, as api.rs's exec test; vsock-fix pending)"]
     fn exec_in_a_running_sandbox() {
         let name = unique("exec");
         mvctl(&["run", "-d", "--name", &name, BUSYBOX, "sleep", "600"]).ok();
