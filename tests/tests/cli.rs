@@ -935,7 +935,6 @@ mod cli {
     }
 
     #[test]
-    #[ignore = "fails against the current mvmd: the workload's trap output after SIGINT does not arrive (kill -s over the API, daemon side pending)"]
     fn ctrl_c_is_forwarded_as_sigint() {
         let s = suite();
         let spawn = |script: &str| {
