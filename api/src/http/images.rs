@@ -170,16 +170,23 @@ where
         .into_response()
 }
 
+/// The image reference in query parameter `name`, if given and not empty.
+fn optional_reference(q: &Query, name: &str) -> ApiResult<Option<Reference>> {
+    q.get(name)
+        .filter(|v| !v.is_empty())
+        .map(|t| {
+            Reference::parse(t).map_err(|e| {
+                Error::new(
+                    ErrorCode::BadRequest,
+                    format!("invalid reference {t:?}: {e}"),
+                )
+            })
+        })
+        .transpose()
+}
+
 pub async fn load(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
-    let tag_as = match q.get("tag").filter(|v| !v.is_empty()) {
-        Some(t) => Some(Reference::parse(t).map_err(|e| {
-            Error::new(
-                ErrorCode::BadRequest,
-                format!("invalid reference {t:?}: {e}"),
-            )
-        })?),
-        None => None,
-    };
+    let tag_as = optional_reference(&q, "tag")?;
     let store = d.manager.runtime().store().clone();
     let reader = body_reader(body);
     Ok(progress_response(
@@ -196,15 +203,7 @@ pub async fn load(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
 }
 
 pub async fn import(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
-    let reference = match q.get("ref").filter(|v| !v.is_empty()) {
-        Some(t) => Some(Reference::parse(t).map_err(|e| {
-            Error::new(
-                ErrorCode::BadRequest,
-                format!("invalid reference {t:?}: {e}"),
-            )
-        })?),
-        None => None,
-    };
+    let reference = optional_reference(&q, "ref")?;
     let store = d.manager.runtime().store().clone();
     let reader = body_reader(body);
     Ok(progress_response(
