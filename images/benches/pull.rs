@@ -15,72 +15,19 @@
 #[path = "../tests/registry_support/mod.rs"]
 mod registry_support;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::{median, ms, plain_tools, RUNS};
 
 use mvm_images::manifest::media_type as mt;
 use mvm_images::registry::{self, CredentialSource, NoProgress, PullOptions, PushOptions};
 use mvm_images::{Digest, RootDiskOptions, Store};
 use registry_support::{Image, Layer, Registry};
-
-const RUNS: usize = 3;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// `tar -xzf` then `mkfs.ext4 -d`, with the mkfs options the library uses.
-fn plain_tools(layer_gz: &Path, work: &Path, size_bytes: u64) -> Duration {
-    let tree = work.join("plain-tree");
-    let img = work.join("plain.ext4");
-    let _ = std::fs::remove_dir_all(&tree);
-    let _ = std::fs::remove_file(&img);
-    std::fs::create_dir_all(&tree).unwrap();
-    let t = Instant::now();
-    let st = Command::new("tar")
-        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xzf"])
-        .arg(layer_gz)
-        .arg("-C")
-        .arg(&tree)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let f = std::fs::File::create(&img).unwrap();
-    f.set_len(size_bytes).unwrap();
-    drop(f);
-    let st = Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-I",
-            "256",
-            "-m",
-            "0",
-            "-O",
-            "^has_journal",
-        ])
-        .args(["-E", "nodiscard,lazy_itable_init=1", "-d"])
-        .arg(&tree)
-        .arg(&img)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let took = t.elapsed();
-    std::fs::remove_dir_all(&tree).unwrap();
-    std::fs::remove_file(&img).unwrap();
-    took
-}
 
 struct Row {
     name: String,
