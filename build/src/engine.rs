@@ -24,6 +24,7 @@ use crate::cache::{Cache, Key};
 use crate::context::{self, Context, ContextError};
 use crate::dockerfile::shell::{self, Vars};
 use crate::dockerfile::{self, Command, CopyArgs, Dockerfile, Healthcheck, Instruction, Kind};
+use crate::fetch;
 use crate::progress::{secs, Event, Progress};
 use crate::tarlayer::{self, LayerWriter, Meta};
 use crate::vm::{self, Executor, RunRequest};
@@ -1328,8 +1329,12 @@ impl<'a> Builder<'a> {
         let mut from = None;
         let mut chown = None;
         let mut chmod = None;
+        let mut checksum = None;
         for (k, v) in &c.flags {
             match k.as_str() {
+                "checksum" if add => {
+                    checksum = Some(shell::process_word(v, vars, esc).map_err(|e| info.err(e))?)
+                }
                 "from" => from = Some(shell::process_word(v, vars, esc).map_err(|e| info.err(e))?),
                 "chown" => {
                     chown = Some(shell::process_word(v, vars, esc).map_err(|e| info.err(e))?)
@@ -1411,6 +1416,8 @@ impl<'a> Builder<'a> {
         };
         // Plan.
         let mut plan: Vec<Planned> = Vec::new();
+        // Downloads of `ADD <url>` live here until the layer is written.
+        let mut downloads: Option<tempfile::TempDir> = None;
         let multiple = srcs_raw.len() > 1;
         let meta_for = |md: &fs::Metadata, _is_dir: bool| Meta {
             mode: chmod.unwrap_or(md.mode() & 0o7777),
@@ -1452,9 +1459,51 @@ impl<'a> Builder<'a> {
                 continue;
             }
             let s = word(s)?;
-            if add && (s.starts_with("http://") || s.starts_with("https://")) {
+            if add && fetch::is_url(&s) {
+                let target = if dest_dir_hint || multiple {
+                    let name = fetch::file_name(&s).ok_or_else(|| {
+                        info.err(format!(
+                            "ADD {s}: cannot tell a file name from the URL; give the destination file name instead of a directory"
+                        ))
+                    })?;
+                    join(&dest, &name)
+                } else {
+                    dest.clone()
+                };
+                if target.is_empty() {
+                    return Err(info.err("cannot ADD a file onto the root directory; give a destination directory ending in /"));
+                }
+                let dir = match downloads {
+                    Some(ref d) => d,
+                    None => downloads.insert(
+                        tempfile::Builder::new()
+                            .prefix("build-add-")
+                            .tempdir_in(lease.tmp_dir())
+                            .map_err(|source| BuildError::Io {
+                                op: "creating a temp dir in",
+                                path: lease.tmp_dir(),
+                                source,
+                            })?,
+                    ),
+                };
+                let path = dir.path().join(format!("{}", plan.len()));
+                let got = fetch::fetch(&s, &path, checksum.as_deref()).map_err(|e| info.err(e))?;
+                shown_srcs.push(s.clone());
+                plan.push(Planned {
+                    dest: target,
+                    meta: Meta {
+                        mode: chmod.unwrap_or(0o600),
+                        uid,
+                        gid,
+                        mtime: got.last_modified.unwrap_or_else(fetch::now_secs),
+                    },
+                    kind: PlanKind::File(got.path, got.size),
+                });
+                continue;
+            }
+            if checksum.is_some() {
                 return Err(info.err(format!(
-                    "ADD {s}: fetching URLs is not supported by this builder yet; download the file into the context and COPY it"
+                    "ADD --checksum applies to URL sources only, not {s:?}"
                 )));
             }
             shown_srcs.push(s.clone());

@@ -25,6 +25,7 @@ pub mod cache;
 pub mod context;
 pub mod dockerfile;
 pub mod engine;
+pub mod fetch;
 pub mod progress;
 pub mod tarlayer;
 pub mod vm;

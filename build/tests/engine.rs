@@ -471,3 +471,234 @@ fn multi_stage_copy_from_a_stage_and_target() {
     assert!(err.contains("target stage \"nope\" not found"), "{err}");
     let _ = BTreeMap::<String, String>::new();
 }
+
+/// Path -> (body, Last-Modified).
+type Served = std::sync::Arc<Mutex<BTreeMap<String, (Vec<u8>, Option<&'static str>)>>>;
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 for `ADD <url>`: serves the files
+/// in its table (with `Last-Modified` when given), 404 otherwise, and
+/// counts the requests per path.
+struct HttpServer {
+    port: u16,
+    files: Served,
+    hits: std::sync::Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl HttpServer {
+    fn start() -> HttpServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let files: Served = Default::default();
+        let hits: std::sync::Arc<Mutex<BTreeMap<String, usize>>> = Default::default();
+        let (f, h) = (files.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                if r.read_line(&mut first).is_err() {
+                    continue;
+                }
+                loop {
+                    let mut l = String::new();
+                    if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                        break;
+                    }
+                }
+                let path = first.split(' ').nth(1).unwrap_or("/").to_string();
+                *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                let found = f.lock().unwrap().get(&path).cloned();
+                let _ = match found {
+                    Some((body, lm)) => {
+                        let mut head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n",
+                            body.len()
+                        );
+                        if let Some(lm) = lm {
+                            head.push_str(&format!("Last-Modified: {lm}\r\n"));
+                        }
+                        head.push_str("\r\n");
+                        conn.write_all(head.as_bytes())
+                            .and_then(|_| conn.write_all(&body))
+                    }
+                    None => conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    ),
+                };
+            }
+        });
+        HttpServer { port, files, hits }
+    }
+
+    fn serve(&self, path: &str, body: &[u8], last_modified: Option<&'static str>) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (body.to_vec(), last_modified));
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+/// A layer's entries: path -> (mode, uid, gid, mtime).
+fn layer_headers(e: &Env, layer: &mvm_images::Digest) -> BTreeMap<String, (u32, u64, u64, u64)> {
+    let blob = e.store.blob_path(layer);
+    let mut ar = tar::Archive::new(fs::File::open(blob).unwrap());
+    ar.entries()
+        .unwrap()
+        .map(|en| {
+            let en = en.unwrap();
+            let h = en.header();
+            (
+                en.path().unwrap().to_string_lossy().into_owned(),
+                (
+                    h.mode().unwrap() & 0o7777,
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                    h.mtime().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn add_from_a_url_downloads_without_extracting() {
+    let srv = HttpServer::start();
+    srv.serve(
+        "/files/tool.sh",
+        b"#!/bin/sh\necho tool\n",
+        Some("Wed, 21 Oct 2015 07:28:00 GMT"),
+    );
+    srv.serve("/nolm/data.bin", b"data v1", None);
+    // An archive is stored as downloaded, not unpacked (unlike a local ADD).
+    let archive = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "inner", &b"tar"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    srv.serve("/dl/bundle.tar", &archive, None);
+    let e = env();
+    e.write(
+        "etc/passwd",
+        "root:x:0:0::/root:/bin/sh\napp:x:1234:2345::/home/app:/bin/sh\n",
+    );
+    e.write("etc/group", "root:x:0:\nstaff:x:50:\n");
+    let df = format!(
+        "FROM scratch\n\
+         COPY etc/ /etc/\n\
+         ADD {tool} /opt/\n\
+         ADD --chown=app:staff {data} /data/renamed.bin\n\
+         ADD {bundle} /arch/\n\
+         WORKDIR /w\n\
+         ADD --chmod=755 {tool} tool\n",
+        tool = srv.url("/files/tool.sh"),
+        data = srv.url("/nolm/data.bin"),
+        bundle = srv.url("/dl/bundle.tar"),
+    );
+    e.write("Dockerfile", &df);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (r, _) = e.ok(&tags(&["url:1"]));
+    let root = e.rootfs(&r);
+    let p = |s: &str| root.path().join(s);
+    assert_eq!(
+        fs::read(p("opt/tool.sh")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    assert_eq!(fs::read(p("data/renamed.bin")).unwrap(), b"data v1");
+    assert_eq!(fs::read(p("arch/bundle.tar")).unwrap(), archive);
+    assert!(
+        !p("arch/inner").exists(),
+        "a downloaded archive is not extracted"
+    );
+    assert_eq!(fs::read(p("w/tool")).unwrap(), b"#!/bin/sh\necho tool\n");
+    // Modes, owners and mtimes as the layers record them.
+    let rec = e.store.image_at(&r.digest).unwrap();
+    let layer = |i: usize| layer_headers(&e, &rec.manifest.layers[i].digest);
+    assert_eq!(
+        layer(1).get("opt/tool.sh"),
+        Some(&(0o600, 0, 0, 1_445_412_480)),
+        "mode 0600 and the mtime of Last-Modified: {:?}",
+        layer(1)
+    );
+    let (mode, uid, gid, mtime) = layer(2)["data/renamed.bin"];
+    assert_eq!((mode, uid, gid), (0o600, 1234, 50), "--chown applies");
+    assert!(
+        mtime >= started && mtime <= started + 600,
+        "without Last-Modified the mtime is the download time: {mtime}"
+    );
+    assert_eq!(layer(4)["w/tool"].0, 0o755, "--chmod applies");
+    assert_eq!(rec.manifest.layers.len(), 5);
+
+    // Same content: cached, but downloaded again to know that.
+    assert_eq!(srv.hits("/nolm/data.bin"), 1);
+    let (again, ev) = e.ok(&tags(&["url:1"]));
+    assert_eq!((again.cached, again.digest), (5, r.digest));
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, Event::Cached { .. }))
+            .count(),
+        5
+    );
+    assert_eq!(srv.hits("/nolm/data.bin"), 2);
+    // New content behind the same URL: that step and the ones after it
+    // rebuild.
+    srv.serve("/nolm/data.bin", b"data v2", None);
+    let (changed, _) = e.ok(&tags(&["url:1"]));
+    assert_eq!(changed.cached, 2, "COPY and the first ADD stay cached");
+    assert_eq!(
+        fs::read(e.rootfs(&changed).path().join("data/renamed.bin")).unwrap(),
+        b"data v2"
+    );
+}
+
+#[test]
+fn add_from_a_url_errors_name_the_url() {
+    let srv = HttpServer::start();
+    srv.serve("/ok/file.txt", b"content", None);
+    let e = env();
+    let fail = |df: String| -> String {
+        e.write("Dockerfile", &df);
+        let (r, _) = e.build(&tags(&["bad:1"]));
+        r.unwrap_err().to_string()
+    };
+    let missing = srv.url("/nothing/here.txt");
+    let msg = fail(format!("FROM scratch\nADD {missing} /x\n"));
+    assert!(
+        msg.contains(&missing) && msg.contains("404 Not Found") && msg.starts_with("Dockerfile:2:"),
+        "{msg}"
+    );
+    let dir_url = srv.url("/ok/");
+    let msg = fail(format!("FROM scratch\nADD {dir_url} /dest/\n"));
+    assert!(msg.contains("cannot tell a file name"), "{msg}");
+    let ok = srv.url("/ok/file.txt");
+    let msg = fail(format!(
+        "FROM scratch\nADD --checksum=sha256:{} {ok} /x\n",
+        "0".repeat(64)
+    ));
+    assert!(msg.contains(&ok) && msg.contains("--checksum"), "{msg}");
+    // The right checksum passes.
+    let good = format!("{}", mvm_images::Digest::of(b"content"));
+    e.write(
+        "Dockerfile",
+        &format!("FROM scratch\nADD --checksum={good} {ok} /x\n"),
+    );
+    e.ok(&tags(&["good:1"]));
+    // Nothing listens on port 1.
+    let msg = fail("FROM scratch\nADD http://127.0.0.1:1/f /x\n".into());
+    assert!(msg.contains("http://127.0.0.1:1/f"), "{msg}");
+}
