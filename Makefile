@@ -7,7 +7,7 @@ INIT_TARGET := x86_64-unknown-linux-gnu
 INIT_BIN := target/$(INIT_TARGET)/release/mvm-init
 BINARIES := mvm-vmm mvmd mvctl
 
-.PHONY: all deps kernel init build build-release unit e2e lint test demo install bench clean
+.PHONY: all deps kernel images init build build-release unit e2e lint test demo install bench clean
 
 all: build
 
@@ -16,6 +16,13 @@ deps:
 
 kernel: deps
 	@resources/kernel/build.sh >/dev/null
+
+# Base images the end-to-end tests use (tests/tests/example.rs builds the
+# example app FROM python:3-bookworm): debootstrap from Debian's mirror,
+# about 2-3 minutes once, then cached under /var/cache/mvm/images. Made
+# here because the emulated KVM host the tests run in has no network.
+images: deps
+	@resources/images/python.sh >/dev/null
 
 # The guest init is static (it runs before any library exists in the guest).
 # --target keeps crt-static off build scripts and proc macros.
@@ -31,7 +38,7 @@ build-release: init
 unit:
 	$(CARGO) test --workspace --exclude mvm-e2e
 
-e2e: kernel build
+e2e: kernel build images
 	tests/run-e2e.sh
 
 lint:
