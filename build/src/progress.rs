@@ -167,6 +167,60 @@ pub fn format_plain(e: &Event) -> String {
     }
 }
 
+/// The event a line of [`format_plain`]'s output stands for, so a client
+/// that receives the plain lines (the REST API's `status` lines) can draw
+/// its own view. `None` for lines that belong to no step (the result,
+/// warnings, continuation lines of a multi-line error).
+pub fn parse_plain(line: &str) -> Option<Event> {
+    let (id, rest) = line.strip_prefix('#')?.split_once(' ')?;
+    let id: usize = id.parse().ok()?;
+    if rest == "CACHED" {
+        return Some(Event::Cached { id });
+    }
+    if let Some(seconds) = rest
+        .strip_prefix("DONE ")
+        .and_then(|s| s.strip_suffix('s'))
+        .and_then(|s| s.parse().ok())
+    {
+        return Some(Event::Done { id, seconds });
+    }
+    if let Some(message) = rest.strip_prefix("ERROR: ") {
+        return Some(Event::Error {
+            id,
+            message: message.to_string(),
+        });
+    }
+    if let Some(t) = rest.strip_prefix("vm boot ") {
+        let secs = |s: &str| s.strip_suffix('s')?.parse::<f64>().ok();
+        let (boot, t) = t.split_once(", command ")?;
+        let (run, commit) = t.split_once(", layer ")?;
+        return Some(Event::RunTiming {
+            id,
+            boot_seconds: secs(boot)?,
+            run_seconds: secs(run)?,
+            commit_seconds: secs(commit)?,
+        });
+    }
+    if let Some(t) = rest.strip_prefix('[') {
+        let (head, text) = t.split_once("] ")?;
+        let (stage, counts) = head.rsplit_once(' ')?;
+        let (index, total) = counts.split_once('/')?;
+        return Some(Event::Step {
+            id,
+            index: index.parse().ok()?,
+            total: total.parse().ok()?,
+            stage: stage.to_string(),
+            text: text.to_string(),
+        });
+    }
+    let (elapsed, line) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some(Event::Output {
+        id,
+        elapsed: elapsed.parse().ok()?,
+        line: line.to_string(),
+    })
+}
+
 impl<W: Write + Send> Progress for Plain<W> {
     fn event(&self, e: &Event) {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,5 +258,61 @@ mod tests {
         );
         let j = serde_json::to_string(&Event::Cached { id: 3 }).unwrap();
         assert_eq!(j, r#"{"type":"cached","id":3}"#);
+    }
+
+    #[test]
+    fn plain_lines_parse_back_to_their_events() {
+        let events = [
+            Event::Step {
+                id: 3,
+                index: 2,
+                total: 4,
+                stage: "stage-0".into(),
+                text: "COPY [\"a b\", \"c\"] /x/".into(),
+            },
+            Event::Cached { id: 3 },
+            Event::Done {
+                id: 12,
+                seconds: 1.5,
+            },
+            Event::Output {
+                id: 4,
+                elapsed: 0.25,
+                line: "#9 DONE 1.0s [x] CACHED".into(),
+            },
+            Event::Output {
+                id: 4,
+                elapsed: 1.0,
+                line: String::new(),
+            },
+            Event::RunTiming {
+                id: 4,
+                boot_seconds: 1.5,
+                run_seconds: 0.5,
+                commit_seconds: 0.0,
+            },
+            Event::Error {
+                id: 4,
+                message: "it failed".into(),
+            },
+        ];
+        for e in events {
+            let line = format_plain(&e);
+            assert_eq!(
+                parse_plain(line.trim_end_matches('\n')),
+                Some(e),
+                "{line:?}"
+            );
+        }
+        for other in [
+            "writing image sha256:ab done (0.2s)",
+            "naming to docker.io/library/x:latest done",
+            "ERROR: no step",
+            "#x CACHED",
+            "#3 not-a-number text",
+            "",
+        ] {
+            assert_eq!(parse_plain(other), None, "{other:?}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use mvm_api::images::Progress;
 use mvm_api::ApiError;
 use serde_json::Value;
 
+use super::progress::BuildView;
 use super::{CmdError, CmdResult, Ctx};
 use crate::client::{Answer, Body, ClientError, Query};
 
@@ -26,9 +27,10 @@ const OUTSIDE_DOCKERFILE: &str = ".mvm-build.Dockerfile";
 pub enum ProgressMode {
     /// Plain lines (BuildKit's plain format).
     Plain,
-    /// For terminals; currently the same lines.
+    /// BuildKit's live view (steps with timers, the last output lines of
+    /// running steps); needs a terminal on stderr.
     Tty,
-    /// Plain on a pipe, tty on a terminal.
+    /// Tty when stderr is a terminal, plain otherwise.
     Auto,
 }
 
@@ -122,6 +124,18 @@ fn pack(dir: &Path, file: Option<&Path>) -> Result<(Vec<u8>, Option<String>), Cm
 
 /// `mvctl build`.
 pub async fn build(ctx: &Ctx, a: BuildArgs) -> CmdResult {
+    // Progress is drawn on stderr (stdout is for the image ID with -q).
+    let on_terminal = std::io::stderr().is_terminal();
+    let tty = match a.progress {
+        ProgressMode::Plain => false,
+        ProgressMode::Auto => on_terminal,
+        ProgressMode::Tty if on_terminal => true,
+        ProgressMode::Tty => {
+            return Err(CmdError::Invalid(
+                "--progress tty needs a terminal on stderr; use --progress plain".into(),
+            ))
+        }
+    };
     let build_args = key_values(&a.build_args, "--build-arg")?;
     let labels = key_values(&a.labels, "--label")?;
     let (body, dockerfile) = if a.context == "-" {
@@ -179,15 +193,30 @@ pub async fn build(ctx: &Ctx, a: BuildArgs) -> CmdResult {
         Answer::Json(v) => return print_result(&v, a.quiet),
         Answer::Progress(s) => s,
     };
+    let mut view = (tty && !a.quiet).then(BuildView::new);
     while let Some(p) = stream.next().await? {
         match p {
-            Progress::Status { message } if !a.quiet => eprintln!("{message}"),
+            Progress::Status { message } if !a.quiet => match view.as_mut() {
+                Some(v) => v.line(&message),
+                None => eprintln!("{message}"),
+            },
             Progress::Error { code, message } => {
-                return Err(ClientError::Api(ApiError::new(code, message)).into())
+                if let Some(v) = view.as_mut() {
+                    v.end(false);
+                }
+                return Err(ClientError::Api(ApiError::new(code, message)).into());
             }
-            Progress::Result { value } => return print_result(&value, a.quiet),
+            Progress::Result { value } => {
+                if let Some(v) = view.as_mut() {
+                    v.end(true);
+                }
+                return print_result(&value, a.quiet);
+            }
             _ => {}
         }
+    }
+    if let Some(v) = view.as_mut() {
+        v.end(false);
     }
     Err(CmdError::Invalid(
         "the daemon's build stream ended without a result: the build may be incomplete".into(),

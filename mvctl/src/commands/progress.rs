@@ -77,3 +77,244 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
         )
     })
 }
+
+/// Lines of a running step's output kept on screen (BuildKit shows six).
+const BUILD_LOG_LINES: usize = 6;
+
+/// One step of the build view.
+struct BuildStep {
+    bar: ProgressBar,
+    /// "[stage i/N] text".
+    title: String,
+    /// Bars under the step showing its last output lines.
+    log: Vec<ProgressBar>,
+    lines: std::collections::VecDeque<String>,
+}
+
+/// `mvctl build --progress tty`: BuildKit's live view on a terminal, drawn
+/// from the daemon's plain status lines (`mvm_build::progress::parse_plain`
+/// turns them back into events):
+///
+/// ```text
+/// [+] Building 4.2s (3/4)
+///  => [stage-0 1/4] FROM python:3-bookworm                         0.0s
+///  => CACHED [stage-0 2/4] WORKDIR /app                            0.0s
+///  => [stage-0 3/4] RUN pip install -r requirements.txt            3.1s
+///  => => # Collecting flask
+/// ```
+///
+/// Running steps tick their own clock; finished ones show the daemon's
+/// duration. Lines that belong to no step are printed above the view.
+pub struct BuildView {
+    multi: MultiProgress,
+    header: ProgressBar,
+    steps: HashMap<usize, BuildStep>,
+    total: usize,
+    done: usize,
+    /// After an ERROR line: its continuation lines are the error message,
+    /// which the command prints once at the end.
+    in_error: bool,
+}
+
+fn seconds_key(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = write!(w, "{:.1}s", state.elapsed().as_secs_f64());
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .with_key("secs", seconds_key)
+}
+
+impl BuildView {
+    /// A view drawing on stderr (which must be a terminal).
+    pub fn new() -> BuildView {
+        Self::with_target(ProgressDrawTarget::stderr_with_hz(10))
+    }
+
+    fn with_target(target: ProgressDrawTarget) -> BuildView {
+        let multi = MultiProgress::with_draw_target(target);
+        let header = multi.add(ProgressBar::new_spinner());
+        header.set_style(style("[+] Building {secs} {msg}"));
+        header.enable_steady_tick(std::time::Duration::from_millis(100));
+        BuildView {
+            multi,
+            header,
+            steps: HashMap::new(),
+            total: 0,
+            done: 0,
+            in_error: false,
+        }
+    }
+
+    fn counts(&self) -> String {
+        format!("({}/{})", self.done, self.total)
+    }
+
+    /// One `status` line of the build stream.
+    pub fn line(&mut self, text: &str) {
+        use mvm_build::progress::{parse_plain, Event};
+        let Some(event) = parse_plain(text) else {
+            if !self.in_error {
+                let _ = self.multi.println(text);
+            }
+            return;
+        };
+        match event {
+            Event::Step {
+                id,
+                index,
+                total,
+                stage,
+                text,
+            } => {
+                self.total = self.total.max(total);
+                let title = format!("[{stage} {index}/{total}] {text}");
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(style(" => {wide_msg} {secs:>7}"));
+                bar.set_message(title.clone());
+                bar.enable_steady_tick(std::time::Duration::from_millis(100));
+                self.steps.insert(
+                    id,
+                    BuildStep {
+                        bar,
+                        title,
+                        log: Vec::new(),
+                        lines: Default::default(),
+                    },
+                );
+                self.header.set_message(self.counts());
+            }
+            Event::Output { id, line, .. } => {
+                let Some(step) = self.steps.get_mut(&id) else {
+                    return;
+                };
+                if step.lines.len() == BUILD_LOG_LINES {
+                    step.lines.pop_front();
+                }
+                step.lines.push_back(line);
+                while step.log.len() < step.lines.len() {
+                    let after = step.log.last().unwrap_or(&step.bar).clone();
+                    let b = self.multi.insert_after(&after, ProgressBar::new_spinner());
+                    b.set_style(style(" => => # {wide_msg}"));
+                    step.log.push(b);
+                }
+                for (b, l) in step.log.iter().zip(&step.lines) {
+                    b.set_message(l.clone());
+                }
+            }
+            Event::Cached { id } => self.finish(id, "CACHED ", 0.0),
+            Event::Done { id, seconds } => self.finish(id, "", seconds),
+            Event::Error { id, .. } => {
+                let secs = self
+                    .steps
+                    .get(&id)
+                    .map(|s| s.bar.elapsed().as_secs_f64())
+                    .unwrap_or(0.0);
+                self.finish(id, "ERROR ", secs);
+                self.in_error = true;
+            }
+            // The boot/command split is in the plain output; the live
+            // view keeps to BuildKit's columns.
+            Event::RunTiming { .. } | Event::Message { .. } | Event::Result { .. } => {}
+        }
+    }
+
+    fn finish(&mut self, id: usize, tag: &str, seconds: f64) {
+        let Some(step) = self.steps.get_mut(&id) else {
+            return;
+        };
+        if step.bar.is_finished() {
+            return;
+        }
+        for b in step.log.drain(..) {
+            b.finish_and_clear();
+            self.multi.remove(&b);
+        }
+        step.bar.set_style(style(" => {wide_msg} {prefix:>7}"));
+        step.bar.set_prefix(format!("{seconds:.1}s"));
+        step.bar.finish_with_message(format!("{tag}{}", step.title));
+        self.done += 1;
+        self.header.set_message(self.counts());
+    }
+
+    /// The build ended (`ok`: with an image): the view stays on screen. A
+    /// step still running when the build failed is the one that failed
+    /// (only a failing RUN sends an ERROR line of its own).
+    pub fn end(&mut self, ok: bool) {
+        let running: Vec<usize> = self
+            .steps
+            .iter()
+            .filter(|(_, s)| !s.bar.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in running {
+            let secs = self.steps[&id].bar.elapsed().as_secs_f64();
+            self.finish(id, if ok { "" } else { "ERROR " }, secs);
+        }
+        self.header.set_style(style(if ok {
+            "[+] Building {prefix} {msg} FINISHED"
+        } else {
+            "[+] Building {prefix} {msg} FAILED"
+        }));
+        self.header
+            .set_prefix(format!("{:.1}s", self.header.elapsed().as_secs_f64()));
+        self.header.finish_with_message(self.counts());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> BuildView {
+        BuildView::with_target(ProgressDrawTarget::hidden())
+    }
+
+    #[test]
+    fn build_view_follows_steps_and_keeps_the_last_output_lines() {
+        let mut v = view();
+        v.line("#1 [stage-0 1/3] FROM busybox");
+        v.line("#1 DONE 0.0s");
+        v.line("#2 [stage-0 2/3] RUN make");
+        assert_eq!((v.done, v.total), (1, 3));
+        for i in 0..10 {
+            v.line(&format!("#2 0.{i:03} line {i}"));
+        }
+        let step = &v.steps[&2];
+        assert_eq!(step.log.len(), BUILD_LOG_LINES);
+        assert_eq!(step.lines.front().map(String::as_str), Some("line 4"));
+        assert_eq!(step.log[5].message(), "line 9");
+        v.line("#2 vm boot 1.0s, command 2.0s, layer 0.1s");
+        v.line("#2 DONE 3.1s");
+        let step = &v.steps[&2];
+        assert!(step.log.is_empty() && step.bar.is_finished());
+        assert_eq!(step.bar.prefix(), "3.1s");
+        v.line("#3 [stage-0 3/3] COPY a /a");
+        v.line("#3 CACHED");
+        assert_eq!(v.steps[&3].bar.message(), "CACHED [stage-0 3/3] COPY a /a");
+        v.line("writing image sha256:00 done (0.1s)");
+        v.end(true);
+        assert_eq!(v.done, 3);
+        assert!(v.header.is_finished());
+    }
+
+    #[test]
+    fn build_view_marks_the_failed_step() {
+        let mut v = view();
+        v.line("#1 [stage-0 1/2] FROM busybox");
+        v.line("#1 DONE 0.0s");
+        v.line("#2 [stage-0 2/2] ADD http://x/y /y");
+        v.end(false);
+        assert_eq!(
+            v.steps[&2].bar.message(),
+            "ERROR [stage-0 2/2] ADD http://x/y /y"
+        );
+        let mut v = view();
+        v.line("#1 [stage-0 1/1] RUN false");
+        v.line("#1 ERROR: Dockerfile:2: step 1/1 `RUN false` failed");
+        v.line("continuation of the error");
+        assert!(v.in_error);
+        assert!(v.steps[&1].bar.message().starts_with("ERROR "));
+    }
+}
