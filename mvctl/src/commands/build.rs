@@ -30,7 +30,8 @@ pub enum ProgressMode {
     /// BuildKit's live view (steps with timers, the last output lines of
     /// running steps); needs a terminal on stderr.
     Tty,
-    /// Tty when stderr is a terminal, plain otherwise.
+    /// Tty when stderr is a terminal (with TERM set, not dumb), plain
+    /// otherwise.
     Auto,
 }
 
@@ -124,15 +125,18 @@ fn pack(dir: &Path, file: Option<&Path>) -> Result<(Vec<u8>, Option<String>), Cm
 
 /// `mvctl build`.
 pub async fn build(ctx: &Ctx, a: BuildArgs) -> CmdResult {
-    // Progress is drawn on stderr (stdout is for the image ID with -q).
-    let on_terminal = std::io::stderr().is_terminal();
+    // Progress is drawn on stderr (stdout is for the image ID with -q),
+    // and only where the cursor can move: indicatif draws nothing when
+    // TERM is unset or `dumb`, so that falls back to plain lines.
+    let on_terminal = std::io::stderr().is_terminal()
+        && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb");
     let tty = match a.progress {
         ProgressMode::Plain => false,
         ProgressMode::Auto => on_terminal,
         ProgressMode::Tty if on_terminal => true,
         ProgressMode::Tty => {
             return Err(CmdError::Invalid(
-                "--progress tty needs a terminal on stderr; use --progress plain".into(),
+                "--progress tty needs a terminal on stderr with TERM set (not dumb); use --progress plain".into(),
             ))
         }
     };
