@@ -22,6 +22,7 @@ pub mod conn;
 pub mod copy;
 pub mod exec;
 pub mod fdio;
+pub mod procs;
 pub mod pty;
 pub mod router;
 pub mod session;

@@ -25,7 +25,7 @@ use mvm_protocol::agent::{ErrorCode, Kind, Request, Response, Target, PROTOCOL_V
 
 use super::conn::Conn;
 use super::workload::AttachEnd;
-use super::{copy, exec, fdio, pty, stats, Agent};
+use super::{copy, exec, fdio, procs, pty, stats, Agent};
 
 /// The write side of a connection, shared by the session's threads; each
 /// frame is written whole under the lock.
@@ -350,6 +350,11 @@ impl Session {
                 self.reply(&Response::Stats(s))
             }
             Request::Ping => self.reply(&Response::Pong),
+            Request::Processes => {
+                let c = &self.agent.config;
+                let processes = procs::list(c.cgroup.as_deref(), &c.root);
+                self.reply(&Response::Processes { processes })
+            }
             Request::Shutdown { signal, timeout_ms } => {
                 if let Err(msg) = check_signal(signal) {
                     return self.reply(&error(ErrorCode::BadRequest, msg));

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::frame::{self, FrameError, Kind, HEADER_LEN, MAX_PAYLOAD};
 use super::hybrid;
-use super::message::{ErrorCode, Exec, Exit, Request, Response, Stats, Target};
+use super::message::{ErrorCode, Exec, Exit, ProcessInfo, Request, Response, Stats, Target};
 use super::{AGENT_PORT, PROTOCOL_VERSION};
 
 /// Why a request to the agent failed.
@@ -198,6 +198,28 @@ impl AgentClient {
         }
     }
 
+    /// One connection attempt within `timeout`, no retries: for callers
+    /// that pace their own retries (a guest that is still booting should
+    /// not be asked hundreds of times a second).
+    pub async fn connect_once(path: &Path, port: u32, timeout: Duration) -> Result<Self> {
+        match tokio::time::timeout(timeout, hybrid_connect(path, port)).await {
+            Ok(Ok(stream)) => Ok(Self::from_stream(stream)),
+            Ok(Err(Attempt::Fatal(e))) => Err(e),
+            Ok(Err(Attempt::Retry(last))) => Err(ClientError::Timeout {
+                path: path.into(),
+                port,
+                timeout,
+                last,
+            }),
+            Err(_) => Err(ClientError::Timeout {
+                path: path.into(),
+                port,
+                timeout,
+                last: "the handshake did not complete".into(),
+            }),
+        }
+    }
+
     /// Talk to an agent listening directly on a Unix socket (no VMM in
     /// between: tests, or an agent run on the host).
     pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Self> {
@@ -267,6 +289,18 @@ impl AgentClient {
         match self.call(Request::Stats, "waiting for stats").await? {
             Response::Stats(s) => Ok(s),
             other => Err(unexpected(&other, "waiting for stats")),
+        }
+    }
+
+    /// The workload's processes. An agent that predates the op answers
+    /// `unsupported` (an `Agent` error with that code).
+    pub async fn processes(&mut self) -> Result<Vec<ProcessInfo>> {
+        match self
+            .call(Request::Processes, "waiting for the process list")
+            .await?
+        {
+            Response::Processes { processes } => Ok(processes),
+            other => Err(unexpected(&other, "waiting for the process list")),
         }
     }
 

@@ -56,6 +56,9 @@ pub enum Request {
     CopyOut { path: String },
     /// Answered by `pong`: the agent is up.
     Ping,
+    /// The workload's processes (`docker top`); answered by `processes`.
+    /// Agents that predate it answer `unsupported`.
+    Processes,
     /// Stop the main workload: `signal`, up to `timeout_ms` for it to
     /// exit, then SIGKILL; the guest then powers off as usual. Answered by
     /// `done` once the main process has exited.
@@ -91,6 +94,7 @@ impl Request {
             Self::CopyIn { .. } => "copy_in",
             Self::CopyOut { .. } => "copy_out",
             Self::Ping => "ping",
+            Self::Processes => "processes",
             Self::Shutdown { .. } => "shutdown",
             Self::Unknown => "unknown",
         }
@@ -187,6 +191,8 @@ pub enum Response {
     Stats(Stats),
     /// The request succeeded and has nothing to report.
     Done,
+    /// Answer to `processes`.
+    Processes { processes: Vec<ProcessInfo> },
     /// Any op this version does not know.
     #[serde(other)]
     Unknown,
@@ -200,6 +206,22 @@ impl Response {
             message: message.into(),
         }
     }
+}
+
+/// One process of the workload, as `docker top` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// The user's name from the guest's /etc/passwd, else the uid.
+    pub user: String,
+    /// CPU time used (user + system), milliseconds.
+    pub cpu_ms: u64,
+    /// The command line (`/proc/PID/cmdline`, arguments joined by spaces),
+    /// or `[comm]` when it is empty.
+    pub cmd: String,
 }
 
 /// How a process ended: exactly one field is set.
@@ -382,6 +404,7 @@ mod tests {
             Request::CopyIn { path: "/a".into() },
             Request::CopyOut { path: "/b".into() },
             Request::Ping,
+            Request::Processes,
             Request::Shutdown {
                 signal: 15,
                 timeout_ms: 100,

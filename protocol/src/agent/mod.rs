@@ -26,7 +26,7 @@ pub mod signal;
 pub mod client;
 
 pub use frame::{Kind, MAX_PAYLOAD};
-pub use message::{ErrorCode, Exec, Exit, Request, Response, Stats, Target};
+pub use message::{ErrorCode, Exec, Exit, ProcessInfo, Request, Response, Stats, Target};
 
 /// The guest's vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
