@@ -154,7 +154,7 @@ impl Execs {
     }
 }
 
-async fn write_frame<W: AsyncWrite + Unpin>(
+pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: Kind,
     payload: &[u8],
@@ -183,7 +183,7 @@ pub async fn write_failure<W: AsyncWrite + Unpin>(
 }
 
 /// Read one frame from the client: `None` at a clean end.
-async fn read_frame<R: AsyncRead + Unpin>(
+pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<Kind>> {

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod http;
 pub mod loghub;
 pub mod manager;
+pub mod output;
 
 use std::fs;
 use std::io;

@@ -93,6 +93,9 @@ fn main() {
             vcpus: a.default_vcpus,
             memory_mib: a.default_memory,
             scratch_mib: a.scratch_size,
+            // The workload's output, stdin and terminal go through the
+            // guest agent (stdout and stderr kept apart, attach, -i, -t).
+            agent: true,
             ..Defaults::default()
         },
         log_limits: LogLimits {

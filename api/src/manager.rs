@@ -9,24 +9,22 @@
 //! exit, so an operation may hold it while waiting for an exit.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use mvm_api::logs::Stream;
 use mvm_api::sandbox::{
     CreateRequest, CreateResponse, SandboxInfo, SandboxSummary, State, Status, WaitResponse,
 };
 use mvm_api::{ApiError, ErrorCode};
 use mvm_protocol::agent::signal;
-use mvm_runtime::logs::ConsoleLines;
 use mvm_runtime::state::{self, Op};
 use mvm_runtime::{restart, Intent, Runtime, RuntimeError, VmmProcess};
 use tokio::sync::watch;
 
 use crate::db::{Db, DbError, Internal, Row};
 use crate::loghub::LogHub;
+use crate::output::{self, Link};
 
 /// Result of manager operations: API errors with stable codes.
 pub type Result<T> = std::result::Result<T, ApiError>;
@@ -79,8 +77,10 @@ pub struct Entry {
     row: Mutex<Row>,
     op: tokio::sync::Mutex<()>,
     watch: watch::Sender<Snap>,
-    /// Workload logs.
-    pub logs: LogHub,
+    /// Workload logs and the attach fan-out.
+    pub logs: Arc<LogHub>,
+    /// The current run's agent session (stdin, resize).
+    pub link: Arc<Link>,
 }
 
 impl Entry {
@@ -92,7 +92,8 @@ impl Entry {
             row: Mutex::new(row),
             op: tokio::sync::Mutex::new(()),
             watch,
-            logs: hub,
+            logs: Arc::new(hub),
+            link: Arc::new(Link::default()),
         }
     }
 
@@ -326,7 +327,8 @@ impl Manager {
         let spec = e.row().spec.clone();
         let rt = self.rt.clone();
         let t0 = Instant::now();
-        let started = tokio::task::spawn_blocking(move || rt.start(&spec))
+        let size = e.link.size().filter(|_| spec.process.tty);
+        let started = tokio::task::spawn_blocking(move || rt.start_sized(&spec, size))
             .await
             .map_err(internal)?;
         let started = match started {
@@ -339,6 +341,9 @@ impl Manager {
                     r.state = state::start_failed(&r.state, &msg, &t);
                     r.internal.vmm = None;
                 })?;
+                // Clients attached for this start learn that it ended.
+                let code = e.row().state.exit_code.unwrap_or(125);
+                e.logs.exited(code);
                 return Err(runtime_err(er));
             }
         };
@@ -359,14 +364,23 @@ impl Manager {
         Ok(started.warnings)
     }
 
-    /// Watch a running VMM: collect its console into the logs, and record
-    /// its end.
+    /// Watch a running VMM: collect the workload's output through the
+    /// guest agent into the logs, and record its end.
     fn supervise(self: &Arc<Self>, e: Arc<Entry>, proc: VmmProcess) {
         let me = self.clone();
         e.logs.begin();
+        e.link.begin();
         tokio::spawn(async move {
             let (stop_tx, stop_rx) = watch::channel(false);
-            let pump = tokio::spawn(console_pump(me.rt.paths(&e.id), e.clone(), stop_rx));
+            let open_stdin = e.row().spec.process.open_stdin;
+            let pump = tokio::spawn(output::pump(
+                me.rt.paths(&e.id).vsock,
+                e.id.clone(),
+                e.logs.clone(),
+                e.link.clone(),
+                open_stdin,
+                stop_rx,
+            ));
             match proc.pidfd() {
                 Ok(Some(fd)) => {
                     if let Err(er) = fd.wait().await {
@@ -459,6 +473,7 @@ impl Manager {
             }
         });
         tracing::info!(sandbox = %e.id, exit_code = info.exit_code, reason = ?info.reason, "exited");
+        Self::announce_exit(e, info.exit_code);
         match decision {
             Ok(Some(Ok(delay))) => {
                 let me = self.clone();
@@ -489,6 +504,11 @@ impl Manager {
             Ok(None) => {}
             Err(er) => tracing::error!(sandbox = %e.id, "recording the exit: {}", er.message),
         }
+    }
+
+    /// Tell attached clients how the run ended (after the state has it).
+    fn announce_exit(e: &Entry, exit_code: i32) {
+        e.logs.exited(exit_code);
     }
 
     /// Wait until the run that is going on now has ended.
@@ -938,51 +958,6 @@ fn parse_intent(s: Option<&str>) -> (Intent, Option<i32>) {
             (Intent::Kill, Some(n))
         }
         _ => (Intent::None, None),
-    }
-}
-
-/// Copy the serial console into the workload log while a run lasts.
-/// The read position is kept next to the logs, so a restarted mvmd
-/// continues where the previous one stopped.
-async fn console_pump(
-    paths: mvm_runtime::SandboxPaths,
-    e: Arc<Entry>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let offset_file = paths.logs.join("console.offset");
-    let mut offset: u64 = std::fs::read_to_string(&offset_file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    let mut lines = ConsoleLines::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let last = *stop.borrow();
-        // Read whatever is new.
-        if let Ok(mut f) = std::fs::File::open(&paths.console) {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if offset > len {
-                offset = len;
-            }
-            if len > offset && f.seek(SeekFrom::Start(offset)).is_ok() {
-                loop {
-                    let n = match f.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    offset += n as u64;
-                    let out = lines.feed(&buf[..n]);
-                    e.logs.write(Stream::Stdout, &out);
-                }
-                let _ = std::fs::write(&offset_file, offset.to_string());
-            }
-        }
-        if last {
-            let rest = lines.flush();
-            e.logs.write(Stream::Stdout, &rest);
-            return;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(25), stop.changed()).await;
     }
 }
 

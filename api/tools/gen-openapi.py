@@ -30,7 +30,6 @@ def op(summary, params=(), body=None, responses=None, tag="sandboxes"):
     return o
 jreq = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}
 tar = {"required": True, "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}
-AGENT = "Needs the guest agent; answers invalid_state (409) until sandboxes have it."
 VIA_AGENT = "Served by the guest agent over vsock; invalid_state (409) when the sandbox is not running or its agent does not answer."
 EXEC_ID = {"name": "exec_id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "Exec session id"}
 
@@ -70,8 +69,20 @@ paths = {
      responses={"200": NDJSON(ref("LogRecord"), "One LogRecord per line"), **errs(404)})},
  "/v1/sandboxes/{id}/console": {"get": op("The serial console log", [ID],
      responses={"200": {"description": "Text", "content": {"text/plain": {"schema": {"type": "string"}}}}, **errs(404)})},
- "/v1/sandboxes/{id}/attach": {"post": op("Upgrade (Upgrade: mvm-stream) to the main process's streams. " + AGENT,
-     [ID, q("stdin", "boolean"), q("logs", "boolean")], responses={"101": {"description": "Switching protocols"}, **errs(404, 409)})},
+ "/v1/sandboxes/{id}/attach": {"post": op("Attach to the main process's streams. Needs Connection: Upgrade and Upgrade: "
+     "mvm-stream; then agent-protocol frames as for exec start: STDOUT and STDERR (apart; one STDOUT stream on a tty), "
+     "then CONTROL exited {exit_code} with the run's recorded status; STDIN, STDIN_EOF and CONTROL resize from the client. "
+     "mvmd is the guest agent's one attacher and fans out to every client. Allowed before a start (run, start -a): the "
+     "stream then carries the next run from its first byte. Closing the connection detaches.",
+     [ID, q("stdin", "boolean", "send STDIN frames to the workload (only if created with open_stdin; otherwise dropped)"),
+      q("stdout", "boolean", "stdout (neither stdout nor stderr given: both)"), q("stderr", "boolean"),
+      q("logs", "boolean", "first replay the stored output (json log)"),
+      q("stream", "boolean", "stream live output until the run ends (default true)")],
+     responses={"101": {"description": "Switching protocols"}, **errs(404)})},
+ "/v1/sandboxes/{id}/resize": {"post": op("Set the terminal size of a tty sandbox: applied at once when it runs, and "
+     "kept as the launch size of its next start", [ID,
+     q("h", "integer", "rows", required=True), q("w", "integer", "columns", required=True)],
+     responses={"204": NO, **errs(404, 409)})},
  "/v1/sandboxes/{id}/exec": {"post": op("Create an exec session in a running sandbox (start it with /v1/exec/{exec_id}/start). " + VIA_AGENT,
      [ID], body=jreq(ref("ExecCreateRequest")), responses={"201": jbody(ref("ExecCreateResponse"), "Created"), **errs(404, 409)})},
  "/v1/exec/{exec_id}": {"get": op("Inspect an exec session: running, pid, exit code", [EXEC_ID], tag="exec",
@@ -92,7 +103,8 @@ paths = {
  "/v1/sandboxes/{id}/stats": {"get": op("Resource usage of the workload, read in the guest. " + VIA_AGENT,
      [ID, q("stream", "boolean", "NDJSON, one Stats a second, until the sandbox stops")],
      responses={"200": jbody(ref("Stats")), **errs(404, 409)})},
- "/v1/sandboxes/{id}/top": {"get": op("Processes in the guest. " + AGENT, [ID], responses={**errs(404, 409)})},
+ "/v1/sandboxes/{id}/top": {"get": op("The workload's processes (docker top's shape), read from the guest's /proc. " + VIA_AGENT,
+     [ID], responses={"200": jbody(ref("TopResponse")), **errs(404, 409)})},
  "/v1/images": {
    "get": op("List images", tag="images", responses={"200": jbody({"type": "array", "items": ref("ImageSummary")})}),
    "delete": op("Remove a name (and the image when unreferenced); refused while a sandbox uses it unless forced",
@@ -176,6 +188,7 @@ schemas = {
  "ExecCreateRequest": {**S(cmd=arr(st), env=arr(st), working_dir=nul(st), user=nul(st), tty=b, stdin=b, rows=i, cols=i),
      "required": ["cmd"], "additionalProperties": False},
  "ExecCreateResponse": S(id=st),
+ "TopResponse": S(Titles={"type": "array", "items": st}, Processes={"type": "array", "items": {"type": "array", "items": st}}),
  "ExecInfo": S(id=st, sandbox_id=st, config=ref("ExecCreateRequest"), running=b, pid=nul(i), exit_code=nul(i)),
  "Stats": S(read=st, cpu_usage_usec=nul(i), cpu_user_usec=nul(i), cpu_system_usec=nul(i), system_cpu_usec=i,
      online_cpus=i, memory_usage_bytes=nul(i), memory_limit_bytes=nul(i), memory_cache_bytes=nul(i), pids=nul(i),

@@ -94,6 +94,10 @@ pub enum Command {
     Import(ImportArgs),
     /// Run a command in a running sandbox
     Exec(crate::commands::exec::ExecArgs),
+    /// Attach to a running sandbox's main process (output, stdin, terminal)
+    Attach(crate::commands::attach::AttachArgs),
+    /// List the processes running in a sandbox
+    Top(crate::commands::attach::TopArgs),
     /// Live resource usage of sandboxes
     Stats(crate::commands::stats::StatsArgs),
     /// Copy files between a sandbox and the local filesystem
@@ -226,6 +230,9 @@ pub struct StartArgs {
     /// Stream the output and exit with the workload's status (one sandbox)
     #[arg(short = 'a', long)]
     pub attach: bool,
+    /// With -a: send stdin to the workload (created with -i)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Sandboxes (id, id prefix or name)
     #[arg(required = true, value_name = "SANDBOX")]
     pub ids: Vec<String>,

@@ -68,7 +68,11 @@ fn real_main() -> i32 {
         }
     };
     let ctx = Ctx::new(connect::Options::from_flags(cli.host, cli.token_file));
-    match rt.block_on(commands::dispatch(&ctx, cli.command)) {
+    let r = rt.block_on(commands::dispatch(&ctx, cli.command));
+    // A read of the terminal may still block a runtime thread (stdin of
+    // an attach or exec that has ended): do not wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    match r {
         Ok(code) => code,
         // Each failure of a multi-object command was printed already.
         Err(CmdError::Partial(_)) => EXIT_ERROR,

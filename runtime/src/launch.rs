@@ -59,8 +59,11 @@ pub struct Vsock {
     pub uds_path: PathBuf,
 }
 
-/// The launch spec for a sandbox spec.
-pub fn launch_spec(spec: &SandboxSpec, agent: bool) -> LaunchSpec {
+/// The launch spec for a sandbox spec. `agent`: the workload's output
+/// (and stdin, terminal) go through the guest agent rather than the
+/// console; `size`: the terminal's rows and columns at start, so a
+/// workload that asks at once (`stty size`) gets the client's size.
+pub fn launch_spec(spec: &SandboxSpec, agent: bool, size: Option<(u16, u16)>) -> LaunchSpec {
     let p = &spec.process;
     let mut l = LaunchSpec::new(p.entrypoint.iter().chain(&p.cmd).cloned().collect());
     l.hostname = Some(p.hostname.clone());
@@ -73,6 +76,10 @@ pub fn launch_spec(spec: &SandboxSpec, agent: bool) -> LaunchSpec {
         l.process.output = Output::Agent;
         l.process.terminal = p.tty;
         l.process.stdin = p.open_stdin;
+        if let (true, Some((rows, cols))) = (p.tty, size) {
+            l.process.rows = rows;
+            l.process.cols = cols;
+        }
     }
     l
 }
@@ -84,8 +91,9 @@ pub fn write_launch_files(
     kernel: &Path,
     init_archive: &Path,
     agent: bool,
+    size: Option<(u16, u16)>,
 ) -> io::Result<()> {
-    let json = launch_spec(spec, agent)
+    let json = launch_spec(spec, agent, size)
         .to_json()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let cpio = mvm_protocol::initramfs::spec_archive(&json)?;

@@ -291,6 +291,16 @@ impl Runtime {
     /// Start a VMM for `spec`: fresh launch files, the cgroup if a CPU
     /// quota is set, then the process.
     pub fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        self.start_sized(spec, None)
+    }
+
+    /// [`Self::start`] with the terminal size of a `tty` sandbox (rows,
+    /// columns), known from the client that will attach.
+    pub fn start_sized(
+        &self,
+        spec: &SandboxSpec,
+        size: Option<(u16, u16)>,
+    ) -> Result<Started, RuntimeError> {
         let paths = self.paths(&spec.id);
         let mut warnings = Vec::new();
         match fs::remove_file(&paths.status) {
@@ -320,6 +330,7 @@ impl Runtime {
             &self.cfg.artifacts.kernel,
             &init,
             self.cfg.defaults.agent,
+            size,
         )
         .map_err(io_err("writing the launch files in", &paths.dir))?;
         let cgroup = match spec.host.cpus {

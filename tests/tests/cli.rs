@@ -363,14 +363,9 @@ mod cli {
             "echo to-stdout; echo to-stderr >&2; exit 3",
         ]);
         assert_eq!(out.code, 3, "{out:?}");
-        assert!(out.stdout.starts_with("to-stdout\n"), "{out:?}");
-        // Without the guest agent's output path the console carries both
-        // streams (docs/architecture.md), so stderr may arrive on stdout;
-        // it must arrive, after stdout's line.
-        assert!(
-            out.stderr.contains("to-stderr\n") || out.stdout == "to-stdout\nto-stderr\n",
-            "{out:?}"
-        );
+        // The guest agent carries stdout and stderr apart.
+        assert_eq!(out.stdout, "to-stdout\n", "{out:?}");
+        assert_eq!(out.stderr, "to-stderr\n", "{out:?}");
 
         let out = mvctl(&["run", "--rm", BUSYBOX, "true"]);
         assert_eq!(out.code, 0, "{out:?}");
@@ -852,6 +847,149 @@ mod cli {
         mvctl(&["rm", "-f", &name]).ok();
     }
 
+    /// Run `mvctl ARGS` on a new pseudo-terminal of `rows` x `cols` (its
+    /// controlling terminal: stdin, stdout and stderr), typing `input`;
+    /// returns the exit status and everything written to the terminal.
+    fn mvctl_pty(args: &[&str], rows: u16, cols: u16, input: &[u8]) -> (i32, String) {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let (mut master, mut slave) = (-1, -1);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty fills two descriptors we then own; the winsize
+        // is read only.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty returned these descriptors; nothing else owns them.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut cmd = Command::new(binary("mvctl"));
+        cmd.args(args).env("MVM_HOST", &suite().host);
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and TIOCSCTTY in the child before exec; both
+        // async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn mvctl on a pty");
+        drop(cmd);
+        let mut m = fs::File::from(master);
+        m.write_all(input).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                // EIO once the last slave descriptor is closed.
+                match m.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+            out
+        });
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t.elapsed() > CALL_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mvctl {args:?} on a pty did not finish within {CALL_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = reader.join().unwrap();
+        (
+            status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out).into_owned(),
+        )
+    }
+
+    /// `run -i` feeds stdin, `run -it` gets a raw terminal of our size,
+    /// `attach` sees a detached sandbox's live output and exits with its
+    /// status, `top` lists the workload.
+    #[test]
+    fn interactive_run_attach_and_top() {
+        let out = mvctl_stdin(&["run", "-i", "--rm", BUSYBOX, "cat"], b"hi\n");
+        assert_eq!((out.code, out.stdout.as_str()), (0, "hi\n"), "{out:?}");
+
+        let (code, text) = mvctl_pty(
+            &["run", "-it", "--rm", BUSYBOX, "sh"],
+            33,
+            101,
+            b"stty size; echo typed-$((1+2)); exit 5\r",
+        );
+        assert_eq!(code, 5, "{text:?}");
+        assert!(
+            text.contains("33 101"),
+            "stty size in the sandbox: {text:?}"
+        );
+        assert!(text.contains("typed-3"), "{text:?}");
+
+        let name = unique("attach");
+        mvctl(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            BUSYBOX,
+            "sh",
+            "-c",
+            "while [ ! -e /tmp/go ]; do sleep 0.2; done; echo live-1; echo live-err >&2; sleep 1; echo live-2; exit 6",
+        ])
+        .ok();
+        let t = Instant::now();
+        while mvctl(&["exec", &name, "true"]).code != 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "the guest agent never answered"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let out = mvctl(&["top", &name]).ok();
+        let header = out.stdout.lines().next().unwrap_or_default();
+        assert!(
+            header.starts_with("PID") && header.contains("COMMAND"),
+            "{out:?}"
+        );
+        assert!(
+            out.stdout.contains("/tmp/go"),
+            "the workload's command line: {out:?}"
+        );
+        let attached = {
+            let name = name.clone();
+            std::thread::spawn(move || mvctl(&["attach", &name]))
+        };
+        // Let the attach reach the daemon, then let the workload talk.
+        std::thread::sleep(Duration::from_secs(5));
+        mvctl(&["exec", &name, "touch", "/tmp/go"]).ok();
+        let out = attached.join().unwrap();
+        assert_eq!(out.code, 6, "{out:?}");
+        assert!(out.stdout.ends_with("live-2\n"), "{out:?}");
+        assert!(!out.stdout.contains("live-err"), "{out:?}");
+        mvctl(&["rm", &name]).ok();
+        let out = mvctl(&["attach", &name]);
+        assert_eq!(out.code, 125, "{out:?}");
+    }
+
     #[test]
     fn rm_flag_removes_on_exit() {
         let name = unique("rm");
@@ -887,18 +1025,12 @@ mod cli {
             "echo line1; echo err1 >&2; sleep 2; echo line2; sleep 1; echo line3",
         ])
         .ok();
-        // -f ends when the sandbox stops, with everything in order.
-        // Without the guest agent's output path the console carries both
-        // streams (docs/architecture.md): err1 is on stderr, or in order
-        // on stdout.
+        // -f ends when the sandbox stops, with everything in order; the
+        // guest agent keeps stdout and stderr apart.
         let all = |out: &Out| {
-            if out.stderr == "err1\n" {
-                assert_eq!(out.stdout, "line1\nline2\nline3\n", "{out:?}");
-                "line1\nline2\nline3\n"
-            } else {
-                assert_eq!(out.stdout, "line1\nerr1\nline2\nline3\n", "{out:?}");
-                "line1\nerr1\nline2\nline3\n"
-            }
+            assert_eq!(out.stderr, "err1\n", "{out:?}");
+            assert_eq!(out.stdout, "line1\nline2\nline3\n", "{out:?}");
+            "line1\nline2\nline3\n"
         };
         let out = mvctl(&["logs", "-f", &name]).ok();
         let expected = all(&out);

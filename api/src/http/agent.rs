@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use hyper_util::rt::TokioIo;
-use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, Stats};
+use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, Stats, TopResponse};
 use mvm_api::sandbox::Status;
 use mvm_api::ErrorCode;
 use mvm_protocol::agent::client::AgentClient;
@@ -265,4 +265,52 @@ pub async fn stats(State(d): D, Path(id): Path<String>, q: Query) -> ApiResult<R
     });
     let body = Body::from_stream(ReceiverStream::new(rx));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// Docker's `TIME` column: cumulative CPU time as `hh:mm:ss`.
+fn cpu_time(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `GET /v1/sandboxes/{id}/top`: the workload's processes, read by the
+/// guest agent from the guest's /proc.
+pub async fn top(State(d): D, Path(id): Path<String>) -> ApiResult<Response> {
+    let mut c = agent(&d, &id).await?;
+    let procs = c.processes().await.map_err(|e| {
+        if e.code() == Some(mvm_protocol::agent::ErrorCode::Unsupported) {
+            Error::new(
+                ErrorCode::InvalidState,
+                format!("the sandbox's guest init is too old to list processes ({e}); restart the sandbox with a current mvm-init"),
+            )
+        } else {
+            agent_err(e).into()
+        }
+    })?;
+    let titles = ["PID", "PPID", "USER", "TIME", "COMMAND"];
+    let r = TopResponse {
+        titles: titles.iter().map(|t| t.to_string()).collect(),
+        processes: procs
+            .into_iter()
+            .map(|p| {
+                vec![
+                    p.pid.to_string(),
+                    p.ppid.to_string(),
+                    p.user,
+                    cpu_time(p.cpu_ms),
+                    p.cmd,
+                ]
+            })
+            .collect(),
+    };
+    Ok(json_response(StatusCode::OK, &r))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_time_column() {
+        assert_eq!(super::cpu_time(0), "00:00:00");
+        assert_eq!(super::cpu_time(3_723_999), "01:02:03");
+    }
 }

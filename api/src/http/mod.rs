@@ -1,6 +1,7 @@
 //! The REST API (docs/api.md): routes, JSON errors, query parsing, auth.
 
 mod agent;
+mod attach;
 mod build;
 mod images;
 mod sandboxes;
@@ -220,7 +221,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/sandboxes/{id}/wait", post(sandboxes::wait))
         .route("/v1/sandboxes/{id}/logs", get(sandboxes::logs))
         .route("/v1/sandboxes/{id}/console", get(sandboxes::console))
-        .route("/v1/sandboxes/{id}/attach", post(sandboxes::needs_agent))
+        .route("/v1/sandboxes/{id}/attach", post(attach::attach))
+        .route("/v1/sandboxes/{id}/resize", post(attach::resize))
         .route("/v1/sandboxes/{id}/exec", post(agent::exec_create))
         .route("/v1/exec/{exec_id}", get(agent::exec_inspect))
         .route("/v1/exec/{exec_id}/start", post(agent::exec_start))
@@ -230,7 +232,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
             get(agent::archive_get).put(agent::archive_put),
         )
         .route("/v1/sandboxes/{id}/stats", get(agent::stats))
-        .route("/v1/sandboxes/{id}/top", get(sandboxes::needs_agent))
+        .route("/v1/sandboxes/{id}/top", get(agent::top))
         .route("/v1/images", get(images::list).delete(images::remove))
         .route("/v1/images/inspect", get(images::inspect))
         .route("/v1/images/tag", post(images::tag))

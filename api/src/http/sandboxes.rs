@@ -97,14 +97,6 @@ pub async fn console(State(d): D, Path(id): Path<String>) -> ApiResult<Response>
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], data).into_response())
 }
 
-pub async fn needs_agent(State(d): D, Path(id): Path<String>) -> ApiResult<Response> {
-    d.manager.get(&id)?;
-    Err(Error::new(
-        ErrorCode::InvalidState,
-        "not available yet: the main process's output goes to the console log (GET /v1/sandboxes/{id}/logs?follow=true); run interactive processes with exec",
-    ))
-}
-
 fn line(rec: &LogRecord) -> Bytes {
     let mut v = serde_json::to_vec(rec).unwrap_or_default();
     v.push(b'\n');

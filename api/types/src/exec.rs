@@ -87,3 +87,15 @@ pub struct Stats {
     pub net_rx_bytes: u64,
     pub net_tx_bytes: u64,
 }
+
+/// `GET /v1/sandboxes/{id}/top`: Docker's shape, one row of strings per
+/// process in the order of `titles`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopResponse {
+    /// Column names: PID, PPID, USER, TIME, COMMAND.
+    #[serde(rename = "Titles")]
+    pub titles: Vec<String>,
+    /// One row per process.
+    #[serde(rename = "Processes")]
+    pub processes: Vec<Vec<String>>,
+}

@@ -3,7 +3,7 @@
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::Method;
-use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, ExecInfo, Stats};
+use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, ExecInfo, Stats, TopResponse};
 use mvm_api::images::{
     ImageSummary, LoginRequest, LogoutRequest, Progress, TagRequest, TransferRequest,
 };
@@ -283,6 +283,33 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/attach`: the workload's output (and stdin
+    /// if `stdin`) over an upgraded `mvm-stream` connection, until the
+    /// run ends with an `exited` frame. Made before a start, it carries
+    /// that start's run from its first byte.
+    pub async fn attach(&self, id: &str, stdin: bool) -> Result<super::Upgraded> {
+        let q = Query::new(format!("{}/attach", sandbox(id)))
+            .flag("stdin", stdin)
+            .flag("stdout", true)
+            .flag("stderr", true)
+            .flag("stream", true);
+        self.upgrade(Method::POST, &q.build()).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/resize?h=&w=`.
+    pub async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<()> {
+        let q = Query::new(format!("{}/resize", sandbox(id)))
+            .push("h", rows.to_string())
+            .push("w", cols.to_string());
+        self.call::<()>(Method::POST, &q.build(), None).await
+    }
+
+    /// `GET /v1/sandboxes/{id}/top`.
+    pub async fn top(&self, id: &str) -> Result<TopResponse> {
+        self.json::<(), _>(Method::GET, &format!("{}/top", sandbox(id)), None)
+            .await
     }
 
     /// `GET /v1/sandboxes/{id}/stats?stream=false`.

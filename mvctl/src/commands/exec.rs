@@ -7,15 +7,10 @@ use std::io::IsTerminal;
 
 use clap::Args;
 use mvm_api::exec::ExecCreateRequest;
-use mvm_protocol::agent::frame::{self, HEADER_LEN};
-use mvm_protocol::agent::{Exit, Kind, Response};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{CmdError, CmdResult, Ctx};
+use super::stream::{copy_output, pump_stdin};
+use super::{terminal, CmdError, CmdResult, Ctx};
 use crate::flags;
-
-/// How much stdin one STDIN frame carries at most.
-const STDIN_CHUNK: usize = 32 << 10;
 
 /// `mvctl exec`.
 #[derive(Debug, Clone, Args)]
@@ -117,7 +112,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> CmdResult {
     };
     let input = if a.interactive {
         Some(tokio::spawn(async move {
-            let _ = pump_stdin(tokio::io::stdin(), &mut wr).await;
+            let _ = pump_stdin(tokio::io::stdin(), &mut wr, false).await;
             wr
         }))
     } else {
@@ -141,7 +136,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> CmdResult {
     } else {
         None
     };
-    let exit = copy_output(rd, tokio::io::stdout(), tokio::io::stderr()).await;
+    let exit = copy_output(rd, tokio::io::stdout(), tokio::io::stderr(), "exec").await;
     if let Some(t) = resizer {
         t.abort();
     }
@@ -152,176 +147,9 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> CmdResult {
     Ok(exit.shell_code())
 }
 
-/// Send stdin as STDIN frames, then STDIN_EOF.
-async fn pump_stdin<R, W>(mut src: R, dst: &mut W) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; STDIN_CHUNK];
-    loop {
-        let n = src.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        write_frame(dst, Kind::Stdin, &buf[..n]).await?;
-    }
-    write_frame(dst, Kind::StdinEof, &[]).await
-}
-
-async fn write_frame<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    kind: Kind,
-    payload: &[u8],
-) -> std::io::Result<()> {
-    let h = frame::encode_header(kind, payload.len()).map_err(std::io::Error::other)?;
-    w.write_all(&h).await?;
-    w.write_all(payload).await?;
-    w.flush().await
-}
-
-/// Copy STDOUT/STDERR frames to `out`/`err` until the `exited` control
-/// frame; its exit is the result. Anything else from the daemon is a
-/// protocol error.
-async fn copy_output<R, O, E>(mut rd: R, mut out: O, mut err: E) -> Result<Exit, CmdError>
-where
-    R: AsyncRead + Unpin,
-    O: AsyncWrite + Unpin,
-    E: AsyncWrite + Unpin,
-{
-    let broken = |why: String| {
-        CmdError::Invalid(format!(
-            "the exec stream from the daemon broke: {why}; the process may still run (see `mvctl ps`)"
-        ))
-    };
-    let mut buf = Vec::new();
-    loop {
-        let mut h = [0u8; HEADER_LEN];
-        rd.read_exact(&mut h).await.map_err(|e| {
-            broken(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                "it ended before the process's exit status".into()
-            } else {
-                e.to_string()
-            })
-        })?;
-        let (kind, len) = frame::decode_header(h).map_err(|e| broken(e.to_string()))?;
-        buf.resize(len, 0);
-        rd.read_exact(&mut buf)
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        let io = |source| CmdError::Io {
-            what: "writing the process's output".into(),
-            source,
-        };
-        match kind {
-            Kind::Stdout => {
-                out.write_all(&buf).await.map_err(io)?;
-                out.flush().await.map_err(io)?;
-            }
-            Kind::Stderr => {
-                err.write_all(&buf).await.map_err(io)?;
-                err.flush().await.map_err(io)?;
-            }
-            Kind::Control => match frame::decode_json::<Response>(&buf) {
-                Ok(Response::Exited(exit)) => return Ok(exit),
-                Ok(Response::Error { message, .. }) => return Err(broken(message)),
-                Ok(_) => {}
-                Err(e) => return Err(broken(e.to_string())),
-            },
-            other => return Err(broken(format!("unexpected {} frame", other.name()))),
-        }
-    }
-}
-
-/// The local terminal: size and raw mode (termios through libc).
-pub mod terminal {
-    use std::io;
-
-    /// Rows and columns of the terminal on stdout (or stdin).
-    pub fn size() -> Option<(u16, u16)> {
-        for fd in [libc::STDOUT_FILENO, libc::STDIN_FILENO] {
-            // SAFETY: an all-zero winsize is valid.
-            let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-            // SAFETY: TIOCGWINSZ writes a winsize to the pointer we own.
-            let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-            if r == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
-                return Some((ws.ws_row, ws.ws_col));
-            }
-        }
-        None
-    }
-
-    /// Stdin in raw mode until dropped.
-    pub struct RawMode {
-        saved: libc::termios,
-    }
-
-    impl RawMode {
-        /// Put stdin in raw mode, keeping the old settings.
-        pub fn enter() -> io::Result<RawMode> {
-            // SAFETY: an all-zero termios is valid storage for tcgetattr.
-            let mut t: libc::termios = unsafe { std::mem::zeroed() };
-            // SAFETY: tcgetattr writes to the termios we own.
-            if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut t) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let saved = t;
-            // SAFETY: cfmakeraw changes the termios we own.
-            unsafe { libc::cfmakeraw(&mut t) };
-            // SAFETY: tcsetattr reads the termios we own.
-            if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(RawMode { saved })
-        }
-    }
-
-    impl Drop for RawMode {
-        fn drop(&mut self) {
-            // SAFETY: restores the settings read in `enter`.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn frame_bytes(kind: Kind, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        write_frame(&mut v, kind, payload).await.unwrap();
-        v
-    }
-
-    #[tokio::test]
-    async fn output_frames_are_split_and_the_exit_returned() {
-        let mut wire = frame_bytes(Kind::Stdout, b"hi\n").await;
-        wire.extend(frame_bytes(Kind::Stderr, b"oops\n").await);
-        let exited = frame::encode_json(&Response::Exited(Exit::code(3))).unwrap();
-        wire.extend(frame_bytes(Kind::Control, &exited).await);
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let exit = copy_output(&wire[..], &mut out, &mut err).await.unwrap();
-        assert_eq!(exit.shell_code(), 3);
-        assert_eq!(out, b"hi\n");
-        assert_eq!(err, b"oops\n");
-    }
-
-    #[tokio::test]
-    async fn a_stream_without_exit_is_an_error() {
-        let wire = frame_bytes(Kind::Stdout, b"hi\n").await;
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        assert!(copy_output(&wire[..], &mut out, &mut err).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn stdin_ends_with_eof() {
-        let mut wire = Vec::new();
-        pump_stdin(&b"abc"[..], &mut wire).await.unwrap();
-        let mut expect = frame_bytes(Kind::Stdin, b"abc").await;
-        expect.extend(frame_bytes(Kind::StdinEof, b"").await);
-        assert_eq!(wire, expect);
-    }
 
     #[test]
     fn env_entries_need_a_name() {

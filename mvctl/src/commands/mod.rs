@@ -1,6 +1,7 @@
 //! What each command does. Commands validate their input first, then
 //! connect (which may start mvmd), then make their requests.
 
+pub mod attach;
 pub mod build;
 pub mod cp;
 pub mod exec;
@@ -11,7 +12,9 @@ mod prompt;
 pub mod run;
 pub mod sandbox;
 pub mod stats;
+pub mod stream;
 pub mod system;
+pub mod terminal;
 
 use std::io::IsTerminal;
 
@@ -186,6 +189,8 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
             command: ImageCommand::Import(a),
         } => images::import(ctx, a).await,
         Command::Exec(a) => exec::exec(ctx, a).await,
+        Command::Attach(a) => attach::attach(ctx, a).await,
+        Command::Top(a) => attach::top(ctx, a).await,
         Command::Stats(a) => stats::stats(ctx, a).await,
         Command::Cp(a) => cp::cp(ctx, a).await,
         Command::Build(a) => build::build(ctx, a).await,

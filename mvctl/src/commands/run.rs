@@ -1,34 +1,33 @@
 //! `run`, `create`, and the foreground session shared with `start -a`.
 //!
-//! A foreground run is create + start + follow the logs + wait, and exits
-//! with the workload's status. This works without the guest agent: output
-//! comes from the daemon's log of the sandbox, and signals go through the
-//! kill endpoint. Ctrl-C sends SIGINT to the workload; a second Ctrl-C
-//! within one second sends SIGKILL, which ends the microVM (for a workload
-//! that ignores SIGINT). SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 that
-//! mvctl receives are forwarded as they are, as `docker run` does.
+//! A foreground run attaches first (so nothing the workload writes is
+//! missed, and `-i` stdin has somewhere to go), then starts the sandbox,
+//! then carries the attach stream until the run's `exited` frame, and
+//! exits with the workload's status (attach.rs). Without `-t`, Ctrl-C
+//! sends SIGINT to the workload; a second Ctrl-C within one second sends
+//! SIGKILL, which ends the microVM (for a workload that ignores SIGINT).
+//! SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 that mvctl receives are
+//! forwarded as they are, as `docker run` does.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use mvm_api::images::TransferRequest;
 use mvm_api::logs::{LogRecord, Stream};
-use mvm_api::sandbox::{CreateRequest, RestartPolicy, Status, WaitResponse};
+use mvm_api::sandbox::{CreateRequest, RestartPolicy};
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::task::JoinHandle;
 
+use super::attach::{self, Ended, SessionOpts};
 use super::{progress, CmdError, CmdResult, Ctx};
 use crate::cli::{CreateArgs, PullPolicy, RunArgs};
-use crate::client::{Client, ClientError, LogsOptions, WaitCondition};
+use crate::client::{Client, WaitCondition};
 use crate::flags;
 
 /// Window in which a second Ctrl-C escalates to SIGKILL.
 const DOUBLE_INTERRUPT: Duration = Duration::from_secs(1);
-/// How long to trust the wait request after the log stream ended before
-/// also asking for the state (a guard against a lost wake-up).
-const WAIT_GRACE: Duration = Duration::from_secs(3);
-/// How long output may still arrive after the exit was reported.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// How long, after the run's exit, to wait for what follows it: the
+/// removal of a `--rm` sandbox, the error message of a failed launch.
+const AFTER_EXIT: Duration = Duration::from_secs(30);
 
 /// Build the create request from the flags, reading env files. Everything
 /// that can be wrong locally is caught here, before any request.
@@ -95,19 +94,6 @@ fn host_env(k: &str) -> Option<String> {
     std::env::var(k).ok()
 }
 
-/// `-i`/`-t` need an interactive stream into the guest, which only the
-/// guest agent provides.
-fn refuse_interactive(a: &CreateArgs) -> Result<(), CmdError> {
-    if a.interactive || a.tty {
-        return Err(CmdError::Invalid(
-            "-i/--interactive and -t/--tty need the guest agent, which this mvm does not have yet; \
-             run without them (output is still streamed, and Ctrl-C still reaches the workload)"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Pull the image when the policy says so.
 async fn ensure_image(client: &Client, image: &str, policy: PullPolicy) -> Result<(), CmdError> {
     let pull = match policy {
@@ -145,7 +131,6 @@ async fn ensure_image(client: &Client, image: &str, policy: PullPolicy) -> Resul
 /// `mvctl create`.
 pub async fn create(ctx: &Ctx, a: CreateArgs) -> CmdResult {
     let req = create_request(&a, &host_env)?;
-    refuse_interactive(&a)?;
     let client = ctx.client().await?;
     ensure_image(client, &req.image, a.pull).await?;
     let created = client.create(&req).await?;
@@ -159,7 +144,13 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> CmdResult {
 /// `mvctl run`.
 pub async fn run(ctx: &Ctx, a: RunArgs) -> CmdResult {
     let req = create_request(&a.create, &host_env)?;
-    refuse_interactive(&a.create)?;
+    let session = SessionOpts {
+        stdin: a.create.interactive,
+        tty: a.create.tty,
+    };
+    if !a.detach {
+        attach::check_tty(session)?;
+    }
     let client = ctx.client().await?;
     ensure_image(client, &req.image, a.create.pull).await?;
     let created = client.create(&req).await?;
@@ -175,7 +166,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> CmdResult {
         println!("{id}");
         return Ok(0);
     }
-    foreground(client, &id, req.auto_remove).await
+    foreground(client, &id, req.auto_remove, session).await
 }
 
 /// After a failed start, a `--rm` sandbox goes away as it would have on
@@ -186,117 +177,71 @@ async fn discard_failed(client: &Client, id: &str, auto_remove: bool) {
     }
 }
 
-/// Start `id`, stream its output until it stops, and return its exit
-/// status (`start -a` and foreground `run`).
-pub async fn foreground(client: &Client, id: &str, auto_remove: bool) -> CmdResult {
-    // The wait goes out before the start so that even a workload that ends
-    // at once cannot exit unseen; `removed` for --rm, because the sandbox
-    // is gone by the time anyone could ask for its state.
-    let condition = if auto_remove {
-        WaitCondition::Removed
-    } else {
-        WaitCondition::NextExit
+/// Attach to `id`, start it, carry its streams until it stops, and
+/// return its exit status (`start -a` and foreground `run`).
+pub async fn foreground(client: &Client, id: &str, auto_remove: bool, o: SessionOpts) -> CmdResult {
+    // Attached before the start: the stream carries the run from its
+    // first byte, and its end is the run's exit (no separate wait).
+    let io = match client.attach(id, o.stdin).await {
+        Ok(io) => io,
+        Err(e) => {
+            discard_failed(client, id, auto_remove).await;
+            return Err(e.into());
+        }
     };
-    let waiter: JoinHandle<Result<WaitResponse, ClientError>> = {
-        let (c, id) = (client.clone(), id.to_string());
-        tokio::spawn(async move { c.wait(&id, condition).await })
-    };
-    // Let the wait request reach the daemon first.
-    tokio::task::yield_now().await;
+    if o.tty {
+        attach::send_size(client, id).await;
+    }
     if let Err(e) = client.start(id).await {
-        waiter.abort();
+        drop(io);
         discard_failed(client, id, auto_remove).await;
         return Err(e.into());
     }
-    let mut signals = Forwarder::new(client.clone(), id.to_string())?;
-    let mut logs = Some(
-        client
-            .logs(
-                id,
-                &LogsOptions {
-                    follow: true,
-                    ..Default::default()
-                },
-            )
-            .await?,
-    );
-    let mut waiter = waiter;
-    let mut logs_done_at: Option<Instant> = None;
-    loop {
-        let grace = async {
-            match logs_done_at {
-                Some(t) => tokio::time::sleep_until((t + WAIT_GRACE).into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            rec = async { logs.as_mut().expect("guarded").next().await }, if logs.is_some() => match rec {
-                Ok(Some(r)) => write_record(&r, false)?,
-                Ok(None) => {
-                    logs = None;
-                    logs_done_at = Some(Instant::now());
-                }
-                Err(e) => {
-                    eprintln!("mvctl: warning: the output stream broke ({e}); waiting for the sandbox to stop");
-                    logs = None;
-                    logs_done_at = Some(Instant::now());
-                }
-            },
-            res = &mut waiter => {
-                let res = res.map_err(|e| CmdError::Invalid(format!("internal: the wait task failed: {e}")))?;
-                // The exit can be reported before the last output lines
-                // were read: drain the stream (it ends with the sandbox),
-                // within a bound.
-                if let Some(mut stream) = logs.take() {
-                    let drain = async {
-                        while let Ok(Some(r)) = stream.next().await {
-                            write_record(&r, false)?;
-                        }
-                        Ok::<(), CmdError>(())
-                    };
-                    if let Ok(r) = tokio::time::timeout(DRAIN_LIMIT, drain).await {
-                        r?;
-                    }
-                }
-                return finish(res, id, auto_remove);
-            }
-            () = grace, if !auto_remove => {
-                // The output ended but the wait did not answer: the exit may
-                // have happened before the wait was registered. The state
-                // has the last exit code.
-                if let Some(code) = exited_code(client, id).await {
-                    waiter.abort();
-                    return Ok(code);
-                }
-                logs_done_at = Some(Instant::now());
-            }
-            sig = signals.recv() => signals.forward(sig).await,
-        }
-    }
-}
-
-fn finish(res: Result<WaitResponse, ClientError>, id: &str, auto_remove: bool) -> CmdResult {
-    match res {
-        Ok(w) => {
+    match attach::session(client, id, io, o).await {
+        Ok(Ended::Exited(exit)) => Ok(after_exit(client, id, auto_remove, exit.shell_code()).await),
+        Ok(Ended::Detached) => Ok(0),
+        Err(e) => {
+            // The stream broke (mvmd restarted?): the sandbox's state
+            // still tells how the run ends.
+            eprintln!("mvctl: warning: {e}; waiting for the sandbox to stop");
+            let cond = if auto_remove {
+                WaitCondition::Removed
+            } else {
+                WaitCondition::NotRunning
+            };
+            let w = client.wait(id, cond).await?;
             if let Some(err) = w.error.as_deref().filter(|e| !e.is_empty()) {
                 eprintln!("mvctl: error: {err}");
             }
             Ok(w.exit_code)
         }
-        Err(e) if auto_remove && e.is_not_found() => Err(CmdError::Invalid(format!(
-            "sandbox {} was removed before its exit status could be read",
-            crate::format::short_id(id)
-        ))),
-        Err(e) => Err(e.into()),
     }
 }
 
-async fn exited_code(client: &Client, id: &str) -> Option<i32> {
-    let info = client.inspect(id).await.ok()?;
-    match info.state.status {
-        Status::Exited => info.state.exit_code,
-        _ => None,
+/// After the run's exit: let a `--rm` sandbox's removal finish (as
+/// `docker run --rm` does) and show why a run ended abnormally (125-127:
+/// the workload never ran; 255: the microVM ended without a status).
+/// Bounded: the status is known already.
+async fn after_exit(client: &Client, id: &str, auto_remove: bool, code: i32) -> i32 {
+    let launch_failed = (125..=127).contains(&code) || code == 255;
+    if !auto_remove && !launch_failed {
+        return code;
     }
+    let cond = if auto_remove {
+        WaitCondition::Removed
+    } else {
+        WaitCondition::NotRunning
+    };
+    if let Ok(Ok(w)) = tokio::time::timeout(AFTER_EXIT, client.wait(id, cond)).await {
+        if let Some(err) = w
+            .error
+            .as_deref()
+            .filter(|e| !e.is_empty() && launch_failed)
+        {
+            eprintln!("mvctl: error: {err}");
+        }
+    }
+    code
 }
 
 /// Write one log record to stdout or stderr as it came.
@@ -328,7 +273,7 @@ pub fn write_record(r: &LogRecord, timestamps: bool) -> Result<(), CmdError> {
 }
 
 /// Forwards the signals mvctl gets to the sandbox's workload.
-struct Forwarder {
+pub struct Forwarder {
     client: Client,
     id: String,
     int: Signal,
@@ -341,7 +286,8 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    fn new(client: Client, id: String) -> Result<Forwarder, CmdError> {
+    /// Install the handlers.
+    pub fn new(client: Client, id: String) -> Result<Forwarder, CmdError> {
         let install = |kind: SignalKind, name: &str| {
             signal(kind).map_err(|source| CmdError::Io {
                 what: format!("install a {name} handler"),
@@ -362,7 +308,7 @@ impl Forwarder {
     }
 
     /// The name of the next signal received.
-    async fn recv(&mut self) -> &'static str {
+    pub async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",
@@ -373,7 +319,8 @@ impl Forwarder {
         }
     }
 
-    async fn forward(&mut self, name: &'static str) {
+    /// Send the signal `name` (a second SIGINT soon after: SIGKILL).
+    pub async fn forward(&mut self, name: &'static str) {
         let mut send = name;
         if name == "SIGINT" {
             let now = Instant::now();
@@ -515,6 +462,5 @@ mod tests {
         assert!(e.to_string().contains("whitespace"), "{e}");
         let e = create_request(&args(&["-l", "=x", "busybox"]), &lookup).unwrap_err();
         assert!(e.to_string().contains("invalid label"), "{e}");
-        assert!(refuse_interactive(&args(&["-it", "busybox"])).is_err());
     }
 }

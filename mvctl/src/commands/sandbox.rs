@@ -21,7 +21,14 @@ pub async fn start(ctx: &Ctx, a: StartArgs) -> CmdResult {
         }
         let client = ctx.client().await?;
         let info = client.inspect(&a.ids[0]).await?;
-        return run::foreground(client, &info.id, info.host_config.auto_remove).await;
+        let o = super::attach::SessionOpts {
+            // Docker: stdin only with -i, and only into a sandbox created
+            // with it open.
+            stdin: a.interactive && info.config.open_stdin,
+            tty: info.config.tty,
+        };
+        super::attach::check_tty(o)?;
+        return run::foreground(client, &info.id, info.host_config.auto_remove, o).await;
     }
     let client = ctx.client().await?;
     for_each(&a.ids, |id| async move {
