@@ -70,7 +70,7 @@ trap 'rm -f "$job"' EXIT
 # hangs (resources/testhost/run exits 123: a rare hang of the emulation,
 # see resources/testhost/README.md) a second boot runs only the binaries
 # that had not finished.
-bin_timeout=${MVM_E2E_BIN_TIMEOUT:-1200}
+bin_timeout=${MVM_E2E_BIN_TIMEOUT:-900}
 state=$root/target/e2e-state
 rm -rf "$state" && mkdir -p "$state"
 keys=()
@@ -86,8 +86,19 @@ heartbeat=$!
 run_bin() {
   local key=$1; shift
   if [ -e "$STATE/$key.rc" ]; then
-    echo "=== $key: done in an earlier boot (exit $(cat "$STATE/$key.rc"))" >&2
-    return
+    local prev
+    prev=$(cat "$STATE/$key.rc")
+    # A binary that ran out of time in the first boot gets one more run:
+    # the emulated host's faults also show as a nested guest that stops
+    # (seen: one of ten parallel microVMs never finished). A real hang
+    # fails again.
+    if { [ "$prev" = 124 ] || [ "$prev" = 137 ]; } && [ ! -e "$STATE/$key.retried" ]; then
+      touch "$STATE/$key.retried"
+      echo "=== $key: ran out of time in an earlier boot; running it again" >&2
+    else
+      echo "=== $key: done in an earlier boot (exit $prev)" >&2
+      return
+    fi
   fi
   echo "=== $key" >&2
   local rc=0
@@ -124,14 +135,19 @@ if [ "$mode" = hardware ]; then
   "$job" || status=$?
 else
   echo "e2e: no hardware KVM here ($mode); running inside the emulated KVM host" >&2
-  budget=${MVM_E2E_TIMEOUT:-2700}
+  budget=${MVM_E2E_TIMEOUT:-3000}
   deadline=$((SECONDS + budget))
   for boot in 1 2; do
     rc=0
     resources/testhost/run --timeout $((deadline - SECONDS)) --rw "$state" \
       --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env RUST_BACKTRACE -- "$job" || rc=$?
-    if [ "$rc" = 123 ] && [ "$boot" = 1 ] && [ $((deadline - SECONDS)) -gt 600 ]; then
-      echo "e2e: the emulated host hung (see above); booting it again for the test binaries that had not finished" >&2
+    # A second boot: after a fault of the emulated host itself (123), or
+    # when a binary ran out of time (see run_bin).
+    retry=0
+    [ "$rc" = 123 ] && retry=1
+    grep -qxE '124|137' "$state"/*.rc 2>/dev/null && retry=1
+    if [ "$retry" = 1 ] && [ "$boot" = 1 ] && [ $((deadline - SECONDS)) -gt 600 ]; then
+      echo "e2e: booting the emulated host again for the test binaries that did not finish (see above)" >&2
       continue
     fi
     status=$rc
