@@ -83,16 +83,8 @@ pub async fn session(
 ) -> Result<Ended, CmdError> {
     let stdin_tty = std::io::stdin().is_terminal();
     let (rd, mut wr) = tokio::io::split(io);
-    // Raw mode only when our stdin is a terminal that feeds a terminal;
-    // restored when the guard drops, on every way out of this function.
-    let _raw = if o.tty && o.stdin && stdin_tty {
-        Some(terminal::RawMode::enter().map_err(|source| CmdError::Io {
-            what: "cannot put the terminal in raw mode".into(),
-            source,
-        })?)
-    } else {
-        None
-    };
+    // Raw mode only when our stdin is a terminal that feeds a terminal.
+    let _raw = terminal::RawMode::enter_if(o.tty && o.stdin && stdin_tty)?;
     let (detach_tx, mut detached) = tokio::sync::oneshot::channel::<()>();
     // The receiver may be polled only until it completes (a dropped
     // sender without stdin completes it too).

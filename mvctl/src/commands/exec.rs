@@ -100,16 +100,8 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> CmdResult {
         return Ok(0);
     }
     let (rd, mut wr) = tokio::io::split(io);
-    // Raw mode only when our stdin is a terminal that feeds a terminal;
-    // restored when the guard drops, on every way out of this function.
-    let _raw = if a.tty && a.interactive && stdin_tty {
-        Some(terminal::RawMode::enter().map_err(|source| CmdError::Io {
-            what: "cannot put the terminal in raw mode".into(),
-            source,
-        })?)
-    } else {
-        None
-    };
+    // Raw mode only when our stdin is a terminal that feeds a terminal.
+    let _raw = terminal::RawMode::enter_if(a.tty && a.interactive && stdin_tty)?;
     let input = if a.interactive {
         Some(tokio::spawn(async move {
             let _ = pump_stdin(tokio::io::stdin(), &mut wr, false).await;

@@ -23,6 +23,21 @@ pub struct RawMode {
 }
 
 impl RawMode {
+    /// Raw mode when `wanted` (a terminal session fed from our terminal),
+    /// as the error callers report; `None` otherwise. Restored when the
+    /// guard drops, on every way out of the caller.
+    pub fn enter_if(wanted: bool) -> Result<Option<RawMode>, super::CmdError> {
+        if !wanted {
+            return Ok(None);
+        }
+        RawMode::enter()
+            .map(Some)
+            .map_err(|source| super::CmdError::Io {
+                what: "cannot put the terminal in raw mode".into(),
+                source,
+            })
+    }
+
     /// Put stdin in raw mode, keeping the old settings.
     pub fn enter() -> io::Result<RawMode> {
         // SAFETY: an all-zero termios is valid storage for tcgetattr.
