@@ -522,11 +522,13 @@ fn app_image_archive() -> Vec<u8> {
     fs::write(d.path().join(&layer_hex).join("layer.tar"), &layer).unwrap();
     fs::write(d.path().join(format!("{cfg_hex}.json")), &config).unwrap();
     fs::write(d.path().join("manifest.json"), &manifest).unwrap();
-    let out = d.path().join("../app-archive.tar");
+    // The archive goes next to the tree, in a directory of its own: tests
+    // run in parallel, and one shared path let them overwrite and remove
+    // each other's archive.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("app-archive.tar");
     tar_of(d.path(), &out);
-    let b = fs::read(&out).unwrap();
-    let _ = fs::remove_file(&out);
-    b
+    fs::read(&out).unwrap()
 }
 
 /// Import busybox as `busybox:latest` and load `app:1`.
