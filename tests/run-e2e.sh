@@ -79,6 +79,13 @@ keys=()
   printf 'STATE=%q\n' "$state"
   printf 'BIN_TIMEOUT=%q\n' "$bin_timeout"
   cat <<'EOS'
+# In the emulated host, output goes to a file in the shared state dir, which
+# this script follows on the host: the virtio-serial path of the job's
+# stdout/stderr has been seen to stall for good after a burst of output (a
+# failing test's backtraces and logs), which then blocked every test.
+if [ -n "${MVM_TESTHOST:-}" ]; then
+  exec >>"$STATE/output.log" 2>&1
+fi
 status=0
 ( while sleep 120; do echo "e2e: up $(cut -d" " -f1 /proc/uptime) s, load $(cut -d" " -f1-3 /proc/loadavg)" >&2; done ) &
 heartbeat=$!
@@ -135,6 +142,9 @@ if [ "$mode" = hardware ]; then
   "$job" || status=$?
 else
   echo "e2e: no hardware KVM here ($mode); running inside the emulated KVM host" >&2
+  : >"$state/output.log"
+  tail -n +1 -F "$state/output.log" 2>/dev/null &
+  follower=$!
   budget=${MVM_E2E_TIMEOUT:-3000}
   deadline=$((SECONDS + budget))
   for boot in 1 2; do
@@ -153,6 +163,8 @@ else
     status=$rc
     break
   done
+  sleep 1
+  kill "$follower" 2>/dev/null
 fi
 # Every binary must have run and passed, whatever the boots said.
 for k in "${keys[@]}"; do
