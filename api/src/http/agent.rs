@@ -185,13 +185,19 @@ pub async fn exec_start(
             }
         }
     });
+    Ok(switching_protocols())
+}
+
+/// The `101 Switching Protocols` answer to the `mvm-stream` upgrade that
+/// exec start and attach both use.
+pub fn switching_protocols() -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     r.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
-    Ok(r)
+    r
 }
 
 /// `GET /v1/sandboxes/{id}/archive?path=`: a tar of the path.

@@ -10,9 +10,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use mvm_api::logs::Stream;
@@ -23,7 +22,7 @@ use mvm_runtime::logs::LogFilter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::agent::UPGRADE_PROTOCOL;
+use super::agent::{switching_protocols, UPGRADE_PROTOCOL};
 use super::{ApiResult, Error, Query};
 use crate::exec::{read_frame, write_exited, write_frame};
 use crate::loghub::AttachEvent;
@@ -113,13 +112,7 @@ pub async fn attach(
             records.into_iter().map(|r| (r.stream, r.log)).collect();
         serve(io, replay, rx, wants, link).await;
     });
-    let mut r = Response::new(Body::empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    r.headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
-    Ok(r)
+    Ok(switching_protocols())
 }
 
 /// Carry one client's attach until the run ends or the client goes.
