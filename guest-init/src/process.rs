@@ -618,7 +618,18 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::write(&script, "just text\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let err = cmd(&[path], &[]).spawn().unwrap_err();
+        // A test running in parallel may fork while our write descriptor is
+        // open; its child holds that descriptor until its own exec, and for
+        // that moment the kernel answers ETXTBSY. Wait that out.
+        let mut tries = 0;
+        let err = loop {
+            let err = cmd(&[path], &[]).spawn().unwrap_err();
+            if !err.to_string().contains("text file busy") || tries == 100 {
+                break err;
+            }
+            tries += 1;
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         assert_eq!(err.code(), InitError::NotExecutable, "{err}");
         assert!(err.to_string().contains("exec format error"), "{err}");
 

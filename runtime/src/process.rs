@@ -248,14 +248,27 @@ mod tests {
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let log = d.path().join("vmm.log");
-        let p = spawn(&SpawnSpec {
+        let spec = SpawnSpec {
             vmm: &fake,
             config: Path::new("/nonexistent"),
             log: &log,
             cgroup_procs: None,
             log_filter: None,
-        })
-        .unwrap();
+        };
+        // A parallel test that forks while our write descriptor to the
+        // script is open makes exec fail with ETXTBSY for a moment.
+        let mut tries = 0;
+        let p = loop {
+            match spawn(&spec) {
+                Err(ProcessError::Spawn { source, .. })
+                    if source.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r.unwrap(),
+            }
+        };
         assert!(p.is_alive());
         // Its own session.
         // SAFETY: getsid on a pid.
