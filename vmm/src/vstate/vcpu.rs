@@ -169,9 +169,13 @@ impl Vcpu {
                 }
                 Next::Continue
             }
-            Ok(VcpuExit::Shutdown) => Next::Stop(StopReason::GuestCrash(format!(
-                "vCPU {index} triple-faulted (KVM_EXIT_SHUTDOWN)"
-            ))),
+            Ok(VcpuExit::Shutdown) => {
+                let state = self.state_summary();
+                tracing::error!("vCPU {index} triple-faulted; state at the fault: {state}");
+                Next::Stop(StopReason::GuestCrash(format!(
+                    "vCPU {index} triple-faulted (KVM_EXIT_SHUTDOWN) at {state}"
+                )))
+            }
             Ok(VcpuExit::Hlt) => Next::Stop(StopReason::GuestCrash(format!(
                 "vCPU {index} halted with no way to wake it (KVM_EXIT_HLT)"
             ))),
@@ -199,6 +203,24 @@ impl Vcpu {
                 "KVM_RUN on vCPU {index} failed: {e}"
             ))),
         }
+    }
+
+    /// Where the vCPU was when it stopped: the registers that tell a kernel
+    /// bug (rip in the kernel, paging on) from a boot-setup one (rip at the
+    /// entry, paging off), for the crash report and the VMM log.
+    fn state_summary(&self) -> String {
+        let regs = match self.fd.get_regs() {
+            Ok(r) => format!("rip={:#x} rsp={:#x} rflags={:#x}", r.rip, r.rsp, r.rflags),
+            Err(e) => format!("registers unreadable ({e})"),
+        };
+        let sregs = match self.fd.get_sregs() {
+            Ok(s) => format!(
+                "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
+                s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector
+            ),
+            Err(e) => format!("special registers unreadable ({e})"),
+        };
+        format!("{regs} {sregs}")
     }
 
     /// Describe a KVM_EXIT_INTERNAL_ERROR from the kvm_run area.
