@@ -85,7 +85,16 @@ impl LogHub {
     pub fn end(&self) {
         let mut h = self.lock();
         h.active = false;
-        h.writer = None;
+        if let Some(mut w) = h.writer.take() {
+            match w.flush() {
+                Ok(recs) => {
+                    for r in recs {
+                        let _ = h.tx.send(Some(Arc::new(r)));
+                    }
+                }
+                Err(e) => tracing::warn!(dir = %h.dir.display(), "cannot write the log: {e}"),
+            }
+        }
         let _ = h.tx.send(None);
     }
 

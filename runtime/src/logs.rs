@@ -45,12 +45,36 @@ pub fn to_rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// Appends records to a sandbox's log directory, rotating as it goes.
+///
+/// Output arrives in chunks that need not end at a line end; like Docker's
+/// log copier it keeps an unfinished line per stream until its `\n`
+/// arrives, it reaches [`MAX_RECORD`], or the run ends ([`flush`]), so
+/// one line is one record whatever the chunking (and a UTF-8 character
+/// split between chunks stays whole).
+///
+/// [`flush`]: LogWriter::flush
 #[derive(Debug)]
 pub struct LogWriter {
     dir: PathBuf,
     limits: LogLimits,
     file: File,
     size: u64,
+    /// Unfinished line of stdout and of stderr, with the time its first
+    /// byte arrived (the record's time, as Docker stamps it).
+    pending: [Pending; 2],
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    data: Vec<u8>,
+    time: String,
+}
+
+fn slot(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
 }
 
 impl LogWriter {
@@ -65,26 +89,62 @@ impl LogWriter {
             limits,
             file,
             size,
+            pending: Default::default(),
         })
     }
 
-    /// Append `data` from `stream`, split into lines (each keeps its
-    /// `\n`) and into records of at most [`MAX_RECORD`] bytes. A trailing
-    /// partial line is written as a partial record.
+    /// Append `data` from `stream`, which arrived at `time`: each finished
+    /// line (keeping its `\n`) becomes a record, a line longer than
+    /// [`MAX_RECORD`] becomes records of that size, and an unfinished
+    /// line waits for the rest. Returns the records written.
     pub fn write(&mut self, stream: Stream, data: &[u8], time: &str) -> io::Result<Vec<LogRecord>> {
         let mut out = Vec::new();
-        for line in data.split_inclusive(|b| *b == b'\n') {
-            for chunk in line.chunks(MAX_RECORD) {
-                let rec = LogRecord {
-                    log: String::from_utf8_lossy(chunk).into_owned(),
-                    stream,
-                    time: time.to_string(),
-                };
-                self.append(&rec)?;
-                out.push(rec);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let p = &mut self.pending[slot(stream)];
+            if p.data.is_empty() {
+                p.time = time.to_string();
+            }
+            let room = MAX_RECORD - p.data.len();
+            let (take, line_done) = match rest[..rest.len().min(room)]
+                .iter()
+                .position(|b| *b == b'\n')
+            {
+                Some(i) => (i + 1, true),
+                None if rest.len() >= room => (room, true),
+                None => (rest.len(), false),
+            };
+            p.data.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if line_done {
+                out.push(self.emit(stream)?);
             }
         }
         Ok(out)
+    }
+
+    /// Write the unfinished lines as partial records: the run's output is
+    /// complete. Returns the records written.
+    pub fn flush(&mut self) -> io::Result<Vec<LogRecord>> {
+        let mut out = Vec::new();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            if !self.pending[slot(stream)].data.is_empty() {
+                out.push(self.emit(stream)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write the pending bytes of `stream` as one record.
+    fn emit(&mut self, stream: Stream) -> io::Result<LogRecord> {
+        let p = std::mem::take(&mut self.pending[slot(stream)]);
+        let rec = LogRecord {
+            log: String::from_utf8_lossy(&p.data).into_owned(),
+            stream,
+            time: p.time,
+        };
+        self.append(&rec)?;
+        Ok(rec)
     }
 
     /// Append one record.
@@ -314,10 +374,14 @@ mod tests {
         let mut w = LogWriter::open(d.path(), LogLimits::default()).unwrap();
         let t = now_rfc3339();
         let recs = w.write(Stream::Stdout, b"one\ntwo\npartial", &t).unwrap();
-        assert_eq!(recs.len(), 3);
+        assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].log, "one\n");
-        assert_eq!(recs[2].log, "partial");
+        assert_eq!(recs[1].log, "two\n");
         w.write(Stream::Stderr, b"err\n", &t).unwrap();
+        let recs = w.flush().unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].log, "partial");
+        assert!(w.flush().unwrap().is_empty());
         let all = read(d.path(), &LogFilter::all()).unwrap();
         assert_eq!(all.len(), 4);
         let only_err = read(
@@ -338,10 +402,33 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(tail[0].log, "partial");
-        // Long lines become 16 KiB records.
+        assert_eq!(tail[0].log, "err\n");
+        assert_eq!(tail[1].log, "partial");
+        // Long lines become 16 KiB records; the rest waits for its end.
         let long = vec![b'x'; MAX_RECORD * 2 + 5];
-        assert_eq!(w.write(Stream::Stdout, &long, &t).unwrap().len(), 3);
+        assert_eq!(w.write(Stream::Stdout, &long, &t).unwrap().len(), 2);
+        let recs = w.write(Stream::Stdout, b"\n", &t).unwrap();
+        assert_eq!(recs[0].log, "xxxxx\n");
+    }
+
+    #[test]
+    fn a_line_in_pieces_is_one_record_and_streams_do_not_mix() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(d.path(), LogLimits::default()).unwrap();
+        let (t1, t2) = ("2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z");
+        // "é" split between two chunks, stderr in between.
+        assert!(w.write(Stream::Stdout, b"caf\xc3", t1).unwrap().is_empty());
+        let e = w.write(Stream::Stderr, b"warn\n", t2).unwrap();
+        assert_eq!(e[0].log, "warn\n");
+        let o = w.write(Stream::Stdout, b"\xa9!\nnext", t2).unwrap();
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].log, "café!\n");
+        assert_eq!(o[0].time, t1, "stamped when the line began");
+        let o = w.write(Stream::Stdout, b" line\n", t2).unwrap();
+        assert_eq!(o[0].log, "next line\n");
+        let all = read(d.path(), &LogFilter::all()).unwrap();
+        let logs: Vec<&str> = all.iter().map(|r| r.log.as_str()).collect();
+        assert_eq!(logs, ["warn\n", "café!\n", "next line\n"]);
     }
 
     #[test]
