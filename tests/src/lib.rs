@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use mvm_protocol::launch::LaunchSpec;
 use serde::Deserialize;
 
+pub mod daemon;
 pub mod rootfs;
 
 /// Paths of the artifacts under test, from the environment `make e2e` sets.
@@ -338,6 +339,17 @@ fn read_lossy(p: &Path) -> String {
         let _ = f.read_to_end(&mut s);
     }
     String::from_utf8_lossy(&s).into_owned()
+}
+
+/// Poll `f` every `every` until it holds; panics with "timed out waiting
+/// for {what}" once `timeout` has passed. The pace is the caller's: each
+/// suite keeps the one it had when it carried its own copy.
+pub fn wait_until(what: &str, timeout: Duration, every: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(every);
+    }
 }
 
 /// Run `mvm-vmm` with raw arguments (for configuration error tests).

@@ -604,12 +604,9 @@ fn footprint(d: &Mvmd) -> (BTreeSet<String>, usize, Vec<i32>, BTreeSet<String>) 
     (dirs, rows, d.vmm_pids(), socks)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// `mvm_e2e::wait_until`, looking again every 50 ms.
+fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    mvm_e2e::wait_until(what, timeout, Duration::from_millis(50), f);
 }
 
 // ---------------------------------------------------------------------
@@ -1175,20 +1172,18 @@ const K_STDOUT: u8 = 3;
 const K_STDERR: u8 = 4;
 const K_STDIN_EOF: u8 = 5;
 
-/// Create and start an exec over an upgraded connection; feed `stdin`
-/// (then EOF) when given; returns stdout, stderr and the `exited` message.
-fn exec(d: &Mvmd, sandbox: &str, body: Value, stdin: Option<&[u8]>) -> (String, String, Value) {
-    let r = d.post_json(&format!("/v1/sandboxes/{sandbox}/exec"), &body);
-    assert_eq!(r.status, 201, "exec create: {}", r.text());
-    let exec_id = r.json()["id"].as_str().unwrap().to_string();
+/// `POST path` on the daemon's Unix socket, upgraded to an `mvm-stream`
+/// (exec start, attach); returns the connection past the `101` head, with
+/// `read_timeout` on its reads.
+fn upgrade(d: &Mvmd, path: &str, read_timeout: Duration) -> UnixStream {
     let Endpoint::Unix(sock) = &d.ep else {
         unreachable!()
     };
     let mut c = UnixStream::connect(sock).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    c.set_read_timeout(Some(read_timeout)).unwrap();
     write!(
         c,
-        "POST /v1/exec/{exec_id}/start HTTP/1.1\r\nHost: mvmd\r\nConnection: Upgrade\r\nUpgrade: mvm-stream\r\nContent-Length: 0\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: mvmd\r\nConnection: Upgrade\r\nUpgrade: mvm-stream\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
     // The response head, byte by byte: frames follow it directly.
@@ -1200,6 +1195,20 @@ fn exec(d: &Mvmd, sandbox: &str, body: Value, stdin: Option<&[u8]>) -> (String, 
     }
     let head = String::from_utf8_lossy(&head).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c
+}
+
+/// Create and start an exec over an upgraded connection; feed `stdin`
+/// (then EOF) when given; returns stdout, stderr and the `exited` message.
+fn exec(d: &Mvmd, sandbox: &str, body: Value, stdin: Option<&[u8]>) -> (String, String, Value) {
+    let r = d.post_json(&format!("/v1/sandboxes/{sandbox}/exec"), &body);
+    assert_eq!(r.status, 201, "exec create: {}", r.text());
+    let exec_id = r.json()["id"].as_str().unwrap().to_string();
+    let mut c = upgrade(
+        d,
+        &format!("/v1/exec/{exec_id}/start"),
+        Duration::from_secs(120),
+    );
     if let Some(data) = stdin {
         c.write_all(&frame(K_STDIN, data)).unwrap();
         c.write_all(&frame(K_STDIN_EOF, b"")).unwrap();
@@ -1341,25 +1350,11 @@ fn exec_archive_stats_and_stop_through_the_agent() {
 
 /// Open `POST /v1/sandboxes/{id}/attach?query` as an upgraded stream.
 fn attach_stream(d: &Mvmd, sandbox: &str, query: &str) -> UnixStream {
-    let Endpoint::Unix(sock) = &d.ep else {
-        unreachable!()
-    };
-    let mut c = UnixStream::connect(sock).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
-    write!(
-        c,
-        "POST /v1/sandboxes/{sandbox}/attach?{query} HTTP/1.1\r\nHost: mvmd\r\nConnection: Upgrade\r\nUpgrade: mvm-stream\r\nContent-Length: 0\r\n\r\n"
+    upgrade(
+        d,
+        &format!("/v1/sandboxes/{sandbox}/attach?{query}"),
+        Duration::from_secs(180),
     )
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        assert_eq!(c.read(&mut b).unwrap(), 1, "closed in the response head");
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    c
 }
 
 /// Read an attach stream to its `exited` frame: stdout, stderr, status.

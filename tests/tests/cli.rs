@@ -14,14 +14,13 @@
 mod cli {
     use std::fs;
     use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::unix::net::UnixStream;
     use std::os::unix::process::CommandExt;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
+    use std::path::Path;
+    use std::process::{Child, Command, ExitStatus, Stdio};
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
+    use mvm_e2e::daemon::{binary, ping, start_daemon};
     use serde_json::Value;
 
     /// The busybox image made by `mvctl import`.
@@ -56,24 +55,6 @@ mod cli {
             );
             self
         }
-    }
-
-    /// A binary next to the test binary's directory (`target/debug/`),
-    /// built by `make build`.
-    fn binary(name: &str) -> PathBuf {
-        let env = format!("MVM_{}", name.to_uppercase());
-        if let Some(p) = std::env::var_os(&env) {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let p = dir.join(name);
-        assert!(
-            p.is_file(),
-            "{} is missing: run `make build` first (or set {env})",
-            p.display()
-        );
-        p
     }
 
     /// The shared daemon and the images.
@@ -113,50 +94,6 @@ mod cli {
         })
     }
 
-    /// Start mvmd from a thread that lives as long as the process, so that
-    /// PR_SET_PDEATHSIG (which fires when the forking *thread* ends) takes
-    /// the daemon down with the test process, not with the first test.
-    fn start_daemon(root: &Path, run: &Path, log: &Path) {
-        let (tx, rx) = mpsc::channel();
-        let (root, run, log) = (root.to_path_buf(), run.to_path_buf(), log.to_path_buf());
-        std::thread::spawn(move || {
-            let mut cmd = Command::new(binary("mvmd"));
-            cmd.arg("--root").arg(&root).arg("--run-dir").arg(&run);
-            cmd.stdin(Stdio::null())
-                .stdout(fs::File::create(&log).unwrap())
-                .stderr(fs::File::create(&log).unwrap());
-            // SAFETY: prctl in the child before exec; async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn().expect("spawn mvmd");
-            tx.send(child.id()).unwrap();
-            let _keep: Child = child;
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv().expect("mvmd started");
-    }
-
-    fn ping(socket: &Path) -> bool {
-        let Ok(mut s) = UnixStream::connect(socket) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        if s.write_all(b"GET /_ping HTTP/1.1\r\nHost: mvmd\r\nConnection: close\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut buf = String::new();
-        let _ = s.read_to_string(&mut buf);
-        buf.starts_with("HTTP/1.1 200")
-    }
-
     fn wait_for_socket(socket: &Path, log: &Path) {
         let t = Instant::now();
         while !ping(socket) {
@@ -167,6 +104,23 @@ mod cli {
                 fs::read_to_string(log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait for `child`, looking every `every`; after `CALL_TIMEOUT` kill
+    /// it and panic with "`what` did not finish within ...".
+    fn wait_deadline(child: &mut Child, every: Duration, what: &str) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if started.elapsed() > CALL_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish within {CALL_TIMEOUT:?}");
+            }
+            std::thread::sleep(every);
         }
     }
 
@@ -199,18 +153,7 @@ mod cli {
             let _ = se.read_to_end(&mut s);
             s
         });
-        let started = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if started.elapsed() > CALL_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{cmd:?} did not finish within {CALL_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let status = wait_deadline(&mut child, Duration::from_millis(10), &format!("{cmd:?}"));
         let stdout = String::from_utf8_lossy(&t_out.join().unwrap()).into_owned();
         let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
         Out {
@@ -220,20 +163,21 @@ mod cli {
         }
     }
 
+    /// The command `mvctl ARGS` against the daemon at `host`.
+    fn mvctl_command(host: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("mvctl"));
+        cmd.args(args).env("MVM_HOST", host);
+        cmd
+    }
+
     /// `mvctl ARGS` against the suite's daemon.
     fn mvctl(args: &[&str]) -> Out {
-        let s = suite();
-        let mut cmd = Command::new(binary("mvctl"));
-        cmd.args(args).env("MVM_HOST", &s.host);
-        run_cmd(cmd, None)
+        run_cmd(mvctl_command(&suite().host, args), None)
     }
 
     /// `mvctl ARGS` with `input` on stdin.
     fn mvctl_stdin(args: &[&str], input: &[u8]) -> Out {
-        let s = suite();
-        let mut cmd = Command::new(binary("mvctl"));
-        cmd.args(args).env("MVM_HOST", &s.host);
-        run_cmd(cmd, Some(input))
+        run_cmd(mvctl_command(&suite().host, args), Some(input))
     }
 
     fn sh(cmd: &str) -> String {
@@ -258,9 +202,7 @@ mod cli {
             tree.display(),
             rootfs.display()
         ));
-        let mut cmd = Command::new(binary("mvctl"));
-        cmd.args(["import", rootfs.to_str().unwrap(), BUSYBOX])
-            .env("MVM_HOST", &s.host);
+        let cmd = mvctl_command(&s.host, &["import", rootfs.to_str().unwrap(), BUSYBOX]);
         let out = run_cmd(cmd, None).ok();
         let id = out.stdout.trim().to_string();
         assert!(
@@ -304,9 +246,7 @@ mod cli {
             arch.display(),
             tarball.display()
         ));
-        let mut cmd = Command::new(binary("mvctl"));
-        cmd.args(["load", "-i", tarball.to_str().unwrap()])
-            .env("MVM_HOST", &s.host);
+        let cmd = mvctl_command(&s.host, &["load", "-i", tarball.to_str().unwrap()]);
         let out = run_cmd(cmd, None).ok();
         assert!(
             out.stdout.contains("Loaded image: ") && out.stdout.contains("e2e/defaults:1"),
@@ -344,12 +284,9 @@ mod cli {
             .to_string()
     }
 
-    fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-        let t = Instant::now();
-        while !f() {
-            assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    /// `mvm_e2e::wait_until`, looking again every 200 ms.
+    fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+        mvm_e2e::wait_until(what, timeout, Duration::from_millis(200), f);
     }
 
     #[test]
@@ -874,8 +811,7 @@ mod cli {
         // SAFETY: openpty returned these descriptors; nothing else owns them.
         let (master, slave) =
             unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        let mut cmd = Command::new(binary("mvctl"));
-        cmd.args(args).env("MVM_HOST", &suite().host);
+        let mut cmd = mvctl_command(&suite().host, args);
         cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave));
@@ -904,18 +840,11 @@ mod cli {
             }
             out
         });
-        let t = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if t.elapsed() > CALL_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("mvctl {args:?} on a pty did not finish within {CALL_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_deadline(
+            &mut child,
+            Duration::from_millis(20),
+            &format!("mvctl {args:?} on a pty"),
+        );
         let out = reader.join().unwrap();
         (
             status.code().unwrap_or(-1),

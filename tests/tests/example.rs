@@ -11,12 +11,11 @@
 //! itself.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use mvm_e2e::daemon::{binary, ping, start_daemon};
 
 /// The repository root (this crate is `tests/`).
 fn repo() -> PathBuf {
@@ -24,27 +23,6 @@ fn repo() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
-}
-
-/// A binary next to the test binary's directory (`target/debug/`), built
-/// by `make build`, or the path in `MVM_<NAME>`.
-fn binary(name: &str) -> PathBuf {
-    let env = format!("MVM_{}", name.to_uppercase());
-    if let Some(p) = std::env::var_os(&env) {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run `make build` first (or set {env})",
-        p.display()
-    );
-    p
 }
 
 /// The Python base image tarball of `resources/images/python.sh`.
@@ -78,53 +56,6 @@ fn python_tarball() -> PathBuf {
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     assert!(path.is_file(), "python.sh printed {path:?}, not a file");
     path
-}
-
-/// Starts mvmd; it dies with the test process (PR_SET_PDEATHSIG, from a
-/// thread that lives as long as the process: the signal fires when the
-/// forking thread ends).
-fn start_daemon(root: &Path, run: &Path, log: &Path) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (root, run, log) = (root.to_path_buf(), run.to_path_buf(), log.to_path_buf());
-    std::thread::spawn(move || {
-        let mut cmd = Command::new(binary("mvmd"));
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("--run-dir")
-            .arg(&run)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&log).unwrap())
-            .stderr(fs::File::create(&log).unwrap());
-        // SAFETY: prctl in the child before exec; async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("spawn mvmd");
-        tx.send(()).unwrap();
-        let _keep = child;
-        loop {
-            std::thread::park();
-        }
-    });
-    rx.recv().expect("mvmd started");
-}
-
-fn ping(socket: &Path) -> bool {
-    let Ok(mut s) = UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if s.write_all(b"GET /_ping HTTP/1.1\r\nHost: mvmd\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
 }
 
 /// `mvctl ARGS` against the daemon at `host`, with a deadline.
