@@ -128,10 +128,22 @@ pub fn decide(run: &RunResult) -> Outcome {
             "powered_off",
             format!("the guest powered off; {}", describe_workload(g.workload)),
         ),
+        // After init's notice the kernel is on its way to the reset and a
+        // triple fault is one (Linux falls back to it; seen under nested
+        // emulation in the reboot path): the run ended as announced.
+        StopReason::TripleFault(what) if g.power_off => {
+            tracing::info!("the guest's reset after its power-off notice was a triple fault: {what}");
+            (
+                EXIT_OK,
+                "powered_off",
+                format!("the guest powered off; {}", describe_workload(g.workload)),
+            )
+        }
         StopReason::Reset => crash(
             "it reset without init's power-off notice (kernel panic, or a reboot not made by mvm-init)"
                 .into(),
         ),
+        StopReason::TripleFault(what) => crash(what.clone()),
         StopReason::GuestCrash(what) => crash(what.clone()),
         StopReason::VmmError(what) => (EXIT_VMM_ERROR, "error", format!("VMM error: {what}")),
         StopReason::Signal(n) => (
@@ -207,6 +219,32 @@ mod tests {
     }
 
     #[test]
+    fn triple_fault_is_a_reset_clean_only_after_the_notice() {
+        let g = GuestStatus {
+            boot_time: None,
+            workload: Some(Workload::Exited(0)),
+            power_off: true,
+        };
+        let fault = || StopReason::TripleFault("vCPU 0 triple-faulted".into());
+        let tail = ["mvm-init: powering off", "reboot: Restarting system"];
+        let o = decide(&run(fault(), g.clone(), &tail));
+        assert_eq!((o.exit_code, o.report.guest), (EXIT_OK, "powered_off"));
+        assert!(o.report.message.contains("exited with code 0"));
+        let g = GuestStatus {
+            power_off: false,
+            ..g
+        };
+        let o = decide(&run(fault(), g, &tail));
+        assert_eq!((o.exit_code, o.report.guest), (EXIT_GUEST_CRASH, "crashed"));
+        assert!(
+            o.report.message.contains("triple-faulted"),
+            "{}",
+            o.report.message
+        );
+        assert!(o.report.message.contains("Restarting system"));
+    }
+
+    #[test]
     fn workload_forms() {
         let j = |w| serde_json::to_value(WorkloadReport::from(w)).unwrap();
         assert_eq!(j(Workload::Signaled(9)), serde_json::json!({"signal": 9}));
@@ -246,7 +284,7 @@ mod tests {
         let lines: Vec<String> = (0..20).map(|i| format!("l{i}")).collect();
         let tail: Vec<&str> = lines.iter().map(String::as_str).collect();
         let o = decide(&run(
-            StopReason::GuestCrash("vCPU 0 triple-faulted".into()),
+            StopReason::TripleFault("vCPU 0 triple-faulted".into()),
             GuestStatus::default(),
             &tail,
         ));

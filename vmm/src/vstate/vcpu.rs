@@ -170,10 +170,13 @@ impl Vcpu {
                 Next::Continue
             }
             Ok(VcpuExit::Shutdown) => {
+                // On AMD, KVM re-INITs the vCPU before reporting this exit
+                // (the VMCB is undefined after a shutdown), so the state is
+                // the reset vector there; on Intel it is where it faulted.
                 let state = self.state_summary();
-                tracing::error!("vCPU {index} triple-faulted; state at the fault: {state}");
-                Next::Stop(StopReason::GuestCrash(format!(
-                    "vCPU {index} triple-faulted (KVM_EXIT_SHUTDOWN) at {state}"
+                tracing::info!("vCPU {index} triple-faulted; state after the fault: {state}");
+                Next::Stop(StopReason::TripleFault(format!(
+                    "vCPU {index} triple-faulted (KVM_EXIT_SHUTDOWN; state after it: {state})"
                 )))
             }
             Ok(VcpuExit::Hlt) => Next::Stop(StopReason::GuestCrash(format!(
