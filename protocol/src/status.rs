@@ -30,7 +30,9 @@ pub enum GuestEvent {
     Signaled(u8),
     /// Init could not start the workload; the code is an [`InitError`].
     InitError(InitError),
-    /// Init is about to reboot the guest on purpose. A reset that is not
+    /// Init is done: every filesystem is synced and the scratch disk
+    /// frozen, attached output delivered. The VMM stops the VM on it; init
+    /// then reboots the guest in case it does not. A reset that is not
     /// preceded by this event is a crash (kernel panic, triple fault).
     PowerOff,
 }

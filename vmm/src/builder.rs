@@ -201,7 +201,7 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         I8042_BASE.into(),
         I8042_LEN.into(),
     )?;
-    let status_port = StatusPort::new(opts.start);
+    let status_port = StatusPort::new(opts.start, exit.clone());
     let guest_status = status_port.status();
     io_bus.insert(
         Arc::new(Mutex::new(status_port)),

@@ -18,6 +18,8 @@ pub enum StopReason {
     /// The guest reset the machine (i8042 0xFE, or a KVM reset/shutdown
     /// system event). Clean only if init announced a power-off first.
     Reset,
+    /// Init announced the power-off (status port): the run is complete.
+    PowerOff,
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN); the text says which and
     /// where. On a PC that resets the machine, and kernels use it as a
     /// last-resort reboot method, so like [`StopReason::Reset`] it is clean

@@ -122,22 +122,22 @@ pub fn decide(run: &RunResult) -> Outcome {
         };
         (EXIT_GUEST_CRASH, "crashed", message)
     };
-    let (exit_code, guest, message) = match &run.reason {
-        StopReason::Reset if g.power_off => (
+    let powered_off = || {
+        (
             EXIT_OK,
             "powered_off",
             format!("the guest powered off; {}", describe_workload(g.workload)),
-        ),
+        )
+    };
+    let (exit_code, guest, message) = match &run.reason {
+        StopReason::PowerOff => powered_off(),
+        StopReason::Reset if g.power_off => powered_off(),
         // After init's notice the kernel is on its way to the reset and a
         // triple fault is one (Linux falls back to it; seen under nested
         // emulation in the reboot path): the run ended as announced.
         StopReason::TripleFault(what) if g.power_off => {
             tracing::info!("the guest's reset after its power-off notice was a triple fault: {what}");
-            (
-                EXIT_OK,
-                "powered_off",
-                format!("the guest powered off; {}", describe_workload(g.workload)),
-            )
+            powered_off()
         }
         StopReason::Reset => crash(
             "it reset without init's power-off notice (kernel panic, or a reboot not made by mvm-init)"

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use mvm_protocol::status::{GuestEvent, InitError, STATUS_PORT, STATUS_PORT_LEN};
 
 use super::bus::{lock, BusDevice};
+use crate::exit::{ExitSignal, StopReason};
 
 pub const PORT: u16 = STATUS_PORT;
 pub const LEN: u16 = STATUS_PORT_LEN;
@@ -29,7 +30,7 @@ pub struct GuestStatus {
     /// Time from VMM start to init's BootComplete.
     pub boot_time: Option<Duration>,
     pub workload: Option<Workload>,
-    /// Init announced the coming reset: it is a clean power-off.
+    /// Init announced the power-off: what follows is a clean end.
     pub power_off: bool,
 }
 
@@ -37,15 +38,18 @@ pub struct GuestStatus {
 pub struct StatusPort {
     status: Arc<Mutex<GuestStatus>>,
     start: Instant,
+    exit: Arc<ExitSignal>,
 }
 
 impl StatusPort {
     /// `start` is when the VMM process started: the boot time is measured
     /// from there, which is what a user waiting for the sandbox sees.
-    pub fn new(start: Instant) -> Self {
+    /// `exit` is told when init announces the power-off.
+    pub fn new(start: Instant, exit: Arc<ExitSignal>) -> Self {
         Self {
             status: Arc::default(),
             start,
+            exit,
         }
     }
 
@@ -67,7 +71,15 @@ impl StatusPort {
             GuestEvent::Exited(c) => s.workload = Some(Workload::Exited(c)),
             GuestEvent::Signaled(n) => s.workload = Some(Workload::Signaled(n)),
             GuestEvent::InitError(e) => s.workload = Some(Workload::InitError(e)),
-            GuestEvent::PowerOff => s.power_off = true,
+            GuestEvent::PowerOff => {
+                // Init sends it when everything is durable and delivered,
+                // so the VM stops here: the kernel's reboot path after it
+                // does nothing for the host, costs time (more so under
+                // emulation) and was seen to triple-fault or stall under
+                // nested SVM.
+                s.power_off = true;
+                self.exit.request(StopReason::PowerOff);
+            }
         }
     }
 }
@@ -98,7 +110,8 @@ mod tests {
 
     #[test]
     fn events_are_recorded() {
-        let mut p = StatusPort::new(Instant::now());
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut p = StatusPort::new(Instant::now(), exit.clone());
         let s = p.status();
         out(&mut p, GuestEvent::BootComplete);
         let first = s.lock().unwrap().boot_time.unwrap();
@@ -118,13 +131,16 @@ mod tests {
             Some(Workload::InitError(InitError::NotFound))
         );
         assert!(!s.lock().unwrap().power_off);
+        assert!(!exit.is_requested(), "only the power-off stops the VM");
         out(&mut p, GuestEvent::PowerOff);
         assert!(s.lock().unwrap().power_off);
+        assert_eq!(exit.reason(), Some(StopReason::PowerOff));
     }
 
     #[test]
     fn other_widths_offsets_and_values_are_ignored() {
-        let mut p = StatusPort::new(Instant::now());
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut p = StatusPort::new(Instant::now(), exit.clone());
         let s = p.status();
         let v = GuestEvent::PowerOff.encode().to_le_bytes();
         p.write(1, &v);
@@ -133,6 +149,7 @@ mod tests {
         p.write(0, &[0, 0, 0, 0xee]);
         p.write(0, &[0u8; 8]);
         assert_eq!(*s.lock().unwrap(), GuestStatus::default());
+        assert!(!exit.is_requested());
         let mut r = [0xaau8; 4];
         p.read(0, &mut r);
         assert_eq!(r, [0; 4]);
