@@ -117,6 +117,19 @@ run_bin() {
     for f in /tmp/*-e2e-*/mvmd.log; do
       [ -f "$f" ] && { echo "--- tail of $f" >&2; tail -n 40 "$f" >&2; }
     done
+    # The guests still running: where each one is (kernel and init lines).
+    for p in $(pgrep -x mvm-vmm); do
+      local dir
+      # Its sandbox dir holds its --config file.
+      dir=$(tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | sed -n '/^--config$/{n;p;q}')
+      [ -n "$dir" ] || continue
+      dir=$(dirname "$dir")
+      for f in "$dir/console.log" "$dir/vmm.log"; do
+        [ -f "$f" ] && { echo "--- VMM $p: tail of $f" >&2; tail -n 15 "$f" >&2; }
+      done
+    done
+    # VMMs outlive their mvmd by design; the next binary starts clean.
+    pkill -KILL -x mvm-vmm 2>/dev/null || true
   fi
   echo "$rc" >"$STATE/$key.rc"
   [ "$rc" = 0 ] || status=1
