@@ -31,8 +31,9 @@ pub enum GuestEvent {
     /// Init could not start the workload; the code is an [`InitError`].
     InitError(InitError),
     /// Init is done: every filesystem is synced and the scratch disk
-    /// frozen, attached output delivered. The VMM stops the VM on it; init
-    /// then reboots the guest in case it does not. A reset that is not
+    /// frozen, attached output handed to the kernel. Init then reboots the
+    /// guest; the VMM stops it if it has not reset within a few seconds
+    /// (the reboot path adds nothing the host needs). A reset that is not
     /// preceded by this event is a crash (kernel panic, triple fault).
     PowerOff,
 }

@@ -18,7 +18,8 @@ pub enum StopReason {
     /// The guest reset the machine (i8042 0xFE, or a KVM reset/shutdown
     /// system event). Clean only if init announced a power-off first.
     Reset,
-    /// Init announced the power-off (status port): the run is complete.
+    /// Init announced the power-off (status port) and the guest did not
+    /// reset within the grace after it: the run is complete all the same.
     PowerOff,
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN); the text says which and
     /// where. On a PC that resets the machine, and kernels use it as a

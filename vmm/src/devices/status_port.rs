@@ -8,6 +8,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long the guest may take, after init's power-off report, to reset
+/// itself before the VMM stops it. The kernel's reboot path normally takes
+/// milliseconds; meanwhile the devices keep working, so output init has
+/// handed to the kernel (vsock) still reaches the host. Under the nested
+/// emulation of the test host that path was seen to stall or triple-fault.
+pub const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
+
 use mvm_protocol::status::{GuestEvent, InitError, STATUS_PORT, STATUS_PORT_LEN};
 
 use super::bus::{lock, BusDevice};
@@ -39,17 +46,24 @@ pub struct StatusPort {
     status: Arc<Mutex<GuestStatus>>,
     start: Instant,
     exit: Arc<ExitSignal>,
+    grace: Duration,
 }
 
 impl StatusPort {
     /// `start` is when the VMM process started: the boot time is measured
     /// from there, which is what a user waiting for the sandbox sees.
-    /// `exit` is told when init announces the power-off.
+    /// `exit` is told [`POWER_OFF_GRACE`] after init announces the
+    /// power-off, unless the guest reset first.
     pub fn new(start: Instant, exit: Arc<ExitSignal>) -> Self {
+        Self::with_grace(start, exit, POWER_OFF_GRACE)
+    }
+
+    fn with_grace(start: Instant, exit: Arc<ExitSignal>, grace: Duration) -> Self {
         Self {
             status: Arc::default(),
             start,
             exit,
+            grace,
         }
     }
 
@@ -71,15 +85,27 @@ impl StatusPort {
             GuestEvent::Exited(c) => s.workload = Some(Workload::Exited(c)),
             GuestEvent::Signaled(n) => s.workload = Some(Workload::Signaled(n)),
             GuestEvent::InitError(e) => s.workload = Some(Workload::InitError(e)),
-            GuestEvent::PowerOff => {
-                // Init sends it when everything is durable and delivered,
-                // so the VM stops here: the kernel's reboot path after it
-                // does nothing for the host, costs time (more so under
-                // emulation) and was seen to triple-fault or stall under
-                // nested SVM.
+            GuestEvent::PowerOff if !s.power_off => {
+                // Everything is durable by now; the reset that follows is
+                // awaited only for so long (a thread per VM, once).
                 s.power_off = true;
-                self.exit.request(StopReason::PowerOff);
+                let (exit, grace) = (self.exit.clone(), self.grace);
+                let spawned = std::thread::Builder::new()
+                    .name("power-off".into())
+                    .spawn(move || {
+                        std::thread::sleep(grace);
+                        if !exit.is_requested() {
+                            tracing::info!(
+                                "the guest did not reset within {grace:?} of its power-off report; stopping it"
+                            );
+                            exit.request(StopReason::PowerOff);
+                        }
+                    });
+                if spawned.is_err() {
+                    self.exit.request(StopReason::PowerOff);
+                }
             }
+            GuestEvent::PowerOff => {}
         }
     }
 }
@@ -111,7 +137,8 @@ mod tests {
     #[test]
     fn events_are_recorded() {
         let exit = Arc::new(ExitSignal::new().unwrap());
-        let mut p = StatusPort::new(Instant::now(), exit.clone());
+        let grace = Duration::from_millis(50);
+        let mut p = StatusPort::with_grace(Instant::now(), exit.clone(), grace);
         let s = p.status();
         out(&mut p, GuestEvent::BootComplete);
         let first = s.lock().unwrap().boot_time.unwrap();
@@ -132,8 +159,19 @@ mod tests {
         );
         assert!(!s.lock().unwrap().power_off);
         assert!(!exit.is_requested(), "only the power-off stops the VM");
+        let t = Instant::now();
+        out(&mut p, GuestEvent::PowerOff);
         out(&mut p, GuestEvent::PowerOff);
         assert!(s.lock().unwrap().power_off);
+        assert!(!exit.is_requested(), "the guest gets its grace to reset");
+        while !exit.is_requested() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no stop after the grace"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(t.elapsed() >= grace);
         assert_eq!(exit.reason(), Some(StopReason::PowerOff));
     }
 
