@@ -151,12 +151,12 @@ pub fn exit_info(status: Option<&StatusFile>, intent: Intent, oom: bool) -> Exit
         }
         "crashed" => {
             info.reason = ExitReason::GuestCrashed;
-            info.error = Some(format!(
-                "the guest crashed: {}",
-                st.message
-                    .as_deref()
-                    .unwrap_or("no detail; see the console log")
-            ));
+            // The VMM's message already says "the guest crashed: ...".
+            info.error = Some(match st.message.as_deref() {
+                Some(m) if m.starts_with("the guest crashed") => m.to_string(),
+                Some(m) => format!("the guest crashed: {m}"),
+                None => "the guest crashed: no detail; see the console log".into(),
+            });
         }
         "error" => {
             info.exit_code = 125;
@@ -255,7 +255,10 @@ mod tests {
         let s = st(r#"{"guest":"crashed","message":"Kernel panic"}"#);
         let i = exit_info(Some(&s), Intent::None, false);
         assert_eq!(i.reason, ExitReason::GuestCrashed);
-        assert!(i.error.unwrap().contains("Kernel panic"));
+        assert_eq!(i.error.unwrap(), "the guest crashed: Kernel panic");
+        let s = st(r#"{"guest":"crashed","message":"the guest crashed: vCPU 0 triple-faulted"}"#);
+        let i = exit_info(Some(&s), Intent::None, false);
+        assert_eq!(i.error.unwrap(), "the guest crashed: vCPU 0 triple-faulted");
         let s = st(r#"{"guest":"error","message":"KVM is PVM"}"#);
         let i = exit_info(Some(&s), Intent::None, false);
         assert_eq!((i.exit_code, i.reason), (125, ExitReason::VmmError));
