@@ -150,7 +150,7 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
 pub fn kernel_cmdline() -> String {
     let mut s = String::from(
         "console=ttyS0 rdinit=/init panic=-1 no_timer_check cryptomgr.notests tsc=reliable \
-         i8042.noaux i8042.nokbd apparmor=0 audit=0 mitigations=off rodata=off \
+         kvm_amd.npt=0 i8042.noaux i8042.nokbd apparmor=0 audit=0 mitigations=off rodata=off \
          initcall_blacklist=load_system_certificate_list,init_kprobe_trace",
     );
     // As in `run`: L1's PIT calibration of the TSC fails on a loaded host
