@@ -284,6 +284,31 @@ fn reboot_without_power_off_notice_is_a_crash() {
 
 #[test]
 #[ignore = "needs hardware KVM: run inside resources/testhost/run (see the file's doc)"]
+fn power_off_report_ends_the_vm_when_the_guest_never_resets() {
+    require_hardware_kvm();
+    // The report, then a guest that keeps running: the VMM ends it after
+    // its grace, cleanly, with the reported status.
+    let r =
+        Guest::new("mvm-status exit 3; mvm-status poweroff; echo still-up; sleep 600\n").run(LIMIT);
+    assert_eq!(r.code(), Some(0), "{}", r.describe());
+    assert!(r.console.contains("still-up"), "{}", r.describe());
+    let s = r.status.as_ref().expect("status file");
+    assert_eq!(s["guest"], "powered_off", "{}", r.describe());
+    assert_eq!(s["workload"], serde_json::json!({"exit_code": 3}));
+    assert!(
+        r.stderr().contains("did not reset within"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        r.elapsed < LIMIT / 2,
+        "ended by the grace, not the test's limit: {:?}",
+        r.elapsed
+    );
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run inside resources/testhost/run (see the file's doc)"]
 fn kernel_panic_exits_2_and_quotes_the_panic() {
     require_hardware_kvm();
     let r = Guest::new("echo c > /proc/sysrq-trigger; sleep 600\n").run(LIMIT);
