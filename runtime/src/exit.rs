@@ -151,20 +151,23 @@ pub fn exit_info(status: Option<&StatusFile>, intent: Intent, oom: bool) -> Exit
         }
         "crashed" => {
             info.reason = ExitReason::GuestCrashed;
-            // The VMM's message already says "the guest crashed: ...".
-            info.error = Some(match st.message.as_deref() {
-                Some(m) if m.starts_with("the guest crashed") => m.to_string(),
-                Some(m) => format!("the guest crashed: {m}"),
-                None => "the guest crashed: no detail; see the console log".into(),
-            });
+            // The VMM's message is a whole sentence ("the guest crashed:
+            // ..."); it is the error as it stands.
+            info.error = Some(
+                st.message
+                    .clone()
+                    .unwrap_or_else(|| "the guest crashed; no detail: see the console log".into()),
+            );
         }
         "error" => {
             info.exit_code = 125;
             info.reason = ExitReason::VmmError;
-            info.error = Some(format!(
-                "the VMM failed: {}",
-                st.message.as_deref().unwrap_or("no detail; see vmm.log")
-            ));
+            // As above: "VMM error: ..." from the VMM itself.
+            info.error = Some(
+                st.message
+                    .clone()
+                    .unwrap_or_else(|| "the VMM failed; no detail: see vmm.log".into()),
+            );
         }
         "stopped" => match intent {
             Intent::Kill => {
@@ -252,16 +255,17 @@ mod tests {
         let i = exit_info(None, Intent::None, false);
         assert_eq!((i.exit_code, i.reason), (UNKNOWN_EXIT, ExitReason::VmmDied));
         assert!(i.error.unwrap().contains("status file"));
-        let s = st(r#"{"guest":"crashed","message":"Kernel panic"}"#);
+        let s = st(r#"{"guest":"crashed","message":"the guest crashed: Kernel panic"}"#);
         let i = exit_info(Some(&s), Intent::None, false);
         assert_eq!(i.reason, ExitReason::GuestCrashed);
         assert_eq!(i.error.unwrap(), "the guest crashed: Kernel panic");
-        let s = st(r#"{"guest":"crashed","message":"the guest crashed: vCPU 0 triple-faulted"}"#);
+        let s = st(r#"{"guest":"crashed"}"#);
         let i = exit_info(Some(&s), Intent::None, false);
-        assert_eq!(i.error.unwrap(), "the guest crashed: vCPU 0 triple-faulted");
-        let s = st(r#"{"guest":"error","message":"KVM is PVM"}"#);
+        assert!(i.error.unwrap().starts_with("the guest crashed"));
+        let s = st(r#"{"guest":"error","message":"VMM error: KVM is PVM"}"#);
         let i = exit_info(Some(&s), Intent::None, false);
         assert_eq!((i.exit_code, i.reason), (125, ExitReason::VmmError));
+        assert_eq!(i.error.unwrap(), "VMM error: KVM is PVM");
     }
 
     #[test]
