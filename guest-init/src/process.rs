@@ -624,7 +624,14 @@ mod tests {
         let mut tries = 0;
         let err = loop {
             let err = cmd(&[path], &[]).spawn().unwrap_err();
-            if !err.to_string().contains("text file busy") || tries == 100 {
+            let busy = matches!(
+                err,
+                SpawnError::Exec {
+                    errno: libc::ETXTBSY,
+                    ..
+                }
+            );
+            if !busy || tries == 100 {
                 break err;
             }
             tries += 1;

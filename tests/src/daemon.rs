@@ -1,6 +1,6 @@
-//! A real `mvmd` for the tests that drive it through `mvctl` (the `cli`
-//! and `example` suites): where the built binaries are, starting a daemon
-//! that goes away with the test process, and asking it whether it answers.
+//! A real `mvmd` for the suites that drive it (`api`, `cli`, `example`):
+//! where the built binaries are, starting a daemon that goes away with the
+//! test process, and asking it whether it answers.
 //!
 //! One copy here because each suite had its own, and a fix to one (the
 //! PR_SET_PDEATHSIG thread, for one) must reach them all.

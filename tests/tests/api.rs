@@ -231,22 +231,6 @@ struct Mvmd {
     extra: Vec<String>,
 }
 
-fn mvmd_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MVMD") {
-        return PathBuf::from(p);
-    }
-    let vmm = PathBuf::from(
-        std::env::var_os("MVM_VMM").expect("MVM_VMM is not set: run with tests/run-e2e.sh"),
-    );
-    let p = vmm.with_file_name("mvmd");
-    assert!(
-        p.exists(),
-        "{} does not exist: build the workspace (make build)",
-        p.display()
-    );
-    p
-}
-
 impl Mvmd {
     fn root(&self) -> PathBuf {
         self.dir.path().join("root")
@@ -281,7 +265,7 @@ impl Mvmd {
             .append(true)
             .open(self.dir.path().join("mvmd.log"))
             .unwrap();
-        let child = Command::new(mvmd_binary())
+        let child = Command::new(mvm_e2e::daemon::binary("mvmd"))
             .arg("--root")
             .arg(self.root())
             .arg("--run-dir")
@@ -893,7 +877,7 @@ fn mvmd_killed_and_restarted_keeps_control() {
     assert_eq!(d.inspect("a")["state"]["reason"], "stopped");
     assert!(d.vmm_pids().is_empty());
     // A second daemon on the same root is refused.
-    let out = Command::new(mvmd_binary())
+    let out = Command::new(mvm_e2e::daemon::binary("mvmd"))
         .arg("--root")
         .arg(d.root())
         .arg("--run-dir")
