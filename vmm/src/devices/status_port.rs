@@ -8,13 +8,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long the guest may take, after init's power-off report, to reset
-/// itself before the VMM stops it. The kernel's reboot path normally takes
-/// milliseconds; meanwhile the devices keep working, so output init has
-/// handed to the kernel (vsock) still reaches the host. Under the nested
-/// emulation of the test host that path was seen to stall or triple-fault.
-pub const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
-
 use mvm_protocol::status::{GuestEvent, InitError, STATUS_PORT, STATUS_PORT_LEN};
 
 use super::bus::{lock, BusDevice};
@@ -22,6 +15,13 @@ use crate::exit::{ExitSignal, StopReason};
 
 pub const PORT: u16 = STATUS_PORT;
 pub const LEN: u16 = STATUS_PORT_LEN;
+
+/// How long the guest may take, after init's power-off report, to reset
+/// itself before the VMM stops it. The kernel's reboot path normally takes
+/// milliseconds; meanwhile the devices keep working, so output init has
+/// handed to the kernel (vsock) still reaches the host. Under the nested
+/// emulation of the test host that path was seen to stall or triple-fault.
+pub const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
 
 /// What happened to the workload, as init reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
