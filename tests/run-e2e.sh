@@ -120,8 +120,10 @@ run_bin() {
     # A binary that ran out of time in the first boot (or was cut short
     # when L1 itself failed) gets one more run: the emulated host's faults
     # also reach the nested microVMs (seen: a guest that stops making
-    # progress). Test failures were retried test by test already.
-    if [ "$prev" != 0 ] && [ "$prev" != 101 ] && [ ! -e "$STATE/$key.retried" ]; then
+    # progress). Test failures were retried test by test already, unless
+    # that boot's L1 failed: then they may have come from its crawl too.
+    if [ "$prev" != 0 ] && { [ "$prev" != 101 ] || [ -e "$STATE/l1-failed" ]; } &&
+      [ ! -e "$STATE/$key.retried" ]; then
       touch "$STATE/$key.retried"
       echo "=== $key: failed in an earlier boot (exit $prev); running it again" >&2
     else
@@ -197,7 +199,7 @@ else
     # A second boot: after a fault of the emulated host itself (123), or
     # when a binary ran out of time (see run_bin).
     retry=0
-    [ "$rc" = 123 ] && retry=1
+    [ "$rc" = 123 ] && retry=1 && touch "$state/l1-failed"
     grep -qx -e 124 -e 137 "$state"/*.rc 2>/dev/null && retry=1
     if [ "$retry" = 1 ] && [ "$boot" = 1 ] && [ $((deadline - SECONDS)) -gt 600 ]; then
       echo "e2e: booting the emulated host again for the test binaries that did not finish (see above)" >&2
