@@ -68,7 +68,7 @@ trap 'rm -f "$job"' EXIT
 # it still run. Each binary's exit status is recorded in $state (shared
 # writable with the emulated host), so that when the emulated host itself
 # hangs (resources/testhost/run exits 123: a rare hang of the emulation,
-# see resources/testhost/README.md) a second boot runs only the binaries
+# see resources/testhost/README.md) another boot runs only the binaries
 # that had not finished.
 bin_timeout=${MVM_E2E_BIN_TIMEOUT:-900}
 state=$root/target/e2e-state
@@ -192,16 +192,17 @@ else
   follower=$!
   budget=${MVM_E2E_TIMEOUT:-3000}
   deadline=$((SECONDS + budget))
-  for boot in 1 2; do
+  for boot in 1 2 3; do
     rc=0
     resources/testhost/run --timeout $((deadline - SECONDS)) --rw "$state" \
       --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env RUST_BACKTRACE -- "$job" || rc=$?
-    # A second boot: after a fault of the emulated host itself (123), or
-    # when a binary ran out of time (see run_bin).
+    # Another boot: after a fault of the emulated host itself (123; a
+    # third boot only for that), or when a binary ran out of time in the
+    # first (see run_bin).
     retry=0
     [ "$rc" = 123 ] && retry=1 && touch "$state/l1-failed"
-    grep -qx -e 124 -e 137 "$state"/*.rc 2>/dev/null && retry=1
-    if [ "$retry" = 1 ] && [ "$boot" = 1 ] && [ $((deadline - SECONDS)) -gt 600 ]; then
+    [ "$boot" = 1 ] && grep -qx -e 124 -e 137 "$state"/*.rc 2>/dev/null && retry=1
+    if [ "$retry" = 1 ] && [ "$boot" -lt 3 ] && [ $((deadline - SECONDS)) -gt 600 ]; then
       echo "e2e: booting the emulated host again for the test binaries that did not finish (see above)" >&2
       continue
     fi
