@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-use mvm_build::context::Context;
-use mvm_build::progress::Event;
-use mvm_build::vm::{Executor, RunRequest, VmmExecutor};
-use mvm_build::{BuildError, BuildOptions, BuildResult, Builder};
+use mvm_builder::context::Context;
+use mvm_builder::progress::Event;
+use mvm_builder::vm::{Executor, RunRequest, VmmExecutor};
+use mvm_builder::{BuildError, BuildOptions, BuildResult, Builder};
 use mvm_e2e::{rootfs, Artifacts};
 use mvm_images::{ImportOptions, Reference, RootDiskOptions, Store};
 
@@ -76,7 +76,7 @@ fn build(ctx: &Path, tag: &str) -> (Result<BuildResult, BuildError>, Vec<Event>)
     let w = world();
     let events = Mutex::new(Vec::new());
     let sink = |e: &Event| {
-        eprint!("{}", mvm_build::progress::format_plain(e));
+        eprint!("{}", mvm_builder::progress::format_plain(e));
         events.lock().unwrap().push(e.clone());
     };
     let b = Builder::new(w.store.clone(), Some(&w.exec), &sink).unwrap();
@@ -250,7 +250,7 @@ fn multi_stage_copies_a_binary_from_a_builder_stage() {
     let r = r.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.runs, 2);
     let rec = w_store().image_at(&r.digest).unwrap();
-    let result = mvm_build::tarlayer::read_file_in_layers(
+    let result = mvm_builder::tarlayer::read_file_in_layers(
         w_store(),
         &rec.manifest.layers,
         "result.txt",
@@ -263,7 +263,7 @@ fn multi_stage_copies_a_binary_from_a_builder_stage() {
         "the copied binary ran in the final stage's build VM"
     );
     assert!(
-        mvm_build::tarlayer::read_file_in_layers(
+        mvm_builder::tarlayer::read_file_in_layers(
             w_store(),
             &rec.manifest.layers,
             "out/app",

@@ -1,4 +1,4 @@
-//! `POST /v1/build`: build an image from a Dockerfile (`mvm-build`).
+//! `POST /v1/build`: build an image from a Dockerfile (`mvm-builder`).
 //!
 //! The body is the build context as a tarball (plain, gzip or zstd),
 //! unpacked with the store's hardened unpacker. Query parameters: `t`
@@ -23,10 +23,10 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use mvm_api::images::Progress;
 use mvm_api::ErrorCode;
-use mvm_build::context::Context;
-use mvm_build::progress::{format_plain, Event};
-use mvm_build::vm::{Executor, VmmExecutor};
-use mvm_build::{BuildError, BuildOptions, Builder};
+use mvm_builder::context::Context;
+use mvm_builder::progress::{format_plain, Event};
+use mvm_builder::vm::{Executor, VmmExecutor};
+use mvm_builder::{BuildError, BuildOptions, Builder};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 

@@ -113,7 +113,7 @@ fn pack(dir: &Path, file: Option<&Path>) -> Result<(Vec<u8>, Option<String>), Cm
         }
     }
     let mut out = Vec::new();
-    mvm_build::context::pack_dir(
+    mvm_builder::context::pack_dir(
         &canon_dir,
         dockerfile.as_deref(),
         outside.as_deref().map(|d| (OUTSIDE_DOCKERFILE, d)),
@@ -267,7 +267,7 @@ mod tests {
         let (data, df) = pack(ctx.path(), Some(&other.path().join("Custom"))).unwrap();
         assert_eq!(df.as_deref(), Some(OUTSIDE_DOCKERFILE));
         let tmp = tempfile::tempdir().unwrap();
-        let c = mvm_build::context::Context::from_tar(&data[..], tmp.path()).unwrap();
+        let c = mvm_builder::context::Context::from_tar(&data[..], tmp.path()).unwrap();
         assert_eq!(c.read_file(OUTSIDE_DOCKERFILE).unwrap(), b"FROM scratch\n");
         assert_eq!(c.read_file("app.py").unwrap(), b"x");
     }

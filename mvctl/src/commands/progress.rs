@@ -92,7 +92,7 @@ struct BuildStep {
 }
 
 /// `mvctl build --progress tty`: BuildKit's live view on a terminal, drawn
-/// from the daemon's plain status lines (`mvm_build::progress::parse_plain`
+/// from the daemon's plain status lines (`mvm_builder::progress::parse_plain`
 /// turns them back into events):
 ///
 /// ```text
@@ -153,7 +153,7 @@ impl BuildView {
 
     /// One `status` line of the build stream.
     pub fn line(&mut self, text: &str) {
-        use mvm_build::progress::{parse_plain, Event};
+        use mvm_builder::progress::{parse_plain, Event};
         let Some(event) = parse_plain(text) else {
             if !self.in_error {
                 let _ = self.multi.println(text);

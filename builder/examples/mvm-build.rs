@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
-use mvm_build::context::Context;
-use mvm_build::progress::Plain;
-use mvm_build::vm::{Executor, VmmExecutor};
-use mvm_build::{BuildOptions, Builder};
+use mvm_builder::context::Context;
+use mvm_builder::progress::Plain;
+use mvm_builder::vm::{Executor, VmmExecutor};
+use mvm_builder::{BuildOptions, Builder};
 
 fn main() {
     if let Err(e) = run() {

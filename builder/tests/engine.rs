@@ -9,9 +9,9 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
-use mvm_build::context::Context;
-use mvm_build::progress::Event;
-use mvm_build::{BuildError, BuildOptions, BuildResult, Builder};
+use mvm_builder::context::Context;
+use mvm_builder::progress::Event;
+use mvm_builder::{BuildError, BuildOptions, BuildResult, Builder};
 use mvm_images::Store;
 use serde_json::Value;
 
@@ -67,7 +67,7 @@ impl Env {
     fn rootfs(&self, r: &BuildResult) -> tempfile::TempDir {
         let rec = self.store.image_at(&r.digest).unwrap();
         let d = tempfile::tempdir().unwrap();
-        mvm_build::tarlayer::unpack_layers(&self.store, &rec.manifest.layers, d.path()).unwrap();
+        mvm_builder::tarlayer::unpack_layers(&self.store, &rec.manifest.layers, d.path()).unwrap();
         d
     }
 }

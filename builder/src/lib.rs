@@ -7,7 +7,7 @@
 //! images untagged (so `image prune` cleans them), the final image tagged.
 //!
 //! ```no_run
-//! use mvm_build::{Builder, BuildOptions, context::Context, progress::Plain, vm::VmmExecutor};
+//! use mvm_builder::{Builder, BuildOptions, context::Context, progress::Plain, vm::VmmExecutor};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = mvm_images::Store::open_default()?;
 //! let exec = VmmExecutor::from_env(store.clone(), &store.root().join("tmp/build"))?;
