@@ -27,17 +27,17 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::layout::{self, CMDLINE_START, HIMEM_START, PAGE_SIZE, SERIAL_IRQ};
 use crate::arch::pvh::{self, InitrdRegion};
 use crate::arch::{mptable, regs};
-use crate::config::{Console, VmConfig};
+use crate::config::{Console, VmConfig, VmConfigExt};
 use crate::devices::bus::{lock, Bus, BusDevice};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::legacy::{Quiet, QUIET_PORTS};
 use crate::devices::serial::{ConsoleSink, ConsoleTail, ConsoleWriter, SerialDevice};
 use crate::devices::status_port::{self, GuestStatus, StatusPort};
 use crate::exit::{ExitSignal, StopReason};
-use crate::kvm_check::{self, KvmError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
+use mvm_vmm_api::kvm::{self, KvmError};
 
 /// COM1.
 const SERIAL_PORT: u16 = 0x3f8;
@@ -175,7 +175,10 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
             opts.start.elapsed().as_millis()
         );
     };
-    let kvm = kvm_check::open(opts.force_pvm)?;
+    if opts.force_pvm {
+        tracing::warn!("--force-pvm: booting even if /dev/kvm is PVM; a stock kernel will be very slow there or fail");
+    }
+    let kvm = kvm::open(opts.force_pvm)?;
     let mem_size = cfg.memory_bytes();
     let mem = memory::create(mem_size)?;
     let vm = Vm::new(&kvm)?;

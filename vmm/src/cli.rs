@@ -6,8 +6,9 @@ use std::time::Instant;
 use clap::Parser;
 
 use crate::builder::{self, RunOptions};
-use crate::config::{self, FileConfig, FlagConfig, HostLimits, VmConfig};
-use crate::kvm_check;
+use mvm_vmm_api::kvm;
+
+use crate::config::{self, FlagConfig, HostLimits, VmConfig, VmConfigExt};
 use crate::outcome::{self, StatusReport, EXIT_VMM_ERROR};
 
 /// Run one microVM. Options override the values of --config FILE.
@@ -86,11 +87,8 @@ impl Cli {
     }
 
     fn vm_config(&self) -> Result<VmConfig, config::ConfigError> {
-        let file = match &self.config {
-            Some(p) => FileConfig::load(p)?,
-            None => FileConfig::default(),
-        };
-        VmConfig::merge(file, self.flags()?)
+        let file = self.config.as_deref().map(config::load).transpose()?;
+        config::merge(file, self.flags()?)
     }
 }
 
@@ -125,10 +123,10 @@ where
     init_logging();
 
     if cli.check_kvm {
-        let mode = kvm_check::detect();
+        let mode = kvm::detect();
         println!("{}", mode.short());
         eprintln!("{mode}");
-        return i32::from(!matches!(mode, kvm_check::KvmMode::Hardware { .. }));
+        return i32::from(!matches!(mode, kvm::KvmMode::Hardware { .. }));
     }
 
     let cfg = match cli.vm_config() {
@@ -142,7 +140,7 @@ where
         Ok(entry) => entry,
         Err(e) => {
             tracing::error!("{e}");
-            write_status(&cfg, &error_report(e.to_string()));
+            write_status(&cfg, &StatusReport::error(e.to_string()));
             return EXIT_VMM_ERROR;
         }
     };
@@ -155,7 +153,7 @@ where
         Ok(result) => outcome::decide(&result),
         Err(e) => {
             tracing::error!("{e}");
-            write_status(&cfg, &error_report(e.to_string()));
+            write_status(&cfg, &StatusReport::error(e.to_string()));
             return EXIT_VMM_ERROR;
         }
     };
@@ -168,20 +166,11 @@ where
     out.exit_code
 }
 
-fn error_report(message: String) -> StatusReport {
-    StatusReport {
-        guest: "error",
-        workload: None,
-        boot_time_us: None,
-        message,
-    }
-}
-
 /// Write the status file if one is configured; failing to is only logged
 /// (the exit status still tells the outcome).
 fn write_status(cfg: &VmConfig, report: &StatusReport) {
     if let Some(path) = &cfg.status_file {
-        if let Err(e) = outcome::write_status_file(path, report) {
+        if let Err(e) = report.write(path) {
             tracing::error!("cannot write the status file {}: {e}", path.display());
         }
     }

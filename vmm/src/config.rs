@@ -1,120 +1,32 @@
-//! The VM configuration: a JSON file (`--config`), flags, or both.
+//! The VM configuration as the VMM sees it: the file (`--config`, the
+//! [`VmConfig`] of `mvm-vmm-api`, which every caller writes), flags, or
+//! both; then one validation.
 //!
 //! Flags override file values (a repeatable flag such as `--drive` or
 //! `--initrd` replaces the file's whole list). The merged result goes
 //! through one validation, so both forms fail the same way, before any VM
 //! is created: every message names the offending value and what to do.
+//! The types themselves live in `mvm-vmm-api`; only what needs the VMM's
+//! knowledge (the kernel's PVH note, the MMIO layout, the host's limits)
+//! is here.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use mvm_vmm_api::config::{
+    ConfigFileError, Console, DriveConfig, VmConfig, VsockConfig, DEFAULT_MEMORY_MIB,
+    DEFAULT_VCPUS, MAX_DRIVE_ID_LEN, MAX_VSOCK_PATH_LEN,
+};
 
 use crate::arch::layout::{self, MAX_VIRTIO_DEVICES};
 use crate::arch::mptable::MAX_SUPPORTED_CPUS;
 use crate::arch::pvh::{self, KernelImageError};
 use crate::cmdline::{self, CmdlineError};
 
-pub const DEFAULT_VCPUS: u32 = 1;
-pub const DEFAULT_MEMORY_MIB: u64 = 128;
 /// Below this the kernel plus initramfs do not fit comfortably.
 pub const MIN_MEMORY_MIB: u64 = 32;
-/// virtio-blk serials are at most 20 bytes.
-pub const MAX_DRIVE_ID_LEN: usize = mvm_protocol::launch::MAX_DRIVE_ID_LEN;
 
 const KERNEL_HINT: &str = "build it with resources/kernel/build.sh (it prints the vmlinux path)";
-
-/// Where the guest console goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(try_from = "ConsoleRepr", into = "ConsoleRepr")]
-pub enum Console {
-    #[default]
-    Stdout,
-    Off,
-    File(PathBuf),
-}
-
-/// The JSON shapes of [`Console`]: `"stdout"`, `"off"`, `{"file": PATH}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-enum ConsoleRepr {
-    Name(String),
-    File(ConsoleFile),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConsoleFile {
-    file: PathBuf,
-}
-
-impl TryFrom<ConsoleRepr> for Console {
-    type Error = String;
-    fn try_from(r: ConsoleRepr) -> Result<Self, String> {
-        match r {
-            ConsoleRepr::Name(n) if n == "stdout" => Ok(Console::Stdout),
-            ConsoleRepr::Name(n) if n == "off" => Ok(Console::Off),
-            ConsoleRepr::Name(n) => Err(format!(
-                "console {n:?} is not one of \"stdout\", \"off\", {{\"file\": PATH}}"
-            )),
-            ConsoleRepr::File(f) => Ok(Console::File(f.file)),
-        }
-    }
-}
-
-impl From<Console> for ConsoleRepr {
-    fn from(c: Console) -> Self {
-        match c {
-            Console::Stdout => ConsoleRepr::Name("stdout".into()),
-            Console::Off => ConsoleRepr::Name("off".into()),
-            Console::File(file) => ConsoleRepr::File(ConsoleFile { file }),
-        }
-    }
-}
-
-/// One virtio-blk disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DriveConfig {
-    /// The disk's virtio-blk serial, how the guest finds it.
-    pub id: String,
-    pub path: PathBuf,
-    #[serde(default)]
-    pub read_only: bool,
-}
-
-/// A virtio-vsock device: guest AF_VSOCK streams joined to host Unix
-/// sockets (Firecracker's hybrid design, see `mvm_virtio::vsock`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsockConfig {
-    /// The guest's CID (3 to 2^32 - 2).
-    pub guest_cid: u64,
-    /// Host clients connect here; guest connections to host port P go to
-    /// `<uds_path>_P`.
-    pub uds_path: PathBuf,
-}
-
-/// Longest vsock socket path: `<uds_path>_4294967295` must fit a Unix
-/// socket address (107 bytes and a NUL).
-pub const MAX_VSOCK_PATH_LEN: usize = 107 - "_4294967295".len();
-
-/// The configuration file. Every field is optional here so flags can fill
-/// in; [`VmConfig`] is the merged, defaulted result.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub kernel: Option<PathBuf>,
-    pub initrd: Option<Vec<PathBuf>>,
-    pub cmdline: Option<String>,
-    pub vcpus: Option<u32>,
-    pub memory_mib: Option<u64>,
-    pub drives: Option<Vec<DriveConfig>>,
-    pub console: Option<Console>,
-    pub status_file: Option<PathBuf>,
-    pub rng: Option<bool>,
-    pub vsock: Option<VsockConfig>,
-}
 
 /// Values given as flags (`None`/empty: not given).
 #[derive(Debug, Clone, Default)]
@@ -128,22 +40,6 @@ pub struct FlagConfig {
     pub console: Option<Console>,
     pub status_file: Option<PathBuf>,
     pub no_rng: bool,
-    pub vsock: Option<VsockConfig>,
-}
-
-/// The complete configuration of one microVM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VmConfig {
-    pub kernel: PathBuf,
-    pub initrd: Vec<PathBuf>,
-    /// Extra kernel arguments, appended to the defaults.
-    pub cmdline: String,
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub drives: Vec<DriveConfig>,
-    pub console: Console,
-    pub status_file: Option<PathBuf>,
-    pub rng: bool,
     pub vsock: Option<VsockConfig>,
 }
 
@@ -182,16 +78,8 @@ fn parse_mem_total_mib(meminfo: &str) -> Option<u64> {
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path} is invalid: {source}")]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("no guest kernel given: pass --kernel PATH or set \"kernel\" in the config file ({KERNEL_HINT})")]
     NoKernel,
     #[error("kernel {path}: {source}; {KERNEL_HINT}")]
@@ -257,18 +145,9 @@ pub enum ConfigError {
     VsockPathNotSocket(PathBuf),
 }
 
-impl FileConfig {
-    /// Read and parse a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read(path).map_err(|source| ConfigError::ReadFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|source| ConfigError::Json {
-            path: path.to_owned(),
-            source,
-        })
-    }
+/// Read the configuration file at `path`.
+pub fn load(path: &Path) -> Result<VmConfig, ConfigError> {
+    Ok(VmConfig::load(path)?)
 }
 
 /// Parse a `--drive id=ID,path=PATH[,ro]` value.
@@ -321,60 +200,61 @@ pub fn parse_vsock_flag(s: &str) -> Result<VsockConfig, ConfigError> {
 }
 
 /// A repeatable flag's values replace the file's list when given.
-fn or_list<T>(flag: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
+fn or_list<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
     if flag.is_empty() {
-        file.unwrap_or_default()
+        file
     } else {
         flag
     }
 }
 
-impl VmConfig {
-    /// Merge a config file (if any) with flags; flags win.
-    pub fn merge(file: FileConfig, flags: FlagConfig) -> Result<Self, ConfigError> {
-        Ok(Self {
-            kernel: flags.kernel.or(file.kernel).ok_or(ConfigError::NoKernel)?,
-            initrd: or_list(flags.initrd, file.initrd),
-            cmdline: flags.cmdline.or(file.cmdline).unwrap_or_default(),
-            vcpus: flags.vcpus.or(file.vcpus).unwrap_or(DEFAULT_VCPUS),
-            memory_mib: flags
-                .memory_mib
-                .or(file.memory_mib)
-                .unwrap_or(DEFAULT_MEMORY_MIB),
-            drives: or_list(flags.drives, file.drives),
-            console: flags.console.or(file.console).unwrap_or_default(),
-            status_file: flags.status_file.or(file.status_file),
-            rng: !flags.no_rng && file.rng.unwrap_or(true),
-            vsock: flags.vsock.or(file.vsock),
-        })
-    }
+/// Merge a config file (if any) with flags; flags win.
+pub fn merge(file: Option<VmConfig>, flags: FlagConfig) -> Result<VmConfig, ConfigError> {
+    let file = file.unwrap_or_default();
+    let kernel = match flags.kernel {
+        Some(k) => k,
+        None if file.kernel.as_os_str().is_empty() => return Err(ConfigError::NoKernel),
+        None => file.kernel,
+    };
+    Ok(VmConfig {
+        kernel,
+        initrd: or_list(flags.initrd, file.initrd),
+        cmdline: flags.cmdline.unwrap_or(file.cmdline),
+        vcpus: flags.vcpus.unwrap_or(file.vcpus),
+        memory_mib: flags.memory_mib.unwrap_or(file.memory_mib),
+        drives: or_list(flags.drives, file.drives),
+        console: flags.console.unwrap_or(file.console),
+        status_file: flags.status_file.or(file.status_file),
+        rng: !flags.no_rng && file.rng,
+        vsock: flags.vsock.or(file.vsock),
+    })
+}
 
-    /// The virtio devices in MMIO slot order: drives as configured, then
-    /// rng, then vsock.
-    pub fn virtio_device_count(&self) -> usize {
-        self.drives.len() + usize::from(self.rng) + usize::from(self.vsock.is_some())
-    }
+/// What the VMM derives from and checks in a [`VmConfig`] (the type is
+/// `mvm-vmm-api`'s; the MMIO layout and the checks are the VMM's).
+pub trait VmConfigExt {
+    /// (MMIO base, IRQ) of each virtio device, in slot order: drives as
+    /// configured, then rng, then vsock.
+    fn virtio_slots(&self) -> Vec<(u64, u32)>;
+    /// The full kernel command line this configuration boots with.
+    fn kernel_cmdline(&self) -> Result<String, CmdlineError>;
+    /// Check everything that can be checked before creating the VM.
+    /// Returns the kernel's PVH entry point.
+    fn validate(&self, host: &HostLimits) -> Result<u64, ConfigError>;
+}
 
-    /// (MMIO base, IRQ) of each virtio device.
-    pub fn virtio_slots(&self) -> Vec<(u64, u32)> {
+impl VmConfigExt for VmConfig {
+    fn virtio_slots(&self) -> Vec<(u64, u32)> {
         (0..self.virtio_device_count())
             .map(layout::virtio_slot)
             .collect()
     }
 
-    /// The full kernel command line this configuration boots with.
-    pub fn kernel_cmdline(&self) -> Result<String, CmdlineError> {
+    fn kernel_cmdline(&self) -> Result<String, CmdlineError> {
         cmdline::build(&self.virtio_slots(), &self.cmdline)
     }
 
-    /// Memory size in bytes.
-    pub fn memory_bytes(&self) -> u64 {
-        self.memory_mib << 20
-    }
-
-    /// Check everything that can be checked before creating the VM. Returns
-    /// the kernel's PVH entry point.
-    pub fn validate(&self, host: &HostLimits) -> Result<u64, ConfigError> {
+    fn validate(&self, host: &HostLimits) -> Result<u64, ConfigError> {
         let entry = check_kernel(&self.kernel)?;
         for path in &self.initrd {
             let meta = std::fs::metadata(path)
@@ -416,7 +296,7 @@ impl VmConfig {
                 host: host.mem_total_mib.unwrap_or(1 << 24),
             });
         }
-        self.check_drives()?;
+        check_drives(self)?;
         if self.virtio_device_count() > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(self.virtio_device_count()));
         }
@@ -432,42 +312,42 @@ impl VmConfig {
         }
         Ok(entry)
     }
+}
 
-    fn check_drives(&self) -> Result<(), ConfigError> {
-        let mut seen = std::collections::HashSet::new();
-        for d in &self.drives {
-            let id_ok = !d.id.is_empty()
-                && d.id.len() <= MAX_DRIVE_ID_LEN
-                && d.id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !id_ok {
-                return Err(ConfigError::DriveId(d.id.clone()));
-            }
-            if !seen.insert(d.id.as_str()) {
-                return Err(ConfigError::DuplicateDrive(d.id.clone()));
-            }
-            let drive_err = |source| ConfigError::Drive {
+fn check_drives(cfg: &VmConfig) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for d in &cfg.drives {
+        let id_ok = !d.id.is_empty()
+            && d.id.len() <= MAX_DRIVE_ID_LEN
+            && d.id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !id_ok {
+            return Err(ConfigError::DriveId(d.id.clone()));
+        }
+        if !seen.insert(d.id.as_str()) {
+            return Err(ConfigError::DuplicateDrive(d.id.clone()));
+        }
+        let drive_err = |source| ConfigError::Drive {
+            id: d.id.clone(),
+            path: d.path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(&d.path).map_err(drive_err)?;
+        use std::os::unix::fs::FileTypeExt;
+        if !(meta.is_file() || meta.file_type().is_block_device()) {
+            return Err(ConfigError::DriveNotFile {
                 id: d.id.clone(),
                 path: d.path.clone(),
-                source,
-            };
-            let meta = std::fs::metadata(&d.path).map_err(drive_err)?;
-            use std::os::unix::fs::FileTypeExt;
-            if !(meta.is_file() || meta.file_type().is_block_device()) {
-                return Err(ConfigError::DriveNotFile {
-                    id: d.id.clone(),
-                    path: d.path.clone(),
-                });
-            }
-            OpenOptions::new()
-                .read(true)
-                .write(!d.read_only)
-                .open(&d.path)
-                .map_err(drive_err)?;
+            });
         }
-        Ok(())
+        OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .open(&d.path)
+            .map_err(drive_err)?;
     }
+    Ok(())
 }
 
 /// Check the kernel is a readable ELF vmlinux with a PVH entry point.
@@ -555,11 +435,11 @@ mod tests {
         }
         fn json(&self, body: &str) -> Result<VmConfig, ConfigError> {
             let p = self.file("vm.json", body.as_bytes());
-            VmConfig::merge(FileConfig::load(&p)?, FlagConfig::default())
+            merge(Some(load(&p)?), FlagConfig::default())
         }
         fn base(&self) -> VmConfig {
-            VmConfig::merge(
-                FileConfig::default(),
+            merge(
+                None,
                 FlagConfig {
                     kernel: Some(self.path("vmlinux")),
                     ..Default::default()
@@ -592,8 +472,8 @@ mod tests {
             c = fx.path("console.log").display(),
             s = fx.path("status.json").display(),
         );
-        let file: FileConfig = serde_json::from_str(&body).unwrap();
-        let c = VmConfig::merge(file.clone(), FlagConfig::default()).unwrap();
+        let file = VmConfig::from_json(body.as_bytes()).unwrap();
+        let c = merge(Some(file.clone()), FlagConfig::default()).unwrap();
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.memory_mib, 256);
         assert_eq!(c.console, Console::File(fx.path("console.log")));
@@ -611,7 +491,7 @@ mod tests {
             .unwrap()],
             ..Default::default()
         };
-        let c = VmConfig::merge(file, flags).unwrap();
+        let c = merge(Some(file), flags).unwrap();
         assert_eq!(
             (c.vcpus, c.memory_mib, c.console.clone()),
             (4, 256, Console::Off)
@@ -656,9 +536,7 @@ mod tests {
         assert!(e.contains("vm.json"), "{e}");
         let e = fx.json(r#"{"vcpus": 1}"#).unwrap_err().to_string();
         assert!(e.contains("--kernel"), "{e}");
-        let e = FileConfig::load(&fx.path("missing.json"))
-            .unwrap_err()
-            .to_string();
+        let e = load(&fx.path("missing.json")).unwrap_err().to_string();
         assert!(e.contains("missing.json"), "{e}");
     }
 

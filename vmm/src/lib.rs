@@ -6,8 +6,10 @@
 //! an exit status that tells a clean guest power-off (0) from a VMM error
 //! (1) and a guest crash (2). See docs/architecture.md and vmm/README.md.
 //!
-//! The library exists so tests and later crates (mvctl) reuse the
-//! configuration and the KVM checks; `main.rs` only calls [`cli`].
+//! What callers share with the VMM (the configuration and status file
+//! types, the exit codes, the KVM probe) is the `mvm-vmm-api` crate; this
+//! library is the VMM itself, a library so its unit tests and the boot
+//! tests reach the pieces; `main.rs` only calls [`cli`].
 
 pub mod arch;
 pub mod builder;
@@ -16,6 +18,5 @@ pub mod cmdline;
 pub mod config;
 pub mod devices;
 pub mod exit;
-pub mod kvm_check;
 pub mod outcome;
 pub mod vstate;

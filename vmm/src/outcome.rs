@@ -8,55 +8,31 @@
 //! | 2 | the guest crashed (panic, triple fault, reset without notice) |
 //! | 128+N | the VMM was stopped by signal N (SIGTERM: 143, SIGINT: 130) |
 
-use std::io::Write;
-use std::path::Path;
-
-use serde::Serialize;
+use mvm_vmm_api::status::GuestState;
+pub use mvm_vmm_api::status::{
+    StatusReport, WorkloadReport, EXIT_GUEST_CRASH, EXIT_OK, EXIT_VMM_ERROR,
+};
 
 use crate::builder::RunResult;
 use crate::devices::status_port::{GuestStatus, Workload};
 use crate::exit::StopReason;
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_VMM_ERROR: i32 = 1;
-pub const EXIT_GUEST_CRASH: i32 = 2;
-
 /// How many trailing console lines a crash message quotes when no panic
 /// line is found.
 const CRASH_CONTEXT_LINES: usize = 5;
 
-/// The status file's content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StatusReport {
-    /// `powered_off`, `crashed`, `stopped` (by a signal to the VMM) or
-    /// `error` (the VMM failed).
-    pub guest: &'static str,
-    pub workload: Option<WorkloadReport>,
-    pub boot_time_us: Option<u64>,
-    pub message: String,
-}
-
-/// The workload's fate, as JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum WorkloadReport {
-    Exited { exit_code: i32 },
-    Signaled { signal: i32 },
-    InitError { init_error: String, exit_code: i32 },
-}
-
-impl From<Workload> for WorkloadReport {
-    fn from(w: Workload) -> Self {
-        match w {
-            Workload::Exited(c) => Self::Exited {
-                exit_code: c.into(),
-            },
-            Workload::Signaled(s) => Self::Signaled { signal: s.into() },
-            Workload::InitError(e) => Self::InitError {
-                init_error: e.describe().to_owned(),
-                exit_code: e.docker_exit_code(),
-            },
-        }
+/// The status file's form of what init reported (the type is
+/// `mvm-vmm-api`'s; the status port's decoding is the VMM's).
+fn workload_report(w: Workload) -> WorkloadReport {
+    match w {
+        Workload::Exited(c) => WorkloadReport::Exited {
+            exit_code: c.into(),
+        },
+        Workload::Signaled(s) => WorkloadReport::Signaled { signal: s.into() },
+        Workload::InitError(e) => WorkloadReport::InitError {
+            init_error: e.describe().to_owned(),
+            exit_code: e.docker_exit_code(),
+        },
     }
 }
 
@@ -108,7 +84,7 @@ fn describe_workload(w: Option<Workload>) -> String {
 /// Decide the outcome of a finished run.
 pub fn decide(run: &RunResult) -> Outcome {
     let g: &GuestStatus = &run.guest;
-    let workload = g.workload.map(WorkloadReport::from);
+    let workload = g.workload.map(workload_report);
     let boot_time_us = g.boot_time.map(|d| d.as_micros() as u64);
     let crash = |what: String| {
         let excerpt = crash_excerpt(&run.console_tail);
@@ -120,12 +96,12 @@ pub fn decide(run: &RunResult) -> Outcome {
                 excerpt.join("\n  ")
             )
         };
-        (EXIT_GUEST_CRASH, "crashed", message)
+        (EXIT_GUEST_CRASH, GuestState::Crashed, message)
     };
     let powered_off = || {
         (
             EXIT_OK,
-            "powered_off",
+            GuestState::PoweredOff,
             format!("the guest powered off; {}", describe_workload(g.workload)),
         )
     };
@@ -145,10 +121,10 @@ pub fn decide(run: &RunResult) -> Outcome {
         ),
         StopReason::TripleFault(what) => crash(what.clone()),
         StopReason::GuestCrash(what) => crash(what.clone()),
-        StopReason::VmmError(what) => (EXIT_VMM_ERROR, "error", format!("VMM error: {what}")),
+        StopReason::VmmError(what) => (EXIT_VMM_ERROR, GuestState::Error, format!("VMM error: {what}")),
         StopReason::Signal(n) => (
             128 + n,
-            "stopped",
+            GuestState::Stopped,
             format!("stopped by {}; the guest was killed", signal_name(*n)),
         ),
     };
@@ -161,31 +137,6 @@ pub fn decide(run: &RunResult) -> Outcome {
             message,
         },
     }
-}
-
-/// Write `report` to `path` atomically: a temporary file in the same
-/// directory, then rename, so readers never see half a file.
-pub fn write_status_file(path: &Path, report: &StatusReport) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "status".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        serde_json::to_writer(&mut f, report)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
@@ -228,14 +179,20 @@ mod tests {
         let fault = || StopReason::TripleFault("vCPU 0 triple-faulted".into());
         let tail = ["mvm-init: powering off", "reboot: Restarting system"];
         let o = decide(&run(fault(), g.clone(), &tail));
-        assert_eq!((o.exit_code, o.report.guest), (EXIT_OK, "powered_off"));
+        assert_eq!(
+            (o.exit_code, o.report.guest),
+            (EXIT_OK, GuestState::PoweredOff)
+        );
         assert!(o.report.message.contains("exited with code 0"));
         let g = GuestStatus {
             power_off: false,
             ..g
         };
         let o = decide(&run(fault(), g, &tail));
-        assert_eq!((o.exit_code, o.report.guest), (EXIT_GUEST_CRASH, "crashed"));
+        assert_eq!(
+            (o.exit_code, o.report.guest),
+            (EXIT_GUEST_CRASH, GuestState::Crashed)
+        );
         assert!(
             o.report.message.contains("triple-faulted"),
             "{}",
@@ -246,7 +203,7 @@ mod tests {
 
     #[test]
     fn workload_forms() {
-        let j = |w| serde_json::to_value(WorkloadReport::from(w)).unwrap();
+        let j = |w| serde_json::to_value(workload_report(w)).unwrap();
         assert_eq!(j(Workload::Signaled(9)), serde_json::json!({"signal": 9}));
         assert_eq!(
             j(Workload::InitError(InitError::NotFound)),
@@ -266,7 +223,7 @@ mod tests {
         ];
         let o = decide(&run(StopReason::Reset, GuestStatus::default(), &tail));
         assert_eq!(o.exit_code, EXIT_GUEST_CRASH);
-        assert_eq!(o.report.guest, "crashed");
+        assert_eq!(o.report.guest, GuestState::Crashed);
         assert!(
             o.report.message.contains("Kernel panic - not syncing"),
             "{}",
@@ -296,30 +253,13 @@ mod tests {
             GuestStatus::default(),
             &[],
         ));
-        assert_eq!((o.exit_code, o.report.guest), (1, "error"));
+        assert_eq!((o.exit_code, o.report.guest), (1, GuestState::Error));
         let o = decide(&run(
             StopReason::Signal(libc::SIGTERM),
             GuestStatus::default(),
             &[],
         ));
-        assert_eq!((o.exit_code, o.report.guest), (143, "stopped"));
+        assert_eq!((o.exit_code, o.report.guest), (143, GuestState::Stopped));
         assert!(o.report.message.contains("SIGTERM"));
-    }
-
-    #[test]
-    fn status_file_is_replaced_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("status.json");
-        std::fs::write(&p, "old").unwrap();
-        let o = decide(&run(StopReason::Signal(2), GuestStatus::default(), &[]));
-        write_status_file(&p, &o.report).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        assert_eq!(v["guest"], "stopped");
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temp file left"
-        );
-        assert!(write_status_file(&dir.path().join("no/such/dir/s.json"), &o.report).is_err());
     }
 }

@@ -19,6 +19,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mvm_protocol::initramfs::{Entry, Writer};
+use mvm_vmm_api::kvm::{self, KvmMode};
+use mvm_vmm_api::{Console, GuestState, StatusReport, VmConfig, WorkloadReport};
 
 const VMM: &str = env!("CARGO_BIN_EXE_mvm-vmm");
 const BUSYBOX: &str = "/bin/busybox";
@@ -54,9 +56,9 @@ fn kernel() -> PathBuf {
 }
 
 fn require_hardware_kvm() {
-    let mode = mvm_vmm::kvm_check::detect();
+    let mode = kvm::detect();
     assert!(
-        matches!(mode, mvm_vmm::kvm_check::KvmMode::Hardware { .. }),
+        matches!(mode, KvmMode::Hardware { .. }),
         "this test boots a guest and needs hardware KVM; here: {mode}"
     );
 }
@@ -96,7 +98,7 @@ struct Guest {
 struct Run {
     out: Output,
     console: String,
-    status: Option<serde_json::Value>,
+    status: Option<StatusReport>,
     elapsed: Duration,
 }
 
@@ -166,19 +168,15 @@ impl Guest {
         })
         .unwrap();
         fs::write(dir.path().join("scenario.cpio"), w.finish().unwrap()).unwrap();
-        let p = |n: &str| dir.path().join(n).display().to_string();
-        let args = vec![
-            "--kernel".into(),
-            kernel().display().to_string(),
-            "--initrd".into(),
-            p("base.cpio"),
-            "--initrd".into(),
-            p("scenario.cpio"),
-            "--console".into(),
-            format!("file:{}", p("console.log")),
-            "--status-file".into(),
-            p("status.json"),
-        ];
+        // The configuration file every caller writes (mvm-vmm-api's type);
+        // tests add flags on top, as the VMM's command line allows.
+        let p = |n: &str| dir.path().join(n);
+        let mut cfg = VmConfig::new(kernel());
+        cfg.initrd = vec![p("base.cpio"), p("scenario.cpio")];
+        cfg.console = Console::File(p("console.log"));
+        cfg.status_file = Some(p("status.json"));
+        cfg.save(&p("vm.json")).unwrap();
+        let args = vec!["--config".into(), p("vm.json").display().to_string()];
         Self { dir, args }
     }
 
@@ -201,9 +199,7 @@ impl Guest {
         let out = child.wait_with_output().unwrap();
         let elapsed = started.elapsed();
         let console = fs::read(self.dir.path().join("console.log")).unwrap_or_default();
-        let status = fs::read(self.dir.path().join("status.json"))
-            .ok()
-            .map(|b| serde_json::from_slice(&b).expect("status file is JSON"));
+        let status = StatusReport::read(&self.dir.path().join("status.json"));
         Run {
             out,
             console: String::from_utf8_lossy(&console).into_owned(),
@@ -253,9 +249,9 @@ fn two_vcpus_and_256_mib_then_clean_power_off() {
         "MemTotal {kib} kB"
     );
     let s = r.status.as_ref().expect("status file");
-    assert_eq!(s["guest"], "powered_off", "{}", r.describe());
-    assert_eq!(s["workload"], serde_json::json!({"exit_code": 0}));
-    let boot_us = s["boot_time_us"].as_u64().expect("boot time");
+    assert_eq!(s.guest, GuestState::PoweredOff, "{}", r.describe());
+    assert_eq!(s.workload, Some(WorkloadReport::Exited { exit_code: 0 }));
+    let boot_us = s.boot_time_us.expect("boot time");
     assert!(
         r.stderr().contains("guest boot complete after"),
         "{}",
@@ -275,11 +271,8 @@ fn reboot_without_power_off_notice_is_a_crash() {
     let r = Guest::new("reboot -f\n").run(LIMIT);
     assert_eq!(r.code(), Some(2), "{}", r.describe());
     let s = r.status.as_ref().expect("status file");
-    assert_eq!(s["guest"], "crashed");
-    assert!(s["message"]
-        .as_str()
-        .unwrap()
-        .contains("without init's power-off notice"));
+    assert_eq!(s.guest, GuestState::Crashed);
+    assert!(s.message.contains("without init's power-off notice"));
 }
 
 #[test]
@@ -293,8 +286,8 @@ fn power_off_report_ends_the_vm_when_the_guest_never_resets() {
     assert_eq!(r.code(), Some(0), "{}", r.describe());
     assert!(r.console.contains("still-up"), "{}", r.describe());
     let s = r.status.as_ref().expect("status file");
-    assert_eq!(s["guest"], "powered_off", "{}", r.describe());
-    assert_eq!(s["workload"], serde_json::json!({"exit_code": 3}));
+    assert_eq!(s.guest, GuestState::PoweredOff, "{}", r.describe());
+    assert_eq!(s.workload, Some(WorkloadReport::Exited { exit_code: 3 }));
     assert!(
         r.stderr().contains("did not reset within"),
         "{}",
@@ -315,8 +308,8 @@ fn kernel_panic_exits_2_and_quotes_the_panic() {
     assert_eq!(r.code(), Some(2), "{}", r.describe());
     assert!(r.stderr().contains("Kernel panic"), "{}", r.describe());
     let s = r.status.as_ref().expect("status file");
-    assert_eq!(s["guest"], "crashed");
-    assert!(s["message"].as_str().unwrap().contains("Kernel panic"));
+    assert_eq!(s.guest, GuestState::Crashed);
+    assert!(s.message.contains("Kernel panic"));
     assert!(!r.stderr().contains("panicked at"), "{}", r.describe());
 }
 
@@ -327,8 +320,8 @@ fn workload_status_and_signal_are_reported() {
     let r = Guest::new("mvm-status signal 9; mvm-status poweroff; reboot -f\n").run(LIMIT);
     assert_eq!(r.code(), Some(0), "{}", r.describe());
     assert_eq!(
-        r.status.as_ref().unwrap()["workload"],
-        serde_json::json!({"signal": 9})
+        r.status.as_ref().unwrap().workload,
+        Some(WorkloadReport::Signaled { signal: 9 })
     );
 }
 
@@ -410,7 +403,7 @@ fn sigterm_stops_the_vm_with_143() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let r = g.finish(child, started);
     assert_eq!(r.code(), Some(143), "{}", r.describe());
-    assert_eq!(r.status.as_ref().unwrap()["guest"], "stopped");
+    assert_eq!(r.status.as_ref().unwrap().guest, GuestState::Stopped);
 }
 
 // ---- configuration errors: no KVM needed ----

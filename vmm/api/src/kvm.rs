@@ -1,11 +1,13 @@
-//! Is there a KVM this VMM can boot a stock guest kernel on?
+//! Is there a KVM `mvm-vmm` can boot a stock guest kernel on?
 //!
 //! Three cases matter: hardware virtualization (Intel VT-x or AMD-V,
 //! native or nested), PVM (a software hypervisor exposed as /dev/kvm that
 //! only runs PVM-patched guests; a stock kernel crawls and then dies on an
-//! emulation failure), and no usable /dev/kvm. `mvctl` and the tests use
-//! [`detect`] to decide where to run, the VMM uses [`open`] to refuse
-//! early with a message that says what to do.
+//! emulation failure), and no usable /dev/kvm. One probe for everyone:
+//! `mvctl` uses [`detect`] to decide between a local `mvmd` and the mvm
+//! machine, `mvmd` reports it in `system info`, the tests check it before
+//! booting, and the VMM uses [`open`] to refuse early with a message that
+//! says what to do.
 
 use std::fmt;
 use std::path::Path;
@@ -14,7 +16,8 @@ use kvm_ioctls::{Cap, Kvm};
 
 /// Where to run guests when the host's /dev/kvm is PVM.
 pub const PVM_HINT: &str = "this host's /dev/kvm is PVM, which cannot boot a stock guest kernel; \
-run inside the emulated KVM host: resources/testhost/run";
+run sandboxes in the mvm machine (mvctl machine start; mvctl does it by itself) \
+or, for tests, inside the emulated KVM host (resources/testhost/run)";
 
 /// The capabilities the VMM relies on.
 pub const REQUIRED_CAPS: &[(Cap, &str)] = &[
@@ -156,7 +159,8 @@ pub fn missing_caps(kvm: &Kvm) -> Vec<&'static str> {
         .collect()
 }
 
-fn probe() -> (Probe, Option<Kvm>) {
+/// Gather a [`Probe`] of this host, with the open KVM handle if any.
+pub fn probe() -> (Probe, Option<Kvm>) {
     let mut p = Probe {
         dev_exists: Path::new("/dev/kvm").exists(),
         pvm_module: Path::new("/sys/module/kvm_pvm").exists(),
@@ -186,16 +190,13 @@ pub fn detect() -> KvmMode {
     classify(&probe().0)
 }
 
-/// Open KVM for booting a guest. A PVM host is refused unless `force_pvm`.
+/// Open KVM for booting a guest. A PVM host is refused unless `force_pvm`
+/// (experiments: a stock kernel is very slow there or fails).
 pub fn open(force_pvm: bool) -> Result<Kvm, KvmError> {
     let (p, kvm) = probe();
     match (classify(&p), kvm) {
-        (KvmMode::Hardware { vendor }, Some(kvm)) => {
-            tracing::debug!("hardware KVM ({vendor:?})");
-            Ok(kvm)
-        }
+        (KvmMode::Hardware { .. }, Some(kvm)) => Ok(kvm),
         (KvmMode::Pvm, Some(kvm)) if force_pvm => {
-            tracing::warn!("--force-pvm: booting on PVM; a stock kernel will be very slow or fail");
             if !p.missing_caps.is_empty() {
                 return Err(KvmError::Unavailable(format!(
                     "KVM lacks capabilities the VMM needs: {}",

@@ -1,0 +1,391 @@
+//! The VM configuration: the JSON file `mvm-vmm --config FILE` reads and
+//! every caller writes (format: `vmm/README.md`).
+//!
+//! One type, [`VmConfig`], serialised both ways: the runtime builds it and
+//! saves it, the VMM loads it, merges its flags over it and validates the
+//! result. Unknown fields are errors on load, so a caller and a VMM that
+//! disagree fail at once instead of silently ignoring a setting.
+//!
+//! Fields a file may leave out take the defaults below. The kernel is the
+//! one required setting; it may come from `--kernel` instead, so an empty
+//! path here means "not given" and the VMM's validation refuses it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// vCPUs when the file does not say.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// Guest memory in MiB when the file does not say.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// virtio-blk serials (drive ids) are at most 20 bytes.
+pub const MAX_DRIVE_ID_LEN: usize = mvm_protocol::launch::MAX_DRIVE_ID_LEN;
+/// Longest vsock socket path: `<uds_path>_4294967295` must fit a Unix
+/// socket address (107 bytes and a NUL).
+pub const MAX_VSOCK_PATH_LEN: usize = 107 - "_4294967295".len();
+/// Largest configuration file accepted (a real one is a few hundred bytes).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The complete configuration of one microVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// ELF vmlinux with a PVH note. Empty: not given (a flag may give it).
+    #[serde(default)]
+    pub kernel: PathBuf,
+    /// newc archives, loaded back to back as one initrd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initrd: Vec<PathBuf>,
+    /// Extra kernel arguments, appended to the VMM's defaults.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmdline: String,
+    /// vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// virtio-blk disks, in MMIO slot order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<DriveConfig>,
+    /// Where the guest's serial console goes.
+    #[serde(default)]
+    pub console: Console,
+    /// Where the VMM writes its [`StatusReport`](crate::StatusReport)
+    /// when the VM ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_file: Option<PathBuf>,
+    /// A virtio-rng device (entropy from the host).
+    #[serde(default = "yes")]
+    pub rng: bool,
+    /// A virtio-vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
+}
+
+fn default_vcpus() -> u32 {
+    DEFAULT_VCPUS
+}
+
+fn default_memory_mib() -> u64 {
+    DEFAULT_MEMORY_MIB
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self::new(PathBuf::new())
+    }
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// The disk's virtio-blk serial, how the guest finds it (1 to
+    /// [`MAX_DRIVE_ID_LEN`] bytes of `[A-Za-z0-9_.-]`, unique).
+    pub id: String,
+    /// A regular file or block device on the host.
+    pub path: PathBuf,
+    /// The guest may not write.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl DriveConfig {
+    /// A drive with id `id` backed by `path`.
+    pub fn new(id: impl Into<String>, path: impl Into<PathBuf>, read_only: bool) -> Self {
+        Self {
+            id: id.into(),
+            path: path.into(),
+            read_only,
+        }
+    }
+}
+
+/// A virtio-vsock device: guest AF_VSOCK streams joined to host Unix
+/// sockets (Firecracker's hybrid design, see `mvm_virtio::vsock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's CID (3 to 2^32 - 2).
+    pub guest_cid: u64,
+    /// Host clients connect here; guest connections to host port P go to
+    /// `<uds_path>_P`. At most [`MAX_VSOCK_PATH_LEN`] bytes.
+    pub uds_path: PathBuf,
+}
+
+/// Where the guest console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "ConsoleRepr", into = "ConsoleRepr")]
+pub enum Console {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Nowhere.
+    Off,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// The JSON shapes of [`Console`]: `"stdout"`, `"off"`, `{"file": PATH}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ConsoleRepr {
+    Name(String),
+    File(ConsoleFile),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleFile {
+    file: PathBuf,
+}
+
+impl TryFrom<ConsoleRepr> for Console {
+    type Error = String;
+    fn try_from(r: ConsoleRepr) -> Result<Self, String> {
+        match r {
+            ConsoleRepr::Name(n) if n == "stdout" => Ok(Console::Stdout),
+            ConsoleRepr::Name(n) if n == "off" => Ok(Console::Off),
+            ConsoleRepr::Name(n) => Err(format!(
+                "console {n:?} is not one of \"stdout\", \"off\", {{\"file\": PATH}}"
+            )),
+            ConsoleRepr::File(f) => Ok(Console::File(f.file)),
+        }
+    }
+}
+
+impl From<Console> for ConsoleRepr {
+    fn from(c: Console) -> Self {
+        match c {
+            Console::Stdout => ConsoleRepr::Name("stdout".into()),
+            Console::Off => ConsoleRepr::Name("off".into()),
+            Console::File(file) => ConsoleRepr::File(ConsoleFile { file }),
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// Not readable.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Larger than any real configuration.
+    #[error("config file {path} is {size} bytes; at most {MAX_CONFIG_BYTES} are accepted")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// Not a configuration.
+    #[error("config file {path} is invalid: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What serde found.
+        source: serde_json::Error,
+    },
+    /// Writing failed.
+    #[error("cannot write config file {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl VmConfig {
+    /// A configuration booting `kernel` with the defaults: one vCPU,
+    /// [`DEFAULT_MEMORY_MIB`], entropy, the console on stdout, no disks.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: Vec::new(),
+            cmdline: String::new(),
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            drives: Vec::new(),
+            console: Console::Stdout,
+            status_file: None,
+            rng: true,
+            vsock: None,
+        }
+    }
+
+    /// Parse a configuration (unknown fields are errors).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The configuration as pretty JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Paths, strings and numbers only: serialisation cannot fail.
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Read and parse a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        use std::io::Read;
+        let read = |source| ConfigFileError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let f = std::fs::File::open(path).map_err(read)?;
+        let size = f.metadata().map_err(read)?.len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(ConfigFileError::TooLarge {
+                path: path.to_owned(),
+                size,
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        f.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        Self::from_json(&bytes).map_err(|source| ConfigFileError::Json {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Write the configuration to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<(), ConfigFileError> {
+        crate::write_atomic(path, &self.to_json()).map_err(|source| ConfigFileError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// How many virtio devices this configuration has, in MMIO slot order:
+    /// the drives as configured, then rng, then vsock.
+    pub fn virtio_device_count(&self) -> usize {
+        self.drives.len() + usize::from(self.rng) + usize::from(self.vsock.is_some())
+    }
+
+    /// Memory size in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+impl fmt::Display for Console {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Console::Stdout => f.write_str("stdout"),
+            Console::Off => f.write_str("off"),
+            Console::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> VmConfig {
+        VmConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: vec!["/i/init.cpio".into(), "/i/spec.cpio".into()],
+            cmdline: "mvm.quiet".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            drives: vec![
+                DriveConfig::new("rootfs", "/d/root.ext4", true),
+                DriveConfig::new("scratch", "/d/scratch.ext4", false),
+            ],
+            console: Console::File("/d/console.log".into()),
+            status_file: Some("/d/status.json".into()),
+            rng: false,
+            vsock: Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/run/mvm/vsock/x.sock".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json_and_a_file() {
+        let c = full();
+        assert_eq!(VmConfig::from_json(&c.to_json()).unwrap(), c);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("vm.json");
+        c.save(&p).unwrap();
+        assert_eq!(VmConfig::load(&p).unwrap(), c);
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp file"
+        );
+        let minimal = VmConfig::new("/k");
+        assert_eq!(VmConfig::from_json(&minimal.to_json()).unwrap(), minimal);
+    }
+
+    #[test]
+    fn defaults_fill_what_a_file_leaves_out() {
+        let c = VmConfig::from_json(br#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(c, VmConfig::new("/k"));
+        assert_eq!((c.vcpus, c.memory_mib, c.rng), (1, 128, true));
+        assert_eq!(c.console, Console::Stdout);
+        let c = VmConfig::from_json(b"{}").unwrap();
+        assert!(
+            c.kernel.as_os_str().is_empty(),
+            "no kernel: flags may give it"
+        );
+    }
+
+    #[test]
+    fn unknown_and_malformed_fields_are_errors() {
+        for bad in [
+            r#"{"kernel": "/k", "memory": 5}"#,
+            r#"{"kernel": "/k", "console": "tty"}"#,
+            r#"{"kernel": "/k", "console": {"file": "/x", "mode": 1}}"#,
+            r#"{"kernel": "/k", "vcpus": -1}"#,
+            r#"{"kernel": "/k", "drives": [{"id": "a", "path": "/x", "cache": 1}]}"#,
+            r#"{"kernel": "/k", "vsock": {"guest_cid": 3, "uds_path": "/x", "port": 1}}"#,
+        ] {
+            assert!(VmConfig::from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let e = VmConfig::load(&d.path().join("missing.json")).unwrap_err();
+        assert!(e.to_string().contains("missing.json"), "{e}");
+        let big = d.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        assert!(VmConfig::load(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
+    }
+
+    #[test]
+    fn console_forms() {
+        let json = serde_json::to_string(&Console::File("/x".into())).unwrap();
+        assert_eq!(json, r#"{"file":"/x"}"#);
+        assert_eq!(
+            serde_json::from_str::<Console>(r#""off""#).unwrap(),
+            Console::Off
+        );
+        assert_eq!(Console::File("/a".into()).to_string(), "file:/a");
+    }
+
+    #[test]
+    fn device_count_follows_slot_order() {
+        let c = full();
+        assert_eq!(c.virtio_device_count(), 3, "two drives and vsock, no rng");
+        assert_eq!(VmConfig::new("/k").virtio_device_count(), 1, "rng");
+    }
+}
