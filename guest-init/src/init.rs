@@ -157,7 +157,13 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
         root: "/".into(),
         cgroup,
     };
-    let agent = crate::agent::Agent::new(config, Arc::new(crate::agent::Router::new()), workload);
+    let upper = state.rootfs.upper.take();
+    let agent = crate::agent::Agent::with_export(
+        config,
+        Arc::new(crate::agent::Router::new()),
+        workload,
+        upper,
+    );
     crate::agent::start(agent.clone(), crate::agent::listen_guest);
     let status = crate::agent::supervise(&reaper, &agent)?;
     let event =
@@ -167,8 +173,33 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
         Ok(false) => crate::warn!("some processes did not exit after SIGKILL"),
         Err(e) => crate::warn!("{e}"),
     }
+    if agent.exports_changes() {
+        hold_for_host(&reaper, &agent)?;
+    }
     Ok(event)
 }
+
+/// `rootfs.export_changes`: the upper directory is final now; serve the
+/// host (it reads the changes) until it sends `shutdown`, or until no host
+/// has been connected for `EXPORT_IDLE_SECS`.
+fn hold_for_host(reaper: &Reaper, agent: &crate::agent::Agent) -> Result<(), Error> {
+    agent.changes_ready();
+    crate::info!("the workload's changes are ready; waiting for the host to read them");
+    let idle = Duration::from_secs(mvm_protocol::launch::EXPORT_IDLE_SECS);
+    let mut idle_since = std::time::Instant::now();
+    let router = agent.router.clone();
+    reaper.reap_until(
+        HOLD_TICK,
+        |p, s| {
+            router.deliver(p, s);
+        },
+        || agent.hold_over(&mut idle_since, idle),
+    )?;
+    Ok(())
+}
+
+/// How often a guest held for its host checks whether it may power off.
+const HOLD_TICK: Duration = Duration::from_millis(20);
 
 /// The kernel opens /dev/console as fds 0-2 for init only if the
 /// initramfs has the node; without it they are closed, and the workload

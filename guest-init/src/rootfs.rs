@@ -153,6 +153,10 @@ pub fn wait_for_disk(serial: &str) -> Result<PathBuf, RootfsError> {
 pub struct Assembled {
     /// The scratch disk's root directory; `None` with a tmpfs upper.
     pub scratch: Option<OwnedFd>,
+    /// The overlay's upper directory, opened before the switch into the
+    /// overlay (after it no path leads there): the workload's changes,
+    /// which the agent sends for `rootfs.export_changes`.
+    pub upper: Option<OwnedFd>,
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<(), RootfsError> {
@@ -228,6 +232,13 @@ pub fn assemble(spec: &Rootfs) -> Result<Assembled, RootfsError> {
         // The overlay's `/` takes the upper directory's owner and mode; make
         // them the image's so a fresh scratch disk changes nothing visible.
         copy_owner_and_mode(Path::new(IMAGE_DIR), &upper)?;
+    }
+    if spec.export_changes {
+        let fd = File::open(&upper).map_err(|source| RootfsError::Prepare {
+            path: upper.clone(),
+            source,
+        })?;
+        assembled.upper = Some(fd.into());
     }
     let data = format!(
         "lowerdir={IMAGE_DIR},upperdir={},workdir={}",

@@ -44,7 +44,23 @@ pub struct Rootfs {
     /// cost guest memory and vanish at power-off.
     #[serde(default)]
     pub scratch_drive: Option<String>,
+    /// The host will read the changes the workload made to the root
+    /// filesystem (the agent's `changes` op: the overlay's upper directory
+    /// as an OCI layer tar). After the workload exits, init then ends the
+    /// processes left behind, makes the changes durable and keeps the
+    /// guest up, serving the agent, until the host sends `shutdown` (or no
+    /// host has been connected for [`EXPORT_IDLE_SECS`]), instead of
+    /// powering off at once. Needs `process.output: "agent"`, so the host
+    /// learns of the exit. Not written when false, so older inits read
+    /// specs that do not use it.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub export_changes: bool,
 }
+
+/// How long a guest launched with `rootfs.export_changes` waits, after
+/// its workload exited, for a host that never connects before it powers
+/// off anyway.
+pub const EXPORT_IDLE_SECS: u64 = 60;
 
 /// The workload process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +138,7 @@ pub enum SpecError {
     Env(String),
     #[error("launch spec working directory {0:?} is not absolute")]
     Cwd(String),
-    #[error("launch spec sets process.{0} but process.output is \"console\": a terminal or an open stdin needs \"output\": \"agent\"")]
+    #[error("launch spec sets {0} but process.output is \"console\": a terminal, an open stdin or exported changes need \"output\": \"agent\"")]
     NeedsAgent(&'static str),
 }
 
@@ -135,6 +151,7 @@ impl LaunchSpec {
             rootfs: Rootfs {
                 image_drive: ROOTFS_DRIVE_ID.into(),
                 scratch_drive: None,
+                export_changes: false,
             },
             process: Process {
                 args,
@@ -209,10 +226,13 @@ impl LaunchSpec {
         }
         if self.process.output == Output::Console {
             if self.process.terminal {
-                return Err(SpecError::NeedsAgent("terminal"));
+                return Err(SpecError::NeedsAgent("process.terminal"));
             }
             if self.process.stdin {
-                return Err(SpecError::NeedsAgent("stdin"));
+                return Err(SpecError::NeedsAgent("process.stdin"));
+            }
+            if self.rootfs.export_changes {
+                return Err(SpecError::NeedsAgent("rootfs.export_changes"));
             }
         }
         Ok(())
@@ -268,11 +288,20 @@ mod tests {
         s.process.terminal = true;
         assert!(matches!(
             s.validate(),
-            Err(SpecError::NeedsAgent("terminal"))
+            Err(SpecError::NeedsAgent("process.terminal"))
         ));
         s.process.terminal = false;
         s.process.stdin = true;
-        assert!(matches!(s.validate(), Err(SpecError::NeedsAgent("stdin"))));
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::NeedsAgent("process.stdin"))
+        ));
+        s.process.stdin = false;
+        s.rootfs.export_changes = true;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::NeedsAgent("rootfs.export_changes"))
+        ));
         s.process.output = Output::Agent;
         s.process.terminal = true;
         s.validate().unwrap();

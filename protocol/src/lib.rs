@@ -15,8 +15,11 @@
 //! * [`agent`]: the guest agent protocol over vsock (exec, attach, signals,
 //!   stats, file copy) and, with feature `client`, its tokio host client.
 //!   The launch spec and status port stay as the zero-round-trip boot path.
+//! * [`layer`]: the form of the root filesystem's changes the agent sends
+//!   (an OCI layer tar), which the builder turns into image layers.
 
 pub mod agent;
 pub mod initramfs;
 pub mod launch;
+pub mod layer;
 pub mod status;

@@ -471,8 +471,15 @@ pub fn copy_in(dest: &Path, src: &mut impl Read) -> Result<(), CopyError> {
 }
 
 /// Sends what the tar builder writes as DATA frames.
-struct DataWriter<'a> {
+/// A `Write` that sends what it gets as DATA frames.
+pub(crate) struct DataWriter<'a> {
     out: &'a SharedWriter,
+}
+
+impl<'a> DataWriter<'a> {
+    pub(crate) fn new(out: &'a SharedWriter) -> Self {
+        Self { out }
+    }
 }
 
 impl Write for DataWriter<'_> {
@@ -509,7 +516,7 @@ pub fn copy_out(src: &Path, out: &SharedWriter) -> Result<(), CopyError> {
     } else {
         PathBuf::from(base.file_name().unwrap_or(OsStr::new(".")))
     };
-    let sink = BufWriter::with_capacity(256 * 1024, DataWriter { out });
+    let sink = BufWriter::with_capacity(256 * 1024, DataWriter::new(out));
     let mut builder = tar::Builder::new(sink);
     let mut links = HashMap::new();
     append(&mut builder, base, &name, &meta, &mut links)?;

@@ -18,6 +18,7 @@
 //! * [`conn`], [`pty`], [`fdio`]: sockets, terminals, descriptors.
 
 pub mod cgroup;
+pub mod changes;
 pub mod conn;
 pub mod copy;
 pub mod exec;
@@ -34,7 +35,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 pub use router::Router;
@@ -71,17 +72,115 @@ pub struct Agent {
     sessions: AtomicUsize,
     /// Terminals of running tty execs, for resizes addressed by pid.
     terminals: Mutex<HashMap<libc::pid_t, Weak<OwnedFd>>>,
+    /// `rootfs.export_changes`: the upper directory and the hold.
+    export: Option<Export>,
 }
+
+/// The state of a guest whose changes the host will read.
+#[derive(Debug)]
+struct Export {
+    /// The overlay's upper directory (opened before the switch into the
+    /// overlay, after which no path leads to it).
+    upper: OwnedFd,
+    state: Mutex<ExportState>,
+    cond: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ExportState {
+    /// The workload and what it left behind have ended; the upper
+    /// directory is final.
+    ready: bool,
+    /// The host sent `shutdown`: init may power off.
+    released: bool,
+}
+
+/// How long a `changes` request waits for the workload to end.
+const CHANGES_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 impl Agent {
     pub fn new(config: Config, router: Arc<Router>, workload: Arc<Workload>) -> Arc<Self> {
+        Self::with_export(config, router, workload, None)
+    }
+
+    /// An agent that serves `changes` from the upper directory `upper`
+    /// (`rootfs.export_changes`).
+    pub fn with_export(
+        config: Config,
+        router: Arc<Router>,
+        workload: Arc<Workload>,
+        upper: Option<OwnedFd>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             config,
             router,
             workload,
             sessions: AtomicUsize::new(0),
             terminals: Mutex::new(HashMap::new()),
+            export: upper.map(|upper| Export {
+                upper,
+                state: Mutex::new(ExportState::default()),
+                cond: Condvar::new(),
+            }),
         })
+    }
+
+    /// Whether the host will read the changes (init must hold the guest).
+    pub fn exports_changes(&self) -> bool {
+        self.export.is_some()
+    }
+
+    /// Init's main thread: the workload and its leftovers have ended.
+    pub fn changes_ready(&self) {
+        if let Some(x) = &self.export {
+            x.state.lock().unwrap_or_else(|e| e.into_inner()).ready = true;
+            x.cond.notify_all();
+        }
+    }
+
+    /// The host asked for the power-off (`shutdown`).
+    pub fn release_hold(&self) {
+        if let Some(x) = &self.export {
+            x.state.lock().unwrap_or_else(|e| e.into_inner()).released = true;
+            x.cond.notify_all();
+        }
+    }
+
+    /// Whether init may power off a guest it holds for the host: the host
+    /// released it, or no host has been connected for `idle` (tracked
+    /// through `idle_since`).
+    pub fn hold_over(&self, idle_since: &mut Instant, idle: Duration) -> bool {
+        let Some(x) = &self.export else {
+            return true;
+        };
+        if x.state.lock().unwrap_or_else(|e| e.into_inner()).released {
+            return true;
+        }
+        if self.sessions.load(Ordering::SeqCst) > 0 {
+            *idle_since = Instant::now();
+            return false;
+        }
+        idle_since.elapsed() >= idle
+    }
+
+    /// The upper directory once it is final, as a path that reaches it
+    /// from any root (`/proc/self/fd/N`); `None` without export, or when
+    /// the workload did not end within [`CHANGES_WAIT`].
+    pub fn changes_dir(&self) -> Option<PathBuf> {
+        let x = self.export.as_ref()?;
+        let st = x.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (st, _) = x
+            .cond
+            .wait_timeout_while(st, CHANGES_WAIT, |s| !s.ready)
+            .unwrap_or_else(|e| e.into_inner());
+        if !st.ready {
+            return None;
+        }
+        use std::os::fd::AsRawFd;
+        Some(PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            x.upper.as_raw_fd()
+        )))
     }
 
     /// Accept connections on `listener` forever, a thread each.

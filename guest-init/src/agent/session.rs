@@ -25,7 +25,7 @@ use mvm_protocol::agent::{ErrorCode, Kind, Request, Response, Target, PROTOCOL_V
 
 use super::conn::Conn;
 use super::workload::AttachEnd;
-use super::{copy, exec, fdio, procs, pty, stats, Agent};
+use super::{changes, copy, exec, fdio, procs, pty, stats, Agent};
 
 /// The write side of a connection, shared by the session's threads; each
 /// frame is written whole under the lock.
@@ -364,7 +364,10 @@ impl Session {
                     crate::status::signal_name(signal)
                 );
                 let timeout = Duration::from_millis(timeout_ms);
-                match self.agent.workload.stop(signal, timeout) {
+                let stopped = self.agent.workload.stop(signal, timeout);
+                // A guest held for its changes powers off now.
+                self.agent.release_hold();
+                match stopped {
                     Some(_) => self.reply(&Response::Done),
                     None => self.reply(&error(
                         ErrorCode::Internal,
@@ -392,6 +395,32 @@ impl Session {
                     Ok(()) => true,
                     // Before any data: a plain error reply; after: the
                     // error frame ends the stream for the host.
+                    Err(e) => self.reply(&error(e.code(), e.to_string())),
+                }
+            }
+            Request::Changes => {
+                if !self.agent.exports_changes() {
+                    return self.reply(&error(
+                        ErrorCode::Unsupported,
+                        "this guest was not launched with rootfs.export_changes",
+                    ));
+                }
+                let Some(upper) = self.agent.changes_dir() else {
+                    return self.reply(&error(
+                        ErrorCode::Internal,
+                        "the workload did not end; its changes are not final",
+                    ));
+                };
+                match changes::send(&upper, &self.writer) {
+                    Ok(st) => {
+                        crate::info!(
+                            "agent: sent the changes: {} entries, {} deletions, {} opaque directories",
+                            st.entries,
+                            st.whiteouts,
+                            st.opaque
+                        );
+                        true
+                    }
                     Err(e) => self.reply(&error(e.code(), e.to_string())),
                 }
             }

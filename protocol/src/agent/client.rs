@@ -368,9 +368,24 @@ impl AgentClient {
 
     /// A tar stream of `path` in the guest. Errors before the first byte
     /// (no such path) are returned here; later ones from the reader.
-    pub async fn copy_out(mut self, path: &str) -> Result<CopyOut> {
-        self.send(Request::CopyOut { path: path.into() }).await?;
-        let waiting = "waiting for the copy to start";
+    pub async fn copy_out(self, path: &str) -> Result<CopyOut> {
+        self.tar_stream(
+            Request::CopyOut { path: path.into() },
+            "waiting for the copy to start",
+        )
+        .await
+    }
+
+    /// The root filesystem's changes as an OCI layer tar (a guest launched
+    /// with `rootfs.export_changes`, after its workload exited). The stream
+    /// is the guest's: hostile input for the reader.
+    pub async fn changes(self) -> Result<CopyOut> {
+        self.tar_stream(Request::Changes, "waiting for the changes to start")
+            .await
+    }
+
+    async fn tar_stream(mut self, req: Request, waiting: &'static str) -> Result<CopyOut> {
+        self.send(req).await?;
         let first = match self.rx.next().await? {
             None => return Err(ClientError::Closed(waiting)),
             Some((Kind::Data, p)) => p.to_vec(),

@@ -68,6 +68,15 @@ pub enum Request {
         #[serde(default = "default_stop_timeout_ms")]
         timeout_ms: u64,
     },
+    /// The changes the workload made to the root filesystem, as an OCI
+    /// layer tar (DATA frames, then DATA_EOF), or `error`. Only for a guest
+    /// launched with `rootfs.export_changes` (`unsupported` otherwise): the
+    /// agent answers once the workload has exited and init has ended the
+    /// processes it left behind, so the stream is the final state.
+    /// Deleted files are `.wh.NAME` entries, directories whose lower
+    /// content was hidden carry `.wh..wh..opq`, as the OCI image spec
+    /// writes them. The host treats the stream as hostile like any other.
+    Changes,
     /// Any op this version does not know.
     #[serde(other)]
     Unknown,
@@ -96,6 +105,7 @@ impl Request {
             Self::Ping => "ping",
             Self::Processes => "processes",
             Self::Shutdown { .. } => "shutdown",
+            Self::Changes => "changes",
             Self::Unknown => "unknown",
         }
     }
