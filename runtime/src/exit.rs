@@ -1,71 +1,47 @@
-//! How a run ended, from the VMM's status file.
-//!
-//! The VMM writes the file atomically just before it exits (see
-//! vmm/README.md); a VMM that died without writing it was killed from
-//! outside. The mapping to Docker's exit codes lives here, in one place.
+//! How a run ended, from the VMM's status file
+//! ([`StatusReport`](mvm_vmm_api::StatusReport), the type the VMM writes)
+//! and what the caller had asked for ([`Intent`]). The mapping to
+//! Docker's exit codes lives here, in one place.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use mvm_api::sandbox::ExitReason;
-use serde::Deserialize;
+use mvm_vmm_api::status::{GuestState, StatusReport, WorkloadReport};
+use serde::{Deserialize, Serialize};
 
-/// The VMM's status file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct StatusFile {
-    /// `powered_off`, `crashed`, `error` or `stopped`.
-    pub guest: String,
-    /// What init reported about the workload.
-    #[serde(default)]
-    pub workload: Option<Workload>,
-    /// VMM start to init's boot report.
-    #[serde(default)]
-    pub boot_time_us: Option<u64>,
-    /// Detail (crash excerpt, VMM error).
-    #[serde(default)]
-    pub message: Option<String>,
-}
+use crate::state::ExitReason;
 
-/// Init's report about the workload.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Workload {
-    /// Exit status (or Docker's 125-127 for an init error).
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-    /// Killing signal.
-    #[serde(default)]
-    pub signal: Option<i32>,
-    /// Why init could not start the workload.
-    #[serde(default)]
-    pub init_error: Option<String>,
-}
-
-impl StatusFile {
-    /// Read the status file; `None` if it does not exist or is not a
-    /// status file (a torn or foreign file is as good as none).
-    pub fn read(path: &Path) -> Option<Self> {
-        let bytes = fs::read(path).ok()?;
-        if bytes.len() > 1 << 20 {
-            return None;
-        }
-        serde_json::from_slice(&bytes).ok()
-    }
-}
-
-/// What mvmd asked for before the run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What the caller asked of the running sandbox before its run ended; it
+/// decides how an end is reported (a workload killed by SIGTERM after a
+/// stop was stopped, not crashed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "intent", rename_all = "snake_case")]
 pub enum Intent {
     /// Nothing: the workload ended on its own (or something else ended it).
     #[default]
     None,
-    /// `stop`.
-    Stop,
-    /// `kill` with SIGKILL (the VMM was killed).
-    Kill,
+    /// A stop: `signal` to the workload, `timeout_secs` to end, then a kill.
+    Stop {
+        /// The stop signal.
+        signal: i32,
+        /// Seconds before the kill.
+        timeout_secs: u64,
+    },
+    /// A kill with `signal` (SIGKILL ends the microVM).
+    Kill {
+        /// The signal.
+        signal: i32,
+    },
 }
 
-/// The end of a run, as the API reports it.
+impl Intent {
+    fn is_stop(&self) -> bool {
+        matches!(self, Intent::Stop { .. })
+    }
+}
+
+/// The end of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitInfo {
     /// Docker's exit code.
@@ -83,12 +59,13 @@ pub struct ExitInfo {
 /// Exit code reported when nothing better is known (Docker uses 255 for a
 /// container whose end it could not observe).
 pub const UNKNOWN_EXIT: i32 = 255;
-const SIGKILL: i32 = 9;
-const SIGTERM: i32 = 15;
+const SIGKILL: i32 = libc::SIGKILL;
+const SIGTERM: i32 = libc::SIGTERM;
 
-/// Map a status file (or its absence) and mvmd's intent to an [`ExitInfo`].
-/// `oom` says whether the console shows the guest's OOM killer at work.
-pub fn exit_info(status: Option<&StatusFile>, intent: Intent, oom: bool) -> ExitInfo {
+/// Map a status report (or its absence) and the caller's intent to an
+/// [`ExitInfo`]. `oom` says whether the console shows the guest's OOM
+/// killer at work.
+pub fn exit_info(status: Option<&StatusReport>, intent: Intent, oom: bool) -> ExitInfo {
     let mut info = ExitInfo {
         exit_code: UNKNOWN_EXIT,
         reason: ExitReason::VmmDied,
@@ -97,84 +74,83 @@ pub fn exit_info(status: Option<&StatusFile>, intent: Intent, oom: bool) -> Exit
         boot_time_us: status.and_then(|s| s.boot_time_us),
     };
     let Some(st) = status else {
-        if intent == Intent::Kill {
-            info.exit_code = 128 + SIGKILL;
-            info.reason = ExitReason::Killed;
-        } else if intent == Intent::Stop {
-            // mvmd's SIGTERM reached the VMM before it could record
-            // anything (e.g. still setting up), or the grace ran out.
-            info.exit_code = 128 + SIGTERM;
-            info.reason = ExitReason::Stopped;
-        } else {
-            info.error = Some(
-                "the VMM process ended without writing its status file (killed from outside, e.g. SIGKILL or the OOM killer of the host); see vmm.log".into(),
-            );
+        match intent {
+            Intent::Kill { signal } => {
+                info.exit_code = 128 + signal;
+                info.reason = ExitReason::Killed;
+            }
+            // The VMM's SIGTERM reached it before it could record anything
+            // (e.g. still setting up), or the grace ran out.
+            Intent::Stop { .. } => {
+                info.exit_code = 128 + SIGTERM;
+                info.reason = ExitReason::Stopped;
+            }
+            Intent::None => {
+                info.error = Some(
+                    "the VMM process ended without writing its status file (killed from outside, e.g. SIGKILL or the OOM killer of the host); see vmm.log".into(),
+                );
+            }
         }
         return info;
     };
-    match st.guest.as_str() {
-        "powered_off" => {
-            let w = st.workload.as_ref();
-            match (
-                w.and_then(|w| w.init_error.as_ref()),
-                w.and_then(|w| w.exit_code),
-                w.and_then(|w| w.signal),
-            ) {
-                (Some(err), code, _) => {
-                    info.exit_code = code.unwrap_or(125);
+    let message = Some(st.message.clone()).filter(|m| !m.is_empty());
+    match st.guest {
+        GuestState::PoweredOff => {
+            match &st.workload {
+                Some(WorkloadReport::InitError {
+                    init_error,
+                    exit_code,
+                }) => {
+                    info.exit_code = *exit_code;
                     info.reason = ExitReason::StartFailed;
-                    info.error = Some(format!("the workload could not be started: {err}"));
+                    info.error = Some(format!("the workload could not be started: {init_error}"));
                 }
-                (None, Some(code), _) => {
-                    info.exit_code = code;
+                Some(WorkloadReport::Exited { exit_code }) => {
+                    info.exit_code = *exit_code;
                     info.reason = ExitReason::Exited;
                 }
-                (None, None, Some(sig)) => {
-                    info.exit_code = 128 + sig;
+                Some(WorkloadReport::Signaled { signal }) => {
+                    info.exit_code = 128 + signal;
                     info.reason = ExitReason::Exited;
-                    if sig == SIGKILL && oom {
+                    if *signal == SIGKILL && oom {
                         info.reason = ExitReason::OomKilled;
                         info.oom_killed = true;
                         info.error = Some("the guest ran out of memory and its OOM killer ended the workload; give the sandbox more memory (--memory)".into());
                     }
                 }
-                (None, None, None) => {
+                None => {
                     info.reason = ExitReason::GuestCrashed;
                     info.error = Some(
                         "the guest powered off without reporting the workload's status".into(),
                     );
                 }
             }
-            if intent == Intent::Stop && info.reason == ExitReason::Exited {
+            if intent.is_stop() && info.reason == ExitReason::Exited {
                 info.reason = ExitReason::Stopped;
             }
         }
-        "crashed" => {
+        GuestState::Crashed => {
             info.reason = ExitReason::GuestCrashed;
             // The VMM's message is a whole sentence ("the guest crashed:
             // ..."); it is the error as it stands.
             info.error = Some(
-                st.message
-                    .clone()
+                message
                     .unwrap_or_else(|| "the guest crashed; no detail: see the console log".into()),
             );
         }
-        "error" => {
+        GuestState::Error => {
             info.exit_code = 125;
             info.reason = ExitReason::VmmError;
             // As above: "VMM error: ..." from the VMM itself.
-            info.error = Some(
-                st.message
-                    .clone()
-                    .unwrap_or_else(|| "the VMM failed; no detail: see vmm.log".into()),
-            );
+            info.error =
+                Some(message.unwrap_or_else(|| "the VMM failed; no detail: see vmm.log".into()));
         }
-        "stopped" => match intent {
-            Intent::Kill => {
-                info.exit_code = 128 + SIGKILL;
+        GuestState::Stopped => match intent {
+            Intent::Kill { signal } => {
+                info.exit_code = 128 + signal;
                 info.reason = ExitReason::Killed;
             }
-            Intent::Stop => {
+            Intent::Stop { .. } => {
                 info.exit_code = 128 + SIGTERM;
                 info.reason = ExitReason::Stopped;
             }
@@ -184,12 +160,12 @@ pub fn exit_info(status: Option<&StatusFile>, intent: Intent, oom: bool) -> Exit
                 info.error = Some("the VMM was stopped by a signal from outside mvmd".into());
             }
         },
-        other => {
-            info.error = Some(format!("the VMM wrote an unknown outcome {other:?}"));
-        }
     }
-    if intent == Intent::Kill && info.reason != ExitReason::OomKilled {
-        info.reason = ExitReason::Killed;
+    if let Intent::Kill { signal } = intent {
+        if info.reason != ExitReason::OomKilled {
+            info.reason = ExitReason::Killed;
+            info.exit_code = 128 + signal;
+        }
     }
     info
 }
@@ -211,9 +187,15 @@ pub fn console_shows_oom(console: &Path) -> bool {
 mod tests {
     use super::*;
 
-    fn st(json: &str) -> StatusFile {
+    fn st(json: &str) -> StatusReport {
         serde_json::from_str(json).unwrap()
     }
+
+    const STOP: Intent = Intent::Stop {
+        signal: SIGTERM,
+        timeout_secs: 10,
+    };
+    const KILL: Intent = Intent::Kill { signal: SIGKILL };
 
     #[test]
     fn workload_exit_codes() {
@@ -240,14 +222,33 @@ mod tests {
     #[test]
     fn stop_and_kill() {
         let s = st(r#"{"guest":"powered_off","workload":{"signal":15}}"#);
-        let i = exit_info(Some(&s), Intent::Stop, false);
+        let i = exit_info(Some(&s), STOP, false);
         assert_eq!((i.exit_code, i.reason), (143, ExitReason::Stopped));
         let s = st(r#"{"guest":"stopped","workload":null}"#);
-        assert_eq!(exit_info(Some(&s), Intent::Stop, false).exit_code, 143);
-        let i = exit_info(Some(&s), Intent::Kill, false);
+        assert_eq!(exit_info(Some(&s), STOP, false).exit_code, 143);
+        let i = exit_info(Some(&s), KILL, false);
         assert_eq!((i.exit_code, i.reason), (137, ExitReason::Killed));
-        let i = exit_info(None, Intent::Kill, false);
+        let i = exit_info(None, KILL, false);
         assert_eq!((i.exit_code, i.reason), (137, ExitReason::Killed));
+        // A kill carries its signal: without a guest agent SIGINT ends the
+        // microVM and is reported as the workload's end by SIGINT.
+        let int = Intent::Kill {
+            signal: libc::SIGINT,
+        };
+        assert_eq!(exit_info(None, int, false).exit_code, 130);
+        assert_eq!(exit_info(Some(&s), int, false).exit_code, 130);
+    }
+
+    #[test]
+    fn intents_are_stored_with_their_signal() {
+        for i in [Intent::None, STOP, KILL] {
+            let j = serde_json::to_string(&i).unwrap();
+            assert_eq!(serde_json::from_str::<Intent>(&j).unwrap(), i, "{j}");
+        }
+        assert_eq!(
+            serde_json::to_value(STOP).unwrap(),
+            serde_json::json!({"intent": "stop", "signal": 15, "timeout_secs": 10})
+        );
     }
 
     #[test]

@@ -1,82 +1,64 @@
-//! The files a start needs: the per-sandbox launch spec archive and the
-//! VMM configuration (format: vmm/README.md).
+//! The files a boot needs, made in one place for every caller: the launch
+//! spec (what guest init runs, `mvm_protocol::launch`) in its own
+//! initramfs archive, and the VMM configuration (`mvm_vmm_api::VmConfig`,
+//! the type `mvm-vmm` reads).
+//!
+//! Sandboxes, the builder's transient RUN sandboxes and the end-to-end
+//! suites all boot from what [`vm_config`] and [`write`] produce, so a
+//! change to the contract shows up in every one of them.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use mvm_protocol::launch::{LaunchSpec, Output, ROOTFS_DRIVE_ID, SCRATCH_DRIVE_ID};
-use serde::Serialize;
+use mvm_vmm_api::{Console, DriveConfig, VmConfig, VsockConfig};
 
 use crate::paths::SandboxPaths;
-use crate::spec::SandboxSpec;
+use crate::spec::{ProcessSpec, Resources};
 
 /// Extra kernel arguments for sandboxes: init's informational lines off,
-/// so the console carries the workload's output only.
+/// so the console carries the kernel's and init's warnings only.
 pub const SANDBOX_CMDLINE: &str = "mvm.quiet";
 
-/// The VMM's configuration file (the subset mvm uses).
-#[derive(Debug, Clone, Serialize)]
-pub struct VmmConfig {
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Shared init archive, then the spec archive.
-    pub initrd: Vec<PathBuf>,
-    /// Appended to the VMM's defaults.
-    pub cmdline: String,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Guest memory.
-    pub memory_mib: u64,
-    /// rootfs (read-only, shared) and scratch.
-    pub drives: Vec<Drive>,
-    /// `{"file": path}`.
-    pub console: serde_json::Value,
-    /// Where the outcome goes.
-    pub status_file: PathBuf,
-    /// The vsock device, when the agent is used.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vsock: Option<Vsock>,
+/// The guest CID of every sandbox: each VMM has its own vsock device and
+/// Unix socket, so the CID never has to be unique on the host.
+pub const GUEST_CID: u64 = 3;
+
+/// The kernel and the shared init archive a boot uses.
+#[derive(Debug, Clone, Copy)]
+pub struct BootFiles<'a> {
+    /// Guest kernel (ELF vmlinux with a PVH note).
+    pub kernel: &'a Path,
+    /// The shared initramfs holding `/init` (`Artifacts::init_archive`).
+    pub init_archive: &'a Path,
 }
 
-/// A virtio-blk disk.
-#[derive(Debug, Clone, Serialize)]
-pub struct Drive {
-    /// Serial seen by the guest.
-    pub id: String,
-    /// Host file.
-    pub path: PathBuf,
-    /// Read-only.
-    pub read_only: bool,
+/// How the workload's stdio is wired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stdio {
+    /// The workload's output (and stdin, terminal) go through the guest
+    /// agent instead of the console.
+    pub agent: bool,
+    /// Terminal rows and columns at start, for a `tty` workload that asks
+    /// at once (`stty size`).
+    pub size: Option<(u16, u16)>,
 }
 
-/// The VMM's hybrid vsock device.
-#[derive(Debug, Clone, Serialize)]
-pub struct Vsock {
-    /// The guest's CID.
-    pub guest_cid: u32,
-    /// The Unix socket the VMM listens on.
-    pub uds_path: PathBuf,
-}
-
-/// The launch spec for a sandbox spec. `agent`: the workload's output
-/// (and stdin, terminal) go through the guest agent rather than the
-/// console; `size`: the terminal's rows and columns at start, so a
-/// workload that asks at once (`stty size`) gets the client's size.
-pub fn launch_spec(spec: &SandboxSpec, agent: bool, size: Option<(u16, u16)>) -> LaunchSpec {
-    let p = &spec.process;
-    let mut l = LaunchSpec::new(p.entrypoint.iter().chain(&p.cmd).cloned().collect());
-    l.hostname = Some(p.hostname.clone());
+/// The launch spec of a workload on the sandbox drives (`rootfs` image
+/// disk, `scratch` disk for the overlay's upper directory).
+pub fn launch_spec(p: &ProcessSpec, hostname: &str, stdio: Stdio) -> LaunchSpec {
+    let mut l = LaunchSpec::new(p.argv());
+    l.hostname = Some(hostname.to_string());
     l.rootfs.image_drive = ROOTFS_DRIVE_ID.into();
     l.rootfs.scratch_drive = Some(SCRATCH_DRIVE_ID.into());
     l.process.env = p.env.clone();
     l.process.cwd = p.working_dir.clone();
     l.process.user = p.user.clone();
-    if agent {
+    if stdio.agent {
         l.process.output = Output::Agent;
         l.process.terminal = p.tty;
         l.process.stdin = p.open_stdin;
-        if let (true, Some((rows, cols))) = (p.tty, size) {
+        if let (true, Some((rows, cols))) = (p.tty, stdio.size) {
             l.process.rows = rows;
             l.process.cols = cols;
         }
@@ -84,54 +66,125 @@ pub fn launch_spec(spec: &SandboxSpec, agent: bool, size: Option<(u16, u16)>) ->
     l
 }
 
-/// Write the spec archive and the VMM config of a start.
-pub fn write_launch_files(
-    spec: &SandboxSpec,
+/// The VMM configuration of a sandbox boot: the kernel, the init archive
+/// then the spec archive, the image's read-only root disk and the
+/// sandbox's scratch disk, the console and status files, and the vsock
+/// device the guest agent listens on.
+pub fn vm_config(
+    boot: BootFiles<'_>,
     paths: &SandboxPaths,
-    kernel: &Path,
-    init_archive: &Path,
-    agent: bool,
-    size: Option<(u16, u16)>,
-) -> io::Result<()> {
-    let json = launch_spec(spec, agent, size)
-        .to_json()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let cpio = mvm_protocol::initramfs::spec_archive(&json)?;
-    write_atomic(&paths.spec_cpio, &cpio)?;
-    let cfg = VmmConfig {
-        kernel: kernel.into(),
-        initrd: vec![init_archive.into(), paths.spec_cpio.clone()],
-        cmdline: SANDBOX_CMDLINE.into(),
-        vcpus: spec.host.vcpus,
-        memory_mib: spec.host.memory_mib,
-        drives: vec![
-            Drive {
-                id: ROOTFS_DRIVE_ID.into(),
-                path: spec.root_disk.clone(),
-                read_only: true,
-            },
-            Drive {
-                id: SCRATCH_DRIVE_ID.into(),
-                path: paths.scratch.clone(),
-                read_only: false,
-            },
-        ],
-        console: serde_json::json!({ "file": paths.console }),
-        status_file: paths.status.clone(),
-        // Always present: exec, copy, stats, stop signals and kill -s go
-        // through the guest agent even when the workload's output stays
-        // on the console.
-        vsock: Some(Vsock {
-            guest_cid: 3,
-            uds_path: paths.vsock.clone(),
-        }),
-    };
-    let bytes = serde_json::to_vec_pretty(&cfg).map_err(io::Error::other)?;
-    write_atomic(&paths.vm_config, &bytes)
+    root_disk: &Path,
+    resources: &Resources,
+) -> VmConfig {
+    let mut cfg = VmConfig::new(boot.kernel);
+    cfg.initrd = vec![boot.init_archive.into(), paths.spec_cpio.clone()];
+    cfg.cmdline = SANDBOX_CMDLINE.into();
+    cfg.vcpus = resources.vcpus;
+    cfg.memory_mib = resources.memory_mib;
+    cfg.drives = vec![
+        DriveConfig::new(ROOTFS_DRIVE_ID, root_disk, true),
+        DriveConfig::new(SCRATCH_DRIVE_ID, &paths.scratch, false),
+    ];
+    cfg.console = Console::File(paths.console.clone());
+    cfg.status_file = Some(paths.status.clone());
+    // Always present: exec, copy, stats, stop signals and kill -s go
+    // through the guest agent even when the workload's output stays on
+    // the console.
+    cfg.vsock = Some(VsockConfig {
+        guest_cid: GUEST_CID,
+        uds_path: paths.vsock.clone(),
+    });
+    cfg
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, data)?;
-    fs::rename(&tmp, path)
+/// Why the launch files could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The launch spec is not valid (a NUL byte, a relative cwd...).
+    #[error("invalid launch spec: {0}")]
+    Spec(#[from] mvm_protocol::launch::SpecError),
+    /// Writing a file failed.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Write the spec archive (to `paths.spec_cpio`, which `cfg` must load
+/// after the init archive) and the VMM configuration (to
+/// `paths.vm_config`), each atomically.
+pub fn write(spec: &LaunchSpec, cfg: &VmConfig, paths: &SandboxPaths) -> Result<(), LaunchError> {
+    let json = spec.to_json()?;
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LaunchError::Write { path, source }
+    };
+    let cpio = mvm_protocol::initramfs::spec_archive(&json).map_err(werr(&paths.spec_cpio))?;
+    mvm_vmm_api::write_atomic(&paths.spec_cpio, &cpio).map_err(werr(&paths.spec_cpio))?;
+    mvm_vmm_api::write_atomic(&paths.vm_config, &cfg.to_json()).map_err(werr(&paths.vm_config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_boots_its_disks_with_the_agent() {
+        let paths = crate::paths::Layout::new("/var/lib/mvm", "/run/mvm").sandbox("abc");
+        let res = Resources {
+            vcpus: 2,
+            cpu_quota: None,
+            memory_mib: 512,
+            scratch_mib: 1024,
+        };
+        let boot = BootFiles {
+            kernel: Path::new("/k/vmlinux"),
+            init_archive: Path::new("/i/init.cpio"),
+        };
+        let cfg = vm_config(boot, &paths, Path::new("/d/root.ext4"), &res);
+        assert_eq!((cfg.vcpus, cfg.memory_mib), (2, 512));
+        assert_eq!(
+            cfg.initrd,
+            vec![PathBuf::from("/i/init.cpio"), paths.spec_cpio.clone()]
+        );
+        assert_eq!(
+            cfg.drives[0],
+            DriveConfig::new("rootfs", "/d/root.ext4", true)
+        );
+        assert_eq!(
+            cfg.drives[1],
+            DriveConfig::new("scratch", &paths.scratch, false)
+        );
+        assert_eq!(cfg.vsock.as_ref().unwrap().uds_path, paths.vsock);
+        // What the VMM will read back.
+        assert_eq!(VmConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+
+        let p = ProcessSpec {
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            cmd: vec!["echo hi".into()],
+            env: vec!["A=1".into()],
+            working_dir: "/w".into(),
+            user: "nobody".into(),
+            tty: true,
+            open_stdin: true,
+        };
+        let l = launch_spec(&p, "h", Stdio::default());
+        assert_eq!(l.process.args, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(l.process.output, Output::Console);
+        assert!(!l.process.terminal, "a terminal needs the agent");
+        let l = launch_spec(
+            &p,
+            "h",
+            Stdio {
+                agent: true,
+                size: Some((30, 100)),
+            },
+        );
+        assert_eq!((l.process.terminal, l.process.stdin), (true, true));
+        assert_eq!((l.process.rows, l.process.cols), (30, 100));
+        assert_eq!(l.hostname.as_deref(), Some("h"));
+    }
 }

@@ -12,11 +12,19 @@
 //! the caller (mvmd keeps it in SQLite); this crate keeps the pure rules
 //! ([`state`], [`restart`]) and the host mechanics.
 //!
+//! It speaks its own vocabulary ([`SandboxRequest`], [`SandboxSpec`] with
+//! its [`ProcessSpec`], [`Resources`] and [`Lifecycle`], [`State`],
+//! [`Intent`]): `mvmd` converts its REST types at its HTTP edge and
+//! stores these records; the containerd shim will use this library as it
+//! is. The Dockerfile builder runs its RUN steps as [`transient`]
+//! sandboxes through the same artifact lookup, init archive, launch files,
+//! spawning and exit mapping as `run`.
+//!
 //! ```no_run
 //! # fn demo() -> Result<(), mvm_runtime::RuntimeError> {
-//! use mvm_runtime::{Runtime, RuntimeConfig};
+//! use mvm_runtime::{Runtime, RuntimeConfig, SandboxRequest};
 //! let rt = Runtime::new(RuntimeConfig::from_env(Default::default())?)?;
-//! let req = mvm_api::sandbox::CreateRequest { image: "busybox".into(), ..Default::default() };
+//! let req = SandboxRequest { image: "busybox".into(), ..Default::default() };
 //! let id = mvm_runtime::names::new_id();
 //! let created = rt.create(&id, "demo", &req)?;
 //! let started = rt.start(&created.spec)?;
@@ -35,22 +43,42 @@ pub mod process;
 pub mod restart;
 pub mod spec;
 pub mod state;
+pub mod transient;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use mvm_api::sandbox::CreateRequest;
-use mvm_api::ErrorCode;
 use mvm_images::{RootDiskError, RootDiskOptions, Store, StoreError};
 
 pub use artifacts::{ArtifactOverrides, Artifacts};
 pub use exit::{ExitInfo, Intent};
-pub use host::{HostResources, KvmSupport};
+pub use host::HostResources;
 pub use logs::LogLimits;
 pub use paths::{Layout, SandboxPaths};
 pub use process::VmmProcess;
-pub use spec::{Defaults, SandboxSpec, SpecError};
+pub use restart::RestartPolicy;
+pub use spec::{
+    Defaults, Lifecycle, ProcessSpec, ResourceRequest, Resources, SandboxRequest, SandboxSpec,
+    SpecError,
+};
+pub use state::{ExitReason, State, Status};
+pub use transient::{Transient, TransientSpec};
+
+/// What kind of failure an error is, for callers that map errors to their
+/// own codes (mvmd's HTTP statuses, the shim's ttrpc codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong; the message says how.
+    Invalid,
+    /// Something named does not exist (an image).
+    NotFound,
+    /// The host cannot give what was asked (memory, CPUs, disk space,
+    /// missing kernel or VMM).
+    Unavailable,
+    /// Anything else: I/O, processes.
+    Internal,
+}
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,31 +107,43 @@ pub enum RuntimeError {
     },
     #[error(transparent)]
     Process(#[from] process::ProcessError),
+    #[error(transparent)]
+    Launch(#[from] launch::LaunchError),
 }
 
 impl RuntimeError {
-    /// The API error code for this error.
-    pub fn code(&self) -> ErrorCode {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Spec(e) => e.code,
-            Self::ImageNotFound(_) => ErrorCode::NotFound,
+            Self::Spec(e) => e.kind,
+            Self::ImageNotFound(_) => ErrorKind::NotFound,
             Self::Image { source, .. } => match &**source {
-                StoreError::ImageNotFound(_) => ErrorCode::NotFound,
-                StoreError::Reference(_) | StoreError::AmbiguousId(_) => ErrorCode::BadRequest,
-                StoreError::NoSpace { .. } => ErrorCode::ResourceUnavailable,
-                _ => ErrorCode::Internal,
+                StoreError::ImageNotFound(_) => ErrorKind::NotFound,
+                StoreError::Reference(_) | StoreError::AmbiguousId(_) => ErrorKind::Invalid,
+                StoreError::NoSpace { .. } => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
             },
             Self::RootDisk { source, .. } => match &**source {
-                RootDiskError::NoSpace { .. } => ErrorCode::ResourceUnavailable,
-                _ => ErrorCode::Internal,
+                RootDiskError::NoSpace { .. } => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
             },
-            Self::Artifact(_) => ErrorCode::ResourceUnavailable,
-            Self::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
-                ErrorCode::ResourceUnavailable
+            Self::Artifact(_) => ErrorKind::Unavailable,
+            Self::Launch(launch::LaunchError::Spec(_)) => ErrorKind::Invalid,
+            Self::Io { source, .. } | Self::Launch(launch::LaunchError::Write { source, .. })
+                if source.raw_os_error() == Some(libc::ENOSPC) =>
+            {
+                ErrorKind::Unavailable
             }
-            Self::Io { .. } | Self::Process(_) => ErrorCode::Internal,
+            Self::Io { .. } | Self::Process(_) | Self::Launch(_) => ErrorKind::Internal,
         }
     }
+}
+
+/// How the run whose files are at `paths` ended.
+fn exit_info_of(paths: &SandboxPaths, intent: Intent) -> ExitInfo {
+    let status = mvm_vmm_api::StatusReport::read(&paths.status);
+    let oom = exit::console_shows_oom(&paths.console);
+    exit::exit_info(status.as_ref(), intent, oom)
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RuntimeError + 'a {
@@ -228,7 +268,7 @@ impl Runtime {
         &self,
         id: &str,
         name: &str,
-        req: &CreateRequest,
+        req: &SandboxRequest,
     ) -> Result<Created, RuntimeError> {
         let rec = self
             .store
@@ -256,9 +296,8 @@ impl Runtime {
                     image: req.image.clone(),
                     source: Box::new(source),
                 })?;
-            let scratch_mib = self.cfg.defaults.scratch_mib;
             self.store
-                .create_scratch_disk(&paths.scratch, scratch_mib << 20)
+                .create_scratch_disk(&paths.scratch, resolved.resources.scratch_mib << 20)
                 .map_err(|source| RuntimeError::RootDisk {
                     image: req.image.clone(),
                     source: Box::new(source),
@@ -271,9 +310,11 @@ impl Runtime {
                 image_id: rec.id.to_string(),
                 image_digest: rec.manifest_digest.to_string(),
                 root_disk: disk.path,
-                process: resolved.process,
-                host: resolved.host,
-                scratch_mib,
+                process: resolved.process.clone(),
+                hostname: resolved.hostname.clone(),
+                labels: resolved.labels.clone(),
+                resources: resolved.resources,
+                lifecycle: resolved.lifecycle.clone(),
             })
         })();
         match r {
@@ -320,20 +361,20 @@ impl Runtime {
             });
         }
         self.cap_console(&paths);
-        let init = self
-            .cfg
-            .artifacts
-            .init_archive(&self.cfg.layout.init_cache())?;
-        launch::write_launch_files(
-            spec,
-            &paths,
-            &self.cfg.artifacts.kernel,
-            &init,
-            self.cfg.defaults.agent,
+        let stdio = launch::Stdio {
+            agent: self.cfg.defaults.agent,
             size,
-        )
-        .map_err(io_err("writing the launch files in", &paths.dir))?;
-        let cgroup = match spec.host.cpus {
+        };
+        let launch = launch::launch_spec(&spec.process, &spec.hostname, stdio);
+        let init = self.init_archive()?;
+        let cfg = launch::vm_config(
+            self.boot_files(&init),
+            &paths,
+            &spec.root_disk,
+            &spec.resources,
+        );
+        launch::write(&launch, &cfg, &paths)?;
+        let cgroup = match spec.resources.cpu_quota {
             Some(c) => match cgroup::Cgroup::create(&spec.id, c) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
@@ -345,18 +386,11 @@ impl Runtime {
             None => None,
         };
         let procs = cgroup.as_ref().map(|c| c.procs());
-        let process = process::spawn(&process::SpawnSpec {
-            vmm: &self.cfg.artifacts.vmm,
-            config: &paths.vm_config,
-            log: &paths.vmm_log,
-            cgroup_procs: procs.as_deref(),
-            log_filter: self.cfg.vmm_log_filter.as_deref(),
-        });
-        let process = match process {
+        let process = match self.spawn(&paths, procs.as_deref()) {
             Ok(p) => p,
             Err(e) => {
                 cgroup::Cgroup::remove(&spec.id);
-                return Err(e.into());
+                return Err(e);
             }
         };
         Ok(Started { process, warnings })
@@ -364,10 +398,23 @@ impl Runtime {
 
     /// How the last run of sandbox `id` ended.
     pub fn exit_info(&self, id: &str, intent: Intent) -> ExitInfo {
-        let paths = self.paths(id);
-        let status = exit::StatusFile::read(&paths.status);
-        let oom = exit::console_shows_oom(&paths.console);
-        exit::exit_info(status.as_ref(), intent, oom)
+        exit_info_of(&self.paths(id), intent)
+    }
+
+    /// The shared init archive for the configured init binary.
+    pub fn init_archive(&self) -> Result<PathBuf, RuntimeError> {
+        Ok(self
+            .cfg
+            .artifacts
+            .init_archive(&self.cfg.layout.init_cache())?)
+    }
+
+    /// The kernel and `init_archive` as a boot uses them.
+    pub fn boot_files<'a>(&'a self, init_archive: &'a Path) -> launch::BootFiles<'a> {
+        launch::BootFiles {
+            kernel: &self.cfg.artifacts.kernel,
+            init_archive,
+        }
     }
 
     /// Clean up after a VMM ended: its cgroup and socket.
@@ -396,6 +443,21 @@ impl Runtime {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Spawn the VMM of a boot whose launch files are written.
+    fn spawn(
+        &self,
+        paths: &SandboxPaths,
+        cgroup_procs: Option<&Path>,
+    ) -> Result<VmmProcess, RuntimeError> {
+        Ok(process::spawn(&process::SpawnSpec {
+            vmm: &self.cfg.artifacts.vmm,
+            config: &paths.vm_config,
+            log: &paths.vmm_log,
+            cgroup_procs,
+            log_filter: self.cfg.vmm_log_filter.as_deref(),
+        })?)
     }
 
     /// Keep the console file under its cap between runs: a file over the

@@ -11,7 +11,30 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use mvm_api::logs::{LogRecord, Stream};
+use serde::{Deserialize, Serialize};
+
+/// Which stream a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// The workload's stdout (and a terminal's only stream).
+    Stdout,
+    /// The workload's stderr.
+    Stderr,
+}
+
+/// One record of Docker's `json-file` format, one JSON object per line:
+/// `{"log":"text\n","stream":"stdout","time":"RFC3339Nano"}`. A line
+/// (with its `\n`) or a partial line of at most [`MAX_RECORD`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// The bytes, as UTF-8 (invalid sequences replaced, as Docker does).
+    pub log: String,
+    /// Source stream.
+    pub stream: Stream,
+    /// RFC 3339 time with nanoseconds, UTC, when the host received it.
+    pub time: String,
+}
 
 /// Docker splits lines longer than this into partial records.
 pub const MAX_RECORD: usize = 16 * 1024;

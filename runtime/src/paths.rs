@@ -74,6 +74,13 @@ impl Layout {
         self.root.join("sandboxes")
     }
 
+    /// Parent of the transient sandboxes' directories (builds' RUN
+    /// steps); not sandboxes of a caller's database, so kept apart from
+    /// [`Self::sandboxes`] where a daemon looks for orphans.
+    pub fn transients(&self) -> PathBuf {
+        self.root.join("transient")
+    }
+
     /// The default API socket.
     pub fn socket(&self) -> PathBuf {
         self.run_dir.join("mvmd.sock")
@@ -86,7 +93,15 @@ impl Layout {
 
     /// The files of sandbox `id`.
     pub fn sandbox(&self, id: &str) -> SandboxPaths {
-        let dir = self.sandboxes().join(id);
+        self.paths_in(self.sandboxes().join(id), id)
+    }
+
+    /// The files of transient sandbox `id`.
+    pub fn transient(&self, id: &str) -> SandboxPaths {
+        self.paths_in(self.transients().join(id), id)
+    }
+
+    fn paths_in(&self, dir: PathBuf, id: &str) -> SandboxPaths {
         SandboxPaths {
             scratch: dir.join("scratch.ext4"),
             spec_cpio: dir.join("spec.cpio"),

@@ -218,6 +218,35 @@ impl PidFd {
     }
 }
 
+impl PidFd {
+    /// Block until the process has ended or `timeout` passed (for places
+    /// that cannot await, such as a destructor); then reap it if it is our
+    /// child. Returns whether it ended.
+    pub fn wait_blocking(self, timeout: std::time::Duration) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        loop {
+            // SAFETY: poll on one valid pollfd we own, for at most `ms`.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r > 0 {
+                reap(self.pid);
+            }
+            return Ok(r > 0);
+        }
+    }
+}
+
 /// Reap `pid` if it is a zombie child of ours; harmless otherwise.
 pub fn reap(pid: i32) {
     let mut status = 0;

@@ -6,7 +6,26 @@
 
 use std::time::Duration;
 
-use mvm_api::sandbox::RestartPolicy;
+use serde::{Deserialize, Serialize};
+
+/// Docker's restart policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never restart.
+    #[default]
+    No,
+    /// Restart on a non-zero exit, at most `maximum_retry_count` times (0: no limit).
+    OnFailure {
+        /// Limit on restarts; 0 means none.
+        #[serde(default)]
+        maximum_retry_count: u32,
+    },
+    /// Always restart, also after a daemon restart.
+    Always,
+    /// Like `always`, except after the user stopped it.
+    UnlessStopped,
+}
 
 /// First delay.
 pub const INITIAL_DELAY: Duration = Duration::from_millis(100);

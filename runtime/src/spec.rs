@@ -1,24 +1,35 @@
-//! A sandbox spec: the create request resolved against the image's config
-//! with Docker's merge rules, and checked against the host.
+//! The runtime's vocabulary: what a caller asks for ([`SandboxRequest`]),
+//! what a sandbox is once resolved ([`SandboxSpec`]: its [`ProcessSpec`],
+//! [`Resources`] and [`Lifecycle`]), and the rules between the two:
+//! Docker's merge of a request over the image's config, checked against
+//! the host.
+//!
+//! These types are the runtime's own, not the REST API's: `mvmd` converts
+//! its API requests at its HTTP edge, the containerd shim will convert an
+//! OCI bundle, the Dockerfile builder makes a request per RUN step. A
+//! caller's database stores [`SandboxSpec`] as it is (mvmd keeps it as
+//! JSON, with a schema version).
 //!
 //! Everything here is pure, so every rule has a unit test.
 
 use std::collections::BTreeMap;
 
-use mvm_api::sandbox::{CreateRequest, HostConfig, ProcessConfig, RestartPolicy};
-use mvm_api::ErrorCode;
 use mvm_images::ImageConfig;
 use mvm_protocol::agent::signal;
 use serde::{Deserialize, Serialize};
 
 use crate::host::HostResources;
+use crate::restart::RestartPolicy;
+use crate::ErrorKind;
 
 /// The smallest guest that boots our kernel and init with room to work.
 pub const MIN_MEMORY_MIB: u64 = 32;
 /// Memory the host keeps for itself beyond `MemAvailable` checks.
 pub const HOST_MEMORY_MARGIN_MIB: u64 = 64;
+/// The most vCPUs the VMM supports (its MP table).
+pub const MAX_VCPUS: u32 = 32;
 
-/// Daemon-wide defaults for fields a request leaves out.
+/// Defaults for fields a request leaves out (a daemon's configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {
     /// vCPUs.
@@ -46,10 +57,118 @@ impl Default for Defaults {
     }
 }
 
-/// What a sandbox runs and with which resources; stored by mvmd.
+/// What a caller asks for. `None` fields take the image's values (or the
+/// [`Defaults`]); `Some(vec![])` for `entrypoint` clears the image's, as
+/// `docker run --entrypoint ''` does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxRequest {
+    /// Image reference.
+    pub image: String,
+    /// Replaces the image's CMD.
+    pub cmd: Option<Vec<String>>,
+    /// Replaces the image's ENTRYPOINT.
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` entries added to (and overriding) the image's ENV.
+    pub env: Vec<String>,
+    /// Working directory (absolute); the image's WORKDIR when absent.
+    pub working_dir: Option<String>,
+    /// `user[:group]`; the image's USER when absent.
+    pub user: Option<String>,
+    /// Guest hostname; the first 12 characters of the id when absent.
+    pub hostname: Option<String>,
+    /// Labels added to the image's.
+    pub labels: BTreeMap<String, String>,
+    /// A terminal for the main process.
+    pub tty: bool,
+    /// Keep the main process's stdin open for an attacher.
+    pub open_stdin: bool,
+    /// vCPUs, CPU quota and memory.
+    pub resources: ResourceRequest,
+    /// What to do when the workload ends.
+    pub restart_policy: RestartPolicy,
+    /// Remove the sandbox when it ends.
+    pub auto_remove: bool,
+    /// Signal a stop sends; the image's STOPSIGNAL or SIGTERM when absent.
+    pub stop_signal: Option<String>,
+    /// Seconds a stop waits before killing.
+    pub stop_timeout: Option<u64>,
+}
+
+/// The resources a request asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ResourceRequest {
+    /// vCPUs; `ceil(cpus)` or the default when absent.
+    pub vcpus: Option<u32>,
+    /// CPU quota in CPUs (`--cpus 1.5`), enforced with a cgroup.
+    pub cpus: Option<f64>,
+    /// Guest memory in MiB.
+    pub memory_mib: Option<u64>,
+}
+
+/// The workload, resolved: what guest init runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// ENTRYPOINT after overrides.
+    pub entrypoint: Vec<String>,
+    /// CMD after overrides.
+    pub cmd: Vec<String>,
+    /// The whole environment.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub working_dir: String,
+    /// `user[:group]` (empty: root).
+    pub user: String,
+    /// A terminal for the main process.
+    pub tty: bool,
+    /// Stdin kept open for an attacher.
+    pub open_stdin: bool,
+}
+
+impl ProcessSpec {
+    /// argv: entrypoint then cmd.
+    pub fn argv(&self) -> Vec<String> {
+        self.entrypoint.iter().chain(&self.cmd).cloned().collect()
+    }
+}
+
+/// What the microVM gets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// CPU quota for the VMM in CPUs (None: unlimited).
+    pub cpu_quota: Option<f64>,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Size of the writable scratch disk in MiB (sparse).
+    pub scratch_mib: u64,
+}
+
+/// How the sandbox is stopped and what happens when it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// Restart policy.
+    pub restart_policy: RestartPolicy,
+    /// Remove the sandbox when it ends.
+    pub auto_remove: bool,
+    /// The signal a stop sends (canonical name, e.g. `SIGTERM`).
+    pub stop_signal: String,
+    /// Seconds a stop waits before killing.
+    pub stop_timeout: u64,
+}
+
+impl Lifecycle {
+    /// The stop signal's number (SIGTERM if the stored name is unknown).
+    pub fn stop_signal_number(&self) -> i32 {
+        signal::parse(&self.stop_signal).unwrap_or(libc::SIGTERM)
+    }
+}
+
+/// A sandbox: what it runs and with which resources. The record a caller
+/// stores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxSpec {
-    /// Id.
+    /// Id (64 hex characters).
     pub id: String,
     /// Name.
     pub name: String,
@@ -62,34 +181,39 @@ pub struct SandboxSpec {
     pub image_digest: String,
     /// The image's shared root disk.
     pub root_disk: std::path::PathBuf,
-    /// Process configuration after the merge.
-    pub process: ProcessConfig,
-    /// Resources and policies.
-    pub host: HostConfig,
-    /// Scratch disk size in MiB.
-    pub scratch_mib: u64,
+    /// The workload.
+    pub process: ProcessSpec,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// Labels (the image's plus the request's).
+    pub labels: BTreeMap<String, String>,
+    /// vCPUs, memory, disk.
+    pub resources: Resources,
+    /// Stop and restart behaviour.
+    pub lifecycle: Lifecycle,
 }
 
-/// A refused spec: a stable API code and a message.
+/// A refused request: what kind of refusal, and a message that says what
+/// was wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct SpecError {
-    /// `bad_request` or `resource_unavailable`.
-    pub code: ErrorCode,
+    /// [`ErrorKind::Invalid`] or [`ErrorKind::Unavailable`].
+    pub kind: ErrorKind,
     /// What was wrong and what to do.
     pub message: String,
 }
 
 fn bad(message: impl Into<String>) -> SpecError {
     SpecError {
-        code: ErrorCode::BadRequest,
+        kind: ErrorKind::Invalid,
         message: message.into(),
     }
 }
 
 fn unavailable(message: impl Into<String>) -> SpecError {
     SpecError {
-        code: ErrorCode::ResourceUnavailable,
+        kind: ErrorKind::Unavailable,
         message: message.into(),
     }
 }
@@ -97,18 +221,24 @@ fn unavailable(message: impl Into<String>) -> SpecError {
 /// The resolved parts of a request, before disks exist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
-    /// Process configuration.
-    pub process: ProcessConfig,
-    /// Resources and policies.
-    pub host: HostConfig,
-    /// Non-fatal remarks for the create response.
+    /// The workload.
+    pub process: ProcessSpec,
+    /// Hostname.
+    pub hostname: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Resources (the scratch size from the defaults).
+    pub resources: Resources,
+    /// Stop and restart behaviour.
+    pub lifecycle: Lifecycle,
+    /// Non-fatal remarks for the caller.
     pub warnings: Vec<String>,
 }
 
 /// Apply Docker's merge rules to `req` over `image` and check the result
 /// against `host`. `id` gives the default hostname.
 pub fn resolve(
-    req: &CreateRequest,
+    req: &SandboxRequest,
     image: &ImageConfig,
     id: &str,
     defaults: &Defaults,
@@ -173,29 +303,35 @@ pub fn resolve(
         ));
     }
 
-    let (vcpus, cpus) = resolve_cpus(req, defaults, host, &mut warnings)?;
-    let memory_mib = resolve_memory(req.memory_mib.unwrap_or(defaults.memory_mib), host)?;
+    let (vcpus, cpus) = resolve_cpus(&req.resources, defaults, host, &mut warnings)?;
+    let memory_mib = resolve_memory(
+        req.resources.memory_mib.unwrap_or(defaults.memory_mib),
+        host,
+    )?;
 
     Ok(Resolved {
-        process: ProcessConfig {
+        process: ProcessSpec {
             entrypoint,
             cmd,
             env,
             working_dir,
             user,
-            hostname,
-            labels,
             tty: req.tty,
             open_stdin: req.open_stdin,
-            stop_signal,
-            stop_timeout,
         },
-        host: HostConfig {
+        hostname,
+        labels,
+        resources: Resources {
             vcpus,
-            cpus,
+            cpu_quota: cpus,
             memory_mib,
+            scratch_mib: defaults.scratch_mib,
+        },
+        lifecycle: Lifecycle {
             restart_policy: req.restart_policy.clone(),
             auto_remove: req.auto_remove,
+            stop_signal,
+            stop_timeout,
         },
         warnings,
     })
@@ -203,7 +339,7 @@ pub fn resolve(
 
 /// ENTRYPOINT and CMD after overrides: `--entrypoint` resets the image's
 /// CMD unless a command is given too (Docker's rule).
-pub fn merge_command(req: &CreateRequest, image: &ImageConfig) -> (Vec<String>, Vec<String>) {
+pub fn merge_command(req: &SandboxRequest, image: &ImageConfig) -> (Vec<String>, Vec<String>) {
     match (&req.entrypoint, &req.cmd) {
         (Some(e), Some(c)) => (e.clone(), c.clone()),
         (Some(e), None) => (e.clone(), Vec::new()),
@@ -264,7 +400,7 @@ pub fn canonical_signal(s: &str) -> Result<String, SpecError> {
 }
 
 fn resolve_cpus(
-    req: &CreateRequest,
+    req: &ResourceRequest,
     defaults: &Defaults,
     host: &HostResources,
     warnings: &mut Vec<String>,
@@ -296,9 +432,9 @@ fn resolve_cpus(
             host.cpus, host.cpus
         )));
     }
-    if vcpus > 32 {
+    if vcpus > MAX_VCPUS {
         return Err(unavailable(format!(
-            "{vcpus} vCPUs requested; the VMM supports at most 32"
+            "{vcpus} vCPUs requested; the VMM supports at most {MAX_VCPUS}"
         )));
     }
     if let Some(c) = cpus {
@@ -354,8 +490,8 @@ mod tests {
         }
     }
 
-    fn req() -> CreateRequest {
-        CreateRequest {
+    fn req() -> SandboxRequest {
+        SandboxRequest {
             image: "busybox".into(),
             ..Default::default()
         }
@@ -363,11 +499,11 @@ mod tests {
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-    fn resolve_ok(r: &CreateRequest) -> Resolved {
+    fn resolve_ok(r: &SandboxRequest) -> Resolved {
         resolve(r, &image(), ID, &Defaults::default(), &host()).unwrap()
     }
 
-    fn resolve_err(r: &CreateRequest) -> SpecError {
+    fn resolve_err(r: &SandboxRequest) -> SpecError {
         resolve(r, &image(), ID, &Defaults::default(), &host()).unwrap_err()
     }
 
@@ -379,11 +515,11 @@ mod tests {
         assert_eq!(p.cmd, ["default", "args"]);
         assert_eq!(p.working_dir, "/app");
         assert_eq!(p.user, "nobody");
-        assert_eq!(p.hostname, "0123456789ab");
-        assert_eq!(p.stop_signal, "SIGINT");
-        assert_eq!(p.stop_timeout, 10);
-        assert_eq!(r.host.vcpus, 1);
-        assert_eq!(r.host.memory_mib, 256);
+        assert_eq!(r.hostname, "0123456789ab");
+        assert_eq!(r.lifecycle.stop_signal, "SIGINT");
+        assert_eq!(r.lifecycle.stop_timeout, 10);
+        assert_eq!(r.resources.vcpus, 1);
+        assert_eq!(r.resources.memory_mib, 256);
     }
 
     #[test]
@@ -411,7 +547,7 @@ mod tests {
         let mut r = req();
         r.entrypoint = Some(vec![]);
         let e = resolve_err(&r);
-        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!(e.kind, ErrorKind::Invalid);
         assert!(e.message.contains("no command"), "{e}");
     }
 
@@ -436,13 +572,14 @@ mod tests {
         r.labels = [("k".to_string(), "v".to_string())].into();
         r.stop_signal = Some("9".into());
         r.stop_timeout = Some(3);
-        let p = resolve_ok(&r).process;
+        let res = resolve_ok(&r);
+        let p = &res.process;
         assert_eq!(p.working_dir, "/tmp");
         assert_eq!(p.user, "1000:1000");
-        assert_eq!(p.hostname, "web");
-        assert_eq!(p.labels.len(), 2);
-        assert_eq!(p.stop_signal, "SIGKILL");
-        assert_eq!(p.stop_timeout, 3);
+        assert_eq!(res.hostname, "web");
+        assert_eq!(res.labels.len(), 2);
+        assert_eq!(res.lifecycle.stop_signal, "SIGKILL");
+        assert_eq!(res.lifecycle.stop_timeout, 3);
         r.working_dir = Some("relative".into());
         assert!(resolve_err(&r).message.contains("absolute"));
         r.working_dir = None;
@@ -456,36 +593,36 @@ mod tests {
     #[test]
     fn resources_are_checked() {
         let mut r = req();
-        r.memory_mib = Some(0);
-        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
-        r.memory_mib = Some(31);
-        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
-        r.memory_mib = Some(1 << 30);
+        r.resources.memory_mib = Some(0);
+        assert_eq!(resolve_err(&r).kind, ErrorKind::Invalid);
+        r.resources.memory_mib = Some(31);
+        assert_eq!(resolve_err(&r).kind, ErrorKind::Invalid);
+        r.resources.memory_mib = Some(1 << 30);
         let e = resolve_err(&r);
-        assert_eq!(e.code, ErrorCode::ResourceUnavailable);
+        assert_eq!(e.kind, ErrorKind::Unavailable);
         assert!(e.message.contains("MemAvailable"), "{e}");
-        r.memory_mib = Some(512);
-        assert_eq!(resolve_ok(&r).host.memory_mib, 512);
+        r.resources.memory_mib = Some(512);
+        assert_eq!(resolve_ok(&r).resources.memory_mib, 512);
 
         let mut r = req();
-        r.cpus = Some(1.5);
-        let h = resolve_ok(&r).host;
-        assert_eq!((h.vcpus, h.cpus), (2, Some(1.5)));
-        r.vcpus = Some(1);
+        r.resources.cpus = Some(1.5);
+        let h = resolve_ok(&r).resources;
+        assert_eq!((h.vcpus, h.cpu_quota), (2, Some(1.5)));
+        r.resources.vcpus = Some(1);
         let res = resolve_ok(&r);
-        assert_eq!(res.host.vcpus, 1);
+        assert_eq!(res.resources.vcpus, 1);
         assert_eq!(res.warnings.len(), 1);
-        r.cpus = Some(0.0);
-        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
-        r.cpus = Some(f64::NAN);
-        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
-        r.cpus = Some(5.0);
-        assert_eq!(resolve_err(&r).code, ErrorCode::ResourceUnavailable);
-        r.cpus = None;
-        r.vcpus = Some(0);
-        assert_eq!(resolve_err(&r).code, ErrorCode::BadRequest);
-        r.vcpus = Some(5);
-        assert_eq!(resolve_err(&r).code, ErrorCode::ResourceUnavailable);
+        r.resources.cpus = Some(0.0);
+        assert_eq!(resolve_err(&r).kind, ErrorKind::Invalid);
+        r.resources.cpus = Some(f64::NAN);
+        assert_eq!(resolve_err(&r).kind, ErrorKind::Invalid);
+        r.resources.cpus = Some(5.0);
+        assert_eq!(resolve_err(&r).kind, ErrorKind::Unavailable);
+        r.resources.cpus = None;
+        r.resources.vcpus = Some(0);
+        assert_eq!(resolve_err(&r).kind, ErrorKind::Invalid);
+        r.resources.vcpus = Some(5);
+        assert_eq!(resolve_err(&r).kind, ErrorKind::Unavailable);
     }
 
     #[test]

@@ -9,9 +9,79 @@
 //! any state but running --remove--> removing --> (gone)
 //! ```
 
-use mvm_api::sandbox::{ExitReason, State, Status};
+use serde::{Deserialize, Serialize};
 
 use crate::exit::ExitInfo;
+
+/// Lifecycle states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Created, never started (or prepared for a start).
+    Created,
+    /// The microVM is running.
+    Running,
+    /// Waiting for the restart back-off to expire.
+    Restarting,
+    /// The microVM has ended.
+    Exited,
+    /// Being removed.
+    Removing,
+}
+
+/// Why a sandbox is not running any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The workload exited on its own.
+    Exited,
+    /// Stopped (stop signal, then power-off or kill after the timeout).
+    Stopped,
+    /// Killed.
+    Killed,
+    /// The guest's OOM killer ended the workload.
+    OomKilled,
+    /// The guest kernel panicked or the guest crashed.
+    GuestCrashed,
+    /// The VMM process died without reporting (e.g. SIGKILLed).
+    VmmDied,
+    /// The workload could not be started (not found, not executable, bad user).
+    StartFailed,
+    /// The microVM could not be started (the error says why).
+    VmmError,
+}
+
+/// The state of a sandbox's runs: the record a caller stores next to the
+/// [`SandboxSpec`](crate::SandboxSpec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Lifecycle state.
+    pub status: Status,
+    /// PID of the `mvm-vmm` process while running.
+    pub pid: Option<u32>,
+    /// Exit code of the last run (Docker's: 128+N for signal N, 125-127
+    /// for start failures).
+    pub exit_code: Option<i32>,
+    /// Why the last run ended.
+    pub reason: Option<ExitReason>,
+    /// A message for failures.
+    pub error: Option<String>,
+    /// RFC 3339 time of the last start.
+    pub started_at: Option<String>,
+    /// RFC 3339 time the last run ended.
+    pub finished_at: Option<String>,
+    /// The guest's OOM killer ended the last run's workload.
+    pub oom_killed: bool,
+    /// Restarts made by the restart policy since the last manual start.
+    pub restart_count: u32,
+}
+
+impl State {
+    /// True while the microVM runs.
+    pub fn running(&self) -> bool {
+        self.status == Status::Running
+    }
+}
 
 /// Operations that depend on the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +115,6 @@ pub fn check(status: Status, op: Op) -> Result<(), String> {
 pub fn created() -> State {
     State {
         status: Status::Created,
-        running: false,
         pid: None,
         exit_code: None,
         reason: None,
@@ -61,7 +130,6 @@ pub fn created() -> State {
 pub fn started(state: &State, pid: i32, now: &str) -> State {
     State {
         status: Status::Running,
-        running: true,
         pid: u32::try_from(pid).ok(),
         exit_code: None,
         reason: None,
@@ -77,7 +145,6 @@ pub fn started(state: &State, pid: i32, now: &str) -> State {
 pub fn exited(state: &State, info: &ExitInfo, now: &str) -> State {
     State {
         status: Status::Exited,
-        running: false,
         pid: None,
         exit_code: Some(info.exit_code),
         reason: Some(info.reason),
@@ -97,7 +164,6 @@ pub fn start_failed(state: &State, message: &str, now: &str) -> State {
         } else {
             Status::Exited
         },
-        running: false,
         pid: None,
         exit_code: Some(125),
         reason: Some(ExitReason::VmmError),
@@ -126,7 +192,7 @@ mod tests {
         let s = created();
         let r = started(&s, 42, "t1");
         assert_eq!(
-            (r.status, r.running, r.pid),
+            (r.status, r.running(), r.pid),
             (Status::Running, true, Some(42))
         );
         let info = ExitInfo {

@@ -1,0 +1,212 @@
+//! Transient sandboxes: one-shot microVMs no caller stores (no name, no
+//! restarts, no logs), such as the Dockerfile builder's RUN steps.
+//!
+//! They boot exactly as sandboxes do: the same artifacts ([`Runtime`]'s
+//! kernel, init and VMM, so `mvmd --kernel/--init/--vmm` and an installed
+//! prefix reach builds too), the same init archive, launch files
+//! ([`crate::launch`]), spawning and exit mapping ([`crate::exit`]). The
+//! workload's output always goes through the guest agent, which the
+//! caller attaches to. With [`TransientSpec::export_changes`] the guest
+//! stays up after the workload so the caller can read the root
+//! filesystem's changes as an OCI layer tar (the agent's `changes` op):
+//! the host never mounts or parses a filesystem the guest wrote.
+//!
+//! A [`Transient`] owns its VMM and files: dropping it kills a VMM that
+//! still runs and removes everything.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mvm_protocol::agent::client::{AgentClient, ClientError};
+
+use crate::exit::{ExitInfo, Intent};
+use crate::launch::{self, Stdio};
+use crate::paths::SandboxPaths;
+use crate::process::VmmProcess;
+use crate::spec::{ProcessSpec, Resources};
+use crate::{cgroup, exit_info_of, io_err, names, Runtime, RuntimeError};
+
+/// What a transient sandbox runs, on which disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransientSpec {
+    /// The read-only ext4 image disk (`mvm_images::Store::root_disk`).
+    pub root_disk: PathBuf,
+    /// The workload (its `tty` and `open_stdin` are honoured).
+    pub process: ProcessSpec,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// vCPUs, memory, quota and the scratch disk's size.
+    pub resources: Resources,
+    /// Keep the guest up after the workload so its changes can be read.
+    pub export_changes: bool,
+}
+
+/// A running (or ended) transient sandbox.
+#[derive(Debug)]
+pub struct Transient {
+    id: String,
+    paths: SandboxPaths,
+    vmm: VmmProcess,
+    started: Instant,
+}
+
+impl Runtime {
+    /// Boot a transient sandbox: a private directory, a fresh scratch
+    /// disk, the launch files and the VMM. On failure nothing is left.
+    pub fn start_transient(&self, spec: &TransientSpec) -> Result<Transient, RuntimeError> {
+        let id = names::new_id();
+        let paths = self.cfg.layout.transient(&id);
+        fs::create_dir_all(self.cfg.layout.transients())
+            .map_err(io_err("creating", &self.cfg.layout.transients()))?;
+        fs::create_dir(&paths.dir).map_err(io_err("creating", &paths.dir))?;
+        let started = Instant::now();
+        let r = (|| {
+            self.store
+                .create_scratch_disk(&paths.scratch, spec.resources.scratch_mib << 20)
+                .map_err(|source| RuntimeError::RootDisk {
+                    image: "(transient scratch disk)".into(),
+                    source: Box::new(source),
+                })?;
+            let stdio = Stdio {
+                agent: true,
+                size: None,
+            };
+            let mut l = launch::launch_spec(&spec.process, &spec.hostname, stdio);
+            l.rootfs.export_changes = spec.export_changes;
+            let init = self.init_archive()?;
+            let cfg = launch::vm_config(
+                self.boot_files(&init),
+                &paths,
+                &spec.root_disk,
+                &spec.resources,
+            );
+            launch::write(&l, &cfg, &paths)?;
+            let cg = match spec.resources.cpu_quota {
+                Some(c) => match cgroup::Cgroup::create(&id, c) {
+                    Ok(cg) => Some(cg),
+                    Err(e) => {
+                        tracing::warn!(transient = %id, "{e}");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let procs = cg.as_ref().map(|c| c.procs());
+            self.spawn(&paths, procs.as_deref())
+        })();
+        match r {
+            Ok(vmm) => Ok(Transient {
+                id,
+                paths,
+                vmm,
+                started,
+            }),
+            Err(e) => {
+                cgroup::Cgroup::remove(&id);
+                let _ = fs::remove_file(&paths.vsock);
+                let _ = fs::remove_dir_all(&paths.dir);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Transient {
+    /// Its id (also its cgroup's and vsock socket's name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its files (console, VMM log, status file...).
+    pub fn paths(&self) -> &SandboxPaths {
+        &self.paths
+    }
+
+    /// Time since the VMM was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether the VMM still runs.
+    pub fn is_running(&self) -> bool {
+        self.vmm.is_alive()
+    }
+
+    /// A connection to the guest agent, retried while the guest boots,
+    /// for at most `timeout`. If the VMM ends first (the workload could not
+    /// be started, the guest crashed), the answer is at once an error; the
+    /// caller then reads [`Self::exit_info`].
+    pub async fn agent(&self, timeout: Duration) -> Result<AgentClient, ClientError> {
+        tokio::select! {
+            c = AgentClient::connect(&self.paths.vsock, timeout) => c,
+            () = self.wait() => Err(ClientError::Closed("the microVM ended before its agent answered")),
+        }
+    }
+
+    /// Wait until the VMM has ended.
+    pub async fn wait(&self) {
+        match self.vmm.pidfd() {
+            Ok(Some(fd)) => {
+                if fd.wait().await.is_ok() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => tracing::debug!(transient = %self.id, "{e}; polling instead"),
+        }
+        while self.vmm.is_alive() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kill the VMM (the guest dies with it).
+    pub fn kill(&self) {
+        let _ = self.vmm.signal(libc::SIGKILL);
+    }
+
+    /// How the run ended (once [`Self::wait`] returned), with `intent`
+    /// saying what the caller asked for.
+    pub fn exit_info(&self, intent: Intent) -> ExitInfo {
+        exit_info_of(&self.paths, intent)
+    }
+
+    /// The last `max` bytes of the VMM's log, for error messages.
+    pub fn vmm_log_tail(&self, max: u64) -> String {
+        tail(&self.paths.vmm_log, max)
+    }
+}
+
+fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+impl Drop for Transient {
+    fn drop(&mut self) {
+        // A VMM that still runs is killed; it is a single process, gone
+        // within moments of SIGKILL (then reaped, being our child).
+        if let Ok(Some(fd)) = self.vmm.pidfd() {
+            let _ = fd.signal(libc::SIGKILL);
+            if !matches!(fd.wait_blocking(Duration::from_secs(5)), Ok(true)) {
+                tracing::warn!(transient = %self.id, pid = self.vmm.pid, "the VMM did not end after SIGKILL");
+            }
+        }
+        crate::process::reap(self.vmm.pid);
+        cgroup::Cgroup::remove(&self.id);
+        let _ = fs::remove_file(&self.paths.vsock);
+        if let Err(e) = fs::remove_dir_all(&self.paths.dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(transient = %self.id, "removing {}: {e}", self.paths.dir.display());
+            }
+        }
+    }
+}
