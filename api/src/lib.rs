@@ -6,6 +6,7 @@
 //! VMMs run in their own sessions: stopping or killing mvmd leaves them
 //! running, and the next mvmd re-attaches to them ([`manager::Manager::recover`]).
 
+pub mod convert;
 pub mod db;
 pub mod exec;
 pub mod http;

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mvm_api::logs::{LogRecord, Stream};
 use mvm_runtime::logs::{self, LogFilter, LogLimits, LogWriter};
+use mvm_runtime::logs::{LogRecord, Stream};
 use tokio::sync::broadcast;
 
 /// A live event: a record, or the end of the current run's output.

@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use mvm_api::sandbox::{
-    CreateRequest, CreateResponse, SandboxInfo, SandboxSummary, State, Status, WaitResponse,
-};
+use mvm_api::sandbox::{CreateRequest, CreateResponse, SandboxInfo, SandboxSummary, WaitResponse};
 use mvm_api::{ApiError, ErrorCode};
 use mvm_protocol::agent::signal;
 use mvm_runtime::state::{self, Op};
-use mvm_runtime::{restart, Intent, Runtime, RuntimeError, VmmProcess};
+use mvm_runtime::{restart, Intent, Runtime, RuntimeError, State, Status, VmmProcess};
+
+use crate::convert;
 use tokio::sync::watch;
 
 use crate::db::{Db, DbError, Internal, Row};
@@ -47,7 +47,7 @@ impl From<DbError> for ApiError {
 }
 
 fn runtime_err(e: RuntimeError) -> ApiError {
-    err(e.code(), e.to_string())
+    err(convert::error_code(e.kind()), e.to_string())
 }
 
 /// Now, RFC 3339 with nanoseconds.
@@ -285,6 +285,7 @@ impl Manager {
         let id = mvm_runtime::names::new_id();
         let rt = self.rt.clone();
         let (id2, name2) = (id.clone(), name.to_string());
+        let req = convert::sandbox_request(&req);
         let created = tokio::task::spawn_blocking(move || rt.create(&id2, &name2, &req))
             .await
             .map_err(internal)?
@@ -357,7 +358,7 @@ impl Manager {
             }
             r.state = state::started(&r.state, proc.pid, &t);
             r.internal.vmm = Some(proc);
-            r.internal.intent = None;
+            r.internal.intent = Intent::None;
         })?;
         tracing::info!(sandbox = %e.id, pid = proc.pid, elapsed_ms = t0.elapsed().as_millis() as u64, "started");
         self.supervise(e.clone(), proc);
@@ -408,11 +409,10 @@ impl Manager {
     /// Record the end of a run; then restart or auto-remove as the policy
     /// says.
     async fn on_exit(self: &Arc<Self>, e: &Arc<Entry>) {
-        let (intent_s, started_at) = {
+        let (intent, started_at) = {
             let r = e.row();
-            (r.internal.intent.clone(), r.state.started_at.clone())
+            (r.internal.intent, r.state.started_at.clone())
         };
-        let (intent, sig) = parse_intent(intent_s.as_deref());
         let rt = self.rt.clone();
         let id = e.id.clone();
         let info = tokio::task::spawn_blocking(move || {
@@ -421,18 +421,13 @@ impl Manager {
             info
         })
         .await;
-        let mut info = match info {
+        let info = match info {
             Ok(i) => i,
             Err(er) => {
                 tracing::error!(sandbox = %e.id, "exit info: {er}");
                 return;
             }
         };
-        if let Some(n) = sig {
-            if info.reason == mvm_api::sandbox::ExitReason::Killed {
-                info.exit_code = 128 + n;
-            }
-        }
         let ran_for = started_at
             .as_deref()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
@@ -451,9 +446,9 @@ impl Manager {
             }
             r.state = state::exited(&r.state, &info, &t);
             r.internal.vmm = None;
-            r.internal.intent = None;
+            r.internal.intent = Intent::None;
             r.internal.exits += 1;
-            let policy = r.spec.host.restart_policy.clone();
+            let policy = r.spec.lifecycle.restart_policy.clone();
             if restart::should_restart(
                 &policy,
                 info.exit_code,
@@ -466,7 +461,7 @@ impl Manager {
                 r.state.status = Status::Restarting;
                 r.state.restart_count += 1;
                 Some(Ok(delay))
-            } else if r.spec.host.auto_remove {
+            } else if r.spec.lifecycle.auto_remove {
                 Some(Err(()))
             } else {
                 None
@@ -538,8 +533,8 @@ impl Manager {
                 r.state.status,
                 r.internal.vmm,
                 r.internal.exits,
-                r.spec.process.stop_timeout,
-                r.spec.process.stop_signal.clone(),
+                r.spec.lifecycle.stop_timeout,
+                r.spec.lifecycle.stop_signal_number(),
             )
         };
         if status == Status::Restarting {
@@ -553,16 +548,20 @@ impl Manager {
         let Some(vmm) = vmm else {
             return Err(internal("the sandbox is running but has no VMM on record"));
         };
+        let timeout_secs = timeout.unwrap_or(stop_timeout);
         self.update(e, |r| {
-            r.internal.intent = Some("stop".into());
+            r.internal.intent = Intent::Stop {
+                signal: stop_signal,
+                timeout_secs,
+            };
             r.internal.manual_stop = true;
         })?;
-        let timeout = Duration::from_secs(timeout.unwrap_or(stop_timeout));
+        let timeout = Duration::from_secs(timeout_secs);
         // The guest agent sends the stop signal to the workload, waits
         // the timeout, SIGKILLs it, and the guest powers off. Without an
         // agent (still booting, or an init without one) SIGTERM makes the
         // VMM end the guest at once.
-        let sig = signal::parse(&stop_signal).unwrap_or(libc::SIGTERM);
+        let sig = stop_signal;
         match self.rt.agent(&e.id, AGENT_CONNECT).await {
             Ok(mut c) => {
                 tokio::spawn(async move {
@@ -648,7 +647,7 @@ impl Manager {
             }
         };
         self.update(&e, |r| {
-            r.internal.intent = Some(format!("kill:{n}"));
+            r.internal.intent = Intent::Kill { signal: n };
             r.internal.manual_stop = true;
         })?;
         let _ = vmm.signal(vmm_signal);
@@ -697,7 +696,9 @@ impl Manager {
         self.update(&e, |r| {
             r.internal.manual_stop = true;
             if matches!(r.state.status, Status::Running) {
-                r.internal.intent = Some("kill:9".into());
+                r.internal.intent = Intent::Kill {
+                    signal: libc::SIGKILL,
+                };
             }
             r.state.status = Status::Removing;
         })?;
@@ -805,9 +806,9 @@ impl Manager {
             image: r.spec.image.clone(),
             image_id: r.spec.image_id.clone(),
             created: r.created.clone(),
-            config: r.spec.process.clone(),
-            host_config: r.spec.host.clone(),
-            state: r.state.clone(),
+            config: convert::process_config(&r.spec),
+            host_config: convert::host_config(&r.spec),
+            state: convert::state(&r.state),
             paths: self.rt.paths(&r.spec.id).as_map(),
         }
     }
@@ -819,32 +820,22 @@ impl Manager {
         rows.into_iter()
             .filter(|r| all || matches!(r.state.status, Status::Running | Status::Restarting))
             .filter(|r| {
-                labels
-                    .iter()
-                    .all(|(k, v)| match (r.spec.process.labels.get(k), v) {
-                        (Some(_), None) => true,
-                        (Some(have), Some(want)) => have == want,
-                        (None, _) => false,
-                    })
+                labels.iter().all(|(k, v)| match (r.spec.labels.get(k), v) {
+                    (Some(_), None) => true,
+                    (Some(have), Some(want)) => have == want,
+                    (None, _) => false,
+                })
             })
             .map(|r| SandboxSummary {
                 id: r.spec.id.clone(),
                 name: r.spec.name.clone(),
                 image: r.spec.image.clone(),
-                command: r
-                    .spec
-                    .process
-                    .entrypoint
-                    .iter()
-                    .chain(&r.spec.process.cmd)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                command: r.spec.process.argv().join(" "),
                 created: r.created.clone(),
-                status: r.state.status,
+                status: convert::status(r.state.status),
                 status_text: status_text(&r.state),
                 exit_code: r.state.exit_code,
-                labels: r.spec.process.labels.clone(),
+                labels: r.spec.labels.clone(),
             })
             .collect()
     }
@@ -930,7 +921,7 @@ impl Manager {
                         // between): it is not ours to keep.
                         let _ = v.signal(libc::SIGKILL);
                     }
-                    let policy = row.spec.host.restart_policy.clone();
+                    let policy = row.spec.lifecycle.restart_policy.clone();
                     if row.state.status == Status::Exited
                         && restart::restart_on_daemon_start(&policy, row.internal.manual_stop)
                     {
@@ -947,17 +938,6 @@ impl Manager {
             }
         }
         Ok(())
-    }
-}
-
-fn parse_intent(s: Option<&str>) -> (Intent, Option<i32>) {
-    match s {
-        Some("stop") => (Intent::Stop, None),
-        Some(k) if k.starts_with("kill:") => {
-            let n = k[5..].parse().unwrap_or(libc::SIGKILL);
-            (Intent::Kill, Some(n))
-        }
-        _ => (Intent::None, None),
     }
 }
 
@@ -1038,12 +1018,5 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(90)), "About a minute");
         assert_eq!(human_duration(Duration::from_secs(600)), "10 minutes");
         assert_eq!(human_duration(Duration::from_secs(3 * 86400)), "3 days");
-    }
-
-    #[test]
-    fn intents() {
-        assert_eq!(parse_intent(Some("stop")), (Intent::Stop, None));
-        assert_eq!(parse_intent(Some("kill:2")), (Intent::Kill, Some(2)));
-        assert_eq!(parse_intent(None), (Intent::None, None));
     }
 }

@@ -18,9 +18,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use mvm_api::logs::Stream;
 use mvm_protocol::agent::client::{AgentClient, ClientError, Event, ExecControl, ExecStdin};
 use mvm_protocol::agent::{ErrorCode as AgentCode, AGENT_PORT};
+use mvm_runtime::logs::Stream;
 use tokio::sync::watch;
 
 use crate::loghub::LogHub;

@@ -1,12 +1,19 @@
 //! The state store: SQLite (bundled, so no system library), WAL mode, one
 //! transaction per state change, so a crash at any point leaves either the
 //! old or the new state of a sandbox, never half of each.
+//!
+//! Rows hold the runtime's records as JSON ([`SandboxSpec`], [`State`],
+//! and mvmd's [`Internal`]), not the REST API's types. The schema has a
+//! version (SQLite's `user_version`); [`migrations`] brings an older
+//! database up to date when mvmd opens it, after a backup, and a database
+//! from a newer mvmd is refused rather than misread.
+
+pub mod migrations;
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use mvm_api::sandbox::State;
-use mvm_runtime::{SandboxSpec, VmmProcess};
+use mvm_runtime::{Intent, SandboxSpec, State, VmmProcess};
 use rusqlite::{params, Connection, ErrorCode as SqlCode, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +34,8 @@ pub enum DbError {
         id: String,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Migration(#[from] migrations::MigrationError),
 }
 
 /// What mvmd keeps about a sandbox beyond the API's view.
@@ -38,9 +47,10 @@ pub struct Internal {
     /// Stopped or killed by a user: restart policies hold off.
     #[serde(default)]
     pub manual_stop: bool,
-    /// What mvmd asked of the running VMM (`stop`, `kill:<sig>`).
+    /// What mvmd asked of the running VMM (a stop or a kill, with its
+    /// signal).
     #[serde(default)]
-    pub intent: Option<String>,
+    pub intent: Intent,
     /// Current restart back-off, milliseconds.
     #[serde(default)]
     pub backoff_ms: Option<u64>,
@@ -75,24 +85,14 @@ impl Db {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS sandboxes (
-                id TEXT PRIMARY KEY NOT NULL,
-                name TEXT NOT NULL UNIQUE,
-                created TEXT NOT NULL,
-                spec TEXT NOT NULL,
-                state TEXT NOT NULL,
-                internal TEXT NOT NULL
-            );",
-        )
-        .map_err(open_err)?;
+        migrations::migrate(&mut conn, path)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -185,9 +185,9 @@ fn json<T: Serialize>(v: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mvm_api::sandbox::{HostConfig, ProcessConfig, RestartPolicy};
+    use mvm_runtime::{Lifecycle, ProcessSpec, Resources, RestartPolicy};
 
-    fn row(id: &str, name: &str) -> Row {
+    pub(crate) fn row(id: &str, name: &str) -> Row {
         Row {
             spec: SandboxSpec {
                 id: id.into(),
@@ -196,27 +196,29 @@ mod tests {
                 image_id: "sha256:x".into(),
                 image_digest: "sha256:y".into(),
                 root_disk: "/d".into(),
-                process: ProcessConfig {
+                process: ProcessSpec {
                     entrypoint: vec![],
                     cmd: vec!["true".into()],
                     env: vec![],
                     working_dir: "/".into(),
                     user: String::new(),
-                    hostname: "h".into(),
-                    labels: Default::default(),
                     tty: false,
                     open_stdin: false,
+                },
+                hostname: "h".into(),
+                labels: Default::default(),
+                resources: Resources {
+                    vcpus: 1,
+                    cpu_quota: None,
+                    memory_mib: 128,
+                    scratch_mib: 64,
+                },
+                lifecycle: Lifecycle {
+                    restart_policy: RestartPolicy::No,
+                    auto_remove: false,
                     stop_signal: "SIGTERM".into(),
                     stop_timeout: 10,
                 },
-                host: HostConfig {
-                    vcpus: 1,
-                    cpus: None,
-                    memory_mib: 128,
-                    restart_policy: RestartPolicy::No,
-                    auto_remove: false,
-                },
-                scratch_mib: 64,
             },
             created: "now".into(),
             state: mvm_runtime::state::created(),
@@ -235,6 +237,7 @@ mod tests {
         ));
         let mut r = row("a", "web");
         r.internal.manual_stop = true;
+        r.internal.intent = Intent::Kill { signal: 2 };
         db.update("a", &r.state, &r.internal).unwrap();
         drop(db);
         let db = Db::open(&d.path().join("t.db")).unwrap();

@@ -12,10 +12,10 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use hyper_util::rt::TokioIo;
 use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, Stats, TopResponse};
-use mvm_api::sandbox::Status;
 use mvm_api::ErrorCode;
 use mvm_protocol::agent::client::AgentClient;
 use mvm_protocol::agent::{Exec, Target};
+use mvm_runtime::Status;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{ReaderStream, StreamReader};
 

@@ -14,11 +14,11 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use mvm_api::logs::Stream;
 use mvm_api::ErrorCode;
 use mvm_protocol::agent::frame;
 use mvm_protocol::agent::{Exit, Kind, Request as AgentRequest};
 use mvm_runtime::logs::LogFilter;
+use mvm_runtime::logs::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::error::RecvError;
 

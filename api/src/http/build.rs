@@ -8,8 +8,9 @@
 //! long image operation uses: `status` lines in BuildKit's plain format
 //! (`#3 [2/4] RUN ...`, `#3 CACHED`, `#3 DONE 1.2s`, RUN output), then
 //! `result` (`{"id", "digest", "tags", "steps", "cached"}`) or `error`.
-//! RUN steps boot microVMs from `MVM_KERNEL`, `MVM_INIT` and `MVM_VMM`,
-//! like sandboxes.
+//! RUN steps are transient sandboxes of this mvmd's runtime: the same
+//! kernel, init and VMM as `run` (`--kernel/--init/--vmm`, the install
+//! prefix), so builds work wherever sandboxes do.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -25,7 +26,7 @@ use mvm_api::images::Progress;
 use mvm_api::ErrorCode;
 use mvm_builder::context::Context;
 use mvm_builder::progress::{format_plain, Event};
-use mvm_builder::vm::{Executor, VmmExecutor};
+use mvm_builder::vm::RuntimeExecutor;
 use mvm_builder::{BuildError, BuildOptions, Builder};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
@@ -76,7 +77,8 @@ fn code_of(e: &BuildError) -> ErrorCode {
 
 pub async fn build(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
     let opts = options(&q)?;
-    let store = d.manager.runtime().store().clone();
+    let runtime = d.manager.runtime().clone();
+    let store = runtime.store().clone();
     let stream = body.into_data_stream().map_err(io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(stream));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(64);
@@ -93,9 +95,7 @@ pub async fn build(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
         let result = (|| -> Result<serde_json::Value, (ErrorCode, String)> {
             let ctx = Context::from_tar(reader, &tmp)
                 .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
-            // Without the VM artifacts, builds without RUN still work and
-            // a RUN step says what is missing.
-            let exec = VmmExecutor::from_env(store.clone(), &tmp.join("build-vm")).ok();
+            let exec = RuntimeExecutor::new(runtime);
             let progress = |e: &Event| {
                 let text = format_plain(e);
                 for l in text.lines() {
@@ -104,12 +104,8 @@ pub async fn build(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
                     });
                 }
             };
-            let builder = Builder::new(
-                store.clone(),
-                exec.as_ref().map(|e| e as &dyn Executor),
-                &progress,
-            )
-            .map_err(|e| (code_of(&e), e.to_string()))?;
+            let builder = Builder::new(store.clone(), Some(&exec), &progress)
+                .map_err(|e| (code_of(&e), e.to_string()))?;
             let r = builder
                 .build(&ctx, &opts)
                 .map_err(|e| (code_of(&e), e.to_string()))?;

@@ -8,10 +8,11 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use mvm_api::logs::LogRecord;
-use mvm_api::sandbox::{CreateRequest, Status};
+use mvm_api::sandbox::CreateRequest;
 use mvm_api::ErrorCode;
+use mvm_runtime::logs::LogRecord;
 use mvm_runtime::logs::{parse_time, LogFilter};
+use mvm_runtime::Status;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -98,7 +99,7 @@ pub async fn console(State(d): D, Path(id): Path<String>) -> ApiResult<Response>
 }
 
 fn line(rec: &LogRecord) -> Bytes {
-    let mut v = serde_json::to_vec(rec).unwrap_or_default();
+    let mut v = serde_json::to_vec(&crate::convert::log_record(rec)).unwrap_or_default();
     v.push(b'\n');
     Bytes::from(v)
 }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use mvm_api::sandbox::{PruneResponse, Status};
+use mvm_api::sandbox::PruneResponse;
 use mvm_api::system::{Info, KvmMode, SandboxCounts};
-use mvm_runtime::{HostResources, KvmSupport};
+use mvm_runtime::{HostResources, Status};
+use mvm_vmm_api::kvm;
 
 use super::{json_response, ApiResult};
 use crate::Daemon;
@@ -27,7 +28,7 @@ pub async fn version() -> Response {
 }
 
 pub async fn info(State(d): D) -> ApiResult<Response> {
-    let kvm = KvmSupport::detect();
+    let kvm = kvm::detect();
     let host = HostResources::probe();
     let (total, running) = d.manager.counts();
     let store = d.manager.runtime().store().clone();
@@ -37,12 +38,16 @@ pub async fn info(State(d): D) -> ApiResult<Response> {
             .unwrap_or(0);
     let cfg = d.manager.runtime().config();
     let (mode, detail) = match kvm {
-        KvmSupport::Hardware if std::env::var_os("MVM_TESTHOST").is_some() || d.machine => (
-            KvmMode::Machine,
-            format!("{} (inside the emulated KVM host)", kvm.describe()),
-        ),
-        KvmSupport::Hardware => (KvmMode::Hardware, kvm.describe().to_string()),
-        _ => (KvmMode::Unavailable, kvm.describe().to_string()),
+        kvm::KvmMode::Hardware { .. }
+            if std::env::var_os("MVM_TESTHOST").is_some() || d.machine =>
+        {
+            (
+                KvmMode::Machine,
+                format!("{kvm} (inside the emulated KVM host)"),
+            )
+        }
+        kvm::KvmMode::Hardware { .. } => (KvmMode::Hardware, kvm.to_string()),
+        _ => (KvmMode::Unavailable, kvm.to_string()),
     };
     let info = Info {
         version: env!("CARGO_PKG_VERSION").into(),
