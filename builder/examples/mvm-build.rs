@@ -1,15 +1,19 @@
-//! Builds a Dockerfile straight into an image store, without mvmd:
+//! Builds a Dockerfile straight into mvm's state, without mvmd:
 //! `mvm-build [--root DIR] [-f FILE] [-t NAME]... [--build-arg K=V]...
-//! [--target STAGE] [--no-cache] CONTEXT-DIR`. RUN steps boot microVMs
-//! from `MVM_KERNEL`, `MVM_INIT` and `MVM_VMM`. Prints timings at the end
+//! [--target STAGE] [--no-cache] CONTEXT-DIR`. `--root` is the state root
+//! (`MVM_ROOT`, default /var/lib/mvm; its `images/` is the store). RUN
+//! steps boot transient sandboxes through mvm-runtime, which finds the
+//! kernel, init and VMM as mvmd does (`MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`,
+//! then the install prefix and the build tree). Prints timings at the end
 //! (used for the benchmark figures in the crate README).
 
 use std::path::PathBuf;
 
 use mvm_builder::context::Context;
 use mvm_builder::progress::Plain;
-use mvm_builder::vm::{Executor, VmmExecutor};
+use mvm_builder::vm::RuntimeExecutor;
 use mvm_builder::{BuildOptions, Builder};
+use mvm_runtime::{Layout, Runtime, RuntimeConfig};
 
 fn main() {
     if let Err(e) = run() {
@@ -46,13 +50,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let context = context.ok_or("usage: mvm-build [options] CONTEXT-DIR")?;
-    let store = match root {
-        Some(r) => mvm_images::Store::open(r)?,
-        None => mvm_images::Store::open_default()?,
-    };
-    let exec = VmmExecutor::from_env(store.clone(), &store.root().join("tmp/build-vm")).ok();
+    let mut cfg = RuntimeConfig::from_env(Default::default())?;
+    if let Some(r) = root {
+        cfg.layout = Layout::new(r, cfg.layout.run_dir.clone());
+    }
+    let runtime = Runtime::new(cfg)?;
+    let store = runtime.store().clone();
+    let exec = RuntimeExecutor::new(runtime);
     let out = Plain::new(std::io::stderr());
-    let builder = Builder::new(store, exec.as_ref().map(|e| e as &dyn Executor), &out)?;
+    let builder = Builder::new(store, Some(&exec), &out)?;
     let ctx = Context::from_dir(&context)?;
     let r = builder.build(&ctx, &opts)?;
     println!("{}", r.id);

@@ -1110,7 +1110,7 @@ impl<'a> Builder<'a> {
             return Ok(true);
         }
         let executor = self.executor.ok_or_else(|| {
-            info.err("RUN needs the build VM (set MVM_KERNEL, MVM_INIT and MVM_VMM)")
+            info.err("RUN needs microVMs, and this builder was made without a runtime to boot them (builds through mvmd always have one)")
         })?;
         let rec = match &st.image {
             Some(d) => self.store.image_at(d)?,
@@ -1158,7 +1158,7 @@ impl<'a> Builder<'a> {
             .map_err(|e| info.err(e))?;
         counter.runs += 1;
         counter.boot += outcome.boot;
-        let run_time = outcome.total.saturating_sub(outcome.boot);
+        let run_time = outcome.run;
         counter.run += run_time;
         if !outcome.exit.success() {
             let mut output: Vec<String> = tail.into_iter().collect();
@@ -1181,12 +1181,12 @@ impl<'a> Builder<'a> {
             return Err(e);
         }
         let t1 = Instant::now();
-        let layer_path = dir.path().join("layer.tar");
-        vm::scratch_to_layer(&outcome.scratch, &dir.path().join("mnt"), &layer_path)
-            .map_err(|e| info.err(e))?;
-        let _ = fs::remove_file(&outcome.scratch);
-        self.add_layer(st, lease, &layer_path, created_by, &key)?;
-        let commit = t1.elapsed();
+        let layer = outcome
+            .layer
+            .ok_or_else(|| info.err("the RUN step succeeded but its changes did not arrive"))?;
+        self.add_layer(st, lease, &layer.path, created_by, &key)?;
+        let _ = fs::remove_file(&layer.path);
+        let commit = outcome.commit + t1.elapsed();
         counter.commit += commit;
         self.emit(Event::RunTiming {
             id: info.id,

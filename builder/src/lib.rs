@@ -1,16 +1,19 @@
 //! `mvm build`: Dockerfile builds without a Docker engine.
 //!
 //! COPY, ADD and metadata instructions are done on the host; every RUN
-//! step runs inside a microVM booted from the build's current filesystem
-//! ([`vm`]), and its filesystem changes become an OCI layer. Results go
-//! to the mvm image store (`mvm-images`): layers as blobs, intermediate
-//! images untagged (so `image prune` cleans them), the final image tagged.
+//! step runs as a transient sandbox of `mvm-runtime` booted from the
+//! build's current filesystem ([`vm`]), and the changes its guest agent
+//! sends, checked ([`changes`]), become an OCI layer. Results go to the
+//! mvm image store (`mvm-images`): layers as blobs, intermediate images
+//! untagged (so `image prune` cleans them), the final image tagged.
 //!
 //! ```no_run
-//! use mvm_builder::{Builder, BuildOptions, context::Context, progress::Plain, vm::VmmExecutor};
+//! use mvm_builder::{Builder, BuildOptions, context::Context, progress::Plain, vm::RuntimeExecutor};
+//! use mvm_runtime::{Runtime, RuntimeConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = mvm_images::Store::open_default()?;
-//! let exec = VmmExecutor::from_env(store.clone(), &store.root().join("tmp/build"))?;
+//! let runtime = Runtime::new(RuntimeConfig::from_env(Default::default())?)?;
+//! let store = runtime.store().clone();
+//! let exec = RuntimeExecutor::new(runtime);
 //! let out = Plain::new(std::io::stderr());
 //! let builder = Builder::new(store, Some(&exec), &out)?;
 //! let ctx = Context::from_dir(std::path::Path::new("."))?;
@@ -22,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod changes;
 pub mod context;
 pub mod dockerfile;
 pub mod engine;

@@ -1,42 +1,41 @@
-//! The RUN executor: a transient microVM booted on the build's current
-//! filesystem.
+//! The RUN executor: each RUN step is a transient sandbox of
+//! `mvm-runtime` ([`mvm_runtime::transient`]), booted the way `run` boots
+//! a sandbox (the same kernel, init, VMM, launch files and exit mapping),
+//! so builds work wherever `run` works: installed, in the mvm machine,
+//! with `mvmd --kernel/--init/--vmm`.
 //!
-//! The image so far becomes a read-only root disk (the image store's
-//! cached conversion), a fresh scratch disk takes the writes (guest init
-//! puts the overlay's upper directory at `/upper` on it), and the launch
-//! spec carries the command, environment, user and working directory.
-//! The workload's output is the serial console, streamed as it comes; the
-//! exit status comes from the VMM's status file. After power-off (init
-//! freezes the scratch filesystem first, so it is clean) the scratch disk
-//! is loop-mounted read-only on the host and `/upper` becomes a layer.
+//! The image so far is the read-only root disk (the image store's cached
+//! conversion), a fresh scratch disk takes the writes, the launch spec
+//! carries the command, environment, user and working directory. The
+//! workload's output comes through the guest agent as it is written; its
+//! status from the agent's `exited` (or, when the guest could not start
+//! it, from the VMM's status file). The guest then stays up
+//! (`rootfs.export_changes`) and its agent sends the overlay's upper
+//! directory as an OCI layer tar ([`crate::changes`] checks it on the way
+//! in): the host never mounts a filesystem the guest wrote.
 //!
-//! [`Executor`] is the seam: [`VmmExecutor`] spawns `mvm-vmm` directly.
-//! (The sandbox runtime crate was not committed when this was written;
-//! when it offers a transient-VM call this is where it plugs in.)
+//! [`Executor`] is the seam the engine uses; [`RuntimeExecutor`] is the
+//! product's, tests may bring their own.
 
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::io;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mvm_images::Store;
-use mvm_protocol::launch::{LaunchSpec, SCRATCH_DRIVE_ID};
-use serde::Deserialize;
+use mvm_protocol::agent::client::{AgentClient, ClientError, Event};
+use mvm_runtime::{
+    ExitReason, Intent, ProcessSpec, Resources, Runtime, RuntimeError, Transient, TransientSpec,
+};
+use tokio::io::AsyncWriteExt;
 
-use crate::tarlayer::{self, LayerWriter, UpperStats};
+use crate::changes::{self, ChangeStats};
 
 /// Errors of the executor.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// A required artifact is missing.
-    #[error("{var} is not set or does not exist ({what}); set it to the path of {what} (make build kernel; the runtime uses the same variables)")]
-    Artifact {
-        /// The environment variable.
-        var: &'static str,
-        /// What it names.
-        what: &'static str,
-    },
+    /// The runtime could not start the build microVM.
+    #[error("cannot start the build microVM: {0}")]
+    Start(#[from] RuntimeError),
     /// A file operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -47,36 +46,18 @@ pub enum VmError {
         /// The error.
         source: io::Error,
     },
-    /// The VMM failed (exit 1) or crashed the guest (exit 2).
-    #[error("the build VM failed ({status}): {message}")]
-    Vmm {
-        /// Exit status of mvm-vmm.
-        status: String,
-        /// Its message (status file or stderr).
-        message: String,
-    },
+    /// The microVM failed (VMM error, guest crash) or its agent broke off.
+    #[error("the build microVM failed: {0}")]
+    Vm(String),
     /// The step ran longer than allowed.
-    #[error("the RUN step did not finish within {0:?}; the build VM was killed")]
+    #[error("the RUN step did not finish within {0:?}; the build microVM was killed")]
     Timeout(Duration),
-    /// Reading the scratch disk failed.
-    #[error("reading the RUN step's changes from {}: {message}", path.display())]
-    Scratch {
-        /// The scratch disk.
-        path: PathBuf,
-        /// What failed.
-        message: String,
-    },
-    /// The spec was invalid.
-    #[error("invalid RUN command: {0}")]
-    Spec(String),
+    /// The changes the guest sent are not a usable layer.
+    #[error("the RUN step's changes: {0}")]
+    Changes(#[from] changes::ChangesError),
 }
 
 type Result<T, E = VmError> = std::result::Result<T, E>;
-
-fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> VmError {
-    let path = path.into();
-    move |source| VmError::Io { op, path, source }
-}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -91,7 +72,7 @@ pub struct RunRequest {
     pub user: String,
     /// WORKDIR (absolute).
     pub cwd: String,
-    /// A private directory for this run's files (scratch disk, logs).
+    /// A private directory for this step's files (the layer goes here).
     pub dir: PathBuf,
 }
 
@@ -127,325 +108,298 @@ impl Exit {
     }
 }
 
+/// The layer a successful RUN produced.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// An uncompressed layer tar.
+    pub path: PathBuf,
+    /// What it holds.
+    pub stats: ChangeStats,
+}
+
 /// A finished RUN.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
     /// How it ended.
     pub exit: Exit,
-    /// The scratch disk holding the changes.
-    pub scratch: PathBuf,
-    /// VMM start to guest init running.
+    /// Its changes, when it succeeded.
+    pub layer: Option<Layer>,
+    /// VMM start to the guest agent answering.
     pub boot: Duration,
-    /// Whole VM lifetime.
-    pub total: Duration,
+    /// The command.
+    pub run: Duration,
+    /// Receiving and checking the changes.
+    pub commit: Duration,
 }
 
-/// Runs RUN commands in isolation and returns their scratch disk.
+/// Runs RUN commands in isolation and returns their changes as a layer.
 pub trait Executor: Send + Sync {
     /// Runs `req`, passing each output line to `output`.
     fn run(&self, req: &RunRequest, output: &mut dyn FnMut(&str)) -> Result<RunOutcome>;
 }
 
-/// Spawns `mvm-vmm` per RUN.
+/// Runs each RUN step as a transient sandbox of a [`Runtime`].
 #[derive(Debug, Clone)]
-pub struct VmmExecutor {
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// The VMM binary.
-    pub vmm: PathBuf,
-    /// The init initramfs (built from the init binary).
-    pub init_cpio: PathBuf,
-    /// Image store (for scratch disk templates).
-    pub store: Store,
-    /// Guest memory.
-    pub memory_mib: u32,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Scratch disk size (sparse).
-    pub scratch_size: u64,
+pub struct RuntimeExecutor {
+    runtime: Runtime,
+    /// vCPUs, memory and scratch disk of a build microVM.
+    pub resources: Resources,
     /// Longest a RUN may take.
     pub timeout: Duration,
 }
 
-fn env_file(var: &'static str, what: &'static str) -> Result<PathBuf> {
-    let p = std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .ok_or(VmError::Artifact { var, what })?;
-    if !p.is_file() {
-        return Err(VmError::Artifact { var, what });
-    }
-    Ok(p)
-}
+/// The hostname RUN steps see (BuildKit's).
+pub const BUILD_HOSTNAME: &str = "buildkitsandbox";
 
-impl VmmExecutor {
-    /// From `MVM_KERNEL`, `MVM_INIT` and `MVM_VMM`; the init archive is
-    /// written to `work_dir`.
-    pub fn from_env(store: Store, work_dir: &Path) -> Result<VmmExecutor> {
-        let kernel = env_file("MVM_KERNEL", "the guest kernel (vmlinux)")?;
-        let init = env_file("MVM_INIT", "the static mvm-init binary")?;
-        let vmm = env_file("MVM_VMM", "the mvm-vmm binary")?;
-        let bin = fs::read(&init).map_err(io_err("reading", &init))?;
-        let cpio =
-            mvm_protocol::initramfs::init_archive(&bin).map_err(io_err("archiving", &init))?;
-        fs::create_dir_all(work_dir).map_err(io_err("creating", work_dir))?;
-        let init_cpio = work_dir.join("init.cpio");
-        fs::write(&init_cpio, cpio).map_err(io_err("writing", &init_cpio))?;
-        Ok(VmmExecutor {
-            kernel,
-            vmm,
-            init_cpio,
-            store,
-            memory_mib: 512,
-            vcpus: 1,
-            scratch_size: 8 << 30,
+impl RuntimeExecutor {
+    /// An executor on `runtime`: 1 vCPU, 512 MiB, an 8 GiB (sparse)
+    /// scratch disk, an hour per step.
+    pub fn new(runtime: Runtime) -> Self {
+        Self {
+            runtime,
+            resources: Resources {
+                vcpus: 1,
+                cpu_quota: None,
+                memory_mib: 512,
+                scratch_mib: 8 << 10,
+            },
             timeout: Duration::from_secs(3600),
-        })
+        }
     }
 }
 
-#[derive(Deserialize)]
-struct StatusFile {
-    #[allow(dead_code)]
-    guest: String,
-    workload: Option<serde_json::Value>,
-    boot_time_us: Option<u64>,
-    message: Option<String>,
+/// Splits output chunks into lines, per stream.
+#[derive(Default)]
+struct Lines {
+    partial: [Vec<u8>; 2],
 }
 
-/// Splits console bytes into lines, dropping kernel and init chatter.
-struct ConsoleFilter {
-    partial: Vec<u8>,
-}
+/// The longest line kept whole; longer ones are cut (a progress bar
+/// redrawn with `\r` for minutes is one "line").
+const MAX_LINE: usize = 64 * 1024;
 
-impl ConsoleFilter {
-    fn feed(&mut self, data: &[u8], out: &mut dyn FnMut(&str)) {
-        self.partial.extend_from_slice(data);
-        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
+impl Lines {
+    fn feed(&mut self, stream: usize, data: &[u8], out: &mut dyn FnMut(&str)) {
+        let buf = &mut self.partial[stream];
+        buf.extend_from_slice(data);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
             emit(&line[..line.len() - 1], out);
+        }
+        if buf.len() > MAX_LINE {
+            let line = std::mem::take(buf);
+            emit(&line, out);
         }
     }
 
     fn flush(&mut self, out: &mut dyn FnMut(&str)) {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            emit(&line, out);
+        for buf in &mut self.partial {
+            if !buf.is_empty() {
+                let line = std::mem::take(buf);
+                emit(&line, out);
+            }
         }
     }
 }
 
 fn emit(line: &[u8], out: &mut dyn FnMut(&str)) {
     let s = String::from_utf8_lossy(line);
-    let s = s.trim_end_matches('\r');
-    // The kernel's last words on the way down come without a timestamp.
-    let kernel_exit = s == "reboot: Restarting system" || s == "reboot: Power down";
-    if kernel_exit
-        || is_kernel_line(s)
-        || (s.starts_with("mvm-init: ") && !s.starts_with("mvm-init: error"))
-    {
-        return;
-    }
-    out(s);
+    out(s.trim_end_matches('\r'));
 }
 
-/// `[    0.123456] ...` printk lines.
-fn is_kernel_line(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix('[') else {
-        return false;
-    };
-    let Some(end) = rest.find(']') else {
-        return false;
-    };
-    let ts = rest[..end].trim();
-    !ts.is_empty() && ts.chars().all(|c| c.is_ascii_digit() || c == '.')
-}
+/// How long the guest gets to power off once the host is done with it.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
+/// The largest changes stream accepted from a RUN step.
+const MAX_CHANGES: u64 = 64 << 30;
 
-impl Executor for VmmExecutor {
+impl Executor for RuntimeExecutor {
     fn run(&self, req: &RunRequest, output: &mut dyn FnMut(&str)) -> Result<RunOutcome> {
-        let dir = &req.dir;
-        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        let scratch = dir.join("scratch.ext4");
-        self.store
-            .create_scratch_disk(&scratch, self.scratch_size)
-            .map_err(|e| VmError::Scratch {
-                path: scratch.clone(),
-                message: e.to_string(),
-            })?;
-        let mut spec = LaunchSpec::new(req.argv.clone());
-        spec.rootfs.scratch_drive = Some(SCRATCH_DRIVE_ID.into());
-        spec.process.env = req.env.clone();
-        spec.process.user = req.user.clone();
-        spec.process.cwd = req.cwd.clone();
-        let json = spec.to_json().map_err(|e| VmError::Spec(e.to_string()))?;
-        let spec_cpio = dir.join("spec.cpio");
-        let archive = mvm_protocol::initramfs::spec_archive(&json)
-            .map_err(io_err("archiving", &spec_cpio))?;
-        fs::write(&spec_cpio, archive).map_err(io_err("writing", &spec_cpio))?;
-        let console = dir.join("console.log");
-        let status = dir.join("status.json");
-        fs::write(&console, b"").map_err(io_err("creating", &console))?;
-        let cfg = serde_json::json!({
-            "kernel": self.kernel,
-            "initrd": [self.init_cpio, spec_cpio],
-            "cmdline": "mvm.quiet",
-            "vcpus": self.vcpus,
-            "memory_mib": self.memory_mib,
-            "drives": [
-                {"id": "rootfs", "path": req.root_disk, "read_only": true},
-                {"id": SCRATCH_DRIVE_ID, "path": scratch, "read_only": false},
-            ],
-            "console": {"file": console},
-            "status_file": status,
-        });
-        let cfg_path = dir.join("vm.json");
-        fs::write(
-            &cfg_path,
-            serde_json::to_vec_pretty(&cfg).unwrap_or_default(),
-        )
-        .map_err(io_err("writing", &cfg_path))?;
-        let stderr_path = dir.join("vmm.stderr");
-        let stderr = fs::File::create(&stderr_path).map_err(io_err("creating", &stderr_path))?;
-        let started = Instant::now();
-        let mut child = Command::new(&self.vmm)
-            .arg("--config")
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(io_err("starting", &self.vmm))?;
-        let mut con = fs::File::open(&console).map_err(io_err("opening", &console))?;
-        let mut filter = ConsoleFilter {
-            partial: Vec::new(),
-        };
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut pos = 0u64;
-        let exit = loop {
-            let done = child.try_wait().map_err(io_err("waiting for", &self.vmm))?;
-            loop {
-                con.seek(SeekFrom::Start(pos))
-                    .map_err(io_err("reading", &console))?;
-                let n = con.read(&mut buf).map_err(io_err("reading", &console))?;
-                if n == 0 {
-                    break;
-                }
-                pos += n as u64;
-                filter.feed(&buf[..n], output);
-            }
-            if let Some(st) = done {
-                break st;
-            }
-            if started.elapsed() > self.timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(VmError::Timeout(self.timeout));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        filter.flush(output);
-        let total = started.elapsed();
-        let st: Option<StatusFile> = fs::read(&status)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let stderr_tail = || {
-            let s = fs::read_to_string(&stderr_path).unwrap_or_default();
-            let lines: Vec<&str> = s.lines().rev().take(10).collect();
-            lines.into_iter().rev().collect::<Vec<_>>().join("\n")
-        };
-        if exit.code() != Some(0) {
-            let message = st
-                .as_ref()
-                .and_then(|s| s.message.clone())
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(stderr_tail);
-            return Err(VmError::Vmm {
-                status: exit.to_string(),
-                message,
-            });
-        }
-        let st = st.ok_or_else(|| VmError::Vmm {
-            status: exit.to_string(),
-            message: format!("no status file was written; {}", stderr_tail()),
+        fs::create_dir_all(&req.dir).map_err(|source| VmError::Io {
+            op: "creating",
+            path: req.dir.clone(),
+            source,
         })?;
-        let w = st.workload.unwrap_or(serde_json::Value::Null);
-        let exit = if let Some(msg) = w.get("init_error").and_then(|v| v.as_str()) {
-            Exit::InitError {
-                message: msg.to_string(),
-                code: w.get("exit_code").and_then(|v| v.as_i64()).unwrap_or(125) as i32,
-            }
-        } else if let Some(s) = w.get("signal").and_then(|v| v.as_i64()) {
-            Exit::Signal(s as i32)
-        } else if let Some(c) = w.get("exit_code").and_then(|v| v.as_i64()) {
-            Exit::Code(c as i32)
-        } else {
-            return Err(VmError::Vmm {
-                status: exit.to_string(),
-                message: "guest init reported no workload status".into(),
-            });
+        let spec = TransientSpec {
+            root_disk: req.root_disk.clone(),
+            process: ProcessSpec {
+                entrypoint: req.argv.clone(),
+                cmd: Vec::new(),
+                env: req.env.clone(),
+                working_dir: req.cwd.clone(),
+                user: req.user.clone(),
+                tty: false,
+                open_stdin: false,
+            },
+            hostname: BUILD_HOSTNAME.into(),
+            resources: self.resources,
+            export_changes: true,
         };
-        Ok(RunOutcome {
-            exit,
-            scratch,
-            boot: Duration::from_micros(st.boot_time_us.unwrap_or(0)),
-            total,
-        })
-    }
-}
-
-/// Loop-mounts an ext4 scratch disk read-only for as long as it lives.
-struct Mounted {
-    dir: PathBuf,
-}
-
-impl Mounted {
-    fn new(disk: &Path, dir: &Path) -> Result<Mounted> {
-        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        let out = Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop,ro,noload"])
-            .arg(disk)
-            .arg(dir)
-            .output()
-            .map_err(io_err("running mount for", disk))?;
-        if !out.status.success() {
-            return Err(VmError::Scratch {
-                path: disk.to_path_buf(),
-                message: format!(
-                    "mount failed ({}): {}; the builder must run as root with loop devices available",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
+        let t = self.runtime.start_transient(&spec)?;
+        // The builder is synchronous (it runs on a blocking thread); the
+        // agent client is async: a small runtime of its own per step.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| VmError::Io {
+                op: "starting an async runtime for",
+                path: req.dir.clone(),
+                source,
+            })?;
+        let r = rt.block_on(async {
+            match tokio::time::timeout(self.timeout, drive(&t, req, output)).await {
+                Ok(r) => r,
+                Err(_) => Err(VmError::Timeout(self.timeout)),
+            }
+        });
+        if r.is_err() {
+            t.kill();
         }
-        Ok(Mounted {
-            dir: dir.to_path_buf(),
-        })
+        r
     }
 }
 
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
-
-/// Turns the overlay upper directory of a finished RUN's scratch disk
-/// into a layer tarball at `out`.
-pub fn scratch_to_layer(scratch: &Path, mount_dir: &Path, out: &Path) -> Result<UpperStats> {
-    let m = Mounted::new(scratch, mount_dir)?;
-    let upper = m.dir.join("upper");
-    let mut w = LayerWriter::create(out).map_err(io_err("creating", out))?;
-    let stats = if upper.is_dir() {
-        tarlayer::upper_to_layer(&upper, &mut w).map_err(|e| VmError::Scratch {
-            path: scratch.to_path_buf(),
-            message: e.to_string(),
-        })?
-    } else {
-        UpperStats::default()
+/// One RUN step, from boot to power-off.
+async fn drive(
+    t: &Transient,
+    req: &RunRequest,
+    output: &mut dyn FnMut(&str),
+) -> Result<RunOutcome> {
+    // The agent answers once the workload runs; if the VMM ends first, the
+    // guest could not start it (or crashed): the status file says which.
+    let client = match t.agent(Duration::from_secs(24 * 3600)).await {
+        Ok(c) => c,
+        Err(e) => return ended_early(t, e).await,
     };
-    w.finish().map_err(io_err("writing", out))?;
-    drop(m);
-    Ok(stats)
+    let boot = t.elapsed();
+    let t_run = Instant::now();
+    let mut session = client.attach(false).await.map_err(vm_err("attaching"))?;
+    let mut lines = Lines::default();
+    let exit = loop {
+        match session
+            .output
+            .next()
+            .await
+            .map_err(vm_err("reading the output"))?
+        {
+            Event::Stdout(b) => lines.feed(0, &b, output),
+            Event::Stderr(b) => lines.feed(1, &b, output),
+            Event::Exited(e) => break e,
+        }
+    };
+    lines.flush(output);
+    let run = t_run.elapsed();
+    let exit = match (exit.exit_code, exit.signal) {
+        (Some(c), _) => Exit::Code(c),
+        (None, Some(s)) => Exit::Signal(s),
+        (None, None) => {
+            return Err(VmError::Vm(
+                "the agent reported an exit without a status".into(),
+            ))
+        }
+    };
+    let t_commit = Instant::now();
+    let layer = if exit.success() {
+        Some(receive_changes(t, req).await?)
+    } else {
+        None
+    };
+    let commit = t_commit.elapsed();
+    power_off(t).await;
+    Ok(RunOutcome {
+        exit,
+        layer,
+        boot,
+        run,
+        commit,
+    })
+}
+
+fn vm_err(what: &'static str) -> impl FnOnce(ClientError) -> VmError {
+    move |e| VmError::Vm(format!("{what} through the guest agent: {e}"))
+}
+
+/// The VMM ended before its agent answered: init could not start the
+/// command (not found, not executable, bad user), or the guest failed.
+async fn ended_early(t: &Transient, e: ClientError) -> Result<RunOutcome> {
+    t.wait().await;
+    let info = t.exit_info(Intent::None);
+    match info.reason {
+        ExitReason::StartFailed => Ok(RunOutcome {
+            exit: Exit::InitError {
+                message: info
+                    .error
+                    .unwrap_or_else(|| "the command could not be started".into()),
+                code: info.exit_code,
+            },
+            layer: None,
+            boot: t.elapsed(),
+            run: Duration::ZERO,
+            commit: Duration::ZERO,
+        }),
+        _ => {
+            let detail = info.error.unwrap_or_else(|| e.to_string());
+            let log = t.vmm_log_tail(2048);
+            Err(VmError::Vm(if log.trim().is_empty() {
+                detail
+            } else {
+                format!("{detail}\nVMM log:\n{}", log.trim_end())
+            }))
+        }
+    }
+}
+
+/// Read the guest's changes into a checked layer tar in `req.dir`.
+async fn receive_changes(t: &Transient, req: &RunRequest) -> Result<Layer> {
+    let client: AgentClient = t
+        .agent(Duration::from_secs(60))
+        .await
+        .map_err(vm_err("connecting for the changes"))?;
+    let mut stream = client
+        .changes()
+        .await
+        .map_err(vm_err("asking for the changes"))?;
+    // The guest's tar goes to a file first (bounded), then through the
+    // checks into the layer: the checks are synchronous, the stream async.
+    let raw = req.dir.join("changes.tar");
+    let io = |op: &'static str, path: &PathBuf| {
+        let path = path.clone();
+        move |source| VmError::Io { op, path, source }
+    };
+    let mut f = tokio::fs::File::create(&raw)
+        .await
+        .map_err(io("creating", &raw))?;
+    let mut limited = tokio::io::AsyncReadExt::take(&mut stream, MAX_CHANGES + 1);
+    let n = tokio::io::copy(&mut limited, &mut f)
+        .await
+        .map_err(|e| VmError::Vm(format!("receiving the changes: {e}")))?;
+    if n > MAX_CHANGES {
+        return Err(changes::ChangesError::TooLarge { limit: MAX_CHANGES }.into());
+    }
+    f.flush().await.map_err(io("writing", &raw))?;
+    drop(f);
+    let path = req.dir.join("layer.tar");
+    let (raw2, path2) = (raw.clone(), path.clone());
+    let stats = tokio::task::spawn_blocking(move || changes::to_layer(&raw2, &path2))
+        .await
+        .map_err(|e| VmError::Vm(format!("checking the changes: {e}")))??;
+    let _ = fs::remove_file(&raw);
+    Ok(Layer { path, stats })
+}
+
+/// Release the guest (it powers off) and wait for its VMM to end; kill it
+/// after a grace.
+async fn power_off(t: &Transient) {
+    if let Ok(mut c) = t.agent(Duration::from_secs(5)).await {
+        let _ = c.shutdown(libc::SIGKILL, Duration::ZERO).await;
+    }
+    if tokio::time::timeout(POWER_OFF_GRACE, t.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(transient = %t.id(), "the build microVM did not power off; killing it");
+        t.kill();
+        t.wait().await;
+    }
 }
 
 #[cfg(test)]
@@ -453,21 +407,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn console_filter_keeps_workload_lines() {
-        let mut f = ConsoleFilter {
-            partial: Vec::new(),
-        };
+    fn output_is_split_into_lines_per_stream() {
         let mut lines = Vec::new();
-        f.feed(
-            b"[    0.123] Linux version\nreboot: Restarting system\nhello\r\nmvm-init: workload exited\nmvm-init: error: x\n[not a ts] y\npart",
-            &mut |l| lines.push(l.to_string()),
-        );
-        f.feed(b"ial", &mut |l| lines.push(l.to_string()));
-        f.flush(&mut |l| lines.push(l.to_string()));
-        assert_eq!(
-            lines,
-            ["hello", "mvm-init: error: x", "[not a ts] y", "partial"]
-        );
+        let mut l = Lines::default();
+        l.feed(0, b"hel", &mut |s| lines.push(s.to_string()));
+        l.feed(1, b"err\n", &mut |s| lines.push(s.to_string()));
+        l.feed(0, b"lo\r\nwor", &mut |s| lines.push(s.to_string()));
+        l.flush(&mut |s| lines.push(s.to_string()));
+        assert_eq!(lines, ["err", "hello", "wor"]);
+        let mut n = 0;
+        l.feed(0, &vec![b'x'; MAX_LINE + 1], &mut |_| n += 1);
+        assert_eq!(n, 1, "an endless line is cut");
     }
 
     #[test]

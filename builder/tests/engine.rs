@@ -412,7 +412,7 @@ fn malformed_dockerfiles_report_file_and_line() {
         ("FROM scratch\nEXPOSE 99999\n", "Dockerfile:2: step 2/2 `EXPOSE 99999`: invalid port"),
         ("FROM scratch\nENV A=${B\n", "Dockerfile:2: step 2/2"),
         ("FROM missing-image:1\n", "Dockerfile:1: step 1/1 `FROM missing-image:1`: base image missing-image:1 is not in the image store"),
-        ("FROM scratch\nRUN true\n", "Dockerfile:2: step 2/2 `RUN true`: RUN needs the build VM"),
+        ("FROM scratch\nRUN true\n", "Dockerfile:2: step 2/2 `RUN true`: RUN needs microVMs"),
     ] {
         e.write("Dockerfile", df);
         let err = e.build(&tags(&["bad:1"])).0.unwrap_err().to_string();
