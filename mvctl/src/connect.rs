@@ -276,8 +276,8 @@ async fn answers(client: &Client) -> Result<bool, ConnectError> {
 /// Whether this host can run microVMs natively.
 pub fn hardware_kvm() -> bool {
     matches!(
-        mvm_vmm::kvm_check::detect(),
-        mvm_vmm::kvm_check::KvmMode::Hardware { .. }
+        mvm_vmm_api::kvm::detect(),
+        mvm_vmm_api::kvm::KvmMode::Hardware { .. }
     )
 }
 

@@ -205,8 +205,7 @@ fn main() {
     let mut vm = Vm::new(&["/bin/sh", "-c", "sleep 3600"]);
     vm.memory_mib = 256;
     vm.timeout = Duration::from_secs(1800);
-    let uds = vm.dir.path().join("v.sock");
-    vm.config_patch = serde_json::json!({"vsock": {"guest_cid": 3, "uds_path": uds}});
+    let uds = vm.vsock_path();
     let running = vm.spawn();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

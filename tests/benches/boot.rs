@@ -44,7 +44,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use mvm_e2e::{rootfs, Artifacts, Status};
+use mvm_e2e::{rootfs, Artifacts, GuestState, StatusExt, StatusReport};
 use mvm_protocol::initramfs::spec_archive;
 use mvm_protocol::launch::LaunchSpec;
 
@@ -268,12 +268,12 @@ impl Setup {
             .arg(&status_path)
             .env("MVM_LOG", if debug_log { "debug" } else { "warn" });
         let f = watch(cmd, &d.join("stderr"))?;
-        let status: Option<Status> = fs::read(&status_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let status = StatusReport::read(&status_path);
         let ok = f.code == Some(0)
             && status.as_ref().is_some_and(|s| {
-                s.guest == "powered_off" && s.exit_code() == Some(0) && s.boot_time_us.is_some()
+                s.guest == GuestState::PoweredOff
+                    && s.exit_code() == Some(0)
+                    && s.boot_time_us.is_some()
             });
         let sample = check(Vmm::Ours, &f, ok, &format!("status file: {status:?}"))?;
         let sample = Sample {

@@ -23,7 +23,7 @@ fn main() {
         status.map(|s| s.guest.as_str()).unwrap_or("?"),
         status
             .and_then(|s| s.workload.as_ref())
-            .map(|w| w.to_string())
+            .map(|w| serde_json::to_string(w).unwrap_or_default())
             .unwrap_or("-".into()),
         status
             .and_then(|s| s.boot_time_us)

@@ -1,6 +1,12 @@
 //! Harness for the end-to-end tests: find the built artifacts, make root
 //! disks, boot `mvm-vmm` on real KVM and collect what came back.
 //!
+//! A [`Vm`] boots from what the runtime produces: its launch files are
+//! written by `mvm_runtime::launch` (the same spec archive and typed VMM
+//! configuration a sandbox gets), its init archive by the runtime's
+//! `Artifacts::init_archive`; a test changes typed fields before the boot,
+//! never hand-written JSON.
+//!
 //! The tests need hardware-virtualized KVM. On hosts without it (PVM
 //! development machines) `make e2e` runs the test binaries inside the
 //! emulated KVM host (`resources/testhost/run`), which sets the same
@@ -16,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use mvm_protocol::launch::LaunchSpec;
-use serde::Deserialize;
+use mvm_runtime::launch::{self, BootFiles};
+use mvm_runtime::{Layout, Resources, SandboxPaths};
+use mvm_vmm_api::kvm::{self, KvmMode};
+pub use mvm_vmm_api::{GuestState, StatusReport, VmConfig, WorkloadReport};
 
 pub mod daemon;
 pub mod rootfs;
@@ -55,10 +64,14 @@ impl Artifacts {
             let init = env_path("MVM_INIT");
             let vmm = env_path("MVM_VMM");
             let dir = tempfile::tempdir().expect("temp dir");
-            let bin = fs::read(&init).expect("read init binary");
-            let cpio = mvm_protocol::initramfs::init_archive(&bin).expect("init archive");
-            let init_cpio = dir.path().join("init.cpio");
-            fs::write(&init_cpio, cpio).expect("write init archive");
+            let runtime_artifacts = mvm_runtime::Artifacts {
+                kernel: kernel.clone(),
+                init: init.clone(),
+                vmm: vmm.clone(),
+            };
+            let init_cpio = runtime_artifacts
+                .init_archive(dir.path())
+                .expect("init archive");
             Artifacts {
                 kernel,
                 init,
@@ -70,40 +83,47 @@ impl Artifacts {
     }
 }
 
-/// Panics unless `/dev/kvm` is hardware-virtualized KVM.
+/// Panics unless `/dev/kvm` is hardware-virtualized KVM (the one probe
+/// the VMM, mvmd and mvctl use).
 pub fn require_hardware_kvm() {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    let mode = kvm::detect();
     assert!(
-        hw && !pvm && Path::new("/dev/kvm").exists(),
-        "these tests boot real microVMs and need hardware-virtualized KVM \
-         (vmx/svm: {hw}, PVM: {pvm}); run them with `make e2e`, which uses the \
-         emulated KVM host on machines without it"
+        matches!(mode, KvmMode::Hardware { .. }),
+        "these tests boot real microVMs and need hardware-virtualized KVM ({mode}); \
+         run them with `make e2e`, which uses the emulated KVM host on machines without it"
     );
 }
 
-/// What the VMM wrote to its status file.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Status {
-    pub guest: String,
-    pub workload: Option<serde_json::Value>,
-    pub boot_time_us: Option<u64>,
-    pub message: Option<String>,
+/// The workload's fate in a status report, for assertions.
+pub trait StatusExt {
+    /// The exit status, if it exited (an init error's code included).
+    fn exit_code(&self) -> Option<i32>;
+    /// The killing signal.
+    fn signal(&self) -> Option<i32>;
+    /// Init's description of why it could not start the workload.
+    fn init_error(&self) -> Option<&str>;
 }
 
-impl Status {
-    pub fn exit_code(&self) -> Option<i64> {
-        self.workload.as_ref()?.get("exit_code")?.as_i64()
+impl StatusExt for StatusReport {
+    fn exit_code(&self) -> Option<i32> {
+        match self.workload.as_ref()? {
+            WorkloadReport::Exited { exit_code } | WorkloadReport::InitError { exit_code, .. } => {
+                Some(*exit_code)
+            }
+            WorkloadReport::Signaled { .. } => None,
+        }
     }
-    pub fn signal(&self) -> Option<i64> {
-        self.workload.as_ref()?.get("signal")?.as_i64()
+    fn signal(&self) -> Option<i32> {
+        match self.workload.as_ref()? {
+            WorkloadReport::Signaled { signal } => Some(*signal),
+            _ => None,
+        }
     }
-    pub fn init_error(&self) -> Option<&str> {
-        self.workload.as_ref()?.get("init_error")?.as_str()
+    fn init_error(&self) -> Option<&str> {
+        match self.workload.as_ref()? {
+            WorkloadReport::InitError { init_error, .. } => Some(init_error),
+            _ => None,
+        }
     }
 }
 
@@ -116,24 +136,28 @@ pub struct Drive {
 }
 
 /// A microVM to boot, with a busybox root disk and a scratch disk unless
-/// told otherwise.
+/// told otherwise, and the vsock device every sandbox has.
 pub struct Vm {
     pub spec: LaunchSpec,
     pub vcpus: u32,
-    pub memory_mib: u32,
+    pub memory_mib: u64,
     pub cmdline: String,
     pub drives: Vec<Drive>,
     pub timeout: Duration,
-    /// Raw JSON config overrides merged over the generated config.
-    pub config_patch: serde_json::Value,
+    /// JSON merged over the written configuration: only for tests of
+    /// configurations the VMM must refuse (a typed one cannot be wrong).
+    pub invalid_patch: serde_json::Value,
     pub dir: tempfile::TempDir,
 }
+
+/// The sandbox id of a test VM (its files' and vsock socket's name).
+const VM_ID: &str = "vm";
 
 /// Result of a finished VMM run.
 #[derive(Debug)]
 pub struct Outcome {
     pub exit: ExitStatus,
-    pub status: Option<Status>,
+    pub status: Option<StatusReport>,
     pub console: String,
     pub stderr: String,
     pub elapsed: Duration,
@@ -146,7 +170,7 @@ impl Outcome {
         self.exit.code()
     }
     /// The status file, which must exist.
-    pub fn status(&self) -> &Status {
+    pub fn status(&self) -> &StatusReport {
         self.status
             .as_ref()
             .unwrap_or_else(|| panic!("no status file; {}", self.describe()))
@@ -168,7 +192,10 @@ impl Vm {
             .prefix("mvm-e2e-")
             .tempdir()
             .expect("temp dir");
-        let scratch = dir.path().join("scratch.ext4");
+        let paths = layout(dir.path()).sandbox(VM_ID);
+        fs::create_dir_all(&paths.dir).expect("sandbox dir");
+        fs::create_dir_all(layout(dir.path()).vsock_dir()).expect("vsock dir");
+        let scratch = paths.scratch.clone();
         rootfs::scratch_disk(&scratch, 64).expect("scratch disk");
         let mut spec = LaunchSpec::new(args.iter().map(|s| s.to_string()).collect());
         spec.rootfs.scratch_drive = Some("scratch".into());
@@ -190,59 +217,77 @@ impl Vm {
                 },
             ],
             timeout: Duration::from_secs(180),
-            config_patch: serde_json::Value::Null,
+            invalid_patch: serde_json::Value::Null,
             dir,
         }
     }
 
+    /// The runtime's files of this VM.
+    pub fn paths(&self) -> SandboxPaths {
+        layout(self.dir.path()).sandbox(VM_ID)
+    }
+
     /// Path of the scratch disk of this VM.
     pub fn scratch(&self) -> PathBuf {
-        self.dir.path().join("scratch.ext4")
+        self.paths().scratch
+    }
+
+    /// The vsock socket host clients connect to (`CONNECT <port>`).
+    pub fn vsock_path(&self) -> PathBuf {
+        self.paths().vsock
     }
 
     fn config_path(&self) -> PathBuf {
-        self.dir.path().join("vm.json")
+        self.paths().vm_config
     }
 
     fn console_path(&self) -> PathBuf {
-        self.dir.path().join("console.log")
+        self.paths().console
     }
 
     fn status_path(&self) -> PathBuf {
-        self.dir.path().join("status.json")
+        self.paths().status
     }
 
-    /// Write the spec archive and the VMM config; returns the config path.
-    pub fn write_config(&self) -> PathBuf {
+    /// The VMM configuration: the runtime's for a sandbox, with this
+    /// test's drives, size and command line.
+    pub fn config(&self) -> VmConfig {
         let a = Artifacts::get();
-        let spec_cpio = self.dir.path().join("spec.cpio");
-        let json = self.spec.to_json().expect("valid spec");
-        fs::write(
-            &spec_cpio,
-            mvm_protocol::initramfs::spec_archive(&json).unwrap(),
-        )
-        .unwrap();
-        let drives: Vec<_> = self
+        let boot = BootFiles {
+            kernel: &a.kernel,
+            init_archive: &a.init_cpio,
+        };
+        let resources = Resources {
+            vcpus: self.vcpus,
+            cpu_quota: None,
+            memory_mib: self.memory_mib,
+            scratch_mib: 64,
+        };
+        let paths = self.paths();
+        let mut cfg = launch::vm_config(boot, &paths, rootfs::busybox(), &resources);
+        cfg.cmdline = self.cmdline.clone();
+        cfg.drives = self
             .drives
             .iter()
-            .map(|d| serde_json::json!({"id": d.id, "path": d.path, "read_only": d.read_only}))
+            .map(|d| mvm_vmm_api::DriveConfig::new(&d.id, &d.path, d.read_only))
             .collect();
-        let mut cfg = serde_json::json!({
-            "kernel": a.kernel,
-            "initrd": [a.init_cpio, spec_cpio],
-            "cmdline": self.cmdline,
-            "vcpus": self.vcpus,
-            "memory_mib": self.memory_mib,
-            "drives": drives,
-            "console": {"file": self.console_path()},
-            "status_file": self.status_path(),
-        });
-        if let (Some(c), Some(p)) = (cfg.as_object_mut(), self.config_patch.as_object()) {
-            for (k, v) in p {
-                c.insert(k.clone(), v.clone());
+        cfg
+    }
+
+    /// Write the spec archive and the VMM config (the runtime's
+    /// `launch::write`); returns the config path.
+    pub fn write_config(&self) -> PathBuf {
+        let cfg = self.config();
+        launch::write(&self.spec, &cfg, &self.paths()).expect("launch files");
+        if let Some(p) = self.invalid_patch.as_object() {
+            let mut v = serde_json::to_value(&cfg).unwrap();
+            if let Some(c) = v.as_object_mut() {
+                for (k, val) in p {
+                    c.insert(k.clone(), val.clone());
+                }
             }
+            fs::write(self.config_path(), serde_json::to_vec_pretty(&v).unwrap()).unwrap();
         }
-        fs::write(self.config_path(), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
         self.config_path()
     }
 
@@ -254,7 +299,7 @@ impl Vm {
             .arg(&cfg)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::File::create(self.dir.path().join("vmm.stderr")).unwrap())
+            .stderr(fs::File::create(self.paths().vmm_log).unwrap())
             .spawn()
             .expect("spawn mvm-vmm");
         Running {
@@ -319,18 +364,22 @@ impl Running<'_> {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let status = fs::read(self.vm.status_path())
-            .ok()
-            .map(|b| serde_json::from_slice(&b).expect("status file is valid JSON"));
+        let status = StatusReport::read(&self.vm.status_path());
         Outcome {
             exit,
             status,
             console: self.console(),
-            stderr: read_lossy(&self.vm.dir.path().join("vmm.stderr")),
+            stderr: read_lossy(&self.vm.paths().vmm_log),
             elapsed: self.started.elapsed(),
-            dir: self.vm.dir.path().to_path_buf(),
+            dir: self.vm.paths().dir,
         }
     }
+}
+
+/// The runtime's layout of a test's private directory (state root and
+/// run dir both in it).
+fn layout(dir: &Path) -> Layout {
+    Layout::new(dir, dir)
 }
 
 fn read_lossy(p: &Path) -> String {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use mvm_e2e::{Running, Vm};
+use mvm_e2e::{Running, StatusExt, Vm};
 use mvm_protocol::agent::client::{AgentClient, Event, ExecOutput};
 use mvm_protocol::agent::frame::{self, FrameReader, Kind};
 use mvm_protocol::agent::{ErrorCode, Exec, Exit, Request, Response, Target};
@@ -46,7 +46,7 @@ struct Sandbox {
 impl Sandbox {
     fn of(vm: &Vm) -> Sandbox {
         Sandbox {
-            uds: vm.dir.path().join("v.sock"),
+            uds: vm.vsock_path(),
             console: vm.dir.path().join("console.log"),
         }
     }
@@ -92,8 +92,6 @@ impl Sandbox {
 fn agent_vm(script: &str) -> Vm {
     let mut vm = Vm::new(&["/bin/sh", "-c", script]);
     vm.timeout = TEST_TIMEOUT;
-    let uds = vm.dir.path().join("v.sock");
-    vm.config_patch = serde_json::json!({"vsock": {"guest_cid": 3, "uds_path": uds}});
     vm
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mvm_e2e::{debugfs_cat, rootfs, vmm_with_args, Artifacts, Vm};
+use mvm_e2e::{debugfs_cat, rootfs, vmm_with_args, Artifacts, GuestState, StatusExt, Vm};
 
 fn sh(script: &str) -> Vm {
     Vm::new(&["/bin/sh", "-c", script])
@@ -13,7 +13,12 @@ fn sh(script: &str) -> Vm {
 fn output_reaches_the_host_and_exit_zero_is_reported() {
     let out = sh("echo hello-from-the-guest; cat /etc/image-marker").run();
     assert_eq!(out.code(), Some(0), "{}", out.describe());
-    assert_eq!(out.status().guest, "powered_off", "{}", out.describe());
+    assert_eq!(
+        out.status().guest,
+        GuestState::PoweredOff,
+        "{}",
+        out.describe()
+    );
     assert_eq!(out.status().exit_code(), Some(0), "{}", out.describe());
     assert!(
         out.console.contains("hello-from-the-guest"),
@@ -118,8 +123,13 @@ fn synced_data_survives_sigkill_of_the_vmm() {
 fn guest_kernel_panic_ends_the_vmm_with_an_error() {
     let out = sh("echo c > /proc/sysrq-trigger; sleep 600").run();
     assert_eq!(out.code(), Some(2), "{}", out.describe());
-    assert_eq!(out.status().guest, "crashed", "{}", out.describe());
-    let msg = out.status().message.clone().unwrap_or_default();
+    assert_eq!(
+        out.status().guest,
+        GuestState::Crashed,
+        "{}",
+        out.describe()
+    );
+    let msg = out.status().message.clone();
     assert!(
         msg.contains("panic") || out.stderr.contains("panic"),
         "no panic message: {}",
@@ -193,7 +203,7 @@ fn no_scratch_disk_means_a_tmpfs_upper() {
 /// no panic.
 fn assert_config_error(patch: serde_json::Value, expect: &str) {
     let mut vm = sh("true");
-    vm.config_patch = patch;
+    vm.invalid_patch = patch;
     vm.timeout = Duration::from_secs(30);
     let out = vm.run();
     assert_eq!(out.code(), Some(1), "{}", out.describe());

@@ -1,8 +1,8 @@
 //! `mvm build` end to end: Dockerfiles whose RUN steps boot real microVMs
-//! (mvm-vmm, the guest kernel, mvm-init) on a busybox base image imported
-//! into a temp store. One store for the whole file so later tests reuse
-//! root disks and cache entries; few VM boots (each costs seconds under
-//! the emulated KVM host).
+//! (transient sandboxes of mvm-runtime: mvm-vmm, the guest kernel,
+//! mvm-init) on a busybox base image imported into a temp state root. One
+//! runtime for the whole file so later tests reuse root disks and cache
+//! entries; few VM boots (each costs seconds under the emulated KVM host).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,15 +11,16 @@ use std::sync::{Mutex, OnceLock};
 
 use mvm_builder::context::Context;
 use mvm_builder::progress::Event;
-use mvm_builder::vm::{Executor, RunRequest, VmmExecutor};
+use mvm_builder::vm::{Executor, RunRequest, RuntimeExecutor};
 use mvm_builder::{BuildError, BuildOptions, BuildResult, Builder};
 use mvm_e2e::{rootfs, Artifacts};
 use mvm_images::{ImportOptions, Reference, RootDiskOptions, Store};
+use mvm_runtime::{Layout, Runtime, RuntimeConfig};
 
 struct World {
     _dir: tempfile::TempDir,
     store: Store,
-    exec: VmmExecutor,
+    exec: RuntimeExecutor,
     root: PathBuf,
 }
 
@@ -32,7 +33,12 @@ fn world() -> &'static World {
             .prefix("mvm-build-e2e-")
             .tempdir()
             .unwrap();
-        let store = Store::open(dir.path().join("store")).unwrap();
+        // The runtime finds kernel, init and VMM as mvmd does (here from
+        // the variables `make e2e` sets); its state root is private.
+        let mut cfg = RuntimeConfig::from_env(Default::default()).unwrap();
+        cfg.layout = Layout::new(dir.path(), dir.path().join("run"));
+        let runtime = Runtime::new(cfg).unwrap();
+        let store = runtime.store().clone();
         let tree = dir.path().join("busybox");
         rootfs::busybox_tree(&tree).unwrap();
         let tarball = dir.path().join("busybox.tar");
@@ -52,7 +58,7 @@ fn world() -> &'static World {
                 &ImportOptions::default(),
             )
             .unwrap();
-        let exec = VmmExecutor::from_env(store.clone(), &dir.path().join("work")).unwrap();
+        let exec = RuntimeExecutor::new(runtime);
         World {
             root: dir.path().to_path_buf(),
             _dir: dir,

@@ -50,13 +50,11 @@ fn rootfs_with_tool() -> &'static Path {
 fn vsock_vm(script: &str) -> Vm {
     let mut vm = Vm::new(&["/bin/sh", "-c", script]);
     vm.drives[0].path = rootfs_with_tool().to_path_buf();
-    let uds = vm.dir.path().join("v.sock");
-    vm.config_patch = serde_json::json!({"vsock": {"guest_cid": 3, "uds_path": uds}});
     vm
 }
 
 fn uds(vm: &Vm) -> PathBuf {
-    vm.dir.path().join("v.sock")
+    vm.vsock_path()
 }
 
 /// Host-initiated connection: `Ok` once the guest accepted (the OK line
