@@ -168,9 +168,17 @@ pub enum RegistryError {
         /// What the index offers.
         available: String,
     },
-    /// A platform other than linux/amd64 was asked for.
-    #[error("platform {0} requested, but mvm runs linux/amd64 images only")]
-    UnsupportedPlatform(String),
+    /// A platform other than linux/amd64 (with an optional variant
+    /// v1-v4) was asked for.
+    #[error("platform {wanted} requested, but mvm runs linux/amd64 images only (optionally linux/amd64/v1 to v4); {reference} offers: {available}")]
+    UnsupportedPlatform {
+        /// What was asked for.
+        wanted: String,
+        /// The reference.
+        reference: String,
+        /// What the image offers.
+        available: String,
+    },
     /// A document is not a usable manifest, index or config.
     #[error("{what} of {reference}: {source}")]
     Manifest {
