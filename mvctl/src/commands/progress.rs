@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::CmdError;
 use crate::client::{Answer, ClientError};
+use crate::format;
 
 /// Follow `answer` to its end and return the operation's result value.
 /// The stream's `error` line becomes the command's error.
@@ -31,6 +32,8 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    // Without a terminal: one line per item and state, not per update.
+    let mut states: HashMap<String, String> = HashMap::new();
     let line = |multi: &MultiProgress, text: String| {
         if quiet {
             return;
@@ -45,7 +48,23 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
     while let Some(p) = stream.next().await? {
         match p {
             Progress::Status { message } => line(&multi, message),
-            Progress::Bytes { id, current, total } => {
+            Progress::Bytes {
+                id,
+                current,
+                total,
+                message,
+            } => {
+                if !tty {
+                    let state = message.unwrap_or_else(|| "Working".into());
+                    if states.get(&id) != Some(&state) {
+                        let size = total
+                            .map(|t| format!(" ({})", format::human_size(t)))
+                            .unwrap_or_default();
+                        line(&multi, format!("{id}: {state}{size}"));
+                        states.insert(id, state);
+                    }
+                    continue;
+                }
                 let bar = bars.entry(id.clone()).or_insert_with(|| {
                     let b = multi.add(ProgressBar::new(total.unwrap_or(0)));
                     b.set_style(style.clone());
@@ -54,6 +73,9 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
                 });
                 if let Some(t) = total {
                     bar.set_length(t);
+                }
+                if let Some(m) = message {
+                    bar.set_message(m);
                 }
                 bar.set_position(current);
             }
