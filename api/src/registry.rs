@@ -404,8 +404,9 @@ impl Sink<'_> {
                 ..
             } => Progress::Status {
                 message: format!(
-                    "{digest}: {count} {}, {}",
-                    if pull { "layers" } else { "blobs" },
+                    "{digest}: {count} {}{}, {}",
+                    if pull { "layer" } else { "blob" },
+                    if *count == 1 { "" } else { "s" },
                     human(*total_bytes)
                 ),
             },

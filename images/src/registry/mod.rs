@@ -170,13 +170,13 @@ pub enum RegistryError {
     },
     /// A platform other than linux/amd64 (with an optional variant
     /// v1-v4) was asked for.
-    #[error("platform {wanted} requested, but mvm runs linux/amd64 images only (optionally linux/amd64/v1 to v4); {reference} offers: {available}")]
+    #[error("platform {wanted} requested, but mvm runs linux/amd64 images only (linux/amd64/v1 to v4 select amd64 variants); {reference} {available}")]
     UnsupportedPlatform {
         /// What was asked for.
         wanted: String,
         /// The reference.
         reference: String,
-        /// What the image offers.
+        /// What the image offers (`offers: linux/amd64, ...`).
         available: String,
     },
     /// A document is not a usable manifest, index or config.

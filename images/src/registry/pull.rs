@@ -72,8 +72,10 @@ pub async fn pull(
             wanted: platform_name(&opts.platform),
             reference: reference.to_string(),
             available: match &root.kind {
-                ManifestKind::Index(index) => offered(index),
-                ManifestKind::Image(_) => "a single-platform image".into(),
+                ManifestKind::Index(index) => format!("offers: {}", offered(index)),
+                ManifestKind::Image(_) => {
+                    "is a single-platform image, not an index to choose from".into()
+                }
             },
         });
     };
