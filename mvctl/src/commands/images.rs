@@ -65,6 +65,9 @@ pub async fn pull(ctx: &Ctx, a: PullArgs) -> CmdResult {
         return Err(CmdError::Invalid("the image name is empty".into()));
     }
     let client = ctx.client().await?;
+    if !a.quiet && !has_tag_or_digest(&a.reference) {
+        eprintln!("Using default tag: latest");
+    }
     let r = pull_image(client, &a.reference, a.insecure, a.platform, a.quiet).await?;
     if !a.quiet {
         println!("Digest: {}", r.digest);
@@ -72,6 +75,13 @@ pub async fn pull(ctx: &Ctx, a: PullArgs) -> CmdResult {
     }
     println!("{}", r.reference);
     Ok(0)
+}
+
+/// Whether a reference names a tag or digest (`app:1`, `app@sha256:..`;
+/// not the port of `localhost:5000/app`).
+fn has_tag_or_digest(reference: &str) -> bool {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    reference.contains('@') || last.contains(':')
 }
 
 /// `mvctl push`: progress on stderr, then Docker's `TAG: digest: D size: N`.
@@ -549,6 +559,14 @@ mod tests {
         assert!(in_repository(&img, "localhost:5000/app"));
         assert!(in_repository(&img, "docker.io/library/busybox"));
         assert!(!in_repository(&img, "alpine"));
+    }
+
+    #[test]
+    fn default_tag_detection() {
+        assert!(!has_tag_or_digest("busybox"));
+        assert!(!has_tag_or_digest("localhost:5000/app"));
+        assert!(has_tag_or_digest("localhost:5000/app:1"));
+        assert!(has_tag_or_digest("app@sha256:00"));
     }
 
     #[test]

@@ -45,6 +45,14 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
         }
     };
     let mut result = None;
+    // indicatif leaves the cursor at the end of the last bar: the next
+    // output must start on a line of its own.
+    let drew = std::cell::Cell::new(false);
+    let end_bars = || {
+        if drew.get() {
+            eprintln!();
+        }
+    };
     while let Some(p) = stream.next().await? {
         match p {
             Progress::Status { message } => line(&multi, message),
@@ -66,6 +74,7 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
                     continue;
                 }
                 let bar = bars.entry(id.clone()).or_insert_with(|| {
+                    drew.set(!quiet);
                     let b = multi.add(ProgressBar::new(total.unwrap_or(0)));
                     b.set_style(style.clone());
                     b.set_prefix(id.clone());
@@ -87,11 +96,13 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
                 for b in bars.values() {
                     b.abandon();
                 }
+                end_bars();
                 return Err(ClientError::Api(ApiError::new(code, message)).into());
             }
             Progress::Result { value } => result = Some(value),
         }
     }
+    end_bars();
     result.ok_or_else(|| {
         CmdError::Invalid(
             "the daemon's progress stream ended without a result: the operation may be incomplete"
