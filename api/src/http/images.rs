@@ -2,7 +2,8 @@
 //!
 //! Store calls block (file locks, fsync, mkfs), so they run on the
 //! blocking pool; request bodies are bridged to `std::io::Read` and never
-//! buffered whole.
+//! buffered whole. Pull, push and login go through `crate::registry`,
+//! with the client's credentials from the request's headers.
 
 use std::io::{self, Write};
 use std::sync::Arc;
