@@ -13,6 +13,7 @@ pub mod http;
 pub mod loghub;
 pub mod manager;
 pub mod output;
+pub mod registry;
 
 use std::fs;
 use std::io;

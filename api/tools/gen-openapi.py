@@ -22,6 +22,10 @@ def q(name, typ="string", desc="", required=False, array=False):
     return p
 NDJSON = lambda schema, desc: {"description": desc, "content": {"application/x-ndjson": {"schema": schema}}}
 NO = {"description": "Done"}
+REGISTRY_AUTH = {"name": "X-Registry-Auth", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "The registry's credentials, as Docker sends them: base64url of JSON {username, password, serveraddress} "
+                   "or {identitytoken, serveraddress}; absent or empty: anonymous. Refused (bad_request) when serveraddress "
+                   "names another registry than the image's. Used for this request only, never stored."}
 
 def op(summary, params=(), body=None, responses=None, tag="sandboxes"):
     o = {"summary": summary, "tags": [tag], "parameters": list(params), "responses": responses or {}}
@@ -123,14 +127,15 @@ paths = {
  "/v1/images/import": {"post": op("Create an image from a root filesystem tarball (docker import)",
      [q("ref", desc="NAME[:TAG]; untagged when absent")], body=tar, tag="images",
      responses={"200": NDJSON(ref("Progress"), "Progress; the last line is result or error")})},
- "/v1/images/pull": {"post": op("Pull from a registry", body=jreq(ref("TransferRequest")), tag="images",
-     responses={"200": NDJSON(ref("Progress"), "Progress"), **errs(502)})},
- "/v1/images/push": {"post": op("Push to a registry", body=jreq(ref("TransferRequest")), tag="images",
-     responses={"200": NDJSON(ref("Progress"), "Progress"), **errs(502)})},
- "/v1/auth/login": {"post": op("Store registry credentials after checking them", body=jreq(ref("LoginRequest")),
-     tag="images", responses={"200": jbody({"type": "object"}), **errs(401, 502)})},
- "/v1/auth/logout": {"post": op("Forget registry credentials", body=jreq(ref("LogoutRequest")), tag="images",
-     responses={"204": NO})},
+ "/v1/images/pull": {"post": op("Pull from a registry with the client's credentials; per-layer progress", [REGISTRY_AUTH],
+     body=jreq(ref("TransferRequest")), tag="images",
+     responses={"200": NDJSON(ref("Progress"), "Progress: status, bytes and done per layer; the last line is result (PullResult) or error (registry_auth, forbidden, not_found, bad_request, upstream, resource_unavailable); a failed pull leaves the store as it was")})},
+ "/v1/images/push": {"post": op("Push a stored image to a registry with the client's credentials", [REGISTRY_AUTH],
+     body=jreq(ref("TransferRequest")), tag="images",
+     responses={"200": NDJSON(ref("Progress"), "Progress per blob; the last line is result (PushResult) or error"), **errs(404)})},
+ "/v1/auth/login": {"post": op("Check registry credentials against the registry (mvmd stores nothing; the client keeps them)",
+     body=jreq(ref("LoginRequest")), tag="images",
+     responses={"200": jbody(ref("LoginResponse")), **errs(401, 403, 502)})},
  "/v1/build": {"post": op("Build an image from a Dockerfile; RUN steps run in microVMs",
      [q("t", desc="NAME[:TAG]; repeatable; untagged when absent", array=True),
       q("dockerfile", desc="path of the Dockerfile inside the context (default Dockerfile)"),
@@ -151,7 +156,7 @@ restart = {"type": "object", "required": ["name"], "properties": {
     "maximum_retry_count": i}}
 status = {"type": "string", "enum": ["created", "running", "restarting", "exited", "removing"]}
 reason = {"type": "string", "enum": ["exited", "stopped", "killed", "oom_killed", "guest_crashed", "vmm_died", "start_failed", "vmm_error"], "nullable": True}
-codes = ["bad_request", "unauthorized", "not_found", "conflict", "invalid_state", "resource_unavailable", "upstream", "internal"]
+codes = ["bad_request", "unauthorized", "not_found", "conflict", "invalid_state", "resource_unavailable", "registry_auth", "forbidden", "upstream", "internal"]
 schemas = {
  "Error": {**S(code={"type": "string", "enum": codes}, message=st), "required": ["code", "message"]},
  "Warnings": S(warnings=arr(st)),
@@ -180,10 +185,14 @@ schemas = {
      "type": {"type": "string", "enum": ["status", "bytes", "done", "error", "result"]},
      "message": st, "id": st, "current": i, "total": nul(i), "code": {"type": "string", "enum": codes},
      "value": {}}},
- "TransferRequest": {**S(reference=st, insecure=b), "required": ["reference"]},
+ "TransferRequest": {**S(reference=st, insecure=b,
+     platform={"type": "string", "description": "pull: os/arch[/variant] (containerd's normalisation); linux/amd64 (default) or linux/amd64/v1..v4; others are refused naming what the image offers"}),
+     "required": ["reference"], "additionalProperties": False},
+ "PullResult": {**S(reference=st, digest=st, id=st, updated=b, status=st), "required": ["reference", "digest", "id", "updated", "status"]},
+ "PushResult": {**S(reference=st, digest=st, size=i, uploaded=i, skipped=i, mounted=i), "required": ["reference", "digest", "size"]},
+ "LoginResponse": {**S(status=st, server=st), "required": ["status", "server"]},
  "TagRequest": {**S(source=st, target=st), "required": ["source", "target"]},
  "LoginRequest": {**S(server=st, username=st, password=st, insecure=b), "required": ["server", "username", "password"]},
- "LogoutRequest": S(server=st),
  "ImageSummary": S(repo_tags=arr(st), repo_digests=arr(st), id=st, digest=st, created=nul(st), size=i),
  "ExecCreateRequest": {**S(cmd=arr(st), env=arr(st), working_dir=nul(st), user=nul(st), tty=b, stdin=b, rows=i, cols=i),
      "required": ["cmd"], "additionalProperties": False},

@@ -801,3 +801,164 @@ async fn bearer_token_auth_through_a_token_server() {
     assert!(e.to_string().contains("invalid characters"), "{e}");
     assert!(names(&s3).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_tokens_are_exchanged_at_the_token_server() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.addr());
+    proxy.require_bearer("carol", "secret", "tok-456");
+    let (_d, s) = store();
+    let img = Image::simple("identity");
+    let r = proxy.reference("id/app:1");
+    img.load(&s, &r);
+    let with = |c: Credentials| PushOptions {
+        credentials: CredentialSource::Explicit(c),
+        ..push_opts()
+    };
+    // A wrong identity token is refused by the token server.
+    let e = registry::push(
+        &s,
+        &r,
+        &with(Credentials::with_identity_token("", "identity-mallory")),
+        &registry::NoProgress,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::CredentialsRefused { .. }),
+        "{e:?}"
+    );
+    // The right one is exchanged with a POST (no basic auth) and works.
+    proxy.clear_log();
+    registry::push(
+        &s,
+        &r,
+        &with(Credentials::with_identity_token("", "identity-carol")),
+        &registry::NoProgress,
+    )
+    .await
+    .unwrap();
+    assert!(proxy.count("POST /token") >= 1, "{:?}", proxy.requests());
+    assert_eq!(proxy.count("GET /token"), 0, "{:?}", proxy.requests());
+    let (_d2, s2) = store();
+    let opts = PullOptions {
+        credentials: CredentialSource::Explicit(Credentials::with_identity_token(
+            "",
+            "identity-carol",
+        )),
+        ..pull_opts()
+    };
+    let rec = registry::pull(&s2, &r, &opts, &registry::NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(rec.manifest_digest, img.digest());
+
+    // An htpasswd registry (basic auth) cannot take an identity token.
+    let basic = Registry::start_with_user("dave", "pw");
+    let r = basic.reference("b/app:1");
+    let opts = PullOptions {
+        credentials: CredentialSource::Explicit(Credentials::with_identity_token("", "x")),
+        ..pull_opts()
+    };
+    let e = registry::pull(&s2, &r, &opts, &registry::NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::TokenNotAccepted { .. }), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amd64_variants_are_selected_from_an_index() {
+    let reg = Registry::start();
+    let base = Image::new(
+        vec![layer(&[("level", b"v1")], Comp::Gzip, false)],
+        "amd64",
+        false,
+    );
+    let v3 = Image::new(
+        vec![layer(&[("level", b"v3")], Comp::Gzip, false)],
+        "amd64",
+        false,
+    );
+    for (img, tag) in [(&base, "base"), (&v3, "v3")] {
+        let dir = tempfile::tempdir().unwrap();
+        write_oci_layout(
+            dir.path(),
+            "t",
+            &img.manifest,
+            img.media_type(),
+            &img.blobs(),
+        );
+        skopeo_push_layout(
+            dir.path(),
+            "t",
+            &format!("{}/var/app:{tag}", reg.host()),
+            None,
+        );
+    }
+    let entry = |img: &Image, variant: Option<&str>| {
+        let mut p = serde_json::json!({"architecture": "amd64", "os": "linux"});
+        if let Some(v) = variant {
+            p["variant"] = v.into();
+        }
+        serde_json::json!({"mediaType": mt::OCI_MANIFEST, "digest": img.digest().to_string(),
+            "size": img.manifest.len(), "platform": p})
+    };
+    let list = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": mt::OCI_INDEX,
+        "manifests": [entry(&base, None), entry(&v3, Some("v3"))],
+    }))
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .put(format!("http://{}/v2/var/app/manifests/1", reg.host()))
+        .header("content-type", mt::OCI_INDEX)
+        .body(list.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    let r = reg.reference("var/app:1");
+    let with = |variant: &str| PullOptions {
+        platform: mvm_images::manifest::Platform {
+            variant: Some(variant.into()),
+            ..registry::linux_amd64()
+        },
+        ..pull_opts()
+    };
+    // v2: the baseline entry, which is what the index resolves to: the
+    // name points at the index.
+    let (_d, s) = store();
+    let rec = registry::pull(&s, &r, &with("v2"), &registry::NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(rec.digest, Digest::of(&list));
+    assert_eq!(rec.manifest_digest, base.digest());
+    // v3: the v3 entry, which the index does not resolve to: the name
+    // points at that manifest, and the index is not kept.
+    let (_d, s) = store();
+    let rec = registry::pull(&s, &r, &with("v3"), &registry::NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(rec.digest, v3.digest());
+    assert!(!s.has_blob(&Digest::of(&list)));
+    assert!(!s.has_blob(&base.layers[0].digest()));
+    assert_clean(&s);
+    // Another platform: refused, naming what the index offers.
+    let (_d, s) = store();
+    let arm = PullOptions {
+        platform: mvm_images::manifest::Platform {
+            architecture: "arm64".into(),
+            ..registry::linux_amd64()
+        },
+        ..pull_opts()
+    };
+    let e = registry::pull(&s, &r, &arm, &registry::NoProgress)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("offers: linux/amd64, linux/amd64/v3"),
+        "{e}"
+    );
+    assert!(names(&s).is_empty());
+    assert_eq!(s.fsck(true).unwrap().blobs, 0);
+}

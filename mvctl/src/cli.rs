@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
+use mvm_api::images::Platform;
 
 use crate::flags;
 
@@ -175,9 +176,15 @@ pub struct CreateArgs {
     /// Seconds `stop` waits before powering off
     #[arg(long, value_name = "SECONDS")]
     pub stop_timeout: Option<u64>,
-    /// Pull the image first: missing, always, never
+    /// Pull the image: missing (when not here), always (first), never
     #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
     pub pull: PullPolicy,
+    /// Platform to pull from a multi-platform image: linux/amd64 or linux/amd64/v1..v4
+    #[arg(long, value_parser = parse_platform, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
+    /// With a pull: allow plain HTTP (loopback registries only)
+    #[arg(long)]
+    pub insecure: bool,
     /// Image to run
     #[arg(value_name = "IMAGE")]
     pub image: String,
@@ -392,12 +399,20 @@ pub struct PruneArgs {
     pub all: bool,
 }
 
+/// `--platform`: checked before any request.
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    s.parse()
+}
+
 /// `mvctl pull`.
 #[derive(Debug, Clone, Args)]
 pub struct PullArgs {
     /// Allow plain HTTP (loopback registries only)
     #[arg(long)]
     pub insecure: bool,
+    /// Platform to pull from a multi-platform image: linux/amd64 or linux/amd64/v1..v4
+    #[arg(long, value_parser = parse_platform, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
     /// No progress output
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -671,6 +686,43 @@ mod tests {
             panic!()
         };
         assert_eq!(c.entrypoint.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn pull_policy_platform_and_insecure() {
+        let cli = parse(&[
+            "run",
+            "--pull",
+            "always",
+            "--platform",
+            "linux/x86_64",
+            "--insecure",
+            "127.0.0.1:5000/app",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.create.pull, PullPolicy::Always);
+        assert_eq!(r.create.platform, Some(Platform::linux_amd64()));
+        assert!(r.create.insecure);
+        let cli = parse(&["create", "busybox"]).unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!()
+        };
+        assert_eq!(c.pull, PullPolicy::Missing);
+        let cli = parse(&["pull", "--platform", "linux/amd64/v3", "busybox"]).unwrap();
+        let Command::Pull(p) = cli.command else {
+            panic!()
+        };
+        assert_eq!(p.platform.unwrap().to_string(), "linux/amd64/v3");
+        for bad in [
+            &["pull", "--platform", "linux//amd64", "x"][..],
+            &["run", "--pull", "sometimes", "x"],
+            &["create", "--platform", "", "x"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! mvctl keeps Docker's verbs, flags and habits (`run -d --rm`, `ps -a`,
 //! `logs -f`, exit code 125 for its own errors) so that people who know
 //! Docker know mvctl; the difference is that every sandbox is a microVM
-//! owned by `mvmd`. mvctl holds no state of its own: everything is a request
+//! owned by `mvmd`. mvctl holds no state of mvm's: everything is a request
 //! to mvmd (see `docs/api.md`), which mvctl starts in the background when
-//! nothing answers at the default socket.
+//! nothing answers at the default socket. What it does keep is what
+//! Docker's CLI keeps: the user's registry credentials
+//! (`commands::credentials`, the `mvm-auth` crate), sent with each pull
+//! and push.
 //!
 //! Modules, one job each:
 //! - [`client`]: HTTP/1.1 over a Unix socket or TCP, typed endpoint helpers,

@@ -2,26 +2,29 @@
 //!
 //! Store calls block (file locks, fsync, mkfs), so they run on the
 //! blocking pool; request bodies are bridged to `std::io::Read` and never
-//! buffered whole.
+//! buffered whole. Pull, push and login go through `crate::registry`,
+//! with the client's credentials from the request's headers.
 
 use std::io::{self, Write};
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use mvm_api::images::{Progress, TagRequest};
+use futures_util::{StreamExt, TryStreamExt};
+use mvm_api::images::{LoginRequest, LoginResponse, Progress, TagRequest, TransferRequest};
 use mvm_api::ErrorCode;
+use mvm_images::registry::Credentials;
 use mvm_images::{
     ArchiveError, ArchiveFormat, ImageId, ImportOptions, LoadOptions, Reference, StoreError,
 };
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::{json_response, ApiResult, Error, Json, Query};
+use crate::registry::{self, ClientAuth, PullSpec};
 use crate::Daemon;
 
 type D = State<Arc<Daemon>>;
@@ -277,30 +280,104 @@ pub async fn save(State(d): D, q: Query) -> ApiResult<Response> {
         .into_response())
 }
 
-/// Registry operations: wired once the registry client lands in
-/// mvm-images.
-pub async fn pull() -> ApiResult<Response> {
-    Err(registry_missing())
-}
-
-/// See [`pull`].
-pub async fn push() -> ApiResult<Response> {
-    Err(registry_missing())
-}
-
-/// See [`pull`].
-pub async fn login() -> ApiResult<Response> {
-    Err(registry_missing())
-}
-
-/// See [`pull`].
-pub async fn logout() -> ApiResult<Response> {
-    Err(registry_missing())
-}
-
-fn registry_missing() -> Error {
-    Error::new(
-        ErrorCode::Upstream,
-        "registry operations are not available in this mvmd build yet; use load/import instead",
+/// An NDJSON response fed by `job`, which reports progress into the sink
+/// it is given and returns the result value (or the error) that ends the
+/// stream. The job runs in its own task: a client that goes away does not
+/// stop it half way.
+fn registry_response<F, Fut>(job: F) -> Response
+where
+    F: FnOnce(Arc<dyn Fn(Progress) + Send + Sync>) -> Fut + Send + 'static,
+    Fut:
+        std::future::Future<Output = Result<serde_json::Value, mvm_api::ApiError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    let sink = crate::registry::channel_sink(tx.clone());
+    tokio::spawn(async move {
+        let last = match job(sink).await {
+            Ok(value) => Progress::Result { value },
+            Err(e) => Progress::Error {
+                code: e.code,
+                message: e.message,
+            },
+        };
+        let _ = tx.send(last);
+    });
+    let lines = UnboundedReceiverStream::new(rx).map(|p| {
+        let mut v = serde_json::to_vec(&p).unwrap_or_default();
+        v.push(b'\n');
+        Ok::<_, io::Error>(Bytes::from(v))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
     )
+        .into_response()
+}
+
+/// `POST /v1/images/pull`: `TransferRequest`, credentials in
+/// `X-Registry-Auth`; NDJSON progress ending with a `PullResult`.
+pub async fn pull(
+    State(d): D,
+    headers: HeaderMap,
+    Json(req): Json<TransferRequest>,
+) -> ApiResult<Response> {
+    // Everything that can be wrong with the request is answered before
+    // the stream starts, with a plain error status.
+    let reference = registry::parse_reference(&req.reference)?;
+    let auth = ClientAuth::from_headers(&headers)?;
+    auth.credentials_for(reference.domain())?;
+    let spec = PullSpec {
+        reference,
+        insecure: req.insecure,
+        platform: req.platform,
+    };
+    let store = d.manager.runtime().store().clone();
+    Ok(registry_response(move |sink| async move {
+        let r = registry::pull_image(&store, &spec, &auth, &*sink).await?;
+        Ok(serde_json::to_value(r).unwrap_or_default())
+    }))
+}
+
+/// `POST /v1/images/push`: as [`pull`], ending with a `PushResult`.
+pub async fn push(
+    State(d): D,
+    headers: HeaderMap,
+    Json(req): Json<TransferRequest>,
+) -> ApiResult<Response> {
+    let reference = registry::parse_reference(&req.reference)?;
+    let auth = ClientAuth::from_headers(&headers)?;
+    auth.credentials_for(reference.domain())?;
+    let store = d.manager.runtime().store().clone();
+    // A missing local image is a plain 404, not a stream.
+    {
+        let (store, r) = (store.clone(), reference.clone());
+        blocking(move || store.resolve_ref(&r).map(|_| ()).map_err(store_err)).await?;
+    }
+    let insecure = req.insecure;
+    Ok(registry_response(move |sink| async move {
+        let r = registry::push_image(&store, &reference, insecure, &auth, &*sink).await?;
+        Ok(serde_json::to_value(r).unwrap_or_default())
+    }))
+}
+
+/// `POST /v1/auth/login`: checks the credentials against the registry
+/// (mvmd may be the only one that can reach it, in machine mode) and
+/// stores nothing; the client keeps them.
+pub async fn login(Json(req): Json<LoginRequest>) -> ApiResult<Response> {
+    let server = match req.server.trim() {
+        "" => "docker.io",
+        s => s,
+    };
+    let creds = Credentials::new(req.username, req.password);
+    creds
+        .validate()
+        .map_err(|e| Error::new(ErrorCode::BadRequest, e.to_string()))?;
+    let server = registry::check_login(server, &creds, req.insecure).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &LoginResponse {
+            status: "Login Succeeded".into(),
+            server,
+        },
+    ))
 }

@@ -7,6 +7,8 @@ mod images;
 mod sandboxes;
 mod system;
 
+pub use images::store_code;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -244,7 +246,6 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/images/push", post(images::push))
         .route("/v1/build", post(build::build))
         .route("/v1/auth/login", post(images::login))
-        .route("/v1/auth/logout", post(images::logout))
         .fallback(|req: Request| async move {
             Error::new(
                 ErrorCode::NotFound,

@@ -20,7 +20,15 @@ pub enum ErrorCode {
     InvalidState,
     /// The host cannot honour a resource request (memory, vCPUs, KVM).
     ResourceUnavailable,
-    /// A registry or other upstream failed.
+    /// A registry wants credentials, or refused the ones sent: log in
+    /// (`mvctl login REGISTRY`). Not mvmd's own bearer token, which is
+    /// `unauthorized`.
+    RegistryAuth,
+    /// A registry accepted the credentials but does not allow the
+    /// operation (HTTP 403 from the registry).
+    Forbidden,
+    /// A registry or other upstream failed: unreachable, failing, or
+    /// answering something wrong (corrupt, oversized, not a registry).
     Upstream,
     /// Anything else; the message says what.
     Internal,
@@ -31,7 +39,8 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::BadRequest => 400,
-            Self::Unauthorized => 401,
+            Self::Unauthorized | Self::RegistryAuth => 401,
+            Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::Conflict | Self::InvalidState => 409,
             Self::ResourceUnavailable => 507,

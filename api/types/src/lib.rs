@@ -7,6 +7,7 @@
 //! the same (lower snake case instead of Pascal case), to ease the Docker
 //! compatibility layer planned later.
 
+pub mod auth;
 pub mod error;
 pub mod exec;
 pub mod images;

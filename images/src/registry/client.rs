@@ -319,6 +319,12 @@ impl Client {
             return Ok(true);
         }
         if challenges.contains(&Challenge::Basic) && self.creds.is_some() {
+            if self.creds.as_ref().is_some_and(|c| c.token().is_some()) {
+                // An identity token is only good for a token server.
+                return Err(RegistryError::TokenNotAccepted {
+                    host: self.host().to_string(),
+                });
+            }
             if *sent == SentAuth::Basic {
                 return Ok(false); // credentials were sent and refused
             }
@@ -385,13 +391,53 @@ impl Client {
                 q.append_pair("account", &c.username);
             }
         }
-        let what = "GET token";
+        let identity_token = self.creds.as_ref().and_then(|c| c.token());
+        let what = if identity_token.is_some() {
+            "POST token"
+        } else {
+            "GET token"
+        };
+        // An identity token is an OAuth2 refresh token: it is exchanged
+        // with a form POST to the realm (as Docker does), not sent as basic
+        // authentication.
+        let form = identity_token.map(|t| {
+            let mut f = Url::parse("http://form/").expect("static URL");
+            {
+                let mut q = f.query_pairs_mut();
+                q.append_pair("grant_type", "refresh_token");
+                q.append_pair("refresh_token", t);
+                q.append_pair("client_id", "mvm");
+                if let Some(s) = service {
+                    q.append_pair("service", s);
+                }
+                if !scopes.is_empty() {
+                    q.append_pair("scope", &scopes.join(" "));
+                }
+            }
+            f.query().unwrap_or_default().to_string()
+        });
         let mut attempt = 1;
         let resp = loop {
-            let mut req = self.http.get(url.clone());
-            if let Some(c) = &self.creds {
-                req = req.basic_auth(&c.username, Some(&c.password));
-            }
+            let req = match &form {
+                Some(body) => {
+                    let mut u = url.clone();
+                    u.set_query(None);
+                    self.http
+                        .post(u)
+                        .header(
+                            reqwest::header::CONTENT_TYPE,
+                            "application/x-www-form-urlencoded",
+                        )
+                        .body(body.clone())
+                }
+                None => {
+                    let mut req = self.http.get(url.clone());
+                    if let Some(c) = &self.creds {
+                        req = req.basic_auth(&c.username, Some(&c.password));
+                    }
+                    req
+                }
+            };
             match req.send().await {
                 Ok(r)
                     if (r.status().is_server_error() || r.status() == 429)
@@ -409,7 +455,8 @@ impl Client {
             }
         };
         let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let refused_token = form.is_some() && status == StatusCode::BAD_REQUEST;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || refused_token {
             return Err(match &self.creds {
                 Some(c) => RegistryError::CredentialsRefused {
                     host,

@@ -22,6 +22,17 @@ pub async fn login(
     opts: &LoginOptions,
     auth_file: &AuthFile,
 ) -> Result<String> {
+    let name = check_login(host, creds, opts).await?;
+    let file = auth_file.clone();
+    let (key, creds) = (name.clone(), creds.clone());
+    blocking(move || Ok(file.store(&key, &creds)?)).await?;
+    Ok(name)
+}
+
+/// Verifies `creds` against the registry at `host` as [`login`] does, and
+/// stores nothing: for a daemon, which checks credentials on behalf of a
+/// client that keeps them. Returns the normalised host name.
+pub async fn check_login(host: &str, creds: &Credentials, opts: &LoginOptions) -> Result<String> {
     creds.validate()?;
     let host = RegistryHost::new(host, opts.insecure, &opts.insecure_registries)?;
     let name = host.name().to_string();
@@ -46,9 +57,6 @@ pub async fn login(
             _ => err,
         });
     }
-    let file = auth_file.clone();
-    let (key, creds) = (name.clone(), creds.clone());
-    blocking(move || Ok(file.store(&key, &creds)?)).await?;
     Ok(name)
 }
 
@@ -57,5 +65,5 @@ pub async fn login(
 /// changed.
 pub fn logout(host: &str, auth_file: &AuthFile) -> Result<bool> {
     let name = host::normalize(host)?;
-    Ok(auth_file.remove(&name)?)
+    Ok(!auth_file.remove(&name)?.removed.is_empty())
 }

@@ -79,7 +79,7 @@ use std::time::Duration;
 pub use bars::ProgressBars;
 pub use credentials::{AuthFile, Credentials, CredentialsError};
 pub use host::{HostError, RegistryHost};
-pub use login::{login, logout};
+pub use login::{check_login, login, logout};
 pub use progress::{JsonLines, NoProgress, Progress, ProgressEvent, Recorder};
 pub use pull::pull;
 pub use push::{push, PushReport};
@@ -113,6 +113,13 @@ pub enum RegistryError {
         host: String,
         /// The user name that was tried.
         user: String,
+    },
+    /// The registry wants a user name and password (HTTP basic), but the
+    /// credentials are an identity token.
+    #[error("the registry {host} asks for a user name and password, but the saved credentials for it are an identity token; run mvctl login {host} with a user name and password")]
+    TokenNotAccepted {
+        /// The registry.
+        host: String,
     },
     /// Authenticated, but not allowed (HTTP 403, or a 401 despite a valid
     /// token).
@@ -161,9 +168,17 @@ pub enum RegistryError {
         /// What the index offers.
         available: String,
     },
-    /// A platform other than linux/amd64 was asked for.
-    #[error("platform {0} requested, but mvm runs linux/amd64 images only")]
-    UnsupportedPlatform(String),
+    /// A platform other than linux/amd64 (with an optional variant
+    /// v1-v4) was asked for.
+    #[error("platform {wanted} requested, but mvm runs linux/amd64 images only (linux/amd64/v1 to v4 select amd64 variants); {reference} {available}")]
+    UnsupportedPlatform {
+        /// What was asked for.
+        wanted: String,
+        /// The reference.
+        reference: String,
+        /// What the image offers (`offers: linux/amd64, ...`).
+        available: String,
+    },
     /// A document is not a usable manifest, index or config.
     #[error("{what} of {reference}: {source}")]
     Manifest {
@@ -318,13 +333,20 @@ pub enum CredentialSource {
 impl CredentialSource {
     /// The credentials for `host`, if any.
     pub fn resolve(&self, host: &str) -> Result<Option<Credentials>, CredentialsError> {
+        let from_file = |f: &AuthFile| {
+            let l = f.lookup(host)?;
+            for w in &l.warnings {
+                tracing::warn!("credentials for {host}: {w}");
+            }
+            Ok(l.found.map(|f| f.credentials))
+        };
         match self {
             CredentialSource::Default => match AuthFile::default_location() {
-                Ok(f) => f.get(host),
+                Ok(f) => from_file(&f),
                 Err(CredentialsError::NoHome) => Ok(None),
                 Err(e) => Err(e),
             },
-            CredentialSource::File(f) => f.get(host),
+            CredentialSource::File(f) => from_file(f),
             CredentialSource::Explicit(c) => Ok(Some(c.clone())),
             CredentialSource::Anonymous => Ok(None),
         }

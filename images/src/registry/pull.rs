@@ -42,11 +42,7 @@ pub async fn pull(
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<ImageRecord> {
-    if !opts.platform.is_linux_amd64() || opts.platform.variant.is_some() {
-        return Err(RegistryError::UnsupportedPlatform(platform_name(
-            &opts.platform,
-        )));
-    }
+    let wanted = Wanted::of(&opts.platform);
     let host = RegistryHost::new(reference.domain(), opts.insecure, &opts.insecure_registries)?;
     let creds = opts.credentials.resolve(host.name())?;
     let client = Client::new(host, creds, opts.retry)?;
@@ -71,11 +67,44 @@ pub async fn pull(
             });
         }
     }
+    let Some(wanted) = wanted else {
+        return Err(RegistryError::UnsupportedPlatform {
+            wanted: platform_name(&opts.platform),
+            reference: reference.to_string(),
+            available: match &root.kind {
+                ManifestKind::Index(index) => format!("offers: {}", offered(index)),
+                ManifestKind::Image(_) => {
+                    "is a single-platform image, not an index to choose from".into()
+                }
+            },
+        });
+    };
     let mut docs = vec![root.clone()];
+    // What the name will point at: the root, unless an index's entry other
+    // than the one the store would resolve the index to was asked for
+    // (an amd64 variant): then that entry's manifest.
+    let mut tag_digest = root.digest;
     let image = match &root.kind {
         ManifestKind::Image(m) => m.clone(),
         ManifestKind::Index(index) => {
-            let entry = select(index, &opts.platform, reference)?;
+            let entry = select(index, wanted, &opts.platform, reference)?;
+            let default = index.pick_linux_amd64().ok().map(|d| d.digest);
+            if default != Some(entry.digest) {
+                if let Some(pinned) = reference.digest() {
+                    return Err(RegistryError::Manifest {
+                        what: format!("index {pinned}"),
+                        reference: reference.to_string(),
+                        source: manifest::ManifestError::NoMatchingPlatform(format!(
+                            "its {} entry is not the one mvm stores for the index; pull {}@{} (the entry's own digest) or pull by tag",
+                            platform_name(&opts.platform),
+                            reference.repository(),
+                            entry.digest
+                        )),
+                    });
+                }
+                tag_digest = entry.digest;
+                docs.clear();
+            }
             let child = fetch_manifest(
                 &client,
                 &scope,
@@ -116,7 +145,7 @@ pub async fn pull(
         progress,
         cancel: AtomicBool::new(false),
     };
-    let result = ctx.fetch_image(&docs, &image, root.digest, opts).await;
+    let result = ctx.fetch_image(&docs, &image, tag_digest, opts).await;
     drop(ctx);
     match result {
         Ok(rec) => {
@@ -242,15 +271,75 @@ async fn fetch_manifest(
     })
 }
 
-/// Picks the index entry for `want`, or says which platforms there are.
-fn select<'a>(index: &'a Index, want: &Platform, reference: &Reference) -> Result<&'a Descriptor> {
-    let found = index.manifests.iter().find(|d| {
-        d.platform.as_ref().is_some_and(|p| {
-            p.os == want.os
-                && p.architecture == want.architecture
-                && (want.variant.is_none() || p.variant == want.variant)
-        }) && (manifest::is_manifest_type(&d.media_type) || d.media_type.is_empty())
-    });
+/// Which linux/amd64 entries of an index a pull may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// `linux/amd64`: the entry the store resolves the index to (the
+    /// first linux/amd64 one, whatever its variant).
+    Default,
+    /// `linux/amd64/vN` (microarchitecture level N, 1-4): the entry of the
+    /// highest level up to N; `v1` and no variant are the same level.
+    Level(u8),
+}
+
+impl Wanted {
+    /// `None` for a platform mvm cannot run.
+    fn of(p: &Platform) -> Option<Wanted> {
+        if !p.is_linux_amd64() {
+            return None;
+        }
+        match p.variant.as_deref() {
+            None | Some("") => Some(Wanted::Default),
+            Some(v) => amd64_level(v).map(Wanted::Level),
+        }
+    }
+}
+
+/// `v1`..`v4` -> 1..4.
+fn amd64_level(variant: &str) -> Option<u8> {
+    match variant {
+        "v1" => Some(1),
+        "v2" => Some(2),
+        "v3" => Some(3),
+        "v4" => Some(4),
+        _ => None,
+    }
+}
+
+/// Picks the index entry for `wanted`, or says which platforms there are.
+fn select<'a>(
+    index: &'a Index,
+    wanted: Wanted,
+    want: &Platform,
+    reference: &Reference,
+) -> Result<&'a Descriptor> {
+    let usable =
+        |d: &&Descriptor| manifest::is_manifest_type(&d.media_type) || d.media_type.is_empty();
+    let amd64 = || {
+        index
+            .manifests
+            .iter()
+            .filter(usable)
+            .filter(|d| d.platform.as_ref().is_some_and(Platform::is_linux_amd64))
+    };
+    let found = match wanted {
+        Wanted::Default => amd64().next(),
+        Wanted::Level(max) => {
+            let mut best: Option<(u8, &Descriptor)> = None;
+            for d in amd64() {
+                let level = match d.platform.as_ref().and_then(|p| p.variant.as_deref()) {
+                    None | Some("") => Some(1),
+                    Some(v) => amd64_level(v),
+                };
+                if let Some(l) = level.filter(|l| *l <= max) {
+                    if best.is_none_or(|(b, _)| l > b) {
+                        best = Some((l, d));
+                    }
+                }
+            }
+            best.map(|(_, d)| d)
+        }
+    };
     if let Some(d) = found {
         return Ok(d);
     }
@@ -259,30 +348,32 @@ fn select<'a>(index: &'a Index, want: &Platform, reference: &Reference) -> Resul
     if index.manifests.len() == 1 && index.manifests[0].platform.is_none() {
         return Ok(&index.manifests[0]);
     }
-    let mut available: Vec<String> = index
-        .manifests
-        .iter()
-        .filter(|d| {
-            // Attestation manifests (BuildKit) have platform unknown/unknown.
-            d.platform
-                .as_ref()
-                .is_none_or(|p| p.os != "unknown" && p.architecture != "unknown")
-        })
-        .map(|d| match &d.platform {
-            Some(p) => platform_name(p),
-            None => "unspecified".to_string(),
-        })
-        .collect();
-    available.dedup();
     Err(RegistryError::NoMatchingPlatform {
         reference: reference.to_string(),
         wanted: platform_name(want),
-        available: if available.is_empty() {
-            "none".into()
-        } else {
-            available.join(", ")
-        },
+        available: offered(index),
     })
+}
+
+/// The platforms an index offers, for messages.
+fn offered(index: &Index) -> String {
+    let mut available: Vec<String> = Vec::new();
+    for d in &index.manifests {
+        // Attestation manifests (BuildKit) have platform unknown/unknown.
+        let name = match &d.platform {
+            Some(p) if p.os == "unknown" || p.architecture == "unknown" => continue,
+            Some(p) => platform_name(p),
+            None => "unspecified".to_string(),
+        };
+        if !available.contains(&name) {
+            available.push(name);
+        }
+    }
+    if available.is_empty() {
+        "none".into()
+    } else {
+        available.join(", ")
+    }
 }
 
 fn platform_name(p: &Platform) -> String {
@@ -659,7 +750,8 @@ mod tests {
             ],
             annotations: None,
         };
-        let d = select(&idx, &super::super::linux_amd64(), &r).unwrap();
+        let amd = super::super::linux_amd64();
+        let d = select(&idx, Wanted::Default, &amd, &r).unwrap();
         assert_eq!(d.digest, Digest::of(b"amd64"));
         let idx = Index {
             manifests: vec![
@@ -669,10 +761,55 @@ mod tests {
             ],
             ..idx
         };
-        let e = select(&idx, &super::super::linux_amd64(), &r).unwrap_err();
+        let e = select(&idx, Wanted::Default, &amd, &r).unwrap_err();
         assert_eq!(
             e.to_string(),
             "image localhost:1/x:1 has no linux/amd64 variant; available: linux/arm64/v8, linux/arm/v7"
         );
+    }
+
+    #[test]
+    fn amd64_variants_pick_the_best_level_up_to_the_one_asked_for() {
+        let r = Reference::parse("localhost:1/x:1").unwrap();
+        let v3 = {
+            let mut d = entry("linux", "amd64", Some("v3"));
+            d.digest = Digest::of(b"v3");
+            d
+        };
+        let idx = Index {
+            schema_version: 2,
+            media_type: None,
+            manifests: vec![v3, entry("linux", "amd64", None)],
+            annotations: None,
+        };
+        let want = |v: &str| Platform {
+            variant: Some(v.into()),
+            ..super::super::linux_amd64()
+        };
+        let pick = |v: &str| {
+            let p = want(v);
+            select(&idx, Wanted::of(&p).unwrap(), &p, &r).map(|d| d.digest)
+        };
+        assert_eq!(pick("v1").unwrap(), Digest::of(b"amd64"));
+        assert_eq!(pick("v2").unwrap(), Digest::of(b"amd64"));
+        assert_eq!(pick("v3").unwrap(), Digest::of(b"v3"));
+        assert_eq!(pick("v4").unwrap(), Digest::of(b"v3"));
+        // No variant: the first amd64 entry, as the store resolves it.
+        let amd = super::super::linux_amd64();
+        let d = select(&idx, Wanted::Default, &amd, &r).unwrap();
+        assert_eq!(d.digest, Digest::of(b"v3"));
+        assert_eq!(Wanted::of(&want("v9")), None);
+        let arm = Platform {
+            architecture: "arm64".into(),
+            ..amd
+        };
+        assert_eq!(Wanted::of(&arm), None);
+        let only_v3 = Index {
+            manifests: vec![idx.manifests[0].clone()],
+            ..idx.clone()
+        };
+        let p = want("v2");
+        let e = select(&only_v3, Wanted::of(&p).unwrap(), &p, &r).unwrap_err();
+        assert!(e.to_string().contains("available: linux/amd64/v3"), "{e}");
     }
 }

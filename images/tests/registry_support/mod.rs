@@ -324,6 +324,25 @@ fn handle(mut conn: TcpStream, st: &ProxyState) -> std::io::Result<()> {
     let bearer = st.bearer.lock().unwrap().clone();
     if let Some((user, password, token)) = bearer {
         use base64::Engine as _;
+        if path.starts_with("/token") && method == "POST" {
+            // OAuth2 refresh-token grant (identity tokens): the one
+            // accepted is `identity-USER`.
+            let form = String::from_utf8_lossy(&body).into_owned();
+            let ok = form.contains("grant_type=refresh_token")
+                && form.contains(&format!("refresh_token=identity-{user}&"));
+            return if ok {
+                let body =
+                    serde_json::to_vec(&json!({"access_token": token, "expires_in": 300})).unwrap();
+                respond(&mut conn, 200, "application/json", &body)
+            } else {
+                respond(
+                    &mut conn,
+                    400,
+                    "application/json",
+                    br#"{"error":"invalid_grant"}"#,
+                )
+            };
+        }
         if path.starts_with("/token") {
             let good = format!(
                 "Basic {}",

@@ -1,11 +1,12 @@
 //! One typed helper per endpoint of `docs/api.md`.
 
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Method;
+use mvm_api::auth::REGISTRY_AUTH_HEADER;
 use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, ExecInfo, Stats, TopResponse};
 use mvm_api::images::{
-    ImageSummary, LoginRequest, LogoutRequest, Progress, TagRequest, TransferRequest,
+    ImageSummary, LoginRequest, LoginResponse, Progress, TagRequest, TransferRequest,
 };
 use mvm_api::logs::LogRecord;
 use mvm_api::sandbox::{
@@ -177,14 +178,46 @@ impl Client {
         self.json::<(), _>(Method::GET, &q.build(), None).await
     }
 
-    /// `POST /v1/images/pull`.
-    pub async fn pull(&self, req: &TransferRequest) -> Result<Answer> {
-        self.json_answer(Method::POST, "/v1/images/pull", req).await
+    /// `POST /v1/images/pull`, with the registry's credentials (an
+    /// encoded `X-Registry-Auth` value) if any.
+    pub async fn pull(&self, req: &TransferRequest, auth: Option<&str>) -> Result<Answer> {
+        self.transfer("/v1/images/pull", req, auth).await
     }
 
-    /// `POST /v1/images/push`.
-    pub async fn push(&self, req: &TransferRequest) -> Result<Answer> {
-        self.json_answer(Method::POST, "/v1/images/push", req).await
+    /// `POST /v1/images/push`, credentials as for [`Client::pull`].
+    pub async fn push(&self, req: &TransferRequest, auth: Option<&str>) -> Result<Answer> {
+        self.transfer("/v1/images/push", req, auth).await
+    }
+
+    async fn transfer(
+        &self,
+        path: &str,
+        req: &TransferRequest,
+        auth: Option<&str>,
+    ) -> Result<Answer> {
+        let what = format!("POST {path}");
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
+            what: format!("{what} (request)"),
+            why: e.to_string(),
+        })?;
+        let mut extra = Vec::new();
+        if let Some(a) = auth {
+            let v = HeaderValue::from_str(a).map_err(|_| ClientError::Decode {
+                what: format!("{what} (request)"),
+                why: "the registry credentials are not a valid header value".into(),
+            })?;
+            extra.push((REGISTRY_AUTH_HEADER, v));
+        }
+        let resp = self
+            .send_with(
+                Method::POST,
+                path,
+                Body::full(body),
+                Some("application/json"),
+                &extra,
+            )
+            .await?;
+        self.answer(resp, &what).await
     }
 
     /// `POST /v1/images/tag`.
@@ -344,28 +377,10 @@ impl Client {
         Ok(())
     }
 
-    /// `POST /v1/auth/login`.
-    pub async fn login(&self, req: &LoginRequest) -> Result<Value> {
-        let resp = self
-            .send_json(Method::POST, "/v1/auth/login", Some(req))
-            .await?;
-        self.value_of(resp, "POST /v1/auth/login").await
-    }
-
-    /// `POST /v1/auth/logout`.
-    pub async fn logout(&self, req: &LogoutRequest) -> Result<()> {
-        self.call(Method::POST, "/v1/auth/logout", Some(req)).await
-    }
-
-    async fn json_answer<B: serde::Serialize>(
-        &self,
-        method: Method,
-        path: &str,
-        body: &B,
-    ) -> Result<Answer> {
-        let what = format!("{method} {path}");
-        let resp = self.send_json(method, path, Some(body)).await?;
-        self.answer(resp, &what).await
+    /// `POST /v1/auth/login`: mvmd checks the credentials against the
+    /// registry (and keeps nothing).
+    pub async fn login(&self, req: &LoginRequest) -> Result<LoginResponse> {
+        self.json(Method::POST, "/v1/auth/login", Some(req)).await
     }
 
     async fn json_or_null(&self, method: Method, path: &str) -> Result<Value> {

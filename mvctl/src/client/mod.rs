@@ -332,8 +332,23 @@ impl Client {
         body: Body,
         content_type: Option<&str>,
     ) -> Result<Response<Incoming>> {
+        self.send_with(method, path, body, content_type, &[]).await
+    }
+
+    /// [`Client::send`] with extra request headers (`X-Registry-Auth`).
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        content_type: Option<&str>,
+        extra: &[(&'static str, HeaderValue)],
+    ) -> Result<Response<Incoming>> {
         let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
-        let req = self.build(method, path, body, content_type);
+        let mut req = self.build(method, path, body, content_type);
+        for (name, value) in extra {
+            req.headers_mut().insert(*name, value.clone());
+        }
         let mut sender = self.connect().await?;
         let resp = sender
             .send_request(req)

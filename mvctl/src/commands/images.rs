@@ -5,18 +5,21 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use http_body_util::BodyExt;
-use mvm_api::images::{ImageSummary, LoginRequest, LogoutRequest, TagRequest, TransferRequest};
+use mvm_api::images::{
+    ImageSummary, LoginRequest, Platform, PullResult, PushResult, TagRequest, TransferRequest,
+};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    confirm, for_each, progress, prompt, report, stdout_is_terminal, CmdError, CmdResult, Ctx,
+    confirm, credentials, for_each, progress, prompt, report, stdout_is_terminal, CmdError,
+    CmdResult, Ctx,
 };
 use crate::cli::{
     ArchiveFormat, ImagesArgs, ImportArgs, ListFormat, LoadArgs, LoginArgs, LogoutArgs, PruneArgs,
     PullArgs, PushArgs, RmiArgs, SaveArgs, TagArgs,
 };
-use crate::client::{Body, ClientError};
+use crate::client::{Body, Client, ClientError};
 use crate::format;
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -30,38 +33,83 @@ fn strings(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// `mvctl pull`.
-pub async fn pull(ctx: &Ctx, a: PullArgs) -> CmdResult {
-    let client = ctx.client().await?;
+/// Pulls `reference` through mvmd with the user's credentials for its
+/// registry, showing progress on stderr (nothing with `quiet`). Shared by
+/// `pull`, `run` and `create`.
+pub async fn pull_image(
+    client: &Client,
+    reference: &str,
+    insecure: bool,
+    platform: Option<Platform>,
+    quiet: bool,
+) -> Result<PullResult, CmdError> {
+    let auth = credentials::header_for(reference)?;
     let req = TransferRequest {
-        reference: a.reference.clone(),
-        insecure: a.insecure,
+        reference: reference.to_string(),
+        insecure,
+        platform,
     };
-    let v = progress::show(client.pull(&req).await?, a.quiet).await?;
-    let name = v
-        .get("reference")
-        .and_then(Value::as_str)
-        .unwrap_or(&a.reference);
-    if let Some(d) = v.get("digest").and_then(Value::as_str).filter(|_| !a.quiet) {
-        eprintln!("Digest: {d}");
+    let v = progress::show(client.pull(&req, auth.as_deref()).await?, quiet).await?;
+    serde_json::from_value(v).map_err(|e| {
+        CmdError::Client(ClientError::Decode {
+            what: "POST /v1/images/pull".into(),
+            why: format!("the result is not a pull result ({e})"),
+        })
+    })
+}
+
+/// `mvctl pull`: progress on stderr, then Docker's `Digest:` and
+/// `Status:` lines and the full name on stdout (only the name with `-q`).
+pub async fn pull(ctx: &Ctx, a: PullArgs) -> CmdResult {
+    if a.reference.trim().is_empty() {
+        return Err(CmdError::Invalid("the image name is empty".into()));
     }
-    println!("{name}");
+    let client = ctx.client().await?;
+    if !a.quiet && !has_tag_or_digest(&a.reference) {
+        eprintln!("Using default tag: latest");
+    }
+    let r = pull_image(client, &a.reference, a.insecure, a.platform, a.quiet).await?;
+    if !a.quiet {
+        println!("Digest: {}", r.digest);
+        println!("Status: {}", r.status);
+    }
+    println!("{}", r.reference);
     Ok(0)
 }
 
-/// `mvctl push`.
+/// Whether a reference names a tag or digest (`app:1`, `app@sha256:..`;
+/// not the port of `localhost:5000/app`).
+fn has_tag_or_digest(reference: &str) -> bool {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    reference.contains('@') || last.contains(':')
+}
+
+/// `mvctl push`: progress on stderr, then Docker's `TAG: digest: D size: N`.
 pub async fn push(ctx: &Ctx, a: PushArgs) -> CmdResult {
+    if a.reference.trim().is_empty() {
+        return Err(CmdError::Invalid("the image name is empty".into()));
+    }
+    let auth = credentials::header_for(&a.reference)?;
     let client = ctx.client().await?;
     let req = TransferRequest {
         reference: a.reference.clone(),
         insecure: a.insecure,
+        platform: None,
     };
-    let v = progress::show(client.push(&req).await?, a.quiet).await?;
-    if let Some(d) = v.get("digest").and_then(Value::as_str) {
-        println!("{}: digest: {d}", a.reference);
-    } else {
-        println!("{}", a.reference);
-    }
+    let v = progress::show(client.push(&req, auth.as_deref()).await?, a.quiet).await?;
+    let r: PushResult = serde_json::from_value(v).map_err(|e| {
+        CmdError::Client(ClientError::Decode {
+            what: "POST /v1/images/push".into(),
+            why: format!("the result is not a push result ({e})"),
+        })
+    })?;
+    let tag = r
+        .reference
+        .rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .map(|(_, t)| t.to_string())
+        .unwrap_or_else(|| r.reference.clone());
+    println!("{tag}: digest: {} size: {}", r.digest, r.size);
     Ok(0)
 }
 
@@ -384,7 +432,10 @@ async fn copy_body<W: tokio::io::AsyncWrite + Unpin>(
     Ok(w)
 }
 
-/// `mvctl login`.
+/// `mvctl login [SERVER]`: mvmd checks the credentials against the
+/// registry (it may be the only one that reaches it, in machine mode);
+/// then they are stored here, where Docker would store them (a credential
+/// helper if one is configured for the registry, else mvm's file, 0600).
 pub async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
     let server = a.server.clone().unwrap_or_default();
     let username = match a.username.clone() {
@@ -426,8 +477,15 @@ pub async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
     if password.is_empty() {
         return Err(CmdError::Invalid("the password is empty".into()));
     }
+    let creds = mvm_auth::Credentials::new(username.clone(), password.clone());
+    creds
+        .validate()
+        .map_err(|e| CmdError::Invalid(e.to_string()))?;
+    // Where they would go is checked before the registry is asked, so a
+    // broken credentials file fails fast.
+    let file = credentials::auth_file()?;
     let client = ctx.client().await?;
-    client
+    let answer = client
         .login(&LoginRequest {
             server,
             username,
@@ -435,27 +493,49 @@ pub async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
             insecure: a.insecure,
         })
         .await?;
-    println!("Login Succeeded");
+    let stored = file.store(&answer.server, &creds).map_err(|e| {
+        CmdError::Invalid(format!(
+            "the registry accepted the credentials, but storing them failed: {e}"
+        ))
+    })?;
+    if let mvm_auth::Source::File(p) = &stored {
+        eprintln!(
+            "WARNING! Your password is stored unencrypted in {} (mode 0600).\nConfigure a credential helper (credsStore) to store it in a keychain instead.",
+            p.display()
+        );
+    }
+    println!("{}", answer.status);
     Ok(0)
 }
 
-/// `mvctl logout`.
-pub async fn logout(ctx: &Ctx, a: LogoutArgs) -> CmdResult {
-    let server = a.server.unwrap_or_default();
-    let client = ctx.client().await?;
-    client
-        .logout(&LogoutRequest {
-            server: server.clone(),
-        })
-        .await?;
-    println!(
-        "Removing login credentials for {}",
-        if server.is_empty() {
-            "Docker Hub"
-        } else {
-            &server
-        }
-    );
+/// `mvctl logout [SERVER]`: forgets the credentials here (mvm's file and
+/// the credential helper configured for the registry); mvmd has none.
+pub async fn logout(_ctx: &Ctx, a: LogoutArgs) -> CmdResult {
+    let server = a
+        .server
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(credentials::DOCKER_HUB)
+        .to_string();
+    let file = credentials::auth_file()?;
+    let r = file
+        .remove(&server)
+        .map_err(|e| CmdError::Invalid(e.to_string()))?;
+    for w in &r.warnings {
+        eprintln!("mvctl: warning: {w}");
+    }
+    let key = mvm_auth::registry_key(&server);
+    if r.removed.is_empty() {
+        println!("Not logged in to {key}");
+    } else {
+        println!("Removing login credentials for {key}");
+    }
+    if let Some(rest) = r.remaining {
+        eprintln!(
+            "mvctl: warning: credentials for {key} remain in {rest}, which mvm does not change (run docker logout {server} to remove them)"
+        );
+    }
     Ok(0)
 }
 
@@ -479,6 +559,14 @@ mod tests {
         assert!(in_repository(&img, "localhost:5000/app"));
         assert!(in_repository(&img, "docker.io/library/busybox"));
         assert!(!in_repository(&img, "alpine"));
+    }
+
+    #[test]
+    fn default_tag_detection() {
+        assert!(!has_tag_or_digest("busybox"));
+        assert!(!has_tag_or_digest("localhost:5000/app"));
+        assert!(has_tag_or_digest("localhost:5000/app:1"));
+        assert!(has_tag_or_digest("app@sha256:00"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod build;
 pub mod cp;
+pub mod credentials;
 pub mod exec;
 pub mod images;
 pub mod logs;

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::CmdError;
 use crate::client::{Answer, ClientError};
+use crate::format;
 
 /// Follow `answer` to its end and return the operation's result value.
 /// The stream's `error` line becomes the command's error.
@@ -31,6 +32,8 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    // Without a terminal: one line per item and state, not per update.
+    let mut states: HashMap<String, String> = HashMap::new();
     let line = |multi: &MultiProgress, text: String| {
         if quiet {
             return;
@@ -42,11 +45,36 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
         }
     };
     let mut result = None;
+    // indicatif leaves the cursor at the end of the last bar: the next
+    // output must start on a line of its own.
+    let drew = std::cell::Cell::new(false);
+    let end_bars = || {
+        if drew.get() {
+            eprintln!();
+        }
+    };
     while let Some(p) = stream.next().await? {
         match p {
             Progress::Status { message } => line(&multi, message),
-            Progress::Bytes { id, current, total } => {
+            Progress::Bytes {
+                id,
+                current,
+                total,
+                message,
+            } => {
+                if !tty {
+                    let state = message.unwrap_or_else(|| "Working".into());
+                    if states.get(&id) != Some(&state) {
+                        let size = total
+                            .map(|t| format!(" ({})", format::human_size(t)))
+                            .unwrap_or_default();
+                        line(&multi, format!("{id}: {state}{size}"));
+                        states.insert(id, state);
+                    }
+                    continue;
+                }
                 let bar = bars.entry(id.clone()).or_insert_with(|| {
+                    drew.set(!quiet);
                     let b = multi.add(ProgressBar::new(total.unwrap_or(0)));
                     b.set_style(style.clone());
                     b.set_prefix(id.clone());
@@ -54,6 +82,9 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
                 });
                 if let Some(t) = total {
                     bar.set_length(t);
+                }
+                if let Some(m) = message {
+                    bar.set_message(m);
                 }
                 bar.set_position(current);
             }
@@ -65,11 +96,13 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
                 for b in bars.values() {
                     b.abandon();
                 }
+                end_bars();
                 return Err(ClientError::Api(ApiError::new(code, message)).into());
             }
             Progress::Result { value } => result = Some(value),
         }
     }
+    end_bars();
     result.ok_or_else(|| {
         CmdError::Invalid(
             "the daemon's progress stream ended without a result: the operation may be incomplete"

@@ -12,13 +12,12 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use mvm_api::images::TransferRequest;
 use mvm_api::logs::{LogRecord, Stream};
-use mvm_api::sandbox::{CreateRequest, RestartPolicy};
+use mvm_api::sandbox::{CreateRequest, CreateResponse, RestartPolicy};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::attach::{self, Ended, SessionOpts};
-use super::{progress, CmdError, CmdResult, Ctx};
+use super::{images, CmdError, CmdResult, Ctx};
 use crate::cli::{CreateArgs, PullPolicy, RunArgs};
 use crate::client::{Client, WaitCondition};
 use crate::flags;
@@ -94,37 +93,37 @@ fn host_env(k: &str) -> Option<String> {
     std::env::var(k).ok()
 }
 
-/// Pull the image when the policy says so.
-async fn ensure_image(client: &Client, image: &str, policy: PullPolicy) -> Result<(), CmdError> {
-    let pull = match policy {
-        PullPolicy::Never => false,
-        PullPolicy::Always => true,
-        PullPolicy::Missing => match client.image_inspect(image).await {
-            Ok(_) => false,
-            Err(e) if e.is_not_found() => {
-                eprintln!("Unable to find image '{image}' locally");
-                true
-            }
-            Err(e) => return Err(e.into()),
-        },
+/// Creates the sandbox, pulling its image as `--pull` says (Docker's
+/// semantics): `missing` pulls when create answers that there is no such
+/// image, then creates again; `always` pulls first; `never` leaves the
+/// not-found error as it is. A `--platform` mvm cannot run always goes to
+/// the registry, whose answer names what the image offers. Pull progress
+/// and Docker's `Digest:`/`Status:` lines go to stderr.
+async fn create_pulling(
+    client: &Client,
+    req: &CreateRequest,
+    a: &CreateArgs,
+) -> Result<CreateResponse, CmdError> {
+    let pull = || async {
+        let r =
+            images::pull_image(client, &req.image, a.insecure, a.platform.clone(), false).await?;
+        eprintln!("Digest: {}", r.digest);
+        eprintln!("Status: {}", r.status);
+        Ok::<_, CmdError>(())
     };
-    if !pull {
-        return Ok(());
+    let foreign = a.platform.as_ref().is_some_and(|p| !p.is_runnable());
+    match a.pull {
+        PullPolicy::Always => pull().await?,
+        PullPolicy::Missing if foreign => pull().await?,
+        PullPolicy::Never | PullPolicy::Missing => {}
     }
-    let req = TransferRequest {
-        reference: image.to_string(),
-        insecure: false,
-    };
-    let result = async {
-        let answer = client.pull(&req).await?;
-        progress::show(answer, false).await
-    }
-    .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => Err(CmdError::Invalid(format!(
-            "image {image:?} is not here and pulling it failed: {e} (import or load it first, or check the name)"
-        ))),
+    match client.create(req).await {
+        Err(e) if e.is_not_found() && a.pull == PullPolicy::Missing && !foreign => {
+            eprintln!("Unable to find image '{}' locally", req.image);
+            pull().await?;
+            Ok(client.create(req).await?)
+        }
+        r => Ok(r?),
     }
 }
 
@@ -132,8 +131,7 @@ async fn ensure_image(client: &Client, image: &str, policy: PullPolicy) -> Resul
 pub async fn create(ctx: &Ctx, a: CreateArgs) -> CmdResult {
     let req = create_request(&a, &host_env)?;
     let client = ctx.client().await?;
-    ensure_image(client, &req.image, a.pull).await?;
-    let created = client.create(&req).await?;
+    let created = create_pulling(client, &req, &a).await?;
     for w in &created.warnings {
         eprintln!("mvctl: warning: {w}");
     }
@@ -152,8 +150,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> CmdResult {
         attach::check_tty(session)?;
     }
     let client = ctx.client().await?;
-    ensure_image(client, &req.image, a.create.pull).await?;
-    let created = client.create(&req).await?;
+    let created = create_pulling(client, &req, &a.create).await?;
     for w in &created.warnings {
         eprintln!("mvctl: warning: {w}");
     }
