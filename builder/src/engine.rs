@@ -282,6 +282,16 @@ pub struct Builder<'a> {
     cache: Cache,
     executor: Option<&'a dyn Executor>,
     progress: &'a dyn Progress,
+    base_images: Option<&'a dyn BaseImages>,
+}
+
+/// Gets a base image the store lacks, for a `FROM` (mvmd pulls it from its
+/// registry with the build client's credentials, as `docker build` does).
+pub trait BaseImages: Send + Sync {
+    /// Make `reference` available in the store, passing lines worth
+    /// showing (the pull's progress) to `progress`. The error is a
+    /// sentence saying what went wrong and what to do.
+    fn fetch(&self, reference: &str, progress: &mut dyn FnMut(&str)) -> Result<(), String>;
 }
 
 /// Where a copy reads from.
@@ -379,7 +389,15 @@ impl<'a> Builder<'a> {
             cache,
             executor,
             progress,
+            base_images: None,
         })
+    }
+
+    /// Pull base images the store lacks through `b` (without it, a
+    /// `FROM` of an absent image is an error that says to pull it).
+    pub fn with_base_images(mut self, b: &'a dyn BaseImages) -> Self {
+        self.base_images = Some(b);
+        self
     }
 
     fn emit(&self, e: Event) {
@@ -765,12 +783,27 @@ impl<'a> Builder<'a> {
                 created: "1970-01-01T00:00:00Z".into(),
             }
         } else {
-            let rec = self.store.resolve(&image).map_err(|e| match e {
-                StoreError::ImageNotFound(_) => info.err(format!(
-                    "base image {image} is not in the image store; pull or import it first (mvctl pull {image})"
-                )),
-                e => info.err(e),
-            })?;
+            let rec = match (self.store.resolve(&image), self.base_images) {
+                (Err(StoreError::ImageNotFound(_)), Some(b)) => {
+                    let mut say = |line: &str| {
+                        self.emit(Event::Output {
+                            id: info.id,
+                            elapsed: secs(t0.elapsed()),
+                            line: line.to_string(),
+                        })
+                    };
+                    b.fetch(&image, &mut say).map_err(|e| {
+                        info.err(format!("base image {image} is not in the image store and pulling it failed: {e}"))
+                    })?;
+                    self.store.resolve(&image).map_err(|e| info.err(e))?
+                }
+                (r, _) => r.map_err(|e| match e {
+                    StoreError::ImageNotFound(_) => info.err(format!(
+                        "base image {image} is not in the image store; pull or import it first (mvctl pull {image})"
+                    )),
+                    e => info.err(e),
+                })?,
+            };
             for l in &rec.manifest.layers {
                 lease.pin_blob(&l.digest)?;
             }

@@ -34,4 +34,4 @@ pub mod progress;
 pub mod tarlayer;
 pub mod vm;
 
-pub use engine::{BuildError, BuildOptions, BuildResult, Builder};
+pub use engine::{BaseImages, BuildError, BuildOptions, BuildResult, Builder};

@@ -82,7 +82,7 @@ fn build(ctx: &Path, tag: &str) -> (Result<BuildResult, BuildError>, Vec<Event>)
     let w = world();
     let events = Mutex::new(Vec::new());
     let sink = |e: &Event| {
-        eprint!("{}", mvm_builder::progress::format_plain(e));
+        eprint!("{}", e.plain());
         events.lock().unwrap().push(e.clone());
     };
     let b = Builder::new(w.store.clone(), Some(&w.exec), &sink).unwrap();

@@ -10,7 +10,10 @@
 //! `result` (`{"id", "digest", "tags", "steps", "cached"}`) or `error`.
 //! RUN steps are transient sandboxes of this mvmd's runtime: the same
 //! kernel, init and VMM as `run` (`--kernel/--init/--vmm`, the install
-//! prefix), so builds work wherever sandboxes do.
+//! prefix), so builds work wherever sandboxes do. A `FROM` of an image the
+//! store lacks is pulled with the credentials the client sent
+//! (`X-Registry-Config`, as `docker build` sends them). Progress lines are
+//! the build's typed events (`build`), then `result` or `error`.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,20 +21,22 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use mvm_api::images::Progress;
 use mvm_api::ErrorCode;
 use mvm_builder::context::Context;
-use mvm_builder::progress::{format_plain, Event};
+use mvm_builder::progress::Event;
 use mvm_builder::vm::RuntimeExecutor;
-use mvm_builder::{BuildError, BuildOptions, Builder};
+use mvm_builder::{BaseImages, BuildError, BuildOptions, Builder};
+use mvm_images::Store;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::{ApiResult, Error, Query};
+use crate::registry::{self, ClientAuth, PullSpec};
 use crate::Daemon;
 
 type D = State<Arc<Daemon>>;
@@ -75,8 +80,52 @@ fn code_of(e: &BuildError) -> ErrorCode {
     }
 }
 
-pub async fn build(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
+/// A build's `FROM` of an image the store lacks: pulled with the build
+/// client's credentials (`X-Registry-Config`), as `docker build` does, its
+/// progress shown in the FROM step.
+struct Puller {
+    store: Store,
+    auth: ClientAuth,
+    handle: tokio::runtime::Handle,
+}
+
+impl BaseImages for Puller {
+    fn fetch(&self, reference: &str, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+        let r = registry::parse_reference(reference).map_err(|e| e.message)?;
+        let mut spec = PullSpec::new(r);
+        // Docker treats registries on the loopback as insecure (plain
+        // HTTP allowed); nothing else may be.
+        spec.insecure = mvm_images::registry::host::is_loopback(spec.reference.domain());
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let (store, auth) = (self.store.clone(), self.auth.clone());
+        let task = self.handle.spawn(async move {
+            let sink = move |p: Progress| {
+                let line = match p {
+                    Progress::Status { message } => message,
+                    Progress::Done { id, message } => format!("{id}: {message}"),
+                    _ => return,
+                };
+                let _ = tx.send(line);
+            };
+            registry::ensure_image(&store, &spec, &auth, &sink).await
+        });
+        // The pull runs on the daemon's runtime; this (blocking) thread
+        // shows its progress as it comes, until the sender is gone.
+        for line in rx {
+            progress(&line);
+        }
+        match self.handle.block_on(task) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.message),
+            Err(e) => Err(format!("the pull failed: {e}")),
+        }
+    }
+}
+
+pub async fn build(State(d): D, headers: HeaderMap, q: Query, body: Body) -> ApiResult<Response> {
     let opts = options(&q)?;
+    let auth = ClientAuth::from_headers(&headers)?;
+    let handle = tokio::runtime::Handle::current();
     let runtime = d.manager.runtime().clone();
     let store = runtime.store().clone();
     let stream = body.into_data_stream().map_err(io::Error::other);
@@ -96,16 +145,15 @@ pub async fn build(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
             let ctx = Context::from_tar(reader, &tmp)
                 .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
             let exec = RuntimeExecutor::new(runtime);
-            let progress = |e: &Event| {
-                let text = format_plain(e);
-                for l in text.lines() {
-                    send(Progress::Status {
-                        message: l.to_string(),
-                    });
-                }
+            let puller = Puller {
+                store: store.clone(),
+                auth,
+                handle,
             };
+            let progress = |e: &Event| send(Progress::Build { event: e.clone() });
             let builder = Builder::new(store.clone(), Some(&exec), &progress)
-                .map_err(|e| (code_of(&e), e.to_string()))?;
+                .map_err(|e| (code_of(&e), e.to_string()))?
+                .with_base_images(&puller);
             let r = builder
                 .build(&ctx, &opts)
                 .map_err(|e| (code_of(&e), e.to_string()))?;

@@ -177,9 +177,14 @@ pub struct PushResult {
 }
 
 /// One NDJSON line of a pull/push/load/build progress stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Progress {
+    /// A build's event (`POST /v1/build`).
+    Build {
+        /// The event.
+        event: crate::build::BuildEvent,
+    },
     /// A phase message ("resolving docker.io/library/busybox:latest").
     Status {
         /// Text.

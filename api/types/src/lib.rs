@@ -8,6 +8,7 @@
 //! compatibility layer planned later.
 
 pub mod auth;
+pub mod build;
 pub mod error;
 pub mod exec;
 pub mod images;

@@ -3,7 +3,7 @@
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Method;
-use mvm_api::auth::REGISTRY_AUTH_HEADER;
+use mvm_api::auth::{REGISTRY_AUTH_HEADER, REGISTRY_CONFIG_HEADER};
 use mvm_api::exec::{ExecCreateRequest, ExecCreateResponse, ExecInfo, Stats, TopResponse};
 use mvm_api::images::{
     ImageSummary, LoginRequest, LoginResponse, Progress, TagRequest, TransferRequest,
@@ -276,9 +276,30 @@ impl Client {
 
     /// `POST /v1/build?...` with the build context tarball; `path` is
     /// the path with its query.
-    pub async fn build_image(&self, path: &str, context: Body) -> Result<Answer> {
+    /// `POST /v1/build`, with the credentials for the base images'
+    /// registries (`X-Registry-Config`).
+    pub async fn build_image(
+        &self,
+        path: &str,
+        context: Body,
+        registry_config: Option<&str>,
+    ) -> Result<Answer> {
+        let mut extra = Vec::new();
+        if let Some(c) = registry_config {
+            let v = HeaderValue::from_str(c).map_err(|_| ClientError::Decode {
+                what: "POST /v1/build (request)".into(),
+                why: "the registry credentials are not a valid header value".into(),
+            })?;
+            extra.push((REGISTRY_CONFIG_HEADER, v));
+        }
         let resp = self
-            .send(Method::POST, path, context, Some("application/x-tar"))
+            .send_with(
+                Method::POST,
+                path,
+                context,
+                Some("application/x-tar"),
+                &extra,
+            )
             .await?;
         self.answer(resp, "POST /v1/build").await
     }

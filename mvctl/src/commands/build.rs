@@ -15,6 +15,7 @@ use mvm_api::images::Progress;
 use mvm_api::ApiError;
 use serde_json::Value;
 
+use super::credentials;
 use super::progress::BuildView;
 use super::{CmdError, CmdResult, Ctx};
 use crate::client::{Answer, Body, ClientError, Query};
@@ -191,8 +192,21 @@ pub async fn build(ctx: &Ctx, a: BuildArgs) -> CmdResult {
     q = q
         .opt("target", a.target.as_deref())
         .flag("nocache", a.no_cache);
+    // The base images' registries get the user's credentials, for the
+    // FROMs the daemon must pull (a tarball context's Dockerfile is not
+    // read here: its builds pull anonymously).
+    let dockerfile_text = match (Path::new(&a.context).is_dir(), &a.file) {
+        (true, Some(f)) => std::fs::read_to_string(f).unwrap_or_default(),
+        (true, None) => {
+            std::fs::read_to_string(Path::new(&a.context).join("Dockerfile")).unwrap_or_default()
+        }
+        (false, _) => String::new(),
+    };
+    let creds = credentials::config_header_for(&credentials::from_images(&dockerfile_text))?;
     let client = ctx.client().await?;
-    let answer = client.build_image(&q.build(), body).await?;
+    let answer = client
+        .build_image(&q.build(), body, creds.as_deref())
+        .await?;
     let mut stream = match answer {
         Answer::Json(v) => return print_result(&v, a.quiet),
         Answer::Progress(s) => s,
@@ -200,8 +214,12 @@ pub async fn build(ctx: &Ctx, a: BuildArgs) -> CmdResult {
     let mut view = (tty && !a.quiet).then(BuildView::new);
     while let Some(p) = stream.next().await? {
         match p {
+            Progress::Build { event } if !a.quiet => match view.as_mut() {
+                Some(v) => v.event(event),
+                None => eprint!("{}", event.plain()),
+            },
             Progress::Status { message } if !a.quiet => match view.as_mut() {
-                Some(v) => v.line(&message),
+                Some(v) => v.message(&message),
                 None => eprintln!("{message}"),
             },
             Progress::Error { code, message } => {

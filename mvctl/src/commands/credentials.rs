@@ -6,7 +6,7 @@
 //! nothing, so the same credentials work with a daemon in the mvm machine
 //! or behind `-H tcp://...`.
 
-use mvm_api::auth::RegistryAuth;
+use mvm_api::auth::{RegistryAuth, RegistryConfig};
 use mvm_auth::{registry_key, AuthFile, CredentialsError};
 
 use super::CmdError;
@@ -44,6 +44,43 @@ pub fn auth_file() -> Result<AuthFile, CmdError> {
 /// user has credentials for it. Problems that do not stop an anonymous
 /// pull (a helper that fails, a corrupt Docker file) are warnings.
 pub fn header_for(reference: &str) -> Result<Option<String>, CmdError> {
+    Ok(auth_for(reference)?.map(|a| a.encode()))
+}
+
+/// The `X-Registry-Config` value for a build whose `FROM`s name
+/// `references`: the user's credentials for each of their registries (a
+/// build pulls base images it lacks, as `docker build` does). `None` when
+/// there are none.
+pub fn config_header_for(references: &[String]) -> Result<Option<String>, CmdError> {
+    let mut config = RegistryConfig::new();
+    for r in references {
+        if let Some(a) = auth_for(r)? {
+            config.insert(registry_key(&registry_of(r)), a);
+        }
+    }
+    Ok((!config.is_empty()).then(|| mvm_api::auth::encode_config(&config)))
+}
+
+/// The images a Dockerfile's `FROM` lines name (flags skipped; names made
+/// of build args, which only the build knows, left out).
+pub fn from_images(dockerfile: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in dockerfile.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("from")) {
+            continue;
+        }
+        if let Some(image) = words.find(|w| !w.starts_with("--")) {
+            let known = !image.contains('$') && !image.eq_ignore_ascii_case("scratch");
+            if known && !out.iter().any(|o| o == image) {
+                out.push(image.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn auth_for(reference: &str) -> Result<Option<RegistryAuth>, CmdError> {
     let host = registry_of(reference);
     let file = match AuthFile::default_location() {
         Ok(f) => f,
@@ -65,12 +102,19 @@ pub fn header_for(reference: &str) -> Result<Option<String>, CmdError> {
         Some(t) => RegistryAuth::identity_token(&server, &c.username, t),
         None => RegistryAuth::password(&server, &c.username, &c.password),
     };
-    Ok(Some(auth.encode()))
+    Ok(Some(auth))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_lines_name_the_base_images() {
+        let df = "# syntax=x\nFROM --platform=linux/amd64 127.0.0.1:5000/base:1 AS b\n\
+                  RUN x\nfrom busybox\nFROM b\nFROM ${BASE}\nFROM scratch\nFROM busybox\n";
+        assert_eq!(from_images(df), ["127.0.0.1:5000/base:1", "busybox", "b"]);
+    }
 
     #[test]
     fn registries_of_references() {

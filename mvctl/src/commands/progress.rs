@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mvm_api::build::BuildEvent;
 use mvm_api::images::Progress;
 use mvm_api::ApiError;
 use serde_json::Value;
@@ -56,6 +57,7 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
     while let Some(p) = stream.next().await? {
         match p {
             Progress::Status { message } => line(&multi, message),
+            Progress::Build { event } => line(&multi, event.plain().trim_end().to_string()),
             Progress::Bytes {
                 id,
                 current,
@@ -125,8 +127,8 @@ struct BuildStep {
 }
 
 /// `mvctl build --progress tty`: BuildKit's live view on a terminal, drawn
-/// from the daemon's plain status lines (`mvm_builder::progress::parse_plain`
-/// turns them back into events):
+/// from the build's events (`mvm_api::build::BuildEvent`, the stream's
+/// `build` lines):
 ///
 /// ```text
 /// [+] Building 4.2s (3/4)
@@ -137,16 +139,14 @@ struct BuildStep {
 /// ```
 ///
 /// Running steps tick their own clock; finished ones show the daemon's
-/// duration. Lines that belong to no step are printed above the view.
+/// duration. Messages that belong to no step are printed above the view;
+/// a step's error is printed once, by the command, at the end.
 pub struct BuildView {
     multi: MultiProgress,
     header: ProgressBar,
     steps: HashMap<usize, BuildStep>,
     total: usize,
     done: usize,
-    /// After an ERROR line: its continuation lines are the error message,
-    /// which the command prints once at the end.
-    in_error: bool,
 }
 
 fn seconds_key(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
@@ -176,7 +176,6 @@ impl BuildView {
             steps: HashMap::new(),
             total: 0,
             done: 0,
-            in_error: false,
         }
     }
 
@@ -184,15 +183,14 @@ impl BuildView {
         format!("({}/{})", self.done, self.total)
     }
 
-    /// One `status` line of the build stream.
-    pub fn line(&mut self, text: &str) {
-        use mvm_builder::progress::{parse_plain, Event};
-        let Some(event) = parse_plain(text) else {
-            if !self.in_error {
-                let _ = self.multi.println(text);
-            }
-            return;
-        };
+    /// A line above the view (a `status` line of the stream).
+    pub fn message(&mut self, text: &str) {
+        let _ = self.multi.println(text);
+    }
+
+    /// One event of the build.
+    pub fn event(&mut self, event: BuildEvent) {
+        use BuildEvent as Event;
         match event {
             Event::Step {
                 id,
@@ -245,11 +243,11 @@ impl BuildView {
                     .map(|s| s.bar.elapsed().as_secs_f64())
                     .unwrap_or(0.0);
                 self.finish(id, "ERROR ", secs);
-                self.in_error = true;
             }
+            Event::Message { text } => self.message(&text),
             // The boot/command split is in the plain output; the live
             // view keeps to BuildKit's columns.
-            Event::RunTiming { .. } | Event::Message { .. } | Event::Result { .. } => {}
+            Event::RunTiming { .. } | Event::Result { .. } => {}
         }
     }
 
@@ -304,29 +302,56 @@ mod tests {
         BuildView::with_target(ProgressDrawTarget::hidden())
     }
 
+    fn step(id: usize, index: usize, total: usize, text: &str) -> BuildEvent {
+        BuildEvent::Step {
+            id,
+            index,
+            total,
+            stage: "stage-0".into(),
+            text: text.into(),
+        }
+    }
+
     #[test]
     fn build_view_follows_steps_and_keeps_the_last_output_lines() {
         let mut v = view();
-        v.line("#1 [stage-0 1/3] FROM busybox");
-        v.line("#1 DONE 0.0s");
-        v.line("#2 [stage-0 2/3] RUN make");
+        v.event(step(1, 1, 3, "FROM busybox"));
+        v.event(BuildEvent::Done {
+            id: 1,
+            seconds: 0.0,
+        });
+        v.event(step(2, 2, 3, "RUN make"));
         assert_eq!((v.done, v.total), (1, 3));
         for i in 0..10 {
-            v.line(&format!("#2 0.{i:03} line {i}"));
+            v.event(BuildEvent::Output {
+                id: 2,
+                elapsed: 0.1,
+                line: format!("line {i}"),
+            });
         }
-        let step = &v.steps[&2];
-        assert_eq!(step.log.len(), BUILD_LOG_LINES);
-        assert_eq!(step.lines.front().map(String::as_str), Some("line 4"));
-        assert_eq!(step.log[5].message(), "line 9");
-        v.line("#2 vm boot 1.0s, command 2.0s, layer 0.1s");
-        v.line("#2 DONE 3.1s");
-        let step = &v.steps[&2];
-        assert!(step.log.is_empty() && step.bar.is_finished());
-        assert_eq!(step.bar.prefix(), "3.1s");
-        v.line("#3 [stage-0 3/3] COPY a /a");
-        v.line("#3 CACHED");
+        let s = &v.steps[&2];
+        assert_eq!(s.log.len(), BUILD_LOG_LINES);
+        assert_eq!(s.lines.front().map(String::as_str), Some("line 4"));
+        assert_eq!(s.log[5].message(), "line 9");
+        v.event(BuildEvent::RunTiming {
+            id: 2,
+            boot_seconds: 1.0,
+            run_seconds: 2.0,
+            commit_seconds: 0.1,
+        });
+        v.event(BuildEvent::Done {
+            id: 2,
+            seconds: 3.1,
+        });
+        let s = &v.steps[&2];
+        assert!(s.log.is_empty() && s.bar.is_finished());
+        assert_eq!(s.bar.prefix(), "3.1s");
+        v.event(step(3, 3, 3, "COPY a /a"));
+        v.event(BuildEvent::Cached { id: 3 });
         assert_eq!(v.steps[&3].bar.message(), "CACHED [stage-0 3/3] COPY a /a");
-        v.line("writing image sha256:00 done (0.1s)");
+        v.event(BuildEvent::Message {
+            text: "pulling busybox".into(),
+        });
         v.end(true);
         assert_eq!(v.done, 3);
         assert!(v.header.is_finished());
@@ -335,19 +360,23 @@ mod tests {
     #[test]
     fn build_view_marks_the_failed_step() {
         let mut v = view();
-        v.line("#1 [stage-0 1/2] FROM busybox");
-        v.line("#1 DONE 0.0s");
-        v.line("#2 [stage-0 2/2] ADD http://x/y /y");
+        v.event(step(1, 1, 2, "FROM busybox"));
+        v.event(BuildEvent::Done {
+            id: 1,
+            seconds: 0.0,
+        });
+        v.event(step(2, 2, 2, "ADD http://x/y /y"));
         v.end(false);
         assert_eq!(
             v.steps[&2].bar.message(),
             "ERROR [stage-0 2/2] ADD http://x/y /y"
         );
         let mut v = view();
-        v.line("#1 [stage-0 1/1] RUN false");
-        v.line("#1 ERROR: Dockerfile:2: step 1/1 `RUN false` failed");
-        v.line("continuation of the error");
-        assert!(v.in_error);
+        v.event(step(1, 1, 1, "RUN false"));
+        v.event(BuildEvent::Error {
+            id: 1,
+            message: "Dockerfile:2: step 1/1 `RUN false` failed".into(),
+        });
         assert!(v.steps[&1].bar.message().starts_with("ERROR "));
     }
 }
