@@ -17,7 +17,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use mvm_images::layer::{self, DevicePolicy, UnpackOptions, UnpackStats};
+use mvm_images::layer;
 
 /// Errors about the context.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ pub enum ContextError {
     },
     /// A context tarball could not be unpacked.
     #[error("the build context tarball is not usable: {0}")]
-    Tar(#[from] Box<layer::LayerError>),
+    Tar(#[from] Box<mvm_unpack::Error>),
     /// A path leaves the context.
     #[error("{0:?} is outside the build context: COPY and ADD can only read files inside the context directory")]
     Outside(String),
@@ -99,26 +99,32 @@ impl Context {
         })
     }
 
-    /// A context from a tarball (plain, gzip or zstd), unpacked with the
-    /// image store's hardened unpacker into a private temp directory under
-    /// `tmp_parent`.
+    /// A context from a tarball (plain, gzip or zstd), unpacked with
+    /// `mvm_unpack` (see [`tar_options`]) into a private temp directory
+    /// (mode 0700) under `tmp_parent`. The tarball comes from an API client:
+    /// hostile.
     pub fn from_tar(reader: impl Read, tmp_parent: &Path) -> Result<Context> {
         let io_err = |source| ContextError::Io {
             path: tmp_parent.to_path_buf(),
             source,
         };
         fs::create_dir_all(tmp_parent).map_err(io_err)?;
+        // Explicitly 0700 (tempfile uses the default mode): the context
+        // may hold setuid files (COPY keeps modes), which nobody else may
+        // reach.
         let tmp = tempfile::Builder::new()
             .prefix("context-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(tmp_parent)
             .map_err(io_err)?;
-        let opts = UnpackOptions {
-            devices: DevicePolicy::Skip,
-            preserve_ownership: false,
-            ..UnpackOptions::default()
-        };
-        let mut stats = UnpackStats::default();
-        layer::apply_layer(tmp.path(), reader, None, None, &opts, &mut stats)
+        let (plain, _) = layer::decompress(reader, None).map_err(|source| {
+            ContextError::Tar(Box::new(mvm_unpack::Error::Archive {
+                after: None,
+                source,
+            }))
+        })?;
+        let mut stats = mvm_unpack::Stats::default();
+        mvm_unpack::unpack(plain, tmp.path(), &tar_options(), &mut stats)
             .map_err(|e| ContextError::Tar(Box::new(e)))?;
         let root = tmp.path().to_path_buf();
         let ignore = Ignore::load(&root)?;
@@ -230,6 +236,20 @@ impl Context {
             self.resolve(p, true)?;
         }
         Ok(found)
+    }
+}
+
+/// How a context tarball is unpacked: `mvm_unpack`'s copy preset
+/// (plain names: a `.wh.` file is a file; no device nodes; files owned by
+/// the daemon; merge semantics, so a `./` entry cannot change the private
+/// directory's mode), with setuid/setgid bits kept, because COPY keeps a
+/// context file's mode as Docker does (the files sit in a 0700 directory
+/// nobody else can enter), and no xattrs, which COPY does not carry.
+pub fn tar_options() -> mvm_unpack::Options {
+    mvm_unpack::Options {
+        keep_setid: true,
+        xattrs: mvm_unpack::XattrPolicy::None,
+        ..mvm_unpack::Options::copy()
     }
 }
 
@@ -681,5 +701,61 @@ mod tests {
             raw.extend_from_slice(&[0u8; 1024]);
         }
         assert!(Context::from_tar(&raw[..], parent.path()).is_err());
+    }
+
+    /// Entries written raw: the tar crate's builder refuses hostile ones.
+    fn raw_tar(entries: &[(&str, tar::EntryType, u32, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, mode, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            h.set_size(0);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[test]
+    fn hostile_tar_contexts_stay_in_their_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        use tar::EntryType as T;
+        let parent = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let out = outside.path().to_str().unwrap();
+        for bad in [
+            raw_tar(&[
+                ("l", T::Symlink, 0o777, out),
+                ("l/pwned", T::Regular, 0o644, ""),
+            ]),
+            raw_tar(&[
+                ("up", T::Symlink, 0o777, ".."),
+                ("up/pwned", T::Regular, 0o644, ""),
+            ]),
+            raw_tar(&[("h", T::Link, 0o644, "/etc/passwd")]),
+        ] {
+            let e = Context::from_tar(&bad[..], parent.path()).unwrap_err();
+            assert!(matches!(e, ContextError::Tar(_)), "{e}");
+            assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
+        }
+        // A root entry does not open up the private directory; `.wh.`
+        // names are plain files; devices are left out; setuid is kept
+        // (COPY keeps modes).
+        let ok = raw_tar(&[
+            ("./", T::Directory, 0o777, ""),
+            (".wh.keep", T::Regular, 0o644, ""),
+            ("null", T::Char, 0o666, ""),
+            ("su", T::Regular, 0o4755, ""),
+        ]);
+        let ctx = Context::from_tar(&ok[..], parent.path()).unwrap();
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(ctx.root()), 0o700);
+        assert!(ctx.root().join(".wh.keep").is_file());
+        assert!(!ctx.root().join("null").exists());
+        assert_eq!(mode(&ctx.root().join("su")), 0o4755);
     }
 }

@@ -739,7 +739,10 @@ impl Store {
 
     /// Creates a one-layer image from a root filesystem tarball (plain,
     /// gzip or zstd), like `docker import`. The layer is stored exactly as
-    /// given. With no `reference`, the image is stored untagged.
+    /// given, once checked with the rules it will be unpacked with (a
+    /// tarball with `..` or absolute names, entries beneath a symlink, or
+    /// hard links out of the tree is refused now rather than when a root
+    /// disk is built). With no `reference`, the image is stored untagged.
     pub fn import(
         &self,
         reader: impl Read,
@@ -832,37 +835,20 @@ fn parse_name(n: &str, what: &str) -> Result<Reference> {
     })
 }
 
-/// Reads a tar stream to its end, checking its structure and that every
-/// entry's data is complete.
+/// Reads a rootfs tar stream to its end and checks it with the rules its
+/// layer will be unpacked with (`mvm_unpack`'s layer preset: names, entry
+/// types, hard links, limits, complete data), so that a tarball the root
+/// disk build would refuse is refused now, naming the entry. Nothing is
+/// written anywhere: the clean re-serialisation goes to a sink.
 fn validate_tar(r: &mut impl Read) -> Result<(), layer::LayerError> {
-    let mut archive = tar::Archive::new(r);
-    let mut last: Option<String> = None;
-    let entries = archive
-        .entries()
-        .map_err(|source| layer::LayerError::Archive {
-            after: None,
-            source,
-        })?;
-    let mut count = 0u64;
-    for e in entries {
-        let e = e.map_err(|source| layer::LayerError::Archive {
-            after: last.clone(),
-            source,
-        })?;
-        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
-        let size = e.size();
-        let mut exact = ExactReader {
-            inner: e,
-            remaining: size,
-        };
-        io::copy(&mut exact, &mut io::sink()).map_err(|source| layer::LayerError::Archive {
-            after: Some(name.clone()),
-            source,
-        })?;
-        count += 1;
-        last = Some(name);
-    }
-    if count == 0 {
+    let mut stats = mvm_unpack::Stats::default();
+    mvm_unpack::sanitize(
+        r,
+        io::sink(),
+        &layer::UnpackOptions::default().to_unpack(),
+        &mut stats,
+    )?;
+    if stats.entries == 0 {
         return Err(layer::LayerError::Archive {
             after: None,
             source: io::Error::new(io::ErrorKind::InvalidData, "no entries: not a tar archive"),

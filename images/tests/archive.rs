@@ -263,3 +263,44 @@ fn skopeo_interoperability() {
     assert_eq!(d.diff_ids, store.resolve("interop:1").unwrap().diff_ids);
     assert_consistent(&other);
 }
+
+#[test]
+fn import_refuses_rootfs_tarballs_the_layer_unpacker_would_refuse() {
+    let (_d, store) = common::store();
+    let cases: [(Vec<u8>, &str); 3] = [
+        (
+            tar(&[
+                E::Symlink("link", "/etc"),
+                E::File("link/passwd", b"pwned", 0o644),
+            ]),
+            "link/passwd",
+        ),
+        (
+            tar(&[E::File("/etc/passwd", b"pwned", 0o644)]),
+            "/etc/passwd",
+        ),
+        (tar(&[E::Hardlink("h", "../outside")]), "\"h\""),
+    ];
+    for (data, entry) in cases {
+        let e = store
+            .import(&data[..], Some(&r("bad:1")), &ImportOptions::default())
+            .unwrap_err();
+        assert!(e.to_string().contains(entry), "{e} does not name {entry}");
+        assert!(store.resolve("bad:1").is_err(), "nothing is tagged");
+    }
+    assert!(
+        common::blob_names(&store).is_empty(),
+        "the refused blobs are removed"
+    );
+    assert_consistent(&store);
+    // A rootfs with setuid files, devices and hard links imports as is.
+    let ok = tar(&[
+        E::Dir("bin", 0o755),
+        E::File("bin/su", b"su", 0o4755),
+        E::Hardlink("bin/su2", "bin/su"),
+        E::Char("dev/null", 1, 3),
+    ]);
+    store
+        .import(&ok[..], Some(&r("good:1")), &ImportOptions::default())
+        .unwrap();
+}

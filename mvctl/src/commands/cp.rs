@@ -2,22 +2,48 @@
 //! `docker cp` (`NAME:/path` names the sandbox side; `-` is a tar stream
 //! on stdin or stdout). Both directions move a tar stream through the
 //! guest agent (`GET`/`PUT /v1/sandboxes/{id}/archive?path=`).
+//!
+//! Copying out, the tar comes from the guest, which is hostile: it is
+//! streamed (never held whole in memory) into `mvm_unpack`, which
+//! resolves every path beneath the destination (no writes through
+//! symlinks or hard links, new or already there, nor `..`), never creates
+//! device nodes, drops setuid/setgid bits and file capabilities unless
+//! `-a` is given, leaves the owners to the caller unless `-a` is given
+//! (and mvctl runs as root), bounds sizes and counts, and never replaces a
+//! directory with a file or the other way round. To `-`, the stream is
+//! re-serialised by `mvm_unpack::sanitize` under the same rules, so what
+//! reaches stdout is a clean archive.
 
-use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 
+use bytes::{Buf, Bytes};
 use clap::Args;
 use http_body_util::BodyExt;
+use mvm_unpack::{Limits, Options, Stats};
+use tokio::sync::mpsc;
 
 use super::{CmdError, CmdResult, Ctx};
 use crate::client::{Body, Client, ClientError};
 
-/// Largest archive copied out of a sandbox (it is held in memory).
-const MAX_ARCHIVE: usize = 4 << 30;
+/// What one copy out of a sandbox may write: generous (a sandbox's files
+/// can be large), but bounded.
+pub const LIMITS: Limits = Limits {
+    max_entry_size: 64 << 30,
+    max_total_size: 256 << 30,
+    max_entries: 4_000_000,
+    max_path_len: 4096,
+    max_header_size: 1 << 20,
+};
 
 /// `mvctl cp`.
 #[derive(Debug, Clone, Args)]
 pub struct CpArgs {
+    /// Archive mode: files copied out of a sandbox keep their uid/gid (when
+    /// mvctl runs as root) and their setuid/setgid bits, which are dropped
+    /// otherwise. (Files copied in always keep them.)
+    #[arg(short = 'a', long)]
+    pub archive: bool,
     /// Source: NAME:PATH, a local path, or - (a tar stream on stdin)
     pub src: String,
     /// Destination: NAME:PATH, a local path, or - (a tar stream on stdout)
@@ -81,13 +107,20 @@ fn dir_name(p: &str) -> String {
     }
 }
 
+/// Whether the guest sends the contents of `path` rather than an archive
+/// named by its last component, by the guest agent's own rule: `path/.`,
+/// `/`, and paths whose last component is `.` or `..`.
+pub fn is_contents(path: &str) -> bool {
+    path.ends_with("/.") || path == "/" || Path::new(path).file_name().is_none()
+}
+
 /// `mvctl cp`.
 pub async fn cp(ctx: &Ctx, a: CpArgs) -> CmdResult {
     let (src, dest) = (parse(&a.src)?, parse(&a.dest)?);
     match (src, dest) {
         (Side::Sandbox { name, path }, dest @ (Side::Local(_) | Side::Stdio)) => {
             let client = ctx.client().await?;
-            copy_out(client, &name, &path, dest).await
+            copy_out(client, &name, &path, dest, a.archive).await
         }
         (src @ (Side::Local(_) | Side::Stdio), Side::Sandbox { name, path }) => {
             let client = ctx.client().await?;
@@ -102,88 +135,179 @@ pub async fn cp(ctx: &Ctx, a: CpArgs) -> CmdResult {
     }
 }
 
-async fn copy_out(client: &Client, name: &str, path: &str, dest: Side) -> CmdResult {
-    let body = client.archive_get(name, path).await?;
-    let data =
-        crate::client::read_limited(body, MAX_ARCHIVE, "GET archive", &client.host().to_string())
-            .await?;
-    match dest {
-        Side::Stdio => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&data)
-                .and_then(|_| out.flush())
-                .map_err(|source| CmdError::Io {
-                    what: "writing the tar stream to stdout".into(),
+async fn copy_out(client: &Client, name: &str, path: &str, dest: Side, archive: bool) -> CmdResult {
+    let mut body = client.archive_get(name, path).await?;
+    let contents = is_contents(path);
+    // The body is handed to the blocking extractor frame by frame; the
+    // bounded channel stops reading from the daemon when the disk is
+    // slower.
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let job = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        };
+        match dest {
+            Side::Stdio => {
+                let out = io::BufWriter::with_capacity(256 * 1024, io::stdout().lock());
+                write_clean(reader, out, archive).map(|(_, stats)| stats)
+            }
+            Side::Local(p) => extract(reader, &p, contents, archive),
+            Side::Sandbox { .. } => unreachable!("checked by cp"),
+        }
+    });
+    let mut pumped = Ok(());
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                let Ok(data) = f.into_data() else { continue };
+                // A closed channel: the extractor is done (the end of the
+                // archive) or failed; its result says which.
+                if tx.send(data).await.is_err() {
+                    break;
+                }
+            }
+            Err(source) => {
+                pumped = Err(ClientError::Http {
+                    host: client.host().to_string(),
                     source,
-                })?;
+                });
+                break;
+            }
         }
-        Side::Local(p) => {
-            tokio::task::spawn_blocking(move || extract(&data, &p))
-                .await
-                .map_err(|e| CmdError::Invalid(e.to_string()))??;
-        }
-        Side::Sandbox { .. } => unreachable!("checked by cp"),
+    }
+    drop(tx);
+    let result = job.await.map_err(|e| CmdError::Invalid(e.to_string()))?;
+    // A broken transfer explains a truncated archive better than the
+    // extractor can.
+    pumped?;
+    let stats = result?;
+    if stats.skipped_devices > 0 {
+        eprintln!(
+            "mvctl: warning: left out {} device node(s): cp never creates device nodes",
+            stats.skipped_devices
+        );
+    }
+    if stats.setid_dropped > 0 {
+        eprintln!(
+            "mvctl: warning: cleared the setuid/setgid bits of {} file(s) (-a keeps them)",
+            stats.setid_dropped
+        );
     }
     Ok(0)
 }
 
-/// Extract a tar from a sandbox at `dest`: into it when it is a directory,
-/// otherwise as it (the archive's top entry renamed), as `docker cp`.
-fn extract(data: &[u8], dest: &Path) -> Result<(), CmdError> {
-    let io = |what: String| move |source| CmdError::Io { what, source };
-    let (root, rename) = if dest.is_dir() {
-        (dest.to_path_buf(), None)
-    } else {
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !parent.is_dir() {
-            return Err(CmdError::Invalid(format!(
-                "destination directory {} does not exist",
-                parent.display()
-            )));
-        }
-        let name = dest.file_name().ok_or_else(|| {
-            CmdError::Invalid(format!("destination {} has no file name", dest.display()))
-        })?;
-        (parent.to_path_buf(), Some(name.to_os_string()))
-    };
-    let mut ar = tar::Archive::new(data);
-    ar.set_preserve_permissions(true);
-    ar.set_overwrite(true);
-    for entry in ar.entries().map_err(io("reading the archive".into()))? {
-        let mut entry = entry.map_err(io("reading the archive".into()))?;
-        let path = entry
-            .path()
-            .map_err(io("reading the archive".into()))?
-            .into_owned();
-        // Hostile input: only plain relative components.
-        let mut parts: Vec<_> = Vec::new();
-        for c in path.components() {
-            match c {
-                Component::Normal(n) => parts.push(n.to_os_string()),
-                Component::CurDir => {}
-                _ => {
-                    return Err(CmdError::Invalid(format!(
-                        "the archive from the sandbox has an unsafe path {}",
-                        path.display()
-                    )))
-                }
+/// A blocking reader over the frames of a response body.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
             }
         }
-        if parts.is_empty() {
-            continue;
-        }
-        if let Some(r) = &rename {
-            parts[0] = r.clone();
-        }
-        let target: PathBuf = parts.iter().fold(root.clone(), |p, c| p.join(c));
-        entry
-            .unpack(&target)
-            .map_err(io(format!("writing {}", target.display())))?;
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur.advance(n);
+        Ok(n)
     }
-    Ok(())
+}
+
+/// The unpack options of a copy out of a sandbox: `mvm_unpack`'s copy
+/// preset, [`LIMITS`], and with `archive` (`-a`) the owners and
+/// setuid/setgid bits kept.
+pub fn options(archive: bool) -> Options {
+    Options {
+        limits: LIMITS,
+        keep_setid: archive,
+        preserve_ownership: archive,
+        ..Options::copy()
+    }
+}
+
+/// Extracts a tar from a sandbox at `dest`, with `docker cp`'s naming:
+/// into `dest` when it is a directory; otherwise as `dest` (the archive's
+/// top-level name renamed, `dest`'s parent must exist). When the
+/// sandbox sent a directory's contents (`contents`, see
+/// [`is_contents`]), a missing `dest` is created as a directory and an
+/// existing file is an error. Returns what was counted (devices left out,
+/// setuid bits dropped).
+pub fn extract(
+    reader: impl Read,
+    dest: &Path,
+    contents: bool,
+    archive: bool,
+) -> Result<Stats, CmdError> {
+    let mut opts = options(archive);
+    let io = |what: String| move |source| CmdError::Io { what, source };
+    let root = match std::fs::metadata(dest) {
+        // The user's own path: a symlink to a directory is followed, as
+        // Docker does. Nothing of the archive is.
+        Ok(m) if m.is_dir() => dest.to_path_buf(),
+        Ok(_) if contents => {
+            return Err(CmdError::Invalid(format!(
+                "cannot copy a directory's contents to {}: it is not a directory",
+                dest.display()
+            )))
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io(format!("cannot read {}", dest.display()))(e))
+        }
+        // Missing, or a file to replace.
+        _ => {
+            let parent = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                return Err(CmdError::Invalid(format!(
+                    "destination directory {} does not exist",
+                    parent.display()
+                )));
+            }
+            let name = dest.file_name().ok_or_else(|| {
+                CmdError::Invalid(format!("destination {} has no file name", dest.display()))
+            })?;
+            if contents {
+                std::fs::create_dir(dest).map_err(io(format!("creating {}", dest.display())))?;
+                dest.to_path_buf()
+            } else {
+                use std::os::unix::ffi::OsStrExt;
+                opts.rename_top = Some(name.as_bytes().to_vec());
+                parent.to_path_buf()
+            }
+        }
+    };
+    let mut stats = Stats::default();
+    mvm_unpack::unpack(reader, &root, &opts, &mut stats).map_err(|source| CmdError::Unpack {
+        dest: dest.to_path_buf(),
+        source,
+    })?;
+    Ok(stats)
+}
+
+/// Re-serialises a tar from a sandbox into a clean one on `out` (for
+/// `cp NAME:PATH -`), under the same rules as [`extract`]: no device
+/// nodes, setuid/setgid dropped unless `archive`, names validated.
+pub fn write_clean<W: Write>(
+    reader: impl Read,
+    out: W,
+    archive: bool,
+) -> Result<(W, Stats), CmdError> {
+    let mut stats = Stats::default();
+    let out =
+        mvm_unpack::sanitize(reader, out, &options(archive), &mut stats).map_err(|source| {
+            CmdError::Unpack {
+                dest: PathBuf::from("-"),
+                source,
+            }
+        })?;
+    Ok((out, stats))
 }
 
 async fn copy_in(client: &Client, src: Side, name: &str, path: &str) -> CmdResult {
@@ -308,13 +432,13 @@ mod tests {
         // Into an existing directory: same name.
         let out = d.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        extract(&tar, &out).unwrap();
+        extract(&tar[..], &out, false, false).unwrap();
         let got = out.join("f.sh");
         assert_eq!(std::fs::read(&got).unwrap(), b"echo x\n");
         let mode = std::fs::metadata(&got).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o751);
         // To a new name.
-        extract(&tar, &d.path().join("renamed")).unwrap();
+        extract(&tar[..], &d.path().join("renamed"), false, false).unwrap();
         assert_eq!(
             std::fs::read(d.path().join("renamed")).unwrap(),
             b"echo x\n"
@@ -333,6 +457,6 @@ mod tests {
         b.append(&h, &b"x"[..]).unwrap();
         let data = b.into_inner().unwrap();
         let d = tempfile::tempdir().unwrap();
-        assert!(extract(&data, d.path()).is_err());
+        assert!(extract(&data[..], d.path(), false, false).is_err());
     }
 }

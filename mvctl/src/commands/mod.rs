@@ -46,6 +46,15 @@ pub enum CmdError {
         #[source]
         source: std::io::Error,
     },
+    /// An archive from a sandbox was refused or could not be written.
+    #[error("copying to {}: {source}", dest.display())]
+    Unpack {
+        /// The local destination (`-`: stdout).
+        dest: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: mvm_unpack::Error,
+    },
     /// Some of several objects failed; each failure was printed already.
     #[error("{0}")]
     Partial(String),
