@@ -146,9 +146,12 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
         command.cgroup(&cg.join("cgroup.procs"));
     }
     command.ensure_cwd()?;
+    // The agent's port is taken before the workload exists, so no workload
+    // can listen there first (it is privileged too; see AGENT_PORT). A few
+    // syscalls: the workload's start waits for nothing else of the agent.
+    let listener = crate::agent::listen_guest();
     let workload = crate::agent::Workload::spawn(&mut command, p)?;
 
-    // The agent listens only now: the workload's start waits for nothing.
     let config = crate::agent::Config {
         env: p.env.clone(),
         user: p.user.clone(),
@@ -164,7 +167,7 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
         workload,
         upper,
     );
-    crate::agent::start(agent.clone(), crate::agent::listen_guest);
+    crate::agent::start(agent.clone(), move || listener);
     let status = crate::agent::supervise(&reaper, &agent)?;
     let event =
         crate::reaper::event_for_status(status).unwrap_or(GuestEvent::InitError(InitError::Other));

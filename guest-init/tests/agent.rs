@@ -1101,9 +1101,10 @@ async fn client_connect_times_out_with_a_clear_error() {
     let relay = std::thread::spawn(move || {
         for attempt in 0.. {
             let (mut s, _) = vmm.accept().unwrap();
-            let mut line = [0u8; 13];
+            let want = format!("CONNECT {}\n", mvm_protocol::agent::AGENT_PORT);
+            let mut line = vec![0u8; want.len()];
             s.read_exact(&mut line).unwrap();
-            assert_eq!(&line, b"CONNECT 1024\n");
+            assert_eq!(line, want.as_bytes());
             if attempt < 2 {
                 continue; // refused: closed without OK
             }

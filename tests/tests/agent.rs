@@ -1,7 +1,7 @@
 //! The guest agent end to end: a microVM on real KVM with a vsock device,
 //! init's agent in the guest, and the host client
 //! (`mvm_protocol::agent::client`) going through the VMM's vsock Unix
-//! socket (`CONNECT 1024`).
+//! socket (`CONNECT 1023`, `mvm_protocol::agent::AGENT_PORT`).
 //!
 //! Booting a guest is the expensive part in the emulated KVM host, so the
 //! tests that leave the guest as they found it share one sandbox (booted
@@ -449,7 +449,8 @@ fn agent_copy_round_trip_keeps_content_modes_and_ownership() {
 /// A raw stream to the agent through the VMM's socket.
 fn raw(uds: &Path) -> UnixStream {
     let mut s = UnixStream::connect(uds).unwrap();
-    s.write_all(b"CONNECT 1024\n").unwrap();
+    s.write_all(format!("CONNECT {}\n", mvm_protocol::agent::AGENT_PORT).as_bytes())
+        .unwrap();
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while b[0] != b'\n' {

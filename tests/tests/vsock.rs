@@ -272,3 +272,47 @@ fn flooding_guest_cannot_grow_the_vmm() {
     let _ = r.child.kill();
     let _ = r.child.wait();
 }
+
+/// The agent's port is init's before the workload exists, and privileged:
+/// a non-root workload may not bind it at all, a root one finds it taken.
+/// Either way nothing in the guest receives what the host means for the
+/// agent, and the agent still answers.
+#[test]
+fn no_workload_can_take_the_agent_port() {
+    let port = mvm_protocol::agent::AGENT_PORT;
+    let script = format!("/bin/mvm-vsock-tool echo {port} 1; echo tool-exit=$?");
+    for (user, errno) in [("1000:1000", libc::EACCES), ("", libc::EADDRINUSE)] {
+        let mut vm = vsock_vm(&script);
+        vm.spec.process.user = user.into();
+        let out = vm.run();
+        assert!(
+            out.console.contains(&format!("os error {errno})"))
+                && out.console.contains("tool-exit=1"),
+            "user {user:?}: binding the agent's port must fail with errno {errno}: {}",
+            out.describe()
+        );
+        assert!(
+            !out.console.contains("vsock-listening"),
+            "{}",
+            out.describe()
+        );
+    }
+    // And the agent itself is there for the host.
+    let vm = vsock_vm("sleep 600");
+    let mut r = vm.spawn();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = mvm_protocol::agent::client::AgentClient::connect(
+            vm.vsock_path(),
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("the agent answers on its port");
+        c.ping().await.unwrap();
+    });
+    let _ = r.child.kill();
+    let _ = r.child.wait();
+}

@@ -2,8 +2,9 @@
 //! signals, resize, stats, file copy, shutdown), speaking
 //! `mvm_protocol::agent`.
 //!
-//! It starts after the workload runs, on a thread of its own that opens the
-//! listener itself, so listening never delays the workload. Each connection
+//! Init binds its port before the workload starts (so no workload can take
+//! it; it is privileged too), and the agent serves it on a thread of its
+//! own once the workload runs. Each connection
 //! gets a thread (std threads and libc only: no async runtime in the guest);
 //! sessions are independent, and one that misbehaves is closed alone.
 //!

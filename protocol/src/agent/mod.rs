@@ -28,8 +28,11 @@ pub mod client;
 pub use frame::{Kind, MAX_PAYLOAD};
 pub use message::{ErrorCode, Exec, Exit, ProcessInfo, Request, Response, Stats, Target};
 
-/// The guest's vsock port the agent listens on.
-pub const AGENT_PORT: u32 = 1024;
+/// The guest's vsock port the agent listens on: a privileged one (below
+/// 1024, only a process with `CAP_NET_BIND_SERVICE` may bind it), taken by
+/// init before the workload starts, so no workload, root or not, can
+/// listen there and receive what the host means for the agent.
+pub const AGENT_PORT: u32 = 1023;
 /// The protocol version; both sides refuse to talk across versions.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The guest CID the agent accepts connections on: any (the VMM assigns
