@@ -43,13 +43,15 @@ echo "e2e: building test binaries" >&2
 cargo test -p mvm-e2e --no-run >&2 || { echo "e2e: the test binaries did not build" >&2; exit 1; }
 cargo test -p mvm-vmm --test boot --no-run >&2 || { echo "e2e: mvm-vmm's boot tests did not build" >&2; exit 1; }
 mapfile -t all_bins < <(test_binaries -p mvm-e2e)
-# tests/machine.rs boots the emulated KVM host itself (`mvctl machine`):
-# it runs on this host, after the suite, never inside the emulated host.
+# tests/machine.rs boots the emulated KVM host itself (`mvctl machine`),
+# and tests/installed.rs uses the installed product as a user would (the
+# machine where there is no hardware KVM): both run on this host, after
+# the suite, never inside the emulated host.
 bins=()
 machine_bins=()
 for b in "${all_bins[@]}"; do
   case "$(basename "$b")" in
-    machine-*) machine_bins+=("$b") ;;
+    machine-* | installed-*) machine_bins+=("$b") ;;
     *) bins+=("$b") ;;
   esac
 done

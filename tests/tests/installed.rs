@@ -1,0 +1,416 @@
+//! The installed product, used only as a user would: `make install` into a
+//! temporary prefix, `PATH` pointing there, no `MVM_*` variables, a fresh
+//! `HOME`; nothing from the build tree is named. On a host without
+//! hardware KVM (like the development machines) every command goes
+//! through the mvm machine that mvctl starts by itself, as it would for a
+//! user; with hardware KVM, mvctl starts a local mvmd.
+//!
+//! Real parts only: Debian's `docker-registry` on the host's loopback
+//! (plain and htpasswd), `skopeo` as an independent OCI client, real
+//! microVMs for `run` and for every RUN step of `build`.
+//!
+//! It runs on the HOST (it boots the machine itself when there is no
+//! hardware KVM), after the in-L1 suites: `tests/run-e2e.sh` runs it with
+//! the machine tests. It needs the default state locations to itself (it
+//! uses them as a user does): it refuses to start if a daemon or a machine
+//! already answers there, and stops what it started.
+
+#[path = "../../images/tests/registry_support/mod.rs"]
+mod registry_support;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use registry_support::Registry;
+
+/// The repository (for `make install` and the base image scripts).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A temporary installation and a user environment around it.
+struct Product {
+    prefix: tempfile::TempDir,
+    home: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+/// The longest one command may take (machine mode under emulation: the
+/// first command boots the machine).
+const COMMAND_LIMIT: Duration = Duration::from_secs(900);
+
+impl Product {
+    /// `make install` into a fresh prefix (the debug build unless
+    /// `MVM_PROFILE_DIR=release`, as `make e2e` builds it).
+    fn install() -> Product {
+        let prefix = tempfile::Builder::new()
+            .prefix("mvm-installed-")
+            .tempdir()
+            .unwrap();
+        let profile = match std::env::var("MVM_PROFILE_DIR").as_deref() {
+            Ok("release") => "release",
+            _ => "debug",
+        };
+        let t0 = Instant::now();
+        let out = Command::new("make")
+            .arg("-C")
+            .arg(repo())
+            .arg("install")
+            .arg(format!("PREFIX={}", prefix.path().display()))
+            .arg(format!("PROFILE={profile}"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run make");
+        assert!(
+            out.status.success(),
+            "make install failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "installed into {} in {:.1} s",
+            prefix.path().display(),
+            t0.elapsed().as_secs_f64()
+        );
+        Product {
+            prefix,
+            home: tempfile::Builder::new()
+                .prefix("mvm-home-")
+                .tempdir()
+                .unwrap(),
+            work: tempfile::Builder::new()
+                .prefix("mvm-work-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// The user's environment: the install first on PATH, the system
+    /// tools after it, a HOME of its own, nothing else.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    self.prefix.path().join("bin").display()
+                ),
+            )
+            .env("HOME", self.home.path())
+            .env("LANG", "C.UTF-8")
+            .current_dir(self.work.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `mvctl ARGS` with `stdin`, under a time limit; prints what happened.
+    fn mvctl_in(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let t0 = Instant::now();
+        let mut cmd = self.command("timeout");
+        cmd.arg("--kill-after=10")
+            .arg(COMMAND_LIMIT.as_secs().to_string())
+            .arg("mvctl")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("run mvctl");
+        if let Some(data) = stdin {
+            child.stdin.take().unwrap().write_all(data).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        eprintln!(
+            "$ mvctl {} ({:.1} s, exit {:?})\n{}{}",
+            args.join(" "),
+            t0.elapsed().as_secs_f64(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn mvctl(&self, args: &[&str]) -> Output {
+        self.mvctl_in(args, None)
+    }
+
+    /// A command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.mvctl(args);
+        assert!(out.status.success(), "mvctl {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A command that must fail; its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.mvctl(args);
+        assert!(!out.status.success(), "mvctl {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `mvctl images` as (sorted) lines, to check the store is unchanged.
+    fn images(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .ok(&["images", "--format", "json"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn write(&self, rel: &str, data: &str) -> PathBuf {
+        let p = self.work.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+        p
+    }
+}
+
+/// `skopeo ARGS` (an independent OCI client), which must succeed.
+fn skopeo(args: &[&str]) -> String {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The base image tarball `resources/images/busybox.sh` makes (cached).
+fn busybox_tarball() -> PathBuf {
+    let out = Command::new(repo().join("resources/images/busybox.sh"))
+        .output()
+        .expect("run resources/images/busybox.sh");
+    assert!(
+        out.status.success(),
+        "resources/images/busybox.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or(""),
+    );
+    assert!(p.is_file(), "no busybox tarball at {}", p.display());
+    p
+}
+
+/// Stops what the product started (the machine, or a local mvmd), also
+/// when an assertion failed.
+struct Stop<'a>(&'a Product);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        let p = self.0;
+        if p.mvctl(&["machine", "status"]).status.success() {
+            p.mvctl(&["machine", "stop"]);
+        } else {
+            let _ = Command::new("pkill")
+                .arg("-f")
+                .arg(p.prefix.path().join("bin/mvmd"))
+                .status();
+        }
+    }
+}
+
+#[test]
+fn the_installed_product_runs_builds_pulls_and_pushes() {
+    // The default locations must be free: this test uses them as a user
+    // would and must not drive someone else's daemon.
+    assert!(
+        !Path::new("/run/mvm/mvmd.sock").exists() && !Path::new("/run/mvm/machine.json").exists(),
+        "a daemon or machine already uses /run/mvm: stop it (mvctl machine stop, or stop mvmd) before this suite"
+    );
+    registry_support::require_tool("/usr/bin/skopeo", "skopeo");
+    let p = Product::install();
+    let _stop = Stop(&p);
+
+    // The product finds its own pieces: version, then system info (which
+    // starts the daemon, or the machine).
+    p.ok(&["version"]);
+    let info = p.ok(&["system", "info"]);
+    assert!(
+        info.contains(&p.prefix.path().display().to_string()) || info.contains("machine"),
+        "system info should show the installed kernel/init or the machine's: {info}"
+    );
+
+    // An image from a tarball, and a sandbox of it.
+    let tarball = busybox_tarball();
+    p.ok(&["import", tarball.to_str().unwrap(), "inst/busybox:1"]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "inst/busybox:1",
+        "echo",
+        "hello from the installed mvm",
+    ]);
+    assert!(out.contains("hello from the installed mvm"), "{out}");
+
+    // Push ours to a registry on the host's loopback; skopeo reads it back.
+    let reg = Registry::start();
+    let host = reg.host();
+    let pushed = format!("{host}/inst/busybox:1");
+    p.ok(&["tag", "inst/busybox:1", &pushed]);
+    let out = p.ok(&["push", "--insecure", &pushed]);
+    let digest = out
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("push printed no digest: {out}"))
+        .to_string();
+    let inspect = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{pushed}"),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(
+        v["Digest"],
+        digest.as_str(),
+        "skopeo sees the digest we pushed: {inspect}"
+    );
+
+    // An image pushed by skopeo, absent from the store: `run` pulls it.
+    let archive = p.work.path().join("busybox-archive.tar");
+    p.ok(&["save", "-o", archive.to_str().unwrap(), "inst/busybox:1"]);
+    let foreign = format!("{host}/inst/from-skopeo:1");
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("docker-archive:{}", archive.display()),
+        &format!("docker://{foreign}"),
+    ]);
+    let out = p.mvctl(&["run", "--rm", "--insecure", &foreign, "cat", "/etc/passwd"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "run of an absent image pulls it: {text}"
+    );
+    assert!(
+        text.contains("Unable to find image") && text.contains("root:x:0:0"),
+        "{text}"
+    );
+
+    // A multi-stage Dockerfile with RUN steps, FROM an image the store
+    // does not have (the build pulls it), then a fully cached rebuild.
+    let base = format!("{host}/inst/base:1");
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("docker-archive:{}", archive.display()),
+        &format!("docker://{base}"),
+    ]);
+    p.write(
+        "app/Dockerfile",
+        &format!(
+            "FROM {base} AS build\n\
+             RUN echo built-in-a-microvm > /out.txt && rm /etc/nsswitch.conf\n\
+             FROM {base}\n\
+             COPY --from=build /out.txt /out.txt\n\
+             RUN cat /out.txt > /again.txt && echo step-two-ran\n\
+             CMD [\"cat\", \"/again.txt\"]\n"
+        ),
+    );
+    p.write("app/unused.txt", "context file\n");
+    let t0 = Instant::now();
+    let out = p.mvctl(&["build", "--progress", "plain", "-t", "inst/built:1", "app"]);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "build failed: {log}");
+    assert!(
+        log.contains("step-two-ran"),
+        "the RUN step's output is shown: {log}"
+    );
+    eprintln!("first build: {:.1} s", t0.elapsed().as_secs_f64());
+    let out = p.ok(&["run", "--rm", "inst/built:1"]);
+    assert_eq!(out.trim(), "built-in-a-microvm");
+    let out = p.mvctl(&["build", "--progress", "plain", "-t", "inst/built:1", "app"]);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "rebuild failed: {log}");
+    assert!(
+        !log.contains("step-two-ran"),
+        "a cached rebuild runs nothing: {log}"
+    );
+    assert_eq!(
+        log.matches("CACHED").count(),
+        3,
+        "COPY and both RUNs cached: {log}"
+    );
+
+    // Login against an htpasswd registry: a wrong password stores nothing,
+    // the right one is kept 0600 in the user's HOME; logout forgets it.
+    let auth_reg = Registry::start_with_user("mvm-user", "s3cret-pass");
+    let ahost = auth_reg.host();
+    let secured = format!("{ahost}/inst/secure:1");
+    p.ok(&["tag", "inst/busybox:1", &secured]);
+    let e = p.fails(&["push", "--insecure", &secured]);
+    assert!(
+        e.contains("login"),
+        "an anonymous push is refused, saying to log in: {e}"
+    );
+    let login = |pw: &str| {
+        p.mvctl_in(
+            &[
+                "login",
+                "--insecure",
+                "-u",
+                "mvm-user",
+                "--password-stdin",
+                &ahost,
+            ],
+            Some(format!("{pw}\n").as_bytes()),
+        )
+    };
+    let out = login("wrong");
+    assert!(!out.status.success());
+    let auth_file = p.home.path().join(".config/mvm/auth.json");
+    assert!(!auth_file.exists(), "a refused login stores nothing");
+    let out = login("s3cret-pass");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Login Succeeded")
+    );
+    let mode = fs::metadata(&auth_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "credentials are kept 0600");
+    p.ok(&["push", "--insecure", &secured]);
+    p.ok(&["rmi", &secured]);
+    p.ok(&["pull", "--insecure", &secured]);
+    p.ok(&["logout", &ahost]);
+    let e = p.fails(&["pull", "--insecure", &secured]);
+    assert!(e.contains("login"), "{e}");
+
+    // Bad input: clear errors, and the store as it was.
+    let before = p.images();
+    let closed = registry_support::free_port();
+    let e = p.fails(&[
+        "pull",
+        "--insecure",
+        &format!("127.0.0.1:{closed}/inst/nothing:1"),
+    ]);
+    assert!(e.contains("connection refused"), "{e}");
+    let e = p.fails(&[
+        "pull",
+        "--insecure",
+        &format!("{host}/inst/busybox:no-such-tag"),
+    ]);
+    assert!(e.contains("manifest unknown"), "{e}");
+    assert_eq!(p.images(), before, "failed pulls leave the store unchanged");
+}
