@@ -1,23 +1,23 @@
 //! The build context (a directory, or a tarball unpacked into a private
-//! directory) and `.dockerignore` with Docker's semantics.
+//! directory) as the builder reads it.
 //!
-//! `.dockerignore` rules, as Docker's `patternmatcher`: one pattern per
-//! line, `#` comments, blank lines ignored; patterns are cleaned (`./a/`
-//! is `a`, a leading `/` is dropped) and matched against the slash
-//! separated path relative to the context root; a pattern that matches a
-//! directory excludes everything below it; `!pattern` re-includes; the
-//! last matching line wins. Globs: `*` and `?` do not cross `/`, `[...]`
-//! classes, `\` escapes, `**` matches any number of directories.
+//! `.dockerignore` (Docker's semantics) and packing a directory into a
+//! context tarball live in `mvm-build-context`, which `mvctl` links
+//! without linking the builder; they are re-exported here ([`Ignore`],
+//! [`glob_match`], [`clean_rel`], [`pack_dir`]) so both ends read the
+//! file one way.
 //!
 //! Every path a COPY names is resolved beneath the root: `..` that leaves
 //! the context and symlinks that point out of it are refused, because a
 //! build must not read the builder's files.
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
 use mvm_images::layer;
+
+pub use mvm_build_context::{clean_rel, glob_match, pack_dir, Ignore, IgnoreError, PackError};
 
 /// Errors about the context.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,23 @@ pub enum ContextError {
         /// Why.
         reason: &'static str,
     },
+}
+
+impl From<IgnoreError> for ContextError {
+    fn from(e: IgnoreError) -> Self {
+        match e {
+            IgnoreError::Io { path, source } => ContextError::Io { path, source },
+            IgnoreError::BadPattern {
+                line,
+                pattern,
+                reason,
+            } => ContextError::BadPattern {
+                line,
+                pattern,
+                reason,
+            },
+        }
+    }
 }
 
 type Result<T, E = ContextError> = std::result::Result<T, E>;
@@ -253,93 +270,6 @@ pub fn tar_options() -> mvm_unpack::Options {
     }
 }
 
-/// Writes the directory `dir` as a tarball context to `out`, leaving out
-/// what its `.dockerignore` excludes (as the Docker CLI does, so ignored
-/// files are never sent). The Dockerfile (`dockerfile`, relative) and
-/// `.dockerignore` are always included. Symlinks are archived as links.
-/// `extra` adds one more file first (a Dockerfile from outside the
-/// directory, under a private name).
-pub fn pack_dir(
-    dir: &Path,
-    dockerfile: Option<&str>,
-    extra: Option<(&str, &[u8])>,
-    out: impl Write,
-) -> Result<()> {
-    let ctx = Context::from_dir(dir)?;
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ContextError::Io { path, source }
-    };
-    let mut b = tar::Builder::new(out);
-    b.follow_symlinks(false);
-    if let Some((name, data)) = extra {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, data).map_err(io_err(dir))?;
-    }
-    let always: Vec<String> = [Some(".dockerignore"), dockerfile]
-        .into_iter()
-        .flatten()
-        .filter_map(clean_rel)
-        .collect();
-    fn walk<W: Write>(
-        ctx: &Context,
-        b: &mut tar::Builder<W>,
-        rel: &str,
-        always: &[String],
-    ) -> Result<()> {
-        let dir = if rel.is_empty() {
-            ctx.root.clone()
-        } else {
-            ctx.root.join(rel)
-        };
-        let mut names: Vec<_> = fs::read_dir(&dir)
-            .map_err(|source| ContextError::Io {
-                path: dir.clone(),
-                source,
-            })?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
-        names.sort();
-        for n in names {
-            let child = join_rel(rel, &n.to_string_lossy());
-            let abs = ctx.root.join(&child);
-            let md = fs::symlink_metadata(&abs).map_err(|source| ContextError::Io {
-                path: abs.clone(),
-                source,
-            })?;
-            let excluded = ctx.ignore.excluded(&child) && !always.contains(&child);
-            if md.is_dir() {
-                if !excluded {
-                    b.append_path_with_name(&abs, &child)
-                        .map_err(|source| ContextError::Io {
-                            path: abs.clone(),
-                            source,
-                        })?;
-                }
-                if !excluded || ctx.ignore.may_include_below(&child) {
-                    walk(ctx, b, &child, always)?;
-                }
-            } else if !excluded && (md.is_file() || md.file_type().is_symlink()) {
-                b.append_path_with_name(&abs, &child)
-                    .map_err(|source| ContextError::Io {
-                        path: abs.clone(),
-                        source,
-                    })?;
-            }
-        }
-        Ok(())
-    }
-    walk(&ctx, &mut b, "", &always)?;
-    b.into_inner()
-        .map_err(io_err(dir))?
-        .flush()
-        .map_err(io_err(dir))?;
-    Ok(())
-}
-
 fn join_rel(base: &str, name: &str) -> String {
     if base.is_empty() {
         name.to_string()
@@ -352,233 +282,9 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// Cleans a user path into a relative slash path without `.`/`..`
-/// (`/a/./b/` -> `a/b`); None if it climbs above the root.
-pub fn clean_rel(p: &str) -> Option<String> {
-    let mut out: Vec<&str> = Vec::new();
-    for c in Path::new(p).components() {
-        match c {
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-            Component::ParentDir => {
-                out.pop()?;
-            }
-            Component::Normal(s) => out.push(s.to_str()?),
-        }
-    }
-    Some(out.join("/"))
-}
-
-/// Parsed `.dockerignore`.
-#[derive(Debug, Clone, Default)]
-pub struct Ignore {
-    rules: Vec<(Vec<Seg>, bool)>,
-}
-
-/// One path segment of a pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
-    /// `**`: any number of segments.
-    Any,
-    /// A glob for one segment.
-    Glob(String),
-}
-
-impl Ignore {
-    /// Reads `<root>/.dockerignore` (absent: nothing is excluded).
-    pub fn load(root: &Path) -> Result<Ignore> {
-        match fs::read_to_string(root.join(".dockerignore")) {
-            Ok(t) => Ignore::parse(&t),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Ignore::default()),
-            Err(source) => Err(ContextError::Io {
-                path: root.join(".dockerignore"),
-                source,
-            }),
-        }
-    }
-
-    /// Parses the text of a `.dockerignore`.
-    pub fn parse(text: &str) -> Result<Ignore> {
-        let mut rules = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let l = line.trim();
-            if l.is_empty() || l.starts_with('#') {
-                continue;
-            }
-            let (neg, pat) = match l.strip_prefix('!') {
-                Some(p) => (true, p.trim()),
-                None => (false, l),
-            };
-            let Some(clean) = clean_rel(pat) else {
-                // Docker keeps `..` patterns; they can never match.
-                continue;
-            };
-            if clean.is_empty() {
-                continue;
-            }
-            let segs: Vec<Seg> = clean
-                .split('/')
-                .map(|s| {
-                    if s == "**" {
-                        Seg::Any
-                    } else {
-                        Seg::Glob(s.to_string())
-                    }
-                })
-                .collect();
-            for s in &segs {
-                if let Seg::Glob(g) = s {
-                    if !glob_valid(g) {
-                        return Err(ContextError::BadPattern {
-                            line: i + 1,
-                            pattern: l.to_string(),
-                            reason: "unterminated [ class",
-                        });
-                    }
-                }
-            }
-            rules.push((segs, neg));
-        }
-        Ok(Ignore { rules })
-    }
-
-    /// True if the relative path (or one of its parents) is excluded,
-    /// taking exceptions into account.
-    pub fn excluded(&self, rel: &str) -> bool {
-        if self.rules.is_empty() {
-            return false;
-        }
-        let parts: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
-        let mut excluded = false;
-        for (segs, neg) in &self.rules {
-            // A pattern matching the path or any of its parents.
-            let m = (1..=parts.len()).any(|n| seg_match(segs, &parts[..n]));
-            if m {
-                excluded = !neg;
-            }
-        }
-        excluded
-    }
-
-    /// True if some exception could re-include something below `dir`
-    /// (so an excluded directory must still be walked).
-    pub fn may_include_below(&self, dir: &str) -> bool {
-        let _ = dir;
-        self.rules.iter().any(|(_, neg)| *neg)
-    }
-}
-
-fn seg_match(pat: &[Seg], parts: &[&str]) -> bool {
-    match pat.first() {
-        None => parts.is_empty(),
-        Some(Seg::Any) => (0..=parts.len()).any(|i| seg_match(&pat[1..], &parts[i..])),
-        Some(Seg::Glob(g)) => match parts.first() {
-            Some(p) => glob_match(g, p) && seg_match(&pat[1..], &parts[1..]),
-            None => false,
-        },
-    }
-}
-
-fn glob_valid(g: &str) -> bool {
-    let mut chars = g.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
-            }
-            '[' if !chars.by_ref().any(|c| c == ']') => return false,
-            _ => {}
-        }
-    }
-    true
-}
-
-/// Go's `filepath.Match` for one segment: `*`, `?`, `[...]` (with `^` or
-/// `!` negation and ranges), `\` escapes.
-pub fn glob_match(pat: &str, name: &str) -> bool {
-    let p: Vec<char> = pat.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    glob_rec(&p, &n)
-}
-
-fn glob_rec(p: &[char], n: &[char]) -> bool {
-    match p.first() {
-        None => n.is_empty(),
-        Some('*') => (0..=n.len()).any(|i| glob_rec(&p[1..], &n[i..])),
-        Some('?') => !n.is_empty() && glob_rec(&p[1..], &n[1..]),
-        Some('[') => {
-            let Some(&c) = n.first() else { return false };
-            let Some(end) = p.iter().skip(1).position(|&x| x == ']').map(|i| i + 1) else {
-                return false;
-            };
-            let mut class = &p[1..end];
-            let negate = matches!(class.first(), Some('^') | Some('!'));
-            if negate {
-                class = &class[1..];
-            }
-            let mut hit = false;
-            let mut i = 0;
-            while i < class.len() {
-                if i + 2 < class.len() && class[i + 1] == '-' {
-                    if class[i] <= c && c <= class[i + 2] {
-                        hit = true;
-                    }
-                    i += 3;
-                } else {
-                    if class[i] == c {
-                        hit = true;
-                    }
-                    i += 1;
-                }
-            }
-            hit != negate && glob_rec(&p[end + 1..], &n[1..])
-        }
-        Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && glob_rec(&p[2..], &n[1..]),
-        Some(&c) => n.first() == Some(&c) && glob_rec(&p[1..], &n[1..]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*.py", "a.py"));
-        assert!(!glob_match("*.py", "a.pyc"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(glob_match("[a-c]x", "bx"));
-        assert!(!glob_match("[!a-c]x", "bx"));
-        assert!(glob_match("\\*", "*"));
-        assert!(!glob_match("\\*", "a"));
-    }
-
-    #[test]
-    fn dockerignore_semantics() {
-        let ig = Ignore::parse(
-            "# comment\n\n*.log\n!keep.log\nbuild/\n/secret\n**/*.tmp\ndocs\n!docs/README.md\n",
-        )
-        .unwrap();
-        assert!(ig.excluded("a.log"));
-        assert!(
-            !ig.excluded("keep.log"),
-            "exception wins when it comes later"
-        );
-        assert!(!ig.excluded("sub/a.log"), "* does not cross directories");
-        assert!(
-            ig.excluded("build/x/y"),
-            "a directory excludes its contents"
-        );
-        assert!(ig.excluded("secret"));
-        assert!(ig.excluded("x/y/z.tmp"));
-        assert!(ig.excluded("z.tmp"), "** matches zero directories");
-        assert!(ig.excluded("docs/other.md"));
-        assert!(!ig.excluded("docs/README.md"));
-        assert!(!ig.excluded("src/main.rs"));
-        // Order matters: a later exclusion overrides an earlier exception.
-        let ig = Ignore::parse("!a.txt\n*.txt\n").unwrap();
-        assert!(ig.excluded("a.txt"));
-        assert!(Ignore::parse("[abc\n").is_err());
-    }
 
     #[test]
     fn paths_outside_the_context_are_refused() {
@@ -635,8 +341,10 @@ mod tests {
         assert!(ctx.expand("*.rs").is_err());
     }
 
+    /// What a client packs (`mvm-build-context`) reads back here as the
+    /// same context, with the same `.dockerignore`.
     #[test]
-    fn packing_a_directory_leaves_out_ignored_files() {
+    fn a_packed_directory_reads_back_as_the_context() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir_all(d.path().join("logs")).unwrap();
         fs::write(d.path().join("Dockerfile"), "FROM scratch").unwrap();
@@ -656,25 +364,28 @@ mod tests {
             &mut out,
         )
         .unwrap();
-        let mut names: Vec<String> = tar::Archive::new(&out[..])
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                ".dockerignore",
-                "Dockerfile",
-                "app.py",
-                "extra.Dockerfile",
-                "logs/keep.log"
-            ]
-        );
         let parent = tempfile::tempdir().unwrap();
         let ctx = Context::from_tar(&out[..], parent.path()).unwrap();
         assert_eq!(ctx.read_file("app.py").unwrap(), b"x");
+        assert_eq!(ctx.read_file("Dockerfile").unwrap(), b"FROM scratch");
+        assert_eq!(ctx.read_file("extra.Dockerfile").unwrap(), b"FROM x");
+        assert!(!ctx.root().join("logs/a.log").exists(), "never sent");
+        assert_eq!(ctx.expand("logs/*").unwrap(), ["logs/keep.log"]);
+        // Sent so the builder can read it, but COPY still honours the
+        // exclusion.
+        assert!(ctx
+            .expand("Dockerfile")
+            .unwrap_err()
+            .to_string()
+            .contains("excluded by .dockerignore"));
+    }
+
+    #[test]
+    fn a_bad_dockerignore_names_its_line() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(".dockerignore"), "ok\n[bad\n").unwrap();
+        let e = Context::from_dir(d.path()).unwrap_err();
+        assert!(matches!(e, ContextError::BadPattern { line: 2, .. }), "{e}");
     }
 
     #[test]

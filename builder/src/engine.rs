@@ -315,8 +315,16 @@ enum PlanKind {
     File(PathBuf, u64),
     Bytes(Vec<u8>),
     Symlink(PathBuf),
-    /// An archive ADD extracts into `dest`.
-    Archive(PathBuf),
+    /// A local archive ADD extracts into `dest` ([`extract_archive`]).
+    Archive {
+        /// Where it is.
+        path: PathBuf,
+        /// Its name in the context, for messages.
+        name: String,
+        /// `--chown` gives every entry the step's owner; otherwise the
+        /// archive's owners are kept, as Docker does.
+        chown: bool,
+    },
 }
 
 /// Per-step context for error messages.
@@ -1571,7 +1579,11 @@ impl<'a> Builder<'a> {
                     plan.push(Planned {
                         dest: dest.clone(),
                         meta: meta_for(&md, false),
-                        kind: PlanKind::Archive(abs.clone()),
+                        kind: PlanKind::Archive {
+                            path: abs.clone(),
+                            name: rel.clone(),
+                            chown: chown.is_some(),
+                        },
                     });
                     continue;
                 }
@@ -1603,9 +1615,12 @@ impl<'a> Builder<'a> {
             );
             match &p.kind {
                 PlanKind::Dir => h.update(b"d"),
-                PlanKind::File(path, _) | PlanKind::Archive(path) => {
-                    h.update(if matches!(p.kind, PlanKind::Archive(_)) {
-                        b"a"
+                PlanKind::File(path, _) | PlanKind::Archive { path, .. } => {
+                    // `A`: extracted by mvm_unpack's rules (layers that
+                    // the earlier extractor cached under `a` are not
+                    // reused).
+                    h.update(if matches!(p.kind, PlanKind::Archive { .. }) {
+                        b"A"
                     } else {
                         b"f"
                     });
@@ -1643,8 +1658,19 @@ impl<'a> Builder<'a> {
             return Ok(true);
         }
         let layer_path = lease.tmp_dir().join(format!("layer-{}.tar", &key.0[..16]));
-        self.write_plan(&plan, &layer_path)
+        let t0 = Instant::now();
+        let left_out = self
+            .write_plan(&plan, &layer_path)
             .map_err(|e| info.err(e))?;
+        for (name, devices) in left_out {
+            self.emit(Event::Output {
+                id: info.id,
+                elapsed: secs(t0.elapsed()),
+                line: format!(
+                    "[warning]: {name}: {devices} device node(s) left out (a build does not create device nodes)"
+                ),
+            });
+        }
         self.add_layer(st, lease, &layer_path, created_by, &key)?;
         Ok(false)
     }
@@ -1727,7 +1753,10 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn write_plan(&self, plan: &[Planned], out: &Path) -> io::Result<()> {
+    /// Writes the layer; returns the archives that had device nodes left
+    /// out, with how many.
+    fn write_plan(&self, plan: &[Planned], out: &Path) -> io::Result<Vec<(String, u64)>> {
+        let mut left_out = Vec::new();
         let mut w = LayerWriter::create(out)?;
         for p in plan {
             match &p.kind {
@@ -1745,10 +1774,18 @@ impl<'a> Builder<'a> {
                 }
                 PlanKind::Bytes(b) => w.file(&p.dest, &p.meta, b.len() as u64, &b[..], &[])?,
                 PlanKind::Symlink(t) => w.symlink(&p.dest, t, &p.meta)?,
-                PlanKind::Archive(path) => extract_archive(&mut w, path, &p.dest)?,
+                PlanKind::Archive { path, name, chown } => {
+                    let owner = chown.then_some((p.meta.uid, p.meta.gid));
+                    let stats = extract_archive(&mut w, path, &p.dest, owner)
+                        .map_err(|e| io::Error::other(format!("archive {name}: {e}")))?;
+                    if stats.skipped_devices > 0 {
+                        left_out.push((name.clone(), stats.skipped_devices));
+                    }
+                }
             }
         }
-        w.finish()
+        w.finish()?;
+        Ok(left_out)
     }
 
     /// `uid[:gid]` or names looked up in the image's /etc/passwd and
@@ -1904,51 +1941,43 @@ fn is_archive(path: &Path) -> bool {
     &head[257..262] == b"ustar"
 }
 
-/// ADD of a local archive: its entries, with cleaned paths, below `dest`.
-fn extract_archive(w: &mut LayerWriter, path: &Path, dest: &str) -> io::Result<()> {
-    let (r, _) = mvm_images::layer::decompress(File::open(path)?, None)?;
-    let mut ar = tar::Archive::new(r);
-    for e in ar.entries()? {
-        let e = e?;
-        let raw = String::from_utf8_lossy(&e.path_bytes()).into_owned();
-        let Some(rel) = context::clean_rel(&raw).filter(|r| !r.is_empty()) else {
-            continue;
-        };
-        if raw.split('/').any(|c| c == "..") {
-            return Err(io::Error::other(format!(
-                "archive {} has an entry {raw:?} that climbs out of its directory",
-                path.display()
-            )));
-        }
-        let target = join(dest, &rel);
-        let h = e.header();
-        let m = Meta {
-            mode: h.mode().unwrap_or(0o644) & 0o7777,
-            uid: h.uid().unwrap_or(0),
-            gid: h.gid().unwrap_or(0),
-            mtime: h.mtime().unwrap_or(0),
-        };
-        match h.entry_type() {
-            tar::EntryType::Directory => w.dir(&target, &m, &[])?,
-            tar::EntryType::Symlink => {
-                let t = e.link_name()?.map(|t| t.into_owned()).unwrap_or_default();
-                w.symlink(&target, &t, &m)?
-            }
-            tar::EntryType::Link => {
-                let t = e
-                    .link_name()?
-                    .and_then(|t| context::clean_rel(&t.to_string_lossy()))
-                    .unwrap_or_default();
-                w.hardlink(&target, &join(dest, &t), &m)?
-            }
-            t if t.is_file() => {
-                let size = e.size();
-                w.file(&target, &m, size, e, &[])?
-            }
-            _ => {}
-        }
+/// How ADD reads a local archive: `mvm_unpack`'s layer rules (names
+/// checked, hard links only to earlier files of the archive, nothing
+/// beneath an earlier symlink or file, sizes bounded; modes, setuid bits
+/// and xattrs kept, as Docker keeps them), except that Docker's ADD
+/// applies no whiteouts (so a `.wh.` name is refused: in the layer it
+/// would be one) and skips the archive's root entry (the destination
+/// keeps its mode). Device nodes are left out.
+fn add_archive_options() -> mvm_unpack::Options {
+    mvm_unpack::Options {
+        whiteouts: false,
+        existing: mvm_unpack::Existing::Merge,
+        ..mvm_unpack::Options::layer()
     }
-    Ok(())
+}
+
+/// ADD of a local archive (plain, gzip or zstd): its entries, checked and
+/// re-serialised by `mvm_unpack` under [`add_archive_options`], beneath
+/// `dest` in the layer, owned by `owner` (`--chown`) or else as in the
+/// archive. An archive it refuses fails the step, naming the entry.
+fn extract_archive(
+    w: &mut LayerWriter,
+    path: &Path,
+    dest: &str,
+    owner: Option<(u64, u64)>,
+) -> io::Result<mvm_unpack::Stats> {
+    let (r, _) = mvm_images::layer::decompress(File::open(path)?, None)?;
+    let placement = mvm_unpack::Placement {
+        beneath: dest.as_bytes().to_vec(),
+        owner,
+    };
+    let mut stats = mvm_unpack::Stats::default();
+    w.append_raw(|out| {
+        mvm_unpack::sanitize_into_layer(r, out, &placement, &add_archive_options(), &mut stats)
+            .map(drop)
+    })
+    .map_err(io::Error::other)?;
+    Ok(stats)
 }
 
 #[cfg(test)]

@@ -58,9 +58,21 @@ impl LayerWriter {
         })
     }
 
-    /// Entries written so far.
+    /// Entries written so far by the typed methods (those appended with
+    /// [`LayerWriter::append_raw`] are not counted).
     pub fn entries(&self) -> u64 {
         self.entries
+    }
+
+    /// Lets `write` append entries straight to the tarball: a fragment
+    /// that is already clean and has no end-of-archive marker, such as
+    /// `mvm_unpack::sanitize_into_layer`'s output (which checks every
+    /// entry; nothing is checked here).
+    pub fn append_raw<T, E>(
+        &mut self,
+        write: impl FnOnce(&mut BufWriter<File>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        write(self.builder.get_mut())
     }
 
     fn header(kind: tar::EntryType, m: &Meta, size: u64) -> tar::Header {

@@ -702,3 +702,177 @@ fn add_from_a_url_errors_name_the_url() {
     let msg = fail("FROM scratch\nADD http://127.0.0.1:1/f /x\n".into());
     assert!(msg.contains("http://127.0.0.1:1/f"), "{msg}");
 }
+
+/// One entry of a hand-made archive for ADD, written header by header so
+/// that names the `tar` crate's builder refuses (`..`, absolute) survive.
+enum A<'a> {
+    Dir(&'a str, u32),
+    /// Name, data, mode, uid, gid.
+    File(&'a str, &'a [u8], u32, u64, u64),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
+    Char(&'a str),
+    Block(&'a str),
+}
+
+fn raw_tar(entries: &[A]) -> Vec<u8> {
+    use tar::EntryType as T;
+    let mut out = Vec::new();
+    for e in entries {
+        let (name, kind, mode, data, link, owner): (&str, T, u32, &[u8], &str, (u64, u64)) = match e
+        {
+            A::Dir(n, m) => (n, T::Directory, *m, b"", "", (0, 0)),
+            A::File(n, d, m, u, g) => (n, T::Regular, *m, d, "", (*u, *g)),
+            A::Symlink(n, t) => (n, T::Symlink, 0o777, b"", t, (0, 0)),
+            A::Hardlink(n, t) => (n, T::Link, 0o644, b"", t, (0, 0)),
+            A::Char(n) => (n, T::Char, 0o666, b"", "", (0, 0)),
+            A::Block(n) => (n, T::Block, 0o660, b"", "", (0, 0)),
+        };
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(owner.0);
+        h.set_gid(owner.1);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        if matches!(e, A::Char(_) | A::Block(_)) {
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+        }
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[test]
+fn add_of_a_local_archive_keeps_modes_owners_and_links() {
+    let e = env();
+    fs::write(
+        e.ctx.join("bundle.tar"),
+        raw_tar(&[
+            A::Dir("./", 0o777),
+            A::Dir("app", 0o750),
+            A::File("app/run", b"#!/bin/sh\n", 0o4755, 1000, 1001),
+            A::Hardlink("app/run2", "app/run"),
+            A::Symlink("app/latest", "run"),
+            A::Symlink("passwd", "/etc/passwd"),
+            A::Char("app/null"),
+            A::Block("app/sda"),
+        ]),
+    )
+    .unwrap();
+    e.write(
+        "Dockerfile",
+        "FROM scratch\nADD bundle.tar /opt/\nADD --chown=7:8 bundle.tar /owned/\n",
+    );
+    let (r, ev) = e.ok(&tags(&["add:1"]));
+    let rec = e.store.image_at(&r.digest).unwrap();
+    let layer = layer_headers(&e, &rec.manifest.layers[0].digest);
+    let names: Vec<&str> = layer.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "opt/app/",
+            "opt/app/latest",
+            "opt/app/run",
+            "opt/app/run2",
+            "opt/passwd"
+        ],
+        "no entry for the destination itself (the archive's ./ is skipped), devices left out"
+    );
+    assert_eq!(layer["opt/app/"].0, 0o750);
+    assert_eq!(
+        layer["opt/app/run"],
+        (0o4755, 1000, 1001, 1_600_000_000),
+        "modes (setuid included), owners and times as in the archive"
+    );
+    let owned = layer_headers(&e, &rec.manifest.layers[1].digest);
+    assert!(
+        owned.values().all(|&(_, uid, gid, _)| (uid, gid) == (7, 8)),
+        "--chown applies to every entry: {owned:?}"
+    );
+    assert_eq!(owned["owned/app/run"].0, 0o4755);
+
+    let root = e.rootfs(&r);
+    let p = |s: &str| root.path().join(s);
+    assert_eq!(fs::read(p("opt/app/run")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(fs::metadata(p("opt/app/run")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(p("opt/app/run2")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(
+        fs::read_link(p("opt/app/latest")).unwrap(),
+        Path::new("run")
+    );
+    assert_eq!(
+        fs::read_link(p("opt/passwd")).unwrap(),
+        Path::new("/etc/passwd"),
+        "symlink targets are kept as they are (they resolve in the image)"
+    );
+    assert!(fs::symlink_metadata(p("opt/app/null")).is_err());
+    let warnings: Vec<&str> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output { line, .. } => Some(line.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        warnings
+            .iter()
+            .filter(|l| l.contains("bundle.tar: 2 device node(s) left out"))
+            .count(),
+        2,
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn add_refuses_hostile_local_archives() {
+    let e = env();
+    let f = |n| A::File(n, b"pwned", 0o644, 0, 0);
+    for (entries, entry, why) in [
+        (
+            vec![A::Symlink("l", "/etc"), f("l/passwd")],
+            "l/passwd",
+            "earlier entry that is a symlink",
+        ),
+        (
+            vec![A::Symlink("up", ".."), A::Dir("up/x", 0o755)],
+            "up/x",
+            "earlier entry that is a symlink",
+        ),
+        (
+            vec![f("file"), f("file/beneath")],
+            "file/beneath",
+            "earlier entry",
+        ),
+        (vec![A::Hardlink("h", "/etc/passwd")], "h", "absolute path"),
+        (vec![A::Hardlink("h", "../../etc/passwd")], "h", "'..'"),
+        (
+            vec![A::Hardlink("h", "etc/shadow")],
+            "h",
+            "not an earlier entry of the archive",
+        ),
+        (vec![f("../escape")], "../escape", "'..'"),
+        (vec![f("a/../../escape")], "a/../../escape", "'..'"),
+        (vec![f("/etc/cron.d/x")], "/etc/cron.d/x", "absolute path"),
+        (vec![f("etc/.wh.passwd")], "etc/.wh.passwd", "whiteout"),
+    ] {
+        fs::write(e.ctx.join("hostile.tar"), raw_tar(&entries)).unwrap();
+        e.write("Dockerfile", "FROM scratch\nADD hostile.tar /dest/\n");
+        let err = e.build(&tags(&["hostile:1"])).0.unwrap_err().to_string();
+        assert!(
+            err.starts_with("Dockerfile:2: ")
+                && err.contains("archive hostile.tar: ")
+                && err.contains(&format!("{entry:?}"))
+                && err.contains(why),
+            "{entry}: {err}"
+        );
+    }
+    assert!(e.store.resolve("hostile:1").is_err(), "nothing was tagged");
+}

@@ -26,7 +26,9 @@
 //! - [`sanitize`] re-serialises an archive into a clean one with the same
 //!   rules, tracking in memory what the filesystem would tell (which
 //!   earlier entries are symlinks or files), so a guest-made layer can be
-//!   stored without being unpacked on the host.
+//!   stored without being unpacked on the host. [`sanitize_into_layer`]
+//!   writes those clean entries into a layer the caller is writing,
+//!   beneath one of its directories (`ADD` of a local archive).
 //! - [`EntryPath`] / [`normalize`] is the name validation both use:
 //!   normalised, and refused if absolute, with `..`, a NUL byte, or over
 //!   the length limit.
@@ -66,7 +68,7 @@ use std::path::Path;
 pub use error::Error;
 pub use options::{DevicePolicy, Existing, Limits, Options, Stats, XattrPolicy};
 pub use path::{normalize, EntryPath, PathError};
-pub use sanitize::sanitize;
+pub use sanitize::{sanitize, sanitize_into_layer, Placement};
 
 /// Extracts the tar stream `archive` (uncompressed) into the existing
 /// directory `dest`, under `opts`. `stats` accumulates (limits apply to

@@ -17,6 +17,10 @@
 //! allowed entry types only, numeric owners, no user or group names, PAX
 //! records only for long names, large numbers and the kept xattrs. A
 //! reader that trusts the output does not need to trust the input.
+//!
+//! [`sanitize_into_layer`] writes the same clean entries into a layer the
+//! caller is writing, beneath one of its directories (an archive that
+//! Docker's `ADD` extracts into the image).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -52,44 +56,55 @@ pub fn sanitize<R: Read, W: Write>(
     opts: &Options,
     stats: &mut Stats,
 ) -> Result<W> {
-    if let Some(n) = &opts.rename_top {
-        if !path::is_component(n) {
-            return Err(Error::unsafe_entry(
-                &String::from_utf8_lossy(n),
-                "the name to give the archive's top-level entry must be a single path component",
-            ));
-        }
-    }
-    let mut s = Sanitizer {
-        opts,
-        stats,
-        out: Writer::new(output),
-        kinds: HashMap::new(),
-        top: TopRename::new(opts.rename_top.clone()),
-    };
-    let budget = Budget::new(opts.limits.max_header_size);
-    let mut archive = tar::Archive::new(BudgetReader::new(input, budget.clone()));
-    let entries = archive.entries().map_err(|source| Error::Archive {
-        after: None,
-        source,
-    })?;
-    let mut last: Option<String> = None;
-    budget.expect_header_at(0);
-    for entry in entries {
-        let mut entry = entry.map_err(|source| Error::Archive {
-            after: last.clone(),
-            source,
-        })?;
-        budget.lift();
-        let start = entry.raw_file_position();
-        let (name, stored) = s.entry(&mut entry)?;
-        budget.expect_header_at(start.saturating_add(stored.saturating_add(511) & !511));
-        last = Some(name);
-    }
-    budget.lift();
-    let end = last.unwrap_or_default();
-    s.out
-        .finish()
+    let s = Sanitizer::new(output, opts, stats, &Placement::default(), false)?;
+    let (out, end) = s.run(input)?;
+    out.finish()
+        .map_err(io_err(&end, "writing the output archive"))
+}
+
+/// Where [`sanitize_into_layer`] puts an archive's entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The layer directory the entries land beneath: with `usr/src`, the
+    /// entry `a/b` becomes `usr/src/a/b` and a hard link to `a/f` links
+    /// to `usr/src/a/f`. Validated and normalised as entry names are (not
+    /// absolute, no `..`, no NUL); empty: the layer's top. The archive's
+    /// root entry (`./`) stands for this directory.
+    pub beneath: Vec<u8>,
+    /// Owner and group given to every entry instead of the archive's
+    /// (`ADD --chown`); None keeps the archive's numeric owners.
+    pub owner: Option<(u64, u64)>,
+}
+
+/// [`sanitize`] for an archive whose entries become part of an OCI layer
+/// tar that the caller is writing to `output` (Docker's `ADD` of a local
+/// archive): every entry is checked with the same rules, and then
+///
+/// - its name, and a hard link's target, is placed beneath
+///   [`Placement::beneath`]; the placed name must still be within
+///   [`Limits::max_path_len`](crate::Limits::max_path_len), so the
+///   layer's reader accepts it;
+/// - its owner is [`Placement::owner`] when given;
+/// - with [`Options::whiteouts`] off, a name starting with `.wh.` is
+///   refused: it is a plain file of the archive, but a layer's reader
+///   would take it for a whiteout and delete files of lower layers;
+/// - no end-of-archive marker is written: `output`'s tar goes on, and is
+///   returned flushed.
+///
+/// The checks know this archive only: what the rest of the layer, or a
+/// lower layer, has at the same paths is for the layer's reader
+/// ([`unpack`](crate::unpack) with [`Options::layer`]). On error,
+/// `output` holds part of the entries: discard the layer.
+pub fn sanitize_into_layer<R: Read, W: Write>(
+    input: R,
+    output: W,
+    placement: &Placement,
+    opts: &Options,
+    stats: &mut Stats,
+) -> Result<W> {
+    let s = Sanitizer::new(output, opts, stats, placement, true)?;
+    let (out, end) = s.run(input)?;
+    out.into_inner()
         .map_err(io_err(&end, "writing the output archive"))
 }
 
@@ -99,9 +114,87 @@ struct Sanitizer<'a, W: Write> {
     out: Writer<W>,
     kinds: HashMap<Vec<u8>, Kind>,
     top: TopRename,
+    /// [`Placement::beneath`], normalised.
+    beneath: Vec<u8>,
+    owner: Option<(u64, u64)>,
+    /// The output is part of a layer: with whiteouts off, `.wh.` names
+    /// are refused.
+    in_layer: bool,
 }
 
-impl<W: Write> Sanitizer<'_, W> {
+impl<'a, W: Write> Sanitizer<'a, W> {
+    fn new(
+        output: W,
+        opts: &'a Options,
+        stats: &'a mut Stats,
+        placement: &Placement,
+        in_layer: bool,
+    ) -> Result<Self> {
+        if let Some(n) = &opts.rename_top {
+            if !path::is_component(n) {
+                return Err(Error::unsafe_entry(
+                    &String::from_utf8_lossy(n),
+                    "the name to give the archive's top-level entry must be a single path component",
+                ));
+            }
+        }
+        let beneath = EntryPath::parse(&placement.beneath, opts.limits.max_path_len)
+            .map_err(|_| {
+                Error::unsafe_entry(
+                    &String::from_utf8_lossy(&placement.beneath),
+                    "the directory to place the archive beneath must be a relative path without '..' or NUL, within the length limit",
+                )
+            })?
+            .to_bytes();
+        Ok(Sanitizer {
+            opts,
+            stats,
+            out: Writer::new(output),
+            kinds: HashMap::new(),
+            top: TopRename::new(opts.rename_top.clone()),
+            beneath,
+            owner: placement.owner,
+            in_layer,
+        })
+    }
+
+    /// Checks and writes every entry of `input`; returns the writer
+    /// (without the end marker) and the last entry's name, for errors.
+    fn run<R: Read>(mut self, input: R) -> Result<(Writer<W>, String)> {
+        let budget = Budget::new(self.opts.limits.max_header_size);
+        let mut archive = tar::Archive::new(BudgetReader::new(input, budget.clone()));
+        let entries = archive.entries().map_err(|source| Error::Archive {
+            after: None,
+            source,
+        })?;
+        let mut last: Option<String> = None;
+        budget.expect_header_at(0);
+        for entry in entries {
+            let mut entry = entry.map_err(|source| Error::Archive {
+                after: last.clone(),
+                source,
+            })?;
+            budget.lift();
+            let start = entry.raw_file_position();
+            let (name, stored) = self.entry(&mut entry)?;
+            budget.expect_header_at(start.saturating_add(stored.saturating_add(511) & !511));
+            last = Some(name);
+        }
+        budget.lift();
+        Ok((self.out, last.unwrap_or_default()))
+    }
+
+    /// `key` (a normalised archive name) placed beneath
+    /// [`Sanitizer::beneath`]; None if that is over the length limit.
+    fn placed(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let placed = match (self.beneath.is_empty(), key.is_empty()) {
+            (true, _) => key.to_vec(),
+            (false, true) => self.beneath.clone(),
+            (false, false) => [&self.beneath[..], b"/", key].concat(),
+        };
+        (placed.len() <= self.opts.limits.max_path_len).then_some(placed)
+    }
+
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(String, u64)> {
         let limits = self.opts.limits;
         let raw = entry.path_bytes().into_owned();
@@ -131,13 +224,17 @@ impl<W: Write> Sanitizer<'_, W> {
         };
         self.top.apply(&mut path, false).map_err(unsafe_)?;
         let key = path.to_bytes();
+        let placed = self.placed(&key).ok_or_else(|| {
+            unsafe_("path, placed beneath the destination directory, is longer than the limit")
+        })?;
         let (mode, dropped) = entry::effective_mode(meta.mode, self.opts);
+        let (uid, gid) = self.owner.unwrap_or((meta.uid, meta.gid));
         let mut spec = Spec {
-            path: &key,
+            path: &placed,
             kind,
             mode,
-            uid: meta.uid,
-            gid: meta.gid,
+            uid,
+            gid,
             mtime: u64::try_from(meta.mtime).unwrap_or(0),
             size: 0,
             link: None,
@@ -166,8 +263,18 @@ impl<W: Write> Sanitizer<'_, W> {
             self.stats.whiteouts += 1;
             return Ok((display, stored));
         }
+        if self.in_layer
+            && !self.opts.whiteouts
+            && !path.is_root()
+            && path.file_name().starts_with(whiteout::PREFIX)
+        {
+            return Err(unsafe_(
+                "a file whose name starts with .wh. would be a whiteout in the layer (deleting files of lower layers)",
+            ));
+        }
 
         let link_buf;
+        let link_placed;
         let mut empty = io::empty();
         let data: &mut dyn Read = match kind {
             T::Directory => {
@@ -227,7 +334,11 @@ impl<W: Write> Sanitizer<'_, W> {
                         "hard link target lies beneath a path an earlier entry made a non-directory",
                     ));
                 }
-                spec.link = Some(&link_buf);
+                // An earlier entry was placed there, so this fits.
+                link_placed = self.placed(&link_buf).ok_or_else(|| {
+                    unsafe_("hard link target, placed beneath the destination directory, is longer than the limit")
+                })?;
+                spec.link = Some(&link_placed);
                 &mut empty
             }
             T::Fifo => &mut empty,

@@ -129,6 +129,13 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
+    /// Flushes and returns the output, without an end-of-archive marker
+    /// (the entries are part of a tar the caller goes on writing).
+    pub(crate) fn into_inner(mut self) -> io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
     /// Writes the end-of-archive marker and returns the output.
     pub(crate) fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&[0u8; 2 * BLOCK])?;

@@ -8,7 +8,10 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::{names, tar, Sandbox, E};
-use mvm_unpack::{sanitize, unpack, DevicePolicy, Error, Existing, Limits, Options, Stats};
+use mvm_unpack::{
+    sanitize, sanitize_into_layer, unpack, DevicePolicy, Error, Existing, Limits, Options,
+    Placement, Stats,
+};
 
 fn clean(data: &[u8], opts: &Options) -> Result<(Vec<u8>, Stats), Error> {
     let mut stats = Stats::default();
@@ -317,4 +320,162 @@ fn merge_existing_only_affects_the_root_entry() {
     assert_eq!(listing(&out).len(), 2);
     let (out, _) = clean(&data, &Options::copy()).unwrap();
     assert_eq!(listing(&out).len(), 1);
+}
+
+/// ADD's options: the layer rules, `.wh.` names as plain names, the
+/// archive's root entry dropped.
+fn add_opts() -> Options {
+    Options {
+        whiteouts: false,
+        existing: Existing::Merge,
+        ..Options::layer()
+    }
+}
+
+fn beneath(dir: &str) -> Placement {
+    Placement {
+        beneath: dir.as_bytes().to_vec(),
+        owner: None,
+    }
+}
+
+/// A layer with one entry before and one after the archive's, as the
+/// builder writes it; returns the whole tar.
+fn into_layer(data: &[u8], place: &Placement, opts: &Options) -> Result<Vec<u8>, Error> {
+    let before = tar(&[E::Dir("usr", 0o755)]);
+    let out = before[..before.len() - 1024].to_vec();
+    let mut out = sanitize_into_layer(data, out, place, opts, &mut Stats::default())?;
+    out.extend_from_slice(&tar(&[E::File("after", b"a", 0o644)]));
+    Ok(out)
+}
+
+#[test]
+fn into_a_layer_entries_land_beneath_the_directory() {
+    let data = tar(&[
+        E::Dir("./", 0o700),
+        E::Dir("d", 0o750),
+        E::File("d/f", b"data", 0o4755),
+        E::Hardlink("d/h", "d/f"),
+        E::Symlink("d/l", "../f"),
+        E::Owned {
+            path: "d/o",
+            data: b"",
+            mode: 0o600,
+            uid: 1000,
+            gid: 100,
+            xattrs: &[("user.k", b"v")],
+        },
+    ]);
+    let out = into_layer(&data, &beneath("usr/./src/"), &add_opts()).unwrap();
+    assert_eq!(
+        listing(&out),
+        [
+            ("usr".into(), '5', 0o755, None),
+            ("usr/src/d/".into(), '5', 0o750, None),
+            ("usr/src/d/f".into(), '0', 0o4755, None),
+            ("usr/src/d/h".into(), '1', 0o644, Some("usr/src/d/f".into())),
+            ("usr/src/d/l".into(), '2', 0o777, Some("../f".into())),
+            ("usr/src/d/o".into(), '0', 0o600, None),
+            ("after".into(), '0', 0o644, None),
+        ],
+        "placed names and hard link targets, symlink targets verbatim, the root entry dropped, no end marker before the caller's next entry"
+    );
+    let owners = |out: &[u8]| -> Vec<(u64, u64)> {
+        tar::Archive::new(out)
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.header().uid().unwrap(), e.header().gid().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(owners(&out)[5], (1000, 100), "owners kept");
+    let chown = Placement {
+        owner: Some((7, 8)),
+        ..beneath("usr/src")
+    };
+    let out = into_layer(&data, &chown, &add_opts()).unwrap();
+    assert_eq!(owners(&out)[1..6], [(7, 8); 5], "--chown applies to all");
+    // Replace keeps the root entry: it is the directory itself.
+    let replace = Options {
+        existing: Existing::Replace,
+        ..add_opts()
+    };
+    let out = into_layer(&data, &beneath("usr/src"), &replace).unwrap();
+    assert_eq!(listing(&out)[1], ("usr/src/".into(), '5', 0o700, None));
+    // At the layer's top, names are the archive's.
+    let out = into_layer(&data, &Placement::default(), &add_opts()).unwrap();
+    assert_eq!(listing(&out)[3].3.as_deref(), Some("d/f"));
+    // The result is a layer the layer rules accept as a whole.
+    let s = Sandbox::new();
+    unpack(&out[..], &s.root, &Options::layer(), &mut Stats::default()).unwrap();
+    assert_eq!(fs::read(s.root.join("d/f")).unwrap(), b"data");
+    assert_eq!(fs::metadata(s.root.join("d/h")).unwrap().nlink(), 2);
+}
+
+#[test]
+fn into_a_layer_hostile_archives_are_refused() {
+    let place = beneath("app");
+    for (data, entry) in [
+        (
+            tar(&[E::Symlink("l", "/etc"), E::File("l/passwd", b"", 0o644)]),
+            "l/passwd",
+        ),
+        (
+            tar(&[E::Symlink("up", ".."), E::File("up/x", b"", 0o644)]),
+            "up/x",
+        ),
+        (tar(&[E::Hardlink("h", "/etc/shadow")]), "h"),
+        (tar(&[E::Hardlink("h", "../app2/f")]), "h"),
+        (tar(&[E::Hardlink("h", "etc/passwd")]), "h"),
+        (tar(&[E::File("../escape", b"", 0o644)]), "../escape"),
+        (
+            tar(&[E::File("a/../../escape", b"", 0o644)]),
+            "a/../../escape",
+        ),
+        (tar(&[E::File("/abs", b"", 0o644)]), "/abs"),
+        (tar(&[E::File(".wh.etc", b"", 0o644)]), ".wh.etc"),
+        (
+            tar(&[E::File("d/.wh..wh..opq", b"", 0o644)]),
+            "d/.wh..wh..opq",
+        ),
+    ] {
+        let e = into_layer(&data, &place, &add_opts()).unwrap_err();
+        assert!(e.to_string().contains(&format!("{entry:?}")), "{e}");
+    }
+    // Device nodes are left out and counted.
+    let data = tar(&[E::Char("null", 1, 3), E::Block("sda", 8, 0), E::Fifo("p")]);
+    let mut st = Stats::default();
+    let out = sanitize_into_layer(&data[..], Vec::new(), &place, &add_opts(), &mut st).unwrap();
+    assert_eq!(st.skipped_devices, 2);
+    let mut out = out;
+    out.extend_from_slice(&[0; 1024]);
+    assert_eq!(listing(&out), [("app/p".into(), '6', 0o644, None)]);
+    // With whiteouts on, `.wh.` names are whiteouts of the placed path.
+    let wh = Options {
+        whiteouts: true,
+        ..add_opts()
+    };
+    let out = into_layer(&tar(&[E::File(".wh.x", b"", 0o644)]), &place, &wh).unwrap();
+    assert_eq!(listing(&out)[1].0, "app/.wh.x");
+}
+
+#[test]
+fn into_a_layer_the_directory_and_placed_names_are_checked() {
+    let data = tar(&[E::File("f", b"", 0o644)]);
+    for bad in ["../x", "/abs", "a/../../b", "a\0b"] {
+        let e = into_layer(&data, &beneath(bad), &add_opts()).unwrap_err();
+        assert!(e.to_string().contains("beneath"), "{bad:?}: {e}");
+    }
+    let opts = Options {
+        limits: Limits {
+            max_path_len: 16,
+            ..Limits::default()
+        },
+        ..add_opts()
+    };
+    into_layer(&data, &beneath("0123456789abcd"), &opts).unwrap();
+    let e = into_layer(&data, &beneath("0123456789abcde"), &opts).unwrap_err();
+    assert!(e.to_string().contains("longer than the limit"), "{e}");
 }
