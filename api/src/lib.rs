@@ -60,6 +60,8 @@ pub struct Config {
     pub vmm_log_filter: Option<String>,
     /// Machine mode (reported by `/v1/info`).
     pub machine: bool,
+    /// Group of the Unix socket (mode 0660).
+    pub socket_group: Option<String>,
 }
 
 impl Config {
@@ -104,8 +106,9 @@ pub fn lock_root(layout: &Layout) -> Result<RootLock> {
 }
 
 /// Bind the Unix socket: a stale socket file is replaced only if nothing
-/// answers on it.
-pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
+/// answers on it. Mode 0660, group `group` when given (as Docker's socket
+/// belongs to the `docker` group), else root's.
+pub fn bind_unix(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -122,9 +125,42 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
     }
     let l = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;
+    if let Some(g) = group {
+        let gid = group_id(g)?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {g}", path.display()))?;
+    }
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok(l)
+}
+
+/// The id of group `name` (a number is taken as it is).
+fn group_id(name: &str) -> Result<u32> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    let c = std::ffi::CString::new(name).context("a group name with a NUL byte")?;
+    // SAFETY: getgrnam reads the NUL-terminated name and returns a pointer
+    // to static storage or null; we read one field before any other call.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        bail!(
+            "no group {name:?} on this host: create it (groupadd {name}) or pass another --group"
+        );
+    }
+    // SAFETY: `gr` is non-null and points to a valid `group` record.
+    Ok(unsafe { (*gr).gr_gid })
+}
+
+/// Everything mvmd and its VMMs create is the owner's alone unless given
+/// wider access explicitly (the socket): launch specs hold environments,
+/// logs hold output, the database holds both.
+pub fn private_umask() {
+    // SAFETY: umask only changes this process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
 }
 
 /// Read the TCP token, generating it (0600) if the file does not exist.
@@ -160,6 +196,7 @@ pub fn load_token(path: &Path) -> Result<String> {
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
+    private_umask();
     let _lock = lock_root(&cfg.layout)?;
     let artifacts = mvm_runtime::Artifacts::locate(&cfg.artifacts)?;
     let rt = Runtime::new(RuntimeConfig {
@@ -172,7 +209,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     })?;
     let db = db::Db::open(&cfg.layout.db())?;
     let socket = cfg.socket_path();
-    let unix = bind_unix(&socket)?;
+    let unix = bind_unix(&socket, cfg.socket_group.as_deref())?;
     let manager = manager::Manager::new(rt, db);
     manager.recover().await.context("recovering the state")?;
     let daemon = Arc::new(Daemon {

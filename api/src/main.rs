@@ -19,6 +19,10 @@ struct Args {
     /// API Unix socket (default: <run-dir>/mvmd.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Group whose members may use the Unix socket (mode 0660); default:
+    /// root's group only.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
     /// Also serve the API on TCP at this address; every request then needs
     /// the bearer token.
     #[arg(long, value_name = "ADDR")]
@@ -105,6 +109,7 @@ fn main() {
         console_max: a.console_max,
         vmm_log_filter: a.vmm_log,
         machine: a.machine,
+        socket_group: a.group,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -403,7 +403,8 @@ impl Store {
         f.sync_all().map_err(io_err("syncing", &tmp_disk))?;
         let size = f.metadata().map_err(io_err("inspecting", &tmp_disk))?.len();
         drop(f);
-        fs::set_permissions(&tmp_disk, fs::Permissions::from_mode(0o444))
+        // Read-only, and the owner's alone like the rest of the store.
+        fs::set_permissions(&tmp_disk, fs::Permissions::from_mode(0o400))
             .map_err(io_err("setting mode of", &tmp_disk))?;
         fs::rename(&tmp_disk, &path).map_err(io_err("publishing", &path))?;
         fsutil::sync_dir(&self.disks_dir()).map_err(io_err("syncing", self.disks_dir()))?;

@@ -103,7 +103,11 @@ fn root_disk_has_the_flattened_tree_and_is_cached() {
     assert_eq!(build.attempts, 1, "size estimate should be enough");
     e2fsck_clean(&disk.path);
     let md = fs::metadata(&disk.path).unwrap();
-    assert_eq!(md.mode() & 0o777, 0o444, "published read-only");
+    assert_eq!(
+        md.mode() & 0o777,
+        0o400,
+        "published read-only, the owner's alone"
+    );
 
     // debugfs: files, modes, owners, links, without mounting.
     let ls = debugfs(&disk.path, "ls -p /opt");

@@ -214,14 +214,24 @@ pub struct Runtime {
 
 impl Runtime {
     /// Open the runtime: the image store and the directories.
+    ///
+    /// The state root and everything the VMMs use are the owner's alone
+    /// (0700: launch specs hold the workloads' environments, logs their
+    /// output); the run dir may be traversed (0711) so a socket inside it
+    /// can be shared with a group. Modes are set on every start, so an
+    /// older, more open installation is closed too.
     pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
-        for d in [
-            cfg.layout.root.clone(),
-            cfg.layout.sandboxes(),
-            cfg.layout.run_dir.clone(),
-            cfg.layout.vsock_dir(),
+        use std::os::unix::fs::PermissionsExt;
+        for (d, mode) in [
+            (cfg.layout.root.clone(), 0o700),
+            (cfg.layout.sandboxes(), 0o700),
+            (cfg.layout.transients(), 0o700),
+            (cfg.layout.run_dir.clone(), 0o711),
+            (cfg.layout.vsock_dir(), 0o700),
         ] {
             fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode))
+                .map_err(io_err("setting the mode of", &d))?;
         }
         let store = Store::open(cfg.layout.images()).map_err(|source| RuntimeError::Image {
             image: "store".into(),

@@ -1112,6 +1112,72 @@ fn tcp_needs_the_token() {
     );
 }
 
+/// A local user who is not root reads nothing of mvmd's state: not a
+/// sandbox's launch spec (its environment), its logs or console, nor the
+/// database. The test's own temp dir is opened up first, so only mvmd's
+/// modes stand in the way.
+#[test]
+fn state_and_logs_are_private_to_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = daemon();
+    fs::set_permissions(d.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, logs, id) = d.run(json!({
+        "image": "busybox",
+        "cmd": ["/bin/sh", "-c", "echo output-$SECRET"],
+        "env": ["SECRET=hunter2"],
+    }));
+    assert_eq!(code, 0, "{logs}");
+    assert!(logs.contains("output-hunter2"), "{logs}");
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&d.root()), 0o700, "the state root");
+    assert_eq!(mode(&d.run_dir()), 0o711, "the run dir");
+    assert_eq!(mode(&d.socket()), 0o660, "the API socket");
+    // Everything under the root is the owner's alone.
+    let mut open = Vec::new();
+    let mut stack = vec![d.root()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if md.file_type().is_symlink() {
+                continue;
+            }
+            if md.permissions().mode() & 0o077 != 0 {
+                open.push(format!(
+                    "{:o} {}",
+                    md.permissions().mode() & 0o7777,
+                    e.path().display()
+                ));
+            }
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(open.is_empty(), "readable by others: {open:#?}");
+    // And a real unprivileged process is refused.
+    let sb = d.root().join("sandboxes").join(&id);
+    for f in [
+        sb.join("spec.cpio"),
+        sb.join("vm.json"),
+        sb.join("logs/json.log"),
+        sb.join("console.log"),
+        d.root().join("mvmd.db"),
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(&f)
+            .output()
+            .expect("setpriv (util-linux)");
+        assert!(!out.status.success(), "nobody read {}", f.display());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn cpu_quota_and_memory() {
     let d = daemon();
