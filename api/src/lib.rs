@@ -14,6 +14,7 @@ pub mod loghub;
 pub mod manager;
 pub mod output;
 pub mod registry;
+pub mod tls;
 
 use std::fs;
 use std::io;
@@ -62,6 +63,8 @@ pub struct Config {
     pub machine: bool,
     /// Group of the Unix socket (mode 0660).
     pub socket_group: Option<String>,
+    /// TLS on the TCP listener.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Config {
@@ -238,20 +241,41 @@ pub async fn run(cfg: Config) -> Result<()> {
             .clone()
             .unwrap_or_else(|| cfg.layout.root.join("token"));
         let token = load_token(&token_file)?;
+        let tls = cfg.tls.as_ref().map(tls::server_config).transpose()?;
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding TCP {addr}"))?;
-        tracing::info!(addr = %tcp.local_addr()?, token_file = %token_file.display(), "serving TCP (bearer token required)");
+        tracing::info!(
+            addr = %tcp.local_addr()?,
+            token_file = %token_file.display(),
+            tls = tls.is_some(),
+            client_certificates = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            "serving TCP (bearer token required)"
+        );
         let router = http::with_token(router, token);
         let mut stop = stop_rx.clone();
-        servers.spawn(async move {
-            axum::serve(tcp, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .context("serving TCP")
-        });
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        match tls {
+            Some(tls) => {
+                let listener = tls::TlsListener::new(tcp, tls)?;
+                servers.spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                        .context("serving TCP with TLS")
+                });
+            }
+            None => {
+                servers.spawn(async move {
+                    axum::serve(tcp, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                        .context("serving TCP")
+                });
+            }
+        }
     }
     tracing::info!(socket = %socket.display(), root = %cfg.layout.root.display(), "mvmd ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

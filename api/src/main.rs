@@ -30,6 +30,18 @@ struct Args {
     /// Bearer token file for TCP (generated if missing; default <root>/token).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// TCP speaks TLS with this certificate (PEM; with --tlskey).
+    #[arg(long, value_name = "FILE", requires = "tlskey")]
+    tlscert: Option<PathBuf>,
+    /// The private key of --tlscert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tlscert")]
+    tlskey: Option<PathBuf>,
+    /// Only clients with a certificate signed by --tlscacert get through.
+    #[arg(long, requires = "tlscacert")]
+    tlsverify: bool,
+    /// The CA that signs client certificates (with --tlsverify).
+    #[arg(long, value_name = "FILE", requires = "tlsverify")]
+    tlscacert: Option<PathBuf>,
     /// Guest kernel (default: $PREFIX/lib/mvm/vmlinux, then the kernel cache).
     #[arg(long, env = "MVM_KERNEL")]
     kernel: Option<PathBuf>,
@@ -83,6 +95,14 @@ fn main() {
         eprintln!("mvmd: error: --default-memory must be at least 32, --default-vcpus and --log-max-files at least 1");
         std::process::exit(2);
     }
+    if (a.tlscert.is_some() || a.tlsverify) && a.tcp.is_none() {
+        eprintln!("mvmd: error: --tlscert, --tlskey and --tlsverify secure the TCP listener: add --tcp ADDR");
+        std::process::exit(2);
+    }
+    if a.tlsverify && a.tlscert.is_none() {
+        eprintln!("mvmd: error: --tlsverify needs the server's --tlscert and --tlskey");
+        std::process::exit(2);
+    }
     let cfg = mvmd::Config {
         layout: Layout::new(a.root, a.run_dir),
         socket: a.socket,
@@ -110,6 +130,14 @@ fn main() {
         vmm_log_filter: a.vmm_log,
         machine: a.machine,
         socket_group: a.group,
+        tls: match (a.tlscert, a.tlskey) {
+            (Some(cert), Some(key)) => Some(mvmd::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: a.tlscacert,
+            }),
+            _ => None,
+        },
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -28,6 +28,21 @@ pub struct Cli {
     /// File holding the bearer token for tcp:// addresses [default: $MVM_TOKEN]
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Use TLS to a tcp:// address (the server's certificate is not checked)
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// Use TLS and check the server's certificate [env: MVM_TLS_VERIFY]
+    #[arg(long, global = true)]
+    pub tlsverify: bool,
+    /// CA of the server's certificate [default: $MVM_CERT_PATH/ca.pem]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate [default: $MVM_CERT_PATH/cert.pem]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// Client key [default: $MVM_CERT_PATH/key.pem]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,

@@ -55,6 +55,9 @@ pub enum ConnectError {
     /// `-H`/`MVM_HOST` is malformed.
     #[error(transparent)]
     BadHost(ClientError),
+    /// The TLS flags or files are not usable.
+    #[error("{0}")]
+    Tls(String),
     /// The token file cannot be read.
     #[error("cannot read the token file {path}: {source}")]
     TokenFile {
@@ -180,6 +183,8 @@ pub struct Options {
     pub token_file: Option<PathBuf>,
     /// `MVM_TOKEN`.
     pub token_env: Option<String>,
+    /// TLS for tcp:// addresses.
+    pub tls: crate::client::tls::TlsOptions,
 }
 
 impl Options {
@@ -190,7 +195,14 @@ impl Options {
             host: host.or_else(|| env_nonempty(mvm_api::HOST_ENV)),
             token_file,
             token_env: env_nonempty(mvm_api::TOKEN_ENV),
+            tls: Default::default(),
         }
+    }
+
+    /// With the TLS flags (the environment fills the gaps).
+    pub fn with_tls(mut self, tls: crate::client::tls::TlsOptions) -> Options {
+        self.tls = tls.with_env();
+        self
     }
 
     fn token(&self) -> Result<Option<String>, ConnectError> {
@@ -209,8 +221,22 @@ impl Options {
 pub async fn connect(opts: &Options) -> Result<Connection, ConnectError> {
     if let Some(h) = &opts.host {
         let host = Host::parse(h).map_err(ConnectError::BadHost)?;
+        let client = match (&host, opts.tls.enabled()) {
+            (Host::Tcp(_), true) => {
+                let cfg = opts
+                    .tls
+                    .client_config()
+                    .map_err(|e| ConnectError::Tls(e.to_string()))?;
+                Client::with_tls(host, opts.token()?, cfg)
+            }
+            (Host::Unix(_), true) => return Err(ConnectError::Tls(
+                "TLS applies to tcp:// addresses; a Unix socket is protected by its permissions"
+                    .into(),
+            )),
+            (_, false) => Client::new(host, opts.token()?),
+        };
         return Ok(Connection {
-            client: Client::new(host, opts.token()?),
+            client,
             mode: Mode::Explicit,
         });
     }

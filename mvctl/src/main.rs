@@ -67,7 +67,14 @@ fn real_main() -> i32 {
             return EXIT_ERROR;
         }
     };
-    let ctx = Ctx::new(connect::Options::from_flags(cli.host, cli.token_file));
+    let tls = mvctl::client::tls::TlsOptions {
+        tls: cli.tls,
+        verify: cli.tlsverify,
+        ca: cli.tlscacert,
+        cert: cli.tlscert,
+        key: cli.tlskey,
+    };
+    let ctx = Ctx::new(connect::Options::from_flags(cli.host, cli.token_file).with_tls(tls));
     let r = rt.block_on(commands::dispatch(&ctx, cli.command));
     // A read of the terminal may still block a runtime thread (stdin of
     // an attach or exec that has ended): do not wait for it.

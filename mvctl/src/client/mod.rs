@@ -13,6 +13,7 @@ mod api;
 mod body;
 pub mod ndjson;
 mod query;
+pub mod tls;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -82,8 +83,9 @@ pub enum ClientError {
         /// The start of the body.
         body: String,
     },
-    /// The HTTP exchange failed (connection dropped, malformed answer).
-    #[error("talking to mvmd at {host} failed: {source}")]
+    /// The HTTP exchange failed (connection dropped, malformed answer,
+    /// a TLS alert).
+    #[error("talking to mvmd at {host} failed: {}", chain(source))]
     Http {
         /// The address.
         host: String,
@@ -205,6 +207,7 @@ impl fmt::Display for Host {
 struct Inner {
     host: Host,
     token: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A client of one mvmd. Cheap to clone (tasks that wait or follow logs
@@ -224,6 +227,22 @@ impl fmt::Debug for Client {
     }
 }
 
+/// An error and its causes, `a: b: c` (hyper's own message is as short as
+/// "connection error"; the cause, such as a TLS alert, is what helps).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// The stream of an upgraded connection (attach, exec).
 pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
@@ -232,7 +251,22 @@ impl Client {
     /// (TCP only; Unix sockets are protected by file permissions).
     pub fn new(host: Host, token: Option<String>) -> Client {
         Client {
-            inner: Arc::new(Inner { host, token }),
+            inner: Arc::new(Inner {
+                host,
+                token,
+                tls: None,
+            }),
+        }
+    }
+
+    /// A client that speaks TLS with `cfg` to a tcp:// daemon.
+    pub fn with_tls(host: Host, token: Option<String>, cfg: Arc<rustls::ClientConfig>) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                host,
+                token,
+                tls: Some(cfg),
+            }),
         }
     }
 
@@ -266,7 +300,26 @@ impl Client {
                     .map_err(|_| conn_err(timeout()))?
                     .map_err(conn_err)?;
                 let _ = s.set_nodelay(true);
-                self.handshake(s).await
+                match &self.inner.tls {
+                    None => self.handshake(s).await,
+                    Some(cfg) => {
+                        let name = tls::server_name(addr).map_err(|e| {
+                            conn_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                        })?;
+                        let t = tokio::time::timeout(
+                            CONNECT_TIMEOUT,
+                            tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, s),
+                        )
+                        .await
+                        .map_err(|_| conn_err(timeout()))?
+                        .map_err(|e| {
+                            conn_err(std::io::Error::other(format!(
+                                "TLS handshake failed: {e} (check --tlscacert, --tlscert and --tlskey, and that the daemon serves TLS)"
+                            )))
+                        })?;
+                        self.handshake(t).await
+                    }
+                }
             }
         }
     }
