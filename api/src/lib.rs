@@ -57,6 +57,8 @@ pub struct Config {
     pub log_limits: LogLimits,
     /// Serial console cap in bytes.
     pub console_max: u64,
+    /// VMM log cap in bytes.
+    pub vmm_log_max: u64,
     /// `MVM_LOG` for the VMMs.
     pub vmm_log_filter: Option<String>,
     /// Machine mode (reported by `/v1/info`).
@@ -208,6 +210,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         defaults: cfg.defaults.clone(),
         log_limits: cfg.log_limits,
         console_max: cfg.console_max,
+        vmm_log_max: cfg.vmm_log_max,
         vmm_log_filter: cfg.vmm_log_filter.clone(),
     })?;
     let db = db::Db::open(&cfg.layout.db())?;

@@ -66,9 +66,13 @@ struct Args {
     /// Workload log files kept.
     #[arg(long, default_value_t = 3)]
     log_max_files: u32,
-    /// Serial console log cap in bytes.
+    /// Serial console log cap in bytes (rotated live by the VMM; one
+    /// previous part is kept).
     #[arg(long, default_value_t = 10 << 20)]
     console_max: u64,
+    /// VMM log cap in bytes (rotated likewise).
+    #[arg(long, default_value_t = 10 << 20)]
+    vmm_log_max: u64,
     /// Log filter (tracing's env-filter syntax), e.g. `info`, `mvmd=debug`.
     #[arg(long, env = "MVMD_LOG", default_value = "info")]
     log: String,
@@ -127,6 +131,7 @@ fn main() {
             max_files: a.log_max_files,
         },
         console_max: a.console_max,
+        vmm_log_max: a.vmm_log_max,
         vmm_log_filter: a.vmm_log,
         machine: a.machine,
         socket_group: a.group,

@@ -165,8 +165,11 @@ pub struct RuntimeConfig {
     pub defaults: Defaults,
     /// Workload log rotation.
     pub log_limits: LogLimits,
-    /// Cap on the serial console log, in bytes.
+    /// Cap on the serial console log, in bytes (the VMM rotates it:
+    /// `console.log.1` keeps the previous part).
     pub console_max: u64,
+    /// Cap on the VMM's log, likewise.
+    pub vmm_log_max: u64,
     /// `MVM_LOG` for VMMs (None: theirs, `info`).
     pub vmm_log_filter: Option<String>,
 }
@@ -181,6 +184,7 @@ impl RuntimeConfig {
             defaults: Defaults::default(),
             log_limits: LogLimits::default(),
             console_max: 10 << 20,
+            vmm_log_max: 10 << 20,
             vmm_log_filter: None,
         })
     }
@@ -370,19 +374,19 @@ impl Runtime {
                 ),
             });
         }
-        self.cap_console(&paths);
         let stdio = launch::Stdio {
             agent: self.cfg.defaults.agent,
             size,
         };
         let launch = launch::launch_spec(&spec.process, &spec.hostname, stdio);
         let init = self.init_archive()?;
-        let cfg = launch::vm_config(
+        let mut cfg = launch::vm_config(
             self.boot_files(&init),
             &paths,
             &spec.root_disk,
             &spec.resources,
         );
+        self.bound_files(&mut cfg, &paths);
         launch::write(&launch, &cfg, &paths)?;
         let cgroup = match spec.resources.cpu_quota {
             Some(c) => match cgroup::Cgroup::create(&spec.id, c) {
@@ -455,6 +459,15 @@ impl Runtime {
             .unwrap_or_default()
     }
 
+    /// The VMM writes its log to the sandbox's `vmm.log` and rotates it
+    /// and the console at their caps while it runs, so a guest printing
+    /// (or provoking warnings) without pause cannot fill the disk.
+    pub(crate) fn bound_files(&self, cfg: &mut mvm_vmm_api::VmConfig, paths: &SandboxPaths) {
+        cfg.console_max_bytes = Some(self.cfg.console_max);
+        cfg.log_file = Some(paths.vmm_log.clone());
+        cfg.log_max_bytes = Some(self.cfg.vmm_log_max);
+    }
+
     /// Spawn the VMM of a boot whose launch files are written.
     fn spawn(
         &self,
@@ -468,21 +481,5 @@ impl Runtime {
             cgroup_procs,
             log_filter: self.cfg.vmm_log_filter.as_deref(),
         })?)
-    }
-
-    /// Keep the console file under its cap between runs: a file over the
-    /// cap keeps its last half (the VMM appends, so this is only safe
-    /// while no VMM runs).
-    fn cap_console(&self, paths: &SandboxPaths) {
-        let Ok(md) = fs::metadata(&paths.console) else {
-            return;
-        };
-        if md.len() <= self.cfg.console_max {
-            return;
-        }
-        if let Ok(data) = fs::read(&paths.console) {
-            let keep = &data[data.len() - (self.cfg.console_max / 2) as usize..];
-            let _ = fs::write(&paths.console, keep);
-        }
     }
 }

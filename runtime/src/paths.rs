@@ -166,3 +166,6 @@ impl SandboxPaths {
         .collect()
     }
 }
+
+/// The previous part of a file the VMM rotates at its cap.
+pub use mvm_vmm_api::config::previous_part;

@@ -76,12 +76,13 @@ impl Runtime {
             let mut l = launch::launch_spec(&spec.process, &spec.hostname, stdio);
             l.rootfs.export_changes = spec.export_changes;
             let init = self.init_archive()?;
-            let cfg = launch::vm_config(
+            let mut cfg = launch::vm_config(
                 self.boot_files(&init),
                 &paths,
                 &spec.root_disk,
                 &spec.resources,
             );
+            self.bound_files(&mut cfg, &paths);
             launch::write(&l, &cfg, &paths)?;
             let cg = match spec.resources.cpu_quota {
                 Some(c) => match cgroup::Cgroup::create(&id, c) {

@@ -144,6 +144,8 @@ pub struct Vm {
     pub cmdline: String,
     pub drives: Vec<Drive>,
     pub timeout: Duration,
+    /// The console file's cap (the VMM rotates it; `None`: unbounded).
+    pub console_max_bytes: Option<u64>,
     /// JSON merged over the written configuration: only for tests of
     /// configurations the VMM must refuse (a typed one cannot be wrong).
     pub invalid_patch: serde_json::Value,
@@ -217,6 +219,7 @@ impl Vm {
                 },
             ],
             timeout: Duration::from_secs(180),
+            console_max_bytes: None,
             invalid_patch: serde_json::Value::Null,
             dir,
         }
@@ -266,6 +269,7 @@ impl Vm {
         let paths = self.paths();
         let mut cfg = launch::vm_config(boot, &paths, rootfs::busybox(), &resources);
         cfg.cmdline = self.cmdline.clone();
+        cfg.console_max_bytes = self.console_max_bytes;
         cfg.drives = self
             .drives
             .iter()

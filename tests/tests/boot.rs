@@ -255,3 +255,36 @@ fn bad_flags_and_config_files_give_clear_errors() {
     let out = vmm_with_args(&["--cpus", "banana"]).unwrap();
     assert_ne!(out.status.code(), Some(0));
 }
+
+/// A guest printing without pause cannot grow its console file past the
+/// cap: the VMM rotates it live (one previous part kept), and the newest
+/// output is where a reader looks first.
+#[test]
+fn a_flooding_console_stays_within_its_cap() {
+    // The smallest cap the VMM takes: a serial console under the emulated
+    // host prints only about 1 KiB a second.
+    const CAP: u64 = 4096;
+    let mut vm = sh(
+        "end=$(($(date +%s) + 20)); i=0; \
+         while [ $(date +%s) -lt $end ]; do echo \"flood line $i with some padding to make it longer\"; i=$((i+1)); done; \
+         echo \"flood done after $i lines\"",
+    );
+    vm.console_max_bytes = Some(CAP);
+    let out = vm.run();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let current = std::fs::metadata(vm.paths().console).unwrap().len();
+    let previous = std::fs::metadata(mvm_runtime::paths::previous_part(&vm.paths().console))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    eprintln!("console: {current} + {previous} bytes on disk (cap {CAP})");
+    assert!(current <= CAP && previous <= CAP, "{current} {previous}");
+    assert!(
+        previous > 0,
+        "the guest printed more than the cap: a rotation happened"
+    );
+    let text = std::fs::read_to_string(vm.paths().console).unwrap();
+    assert!(
+        text.contains("flood done after"),
+        "the newest output is kept: {text}"
+    );
+}

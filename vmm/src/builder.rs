@@ -5,7 +5,7 @@
 //! contents (kernel, initrd, boot info, MP table), then per-vCPU state, and
 //! only then the vCPU threads and the event loop.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -195,7 +195,7 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
             irq: SERIAL_IRQ,
             source,
         })?;
-    let writer = ConsoleWriter::new(console_sink(&cfg.console)?);
+    let writer = ConsoleWriter::new(console_sink(&cfg.console, cfg.console_max_bytes)?);
     let tail: Arc<Mutex<ConsoleTail>> = writer.tail();
     let serial = Arc::new(Mutex::new(SerialDevice::new(serial_evt, writer)));
     io_bus.insert(serial.clone(), SERIAL_PORT.into(), SERIAL_LEN.into())?;
@@ -356,19 +356,17 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
     })
 }
 
-fn console_sink(c: &Console) -> Result<ConsoleSink, BuildError> {
+fn console_sink(c: &Console, max: Option<u64>) -> Result<ConsoleSink, BuildError> {
     Ok(match c {
         Console::Stdout => ConsoleSink::Stdout,
         Console::Off => ConsoleSink::Off,
         Console::File(path) => ConsoleSink::File(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| BuildError::ConsoleFile {
+            crate::logfile::RotatingFile::open(path, max).map_err(|source| {
+                BuildError::ConsoleFile {
                     path: path.clone(),
                     source,
-                })?,
+                }
+            })?,
         ),
     })
 }

@@ -97,7 +97,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logfile::GlobalLog)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
@@ -136,6 +136,15 @@ where
             return EXIT_VMM_ERROR;
         }
     };
+    if let Some(path) = &cfg.log_file {
+        match crate::logfile::RotatingFile::open(path, cfg.log_max_bytes) {
+            Ok(f) => crate::logfile::global().set_file(f),
+            Err(e) => tracing::warn!(
+                "cannot open the log file {}: {e}; logging to stderr",
+                path.display()
+            ),
+        }
+    }
     let entry = match cfg.validate(&HostLimits::probe()) {
         Ok(entry) => entry,
         Err(e) => {

@@ -25,6 +25,8 @@ use crate::cmdline::{self, CmdlineError};
 
 /// Below this the kernel plus initramfs do not fit comfortably.
 pub const MIN_MEMORY_MIB: u64 = 32;
+/// The smallest cap of a rotated file: one crash message must fit.
+pub const MIN_FILE_CAP: u64 = 4096;
 
 const KERNEL_HINT: &str = "build it with resources/kernel/build.sh (it prints the vmlinux path)";
 
@@ -80,6 +82,8 @@ fn parse_mem_total_mib(meminfo: &str) -> Option<u64> {
 pub enum ConfigError {
     #[error(transparent)]
     File(#[from] ConfigFileError),
+    #[error("{what} is {got}: a rotated file needs at least {MIN_FILE_CAP} bytes")]
+    FileCap { what: &'static str, got: u64 },
     #[error("no guest kernel given: pass --kernel PATH or set \"kernel\" in the config file ({KERNEL_HINT})")]
     NoKernel,
     #[error("kernel {path}: {source}; {KERNEL_HINT}")]
@@ -224,6 +228,9 @@ pub fn merge(file: Option<VmConfig>, flags: FlagConfig) -> Result<VmConfig, Conf
         memory_mib: flags.memory_mib.unwrap_or(file.memory_mib),
         drives: or_list(flags.drives, file.drives),
         console: flags.console.unwrap_or(file.console),
+        console_max_bytes: file.console_max_bytes,
+        log_file: file.log_file,
+        log_max_bytes: file.log_max_bytes,
         status_file: flags.status_file.or(file.status_file),
         rng: !flags.no_rng && file.rng,
         vsock: flags.vsock.or(file.vsock),
@@ -303,6 +310,20 @@ impl VmConfigExt for VmConfig {
         self.kernel_cmdline()?;
         if let Console::File(p) = &self.console {
             check_parent("console file", p)?;
+        }
+        if let Some(p) = &self.log_file {
+            check_parent("log file", p)?;
+        }
+        for (what, cap) in [
+            ("console_max_bytes", self.console_max_bytes),
+            ("log_max_bytes", self.log_max_bytes),
+        ] {
+            if cap.is_some_and(|c| c < MIN_FILE_CAP) {
+                return Err(ConfigError::FileCap {
+                    what,
+                    got: cap.unwrap_or(0),
+                });
+            }
         }
         if let Some(p) = &self.status_file {
             check_parent("status file", p)?;

@@ -18,5 +18,6 @@ pub mod cmdline;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod logfile;
 pub mod outcome;
 pub mod vstate;

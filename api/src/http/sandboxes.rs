@@ -82,20 +82,29 @@ pub async fn remove(State(d): D, Path(id): Path<String>, q: Query) -> ApiResult<
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `GET /v1/sandboxes/{id}/console`: the console's previous part (the
+/// VMM rotates the file at its cap) then the current one, streamed from
+/// the files, never read whole into memory.
 pub async fn console(State(d): D, Path(id): Path<String>) -> ApiResult<Response> {
     let e = d.manager.get(&id)?;
     let path = d.manager.runtime().paths(&e.id).console;
-    let data = match tokio::fs::read(&path).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            return Err(Error::new(
-                ErrorCode::Internal,
-                format!("reading {}: {e}", path.display()),
-            ))
+    let mut parts = Vec::new();
+    for p in [mvm_runtime::paths::previous_part(&path), path] {
+        match tokio::fs::File::open(&p).await {
+            Ok(f) => parts.push(tokio_util::io::ReaderStream::new(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    format!("reading {}: {e}", p.display()),
+                ))
+            }
         }
-    };
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], data).into_response())
+    }
+    let body = Body::from_stream(futures_util::StreamExt::flatten(
+        futures_util::stream::iter(parts),
+    ));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 fn line(rec: &LogRecord) -> Bytes {

@@ -52,6 +52,16 @@ pub struct VmConfig {
     /// Where the guest's serial console goes.
     #[serde(default)]
     pub console: Console,
+    /// A console file is rotated at this size (`NAME.1` keeps the previous
+    /// part), so a guest printing without pause cannot fill the disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_max_bytes: Option<u64>,
+    /// The VMM's own log (default: stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<PathBuf>,
+    /// The log file is rotated at this size, as the console file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_bytes: Option<u64>,
     /// Where the VMM writes its [`StatusReport`](crate::StatusReport)
     /// when the VM ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +180,15 @@ impl From<Console> for ConsoleRepr {
     }
 }
 
+/// The previous part of a file the VMM rotates at its cap (the console
+/// with `console_max_bytes`, the log with `log_max_bytes`): `NAME.1`.
+/// Readers find the newest output in `NAME` and the part before it here.
+pub fn previous_part(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
@@ -219,6 +238,9 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             drives: Vec::new(),
             console: Console::Stdout,
+            console_max_bytes: None,
+            log_file: None,
+            log_max_bytes: None,
             status_file: None,
             rng: true,
             vsock: None,
@@ -309,6 +331,9 @@ mod tests {
                 DriveConfig::new("scratch", "/d/scratch.ext4", false),
             ],
             console: Console::File("/d/console.log".into()),
+            console_max_bytes: Some(1 << 20),
+            log_file: Some("/d/vmm.log".into()),
+            log_max_bytes: Some(1 << 20),
             status_file: Some("/d/status.json".into()),
             rng: false,
             vsock: Some(VsockConfig {

@@ -8,7 +8,6 @@
 //! where stdin would go.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
@@ -37,7 +36,8 @@ impl Trigger for IrqTrigger {
 /// Where console output goes.
 pub enum ConsoleSink {
     Stdout,
-    File(File),
+    /// A file, rotated at its cap (`crate::logfile`).
+    File(crate::logfile::RotatingFile),
     Off,
 }
 
@@ -216,7 +216,7 @@ mod tests {
     fn file_sink_gets_whole_lines_promptly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console.log");
-        let file = File::create(&path).unwrap();
+        let file = crate::logfile::RotatingFile::open(&path, None).unwrap();
         let mut dev = SerialDevice::new(
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             ConsoleWriter::new(ConsoleSink::File(file)),
@@ -226,7 +226,10 @@ mod tests {
         }
         let read = || {
             let mut s = String::new();
-            File::open(&path).unwrap().read_to_string(&mut s).unwrap();
+            std::fs::File::open(&path)
+                .unwrap()
+                .read_to_string(&mut s)
+                .unwrap();
             s
         };
         assert_eq!(read(), "hello\n", "a finished line is on disk at once");

@@ -411,6 +411,18 @@ impl MmioTransport {
         }
     }
 
+    /// A warning caused by the guest, through the transport's throttle (it
+    /// survives device resets, so a driver looping through resets cannot
+    /// flood the log either).
+    fn warn_guest(&mut self, message: std::fmt::Arguments<'_>) {
+        if self.throttle.should_log() {
+            warn!(
+                "virtio-mmio: {message} (occurrence {}; later ones are logged sparsely)",
+                self.throttle.count()
+            );
+        }
+    }
+
     fn warn_status(&mut self, value: u32, why: &str) {
         if self.throttle.should_log() {
             warn!(
@@ -427,19 +439,19 @@ impl MmioTransport {
         let unoffered = acked & !offered;
         if unoffered != 0 || self.driver_features_beyond_64 {
             drop(device);
-            warn!(
-                "virtio-mmio: refusing FEATURES_OK: the driver acked features {unoffered:#x} \
-                 (beyond bit 63: {}) that the device does not offer ({offered:#x})",
-                self.driver_features_beyond_64
-            );
+            let beyond = self.driver_features_beyond_64;
+            self.warn_guest(format_args!(
+                "refusing FEATURES_OK: the driver acked features {unoffered:#x} \
+                 (beyond bit 63: {beyond}) that the device does not offer ({offered:#x})"
+            ));
             return;
         }
         if acked & (1 << VIRTIO_F_VERSION_1) == 0 {
             drop(device);
-            warn!(
-                "virtio-mmio: refusing FEATURES_OK: the driver did not ack VIRTIO_F_VERSION_1 \
+            self.warn_guest(format_args!(
+                "refusing FEATURES_OK: the driver did not ack VIRTIO_F_VERSION_1 \
                  (legacy drivers are not supported)"
-            );
+            ));
             return;
         }
         device.set_acked_features(acked);
@@ -447,19 +459,19 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        for (i, q) in self.queues.iter().enumerate() {
-            if q.ready() && !q.is_valid(&self.mem) {
-                warn!(
-                    "virtio-mmio: refusing DRIVER_OK: queue {i} (size {}, desc {:#x}, avail {:#x}, \
-                     used {:#x}) does not fit in guest memory",
-                    q.size(),
-                    q.desc_table(),
-                    q.avail_ring(),
-                    q.used_ring()
-                );
-                self.device_status |= DEVICE_NEEDS_RESET;
-                return;
-            }
+        let unfit = self
+            .queues
+            .iter()
+            .enumerate()
+            .find(|(_, q)| q.ready() && !q.is_valid(&self.mem))
+            .map(|(i, q)| (i, q.size(), q.desc_table(), q.avail_ring(), q.used_ring()));
+        if let Some((i, size, desc, avail, used)) = unfit {
+            self.warn_guest(format_args!(
+                "refusing DRIVER_OK: queue {i} (size {size}, desc {desc:#x}, avail {avail:#x}, \
+                 used {used:#x}) does not fit in guest memory"
+            ));
+            self.device_status |= DEVICE_NEEDS_RESET;
+            return;
         }
         let mut device = lock(&self.device);
         let event_idx = device.acked_features() & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
@@ -472,7 +484,9 @@ impl MmioTransport {
                 }
                 Err(e) => {
                     drop(device);
-                    warn!("virtio-mmio: refusing DRIVER_OK: queue {i} is inconsistent: {e}");
+                    self.warn_guest(format_args!(
+                        "refusing DRIVER_OK: queue {i} is inconsistent: {e}"
+                    ));
                     self.device_status |= DEVICE_NEEDS_RESET;
                     return;
                 }
@@ -486,7 +500,7 @@ impl MmioTransport {
             Err(e) => {
                 let kind = device.device_type();
                 drop(device);
-                warn!("virtio-mmio: device type {kind} failed to activate: {e}");
+                self.warn_guest(format_args!("device type {kind} failed to activate: {e}"));
                 self.device_status |= DEVICE_NEEDS_RESET;
             }
         }
