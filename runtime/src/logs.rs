@@ -255,7 +255,9 @@ impl LogFilter {
 }
 
 /// Read the stored records of log directory `dir`, oldest first.
-/// Unparseable lines (a torn last line after a crash) are skipped.
+/// Unparseable lines (a torn last line after a crash) are skipped. Memory
+/// is bounded by what is kept on disk (`LogLimits`), and with `tail` by the
+/// `tail` records kept while reading (a ring, not the whole log).
 pub fn read(dir: &Path, filter: &LogFilter) -> io::Result<Vec<LogRecord>> {
     let mut files: Vec<(u32, PathBuf)> = Vec::new();
     let rd = match fs::read_dir(dir) {
@@ -272,7 +274,7 @@ pub fn read(dir: &Path, filter: &LogFilter) -> io::Result<Vec<LogRecord>> {
         }
     }
     files.sort_by_key(|b| std::cmp::Reverse(b.0));
-    let mut out = Vec::new();
+    let mut out = std::collections::VecDeque::new();
     for (_, p) in files {
         let f = match File::open(&p) {
             Ok(f) => f,
@@ -283,16 +285,18 @@ pub fn read(dir: &Path, filter: &LogFilter) -> io::Result<Vec<LogRecord>> {
             let line = line?;
             if let Ok(rec) = serde_json::from_slice::<LogRecord>(&line) {
                 if filter.accepts(&rec) {
-                    out.push(rec);
+                    if filter.tail == Some(0) {
+                        continue;
+                    }
+                    if filter.tail.is_some_and(|n| out.len() == n) {
+                        out.pop_front();
+                    }
+                    out.push_back(rec);
                 }
             }
         }
     }
-    if let Some(n) = filter.tail {
-        let skip = out.len().saturating_sub(n);
-        out.drain(..skip);
-    }
-    Ok(out)
+    Ok(out.into())
 }
 
 /// Parse a `since`/`until` value: RFC 3339, or Unix seconds with an
