@@ -237,11 +237,8 @@ mod tests {
         std::fs::hard_link(up.join("app/new.txt"), up.join("app/again.txt")).unwrap();
         let c = std::ffi::CString::new(up.join("etc/deleted").as_os_str().as_bytes()).unwrap();
         // SAFETY: a valid C string; mknod has no other memory effects.
-        assert_eq!(
-            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) },
-            0,
-            "needs root"
-        );
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) };
+        assert_eq!(r, 0, "needs root");
         let (tar, _) = mvm_init::agent::changes::write(&up, Vec::new()).unwrap();
         let raw = d.path().join("changes.tar");
         std::fs::write(&raw, &tar).unwrap();

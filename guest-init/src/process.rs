@@ -338,8 +338,8 @@ impl Command {
                 libc::_exit(127)
             }
         };
-        // SAFETY (whole block): each call is an async-signal-safe syscall
-        // wrapper on locals or on C strings prepared before the fork.
+        // SAFETY: each call is an async-signal-safe syscall wrapper on
+        // locals or on C strings prepared before the fork (the whole block).
         unsafe {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);

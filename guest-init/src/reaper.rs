@@ -79,9 +79,8 @@ impl Reaper {
         let fd = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) })
             .map_err(ReaperError::Signalfd)?;
         // SAFETY: signalfd just returned this descriptor; we own it.
-        Ok(Self {
-            sfd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let sfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { sfd })
     }
 
     /// Wait until `pid` exits and return its raw wait status, reaping every
