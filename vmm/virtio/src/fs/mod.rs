@@ -8,6 +8,11 @@
 //! only the shared directory, its own seccomp filter), and a bug in FUSE
 //! request handling lands there, not in the process that holds KVM.
 //!
+//! It lives in this crate with the other virtio devices rather than in the
+//! VMM's `devices/`: it is a [`crate::VirtioDevice`] behind the same MMIO
+//! transport, and its whole protocol side is unit-tested against a fake
+//! backend without KVM. The VMM only gives it the failure hook.
+//!
 //! - [`backend`]: the vhost-user session with the backend (rust-vmm's
 //!   `vhost` crate, frontend side): handshake, memory table (the guest RAM
 //!   memfd, passed as file descriptors), vrings, and a watchdog that turns
