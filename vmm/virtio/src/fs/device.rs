@@ -217,6 +217,16 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        // Checked before the backend is told anything.
+        if self.common.is_activated() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: queues.len(),
+            });
+        }
         if self.failed {
             return Err(ActivateError::Backend(format!(
                 "the backend of virtio-fs share {:?} has failed",
