@@ -54,7 +54,8 @@ bench: deps kernel build-release
 	MVM_PROFILE_DIR=release tests/run-bench.sh
 
 # Binaries to bin/; to lib/mvm/: the guest kernel and init (where mvmd looks
-# by default) and the emulated-host scripts (machine mode). PROFILE=debug
+# by default), virtiofsd (the virtio-fs backend, found next to them) and the
+# emulated-host scripts (machine mode). PROFILE=debug
 # installs the debug build (the installed-product test suite does, so CI
 # compiles the workspace once).
 PROFILE ?= release
@@ -63,6 +64,7 @@ install: kernel $(if $(filter debug,$(PROFILE)),build,build-release)
 	install -m 0755 $(addprefix target/$(PROFILE)/,$(BINARIES)) $(DESTDIR)$(PREFIX)/bin/
 	install -m 0755 $(INIT_BIN) $(DESTDIR)$(PREFIX)/lib/mvm/mvm-init
 	install -m 0644 "$$(resources/kernel/build.sh --print-path)" $(DESTDIR)$(PREFIX)/lib/mvm/vmlinux
+	install -m 0755 "$$(resources/virtiofsd/build.sh | tail -n1)" $(DESTDIR)$(PREFIX)/lib/mvm/virtiofsd
 	install -m 0755 resources/testhost/run resources/testhost/init resources/testhost/build-initramfs.sh \
 		resources/testhost/kvm-mode resources/testhost/machine-l1 $(DESTDIR)$(PREFIX)/lib/mvm/testhost/
 

@@ -9,7 +9,13 @@ PACKAGES="
   qemu-system-x86 linux-image-amd64
   docker-registry skopeo apache2-utils debootstrap
   iproute2 procps psmisc file
+  libcap-ng-dev libseccomp-dev
 "
+
+# virtiofsd, the virtio-fs backend (no Debian 12 package): built once with
+# cargo into the cache by its own script, quick when present.
+here=$(cd "$(dirname "$0")" && pwd)
+virtiofsd() { "$here/virtiofsd/build.sh" >/dev/null; }
 
 missing=""
 for p in $PACKAGES; do
@@ -20,6 +26,7 @@ done
 
 if [ -z "$missing" ]; then
   echo "deps: all system packages present" >&2
+  virtiofsd
   exit 0
 fi
 
@@ -37,4 +44,5 @@ chmod +x /usr/sbin/policy-rc.d
 trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 # shellcheck disable=SC2086
 apt-get install -y -q --no-install-recommends $missing >&2
+virtiofsd
 echo "deps: done" >&2

@@ -11,7 +11,7 @@
 #   all. `make bench` runs everything after `make build-release`.
 # Environment: MVM_PROFILE_DIR (debug|release, default release) picks the
 # mvm-vmm build; CARGO_TARGET_DIR is respected; MVM_KERNEL, MVM_INIT,
-# MVM_VMM override the artifacts and are passed to the benchmarks, as are
+# MVM_VMM, MVM_VIRTIOFSD override the artifacts and are passed to the benchmarks, as are
 # all MVM_BENCH_* variables (e.g. MVM_BENCH_BOOT_RUNS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +37,8 @@ cargo build "${release[@]}" -p mvm-vmm >&2
 export MVM_KERNEL=${MVM_KERNEL:-$(resources/kernel/build.sh --print-path)}
 export MVM_INIT=${MVM_INIT:-$target/x86_64-unknown-linux-gnu/release/mvm-init}
 export MVM_VMM=${MVM_VMM:-$target/$profile_dir/mvm-vmm}
-for f in "$MVM_KERNEL" "$MVM_INIT" "$MVM_VMM"; do
+export MVM_VIRTIOFSD=${MVM_VIRTIOFSD:-$(resources/virtiofsd/build.sh | tail -n1)}
+for f in "$MVM_KERNEL" "$MVM_INIT" "$MVM_VMM" "$MVM_VIRTIOFSD"; do
   [ -f "$f" ] || { echo "bench: $f is missing; run 'make kernel build-release' (or 'make bench') first" >&2; exit 1; }
 done
 
@@ -90,7 +91,7 @@ if [ ${#selected[@]} -gt 0 ]; then
   } >"$job"
   chmod +x "$job"
 
-  envs=(--env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env RUST_BACKTRACE)
+  envs=(--env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env MVM_VIRTIOFSD --env RUST_BACKTRACE)
   while IFS= read -r v; do envs+=(--env "$v"); done < <(compgen -e | grep '^MVM_BENCH_' || true)
 
   mode=$(resources/testhost/run --check 2>/dev/null || true)

@@ -1,6 +1,7 @@
 //! PID 1's whole life, in order (see the README for the why):
 //! report boot, mount the API filesystems, read the spec, assemble and
-//! switch to the root filesystem, set up the system, start the workload,
+//! switch to the root filesystem, set up the system (API filesystems,
+//! virtio-fs shares, hostname, loopback), start the workload,
 //! reap until it exits, stop the rest, make data durable, power off.
 //! Every failure before the workload runs is printed as
 //! `mvm-init: error: ...`, reported as an `InitError`, and powers off.
@@ -17,6 +18,7 @@ use crate::mounts::MountError;
 use crate::process::{Command, SpawnError};
 use crate::reaper::{Reaper, ReaperError};
 use crate::rootfs::{Assembled, RootfsError};
+use crate::shares::ShareError;
 use crate::status::{self, ConsoleOnly, StatusPort};
 use crate::user::UserError;
 
@@ -39,6 +41,8 @@ pub enum Error {
     Rootfs(#[from] RootfsError),
     #[error("{0}")]
     System(MountError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
     #[error("user {spec:?}: {source}")]
     User { spec: String, source: UserError },
     #[error(transparent)]
@@ -56,7 +60,7 @@ impl Error {
                 InitError::BadSpec
             }
             Self::Hostname(_) => InitError::Other,
-            Self::Rootfs(_) => InitError::Mount,
+            Self::Rootfs(_) | Self::Share(_) => InitError::Mount,
             Self::User { .. } => InitError::User,
             Self::Spawn(e) => e.code(),
         }
@@ -123,6 +127,7 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
     state.rootfs = crate::rootfs::assemble(&spec.rootfs)?;
     crate::rootfs::switch_root(Path::new(crate::rootfs::ROOT_DIR))?;
     crate::mounts::mount_system(Path::new("/")).map_err(Error::System)?;
+    crate::shares::mount_all(Path::new("/"), &spec.mounts)?;
 
     if let Some(name) = &spec.hostname {
         crate::hostname::set(name)?;

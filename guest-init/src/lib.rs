@@ -8,6 +8,7 @@
 //! * [`console`]: init's own `mvm-init:` lines.
 //! * [`mounts`]: /proc, /sys, /dev and friends.
 //! * [`rootfs`]: disks by serial, overlay, switch root.
+//! * [`shares`]: virtio-fs shares mounted in the workload's root.
 //! * [`hostname`], [`net`]: identity and loopback.
 //! * [`user`]: Docker `--user` against the image's passwd and group.
 //! * [`env`]: the workload's environment and `PATH` lookup.
@@ -27,6 +28,7 @@ pub mod net;
 pub mod process;
 pub mod reaper;
 pub mod rootfs;
+pub mod shares;
 pub mod shutdown;
 pub mod status;
 pub mod sys;

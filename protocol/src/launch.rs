@@ -17,6 +17,22 @@ pub const ROOTFS_DRIVE_ID: &str = "rootfs";
 pub const SCRATCH_DRIVE_ID: &str = "scratch";
 /// The longest serial virtio-blk can carry.
 pub const MAX_DRIVE_ID_LEN: usize = 20;
+/// The longest virtio-fs tag: the device's configuration space holds 36
+/// bytes (virtio 1.2, 5.11.4).
+pub const MAX_FS_TAG_LEN: usize = 36;
+
+/// Whether `tag` can name a virtio-fs share: 1 to [`MAX_FS_TAG_LEN`] bytes
+/// of `[A-Za-z0-9_.-]`. Stricter than the device (any UTF-8 without NUL)
+/// because the tag is also `mount(2)`'s source string in the guest and a
+/// file name part on the host: no spaces, commas or slashes to misparse.
+/// One rule for the VMM's configuration and the launch spec.
+pub fn is_valid_fs_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= MAX_FS_TAG_LEN
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
 
 /// Everything init needs to start the workload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +47,26 @@ pub struct LaunchSpec {
     pub rootfs: Rootfs,
     /// The workload.
     pub process: Process,
+    /// virtio-fs shares init mounts in the workload's root before the
+    /// workload starts. Not written when empty, so a spec without shares
+    /// stays readable by an init that predates them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+}
+
+/// A virtio-fs share mounted in the guest: `mount -t virtiofs TAG TARGET`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// The share's virtio-fs tag (the VMM's `fs[].tag`); see
+    /// [`is_valid_fs_tag`].
+    pub tag: String,
+    /// Where it appears in the workload's root: absolute, no `..`; created
+    /// (with its parents) when missing.
+    pub target: String,
+    /// Mounted read-only (`MS_RDONLY`); the host backend refuses writes too.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_only: bool,
 }
 
 /// How the root filesystem is assembled.
@@ -140,6 +176,16 @@ pub enum SpecError {
     Cwd(String),
     #[error("launch spec sets {0} but process.output is \"console\": a terminal, an open stdin or exported changes need \"output\": \"agent\"")]
     NeedsAgent(&'static str),
+    #[error("launch spec mount tag {0:?} is invalid: it must be 1 to {MAX_FS_TAG_LEN} bytes of letters, digits, '-', '_' or '.'")]
+    MountTag(String),
+    #[error("launch spec mount target {target:?} (tag {tag:?}) {why}")]
+    MountTarget {
+        tag: String,
+        target: String,
+        why: &'static str,
+    },
+    #[error("launch spec mounts tag {0:?} twice; each share is mounted once")]
+    DuplicateMountTag(String),
 }
 
 impl LaunchSpec {
@@ -164,6 +210,7 @@ impl LaunchSpec {
                 rows: 0,
                 cols: 0,
             },
+            mounts: Vec::new(),
         }
     }
 
@@ -235,8 +282,53 @@ impl LaunchSpec {
                 return Err(SpecError::NeedsAgent("rootfs.export_changes"));
             }
         }
+        self.validate_mounts()
+    }
+
+    fn validate_mounts(&self) -> Result<(), SpecError> {
+        let mut tags = std::collections::HashSet::new();
+        let mut targets = std::collections::HashSet::new();
+        for m in &self.mounts {
+            if !is_valid_fs_tag(&m.tag) {
+                return Err(SpecError::MountTag(m.tag.clone()));
+            }
+            if !tags.insert(m.tag.as_str()) {
+                return Err(SpecError::DuplicateMountTag(m.tag.clone()));
+            }
+            let bad = |why| SpecError::MountTarget {
+                tag: m.tag.clone(),
+                target: m.target.clone(),
+                why,
+            };
+            if !m.target.starts_with('/') {
+                return Err(bad("is not absolute"));
+            }
+            if m.target.contains('\0') {
+                return Err(bad("contains a NUL byte"));
+            }
+            if m.target.split('/').any(|c| c == "..") {
+                return Err(bad("contains a '..' component"));
+            }
+            let normal = normalize_target(&m.target);
+            if normal == "/" {
+                return Err(bad("is the root directory"));
+            }
+            if !targets.insert(normal) {
+                return Err(bad("is used by another mount"));
+            }
+        }
         Ok(())
     }
+}
+
+/// `target` without empty and `.` components, as the guest resolves it
+/// (`/a//b/./` is `/a/b`), for comparing mount points.
+pub fn normalize_target(target: &str) -> String {
+    let parts: Vec<&str> = target
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
 }
 
 #[cfg(test)]
@@ -322,5 +414,64 @@ mod tests {
         );
         let bad = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"],"output":"file"}}"#;
         assert!(LaunchSpec::from_json(bad).is_err());
+    }
+
+    #[test]
+    fn mounts_are_validated_and_stay_off_the_wire_when_empty() {
+        let mut s = LaunchSpec::new(vec!["true".into()]);
+        let json = String::from_utf8(s.to_json().unwrap()).unwrap();
+        assert!(!json.contains("mounts"), "{json}");
+        s.mounts = vec![
+            Mount {
+                tag: "data".into(),
+                target: "/var/lib/data".into(),
+                read_only: false,
+            },
+            Mount {
+                tag: "conf.ro".into(),
+                target: "/etc/app".into(),
+                read_only: true,
+            },
+        ];
+        let json = s.to_json().unwrap();
+        assert_eq!(LaunchSpec::from_json(&json).unwrap(), s);
+        let text = String::from_utf8(json).unwrap();
+        assert!(
+            text.contains(r#"{"tag":"data","target":"/var/lib/data"}"#),
+            "read_only false is not written: {text}"
+        );
+
+        let mount = |tag: &str, target: &str| Mount {
+            tag: tag.into(),
+            target: target.into(),
+            read_only: false,
+        };
+        let check = |mounts: Vec<Mount>| {
+            let mut s = LaunchSpec::new(vec!["true".into()]);
+            s.mounts = mounts;
+            s.validate()
+        };
+        for tag in ["", "a b", "a/b", "a,b", &"x".repeat(37)] {
+            assert!(
+                matches!(check(vec![mount(tag, "/x")]), Err(SpecError::MountTag(_))),
+                "{tag:?}"
+            );
+        }
+        check(vec![mount(&"x".repeat(36), "/x")]).unwrap();
+        for target in ["relative", "/a/../b", "/..", "/", "//", "/./", "/a\0"] {
+            let e = check(vec![mount("t", target)]).unwrap_err();
+            assert!(matches!(e, SpecError::MountTarget { .. }), "{target:?}");
+            assert!(e.to_string().contains("tag \"t\""), "{e}");
+        }
+        assert!(matches!(
+            check(vec![mount("a", "/x"), mount("a", "/y")]),
+            Err(SpecError::DuplicateMountTag(_))
+        ));
+        let e = check(vec![mount("a", "/x/y"), mount("b", "/x//y/.")]).unwrap_err();
+        assert!(e.to_string().contains("another mount"), "{e}");
+        check(vec![mount("a", "/x"), mount("b", "/x/y")]).unwrap();
+        assert_eq!(normalize_target("/a//b/./c/"), "/a/b/c");
+        let unknown = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"]},"mounts":[{"tag":"t","target":"/t","cache":"x"}]}"#;
+        assert!(LaunchSpec::from_json(unknown).is_err());
     }
 }

@@ -10,8 +10,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use mvm_protocol::launch::{LaunchSpec, Output, ROOTFS_DRIVE_ID, SCRATCH_DRIVE_ID};
-use mvm_vmm_api::{Console, DriveConfig, VmConfig, VsockConfig};
+use mvm_protocol::launch::{LaunchSpec, Mount, Output, ROOTFS_DRIVE_ID, SCRATCH_DRIVE_ID};
+use mvm_vmm_api::{Console, DriveConfig, FsConfig, VmConfig, VsockConfig};
 
 use crate::paths::SandboxPaths;
 use crate::spec::{ProcessSpec, Resources};
@@ -95,6 +95,34 @@ pub fn vm_config(
         uds_path: paths.vsock.clone(),
     });
     cfg
+}
+
+/// A virtio-fs share as a boot sees it: the VMM's device (`tag`, the
+/// backend's `socket`) and the guest's mount (`target`, `read_only`).
+/// [`crate::share::Backends::start`] makes these for host directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The virtio-fs tag, unique per boot.
+    pub tag: String,
+    /// The vhost-user socket of its running backend.
+    pub socket: PathBuf,
+    /// Where the guest mounts it.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Add `shares` to a boot: a virtio-fs device each in `cfg`, a mount each
+/// in `spec`. The spec's validation ([`write`]) checks tags and targets.
+pub fn add_shares(spec: &mut LaunchSpec, cfg: &mut VmConfig, shares: &[Share]) {
+    for s in shares {
+        cfg.fs.push(FsConfig::new(&s.tag, &s.socket));
+        spec.mounts.push(Mount {
+            tag: s.tag.clone(),
+            target: s.target.clone(),
+            read_only: s.read_only,
+        });
+    }
 }
 
 /// Why the launch files could not be written.
@@ -186,5 +214,52 @@ mod tests {
         assert_eq!((l.process.terminal, l.process.stdin), (true, true));
         assert_eq!((l.process.rows, l.process.cols), (30, 100));
         assert_eq!(l.hostname.as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn shares_become_devices_and_mounts() {
+        let paths = crate::paths::Layout::new("/var/lib/mvm", "/run/mvm").sandbox("abc");
+        let boot = BootFiles {
+            kernel: Path::new("/k/vmlinux"),
+            init_archive: Path::new("/i/init.cpio"),
+        };
+        let res = Resources {
+            vcpus: 1,
+            cpu_quota: None,
+            memory_mib: 128,
+            scratch_mib: 64,
+        };
+        let mut cfg = vm_config(boot, &paths, Path::new("/d/root.ext4"), &res);
+        let mut spec = LaunchSpec::new(vec!["true".into()]);
+        add_shares(
+            &mut spec,
+            &mut cfg,
+            &[
+                Share {
+                    tag: "src".into(),
+                    socket: "/run/mvm/vsock/abc.fs0.sock".into(),
+                    target: "/src".into(),
+                    read_only: false,
+                },
+                Share {
+                    tag: "conf".into(),
+                    socket: "/run/mvm/vsock/abc.fs1.sock".into(),
+                    target: "/etc/app".into(),
+                    read_only: true,
+                },
+            ],
+        );
+        assert_eq!(
+            cfg.fs,
+            vec![
+                FsConfig::new("src", "/run/mvm/vsock/abc.fs0.sock"),
+                FsConfig::new("conf", "/run/mvm/vsock/abc.fs1.sock")
+            ]
+        );
+        assert_eq!(spec.mounts.len(), 2);
+        assert!(spec.mounts[1].read_only);
+        assert_eq!(spec.mounts[0].target, "/src");
+        spec.validate().unwrap();
+        assert_eq!(VmConfig::from_json(&cfg.to_json()).unwrap(), cfg);
     }
 }

@@ -41,6 +41,7 @@ pub mod names;
 pub mod paths;
 pub mod process;
 pub mod restart;
+pub mod share;
 pub mod spec;
 pub mod state;
 pub mod transient;
@@ -58,6 +59,7 @@ pub use logs::LogLimits;
 pub use paths::{Layout, SandboxPaths};
 pub use process::VmmProcess;
 pub use restart::RestartPolicy;
+pub use share::HostShare;
 pub use spec::{
     Defaults, Lifecycle, ProcessSpec, ResourceRequest, Resources, SandboxRequest, SandboxSpec,
     SpecError,
@@ -109,6 +111,8 @@ pub enum RuntimeError {
     Process(#[from] process::ProcessError),
     #[error(transparent)]
     Launch(#[from] launch::LaunchError),
+    #[error(transparent)]
+    Share(#[from] share::ShareError),
 }
 
 impl RuntimeError {
@@ -128,6 +132,13 @@ impl RuntimeError {
                 _ => ErrorKind::Internal,
             },
             Self::Artifact(_) => ErrorKind::Unavailable,
+            Self::Share(share::ShareError::NoVirtiofsd { .. }) => ErrorKind::Unavailable,
+            Self::Share(
+                share::ShareError::Tag { .. }
+                | share::ShareError::DuplicateTag(_)
+                | share::ShareError::Source { .. },
+            ) => ErrorKind::Invalid,
+            Self::Share(_) => ErrorKind::Internal,
             Self::Launch(launch::LaunchError::Spec(_)) => ErrorKind::Invalid,
             Self::Io { source, .. } | Self::Launch(launch::LaunchError::Write { source, .. })
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
@@ -356,6 +367,19 @@ impl Runtime {
         spec: &SandboxSpec,
         size: Option<(u16, u16)>,
     ) -> Result<Started, RuntimeError> {
+        self.start_with_shares(spec, size, &[])
+    }
+
+    /// [`Self::start_sized`] with host directories shared into the sandbox
+    /// over virtio-fs: a sandboxed `virtiofsd` each ([`share`]), started
+    /// before the VMM and recorded in the sandbox's directory. They end
+    /// with the VMM; [`Self::after_exit`] stops any that are left.
+    pub fn start_with_shares(
+        &self,
+        spec: &SandboxSpec,
+        size: Option<(u16, u16)>,
+        shares: &[HostShare],
+    ) -> Result<Started, RuntimeError> {
         let paths = self.paths(&spec.id);
         let mut warnings = Vec::new();
         match fs::remove_file(&paths.status) {
@@ -364,6 +388,7 @@ impl Runtime {
             Err(e) => return Err(io_err("removing", &paths.status)(e)),
         }
         let _ = fs::remove_file(&paths.vsock);
+        share::stop_recorded(&paths);
         if !spec.root_disk.exists() {
             return Err(RuntimeError::Io {
                 op: "opening the root disk",
@@ -378,7 +403,7 @@ impl Runtime {
             agent: self.cfg.defaults.agent,
             size,
         };
-        let launch = launch::launch_spec(&spec.process, &spec.hostname, stdio);
+        let mut launch = launch::launch_spec(&spec.process, &spec.hostname, stdio);
         let init = self.init_archive()?;
         let mut cfg = launch::vm_config(
             self.boot_files(&init),
@@ -387,7 +412,12 @@ impl Runtime {
             &spec.resources,
         );
         self.bound_files(&mut cfg, &paths);
+        // Stopped again if anything below fails (dropped).
+        let backends = self.start_shares(&paths, shares, &mut launch, &mut cfg)?;
         launch::write(&launch, &cfg, &paths)?;
+        if let Some(b) = &backends {
+            b.record(&paths)?;
+        }
         let cgroup = match spec.resources.cpu_quota {
             Some(c) => match cgroup::Cgroup::create(&spec.id, c) {
                 Ok(cg) => Some(cg),
@@ -404,10 +434,34 @@ impl Runtime {
             Ok(p) => p,
             Err(e) => {
                 cgroup::Cgroup::remove(&spec.id);
+                drop(backends);
+                let _ = fs::remove_file(paths.dir.join(share::RECORD_FILE));
                 return Err(e);
             }
         };
+        // From here the record owns them: they end with the VMM.
+        if let Some(b) = backends {
+            b.detach();
+        }
         Ok(Started { process, warnings })
+    }
+
+    /// Start the backends of `shares` (none: nothing, and no virtiofsd
+    /// needed) and add them to the launch files.
+    fn start_shares(
+        &self,
+        paths: &SandboxPaths,
+        shares: &[HostShare],
+        launch: &mut mvm_protocol::launch::LaunchSpec,
+        cfg: &mut mvm_vmm_api::VmConfig,
+    ) -> Result<Option<share::Backends>, RuntimeError> {
+        if shares.is_empty() {
+            return Ok(None);
+        }
+        let bin = share::locate_virtiofsd(None)?;
+        let (backends, boot) = share::Backends::start(&bin, paths, shares)?;
+        launch::add_shares(launch, cfg, &boot);
+        Ok(Some(backends))
     }
 
     /// How the last run of sandbox `id` ended.
@@ -431,10 +485,12 @@ impl Runtime {
         }
     }
 
-    /// Clean up after a VMM ended: its cgroup and socket.
+    /// Clean up after a VMM ended: its cgroup, socket and share backends.
     pub fn after_exit(&self, id: &str) {
         cgroup::Cgroup::remove(id);
-        let _ = fs::remove_file(self.paths(id).vsock);
+        let paths = self.paths(id);
+        let _ = fs::remove_file(&paths.vsock);
+        share::stop_recorded(&paths);
     }
 
     /// Delete everything of sandbox `id` (its VMM must be gone).

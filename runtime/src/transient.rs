@@ -25,6 +25,7 @@ use crate::exit::{ExitInfo, Intent};
 use crate::launch::{self, Stdio};
 use crate::paths::SandboxPaths;
 use crate::process::VmmProcess;
+use crate::share::{Backends, HostShare};
 use crate::spec::{ProcessSpec, Resources};
 use crate::{cgroup, exit_info_of, io_err, names, Runtime, RuntimeError};
 
@@ -50,12 +51,26 @@ pub struct Transient {
     paths: SandboxPaths,
     vmm: VmmProcess,
     started: Instant,
+    /// Stopped when the transient is dropped, after its VMM (fields drop
+    /// after `Drop::drop`).
+    backends: Option<Backends>,
 }
 
 impl Runtime {
     /// Boot a transient sandbox: a private directory, a fresh scratch
     /// disk, the launch files and the VMM. On failure nothing is left.
     pub fn start_transient(&self, spec: &TransientSpec) -> Result<Transient, RuntimeError> {
+        self.start_transient_with_shares(spec, &[])
+    }
+
+    /// [`Self::start_transient`] with host directories shared into the
+    /// guest over virtio-fs ([`crate::share`]); their backends are stopped
+    /// with the transient.
+    pub fn start_transient_with_shares(
+        &self,
+        spec: &TransientSpec,
+        shares: &[HostShare],
+    ) -> Result<Transient, RuntimeError> {
         let id = names::new_id();
         let paths = self.cfg.layout.transient(&id);
         fs::create_dir_all(self.cfg.layout.transients())
@@ -83,6 +98,7 @@ impl Runtime {
                 &spec.resources,
             );
             self.bound_files(&mut cfg, &paths);
+            let backends = self.start_shares(&paths, shares, &mut l, &mut cfg)?;
             launch::write(&l, &cfg, &paths)?;
             let cg = match spec.resources.cpu_quota {
                 Some(c) => match cgroup::Cgroup::create(&id, c) {
@@ -95,14 +111,15 @@ impl Runtime {
                 None => None,
             };
             let procs = cg.as_ref().map(|c| c.procs());
-            self.spawn(&paths, procs.as_deref())
+            Ok((self.spawn(&paths, procs.as_deref())?, backends))
         })();
         match r {
-            Ok(vmm) => Ok(Transient {
+            Ok((vmm, backends)) => Ok(Transient {
                 id,
                 paths,
                 vmm,
                 started,
+                backends,
             }),
             Err(e) => {
                 cgroup::Cgroup::remove(&id);
@@ -202,6 +219,9 @@ impl Drop for Transient {
             }
         }
         crate::process::reap(self.vmm.pid);
+        if let Some(b) = &mut self.backends {
+            b.stop();
+        }
         cgroup::Cgroup::remove(&self.id);
         let _ = fs::remove_file(&self.paths.vsock);
         if let Err(e) = fs::remove_dir_all(&self.paths.dir) {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use mvm_protocol::launch::LaunchSpec;
 use mvm_runtime::launch::{self, BootFiles};
+use mvm_runtime::share::{self, Backends, HostShare};
 use mvm_runtime::{Layout, Resources, SandboxPaths};
 use mvm_vmm_api::kvm::{self, KvmMode};
 pub use mvm_vmm_api::{GuestState, StatusReport, VmConfig, WorkloadReport};
@@ -149,6 +150,10 @@ pub struct Vm {
     /// JSON merged over the written configuration: only for tests of
     /// configurations the VMM must refuse (a typed one cannot be wrong).
     pub invalid_patch: serde_json::Value,
+    /// Host directories shared into the guest over virtio-fs: the
+    /// runtime starts a virtiofsd for each ([`share::Backends`]) before
+    /// the VMM and stops it after.
+    pub shares: Vec<HostShare>,
     pub dir: tempfile::TempDir,
 }
 
@@ -221,6 +226,7 @@ impl Vm {
             timeout: Duration::from_secs(180),
             console_max_bytes: None,
             invalid_patch: serde_json::Value::Null,
+            shares: Vec::new(),
             dir,
         }
     }
@@ -281,8 +287,15 @@ impl Vm {
     /// Write the spec archive and the VMM config (the runtime's
     /// `launch::write`); returns the config path.
     pub fn write_config(&self) -> PathBuf {
-        let cfg = self.config();
-        launch::write(&self.spec, &cfg, &self.paths()).expect("launch files");
+        self.write_config_with(&[])
+    }
+
+    /// [`Self::write_config`] with running share backends added.
+    fn write_config_with(&self, shares: &[launch::Share]) -> PathBuf {
+        let mut cfg = self.config();
+        let mut spec = self.spec.clone();
+        launch::add_shares(&mut spec, &mut cfg, shares);
+        launch::write(&spec, &cfg, &self.paths()).expect("launch files");
         if let Some(p) = self.invalid_patch.as_object() {
             let mut v = serde_json::to_value(&cfg).unwrap();
             if let Some(c) = v.as_object_mut() {
@@ -295,9 +308,19 @@ impl Vm {
         self.config_path()
     }
 
-    /// Start the VMM and return at once.
+    /// Start the share backends (if any), then the VMM, and return at once.
     pub fn spawn(&self) -> Running<'_> {
-        let cfg = self.write_config();
+        let (backends, boot) = if self.shares.is_empty() {
+            (None, Vec::new())
+        } else {
+            let bin = share::locate_virtiofsd(None).expect(
+                "virtiofsd (make deps runs resources/virtiofsd/build.sh; or set MVM_VIRTIOFSD)",
+            );
+            let (b, boot) =
+                Backends::start(&bin, &self.paths(), &self.shares).expect("share backends");
+            (Some(b), boot)
+        };
+        let cfg = self.write_config_with(&boot);
         let child = Command::new(&Artifacts::get().vmm)
             .arg("--config")
             .arg(&cfg)
@@ -310,6 +333,7 @@ impl Vm {
             vm: self,
             child,
             started: Instant::now(),
+            backends,
         }
     }
 
@@ -324,6 +348,8 @@ pub struct Running<'a> {
     pub vm: &'a Vm,
     pub child: Child,
     pub started: Instant,
+    /// The share backends, stopped when this is dropped (after the VMM).
+    pub backends: Option<Backends>,
 }
 
 impl Running<'_> {

@@ -17,6 +17,7 @@ use kvm_ioctls::{Cap, IoEventAddress};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use mvm_virtio::block::{Block, BlockConfig};
+use mvm_virtio::fs::{FailureHook, Fs, FsConfig as FsDeviceConfig};
 use mvm_virtio::rng::Rng;
 use mvm_virtio::vsock::{Vsock, VsockConfig};
 use mvm_virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
@@ -79,6 +80,8 @@ pub enum BuildError {
     Rng(mvm_virtio::rng::RngError),
     #[error(transparent)]
     Vsock(mvm_virtio::vsock::VsockError),
+    #[error(transparent)]
+    Fs(mvm_virtio::fs::FsError),
     #[error("opening kernel {path}: {source}")]
     KernelOpen {
         path: std::path::PathBuf,
@@ -219,7 +222,8 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         )?;
     }
 
-    // virtio devices on the MMIO bus, in slot order: drives, rng, vsock.
+    // virtio devices on the MMIO bus, in slot order: drives, rng, vsock,
+    // virtio-fs shares.
     let mut mmio_bus = Bus::new();
     let mut slots = Vec::new();
     for d in &cfg.drives {
@@ -255,6 +259,26 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         slots.push(VirtioSlot {
             device: vsock.clone(),
             subscriber: vsock,
+        });
+    }
+    for f in &cfg.fs {
+        // The guest cannot use its mounts without the backend: a backend
+        // that fails ends the VM (a VMM error naming the share).
+        let stop = exit.clone();
+        let on_failure: FailureHook = Arc::new(move |msg| stop.request(StopReason::VmmError(msg)));
+        let fs = Fs::new(
+            FsDeviceConfig {
+                tag: f.tag.clone(),
+                socket: f.socket.clone(),
+                queue_size: f.queue_size(),
+            },
+            on_failure,
+        )
+        .map_err(BuildError::Fs)?;
+        let fs = Arc::new(Mutex::new(fs));
+        slots.push(VirtioSlot {
+            device: fs.clone(),
+            subscriber: fs,
         });
     }
     for (i, slot) in slots.iter().enumerate() {

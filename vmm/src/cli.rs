@@ -49,6 +49,10 @@ pub struct Cli {
     /// PATH; guest connections to host port P go to PATH_P).
     #[arg(long, value_name = "SPEC")]
     pub vsock: Option<String>,
+    /// A virtio-fs share: tag=TAG,socket=PATH[,queue_size=N] (PATH is the
+    /// vhost-user socket of a running backend such as virtiofsd); repeatable.
+    #[arg(long = "fs", value_name = "SPEC")]
+    pub fs: Vec<String>,
     /// Boot even though /dev/kvm is PVM (experiments only).
     #[arg(long)]
     pub force_pvm: bool,
@@ -83,6 +87,11 @@ impl Cli {
                 .as_deref()
                 .map(config::parse_vsock_flag)
                 .transpose()?,
+            fs: self
+                .fs
+                .iter()
+                .map(|f| config::parse_fs_flag(f))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -217,6 +226,10 @@ mod tests {
             "/s",
             "--vsock",
             "cid=5,path=/v.sock",
+            "--fs",
+            "tag=a,socket=/a.sock",
+            "--fs",
+            "tag=b,socket=/b.sock,queue_size=64",
         ]);
         let v = c.vm_config().unwrap();
         assert_eq!(v.kernel, PathBuf::from("/k"));
@@ -228,6 +241,9 @@ mod tests {
         assert_eq!(v.status_file, Some(PathBuf::from("/s")));
         let vs = v.vsock.unwrap();
         assert_eq!((vs.guest_cid, vs.uds_path), (5, PathBuf::from("/v.sock")));
+        assert_eq!(v.fs.len(), 2);
+        assert_eq!(v.fs[1].tag, "b");
+        assert_eq!(v.fs[1].queue_size, Some(64));
     }
 
     #[test]

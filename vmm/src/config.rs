@@ -17,6 +17,7 @@ pub use mvm_vmm_api::config::{
     ConfigFileError, Console, DriveConfig, VmConfig, VsockConfig, DEFAULT_MEMORY_MIB,
     DEFAULT_VCPUS, MAX_DRIVE_ID_LEN, MAX_VSOCK_PATH_LEN,
 };
+pub use mvm_vmm_api::config::{FsConfig, MAX_FS_SOCKET_LEN, MAX_FS_TAG_LEN};
 
 use crate::arch::layout::{self, MAX_VIRTIO_DEVICES};
 use crate::arch::mptable::MAX_SUPPORTED_CPUS;
@@ -43,6 +44,7 @@ pub struct FlagConfig {
     pub status_file: Option<PathBuf>,
     pub no_rng: bool,
     pub vsock: Option<VsockConfig>,
+    pub fs: Vec<FsConfig>,
 }
 
 /// Facts about the host that bound the configuration.
@@ -147,6 +149,28 @@ pub enum ConfigError {
     VsockPathTooLong { path: PathBuf, len: usize },
     #[error("vsock uds_path {0} exists and is not a socket; remove it or pick another path")]
     VsockPathNotSocket(PathBuf),
+    #[error("bad --fs {0:?}: expected tag=TAG,socket=PATH[,queue_size=N]")]
+    FsFlag(String),
+    #[error("fs tag {0:?} is invalid: it must be 1 to {MAX_FS_TAG_LEN} bytes of letters, digits, '-', '_' or '.'")]
+    FsTag(String),
+    #[error("fs tag {0:?} is used twice; each share needs its own tag")]
+    DuplicateFsTag(String),
+    #[error("fs {tag:?}: queue_size {size} must be a power of two between 2 and 32768")]
+    FsQueueSize { tag: String, size: u16 },
+    #[error("fs {tag:?}: socket {path} is {len} bytes; at most {MAX_FS_SOCKET_LEN} fit a Unix socket address: use a shorter path")]
+    FsSocketTooLong {
+        tag: String,
+        path: PathBuf,
+        len: usize,
+    },
+    #[error("fs {tag:?}: socket {path}: {source}; start the backend (virtiofsd --socket-path) before the VMM")]
+    FsSocket {
+        tag: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("fs {tag:?}: {path} is not a socket; point socket at the backend's vhost-user socket")]
+    FsNotSocket { tag: String, path: PathBuf },
 }
 
 /// Read the configuration file at `path`.
@@ -203,6 +227,29 @@ pub fn parse_vsock_flag(s: &str) -> Result<VsockConfig, ConfigError> {
     })
 }
 
+/// Parse a `--fs tag=TAG,socket=PATH[,queue_size=N]` value.
+pub fn parse_fs_flag(s: &str) -> Result<FsConfig, ConfigError> {
+    let bad = || ConfigError::FsFlag(s.to_owned());
+    let (mut tag, mut socket, mut queue_size) = (None, None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("tag", v)) if tag.is_none() => tag = Some(v.to_owned()),
+            Some(("socket", v)) if socket.is_none() && !v.is_empty() => {
+                socket = Some(PathBuf::from(v))
+            }
+            Some(("queue_size", v)) if queue_size.is_none() => {
+                queue_size = Some(v.parse().map_err(|_| bad())?)
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(FsConfig {
+        tag: tag.ok_or_else(bad)?,
+        socket: socket.ok_or_else(bad)?,
+        queue_size,
+    })
+}
+
 /// A repeatable flag's values replace the file's list when given.
 fn or_list<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
     if flag.is_empty() {
@@ -234,6 +281,7 @@ pub fn merge(file: Option<VmConfig>, flags: FlagConfig) -> Result<VmConfig, Conf
         status_file: flags.status_file.or(file.status_file),
         rng: !flags.no_rng && file.rng,
         vsock: flags.vsock.or(file.vsock),
+        fs: or_list(flags.fs, file.fs),
     })
 }
 
@@ -241,7 +289,7 @@ pub fn merge(file: Option<VmConfig>, flags: FlagConfig) -> Result<VmConfig, Conf
 /// `mvm-vmm-api`'s; the MMIO layout and the checks are the VMM's).
 pub trait VmConfigExt {
     /// (MMIO base, IRQ) of each virtio device, in slot order: drives as
-    /// configured, then rng, then vsock.
+    /// configured, then rng, then vsock, then the virtio-fs shares.
     fn virtio_slots(&self) -> Vec<(u64, u32)>;
     /// The full kernel command line this configuration boots with.
     fn kernel_cmdline(&self) -> Result<String, CmdlineError>;
@@ -331,6 +379,7 @@ impl VmConfigExt for VmConfig {
         if let Some(v) = &self.vsock {
             check_vsock(v)?;
         }
+        check_fs(&self.fs)?;
         Ok(entry)
     }
 }
@@ -406,6 +455,50 @@ fn check_vsock(v: &VsockConfig) -> Result<(), ConfigError> {
     if let Ok(meta) = std::fs::symlink_metadata(&v.uds_path) {
         if !meta.file_type().is_socket() {
             return Err(ConfigError::VsockPathNotSocket(v.uds_path.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Tags valid and unique, queue sizes valid, each socket an existing
+/// socket (the backend listens before the VMM starts: the VMM connects
+/// while it builds the device, so a missing backend fails here, clearly,
+/// instead of as a guest that cannot mount).
+fn check_fs(shares: &[FsConfig]) -> Result<(), ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut seen = std::collections::HashSet::new();
+    for f in shares {
+        if !mvm_protocol::launch::is_valid_fs_tag(&f.tag) {
+            return Err(ConfigError::FsTag(f.tag.clone()));
+        }
+        if !seen.insert(f.tag.as_str()) {
+            return Err(ConfigError::DuplicateFsTag(f.tag.clone()));
+        }
+        let size = f.queue_size();
+        if !(2..=32768).contains(&size) || !size.is_power_of_two() {
+            return Err(ConfigError::FsQueueSize {
+                tag: f.tag.clone(),
+                size,
+            });
+        }
+        let len = f.socket.as_os_str().len();
+        if len > MAX_FS_SOCKET_LEN {
+            return Err(ConfigError::FsSocketTooLong {
+                tag: f.tag.clone(),
+                path: f.socket.clone(),
+                len,
+            });
+        }
+        let meta = std::fs::metadata(&f.socket).map_err(|source| ConfigError::FsSocket {
+            tag: f.tag.clone(),
+            path: f.socket.clone(),
+            source,
+        })?;
+        if !meta.file_type().is_socket() {
+            return Err(ConfigError::FsNotSocket {
+                tag: f.tag.clone(),
+                path: f.socket.clone(),
+            });
         }
     }
     Ok(())
@@ -788,6 +881,87 @@ mod tests {
             .kernel_cmdline()
             .unwrap()
             .contains("virtio_mmio.device=4K@0xd0001000:6"));
+    }
+
+    #[test]
+    fn fs_forms_and_checks() {
+        let f = parse_fs_flag("tag=data,socket=/run/x/fs.sock").unwrap();
+        assert_eq!(f, FsConfig::new("data", "/run/x/fs.sock"));
+        let f = parse_fs_flag("socket=/s,tag=t,queue_size=256").unwrap();
+        assert_eq!(f.queue_size, Some(256));
+        for bad in [
+            "",
+            "tag=t",
+            "socket=/s",
+            "tag=t,socket=",
+            "tag=t,socket=/s,ro",
+            "tag=t,tag=u,socket=/s",
+            "tag=t,socket=/s,queue_size=x",
+            "tag=t,socket=/s,queue_size=70000",
+        ] {
+            assert!(parse_fs_flag(bad).is_err(), "{bad:?}");
+        }
+
+        let fx = Fixture::new();
+        let sock = fx.path("fs.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mut c = fx.base();
+        c.fs = vec![FsConfig::new("data", &sock)];
+        c.validate(&HOST).unwrap();
+        assert_eq!(c.virtio_device_count(), 2, "rng and the share");
+        assert!(c
+            .kernel_cmdline()
+            .unwrap()
+            .contains("virtio_mmio.device=4K@0xd0001000:6"));
+        let parsed = fx
+            .json(&format!(
+                r#"{{"kernel": "{}", "fs": [{{"tag": "data", "socket": "{}", "queue_size": 128}}]}}"#,
+                fx.path("vmlinux").display(),
+                sock.display()
+            ))
+            .unwrap();
+        assert_eq!(parsed.fs[0].queue_size, Some(128));
+        parsed.validate(&HOST).unwrap();
+
+        let check = |fs: Vec<FsConfig>| {
+            let mut c = fx.base();
+            c.fs = fs;
+            err(&c)
+        };
+        for tag in ["", "a b", "a/b", &"x".repeat(37)] {
+            let e = check(vec![FsConfig::new(tag, &sock)]);
+            assert!(e.contains("tag") && e.contains("invalid"), "{tag:?}: {e}");
+        }
+        let e = check(vec![FsConfig::new("a", &sock), FsConfig::new("a", &sock)]);
+        assert!(e.contains("used twice"), "{e}");
+        for size in [0, 1, 48, 65535] {
+            let e = check(vec![FsConfig {
+                queue_size: Some(size),
+                ..FsConfig::new("a", &sock)
+            }]);
+            assert!(e.contains("queue_size"), "{size}: {e}");
+        }
+        let e = check(vec![FsConfig::new("a", fx.path("none.sock"))]);
+        assert!(
+            e.contains("none.sock") && e.contains("start the backend"),
+            "{e}"
+        );
+        let e = check(vec![FsConfig::new("a", fx.path("root.ext4"))]);
+        assert!(e.contains("not a socket"), "{e}");
+        let long = PathBuf::from(format!("/tmp/{}", "x".repeat(110)));
+        let e = check(vec![FsConfig::new("a", long)]);
+        assert!(e.contains("shorter path"), "{e}");
+        // After vsock in slot order.
+        let mut c = fx.base();
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: fx.path("v.sock"),
+        });
+        c.fs = vec![FsConfig::new("a", &sock)];
+        assert!(c
+            .kernel_cmdline()
+            .unwrap()
+            .contains("virtio_mmio.device=4K@0xd0002000:7"));
     }
 
     #[test]

@@ -24,6 +24,15 @@ pub const MAX_DRIVE_ID_LEN: usize = mvm_protocol::launch::MAX_DRIVE_ID_LEN;
 /// Longest vsock socket path: `<uds_path>_4294967295` must fit a Unix
 /// socket address (107 bytes and a NUL).
 pub const MAX_VSOCK_PATH_LEN: usize = 107 - "_4294967295".len();
+/// virtio-fs tags are at most 36 bytes (the device's configuration space).
+pub const MAX_FS_TAG_LEN: usize = mvm_protocol::launch::MAX_FS_TAG_LEN;
+/// Longest vhost-user socket path (a Unix socket address: 107 bytes and
+/// a NUL).
+pub const MAX_FS_SOCKET_LEN: usize = 107;
+/// Queue size of a virtio-fs device when the file does not say: deep
+/// enough for the guest's FUSE requests in flight (Cloud Hypervisor's
+/// default too).
+pub const DEFAULT_FS_QUEUE_SIZE: u16 = 1024;
 /// Largest configuration file accepted (a real one is a few hundred bytes).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -72,6 +81,10 @@ pub struct VmConfig {
     /// A virtio-vsock device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices, each served by a vhost-user backend (virtiofsd),
+    /// in MMIO slot order after the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<FsConfig>,
 }
 
 fn default_vcpus() -> u32 {
@@ -127,6 +140,40 @@ pub struct VsockConfig {
     /// Host clients connect here; guest connections to host port P go to
     /// `<uds_path>_P`. At most [`MAX_VSOCK_PATH_LEN`] bytes.
     pub uds_path: PathBuf,
+}
+
+/// A virtio-fs device: a host directory the guest mounts by `tag`, its
+/// requests served by a vhost-user backend listening on `socket`
+/// (`mvm_virtio::fs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The tag the guest mounts (`mount -t virtiofs TAG DIR`): 1 to
+    /// [`MAX_FS_TAG_LEN`] bytes of `[A-Za-z0-9_.-]`, unique.
+    pub tag: String,
+    /// The backend's vhost-user socket; it must exist when the VMM starts.
+    /// At most [`MAX_FS_SOCKET_LEN`] bytes.
+    pub socket: PathBuf,
+    /// Size of each of its queues (a power of two up to 32768);
+    /// [`DEFAULT_FS_QUEUE_SIZE`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u16>,
+}
+
+impl FsConfig {
+    /// A share `tag` served on `socket`, default queue size.
+    pub fn new(tag: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
+        Self {
+            tag: tag.into(),
+            socket: socket.into(),
+            queue_size: None,
+        }
+    }
+
+    /// The queue size in effect.
+    pub fn queue_size(&self) -> u16 {
+        self.queue_size.unwrap_or(DEFAULT_FS_QUEUE_SIZE)
+    }
 }
 
 /// Where the guest console goes.
@@ -244,6 +291,7 @@ impl VmConfig {
             status_file: None,
             rng: true,
             vsock: None,
+            fs: Vec::new(),
         }
     }
 
@@ -294,9 +342,13 @@ impl VmConfig {
     }
 
     /// How many virtio devices this configuration has, in MMIO slot order:
-    /// the drives as configured, then rng, then vsock.
+    /// the drives as configured, then rng, then vsock, then the virtio-fs
+    /// shares as configured.
     pub fn virtio_device_count(&self) -> usize {
-        self.drives.len() + usize::from(self.rng) + usize::from(self.vsock.is_some())
+        self.drives.len()
+            + usize::from(self.rng)
+            + usize::from(self.vsock.is_some())
+            + self.fs.len()
     }
 
     /// Memory size in bytes.
@@ -340,6 +392,11 @@ mod tests {
                 guest_cid: 3,
                 uds_path: "/run/mvm/vsock/x.sock".into(),
             }),
+            fs: vec![FsConfig {
+                tag: "data".into(),
+                socket: "/run/mvm/virtiofs/x-0.sock".into(),
+                queue_size: Some(256),
+            }],
         }
     }
 
@@ -382,6 +439,9 @@ mod tests {
             r#"{"kernel": "/k", "vcpus": -1}"#,
             r#"{"kernel": "/k", "drives": [{"id": "a", "path": "/x", "cache": 1}]}"#,
             r#"{"kernel": "/k", "vsock": {"guest_cid": 3, "uds_path": "/x", "port": 1}}"#,
+            r#"{"kernel": "/k", "fs": [{"tag": "a", "socket": "/x", "cache": "auto"}]}"#,
+            r#"{"kernel": "/k", "fs": [{"tag": "a"}]}"#,
+            r#"{"kernel": "/k", "fs": [{"tag": "a", "socket": "/x", "queue_size": 70000}]}"#,
         ] {
             assert!(VmConfig::from_json(bad.as_bytes()).is_err(), "{bad}");
         }
@@ -408,9 +468,25 @@ mod tests {
     }
 
     #[test]
+    fn fs_defaults_and_wire_form() {
+        let c = VmConfig::from_json(br#"{"kernel": "/k", "fs": [{"tag": "t", "socket": "/s"}]}"#)
+            .unwrap();
+        assert_eq!(c.fs, vec![FsConfig::new("t", "/s")]);
+        assert_eq!(c.fs[0].queue_size(), DEFAULT_FS_QUEUE_SIZE);
+        let json = String::from_utf8(VmConfig::new("/k").to_json()).unwrap();
+        assert!(!json.contains("\"fs\""), "no shares, no field: {json}");
+        let json = String::from_utf8(c.to_json()).unwrap();
+        assert!(!json.contains("queue_size"), "{json}");
+    }
+
+    #[test]
     fn device_count_follows_slot_order() {
         let c = full();
-        assert_eq!(c.virtio_device_count(), 3, "two drives and vsock, no rng");
+        assert_eq!(
+            c.virtio_device_count(),
+            4,
+            "two drives, vsock and a share, no rng"
+        );
         assert_eq!(VmConfig::new("/k").virtio_device_count(), 1, "rng");
     }
 }

@@ -20,7 +20,7 @@ pub mod config;
 pub mod kvm;
 pub mod status;
 
-pub use config::{Console, DriveConfig, VmConfig, VsockConfig};
+pub use config::{Console, DriveConfig, FsConfig, VmConfig, VsockConfig};
 pub use kvm::KvmMode;
 pub use status::{GuestState, StatusReport, WorkloadReport};
 

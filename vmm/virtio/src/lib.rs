@@ -48,6 +48,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod block;
 pub mod common;
+pub mod fs;
 pub mod interrupt;
 pub mod queue;
 pub mod rng;
@@ -77,6 +78,8 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 /// virtio-vsock device ID.
 pub const TYPE_VSOCK: u32 = 19;
+/// virtio-fs device ID.
+pub const TYPE_FS: u32 = 26;
 
 /// Feature bit: the device follows virtio 1.x (mandatory for MMIO version 2).
 pub const VIRTIO_F_VERSION_1: u32 = 32;
@@ -109,6 +112,9 @@ pub enum ActivateError {
     /// never start watching the queues.
     #[error("cannot signal the device's activate EventFd: {0}")]
     ActivateEvent(#[source] io::Error),
+    /// The device's out-of-process backend (vhost-user) refused or failed.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// A virtio device as seen by a transport.
