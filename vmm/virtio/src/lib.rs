@@ -31,7 +31,7 @@
 //! transport (no ioeventfd registered) is forwarded to the same queue EventFd,
 //! so both paths behave identically.
 //!
-//! # Adding a device (net, vsock later)
+//! # Adding a device
 //!
 //! Implement [`VirtioDevice`] and `event_manager::MutEventSubscriber`, keep the
 //! shared state in a [`common::VirtioCommon`], and drain queues with
@@ -49,7 +49,9 @@ use vmm_sys_util::eventfd::EventFd;
 pub mod block;
 pub mod common;
 pub mod interrupt;
+pub mod net;
 pub mod queue;
+pub mod rate_limiter;
 pub mod rng;
 pub mod transport;
 pub mod vsock;

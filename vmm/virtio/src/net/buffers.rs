@@ -1,0 +1,176 @@
+//! Descriptor chains as frames: a tx chain (guest to device) copied into a
+//! frame, a rx chain (device to guest) checked into writable guest memory.
+//!
+//! Every chain is guest-controlled, and all checks happen here, before
+//! anything is sent or written: direction of every descriptor, every
+//! buffer inside guest memory, the chain not cut short (a loop, a `next`
+//! past the table and an unreadable indirect table all end the walk with
+//! `NEXT` still set on the last descriptor), and lengths. A tx frame is
+//! copied out of guest memory once, so what is checked is what is sent (a
+//! vCPU rewriting the buffer meanwhile changes nothing); the TAP's kernel
+//! side validates the virtio-net header of what we send as well.
+
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+
+use super::{ETH_HLEN, MAX_FRAME_LEN, VNET_HDR_LEN};
+
+/// Why a chain is not a usable frame or buffer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The walk ended early (loop, next index out of range, unreadable
+    /// indirect table) or the chain has no descriptor.
+    #[error(
+        "descriptor chain is cut short (loop, next index out of range or unreadable descriptor)"
+    )]
+    Truncated,
+    /// A tx chain holds a device-writable descriptor.
+    #[error("descriptor {0} of a tx frame is device-writable; tx buffers must be device-readable")]
+    WriteOnlyInTx(usize),
+    /// A rx chain holds a device-readable descriptor.
+    #[error(
+        "descriptor {0} of a rx buffer is device-readable; rx buffers must be device-writable"
+    )]
+    ReadOnlyInRx(usize),
+    /// A buffer is not (entirely) in guest memory.
+    #[error("buffer {addr:#x}+{len:#x} is outside guest memory")]
+    OutOfMemory {
+        /// Guest address.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// Fewer bytes than a virtio-net header and an Ethernet header.
+    #[error("the tx chain holds {0} bytes, fewer than a virtio-net header and an Ethernet header ({min} bytes)", min = VNET_HDR_LEN + ETH_HLEN)]
+    TooShort(u64),
+    /// More bytes than the longest frame.
+    #[error("the tx chain holds {0} bytes or more; at most {MAX_FRAME_LEN} are accepted")]
+    TooLong(u64),
+}
+
+/// Copies a tx chain (virtio-net header, then the frame) into `buf`,
+/// which holds [`MAX_FRAME_LEN`] bytes; returns its length.
+pub fn read_tx_frame(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    buf: &mut [u8],
+) -> Result<usize, ChainError> {
+    let limit = buf.len().min(MAX_FRAME_LEN);
+    let mut total = 0u64;
+    let mut count = 0usize;
+    let mut last_has_next = false;
+    for (i, desc) in chain.enumerate() {
+        count += 1;
+        last_has_next = desc.has_next();
+        if desc.is_write_only() {
+            return Err(ChainError::WriteOnlyInTx(i));
+        }
+        let len = desc.len();
+        let oom = ChainError::OutOfMemory {
+            addr: desc.addr().0,
+            len,
+        };
+        let start = total;
+        total += u64::from(len);
+        if total > limit as u64 {
+            return Err(ChainError::TooLong(total));
+        }
+        if !mem.check_range(desc.addr(), len as usize) {
+            return Err(oom);
+        }
+        // Within `limit` by the check above.
+        let (start, end) = (start as usize, total as usize);
+        mem.read_slice(&mut buf[start..end], desc.addr())
+            .map_err(|_| oom)?;
+    }
+    if last_has_next || count == 0 {
+        return Err(ChainError::Truncated);
+    }
+    if total < (VNET_HDR_LEN + ETH_HLEN) as u64 {
+        return Err(ChainError::TooShort(total));
+    }
+    Ok(total as usize)
+}
+
+/// A rx chain the guest posted: its writable memory, checked.
+#[derive(Debug)]
+pub struct RxChain<'a> {
+    head: u16,
+    slices: Vec<VolatileSlice<'a>>,
+    capacity: usize,
+}
+
+impl RxChain<'_> {
+    /// The chain's head index (for the used ring).
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// Bytes the chain can take (at most [`MAX_FRAME_LEN`]: more is never
+    /// needed, and the sum stays small whatever the guest claims).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Writes the start of `data` into the chain; returns how many bytes
+    /// went in (`min(data.len(), capacity)`).
+    pub fn write(&self, data: &[u8]) -> usize {
+        let mut done = 0;
+        for s in &self.slices {
+            if done == data.len() {
+                break;
+            }
+            let n = s.len().min(data.len() - done);
+            s.copy_from(&data[done..done + n]);
+            done += n;
+        }
+        done
+    }
+}
+
+/// Checks a rx chain: every descriptor device-writable and in guest memory,
+/// the walk complete.
+pub fn parse_rx<'a>(
+    mem: &'a GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Result<RxChain<'a>, ChainError> {
+    let head = chain.head_index();
+    let mut slices = Vec::new();
+    let mut capacity = 0usize;
+    let mut count = 0usize;
+    let mut last_has_next = false;
+    for (i, desc) in chain.enumerate() {
+        count += 1;
+        last_has_next = desc.has_next();
+        if !desc.is_write_only() {
+            return Err(ChainError::ReadOnlyInRx(i));
+        }
+        let oom = ChainError::OutOfMemory {
+            addr: desc.addr().0,
+            len: desc.len(),
+        };
+        let len = desc.len() as usize;
+        if !mem.check_range(desc.addr(), len) {
+            return Err(oom);
+        }
+        let take = len.min(MAX_FRAME_LEN - capacity);
+        if take == 0 {
+            continue;
+        }
+        // The range was checked above; a region boundary inside it yields
+        // several slices.
+        for s in mem.get_slices(desc.addr(), take) {
+            let s = s.map_err(|_| oom.clone())?;
+            capacity += s.len();
+            slices.push(s);
+        }
+    }
+    if last_has_next || count == 0 {
+        return Err(ChainError::Truncated);
+    }
+    Ok(RxChain {
+        head,
+        slices,
+        capacity,
+    })
+}
