@@ -49,6 +49,11 @@ pub struct Cli {
     /// PATH; guest connections to host port P go to PATH_P).
     #[arg(long, value_name = "SPEC")]
     pub vsock: Option<String>,
+    /// A virtio-net device on a host TAP:
+    /// id=ID,tap=NAME|fd=N[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]; repeatable
+    /// (rate limits: in the configuration file).
+    #[arg(long = "net", value_name = "SPEC")]
+    pub nets: Vec<String>,
     /// Boot even though /dev/kvm is PVM (experiments only).
     #[arg(long)]
     pub force_pvm: bool,
@@ -83,6 +88,11 @@ impl Cli {
                 .as_deref()
                 .map(config::parse_vsock_flag)
                 .transpose()?,
+            net: self
+                .nets
+                .iter()
+                .map(|n| config::parse_net_flag(n))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -208,6 +218,10 @@ mod tests {
             "/s",
             "--vsock",
             "cid=5,path=/v.sock",
+            "--net",
+            "id=eth0,tap=tap0,mac=02:00:00:00:00:02",
+            "--net",
+            "id=eth1,fd=4,mtu=1400",
         ]);
         let v = c.vm_config().unwrap();
         assert_eq!(v.kernel, PathBuf::from("/k"));
@@ -217,6 +231,9 @@ mod tests {
         assert!(v.drives[0].read_only);
         assert_eq!(v.console, config::Console::File("/c".into()));
         assert_eq!(v.status_file, Some(PathBuf::from("/s")));
+        assert_eq!(v.net.len(), 2);
+        assert_eq!(v.net[0].tap, config::TapConfig::Name("tap0".into()));
+        assert_eq!(v.net[1].mtu, 1400);
         let vs = v.vsock.unwrap();
         assert_eq!((vs.guest_cid, vs.uds_path), (5, PathBuf::from("/v.sock")));
     }

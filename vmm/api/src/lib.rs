@@ -20,7 +20,10 @@ pub mod config;
 pub mod kvm;
 pub mod status;
 
-pub use config::{Console, DriveConfig, VmConfig, VsockConfig};
+pub use config::{
+    Console, DriveConfig, MacAddr, NetConfig, RateLimit, TapConfig, TokenBucket, VmConfig,
+    VsockConfig,
+};
 pub use kvm::KvmMode;
 pub use status::{GuestState, StatusReport, WorkloadReport};
 
