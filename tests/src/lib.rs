@@ -28,6 +28,7 @@ use mvm_vmm_api::kvm::{self, KvmMode};
 pub use mvm_vmm_api::{GuestState, StatusReport, VmConfig, WorkloadReport};
 
 pub mod daemon;
+pub mod netns;
 pub mod rootfs;
 
 /// Paths of the artifacts under test, from the environment `make e2e` sets.
@@ -147,6 +148,11 @@ pub struct Vm {
     /// JSON merged over the written configuration: only for tests of
     /// configurations the VMM must refuse (a typed one cannot be wrong).
     pub invalid_patch: serde_json::Value,
+    /// virtio-net devices (their TAPs are the test's to make).
+    pub net: Vec<mvm_vmm_api::NetConfig>,
+    /// Run the VMM in this network namespace (`ip netns exec`), where its
+    /// TAPs are: the test's traffic then stays in a namespace of its own.
+    pub netns: Option<String>,
     pub dir: tempfile::TempDir,
 }
 
@@ -218,6 +224,8 @@ impl Vm {
             ],
             timeout: Duration::from_secs(180),
             invalid_patch: serde_json::Value::Null,
+            net: Vec::new(),
+            netns: None,
             dir,
         }
     }
@@ -271,6 +279,7 @@ impl Vm {
             .iter()
             .map(|d| mvm_vmm_api::DriveConfig::new(&d.id, &d.path, d.read_only))
             .collect();
+        cfg.net = self.net.clone();
         cfg
     }
 
@@ -294,7 +303,17 @@ impl Vm {
     /// Start the VMM and return at once.
     pub fn spawn(&self) -> Running<'_> {
         let cfg = self.write_config();
-        let child = Command::new(&Artifacts::get().vmm)
+        let vmm = &Artifacts::get().vmm;
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the VMM: the child is the VMM itself.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(vmm);
+                c
+            }
+            None => Command::new(vmm),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&cfg)
             .stdin(Stdio::null())
