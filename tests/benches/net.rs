@@ -107,6 +107,55 @@ fn send_to_sink(addr: &str, port: u16, bytes: usize) -> Duration {
     took
 }
 
+/// CPU time (user + system, clock ticks) of each thread of process `pid`,
+/// by thread name: the VMM's main thread runs the event loop (all device
+/// work), its `vcpuN` threads the guest.
+fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) state ..." - comm may hold spaces: split at the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map(|x| x.1).unwrap_or("").to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat; `rest` starts at 3.
+        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.push((name, ticks));
+    }
+    out.sort();
+    out
+}
+
+/// Share of one CPU each thread used between two samples over `wall`.
+fn cpu_shares(before: &[(String, u64)], after: &[(String, u64)], wall: Duration) -> String {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut parts = Vec::new();
+    for (name, t1) in after {
+        let t0 = before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|x| x.1)
+            .unwrap_or(0);
+        let share = (t1 - t0.min(*t1)) as f64 / hz / wall.as_secs_f64() * 100.0;
+        let label = if name.starts_with("vcpu") {
+            name.clone()
+        } else {
+            format!("{name} (event loop)")
+        };
+        parts.push(format!("{label} {share:.0}%"));
+    }
+    parts.join(", ")
+}
+
 /// One setup's figures.
 #[derive(Debug, Default)]
 struct Figures {
@@ -165,7 +214,11 @@ echo bench-done",
     vm.net = vec![net];
     vm.netns = Some(ns.name().to_string());
     let mut r: Running<'_> = vm.spawn();
+    let pid = r.child.id();
+    r.wait_for_console("ping-out");
+    let (t0, c0) = (Instant::now(), thread_ticks(pid));
     let (got, out_time) = receiver.join().unwrap();
+    let out_cpu = cpu_shares(&c0, &thread_ticks(pid), t0.elapsed());
     assert_eq!(got, count * CHUNK);
     r.wait_for_console("out-done");
     let console = r.console();
@@ -175,9 +228,11 @@ echo bench-done",
         .and_then(ping_avg_ms)
         .unwrap_or_else(|| panic!("no guest ping figure:\n{console}"));
     let ping_in = busybox_ping(&ns, VM_GUEST, pings);
+    let (t0, c0) = (Instant::now(), thread_ticks(pid));
     let in_time = ns
         .run(move || send_to_sink(VM_GUEST, 5002, count * CHUNK))
         .unwrap();
+    let in_cpu = cpu_shares(&c0, &thread_ticks(pid), t0.elapsed());
     r.wait_for_console("bench-done");
     let out = r.wait();
     assert_eq!(out.code(), Some(0), "{}", out.describe());
@@ -185,6 +240,8 @@ echo bench-done",
     if let Some(line) = out.stderr.lines().find(|l| l.contains("net eth0: rx")) {
         println!("  microVM {}", line.trim());
     }
+    println!("  VMM threads' CPU, guest->host: {out_cpu}");
+    println!("  VMM threads' CPU, host->guest: {in_cpu}");
     Figures {
         out_mib_s: mib_s(count * CHUNK, out_time),
         in_mib_s: mib_s(count * CHUNK, in_time),
