@@ -112,6 +112,34 @@ impl RxChain<'_> {
         self.capacity
     }
 
+    /// The chain's writable guest memory, in order.
+    pub fn slices(&self) -> &[VolatileSlice<'_>] {
+        &self.slices
+    }
+
+    /// Writes `data` at byte `offset` of the chain; returns how many bytes
+    /// went in (what fits).
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> usize {
+        let mut skip = offset;
+        let mut done = 0;
+        for s in &self.slices {
+            if done == data.len() {
+                break;
+            }
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let n = (s.len() - skip).min(data.len() - done);
+            if let Ok(sub) = s.subslice(skip, n) {
+                sub.copy_from(&data[done..done + n]);
+            }
+            done += n;
+            skip = 0;
+        }
+        done
+    }
+
     /// Writes the start of `data` into the chain; returns how many bytes
     /// went in (`min(data.len(), capacity)`).
     pub fn write(&self, data: &[u8]) -> usize {

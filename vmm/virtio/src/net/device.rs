@@ -5,10 +5,13 @@
 //!   written to the TAP with one `write(2)`, then returned with length 0.
 //!   Malformed and oversized chains are returned unsent and counted.
 //! - **rx** (host to guest): the TAP is read (edge-triggered, until it
-//!   says `EAGAIN`) into a frame buffer; the frame then goes into one
-//!   guest chain, or with `MRG_RXBUF` into as many as it needs, published
-//!   in the used ring at once. Without buffers the frame waits (one frame,
-//!   never more) and the device asks to be notified of new buffers.
+//!   says `EAGAIN`). When the guest has posted room for the largest frame
+//!   (and no rx rate limiter is set) the frame is read straight into its
+//!   buffers; otherwise into a frame buffer, from which it goes into one
+//!   guest chain, or with `MRG_RXBUF` into as many as it needs. Either
+//!   way the chains of a frame are published in the used ring at once.
+//!   Without buffers the frame waits (one frame, never more) and the
+//!   device asks to be notified of new buffers.
 //!
 //! Either path stops when its rate limiter refuses and resumes when the
 //! limiter's timer fires; either yields to the event loop after
@@ -149,6 +152,18 @@ enum Delivery {
     NoBuffers,
     /// Dropped (it fits no buffer the guest gives).
     Dropped,
+}
+
+/// What [`Net::rx_direct`] did.
+enum Direct {
+    /// A frame of this many bytes (header included) is in guest buffers.
+    Delivered(usize),
+    /// A frame was read and dropped (too short or too long).
+    Dropped,
+    /// Nothing to read (or the TAP failed; counted).
+    Empty,
+    /// The guest's buffers cannot hold the largest frame: copy instead.
+    NotEnoughBuffers,
 }
 
 /// The virtio-net device.
@@ -319,6 +334,7 @@ impl Net {
             return;
         }
         let now = Instant::now();
+        // Frames read, delivered or not: a flood of runts counts too.
         let mut frames = 0usize;
         let mut notify = false;
         loop {
@@ -330,15 +346,33 @@ impl Net {
                 }
                 break;
             }
+            if self.rx_pending.is_none() && self.rx_limiter.is_none() {
+                match self.rx_direct(&mut notify) {
+                    Direct::Delivered(len) => {
+                        frames += 1;
+                        self.metrics.rx_frames += 1;
+                        self.metrics.rx_bytes += (len - VNET_HDR_LEN) as u64;
+                        continue;
+                    }
+                    Direct::Dropped => {
+                        frames += 1;
+                        continue;
+                    }
+                    Direct::Empty => break,
+                    Direct::NotEnoughBuffers => {}
+                }
+            }
             let len = match self.rx_pending {
                 Some(len) => len,
                 None => match self.tap.read_frame(&mut self.rx_buf) {
                     Ok(n) if n < VNET_HDR_LEN + ETH_HLEN => {
                         self.metrics.rx_runts += 1;
+                        frames += 1;
                         continue;
                     }
                     Ok(n) if n > MAX_FRAME_LEN => {
                         self.metrics.rx_oversized += 1;
+                        frames += 1;
                         continue;
                     }
                     Ok(n) => {
@@ -377,6 +411,7 @@ impl Net {
                 Delivery::Dropped => {
                     self.rx_pending = None;
                     self.metrics.rx_oversized += 1;
+                    frames += 1;
                 }
                 Delivery::NoBuffers => break,
             }
@@ -386,6 +421,134 @@ impl Net {
                 warn!("virtio-net {}: {e}", self.id);
             }
         }
+    }
+
+    /// Reads the next frame from the TAP straight into guest buffers (no
+    /// copy through `rx_buf`), when the guest has posted room for the
+    /// largest frame: only then can a frame never be cut short. Chains
+    /// the frame does not need go back to the ring untouched (they are the
+    /// last ones taken, so stepping back over them is exact).
+    ///
+    /// Not used with a receive rate limiter: the frame's size is known
+    /// only once it is in the guest's buffers, too late to wait.
+    fn rx_direct(&mut self, notify: &mut bool) -> Direct {
+        let mergeable = self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF);
+        let Self {
+            common,
+            tap,
+            metrics,
+            queue_throttle,
+            io_throttle,
+            id,
+            ..
+        } = self;
+        let Some(active) = common.active_mut() else {
+            return Direct::Empty;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[RXQ_INDEX];
+        let size = usize::from(queue.size());
+
+        // (position in pop order, head) of refused chains; good chains
+        // with their position.
+        let mut popped = 0usize;
+        let mut bad: Vec<(usize, u16)> = Vec::new();
+        let mut chains: Vec<(usize, RxChain<'_>)> = Vec::new();
+        let mut capacity = 0usize;
+        let mut slice_count = 0usize;
+        while capacity < MAX_FRAME_LEN && popped < size {
+            let Some(chain) = next_chain(queue, mem, queue_throttle, id) else {
+                break;
+            };
+            popped += 1;
+            let head = chain.head_index();
+            match parse_rx(mem, chain) {
+                Ok(c) if chains.is_empty() && c.capacity() < VNET_HDR_LEN => {
+                    bad.push((popped, head));
+                }
+                Ok(c) => {
+                    capacity += c.capacity();
+                    slice_count += c.slices().len();
+                    chains.push((popped, c));
+                    if !mergeable {
+                        break;
+                    }
+                }
+                Err(_) => bad.push((popped, head)),
+            }
+        }
+        let rewind = |queue: &mut Queue, n: usize| {
+            for _ in 0..n {
+                queue.go_to_previous_position();
+            }
+        };
+        if capacity < MAX_FRAME_LEN || slice_count > super::tap::MAX_IOVECS {
+            // Refused chains are met again, and counted, on the way that
+            // copies.
+            rewind(queue, popped);
+            return Direct::NotEnoughBuffers;
+        }
+        let slices: Vec<_> = chains
+            .iter()
+            .flat_map(|(_, c)| c.slices().iter().cloned())
+            .collect();
+        let n = match tap.read_frame_into(&slices) {
+            Ok(n) => n,
+            Err(e) => {
+                rewind(queue, popped);
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    metrics.rx_tap_errors += 1;
+                    throttled_warn(
+                        io_throttle,
+                        &format!("virtio-net {id}: reading the TAP"),
+                        &e,
+                    );
+                }
+                return Direct::Empty;
+            }
+        };
+        if !(VNET_HDR_LEN + ETH_HLEN..=MAX_FRAME_LEN).contains(&n) {
+            // What went into the guest's buffers stays unseen: they go
+            // back to the ring as they were given.
+            rewind(queue, popped);
+            if n > MAX_FRAME_LEN {
+                metrics.rx_oversized += 1;
+            } else {
+                metrics.rx_runts += 1;
+            }
+            return Direct::Dropped;
+        }
+        // The chains the frame filled; the rest go back.
+        let mut used_chains = 0usize;
+        let mut covered = 0usize;
+        while covered < n {
+            covered += chains[used_chains].1.capacity();
+            used_chains += 1;
+        }
+        let last_pos = chains[used_chains - 1].0;
+        rewind(queue, popped - last_pos);
+        let count = u16::try_from(used_chains).unwrap_or(u16::MAX);
+        chains[0]
+            .1
+            .write_at(NUM_BUFFERS_OFFSET, &count.to_le_bytes());
+        let mut used: Vec<(u16, u32)> = bad
+            .iter()
+            .filter(|(pos, _)| *pos < last_pos)
+            .map(|&(_, head)| (head, 0))
+            .collect();
+        metrics.rx_bad_chains += used.len() as u64;
+        let mut left = n;
+        for (_, c) in &chains[..used_chains] {
+            let w = left.min(c.capacity());
+            used.push((c.head(), w as u32));
+            left -= w;
+        }
+        metrics.rx_buffers += used_chains as u64;
+        match publish_used(queue, mem, &used) {
+            Ok(x) => *notify |= x,
+            Err(e) => throttled_warn(queue_throttle, "virtio-net: rx used ring", &e),
+        }
+        Direct::Delivered(n)
     }
 
     /// Puts the pending frame (`len` bytes of `rx_buf`) into guest buffers.

@@ -19,7 +19,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use vm_memory::bitmap::Bitmap;
+use vm_memory::VolatileSlice;
+
 use super::VNET_HDR_LEN;
+
+/// Most buffers one `readv` fills (the kernel's `UIO_MAXIOV`).
+pub const MAX_IOVECS: usize = 1024;
 
 /// Longest interface name (`IFNAMSIZ` less the NUL).
 pub const MAX_TAP_NAME_LEN: usize = 15;
@@ -289,6 +295,49 @@ impl Tap {
                 )
             };
             if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Reads one frame straight into guest memory: the slices are filled in
+    /// order (the kernel's `readv`), at most [`MAX_IOVECS`] of them.
+    pub fn read_frame_into(&self, slices: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        let slices = &slices[..slices.len().min(MAX_IOVECS)];
+        // The guards keep the pointers valid for the call.
+        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard_mut()).collect();
+        let iovecs: Vec<libc::iovec> = guards
+            .iter()
+            .zip(slices)
+            .map(|(g, s)| libc::iovec {
+                iov_base: g.as_ptr().cast::<libc::c_void>(),
+                iov_len: s.len(),
+            })
+            .collect();
+        loop {
+            // SAFETY: each iovec points to `len` bytes of mapped guest
+            // memory, valid for writes while `guards` lives (invariant of
+            // VolatileSlice); the count matches the array. Concurrent guest
+            // access to the same bytes is a guest bug and cannot violate
+            // host memory safety.
+            let n = unsafe {
+                libc::readv(
+                    self.file.as_raw_fd(),
+                    iovecs.as_ptr(),
+                    iovecs.len() as libc::c_int,
+                )
+            };
+            if n >= 0 {
+                let mut left = n as usize;
+                for s in slices {
+                    let w = left.min(s.len());
+                    s.bitmap().mark_dirty(0, w);
+                    left -= w;
+                }
                 return Ok(n as usize);
             }
             let e = io::Error::last_os_error();
