@@ -5,14 +5,16 @@
 //! anything is sent or written: direction of every descriptor, every
 //! buffer inside guest memory, the chain not cut short (a loop, a `next`
 //! past the table and an unreadable indirect table all end the walk with
-//! `NEXT` still set on the last descriptor), and lengths. A tx frame is
-//! copied out of guest memory once, so what is checked is what is sent (a
-//! vCPU rewriting the buffer meanwhile changes nothing); the TAP's kernel
-//! side validates the virtio-net header of what we send as well.
+//! `NEXT` still set on the last descriptor), and lengths. Frames are not
+//! copied: the TAP is written from (tx) and read into (rx) guest memory.
+//! Nothing the device decides depends on the frame's bytes, so a vCPU
+//! rewriting a buffer meanwhile can only garble its own frame; the TAP's
+//! kernel side validates the virtio-net header it is given.
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
+use super::tap::MAX_IOVECS;
 use super::{ETH_HLEN, MAX_FRAME_LEN, VNET_HDR_LEN};
 
 /// Why a chain is not a usable frame or buffer.
@@ -46,19 +48,61 @@ pub enum ChainError {
     /// More bytes than the longest frame.
     #[error("the tx chain holds {0} bytes or more; at most {MAX_FRAME_LEN} are accepted")]
     TooLong(u64),
+    /// More pieces of memory than one `writev` takes.
+    #[error("the tx chain is in {0} pieces of memory; at most {MAX_IOVECS} are accepted")]
+    TooManyPieces(usize),
 }
 
-/// Copies a tx chain (virtio-net header, then the frame) into `buf`,
-/// which holds [`MAX_FRAME_LEN`] bytes; returns its length.
-pub fn read_tx_frame(
-    mem: &GuestMemoryMmap,
+/// A tx chain (virtio-net header, then the frame), checked, still in
+/// guest memory: it is written to the TAP from there (`writev`), with no
+/// copy in between.
+#[derive(Debug)]
+pub struct TxChain<'a> {
+    slices: Vec<VolatileSlice<'a>>,
+    len: usize,
+}
+
+impl<'a> TxChain<'a> {
+    /// Bytes, header included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the chain is empty (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chain's memory from byte `offset` on.
+    pub fn slices_from(&self, offset: usize) -> Vec<VolatileSlice<'a>> {
+        let mut skip = offset;
+        let mut out = Vec::with_capacity(self.slices.len());
+        for s in &self.slices {
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            if let Ok(sub) = s.subslice(skip, s.len() - skip) {
+                out.push(sub);
+            }
+            skip = 0;
+        }
+        out
+    }
+}
+
+/// Checks a tx chain: every descriptor device-readable and in guest
+/// memory, the walk complete, at least a virtio-net header and an
+/// Ethernet header and at most [`MAX_FRAME_LEN`] bytes in all, at most
+/// [`MAX_IOVECS`] pieces of memory.
+pub fn parse_tx<'a>(
+    mem: &'a GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
-    buf: &mut [u8],
-) -> Result<usize, ChainError> {
-    let limit = buf.len().min(MAX_FRAME_LEN);
+) -> Result<TxChain<'a>, ChainError> {
     let mut total = 0u64;
     let mut count = 0usize;
     let mut last_has_next = false;
+    let mut slices = Vec::new();
     for (i, desc) in chain.enumerate() {
         count += 1;
         last_has_next = desc.has_next();
@@ -70,18 +114,22 @@ pub fn read_tx_frame(
             addr: desc.addr().0,
             len,
         };
-        let start = total;
         total += u64::from(len);
-        if total > limit as u64 {
+        if total > MAX_FRAME_LEN as u64 {
             return Err(ChainError::TooLong(total));
         }
         if !mem.check_range(desc.addr(), len as usize) {
             return Err(oom);
         }
-        // Within `limit` by the check above.
-        let (start, end) = (start as usize, total as usize);
-        mem.read_slice(&mut buf[start..end], desc.addr())
-            .map_err(|_| oom)?;
+        for s in mem.get_slices(desc.addr(), len as usize) {
+            let s = s.map_err(|_| oom.clone())?;
+            if !s.is_empty() {
+                slices.push(s);
+            }
+        }
+        if slices.len() > MAX_IOVECS {
+            return Err(ChainError::TooManyPieces(slices.len()));
+        }
     }
     if last_has_next || count == 0 {
         return Err(ChainError::Truncated);
@@ -89,7 +137,10 @@ pub fn read_tx_frame(
     if total < (VNET_HDR_LEN + ETH_HLEN) as u64 {
         return Err(ChainError::TooShort(total));
     }
-    Ok(total as usize)
+    Ok(TxChain {
+        slices,
+        len: total as usize,
+    })
 }
 
 /// A rx chain the guest posted: its writable memory, checked.

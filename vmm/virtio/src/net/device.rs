@@ -1,8 +1,8 @@
 //! The virtio-net device: features, configuration space, and the two
 //! paths between the queues and the TAP.
 //!
-//! - **tx** (guest to host): each chain is copied into one frame and
-//!   written to the TAP with one `write(2)`, then returned with length 0.
+//! - **tx** (guest to host): each chain is checked and written to the TAP
+//!   from guest memory with one `writev(2)`, then returned with length 0.
 //!   Malformed and oversized chains are returned unsent and counted.
 //! - **rx** (host to guest): the TAP is read (edge-triggered, until it
 //!   says `EAGAIN`). When the guest has posted room for the largest frame
@@ -34,7 +34,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::buffers::{parse_rx, read_tx_frame, ChainError, RxChain};
+use super::buffers::{parse_rx, parse_tx, ChainError, RxChain};
 use super::metrics::NetMetrics;
 use super::tap::{Tap, TapError};
 use super::{
@@ -179,7 +179,6 @@ pub struct Net {
     rx_pending: Option<usize>,
     /// Whether the pending frame was already charged to the rx limiter.
     rx_paid: bool,
-    tx_buf: Box<[u8]>,
     pub(crate) rx_limiter: Option<RateLimiter>,
     pub(crate) tx_limiter: Option<RateLimiter>,
     metrics: NetMetrics,
@@ -277,7 +276,6 @@ impl Net {
             rx_buf: vec![0u8; MAX_FRAME_LEN + 1].into_boxed_slice(),
             rx_pending: None,
             rx_paid: false,
-            tx_buf: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
             rx_limiter,
             tx_limiter,
             metrics: NetMetrics::default(),
@@ -656,7 +654,6 @@ impl Net {
         let Self {
             common,
             tap,
-            tx_buf,
             tx_limiter,
             metrics,
             queue_throttle,
@@ -693,8 +690,9 @@ impl Net {
                         break;
                     };
                     let head = chain.head_index();
-                    match read_tx_frame(mem, chain, tx_buf) {
-                        Ok(len) => {
+                    match parse_tx(mem, chain) {
+                        Ok(frame) => {
+                            let len = frame.len();
                             if let Some(l) = tx_limiter {
                                 if !l.consume((len - VNET_HDR_LEN) as u64, now) {
                                     metrics.tx_throttled += 1;
@@ -702,12 +700,17 @@ impl Net {
                                     break 'outer;
                                 }
                             }
-                            if !csum {
-                                // A driver that did not ack CSUM may not ask
-                                // for offloads: send the frame as it is.
-                                tx_buf[..NUM_BUFFERS_OFFSET].fill(0);
-                            }
-                            match tap.write_frame(&tx_buf[..len]) {
+                            // A driver that did not ack CSUM may not ask for
+                            // offloads: its header is replaced by an empty one.
+                            let written = if csum {
+                                tap.write_frame_from(None, &frame.slices_from(0))
+                            } else {
+                                tap.write_frame_from(
+                                    Some(&[0u8; VNET_HDR_LEN]),
+                                    &frame.slices_from(VNET_HDR_LEN),
+                                )
+                            };
+                            match written {
                                 Ok(_) => {
                                     metrics.tx_frames += 1;
                                     metrics.tx_bytes += (len - VNET_HDR_LEN) as u64;

@@ -347,15 +347,38 @@ impl Tap {
         }
     }
 
-    /// Writes one frame (virtio-net header first).
-    pub fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
+    /// Writes one frame from guest memory (`writev`): `header` first if
+    /// given (the device's own virtio-net header in place of the guest's),
+    /// then the slices, at most [`MAX_IOVECS`] pieces in all.
+    pub fn write_frame_from(
+        &self,
+        header: Option<&[u8]>,
+        slices: &[VolatileSlice<'_>],
+    ) -> io::Result<usize> {
+        let room = MAX_IOVECS - usize::from(header.is_some());
+        let slices = &slices[..slices.len().min(room)];
+        // The guards keep the pointers valid for the call.
+        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(slices.len() + 1);
+        if let Some(h) = header {
+            iovecs.push(libc::iovec {
+                iov_base: h.as_ptr().cast_mut().cast::<libc::c_void>(),
+                iov_len: h.len(),
+            });
+        }
+        iovecs.extend(guards.iter().zip(slices).map(|(g, s)| libc::iovec {
+            iov_base: g.as_ptr().cast_mut().cast::<libc::c_void>(),
+            iov_len: s.len(),
+        }));
         loop {
-            // SAFETY: the kernel reads `frame.len()` bytes from `frame`.
+            // SAFETY: each iovec points to `len` readable bytes (`header`,
+            // or mapped guest memory while `guards` lives); the kernel only
+            // reads them; the count matches the array.
             let n = unsafe {
-                libc::write(
+                libc::writev(
                     self.file.as_raw_fd(),
-                    frame.as_ptr().cast::<libc::c_void>(),
-                    frame.len(),
+                    iovecs.as_ptr(),
+                    iovecs.len() as libc::c_int,
                 )
             };
             if n >= 0 {

@@ -316,6 +316,21 @@ fn tx_frames_reach_the_tap_in_order() {
 }
 
 #[test]
+fn tx_frame_straddling_a_region_boundary_goes_out_whole() {
+    let mem = mem();
+    let mut env = Env::new(&mem, config(), without(offered(), VIRTIO_NET_F_CSUM));
+    let f = frame(3000, 6);
+    let at = REGION_SPLIT - 1000;
+    mem.write_slice(&f, GuestAddress(at)).unwrap();
+    env.tx.add_chain(&[(at, f.len() as u32, 0)]);
+    env.notify(TXQ_INDEX);
+    let got = env.host.recv_all();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0][VNET_HDR_LEN..], &f[VNET_HDR_LEN..]);
+    assert_eq!(&got[0][..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+}
+
+#[test]
 fn tx_header_is_cleared_when_csum_was_not_acked() {
     let mem = mem();
     let mut env = Env::new(&mem, config(), without(offered(), VIRTIO_NET_F_CSUM));
