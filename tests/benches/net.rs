@@ -168,6 +168,9 @@ struct Figures {
     in_mib_s: f64,
     ping_out_ms: f64,
     ping_in_ms: f64,
+    /// Ping on the "guest" side's own loopback: what answering costs
+    /// there without any network in between.
+    ping_lo_ms: f64,
 }
 
 fn busybox_ping(ns: &Netns, addr: &str, count: usize) -> f64 {
@@ -203,6 +206,7 @@ ip link set eth0 up
 printf '{sink}' > /tmp/sink; chmod +x /tmp/sink
 printf '{source}' > /tmp/source; chmod +x /tmp/source
 ping -c 1 -W 10 {VM_HOST} > /dev/null || true
+echo \"ping-lo $(ping -c {pings} -i 0.2 127.0.0.1 | grep min/avg/max)\"
 echo \"ping-out $(ping -c {pings} -i 0.2 {VM_HOST} | grep min/avg/max)\"
 nc {VM_HOST} 5001 -e /tmp/source
 echo out-done
@@ -232,6 +236,11 @@ echo bench-done",
         .find_map(|l| l.trim().strip_prefix("ping-out "))
         .and_then(ping_avg_ms)
         .unwrap_or_else(|| panic!("no guest ping figure:\n{console}"));
+    let ping_lo = console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ping-lo "))
+        .and_then(ping_avg_ms)
+        .unwrap_or_else(|| panic!("no guest loopback ping figure:\n{console}"));
     let ping_in = busybox_ping(&ns, VM_GUEST, pings);
     let (t0, c0) = (Instant::now(), thread_ticks(pid));
     let in_time = ns
@@ -252,6 +261,7 @@ echo bench-done",
         in_mib_s: mib_s(count * CHUNK, in_time),
         ping_out_ms: ping_out,
         ping_in_ms: ping_in,
+        ping_lo_ms: ping_lo,
     }
 }
 
@@ -289,6 +299,7 @@ fn veth_figures(bytes: usize, pings: usize) -> Figures {
 
     let ping_out = busybox_ping(&peer, VETH_HOST, pings);
     let ping_in = busybox_ping(&host, VETH_PEER, pings);
+    let ping_lo = busybox_ping(&peer, "127.0.0.1", pings);
 
     let listener = host
         .run(|| TcpListener::bind((VETH_HOST, 5001)).unwrap())
@@ -315,6 +326,7 @@ fn veth_figures(bytes: usize, pings: usize) -> Figures {
         in_mib_s: mib_s(count * CHUNK, in_time),
         ping_out_ms: ping_out,
         ping_in_ms: ping_in,
+        ping_lo_ms: ping_lo,
     }
 }
 
@@ -353,6 +365,12 @@ fn main() {
             vm.ping_in_ms,
             baseline.ping_in_ms,
             vm.ping_in_ms / baseline.ping_in_ms,
+        ),
+        (
+            format!("ping guest's own loopback, avg of {pings} (ms)"),
+            vm.ping_lo_ms,
+            baseline.ping_lo_ms,
+            vm.ping_lo_ms / baseline.ping_lo_ms,
         ),
     ];
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
