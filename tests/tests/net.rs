@@ -140,8 +140,8 @@ echo net-done"
             let mut s = loop {
                 match TcpStream::connect((GUEST_IP, 5002)) {
                     Ok(s) => break s,
-                    Err(e) if Instant::now() < deadline => {
-                        let _ = e;
+                    // The guest's `nc -l` may not listen yet.
+                    Err(_) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(200));
                     }
                     Err(e) => panic!("connect to the guest: {e}"),

@@ -461,7 +461,11 @@ impl Net {
             popped += 1;
             let head = chain.head_index();
             match parse_rx(mem, chain) {
-                Ok(c) if chains.is_empty() && c.capacity() < VNET_HDR_LEN => {
+                // The header must be in the first buffer; an empty buffer
+                // is of no use anywhere.
+                Ok(c)
+                    if c.capacity() == 0 || (chains.is_empty() && c.capacity() < VNET_HDR_LEN) =>
+                {
                     bad.push((popped, head));
                 }
                 Ok(c) => {
@@ -600,8 +604,11 @@ impl Net {
             popped += 1;
             let head = chain.head_index();
             match parse_rx(mem, chain) {
-                // The header must be in the first buffer.
-                Ok(c) if chains.is_empty() && c.capacity() < VNET_HDR_LEN => {
+                // The header must be in the first buffer; an empty buffer
+                // is of no use anywhere.
+                Ok(c)
+                    if c.capacity() == 0 || (chains.is_empty() && c.capacity() < VNET_HDR_LEN) =>
+                {
                     metrics.rx_bad_chains += 1;
                     bad.push((head, 0));
                 }

@@ -584,6 +584,32 @@ fn bad_rx_chains_go_back_empty_and_the_frame_takes_the_next() {
 }
 
 #[test]
+fn an_empty_buffer_between_a_frames_buffers_is_refused_not_counted_in() {
+    let mem = mem();
+    let mut env = Env::new(&mem, config(), offered());
+    let a = env.post_rx(RX_AREA, 1526);
+    let empty = env.rx.add_chain(&[(RX_AREA + 0x1000, 0, WRITE)]);
+    let b = env.post_rx(RX_AREA + 0x2000, 1526);
+    let c = env.post_rx(RX_AREA + 0x3000, 1526);
+    env.notify(RXQ_INDEX);
+    let f = frame(4000, 8);
+    env.host.send(&f);
+    env.run();
+    let total = f.len() as u32;
+    assert_eq!(
+        env.used_rx(),
+        vec![
+            (u32::from(empty), 0),
+            (u32::from(a), 1526),
+            (u32::from(b), 1526),
+            (u32::from(c), total - 2 * 1526),
+        ]
+    );
+    let hdr = env.read(RX_AREA, VNET_HDR_LEN);
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3, "num_buffers");
+}
+
+#[test]
 fn runt_and_giant_frames_from_the_tap_are_counted() {
     let mem = mem();
     let mut env = Env::new(&mem, config(), offered());
