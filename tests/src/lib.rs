@@ -29,6 +29,7 @@ use mvm_vmm_api::kvm::{self, KvmMode};
 pub use mvm_vmm_api::{GuestState, StatusReport, VmConfig, WorkloadReport};
 
 pub mod daemon;
+pub mod netns;
 pub mod rootfs;
 
 /// Paths of the artifacts under test, from the environment `make e2e` sets.
@@ -154,6 +155,11 @@ pub struct Vm {
     /// runtime starts a virtiofsd for each ([`share::Backends`]) before
     /// the VMM and stops it after.
     pub shares: Vec<HostShare>,
+    /// virtio-net devices (their TAPs are the test's to make).
+    pub net: Vec<mvm_vmm_api::NetConfig>,
+    /// Run the VMM in this network namespace (`ip netns exec`), where its
+    /// TAPs are: the test's traffic then stays in a namespace of its own.
+    pub netns: Option<String>,
     pub dir: tempfile::TempDir,
 }
 
@@ -227,6 +233,8 @@ impl Vm {
             console_max_bytes: None,
             invalid_patch: serde_json::Value::Null,
             shares: Vec::new(),
+            net: Vec::new(),
+            netns: None,
             dir,
         }
     }
@@ -281,6 +289,7 @@ impl Vm {
             .iter()
             .map(|d| mvm_vmm_api::DriveConfig::new(&d.id, &d.path, d.read_only))
             .collect();
+        cfg.net = self.net.clone();
         cfg
     }
 
@@ -321,7 +330,17 @@ impl Vm {
             (Some(b), boot)
         };
         let cfg = self.write_config_with(&boot);
-        let child = Command::new(&Artifacts::get().vmm)
+        let vmm = &Artifacts::get().vmm;
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the VMM: the child is the VMM itself.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(vmm);
+                c
+            }
+            None => Command::new(vmm),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&cfg)
             .stdin(Stdio::null())

@@ -18,6 +18,8 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use mvm_virtio::block::{Block, BlockConfig};
 use mvm_virtio::fs::{FailureHook, Fs, FsConfig as FsDeviceConfig};
+use mvm_virtio::net::{Net, TapSource};
+use mvm_virtio::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use mvm_virtio::rng::Rng;
 use mvm_virtio::vsock::{Vsock, VsockConfig};
 use mvm_virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
@@ -82,6 +84,8 @@ pub enum BuildError {
     Vsock(mvm_virtio::vsock::VsockError),
     #[error(transparent)]
     Fs(mvm_virtio::fs::FsError),
+    #[error(transparent)]
+    Net(mvm_virtio::net::NetError),
     #[error("opening kernel {path}: {source}")]
     KernelOpen {
         path: std::path::PathBuf,
@@ -223,7 +227,8 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
     }
 
     // virtio devices on the MMIO bus, in slot order: drives, rng, vsock,
-    // virtio-fs shares.
+    // net, then the virtio-fs shares (the newer kinds last, so that
+    // adding one moves none of the older devices).
     let mut mmio_bus = Bus::new();
     let mut slots = Vec::new();
     for d in &cfg.drives {
@@ -259,6 +264,18 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         slots.push(VirtioSlot {
             device: vsock.clone(),
             subscriber: vsock,
+        });
+    }
+    let mut nets = Vec::new();
+    for n in &cfg.net {
+        let net = Arc::new(Mutex::new(
+            Net::new(net_config(n)).map_err(BuildError::Net)?,
+        ));
+        tracing::debug!("net {}: TAP {}", n.id, lock(&net).tap_name());
+        nets.push(net.clone());
+        slots.push(VirtioSlot {
+            device: net.clone(),
+            subscriber: net,
         });
     }
     for f in &cfg.fs {
@@ -368,6 +385,15 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
     }
 
     lock(&serial).flush_output();
+    for net in &nets {
+        let net = lock(net);
+        let m = net.metrics();
+        if m.dropped() > 0 {
+            tracing::info!("net {}: {m}", net.id());
+        } else {
+            tracing::debug!("net {}: {m}", net.id());
+        }
+    }
     let console_tail = lock(&tail).lines();
     let guest = lock(&guest_status).clone();
     let reason = exit
@@ -378,6 +404,32 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         guest,
         console_tail,
     })
+}
+
+/// The device's view of a validated net configuration.
+fn net_config(n: &mvm_vmm_api::NetConfig) -> mvm_virtio::net::NetConfig {
+    let bucket = |b: mvm_vmm_api::TokenBucket| TokenBucketConfig {
+        size: b.size,
+        one_time_burst: b.one_time_burst,
+        refill_time_ms: b.refill_time_ms,
+    };
+    let limiter = |l: &Option<mvm_vmm_api::RateLimit>| {
+        l.map(|l| RateLimiterConfig {
+            bandwidth: l.bandwidth.map(bucket),
+            ops: l.ops.map(bucket),
+        })
+    };
+    mvm_virtio::net::NetConfig {
+        id: n.id.clone(),
+        tap: match &n.tap {
+            mvm_vmm_api::TapConfig::Name(name) => TapSource::Name(name.clone()),
+            mvm_vmm_api::TapConfig::Fd(fd) => TapSource::Fd(*fd),
+        },
+        mac: n.mac.map(|m| m.0),
+        mtu: n.mtu,
+        rx_rate_limiter: limiter(&n.rx_rate_limit),
+        tx_rate_limiter: limiter(&n.tx_rate_limit),
+    }
 }
 
 fn console_sink(c: &Console, max: Option<u64>) -> Result<ConsoleSink, BuildError> {

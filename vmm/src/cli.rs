@@ -53,6 +53,11 @@ pub struct Cli {
     /// vhost-user socket of a running backend such as virtiofsd); repeatable.
     #[arg(long = "fs", value_name = "SPEC")]
     pub fs: Vec<String>,
+    /// A virtio-net device on a host TAP:
+    /// id=ID,tap=NAME|fd=N[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]; repeatable
+    /// (rate limits: in the configuration file).
+    #[arg(long = "net", value_name = "SPEC")]
+    pub nets: Vec<String>,
     /// Boot even though /dev/kvm is PVM (experiments only).
     #[arg(long)]
     pub force_pvm: bool,
@@ -91,6 +96,11 @@ impl Cli {
                 .fs
                 .iter()
                 .map(|f| config::parse_fs_flag(f))
+                .collect::<Result<_, _>>()?,
+            net: self
+                .nets
+                .iter()
+                .map(|n| config::parse_net_flag(n))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -230,6 +240,10 @@ mod tests {
             "tag=a,socket=/a.sock",
             "--fs",
             "tag=b,socket=/b.sock,queue_size=64",
+            "--net",
+            "id=eth0,tap=tap0,mac=02:00:00:00:00:02",
+            "--net",
+            "id=eth1,fd=4,mtu=1400",
         ]);
         let v = c.vm_config().unwrap();
         assert_eq!(v.kernel, PathBuf::from("/k"));
@@ -239,6 +253,9 @@ mod tests {
         assert!(v.drives[0].read_only);
         assert_eq!(v.console, config::Console::File("/c".into()));
         assert_eq!(v.status_file, Some(PathBuf::from("/s")));
+        assert_eq!(v.net.len(), 2);
+        assert_eq!(v.net[0].tap, config::TapConfig::Name("tap0".into()));
+        assert_eq!(v.net[1].mtu, 1400);
         let vs = v.vsock.unwrap();
         assert_eq!((vs.guest_cid, vs.uds_path), (5, PathBuf::from("/v.sock")));
         assert_eq!(v.fs.len(), 2);

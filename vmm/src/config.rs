@@ -14,8 +14,9 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 pub use mvm_vmm_api::config::{
-    ConfigFileError, Console, DriveConfig, VmConfig, VsockConfig, DEFAULT_MEMORY_MIB,
-    DEFAULT_VCPUS, MAX_DRIVE_ID_LEN, MAX_VSOCK_PATH_LEN,
+    ConfigFileError, Console, DriveConfig, MacAddr, NetConfig, RateLimit, TapConfig, TokenBucket,
+    VmConfig, VsockConfig, DEFAULT_MEMORY_MIB, DEFAULT_MTU, DEFAULT_VCPUS, MAX_DRIVE_ID_LEN,
+    MAX_MTU, MAX_NET_DEVICES, MAX_NET_ID_LEN, MAX_TAP_NAME_LEN, MAX_VSOCK_PATH_LEN, MIN_MTU,
 };
 pub use mvm_vmm_api::config::{FsConfig, MAX_FS_SOCKET_LEN, MAX_FS_TAG_LEN};
 
@@ -45,6 +46,7 @@ pub struct FlagConfig {
     pub no_rng: bool,
     pub vsock: Option<VsockConfig>,
     pub fs: Vec<FsConfig>,
+    pub net: Vec<NetConfig>,
 }
 
 /// Facts about the host that bound the configuration.
@@ -171,6 +173,32 @@ pub enum ConfigError {
     },
     #[error("fs {tag:?}: {path} is not a socket; point socket at the backend's vhost-user socket")]
     FsNotSocket { tag: String, path: PathBuf },
+    #[error("bad --net {0:?}: expected id=ID,tap=NAME|fd=N[,mac=XX:XX:XX:XX:XX:XX][,mtu=N]")]
+    NetFlag(String),
+    #[error("{0} net devices requested; at most {MAX_NET_DEVICES} are supported")]
+    TooManyNets(usize),
+    #[error("net id {0:?} is invalid: it must be 1 to {MAX_NET_ID_LEN} bytes of letters, digits, '-', '_' or '.'")]
+    NetId(String),
+    #[error("net id {0:?} is used twice; each net device needs its own id")]
+    DuplicateNet(String),
+    #[error("net {id:?}: TAP name {name:?} is invalid: it must be 1 to {MAX_TAP_NAME_LEN} bytes (IFNAMSIZ) without '/', ':', whitespace or NUL")]
+    TapName { id: String, name: String },
+    #[error(
+        "net {id:?}: TAP descriptor {fd} is invalid: it must be an inherited descriptor, 3 or more"
+    )]
+    TapFd { id: String, fd: i32 },
+    #[error("net {id:?}: TAP {tap} is used by another net device too")]
+    DuplicateTap { id: String, tap: String },
+    #[error("net {id:?}: MAC {mac} is a multicast address; a guest interface needs a unicast one (the first byte even, e.g. 02:...)")]
+    MacMulticast { id: String, mac: MacAddr },
+    #[error("net {id:?}: MAC {mac} is all zeros; give a unicast address or leave \"mac\" out")]
+    MacZero { id: String, mac: MacAddr },
+    #[error("net {id:?}: MTU {mtu} is out of range ({MIN_MTU} to {MAX_MTU})")]
+    Mtu { id: String, mtu: u16 },
+    #[error(
+        "net {id:?}: {which} rate limit: a token bucket needs a non-zero size and refill_time_ms"
+    )]
+    RateLimit { id: String, which: &'static str },
 }
 
 /// Read the configuration file at `path`.
@@ -250,6 +278,31 @@ pub fn parse_fs_flag(s: &str) -> Result<FsConfig, ConfigError> {
     })
 }
 
+/// Parse a `--net id=ID,tap=NAME|fd=N[,mac=MAC][,mtu=N]` value (rate
+/// limits are set in the configuration file).
+pub fn parse_net_flag(s: &str) -> Result<NetConfig, ConfigError> {
+    let bad = || ConfigError::NetFlag(s.to_owned());
+    let (mut id, mut tap, mut mac, mut mtu) = (None, None, None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) if id.is_none() => id = Some(v.to_owned()),
+            Some(("tap", v)) if tap.is_none() && !v.is_empty() => {
+                tap = Some(TapConfig::Name(v.to_owned()))
+            }
+            Some(("fd", v)) if tap.is_none() => {
+                tap = Some(TapConfig::Fd(v.parse().map_err(|_| bad())?))
+            }
+            Some(("mac", v)) if mac.is_none() => mac = Some(v.parse().map_err(|_| bad())?),
+            Some(("mtu", v)) if mtu.is_none() => mtu = Some(v.parse().map_err(|_| bad())?),
+            _ => return Err(bad()),
+        }
+    }
+    let mut net = NetConfig::new(id.ok_or_else(bad)?, tap.ok_or_else(bad)?);
+    net.mac = mac;
+    net.mtu = mtu.unwrap_or(DEFAULT_MTU);
+    Ok(net)
+}
+
 /// A repeatable flag's values replace the file's list when given.
 fn or_list<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
     if flag.is_empty() {
@@ -282,6 +335,7 @@ pub fn merge(file: Option<VmConfig>, flags: FlagConfig) -> Result<VmConfig, Conf
         rng: !flags.no_rng && file.rng,
         vsock: flags.vsock.or(file.vsock),
         fs: or_list(flags.fs, file.fs),
+        net: or_list(flags.net, file.net),
     })
 }
 
@@ -289,7 +343,8 @@ pub fn merge(file: Option<VmConfig>, flags: FlagConfig) -> Result<VmConfig, Conf
 /// `mvm-vmm-api`'s; the MMIO layout and the checks are the VMM's).
 pub trait VmConfigExt {
     /// (MMIO base, IRQ) of each virtio device, in slot order: drives as
-    /// configured, then rng, then vsock, then the virtio-fs shares.
+    /// configured, then rng, then vsock, then net devices and the virtio-fs
+    /// shares as configured.
     fn virtio_slots(&self) -> Vec<(u64, u32)>;
     /// The full kernel command line this configuration boots with.
     fn kernel_cmdline(&self) -> Result<String, CmdlineError>;
@@ -352,6 +407,7 @@ impl VmConfigExt for VmConfig {
             });
         }
         check_drives(self)?;
+        check_nets(self)?;
         if self.virtio_device_count() > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(self.virtio_device_count()));
         }
@@ -416,6 +472,73 @@ fn check_drives(cfg: &VmConfig) -> Result<(), ConfigError> {
             .write(!d.read_only)
             .open(&d.path)
             .map_err(drive_err)?;
+    }
+    Ok(())
+}
+
+/// Net devices: count, ids, TAPs, MACs, MTUs and rate limits. (Whether
+/// the TAP can be opened is found when the device is built.)
+fn check_nets(cfg: &VmConfig) -> Result<(), ConfigError> {
+    if cfg.net.len() > MAX_NET_DEVICES {
+        return Err(ConfigError::TooManyNets(cfg.net.len()));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut taps = std::collections::HashSet::new();
+    for n in &cfg.net {
+        let id = || n.id.clone();
+        let id_ok = !n.id.is_empty()
+            && n.id.len() <= MAX_NET_ID_LEN
+            && n.id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !id_ok {
+            return Err(ConfigError::NetId(id()));
+        }
+        if !ids.insert(n.id.as_str()) {
+            return Err(ConfigError::DuplicateNet(id()));
+        }
+        let tap = match &n.tap {
+            TapConfig::Name(name) => {
+                if !mvm_virtio::net::tap::valid_tap_name(name) {
+                    return Err(ConfigError::TapName {
+                        id: id(),
+                        name: name.clone(),
+                    });
+                }
+                format!("{name:?}")
+            }
+            TapConfig::Fd(fd) => {
+                if *fd < 3 {
+                    return Err(ConfigError::TapFd { id: id(), fd: *fd });
+                }
+                format!("descriptor {fd}")
+            }
+        };
+        if !taps.insert(tap.clone()) {
+            return Err(ConfigError::DuplicateTap { id: id(), tap });
+        }
+        if let Some(mac) = n.mac {
+            if mac.is_multicast() {
+                return Err(ConfigError::MacMulticast { id: id(), mac });
+            }
+            if mac.0 == [0; 6] {
+                return Err(ConfigError::MacZero { id: id(), mac });
+            }
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&n.mtu) {
+            return Err(ConfigError::Mtu {
+                id: id(),
+                mtu: n.mtu,
+            });
+        }
+        for (which, limit) in [("rx", &n.rx_rate_limit), ("tx", &n.tx_rate_limit)] {
+            let buckets = limit.iter().flat_map(|l| [l.bandwidth, l.ops]).flatten();
+            for b in buckets {
+                if b.size == 0 || b.refill_time_ms == 0 {
+                    return Err(ConfigError::RateLimit { id: id(), which });
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -962,6 +1085,112 @@ mod tests {
             .kernel_cmdline()
             .unwrap()
             .contains("virtio_mmio.device=4K@0xd0002000:7"));
+    }
+
+    #[test]
+    fn net_forms_and_checks() {
+        let n = parse_net_flag("id=eth0,tap=mvmtap0,mac=02:00:00:00:00:07,mtu=9000").unwrap();
+        assert_eq!(n.tap, TapConfig::Name("mvmtap0".into()));
+        assert_eq!(n.mac, Some(MacAddr([2, 0, 0, 0, 0, 7])));
+        assert_eq!(n.mtu, 9000);
+        let n = parse_net_flag("fd=5,id=eth1").unwrap();
+        assert_eq!((n.tap, n.mac, n.mtu), (TapConfig::Fd(5), None, DEFAULT_MTU));
+        for bad in [
+            "",
+            "id=a",
+            "tap=t",
+            "id=a,tap=t,fd=3",
+            "id=a,tap=",
+            "id=a,fd=x",
+            "id=a,tap=t,mac=01:02",
+            "id=a,tap=t,mtu=70000",
+            "id=a,tap=t,queues=2",
+        ] {
+            assert!(parse_net_flag(bad).is_err(), "{bad:?}");
+        }
+
+        let fx = Fixture::new();
+        let mut c = fx.base();
+        let net = |id: &str, tap: &str| NetConfig::new(id, TapConfig::Name(tap.into()));
+        c.net = vec![net("eth0", "tap0"), net("eth1", "tap1")];
+        c.validate(&HOST).unwrap();
+        // Net devices come after rng: rng keeps slot 0.
+        let cmd = c.kernel_cmdline().unwrap();
+        assert!(cmd.contains("0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7"), "{cmd}");
+
+        let cases: Vec<(Vec<NetConfig>, &str)> = vec![
+            (vec![net("eth0", "t0"), net("eth0", "t1")], "used twice"),
+            (vec![net("a b", "t0")], "invalid"),
+            (vec![net("", "t0")], "invalid"),
+            (vec![net("eth0", "tap/0")], "TAP name"),
+            (vec![net("eth0", &"t".repeat(16))], "IFNAMSIZ"),
+            (
+                vec![net("eth0", "t0"), net("eth1", "t0")],
+                "another net device",
+            ),
+            (vec![NetConfig::new("eth0", TapConfig::Fd(2))], "3 or more"),
+            (
+                vec![
+                    NetConfig::new("eth0", TapConfig::Fd(7)),
+                    NetConfig::new("eth1", TapConfig::Fd(7)),
+                ],
+                "another net device",
+            ),
+            (
+                (0..=MAX_NET_DEVICES)
+                    .map(|i| net(&format!("e{i}"), &format!("t{i}")))
+                    .collect(),
+                "at most 8",
+            ),
+        ];
+        for (nets, want) in cases {
+            c.net = nets;
+            let e = err(&c);
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let mut n = net("eth0", "t0");
+        n.mac = Some(MacAddr([1, 0, 0x5e, 0, 0, 1]));
+        c.net = vec![n.clone()];
+        assert!(err(&c).contains("multicast"), "{}", err(&c));
+        n.mac = Some(MacAddr([0; 6]));
+        c.net = vec![n.clone()];
+        assert!(err(&c).contains("all zeros"), "{}", err(&c));
+        n.mac = None;
+        for mtu in [0, 67] {
+            n.mtu = mtu;
+            c.net = vec![n.clone()];
+            assert!(err(&c).contains("MTU"), "{}", err(&c));
+        }
+        n.mtu = 68;
+        n.tx_rate_limit = Some(RateLimit {
+            bandwidth: None,
+            ops: Some(TokenBucket {
+                size: 10,
+                one_time_burst: 0,
+                refill_time_ms: 0,
+            }),
+        });
+        c.net = vec![n];
+        assert!(err(&c).contains("tx rate limit"), "{}", err(&c));
+
+        // Through a file, with the flag replacing the file's list.
+        let parsed = fx
+            .json(&format!(
+                r#"{{"kernel": "{}", "net": [{{"id": "eth0", "tap": {{"name": "tap0"}}, "mac": "02:00:00:00:00:01"}}]}}"#,
+                fx.path("vmlinux").display()
+            ))
+            .unwrap();
+        assert_eq!(parsed.net.len(), 1);
+        parsed.validate(&HOST).unwrap();
+        let merged = merge(
+            Some(parsed),
+            FlagConfig {
+                net: vec![net("x", "t9"), net("y", "t8")],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(merged.net.len(), 2);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,18 @@ pub const MAX_FS_SOCKET_LEN: usize = 107;
 pub const DEFAULT_FS_QUEUE_SIZE: u16 = 1024;
 /// Largest configuration file accepted (a real one is a few hundred bytes).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Most virtio-net devices in one VM.
+pub const MAX_NET_DEVICES: usize = 8;
+/// Longest TAP name (`IFNAMSIZ` less the NUL).
+pub const MAX_TAP_NAME_LEN: usize = 15;
+/// Net device ids follow the rules of drive ids, at most this long.
+pub const MAX_NET_ID_LEN: usize = 20;
+/// MTU reported to the guest when the configuration says nothing.
+pub const DEFAULT_MTU: u16 = 1500;
+/// Smallest MTU (IPv4's minimum; Linux ignores a smaller one).
+pub const MIN_MTU: u16 = 68;
+/// Largest MTU (a frame must fit a 64 KiB buffer).
+pub const MAX_MTU: u16 = 65535;
 
 /// The complete configuration of one microVM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,9 +95,13 @@ pub struct VmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
     /// virtio-fs devices, each served by a vhost-user backend (virtiofsd),
-    /// in MMIO slot order after the others.
+    /// in MMIO slot order after the others (the net devices included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices on host TAPs, in MMIO slot order (the guest's
+    /// eth0, eth1, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetConfig>,
 }
 
 fn default_vcpus() -> u32 {
@@ -173,6 +190,154 @@ impl FsConfig {
     /// The queue size in effect.
     pub fn queue_size(&self) -> u16 {
         self.queue_size.unwrap_or(DEFAULT_FS_QUEUE_SIZE)
+    }
+}
+
+/// A virtio-net device: frames between the guest and a host TAP, whose
+/// host side (addresses, bridge, rules) is the caller's business.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Names the device in messages and counters (1 to
+    /// [`MAX_NET_ID_LEN`] bytes of `[A-Za-z0-9_.-]`, unique).
+    pub id: String,
+    /// The host side: a TAP by name, or one the caller opened.
+    pub tap: TapConfig,
+    /// The guest's MAC address (unicast); without one the guest makes up
+    /// a random one at every boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// The MTU the guest is told ([`MIN_MTU`] to [`MAX_MTU`]).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Limits on what the guest receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limit: Option<RateLimit>,
+    /// Limits on what the guest sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limit: Option<RateLimit>,
+}
+
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+impl NetConfig {
+    /// A device `id` on the TAP named `tap`, default MTU, no MAC, no limits.
+    pub fn new(id: impl Into<String>, tap: TapConfig) -> Self {
+        Self {
+            id: id.into(),
+            tap,
+            mac: None,
+            mtu: DEFAULT_MTU,
+            rx_rate_limit: None,
+            tx_rate_limit: None,
+        }
+    }
+}
+
+/// Where a net device's TAP comes from: `{"name": "tap0"}` or `{"fd": 3}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TapConfig {
+    /// The VMM opens the TAP with this name: an existing one it may use
+    /// (`ip tuntap add NAME mode tap vnet_hdr user UID`), or a new one if
+    /// it has `CAP_NET_ADMIN`. At most [`MAX_TAP_NAME_LEN`] bytes.
+    Name(String),
+    /// A descriptor the VMM inherits, already a TAP opened with
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (so the VMM needs no
+    /// privilege at all). 3 or more.
+    Fd(i32),
+}
+
+/// A token-bucket rate limit (Firecracker's): either bucket may be left
+/// out. An I/O passes only if every bucket given has room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucket>,
+    /// Operations (frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucket>,
+}
+
+/// One token bucket: `size` tokens, refilled completely in
+/// `refill_time_ms`, plus a one-time burst spent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    /// Tokens when full (not 0).
+    pub size: u64,
+    /// Extra tokens available once, at start.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub one_time_burst: u64,
+    /// Milliseconds for an empty bucket to fill (not 0).
+    pub refill_time_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A MAC address, written `02:00:00:00:00:01` (hex, colons) in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Whether the address is multicast (or broadcast): the low bit of the
+    /// first byte. No unicast frame would reach such an interface.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 != 0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "MAC address {s:?} is not six hex bytes separated by ':' (like 02:00:00:00:00:01)"
+            )
+        };
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut out {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -292,6 +457,7 @@ impl VmConfig {
             rng: true,
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
         }
     }
 
@@ -342,12 +508,15 @@ impl VmConfig {
     }
 
     /// How many virtio devices this configuration has, in MMIO slot order:
-    /// the drives as configured, then rng, then vsock, then the virtio-fs
-    /// shares as configured.
+    /// the drives as configured, then rng, then vsock, then the net
+    /// devices, then the virtio-fs shares, each as configured. (The newer
+    /// kinds come last so that adding one moves none of the older devices
+    /// to another address or IRQ.)
     pub fn virtio_device_count(&self) -> usize {
         self.drives.len()
             + usize::from(self.rng)
             + usize::from(self.vsock.is_some())
+            + self.net.len()
             + self.fs.len()
     }
 
@@ -397,6 +566,31 @@ mod tests {
                 socket: "/run/mvm/virtiofs/x-0.sock".into(),
                 queue_size: Some(256),
             }],
+            net: vec![
+                NetConfig {
+                    id: "eth0".into(),
+                    tap: TapConfig::Name("mvmtap0".into()),
+                    mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
+                    mtu: 9000,
+                    rx_rate_limit: Some(RateLimit {
+                        bandwidth: Some(TokenBucket {
+                            size: 1 << 20,
+                            one_time_burst: 1 << 24,
+                            refill_time_ms: 100,
+                        }),
+                        ops: None,
+                    }),
+                    tx_rate_limit: Some(RateLimit {
+                        bandwidth: None,
+                        ops: Some(TokenBucket {
+                            size: 1000,
+                            one_time_burst: 0,
+                            refill_time_ms: 1000,
+                        }),
+                    }),
+                },
+                NetConfig::new("eth1", TapConfig::Fd(3)),
+            ],
         }
     }
 
@@ -442,6 +636,15 @@ mod tests {
             r#"{"kernel": "/k", "fs": [{"tag": "a", "socket": "/x", "cache": "auto"}]}"#,
             r#"{"kernel": "/k", "fs": [{"tag": "a"}]}"#,
             r#"{"kernel": "/k", "fs": [{"tag": "a", "socket": "/x", "queue_size": 70000}]}"#,
+            r#"{"kernel": "/k", "net": [{"id": "a", "tap": {"name": "t"}, "queues": 2}]}"#,
+            r#"{"kernel": "/k", "net": [{"id": "a", "tap": {"name": "t", "fd": 3}}]}"#,
+            r#"{"kernel": "/k", "net": [{"id": "a", "tap": {"path": "t"}}]}"#,
+            r#"{"kernel": "/k", "net": [{"id": "a", "tap": "t"}]}"#,
+            r#"{"kernel": "/k", "net": [{"id": "a", "tap": {"name": "t"}, "mac": "02:00:00:00:00"}]}"#,
+            r#"{"kernel": "/k", "net": [{"id": "a", "tap": {"name": "t"}, "mac": "02:00:00:00:00:0g"}]}"#,
+            r#"{"kernel": "/k", "net": [{"id": "a", "tap": {"name": "t"}, "mtu": 70000}]}"#,
+            r#"{"kernel": "/k", "net": [{"id": "a", "tap": {"name": "t"}, "rx_rate_limit": {"bytes": 1}}]}"#,
+            r#"{"kernel": "/k", "net": [{"id": "a", "tap": {"name": "t"}, "rx_rate_limit": {"ops": {"size": 1}}}]}"#,
         ] {
             assert!(VmConfig::from_json(bad.as_bytes()).is_err(), "{bad}");
         }
@@ -480,12 +683,55 @@ mod tests {
     }
 
     #[test]
+    fn net_config_json_forms() {
+        let c = VmConfig::from_json(
+            br#"{"kernel": "/k", "net": [
+                {"id": "eth0", "tap": {"name": "tap0"}, "mac": "02:AB:00:00:00:01"},
+                {"id": "eth1", "tap": {"fd": 5}, "mtu": 1400,
+                 "tx_rate_limit": {"bandwidth": {"size": 1000, "refill_time_ms": 10}}}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.net[0].tap, TapConfig::Name("tap0".into()));
+        assert_eq!(c.net[0].mac, Some(MacAddr([2, 0xab, 0, 0, 0, 1])));
+        assert_eq!(c.net[0].mtu, DEFAULT_MTU);
+        assert_eq!(c.net[1].tap, TapConfig::Fd(5));
+        let b = c.net[1].tx_rate_limit.unwrap().bandwidth.unwrap();
+        assert_eq!((b.size, b.one_time_burst, b.refill_time_ms), (1000, 0, 10));
+        let json = String::from_utf8(c.to_json()).unwrap();
+        assert!(json.contains(r#""mac": "02:ab:00:00:00:01""#), "{json}");
+        assert!(json.contains(r#""fd": 5"#), "{json}");
+        assert!(!json.contains("one_time_burst"), "{json}");
+        assert!(!VmConfig::new("/k")
+            .to_json()
+            .windows(5)
+            .any(|w| w == b"\"net\""));
+        assert!("ff:ff:ff:ff:ff:ff"
+            .parse::<MacAddr>()
+            .unwrap()
+            .is_multicast());
+        assert!(!"02:00:00:00:00:01"
+            .parse::<MacAddr>()
+            .unwrap()
+            .is_multicast());
+        for bad in [
+            "",
+            "02:00:00:00:00:01:02",
+            "2:0:0:0:0:1",
+            "02-00-00-00-00-01",
+            "zz:00:00:00:00:00",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn device_count_follows_slot_order() {
         let c = full();
         assert_eq!(
             c.virtio_device_count(),
-            4,
-            "two drives, vsock and a share, no rng"
+            6,
+            "two drives, vsock, two net devices and a share, no rng"
         );
         assert_eq!(VmConfig::new("/k").virtio_device_count(), 1, "rng");
     }

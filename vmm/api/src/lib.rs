@@ -20,7 +20,10 @@ pub mod config;
 pub mod kvm;
 pub mod status;
 
-pub use config::{Console, DriveConfig, FsConfig, VmConfig, VsockConfig};
+pub use config::{
+    Console, DriveConfig, FsConfig, MacAddr, NetConfig, RateLimit, TapConfig, TokenBucket,
+    VmConfig, VsockConfig,
+};
 pub use kvm::KvmMode;
 pub use status::{GuestState, StatusReport, WorkloadReport};
 

@@ -31,7 +31,7 @@
 //! transport (no ioeventfd registered) is forwarded to the same queue EventFd,
 //! so both paths behave identically.
 //!
-//! # Adding a device (net, vsock later)
+//! # Adding a device
 //!
 //! Implement [`VirtioDevice`] and `event_manager::MutEventSubscriber`, keep the
 //! shared state in a [`common::VirtioCommon`], and drain queues with
@@ -50,7 +50,9 @@ pub mod block;
 pub mod common;
 pub mod fs;
 pub mod interrupt;
+pub mod net;
 pub mod queue;
+pub mod rate_limiter;
 pub mod rng;
 pub mod transport;
 pub mod vsock;

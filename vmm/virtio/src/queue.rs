@@ -116,6 +116,88 @@ where
     outcome
 }
 
+/// Puts `entries` (head index, used length) in the used ring and makes them
+/// visible to the driver with **one** index update, and tells whether the
+/// driver asked to be interrupted for them.
+///
+/// `virtio-queue`'s `add_used` publishes each element on its own. That is
+/// wrong for a virtio-net frame spread over several mergeable receive
+/// buffers: the driver reads `num_buffers` from the first one and expects
+/// the rest to be there already (Linux counts a missing one as a length
+/// error and drops the frame). So the elements are written first and the
+/// index is stored once, with release ordering, after them.
+///
+/// The interrupt decision is made here too (`add_used`'s bookkeeping for
+/// `needs_notification` is private to the queue): with `EVENT_IDX`, the
+/// driver is interrupted iff its `used_event` lies in the range just
+/// published (Linux's `vring_need_event`); without it, always. Heads at or
+/// past the queue size are refused before anything is written.
+pub fn publish_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    entries: &[(u16, u32)],
+) -> Result<bool, PublishError> {
+    use std::sync::atomic::{fence, Ordering};
+    use vm_memory::{Bytes, GuestAddress};
+    if entries.is_empty() {
+        return Ok(false);
+    }
+    let size = queue.size();
+    if size == 0 {
+        return Err(PublishError::NotReady);
+    }
+    if let Some(&(head, _)) = entries.iter().find(|(h, _)| *h >= size) {
+        return Err(PublishError::BadHead(head));
+    }
+    let used = queue.used_ring();
+    let old = queue.next_used();
+    let mut idx = old;
+    for &(head, len) in entries {
+        let slot = u64::from(idx % size);
+        let at = used.checked_add(4 + 8 * slot).ok_or(PublishError::Memory)?;
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&elem, GuestAddress(at))
+            .map_err(|_| PublishError::Memory)?;
+        idx = idx.wrapping_add(1);
+    }
+    let idx_addr = used.checked_add(2).ok_or(PublishError::Memory)?;
+    mem.store(idx.to_le(), GuestAddress(idx_addr), Ordering::Release)
+        .map_err(|_| PublishError::Memory)?;
+    queue.set_next_used(idx);
+    if !queue.event_idx_enabled() {
+        return Ok(true);
+    }
+    // The index store must be visible before used_event is read, or an
+    // update of it by the driver in between could be missed.
+    fence(Ordering::SeqCst);
+    let event_addr = queue
+        .avail_ring()
+        .checked_add(4 + 2 * u64::from(size))
+        .ok_or(PublishError::Memory)?;
+    let used_event = match mem.load::<u16>(GuestAddress(event_addr), Ordering::Acquire) {
+        Ok(v) => u16::from_le(v),
+        // Interrupt anyway: a spurious interrupt is harmless.
+        Err(_) => return Ok(true),
+    };
+    Ok(idx.wrapping_sub(used_event).wrapping_sub(1) < idx.wrapping_sub(old))
+}
+
+/// Why [`publish_used`] could not publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The queue has no size (not configured).
+    #[error("the queue is not configured")]
+    NotReady,
+    /// A head index is not in the descriptor table.
+    #[error("head index {0} is outside the descriptor table")]
+    BadHead(u16),
+    /// The used ring is not in guest memory.
+    #[error("the used ring is outside guest memory")]
+    Memory,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +325,52 @@ mod tests {
         assert!(out.interrupted, "used idx 3 passed used_event 2");
         // The device published avail_event = next_avail for the driver.
         assert_eq!(gq.avail_event(), 3);
+    }
+
+    #[test]
+    fn publish_used_writes_all_elements_then_the_index_once() {
+        let mem = mem();
+        let gq = GuestQueue::new(&mem, GuestAddress(0x1000), 8);
+        let mut q = gq.queue();
+        let notify = publish_used(&mut q, &mem, &[(3, 100), (5, 200), (1, 7)]).unwrap();
+        assert!(notify, "no EVENT_IDX: always interrupt");
+        assert_eq!(gq.used_idx(), 3);
+        assert_eq!(gq.used_elem(0), (3, 100));
+        assert_eq!(gq.used_elem(1), (5, 200));
+        assert_eq!(gq.used_elem(2), (1, 7));
+        assert_eq!(q.next_used(), 3);
+        // Wraps around the ring.
+        for _ in 0..3 {
+            publish_used(&mut q, &mem, &[(0, 1), (1, 1), (2, 1)]).unwrap();
+        }
+        assert_eq!(gq.used_idx(), 12);
+        assert_eq!(gq.used_elem(11), (2, 1));
+    }
+
+    #[test]
+    fn publish_used_refuses_bad_heads_without_writing() {
+        let mem = mem();
+        let gq = GuestQueue::new(&mem, GuestAddress(0x1000), 8);
+        let mut q = gq.queue();
+        let e = publish_used(&mut q, &mem, &[(1, 1), (8, 1)]).unwrap_err();
+        assert_eq!(e, PublishError::BadHead(8));
+        assert_eq!(gq.used_idx(), 0);
+        assert_eq!(q.next_used(), 0);
+        assert!(!publish_used(&mut q, &mem, &[]).unwrap());
+    }
+
+    #[test]
+    fn publish_used_honours_used_event() {
+        let mem = mem();
+        let gq = GuestQueue::new(&mem, GuestAddress(0x1000), 8);
+        let mut q = gq.queue();
+        q.set_event_idx(true);
+        gq.set_used_event(2);
+        // idx 0 -> 2: used_event 2 not passed (needs idx 3).
+        assert!(!publish_used(&mut q, &mem, &[(0, 1), (1, 1)]).unwrap());
+        // idx 2 -> 4: passes 2.
+        assert!(publish_used(&mut q, &mem, &[(2, 1), (3, 1)]).unwrap());
+        // idx 4 -> 5: already past, no new interrupt.
+        assert!(!publish_used(&mut q, &mem, &[(4, 1)]).unwrap());
     }
 }

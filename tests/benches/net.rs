@@ -1,0 +1,387 @@
+//! virtio-net benchmark on real KVM: TCP throughput guest -> host and host
+//! -> guest, and ping round trips both ways, through mvm-vmm's virtio-net
+//! and a TAP; next to the same measurements over a veth pair between two
+//! network namespaces (the container baseline), in the same run, so that
+//! the ratios mean something even under the emulated KVM host.
+//!
+//! The same tools on both sides of both setups: the "guest" end is busybox
+//! (`nc -e` with `dd` as the source, `nc -l -e` with `dd` as the sink,
+//! `ping`), the "host" end a Rust socket timed from the first byte to the
+//! end of the stream. Every address lives in a namespace this program
+//! makes and deletes.
+//!
+//! A standalone program (no libtest harness); needs what the end-to-end
+//! tests need (`MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`, hardware KVM, root).
+//! Optional: `MVM_BENCH_NET_MIB` (default 64 MiB per direction),
+//! `MVM_BENCH_PINGS` (default 20).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mvm_e2e::netns::{veth_pair, Netns};
+use mvm_e2e::{Running, Vm};
+use mvm_vmm_api::{MacAddr, NetConfig, TapConfig};
+
+const MIB: usize = 1 << 20;
+const CHUNK: usize = 64 * 1024;
+const TAP: &str = "mvmtap0";
+const VM_HOST: &str = "10.213.1.1";
+const VM_GUEST: &str = "10.213.1.2";
+const VETH_HOST: &str = "10.213.2.1";
+const VETH_PEER: &str = "10.213.2.2";
+/// The receiving end: `dd` reading straight from the socket to its end,
+/// then `done` back into it. (Busybox `wc -c` costs ten times the CPU of
+/// `dd` per byte and would measure itself; the byte count is checked by
+/// the end-to-end test, with md5.)
+const SINK: &str = "#!/bin/sh\ndd of=/dev/null bs=64k 2>/dev/null\necho done\n";
+
+/// The sending end: `dd` writing 64 KiB blocks straight into the socket
+/// (`nc -e` makes it the program's stdout). Busybox `nc` itself copies in
+/// 1 KiB pieces and would measure its own system calls, not the network.
+fn source_script(count: usize) -> String {
+    format!("#!/bin/sh\nexec dd if=/dev/zero bs=64k count={count} 2>/dev/null\n")
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+fn mib_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / d.as_secs_f64()
+}
+
+/// The average of busybox ping's `round-trip min/avg/max = a/b/c ms`.
+fn ping_avg_ms(output: &str) -> Option<f64> {
+    let line = output.lines().find(|l| l.contains("min/avg/max"))?;
+    let values = line.split('=').nth(1)?.trim();
+    values.split('/').nth(1)?.trim().parse().ok()
+}
+
+/// Accepts one connection on `listener` and reads it to the end; returns
+/// the byte count and the time from the first byte to the end.
+fn receive(listener: TcpListener) -> (usize, Duration) {
+    let (mut s, _) = listener.accept().unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let n = s.read(&mut buf).unwrap();
+    let start = Instant::now();
+    let mut total = n;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    (total, start.elapsed())
+}
+
+/// Connects (retrying while the listener is not up yet), sends `bytes`,
+/// half-closes and waits for the sink's `done`; returns the time from the
+/// connection to the answer.
+fn send_to_sink(addr: &str, port: u16, bytes: usize) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut s = loop {
+        match TcpStream::connect((addr, port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "connect to {addr}:{port}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    let chunk = vec![0x5au8; CHUNK];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = CHUNK.min(bytes - sent);
+        s.write_all(&chunk[..n]).unwrap();
+        sent += n;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let took = start.elapsed();
+    assert_eq!(answer.trim(), "done", "the sink's answer");
+    took
+}
+
+/// CPU time (user + system, clock ticks) of each thread of process `pid`,
+/// by thread name: the VMM's main thread runs the event loop (all device
+/// work), its `vcpuN` threads the guest.
+fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) state ..." - comm may hold spaces: split at the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map(|x| x.1).unwrap_or("").to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat; `rest` starts at 3.
+        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.push((name, ticks));
+    }
+    out.sort();
+    out
+}
+
+/// Share of one CPU each thread used between two samples over `wall`.
+fn cpu_shares(before: &[(String, u64)], after: &[(String, u64)], wall: Duration) -> String {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut parts = Vec::new();
+    for (name, t1) in after {
+        let t0 = before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|x| x.1)
+            .unwrap_or(0);
+        let share = (t1 - t0.min(*t1)) as f64 / hz / wall.as_secs_f64() * 100.0;
+        let label = if name.starts_with("vcpu") {
+            name.clone()
+        } else {
+            format!("{name} (event loop)")
+        };
+        parts.push(format!("{label} {share:.0}%"));
+    }
+    parts.join(", ")
+}
+
+/// One setup's figures.
+#[derive(Debug, Default)]
+struct Figures {
+    out_mib_s: f64,
+    in_mib_s: f64,
+    ping_out_ms: f64,
+    ping_in_ms: f64,
+    /// Ping on the "guest" side's own loopback: what answering costs
+    /// there without any network in between.
+    ping_lo_ms: f64,
+}
+
+fn busybox_ping(ns: &Netns, addr: &str, count: usize) -> f64 {
+    let out = ns
+        .exec(&[
+            "busybox",
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            addr,
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    ping_avg_ms(&text).unwrap_or_else(|| panic!("ping {addr}: {text}"))
+}
+
+/// The microVM: guest eth0 on a TAP in `ns`.
+fn vm_figures(bytes: usize, pings: usize) -> Figures {
+    let ns = Netns::new("net-bench").unwrap();
+    ns.add_tap(TAP, &format!("{VM_HOST}/24")).unwrap();
+    let listener = ns
+        .run(|| TcpListener::bind((VM_HOST, 5001)).unwrap())
+        .unwrap();
+    let receiver = std::thread::spawn(move || receive(listener));
+    let count = bytes / CHUNK;
+    let script = format!(
+        "set -e
+ip link set lo up
+ip addr add {VM_GUEST}/24 dev eth0
+ip link set eth0 up
+printf '{sink}' > /tmp/sink; chmod +x /tmp/sink
+printf '{source}' > /tmp/source; chmod +x /tmp/source
+ping -c 1 -W 10 {VM_HOST} > /dev/null || true
+echo \"ping-lo $(ping -c {pings} -i 0.2 127.0.0.1 | grep min/avg/max)\"
+echo \"ping-out $(ping -c {pings} -i 0.2 {VM_HOST} | grep min/avg/max)\"
+nc {VM_HOST} 5001 -e /tmp/source
+echo out-done
+nc -l -p 5002 -e /tmp/sink
+echo bench-done",
+        sink = SINK.replace('\n', "\\n"),
+        source = source_script(count).replace('\n', "\\n"),
+    );
+    let mut vm = Vm::new(&["/bin/sh", "-c", &script]);
+    vm.memory_mib = 256;
+    vm.timeout = Duration::from_secs(1800);
+    let mut net = NetConfig::new("eth0", TapConfig::Name(TAP.into()));
+    net.mac = Some(MacAddr([0x02, 0x6d, 0x76, 0x6d, 0x00, 0x02]));
+    vm.net = vec![net];
+    vm.netns = Some(ns.name().to_string());
+    let mut r: Running<'_> = vm.spawn();
+    let pid = r.child.id();
+    r.wait_for_console("ping-out");
+    let (t0, c0) = (Instant::now(), thread_ticks(pid));
+    let (got, out_time) = receiver.join().unwrap();
+    let out_cpu = cpu_shares(&c0, &thread_ticks(pid), t0.elapsed());
+    assert_eq!(got, count * CHUNK);
+    r.wait_for_console("out-done");
+    let console = r.console();
+    let ping_out = console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ping-out "))
+        .and_then(ping_avg_ms)
+        .unwrap_or_else(|| panic!("no guest ping figure:\n{console}"));
+    let ping_lo = console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ping-lo "))
+        .and_then(ping_avg_ms)
+        .unwrap_or_else(|| panic!("no guest loopback ping figure:\n{console}"));
+    let ping_in = busybox_ping(&ns, VM_GUEST, pings);
+    let (t0, c0) = (Instant::now(), thread_ticks(pid));
+    let in_time = ns
+        .run(move || send_to_sink(VM_GUEST, 5002, count * CHUNK))
+        .unwrap();
+    let in_cpu = cpu_shares(&c0, &thread_ticks(pid), t0.elapsed());
+    r.wait_for_console("bench-done");
+    let out = r.wait();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    // The device's counters (logged by the VMM at exit, MVM_LOG=debug).
+    if let Some(line) = out.stderr.lines().find(|l| l.contains("net eth0: rx")) {
+        println!("  microVM {}", line.trim());
+    }
+    println!("  VMM threads' CPU, guest->host: {out_cpu}");
+    println!("  VMM threads' CPU, host->guest: {in_cpu}");
+    Figures {
+        out_mib_s: mib_s(count * CHUNK, out_time),
+        in_mib_s: mib_s(count * CHUNK, in_time),
+        ping_out_ms: ping_out,
+        ping_in_ms: ping_in,
+        ping_lo_ms: ping_lo,
+    }
+}
+
+fn spawn_in(ns: &Netns, script: &str) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns.name(), "busybox", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The baseline: the "guest" is namespace `peer`, joined to `host` by a
+/// veth pair, running the same busybox commands.
+fn veth_figures(bytes: usize, pings: usize) -> Figures {
+    let host = Netns::new("veth-host").unwrap();
+    let peer = Netns::new("veth-peer").unwrap();
+    veth_pair(
+        &host,
+        &format!("{VETH_HOST}/24"),
+        &peer,
+        &format!("{VETH_PEER}/24"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let count = bytes / CHUNK;
+    let script = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    };
+    let sink = script("sink", SINK);
+    let source = script("source", &source_script(count));
+
+    let ping_out = busybox_ping(&peer, VETH_HOST, pings);
+    let ping_in = busybox_ping(&host, VETH_PEER, pings);
+    let ping_lo = busybox_ping(&peer, "127.0.0.1", pings);
+
+    let listener = host
+        .run(|| TcpListener::bind((VETH_HOST, 5001)).unwrap())
+        .unwrap();
+    let receiver = std::thread::spawn(move || receive(listener));
+    let mut sender = spawn_in(
+        &peer,
+        &format!("busybox nc {VETH_HOST} 5001 -e {}", source.display()),
+    );
+    let (got, out_time) = receiver.join().unwrap();
+    assert_eq!(got, count * CHUNK);
+    sender.wait().unwrap();
+
+    let mut sink_proc = spawn_in(
+        &peer,
+        &format!("busybox nc -l -p 5002 -e {}", sink.display()),
+    );
+    let in_time = host
+        .run(move || send_to_sink(VETH_PEER, 5002, count * CHUNK))
+        .unwrap();
+    sink_proc.wait().unwrap();
+    Figures {
+        out_mib_s: mib_s(count * CHUNK, out_time),
+        in_mib_s: mib_s(count * CHUNK, in_time),
+        ping_out_ms: ping_out,
+        ping_in_ms: ping_in,
+        ping_lo_ms: ping_lo,
+    }
+}
+
+fn main() {
+    // The VMM logs its net counters at debug level when the VM ends.
+    if std::env::var_os("MVM_LOG").is_none() {
+        std::env::set_var("MVM_LOG", "debug");
+    }
+    let bytes = env_usize("MVM_BENCH_NET_MIB", 64).max(1) * MIB;
+    let pings = env_usize("MVM_BENCH_PINGS", 20).max(1);
+    let baseline = veth_figures(bytes, pings);
+    let vm = vm_figures(bytes, pings);
+    println!();
+    let mib = bytes / MIB;
+    let rows = [
+        (
+            format!("TCP guest->host, {mib} MiB (MiB/s)"),
+            vm.out_mib_s,
+            baseline.out_mib_s,
+            vm.out_mib_s / baseline.out_mib_s,
+        ),
+        (
+            format!("TCP host->guest, {mib} MiB (MiB/s)"),
+            vm.in_mib_s,
+            baseline.in_mib_s,
+            vm.in_mib_s / baseline.in_mib_s,
+        ),
+        (
+            format!("ping guest->host, avg of {pings} (ms)"),
+            vm.ping_out_ms,
+            baseline.ping_out_ms,
+            vm.ping_out_ms / baseline.ping_out_ms,
+        ),
+        (
+            format!("ping host->guest, avg of {pings} (ms)"),
+            vm.ping_in_ms,
+            baseline.ping_in_ms,
+            vm.ping_in_ms / baseline.ping_in_ms,
+        ),
+        (
+            format!("ping guest's own loopback, avg of {pings} (ms)"),
+            vm.ping_lo_ms,
+            baseline.ping_lo_ms,
+            vm.ping_lo_ms / baseline.ping_lo_ms,
+        ),
+    ];
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    println!(
+        "virtio-net benchmark (1 vCPU, 256 MiB guest; TAP in a namespace) vs a veth pair between namespaces"
+    );
+    println!(
+        "  {:width$}  {:>10}  {:>10}  {:>8}",
+        "", "microVM", "veth", "ratio"
+    );
+    for (k, v, b, ratio) in rows {
+        println!("  {k:width$}  {v:>10.2}  {b:>10.2}  {ratio:>7.2}x");
+    }
+}
