@@ -2,7 +2,10 @@
 //!
 //! An image's layers are applied in order into a temp directory (with the
 //! hardened unpacker of [`crate::layer`]), then `mkfs.ext4 -d` builds the
-//! filesystem from it without mounting anything. The result is published
+//! filesystem from it without mounting anything. That directory is on the
+//! tmpfs at `/dev/shm` when the image fits there ([`Staging`]): it is
+//! scratch, and creating its inodes on the store's filesystem was most of
+//! the conversion's time. The result is published
 //! atomically into `disks/<key>.ext4`, where `key` hashes the ordered
 //! diff_ids and [`CONVERTER_VERSION`]: images sharing their layers share
 //! a disk, and a second request is a `stat` (well under 10 ms). Disks are
