@@ -160,7 +160,9 @@ pub enum Staging {
     /// image fits comfortably (its estimated unpacked size is below the
     /// tmpfs's free space and half the memory available), otherwise as
     /// [`Staging::Store`]. If the tmpfs fills up all the same, the
-    /// conversion starts again in the store.
+    /// conversion starts again in the store. (Kernels before 6.6 refuse
+    /// `user.*` xattrs on a tmpfs: such xattrs of a layer are then dropped
+    /// and counted, as on any filesystem that refuses them.)
     #[default]
     Auto,
     /// In the store's temp directory (the store's filesystem).
@@ -171,8 +173,9 @@ pub enum Staging {
 pub const TMPFS_STAGING: &str = "/dev/shm";
 /// Name prefix of staging directories on the tmpfs.
 pub(crate) const STAGING_PREFIX: &str = "mvm-rootfs-";
-/// The file in a lease's temp directory that names its staging directory
-/// on the tmpfs, so that GC removes it if the converting process died.
+/// Suffix of the marker `<store>/tmp/<lease id>.staging`, which names a
+/// conversion's staging directory on the tmpfs while it exists, so that GC
+/// removes the directory if the converting process died.
 pub(crate) const STAGING_MARKER: &str = "staging";
 
 /// A root disk ready to attach read-only.
