@@ -105,10 +105,14 @@ if [ ${#selected[@]} -gt 0 ]; then
 fi
 
 if wanted images; then
-  # Host-side: registry pull + unpack + root disk, root disk from a tarball.
-  # The pull bench starts its own docker-registry; inputs are the tarballs
-  # of resources/images/*.sh (missing ones are reported and skipped).
+  # Host-side: root disk from a tarball (mvm-images), and pull + root disk
+  # through a real mvmd against skopeo + tar + mkfs.ext4 (mvmd's `pull`
+  # bench, which starts its own docker-registry and mvmd). Inputs are the
+  # tarballs of resources/images/*.sh (missing ones are reported and
+  # skipped).
   echo "=== bench images (cargo bench -p mvm-images --bench '*', on this host)" >&2
   cargo bench -p mvm-images --bench "*" || { echo "bench images FAILED" >&2; status=1; }
+  echo "=== bench images: pull (cargo bench -p mvmd --bench pull, on this host)" >&2
+  cargo bench -p mvmd --bench pull || { echo "bench images: pull FAILED" >&2; status=1; }
 fi
 exit "$status"

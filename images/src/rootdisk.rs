@@ -2,7 +2,10 @@
 //!
 //! An image's layers are applied in order into a temp directory (with the
 //! hardened unpacker of [`crate::layer`]), then `mkfs.ext4 -d` builds the
-//! filesystem from it without mounting anything. The result is published
+//! filesystem from it without mounting anything. That directory is on the
+//! tmpfs at `/dev/shm` when the image fits there ([`Staging`]): it is
+//! scratch, and creating its inodes on the store's filesystem was most of
+//! the conversion's time. The result is published
 //! atomically into `disks/<key>.ext4`, where `key` hashes the ordered
 //! diff_ids and [`CONVERTER_VERSION`]: images sharing their layers share
 //! a disk, and a second request is a `stat` (well under 10 ms). Disks are
@@ -132,6 +135,8 @@ pub struct RootDiskOptions {
     /// Free space left in the filesystem beyond the estimate, in percent
     /// of the content (some room keeps ext4's allocator out of trouble).
     pub headroom_percent: u64,
+    /// Where the unpacked tree that mkfs reads is built.
+    pub staging: Staging,
 }
 
 impl Default for RootDiskOptions {
@@ -139,9 +144,39 @@ impl Default for RootDiskOptions {
         RootDiskOptions {
             unpack: UnpackOptions::default(),
             headroom_percent: 10,
+            staging: Staging::default(),
         }
     }
 }
+
+/// Where the unpacked tree of a conversion is built. The tree is scratch:
+/// it only exists for mkfs to read and is deleted right after, so nothing
+/// in it needs to reach a disk. Creating its thousands of inodes on the
+/// store's journaled filesystem was measured to be most of a conversion
+/// (docs/benchmarks.md); on a tmpfs it costs next to nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Staging {
+    /// In a private directory on the tmpfs at [`TMPFS_STAGING`] when the
+    /// image fits comfortably (its estimated unpacked size is below the
+    /// tmpfs's free space and half the memory available), otherwise as
+    /// [`Staging::Store`]. If the tmpfs fills up all the same, the
+    /// conversion starts again in the store. (Kernels before 6.6 refuse
+    /// `user.*` xattrs on a tmpfs: such xattrs of a layer are then dropped
+    /// and counted, as on any filesystem that refuses them.)
+    #[default]
+    Auto,
+    /// In the store's temp directory (the store's filesystem).
+    Store,
+}
+
+/// The tmpfs [`Staging::Auto`] uses.
+pub const TMPFS_STAGING: &str = "/dev/shm";
+/// Name prefix of staging directories on the tmpfs.
+pub(crate) const STAGING_PREFIX: &str = "mvm-rootfs-";
+/// Suffix of the marker `<store>/tmp/<lease id>.staging`, which names a
+/// conversion's staging directory on the tmpfs while it exists, so that GC
+/// removes the directory if the converting process died.
+pub(crate) const STAGING_MARKER: &str = "staging";
 
 /// A root disk ready to attach read-only.
 #[derive(Debug, Clone)]
@@ -174,6 +209,8 @@ pub struct BuildStats {
     pub inodes: u64,
     /// mkfs attempts (1 unless the estimate was low).
     pub attempts: u32,
+    /// Whether the tree was built on the tmpfs ([`Staging::Auto`]).
+    pub on_tmpfs: bool,
 }
 
 /// Size estimate of a directory tree for ext4.
@@ -324,6 +361,184 @@ fn uuid_from(key: &str) -> String {
     )
 }
 
+/// A staging directory on the tmpfs: `<TMPFS_STAGING>/mvm-rootfs-<id>/`
+/// (0700) with the tree in `rootfs/`, named by a marker in the store's
+/// temp directory while it exists. Removed with its marker when dropped.
+struct StagingDir {
+    dir: PathBuf,
+    marker: PathBuf,
+}
+
+impl StagingDir {
+    fn tree(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// Deletes the directory on a thread of its own (synchronously if no
+    /// thread can be started).
+    fn remove_in_background(self) {
+        let spawned = std::thread::Builder::new()
+            .name("mvm-rootfs-cleanup".into())
+            .spawn(move || drop(self));
+        if let Err(e) = spawned {
+            tracing::debug!("cleanup thread not started: {e}");
+        }
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        let _ = crate::store::remove_tree(&self.dir);
+        let _ = fs::remove_file(&self.marker);
+    }
+}
+
+/// Whether an unpack failed for want of space.
+fn is_no_space(r: &Result<()>) -> bool {
+    matches!(r, Err(RootDiskError::Layer { source, .. }) if matches!(**source, LayerError::NoSpace { .. }))
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The uncompressed size of a layer blob, roughly: a gzip member's own
+/// trailer (the size modulo 4 GiB, so never less than the blob), five
+/// times a zstd blob, an uncompressed blob's size.
+fn unpacked_size_of(mut f: File) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let size = f.metadata()?.len();
+    let mut head = [0u8; 4];
+    if size < 24 || f.read_exact(&mut head).is_err() {
+        return Ok(size);
+    }
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let mut tail = [0u8; 4];
+        f.seek(SeekFrom::End(-4))?;
+        f.read_exact(&mut tail)?;
+        Ok(u64::from(u32::from_le_bytes(tail)).max(size))
+    } else if head == [0x28, 0xb5, 0x2f, 0xfd] {
+        Ok(size.saturating_mul(5))
+    } else {
+        Ok(size)
+    }
+}
+
+impl Store {
+    /// A staging directory on the tmpfs for `rec`'s tree, if there is a
+    /// tmpfs at [`TMPFS_STAGING`] with room for it and the memory to spare;
+    /// `None` means: build in the store.
+    fn tmpfs_staging(&self, rec: &ImageRecord, lease: &crate::store::Lease) -> Option<StagingDir> {
+        let base = Path::new(TMPFS_STAGING);
+        let sfs = rustix::fs::statfs(base).ok()?;
+        if sfs.f_type as u64 != libc::TMPFS_MAGIC as u64 {
+            return None;
+        }
+        let free = (sfs.f_bavail as u64).saturating_mul(sfs.f_bsize as u64);
+        let mut need = 0u64;
+        for l in &rec.manifest.layers {
+            let f = self.open_blob(&l.digest).ok()?;
+            need = need.saturating_add(unpacked_size_of(f).ok()?);
+        }
+        // Small files take a page each on a tmpfs, not a tar block.
+        need = need.saturating_add(need / 4).saturating_add(32 << 20);
+        let mem = mem_available().unwrap_or(0);
+        if need > free || need > mem / 2 {
+            tracing::debug!(
+                need,
+                free,
+                mem,
+                "unpacking in the store: the tmpfs lacks room"
+            );
+            return None;
+        }
+        let dir = base.join(format!("{STAGING_PREFIX}{}", fsutil::random_id()));
+        let marker = self
+            .tmp_dir()
+            .join(format!("{}.{STAGING_MARKER}", lease.id()));
+        // The marker first: whatever happens next, GC can find the directory.
+        if let Err(e) = fs::write(&marker, dir.as_os_str().as_encoded_bytes()) {
+            tracing::debug!("unpacking in the store: writing {}: {e}", marker.display());
+            return None;
+        }
+        let staged = StagingDir { dir, marker };
+        match fs::DirBuilder::new().mode(0o700).create(&staged.dir) {
+            Ok(()) => Some(staged),
+            Err(e) => {
+                tracing::debug!(
+                    "unpacking in the store: creating {}: {e}",
+                    staged.dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Applies `rec`'s layers in order onto `tree` (created here).
+    fn unpack_layers(
+        &self,
+        rec: &ImageRecord,
+        tree: &Path,
+        opts: &RootDiskOptions,
+        stats: &mut UnpackStats,
+    ) -> Result<()> {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(tree)
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(io_err("creating", tree))?;
+        for (i, (l, diff_id)) in rec.manifest.layers.iter().zip(&rec.diff_ids).enumerate() {
+            let blob = self.open_blob(&l.digest)?;
+            let declared = manifest::layer_compression(&l.media_type).ok();
+            layer::apply_layer(tree, blob, declared, Some(diff_id), &opts.unpack, stats).map_err(
+                |source| RootDiskError::Layer {
+                    index: i + 1,
+                    digest: l.digest,
+                    image: rec.id,
+                    source: Box::new(source),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an unpacked tree in the store: deleting thousands of files
+    /// takes longer than the whole mkfs on a busy disk, so the tree is
+    /// moved aside (one rename) and deleted in the background. If this
+    /// process exits first, the next prune removes the orphan (it belongs
+    /// to no live lease).
+    fn discard_tree(&self, tree: &Path) {
+        let trash = self
+            .tmp_dir()
+            .join(format!("trash-{}", fsutil::random_id()));
+        match fs::rename(tree, &trash) {
+            Ok(()) => {
+                let spawned = std::thread::Builder::new()
+                    .name("mvm-rootfs-cleanup".into())
+                    .spawn(move || {
+                        let _ = fs::remove_dir_all(&trash);
+                    });
+                if let Err(e) = spawned {
+                    tracing::debug!("cleanup thread not started ({e}); prune will remove the tree");
+                }
+            }
+            Err(_) => {
+                let _ = fs::remove_dir_all(tree);
+            }
+        }
+    }
+}
+
 impl Store {
     /// Where the root disk of `rec` lives (whether or not it is built).
     pub fn root_disk_path(&self, rec: &ImageRecord) -> PathBuf {
@@ -362,31 +577,31 @@ impl Store {
                 build: None,
             });
         }
-        let tree = lease.tmp_dir().join("rootfs");
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&tree)
-            .map_err(io_err("creating", &tree))?;
         let t0 = Instant::now();
+        let mut staged = match opts.staging {
+            Staging::Auto => self.tmpfs_staging(rec, &lease),
+            Staging::Store => None,
+        };
+        let store_tree = lease.tmp_dir().join("rootfs");
         let mut stats = UnpackStats::default();
-        for (i, (l, diff_id)) in rec.manifest.layers.iter().zip(&rec.diff_ids).enumerate() {
-            let blob = self.open_blob(&l.digest)?;
-            let declared = manifest::layer_compression(&l.media_type).ok();
-            layer::apply_layer(
-                &tree,
-                blob,
-                declared,
-                Some(diff_id),
-                &opts.unpack,
-                &mut stats,
-            )
-            .map_err(|source| RootDiskError::Layer {
-                index: i + 1,
-                digest: l.digest,
-                image: rec.id,
-                source: Box::new(source),
-            })?;
+        let mut unpacked = match &staged {
+            Some(s) => self.unpack_layers(rec, &s.tree(), opts, &mut stats),
+            None => self.unpack_layers(rec, &store_tree, opts, &mut stats),
+        };
+        if staged.is_some() && is_no_space(&unpacked) {
+            tracing::info!(
+                image = %rec.id,
+                "the tmpfs filled up while unpacking; converting in the store instead"
+            );
+            staged = None;
+            stats = UnpackStats::default();
+            unpacked = self.unpack_layers(rec, &store_tree, opts, &mut stats);
         }
+        unpacked?;
+        let tree = match &staged {
+            Some(s) => s.tree(),
+            None => store_tree,
+        };
         let unpack = t0.elapsed();
         let t1 = Instant::now();
         let tmp_disk = lease.tmp_dir().join("disk.ext4");
@@ -409,28 +624,11 @@ impl Store {
         fs::rename(&tmp_disk, &path).map_err(io_err("publishing", &path))?;
         fsutil::sync_dir(&self.disks_dir()).map_err(io_err("syncing", self.disks_dir()))?;
         let publish = t2.elapsed();
-        // The unpacked tree is no longer needed, but deleting thousands of
-        // files takes longer than the whole mkfs on a busy disk: move it
-        // aside (one rename) and delete it in the background. If this
-        // process exits first, the next prune removes the orphan (it
-        // belongs to no live lease).
-        let trash = self
-            .tmp_dir()
-            .join(format!("trash-{}", fsutil::random_id()));
-        match fs::rename(&tree, &trash) {
-            Ok(()) => {
-                let spawned = std::thread::Builder::new()
-                    .name("mvm-rootfs-cleanup".into())
-                    .spawn(move || {
-                        let _ = fs::remove_dir_all(&trash);
-                    });
-                if let Err(e) = spawned {
-                    tracing::debug!("cleanup thread not started ({e}); prune will remove the tree");
-                }
-            }
-            Err(_) => {
-                let _ = fs::remove_dir_all(&tree);
-            }
+        let on_tmpfs = staged.is_some();
+        match staged {
+            // On the tmpfs: gone in a moment, off the caller's time.
+            Some(s) => s.remove_in_background(),
+            None => self.discard_tree(&tree),
         }
         Ok(RootDisk {
             path,
@@ -444,6 +642,7 @@ impl Store {
                 stats,
                 inodes: t.inodes,
                 attempts,
+                on_tmpfs,
             }),
         })
     }

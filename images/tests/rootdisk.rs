@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{assert_consistent, debugfs, e2fsck_clean, r, run, tar, E};
+use mvm_images::rootdisk::Staging;
 use mvm_images::{ArchiveFormat, Digest, LoadOptions, RootDiskOptions, Store};
 
 /// A three-layer OCI image with whiteouts, an opaque dir, links, a setuid
@@ -298,4 +299,124 @@ fn scratch_disks_are_blank_writable_ext4() {
     assert!(store
         .create_scratch_disk(&d.path().join("tiny"), 4096)
         .is_err());
+}
+
+/// Every entry of a mounted tree: path, type and mode, owner, size,
+/// mtime (not of directories), links, link target, content hash.
+fn walk_tree(root: &std::path::Path) -> Vec<String> {
+    fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<String>) {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let md = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            if rel == "lost+found" {
+                continue;
+            }
+            let extra = if md.file_type().is_symlink() {
+                fs::read_link(&p).unwrap().display().to_string()
+            } else if md.is_file() {
+                Digest::of(&fs::read(&p).unwrap()).to_string()
+            } else {
+                String::new()
+            };
+            // A directory a later layer adds to has the conversion's time
+            // as its mtime, whatever the staging: left out.
+            out.push(format!(
+                "{rel} {:o} {}:{} {} {} {} {extra}",
+                md.mode(),
+                md.uid(),
+                md.gid(),
+                if md.is_dir() { 0 } else { md.len() },
+                if md.is_dir() { 0 } else { md.mtime() },
+                md.nlink()
+            ));
+            if md.is_dir() {
+                walk(&p, base, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Loop-mounts `img` read-only and walks it.
+fn mounted_tree(img: &std::path::Path) -> Vec<String> {
+    let mnt = tempfile::tempdir().unwrap();
+    run(Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(img)
+        .arg(mnt.path()));
+    let tree = std::panic::catch_unwind(|| walk_tree(mnt.path()));
+    let _ = Command::new("umount").arg(mnt.path()).status();
+    tree.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+#[test]
+fn staging_on_the_tmpfs_or_in_the_store_makes_the_same_disk() {
+    common::require_root();
+    if !std::path::Path::new(mvm_images::rootdisk::TMPFS_STAGING).is_dir() {
+        eprintln!(
+            "no {}: nothing to compare",
+            mvm_images::rootdisk::TMPFS_STAGING
+        );
+        return;
+    }
+    let mut trees = Vec::new();
+    for staging in [Staging::Auto, Staging::Store] {
+        let (_d, store) = common::store();
+        layered_image(&store, "layered:1");
+        let rec = store.resolve("layered:1").unwrap();
+        let opts = RootDiskOptions {
+            staging,
+            ..RootDiskOptions::default()
+        };
+        let disk = store.root_disk(&rec, &opts).unwrap();
+        let build = disk.build.unwrap();
+        assert_eq!(build.on_tmpfs, staging == Staging::Auto, "{staging:?}");
+        e2fsck_clean(&disk.path);
+        trees.push(mounted_tree(&disk.path));
+        // The tmpfs copy goes (in the background), with its marker.
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while fs::read_dir(store.root().join("tmp"))
+            .unwrap()
+            .next()
+            .is_some()
+        {
+            assert!(Instant::now() < deadline, "unpacked tree not cleaned up");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_consistent(&store);
+    }
+    assert!(trees[0].len() > 10, "{:#?}", trees[0]);
+    assert_eq!(trees[0], trees[1]);
+}
+
+#[test]
+fn prune_removes_the_tmpfs_tree_of_a_dead_conversion_and_nothing_else() {
+    let base = std::path::Path::new(mvm_images::rootdisk::TMPFS_STAGING);
+    if !base.is_dir() {
+        eprintln!("no {}: nothing to test", base.display());
+        return;
+    }
+    let (d, store) = common::store();
+    // A conversion that died: its marker names its tree on the tmpfs.
+    let tree = base.join(format!("mvm-rootfs-test-{}", std::process::id()));
+    fs::create_dir_all(tree.join("rootfs/etc")).unwrap();
+    fs::write(tree.join("rootfs/etc/passwd"), b"x").unwrap();
+    let marker = store.root().join("tmp/deadbeef.staging");
+    fs::write(&marker, tree.as_os_str().as_encoded_bytes()).unwrap();
+    // A marker naming something that is not one of ours: left alone.
+    let other = d.path().join("mvm-rootfs-not-on-the-tmpfs");
+    fs::create_dir_all(&other).unwrap();
+    let marker2 = store.root().join("tmp/cafe.staging");
+    fs::write(&marker2, other.as_os_str().as_encoded_bytes()).unwrap();
+    store.prune(false, &|_| false).unwrap();
+    assert!(!tree.exists(), "the dead conversion's tree is removed");
+    assert!(!marker.exists() && !marker2.exists(), "markers removed");
+    assert!(other.exists(), "only our own tmpfs directories are removed");
 }

@@ -238,6 +238,13 @@ impl Store {
                 continue;
             }
             let path = entry.path();
+            if let Some(id) = name.strip_suffix(&format!(".{}", rootdisk::STAGING_MARKER)) {
+                // A conversion's tree on the tmpfs: its owner's or a dead one's.
+                if leases.live_ids.contains(id) {
+                    continue;
+                }
+                remove_staging(&path);
+            }
             let r = if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 remove_tree(&path)
             } else {
@@ -325,7 +332,25 @@ impl Store {
 
 /// `remove_dir_all` that also copes with read-only directories left by an
 /// interrupted layer unpack (tar entries may carry mode 0555).
-fn remove_tree(path: &std::path::Path) -> io::Result<()> {
+/// Removes the tmpfs staging directory a marker names (only ever one of
+/// ours: directly in [`rootdisk::TMPFS_STAGING`], with our prefix).
+fn remove_staging(marker: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(bytes) = fs::read(marker) else {
+        return;
+    };
+    let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(&bytes));
+    let ours = dir.parent() == Some(std::path::Path::new(rootdisk::TMPFS_STAGING))
+        && dir.file_name().is_some_and(|n| {
+            n.as_bytes()
+                .starts_with(rootdisk::STAGING_PREFIX.as_bytes())
+        });
+    if ours && fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        let _ = remove_tree(dir);
+    }
+}
+
+pub(crate) fn remove_tree(path: &std::path::Path) -> io::Result<()> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {

@@ -50,6 +50,7 @@ use crate::manifest::{
 use crate::reference::{Reference, ReferenceError};
 
 pub use blobs::{BlobInfo, Expected};
+pub(crate) use gc::remove_tree;
 pub use gc::{FsckReport, PruneReport};
 pub use lease::Lease;
 
