@@ -52,6 +52,112 @@ pub struct LaunchSpec {
     /// stays readable by an init that predates them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// Network configuration init applies before the workload. `None`
+    /// (not written): the guest has only `lo`, and init leaves
+    /// /etc/resolv.conf as the image has it. `Some` with no interfaces is
+    /// `--network none`: only `lo`, but init still owns /etc/hosts and
+    /// /etc/resolv.conf as Docker does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+}
+
+/// The guest's network, as a Docker container's: interfaces, routes, the
+/// resolver and the hosts file. Written by the host from its networks'
+/// endpoints; init applies it through netlink before the workload starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// One entry per virtio-net device, matched by MAC address.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    /// Routes added after every interface is up, in order; the default
+    /// route is `destination: 0.0.0.0/0`.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// /etc/resolv.conf. Written as given (an empty `nameservers` writes a
+    /// file without any, so lookups fail fast rather than leak to the
+    /// image's resolver).
+    #[serde(default)]
+    pub dns: Dns,
+    /// Extra /etc/hosts lines after the standard `localhost` ones and the
+    /// guest's own addresses (`--add-host`, and on the default bridge,
+    /// nothing else: names resolve there only through these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostEntry>,
+}
+
+/// A guest network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// The virtio-net device's MAC (the VMM's `net[].mac`), lower-case
+    /// `aa:bb:cc:dd:ee:ff`: how init finds the interface whatever order the
+    /// kernel probed devices in.
+    pub mac: String,
+    /// The name init gives it (`eth0`, `eth1`, ...): at most 15 bytes.
+    pub name: String,
+    /// Addresses with their prefix length.
+    #[serde(default)]
+    pub addresses: Vec<IpCidr>,
+    /// MTU; `None` keeps the device's (1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// An address and prefix length, `10.88.0.2/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpCidr {
+    pub address: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+impl IpCidr {
+    /// Whether the prefix length fits the address family.
+    pub fn is_valid(&self) -> bool {
+        let max = if self.address.is_ipv4() { 32 } else { 128 };
+        self.prefix_len <= max
+    }
+}
+
+/// A route in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Destination network; `0.0.0.0/0` for the default route.
+    pub destination: IpCidr,
+    /// Next hop; `None` for an on-link route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::IpAddr>,
+    /// The interface's `name` from [`Interface`].
+    pub interface: String,
+}
+
+/// /etc/resolv.conf.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    #[serde(default)]
+    pub nameservers: Vec<std::net::IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    /// `options` line entries such as `ndots:0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+/// One /etc/hosts line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub address: std::net::IpAddr,
+    pub names: Vec<String>,
 }
 
 /// A virtio-fs share mounted in the guest: `mount -t virtiofs TAG TARGET`.
@@ -211,6 +317,7 @@ impl LaunchSpec {
                 cols: 0,
             },
             mounts: Vec::new(),
+            network: None,
         }
     }
 
