@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use mvm_protocol::agent::client::{AgentClient, ClientError, Event};
 use mvm_runtime::{
-    ExitReason, Intent, ProcessSpec, Resources, Runtime, RuntimeError, Transient, TransientSpec,
+    ExitReason, Intent, ProcessSpec, Resources, Root, Runtime, RuntimeError, Transient,
+    TransientSpec,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -220,7 +221,7 @@ impl Executor for RuntimeExecutor {
             source,
         })?;
         let spec = TransientSpec {
-            root_disk: req.root_disk.clone(),
+            root: Root::Disk(req.root_disk.clone()),
             process: ProcessSpec {
                 entrypoint: req.argv.clone(),
                 cmd: Vec::new(),
@@ -233,6 +234,7 @@ impl Executor for RuntimeExecutor {
             hostname: BUILD_HOSTNAME.into(),
             resources: self.resources,
             export_changes: true,
+            die_with_parent: false,
         };
         let t = self.runtime.start_transient(&spec)?;
         // The builder is synchronous (it runs on a blocking thread); the

@@ -11,6 +11,11 @@
 //!
 //! Disks are found by their virtio-blk serial (`/sys/block/vdX/serial`),
 //! never by probe order.
+//!
+//! A spec with `rootfs.share` (the containerd shim's) has no disks: the
+//! virtio-fs share with that tag is mounted read-write at `/mnt/root`
+//! and becomes `/` as it is, so the workload's writes land in the host
+//! directory (the snapshotter's), as a runc container's do.
 
 use std::fs::File;
 use std::io;
@@ -54,6 +59,8 @@ pub enum RootfsError {
     },
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[error("cannot mount the root share {tag:?} (virtiofs): {source}; is there a virtio-fs device with this tag (the VMM's fs[] entries)?")]
+    ShareRoot { tag: String, source: io::Error },
     #[error("cannot prepare {path}: {source}")]
     Prepare { path: PathBuf, source: io::Error },
     #[error("cannot switch to the new root ({step}): {source}")]
@@ -172,6 +179,9 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), RootfsError> {
 
 /// Mount the disks named in `spec` and the overlay at [`ROOT_DIR`].
 pub fn assemble(spec: &Rootfs) -> Result<Assembled, RootfsError> {
+    if let Some(tag) = &spec.share {
+        return mount_share_root(tag);
+    }
     for dir in [IMAGE_DIR, SCRATCH_DIR, ROOT_DIR] {
         mounts::mount_point(Path::new(dir), 0o755)?;
     }
@@ -247,6 +257,18 @@ pub fn assemble(spec: &Rootfs) -> Result<Assembled, RootfsError> {
     );
     mounts::mount("overlay", Path::new(ROOT_DIR), "overlay", 0, &data)?;
     Ok(assembled)
+}
+
+/// Mount the virtio-fs share `tag` at [`ROOT_DIR`]: the whole root.
+fn mount_share_root(tag: &str) -> Result<Assembled, RootfsError> {
+    mounts::mount_point(Path::new(ROOT_DIR), 0o755)?;
+    crate::sys::mount(tag, Path::new(ROOT_DIR), "virtiofs", 0, "").map_err(|source| {
+        RootfsError::ShareRoot {
+            tag: tag.into(),
+            source,
+        }
+    })?;
+    Ok(Assembled::default())
 }
 
 fn copy_owner_and_mode(from: &Path, to: &Path) -> Result<(), RootfsError> {

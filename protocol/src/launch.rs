@@ -180,6 +180,8 @@ pub struct Mount {
 #[serde(deny_unknown_fields)]
 pub struct Rootfs {
     /// Serial of the read-only ext4 image disk (the overlay's lower layer).
+    /// Empty (and then not written) for a [`Self::share`] root.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image_drive: String,
     /// Serial of the writable ext4 scratch disk holding the overlay's upper
     /// and work directories. `None`: the upper layer is a tmpfs, so writes
@@ -197,6 +199,15 @@ pub struct Rootfs {
     /// specs that do not use it.
     #[serde(default, skip_serializing_if = "is_default")]
     pub export_changes: bool,
+    /// The virtio-fs tag of a host directory that is the root itself,
+    /// mounted read-write, instead of the image and scratch disks: the
+    /// containerd shim's root, a snapshotter's prepared directory, which
+    /// the guest writes to directly as runc's containers do. Needs an
+    /// empty `image_drive`, no `scratch_drive` and no `export_changes`.
+    /// Not written when absent, so older inits read specs that do not use
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
 }
 
 /// How long a guest launched with `rootfs.export_changes` waits, after
@@ -292,6 +303,8 @@ pub enum SpecError {
     },
     #[error("launch spec mounts tag {0:?} twice; each share is mounted once")]
     DuplicateMountTag(String),
+    #[error("launch spec rootfs.share is set together with {0}: a share root uses no disks")]
+    ShareRootWithDisk(&'static str),
 }
 
 impl LaunchSpec {
@@ -304,6 +317,7 @@ impl LaunchSpec {
                 image_drive: ROOTFS_DRIVE_ID.into(),
                 scratch_drive: None,
                 export_changes: false,
+                share: None,
             },
             process: Process {
                 args,
@@ -345,7 +359,25 @@ impl LaunchSpec {
         if self.process.args.is_empty() {
             return Err(SpecError::NoArgs);
         }
-        let ids = std::iter::once(&self.rootfs.image_drive).chain(&self.rootfs.scratch_drive);
+        if let Some(tag) = &self.rootfs.share {
+            if !is_valid_fs_tag(tag) {
+                return Err(SpecError::MountTag(tag.clone()));
+            }
+            if self.mounts.iter().any(|m| &m.tag == tag) {
+                return Err(SpecError::DuplicateMountTag(tag.clone()));
+            }
+            if !self.rootfs.image_drive.is_empty() {
+                return Err(SpecError::ShareRootWithDisk("rootfs.image_drive"));
+            }
+            if self.rootfs.scratch_drive.is_some() {
+                return Err(SpecError::ShareRootWithDisk("rootfs.scratch_drive"));
+            }
+            if self.rootfs.export_changes {
+                return Err(SpecError::ShareRootWithDisk("rootfs.export_changes"));
+            }
+        }
+        let image = (self.rootfs.share.is_none()).then_some(&self.rootfs.image_drive);
+        let ids = image.into_iter().chain(&self.rootfs.scratch_drive);
         for id in ids {
             if id.is_empty() || id.len() > MAX_DRIVE_ID_LEN {
                 return Err(SpecError::DriveId(id.clone()));
@@ -580,5 +612,52 @@ mod tests {
         assert_eq!(normalize_target("/a//b/./c/"), "/a/b/c");
         let unknown = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"]},"mounts":[{"tag":"t","target":"/t","cache":"x"}]}"#;
         assert!(LaunchSpec::from_json(unknown).is_err());
+    }
+
+    #[test]
+    fn a_share_root_replaces_the_disks_and_older_specs_stay_valid() {
+        let older = br#"{"version":1,"rootfs":{"image_drive":"rootfs","scratch_drive":"scratch"},"process":{"args":["a"]}}"#;
+        let spec = LaunchSpec::from_json(older).unwrap();
+        assert_eq!(spec.rootfs.share, None);
+        assert!(!String::from_utf8(spec.to_json().unwrap())
+            .unwrap()
+            .contains("share"));
+
+        let mut s = LaunchSpec::new(vec!["a".into()]);
+        s.rootfs.image_drive.clear();
+        s.rootfs.share = Some("root".into());
+        let json = s.to_json().unwrap();
+        assert!(!String::from_utf8_lossy(&json).contains("image_drive"));
+        assert_eq!(LaunchSpec::from_json(&json).unwrap(), s);
+
+        let mut bad = s.clone();
+        bad.rootfs.image_drive = "rootfs".into();
+        assert!(matches!(
+            bad.validate(),
+            Err(SpecError::ShareRootWithDisk("rootfs.image_drive"))
+        ));
+        let mut bad = s.clone();
+        bad.rootfs.scratch_drive = Some("scratch".into());
+        assert!(matches!(
+            bad.validate(),
+            Err(SpecError::ShareRootWithDisk(_))
+        ));
+        let mut bad = s.clone();
+        bad.rootfs.share = Some("a b".into());
+        assert!(matches!(bad.validate(), Err(SpecError::MountTag(_))));
+        let mut bad = s.clone();
+        bad.mounts.push(Mount {
+            tag: "root".into(),
+            target: "/x".into(),
+            read_only: false,
+        });
+        assert!(matches!(
+            bad.validate(),
+            Err(SpecError::DuplicateMountTag(_))
+        ));
+        // Neither a disk nor a share: no root at all.
+        let mut bad = s;
+        bad.rootfs.share = None;
+        assert!(matches!(bad.validate(), Err(SpecError::DriveId(_))));
     }
 }

@@ -125,6 +125,17 @@ pub fn add_shares(spec: &mut LaunchSpec, cfg: &mut VmConfig, shares: &[Share]) {
     }
 }
 
+/// Make the share `root` the boot's root filesystem
+/// (`Rootfs::share`) instead of the image and scratch disks, which are
+/// dropped from `cfg`. `root.target` is not used.
+pub fn set_root_share(spec: &mut LaunchSpec, cfg: &mut VmConfig, root: &Share) {
+    cfg.drives.clear();
+    cfg.fs.push(FsConfig::new(&root.tag, &root.socket));
+    spec.rootfs.image_drive.clear();
+    spec.rootfs.scratch_drive = None;
+    spec.rootfs.share = Some(root.tag.clone());
+}
+
 /// Why the launch files could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {

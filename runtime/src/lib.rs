@@ -65,7 +65,7 @@ pub use spec::{
     SpecError,
 };
 pub use state::{ExitReason, State, Status};
-pub use transient::{Transient, TransientSpec};
+pub use transient::{Root, Transient, TransientSpec};
 
 /// What kind of failure an error is, for callers that map errors to their
 /// own codes (mvmd's HTTP statuses, the shim's ttrpc codes).
@@ -430,7 +430,7 @@ impl Runtime {
             None => None,
         };
         let procs = cgroup.as_ref().map(|c| c.procs());
-        let process = match self.spawn(&paths, procs.as_deref()) {
+        let process = match self.spawn(&paths, procs.as_deref(), false) {
             Ok(p) => p,
             Err(e) => {
                 cgroup::Cgroup::remove(&spec.id);
@@ -529,6 +529,7 @@ impl Runtime {
         &self,
         paths: &SandboxPaths,
         cgroup_procs: Option<&Path>,
+        die_with_parent: bool,
     ) -> Result<VmmProcess, RuntimeError> {
         Ok(process::spawn(&process::SpawnSpec {
             vmm: &self.cfg.artifacts.vmm,
@@ -536,6 +537,7 @@ impl Runtime {
             log: &paths.vmm_log,
             cgroup_procs,
             log_filter: self.cfg.vmm_log_filter.as_deref(),
+            die_with_parent,
         })?)
     }
 }

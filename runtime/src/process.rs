@@ -49,6 +49,41 @@ pub struct SpawnSpec<'a> {
     pub cgroup_procs: Option<&'a Path>,
     /// `MVM_LOG` for the VMM.
     pub log_filter: Option<&'a str>,
+    /// Kill the VMM (SIGKILL, from the kernel) when the thread that
+    /// spawned it ends: for a caller that owns its VMM outright, such as
+    /// the containerd shim, so a shim killed with SIGKILL leaves no VMM
+    /// behind. mvmd's VMMs outlive mvmd and never set it. The kernel ties
+    /// the signal to the spawning *thread*: spawn from a thread that lives
+    /// as long as the process (the shim's single-threaded runtime).
+    pub die_with_parent: bool,
+}
+
+/// The `pre_exec` half of [`SpawnSpec::die_with_parent`]: ask for SIGKILL
+/// at the parent's death, then make sure the parent did not die before
+/// the request took effect. Only async-signal-safe calls.
+///
+/// # Safety
+/// Call only in a forked child before exec.
+pub(crate) unsafe fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number changes only
+    // this process's death signal.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid cannot fail.
+    if unsafe { libc::getppid() } != parent {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
 }
 
 /// Start the VMM: a new session (so a signal to mvmd's group or terminal
@@ -74,6 +109,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
             None => None,
         };
     let procs_fd: RawFd = procs.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+    let tie = spec.die_with_parent;
+    // SAFETY: getpid cannot fail.
+    let parent = unsafe { libc::getpid() };
     let mut cmd = Command::new(spec.vmm);
     cmd.arg("--config")
         .arg(spec.config)
@@ -84,12 +122,16 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
         cmd.env("MVM_LOG", f);
     }
     // SAFETY: the closure runs in the forked child before exec and calls
-    // only async-signal-safe functions (setsid, write) on values prepared
+    // only async-signal-safe functions (setsid, prctl, getppid, write) on
+    // values prepared
     // before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if tie {
+                die_with_parent(parent)?;
             }
             if procs_fd >= 0 {
                 let zero = b"0";
@@ -283,6 +325,7 @@ mod tests {
             log: &log,
             cgroup_procs: None,
             log_filter: None,
+            die_with_parent: false,
         };
         // A parallel test that forks while our write descriptor to the
         // script is open makes exec fail with ETXTBSY for a moment.
@@ -321,5 +364,71 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!p.is_alive());
+    }
+
+    #[test]
+    fn a_tied_process_dies_with_the_thread_that_spawned_it() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = d.path().join("fake-vmm");
+        std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let log = d.path().join("vmm.log");
+        let (fake2, log2) = (fake.clone(), log.clone());
+        // Spawned from a thread that then ends, as a shim that dies does.
+        let p = std::thread::spawn(move || {
+            let spec = SpawnSpec {
+                vmm: &fake2,
+                config: Path::new("/nonexistent"),
+                log: &log2,
+                cgroup_procs: None,
+                log_filter: None,
+                die_with_parent: true,
+            };
+            let mut tries = 0;
+            loop {
+                match spawn(&spec) {
+                    Err(ProcessError::Spawn { source, .. })
+                        if source.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 =>
+                    {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    r => break r.unwrap(),
+                }
+            }
+        })
+        .join()
+        .unwrap();
+        let Some(fd) = p.pidfd().unwrap() else {
+            return; // Already gone and reaped: what we want.
+        };
+        assert!(
+            fd.wait_blocking(std::time::Duration::from_secs(10))
+                .unwrap(),
+            "the tied process outlived the thread that spawned it"
+        );
+        // An untied one does not die with its thread.
+        let (fake3, log3) = (fake.clone(), log.clone());
+        let q = std::thread::spawn(move || {
+            spawn(&SpawnSpec {
+                vmm: &fake3,
+                config: Path::new("/nonexistent"),
+                log: &log3,
+                cgroup_procs: None,
+                log_filter: None,
+                die_with_parent: false,
+            })
+        })
+        .join()
+        .unwrap();
+        if let Ok(q) = q {
+            assert!(q.is_alive());
+            let _ = q.signal(libc::SIGKILL);
+            if let Ok(Some(fd)) = q.pidfd() {
+                let _ = fd.wait_blocking(std::time::Duration::from_secs(5));
+            }
+            reap(q.pid);
+        }
     }
 }

@@ -201,12 +201,31 @@ impl Backends {
         paths: &SandboxPaths,
         shares: &[HostShare],
     ) -> Result<(Self, Vec<Share>), ShareError> {
+        Self::start_tied(bin, paths, shares, false)
+    }
+
+    /// [`Self::start`], the backends killed by the kernel when the calling
+    /// thread ends if `die_with_parent` (see
+    /// [`crate::process::SpawnSpec::die_with_parent`]): a backend whose
+    /// VMM never connected would otherwise wait forever.
+    pub fn start_tied(
+        bin: &Path,
+        paths: &SandboxPaths,
+        shares: &[HostShare],
+        die_with_parent: bool,
+    ) -> Result<(Self, Vec<Share>), ShareError> {
         validate(shares)?;
         let mut backends = Self::default();
         let mut launch = Vec::new();
         for (index, share) in shares.iter().enumerate() {
             let socket = socket_path(paths, index);
-            let process = spawn(bin, share, &socket, &log_path(paths, index))?;
+            let process = spawn(
+                bin,
+                share,
+                &socket,
+                &log_path(paths, index),
+                die_with_parent,
+            )?;
             backends.records.push(BackendRecord {
                 tag: share.tag.clone(),
                 process,
@@ -343,6 +362,7 @@ fn spawn(
     share: &HostShare,
     socket: &Path,
     log: &Path,
+    die_with_parent: bool,
 ) -> Result<VmmProcess, ShareError> {
     let sock_err = |source| ShareError::Socket {
         tag: share.tag.clone(),
@@ -369,18 +389,24 @@ fn spawn(
             source,
         })?;
     let fd = listener.as_raw_fd();
+    // SAFETY: getpid cannot fail.
+    let parent = unsafe { libc::getpid() };
     let mut cmd = Command::new(bin);
     cmd.args(virtiofsd_args(share))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
     // SAFETY: the closure runs in the forked child before exec and calls
-    // only async-signal-safe functions (setsid, dup2, fcntl) on values
+    // only async-signal-safe functions (setsid, prctl, getppid, dup2,
+    // fcntl) on values
     // prepared before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if die_with_parent {
+                crate::process::die_with_parent(parent)?;
             }
             // dup2 clears close-on-exec on the copy; when the listener is
             // already fd 3, clear it directly.

@@ -399,7 +399,9 @@ pub fn canonical_signal(s: &str) -> Result<String, SpecError> {
         .unwrap_or_else(|| n.to_string()))
 }
 
-fn resolve_cpus(
+/// vCPUs and CPU quota for `req`, checked against the host (also used by
+/// the containerd shim for an OCI bundle's `linux.resources.cpu`).
+pub fn resolve_cpus(
     req: &ResourceRequest,
     defaults: &Defaults,
     host: &HostResources,
@@ -447,7 +449,9 @@ fn resolve_cpus(
     Ok((vcpus, cpus))
 }
 
-fn resolve_memory(mib: u64, host: &HostResources) -> Result<u64, SpecError> {
+/// Guest memory of `mib`, checked against the host (also used by the
+/// containerd shim for `linux.resources.memory.limit`).
+pub fn resolve_memory(mib: u64, host: &HostResources) -> Result<u64, SpecError> {
     if mib < MIN_MEMORY_MIB {
         return Err(bad(format!(
             "memory {mib} MiB is too small: a sandbox needs at least {MIN_MEMORY_MIB} MiB"

@@ -29,19 +29,38 @@ use crate::share::{Backends, HostShare};
 use crate::spec::{ProcessSpec, Resources};
 use crate::{cgroup, exit_info_of, io_err, names, Runtime, RuntimeError};
 
-/// What a transient sandbox runs, on which disk.
+/// The root filesystem of a transient sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Root {
+    /// The read-only ext4 image disk (`mvm_images::Store::root_disk`) under
+    /// an overlay whose upper layer is a fresh scratch disk.
+    Disk(PathBuf),
+    /// A host directory that is the root itself, shared read-write over
+    /// virtio-fs (`launch::Rootfs::share`): the containerd shim's root, a
+    /// snapshotter's prepared directory. No scratch disk is made.
+    Directory(PathBuf),
+}
+
+/// The virtio-fs tag of a [`Root::Directory`].
+pub const ROOT_SHARE_TAG: &str = "mvm-root";
+
+/// What a transient sandbox runs, on which root.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransientSpec {
-    /// The read-only ext4 image disk (`mvm_images::Store::root_disk`).
-    pub root_disk: PathBuf,
+    /// The root filesystem.
+    pub root: Root,
     /// The workload (its `tty` and `open_stdin` are honoured).
     pub process: ProcessSpec,
     /// The guest's hostname.
     pub hostname: String,
     /// vCPUs, memory, quota and the scratch disk's size.
     pub resources: Resources,
-    /// Keep the guest up after the workload so its changes can be read.
+    /// Keep the guest up after the workload so its changes can be read
+    /// (a [`Root::Disk`] only).
     pub export_changes: bool,
+    /// The VMM and share backends die with the calling thread
+    /// ([`crate::process::SpawnSpec::die_with_parent`]).
+    pub die_with_parent: bool,
 }
 
 /// A running (or ended) transient sandbox.
@@ -78,12 +97,14 @@ impl Runtime {
         fs::create_dir(&paths.dir).map_err(io_err("creating", &paths.dir))?;
         let started = Instant::now();
         let r = (|| {
-            self.store
-                .create_scratch_disk(&paths.scratch, spec.resources.scratch_mib << 20)
-                .map_err(|source| RuntimeError::RootDisk {
-                    image: "(transient scratch disk)".into(),
-                    source: Box::new(source),
-                })?;
+            if let Root::Disk(_) = &spec.root {
+                self.store
+                    .create_scratch_disk(&paths.scratch, spec.resources.scratch_mib << 20)
+                    .map_err(|source| RuntimeError::RootDisk {
+                        image: "(transient scratch disk)".into(),
+                        source: Box::new(source),
+                    })?;
+            }
             let stdio = Stdio {
                 agent: true,
                 size: None,
@@ -91,14 +112,36 @@ impl Runtime {
             let mut l = launch::launch_spec(&spec.process, &spec.hostname, stdio);
             l.rootfs.export_changes = spec.export_changes;
             let init = self.init_archive()?;
-            let mut cfg = launch::vm_config(
-                self.boot_files(&init),
-                &paths,
-                &spec.root_disk,
-                &spec.resources,
-            );
+            let disk = match &spec.root {
+                Root::Disk(d) => d.as_path(),
+                Root::Directory(_) => Path::new(""),
+            };
+            let mut cfg = launch::vm_config(self.boot_files(&init), &paths, disk, &spec.resources);
             self.bound_files(&mut cfg, &paths);
-            let backends = self.start_shares(&paths, shares, &mut l, &mut cfg)?;
+            let mut all = Vec::with_capacity(shares.len() + 1);
+            if let Root::Directory(dir) = &spec.root {
+                all.push(HostShare {
+                    tag: ROOT_SHARE_TAG.into(),
+                    source: dir.clone(),
+                    // Not mounted by init's share list: see below.
+                    target: "/".into(),
+                    read_only: false,
+                });
+            }
+            all.extend_from_slice(shares);
+            let backends = if all.is_empty() {
+                None
+            } else {
+                let bin = crate::share::locate_virtiofsd(None)?;
+                let (backends, mut boot) =
+                    Backends::start_tied(&bin, &paths, &all, spec.die_with_parent)?;
+                if let Root::Directory(_) = &spec.root {
+                    let root = boot.remove(0);
+                    launch::set_root_share(&mut l, &mut cfg, &root);
+                }
+                launch::add_shares(&mut l, &mut cfg, &boot);
+                Some(backends)
+            };
             launch::write(&l, &cfg, &paths)?;
             let cg = match spec.resources.cpu_quota {
                 Some(c) => match cgroup::Cgroup::create(&id, c) {
@@ -111,7 +154,10 @@ impl Runtime {
                 None => None,
             };
             let procs = cg.as_ref().map(|c| c.procs());
-            Ok((self.spawn(&paths, procs.as_deref())?, backends))
+            Ok((
+                self.spawn(&paths, procs.as_deref(), spec.die_with_parent)?,
+                backends,
+            ))
         })();
         match r {
             Ok((vmm, backends)) => Ok(Transient {
@@ -140,6 +186,11 @@ impl Transient {
     /// Its files (console, VMM log, status file...).
     pub fn paths(&self) -> &SandboxPaths {
         &self.paths
+    }
+
+    /// The VMM's pid.
+    pub fn pid(&self) -> i32 {
+        self.vmm.pid
     }
 
     /// Time since the VMM was started.
