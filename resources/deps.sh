@@ -10,7 +10,11 @@ PACKAGES="
   docker-registry skopeo apache2-utils debootstrap
   iproute2 procps psmisc file
   libcap-ng-dev libseccomp-dev
+  containerd
 "
+# containerd (with ctr and runc): the containerd shim's end-to-end suite
+# (tests/tests/shim.rs) starts a containerd of its own, and its benchmark
+# compares with runc.
 
 # virtiofsd, the virtio-fs backend (no Debian 12 package): built once with
 # cargo into the cache by its own script, quick when present.

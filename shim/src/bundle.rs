@@ -1,0 +1,388 @@
+//! An OCI bundle (`config.json` plus the root containerd's snapshotter
+//! prepared) turned into what mvm-runtime boots: the workload, the guest's
+//! resources and the host directories to share.
+//!
+//! `config.json` is hostile input (it comes from whoever asked containerd
+//! for the container): it is parsed with the `oci-spec` crate, and every
+//! field mvm cannot honour is either refused with an error naming it or,
+//! for what containerd adds to every container and the guest provides on
+//! its own, ignored by a documented rule ([`IGNORED_MOUNTS`]).
+
+use std::path::{Path, PathBuf};
+
+use mvm_runtime::spec::{resolve_cpus, resolve_memory, Defaults, ResourceRequest};
+use mvm_runtime::{HostResources, HostShare, ProcessSpec, Resources};
+use oci_spec::runtime::Spec;
+
+/// Mount destinations containerd (and every OCI runtime spec generator)
+/// adds that guest init already provides in the microVM (`/proc`, `/sys`,
+/// `/dev` with its `pts`, `shm` and `mqueue`, the cgroup filesystem):
+/// ignored rather than refused. containerd's default `/run` tmpfs is
+/// ignored too: the guest's `/run` is the root's directory, so what a
+/// workload puts there lands in its snapshot instead of memory (other
+/// tmpfs mounts are refused until the launch spec carries them).
+pub const IGNORED_MOUNTS: &[&str] = &[
+    "/run",
+    "/proc",
+    "/sys",
+    "/sys/fs/cgroup",
+    "/dev",
+    "/dev/pts",
+    "/dev/shm",
+    "/dev/mqueue",
+];
+
+/// Why a bundle cannot become a microVM.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid OCI runtime spec: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("config.json has no process to run (process or process.args is empty)")]
+    NoProcess,
+    #[error("config.json: {0}")]
+    Invalid(String),
+    #[error("config.json mount {destination}: type {kind:?} is not supported by the mvm runtime (supported: bind, and the /proc, /sys, /dev mounts the guest provides itself)")]
+    UnsupportedMount { destination: String, kind: String },
+    #[error("config.json resources: {0}")]
+    Resources(String),
+    #[error("this is a Kubernetes pod's {0} container ({CRI_CONTAINER_TYPE}): pods are not supported by the mvm runtime yet (one microVM per pod is the design: docs/kubernetes.md); run single containers with ctr")]
+    Pod(String),
+}
+
+/// The annotation containerd's CRI plugin puts on a pod's containers:
+/// `sandbox` (the pod itself) or `container`.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+/// What the bundle asks for, in mvm-runtime's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bundle {
+    /// The workload.
+    pub process: ProcessSpec,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// vCPUs, quota, memory.
+    pub resources: Resources,
+    /// `bind` mounts, shared over virtio-fs.
+    pub shares: Vec<HostShare>,
+    /// Non-fatal remarks (a CPU quota larger than the vCPUs...).
+    pub warnings: Vec<String>,
+}
+
+/// Parse `config.json` in `bundle`.
+pub fn load(bundle: &Path, id: &str, terminal: bool, stdin: bool) -> Result<Bundle, BundleError> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|source| BundleError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let spec: Spec =
+        serde_json::from_slice(&bytes).map_err(|source| BundleError::Parse { path, source })?;
+    from_spec(&spec, id, terminal, stdin, &HostResources::probe())
+}
+
+/// [`load`] of a parsed spec, against `host`.
+pub fn from_spec(
+    spec: &Spec,
+    id: &str,
+    terminal: bool,
+    stdin: bool,
+    host: &HostResources,
+) -> Result<Bundle, BundleError> {
+    // A pod split into one microVM per container would break the pod's
+    // shared network namespace: refused until pods boot one microVM.
+    if let Some(kind) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(CRI_CONTAINER_TYPE))
+    {
+        return Err(BundleError::Pod(kind.clone()));
+    }
+    let p = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(BundleError::NoProcess);
+    }
+    let cwd = p.cwd().to_string_lossy().into_owned();
+    if !cwd.starts_with('/') {
+        return Err(BundleError::Invalid(format!(
+            "process.cwd {cwd:?} is not absolute"
+        )));
+    }
+    let env = p.env().clone().unwrap_or_default();
+    if let Some(bad) = env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+        return Err(BundleError::Invalid(format!(
+            "process.env entry {bad:?} is not KEY=VALUE"
+        )));
+    }
+    let user = p.user();
+    let user = if user.uid() == 0 && user.gid() == 0 {
+        String::new()
+    } else {
+        format!("{}:{}", user.uid(), user.gid())
+    };
+    if p.terminal().unwrap_or(false) != terminal {
+        return Err(BundleError::Invalid(format!(
+            "process.terminal is {} but containerd asked for terminal={terminal}",
+            p.terminal().unwrap_or(false)
+        )));
+    }
+    let process = ProcessSpec {
+        entrypoint: args,
+        cmd: Vec::new(),
+        env,
+        working_dir: cwd,
+        user,
+        tty: terminal,
+        open_stdin: stdin,
+    };
+    let hostname = spec
+        .hostname()
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| id.chars().take(12).collect());
+    if hostname.contains('\0') || hostname.len() > 64 {
+        return Err(BundleError::Invalid(format!(
+            "hostname {hostname:?} is not a valid host name (at most 64 bytes)"
+        )));
+    }
+    let mut warnings = Vec::new();
+    let resources = resources(spec, host, &mut warnings)?;
+    let shares = shares(spec)?;
+    Ok(Bundle {
+        process,
+        hostname,
+        resources,
+        shares,
+        warnings,
+    })
+}
+
+/// `linux.resources`: the memory limit becomes the guest's memory, a CPU
+/// quota/period a vCPU count and the VMM's cgroup quota (as `mvmd`'s
+/// `--cpus`). CPU shares are relative weights between containers that the
+/// runtime does not apply to VMMs yet: ignored, with a warning.
+fn resources(
+    spec: &Spec,
+    host: &HostResources,
+    warnings: &mut Vec<String>,
+) -> Result<Resources, BundleError> {
+    let defaults = Defaults::default();
+    let r = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let mut req = ResourceRequest::default();
+    if let Some(limit) = r.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()) {
+        // -1 is "unlimited" in the OCI spec.
+        if limit > 0 {
+            let mib = (limit as u64).div_ceil(1 << 20);
+            req.memory_mib = Some(mib);
+        } else if limit != -1 {
+            return Err(BundleError::Resources(format!(
+                "memory.limit {limit} is not a positive number of bytes"
+            )));
+        }
+    }
+    if let Some(cpu) = r.and_then(|r| r.cpu().as_ref()) {
+        if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
+            if quota > 0 && period > 0 {
+                req.cpus = Some(quota as f64 / period as f64);
+            }
+        }
+        if cpu.shares().is_some_and(|s| s > 0) {
+            warnings.push("cpu.shares is ignored by the mvm runtime".into());
+        }
+    }
+    let memory_mib = resolve_memory(req.memory_mib.unwrap_or(defaults.memory_mib), host)
+        .map_err(|e| BundleError::Resources(e.to_string()))?;
+    let (vcpus, cpu_quota) = resolve_cpus(&req, &defaults, host, warnings)
+        .map_err(|e| BundleError::Resources(e.to_string()))?;
+    Ok(Resources {
+        vcpus,
+        cpu_quota,
+        memory_mib,
+        scratch_mib: 0,
+    })
+}
+
+/// `mounts`: binds become virtio-fs shares (read-only with `ro`); the
+/// mounts the guest provides are ignored ([`IGNORED_MOUNTS`]); anything
+/// else is refused.
+fn shares(spec: &Spec) -> Result<Vec<HostShare>, BundleError> {
+    let mut out = Vec::new();
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        let dest = m.destination().to_string_lossy().into_owned();
+        let kind = m.typ().clone().unwrap_or_default();
+        let options = m.options().clone().unwrap_or_default();
+        let is_bind = kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !is_bind {
+            if IGNORED_MOUNTS.contains(&dest.as_str()) {
+                continue;
+            }
+            return Err(BundleError::UnsupportedMount {
+                destination: dest,
+                kind,
+            });
+        }
+        let Some(source) = m.source().clone() else {
+            return Err(BundleError::Invalid(format!(
+                "bind mount {dest} has no source"
+            )));
+        };
+        if !source.is_absolute() || !source.is_dir() {
+            return Err(BundleError::Invalid(format!(
+                "bind mount {dest}: the source {} must be an existing directory (the mvm runtime shares directories, not files)",
+                source.display()
+            )));
+        }
+        if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
+            return Err(BundleError::Invalid(format!(
+                "bind mount destination {dest:?} must be absolute without '..'"
+            )));
+        }
+        out.push(HostShare {
+            tag: format!("bind{}", out.len()),
+            source,
+            target: dest,
+            read_only: options.iter().any(|o| o == "ro"),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostResources {
+        HostResources {
+            cpus: 4,
+            mem_total_mib: 8192,
+            mem_available_mib: 4096,
+        }
+    }
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const BASE: &str = r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"args":["echo","hi"],"env":["PATH=/bin"],"cwd":"/"},"root":{"path":"rootfs"},
+      "mounts":[{"destination":"/proc","type":"proc","source":"proc"},{"destination":"/dev","type":"tmpfs","source":"tmpfs"},{"destination":"/dev/pts","type":"devpts","source":"devpts"}],
+      "linux":{"resources":{"memory":{"limit":268435456},"cpu":{"quota":150000,"period":100000,"shares":1024}}}}"#;
+
+    #[test]
+    fn a_containerd_bundle_maps_to_the_runtime() {
+        let b = from_spec(&spec(BASE), "abcdef0123456789", false, true, &host()).unwrap();
+        assert_eq!(b.process.argv(), ["echo", "hi"]);
+        assert_eq!(b.process.env, ["PATH=/bin"]);
+        assert_eq!(b.process.user, "");
+        assert!(b.process.open_stdin);
+        assert_eq!(b.hostname, "abcdef012345");
+        assert_eq!(b.resources.memory_mib, 256);
+        assert_eq!(b.resources.vcpus, 2);
+        assert_eq!(b.resources.cpu_quota, Some(1.5));
+        assert!(b.shares.is_empty());
+        assert_eq!(b.warnings.len(), 1, "{:?}", b.warnings);
+    }
+
+    #[test]
+    fn binds_become_shares_and_other_mounts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = BASE.replace(
+            r#"{"destination":"/proc""#,
+            &format!(
+                r#"{{"destination":"/data","type":"bind","source":"{}","options":["rbind","ro"]}},{{"destination":"/proc""#,
+                dir.path().display()
+            ),
+        );
+        let b = from_spec(&spec(&json), "x", false, false, &host()).unwrap();
+        assert_eq!(b.shares.len(), 1);
+        assert_eq!(b.shares[0].target, "/data");
+        assert!(b.shares[0].read_only);
+
+        let json = BASE.replace(
+            r#"{"destination":"/proc""#,
+            r#"{"destination":"/x","type":"nfs","source":"srv:/x"},{"destination":"/proc""#,
+        );
+        let e = from_spec(&spec(&json), "x", false, false, &host()).unwrap_err();
+        assert!(
+            e.to_string().contains("/x") && e.to_string().contains("nfs"),
+            "{e}"
+        );
+        let json = BASE.replace(
+            r#"{"destination":"/proc""#,
+            r#"{"destination":"/f","type":"bind","source":"/nonexistent/x"},{"destination":"/proc""#,
+        );
+        let e = from_spec(&spec(&json), "x", false, false, &host()).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/x"), "{e}");
+    }
+
+    #[test]
+    fn hostile_values_are_clear_errors() {
+        let e = from_spec(
+            &spec(&BASE.replace(r#""args":["echo","hi"],"#, r#""args":[],"#)),
+            "x",
+            false,
+            false,
+            &host(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, BundleError::NoProcess));
+        let e = from_spec(
+            &spec(&BASE.replace("268435456", "1024")),
+            "x",
+            false,
+            false,
+            &host(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("too small"), "{e}");
+        let e = from_spec(
+            &spec(&BASE.replace("268435456", "1099511627776")),
+            "x",
+            false,
+            false,
+            &host(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("more than this host"), "{e}");
+        let e = from_spec(&spec(BASE), "x", true, false, &host()).unwrap_err();
+        assert!(e.to_string().contains("terminal"), "{e}");
+        let e = from_spec(
+            &spec(&BASE.replace(r#""PATH=/bin""#, r#""NOEQUALS""#)),
+            "x",
+            false,
+            false,
+            &host(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("NOEQUALS"), "{e}");
+        let e = from_spec(
+            &spec(&BASE.replace(
+                r#""ociVersion":"1.0.2","#,
+                r#""ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.container-type":"sandbox"},"#,
+            )),
+            "x",
+            false,
+            false,
+            &host(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, BundleError::Pod(ref k) if k == "sandbox"),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), b"{not json").unwrap();
+        let e = load(dir.path(), "x", false, false).unwrap_err();
+        assert!(e.to_string().contains("config.json"), "{e}");
+        let e = load(&dir.path().join("nope"), "x", false, false).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+}
