@@ -110,11 +110,15 @@ struct Proc {
     guest_pid: Option<i32>,
     /// An exec's OCI process.
     exec: Option<Exec>,
+    /// The output FIFOs, opened at create or exec, taken at start.
+    sinks: Option<stdio::Sinks>,
 }
 
 impl Proc {
     fn new(fifos: Fifos) -> Self {
+        let sinks = Some(stdio::Sinks::open(&fifos));
         Self {
+            sinks,
             pid: 0,
             status: Status::Created,
             exit_status: 0,
@@ -333,11 +337,12 @@ impl Service {
         c.vm = Some(vm.clone());
         let id = c.id.clone();
         let fifos = c.init.fifos.clone();
+        let sinks = c.init.sinks.take().unwrap_or_default();
         let close = c.init.close_stdin.clone();
         let stdin = c.spec.process.open_stdin;
         drop(guard);
         let this = self.clone();
-        tokio::spawn(async move { this.run_init(vm, fifos, close, stdin).await });
+        tokio::spawn(async move { this.run_init(vm, fifos, sinks, close, stdin).await });
         self.publish(
             topics::TASK_START_EVENT_TOPIC,
             Box::new(TaskStart {
@@ -359,6 +364,7 @@ impl Service {
         self: Arc<Self>,
         vm: Arc<Transient>,
         fifos: Fifos,
+        sinks: stdio::Sinks,
         close: Arc<Notify>,
         stdin: bool,
     ) {
@@ -375,7 +381,7 @@ impl Service {
                             c.init.control = Some(session.control);
                         }
                     }
-                    exit = stdio::pump_output(&fifos, session.output).await;
+                    exit = stdio::pump_output(sinks, session.output).await;
                 }
                 Err(e) => log::warn!("attaching to the workload: {e}"),
             },
@@ -463,6 +469,13 @@ impl Service {
                 c.id.clone(),
             )
         };
+        let sinks = {
+            let mut g = self.container.lock().await;
+            g.as_mut()
+                .and_then(|c| c.execs.get_mut(exec_id))
+                .and_then(|p| p.sinks.take())
+                .unwrap_or_default()
+        };
         let agent = vm
             .agent(AGENT_TIMEOUT)
             .await
@@ -489,7 +502,7 @@ impl Service {
         let eid = exec_id.to_string();
         let cid = id.clone();
         tokio::spawn(async move {
-            let exit = stdio::pump_output(&fifos, session.output).await;
+            let exit = stdio::pump_output(sinks, session.output).await;
             let code = exit.map(|e| e.shell_code()).unwrap_or(255) as u32;
             let at = {
                 let mut g = this.container.lock().await;

@@ -19,14 +19,55 @@ pub struct Fifos {
     pub terminal: bool,
 }
 
-async fn open_writer(path: &str) -> Option<tokio::fs::File> {
+/// The output FIFOs of a process, opened while containerd's client holds
+/// their read ends (at create or exec, as runc's shim does): a client that
+/// leaves later (`ctr run -d`) then makes writes fail, and the output is
+/// discarded, instead of an open that would wait for a reader forever.
+#[derive(Debug, Default)]
+pub struct Sinks {
+    out: Option<std::fs::File>,
+    err: Option<std::fs::File>,
+}
+
+impl Sinks {
+    /// Open `fifos`' stdout and stderr (stderr is the terminal's stdout).
+    pub fn open(fifos: &Fifos) -> Self {
+        Self {
+            out: open_writer(&fifos.stdout),
+            err: if fifos.terminal {
+                None
+            } else {
+                open_writer(&fifos.stderr)
+            },
+        }
+    }
+}
+
+/// Open a FIFO for writing without waiting for a reader (`O_NONBLOCK`:
+/// ENXIO when there is none), then make it blocking again so a slow
+/// reader slows the guest down instead of losing output.
+fn open_writer(path: &str) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     if path.is_empty() {
         return None;
     }
-    // Blocks (on tokio's blocking pool) until containerd has the read end
-    // open, which it does before it asks for a create or an exec.
-    match tokio::fs::OpenOptions::new().write(true).open(path).await {
-        Ok(f) => Some(f),
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => {
+            // SAFETY: fcntl on a descriptor we own, changing only its
+            // status flags.
+            unsafe {
+                let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+                if flags >= 0 {
+                    libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+                }
+            }
+            Some(f)
+        }
         Err(e) => {
             log::warn!("cannot open {path}: {e}; that output is discarded");
             None
@@ -63,13 +104,9 @@ pub fn pump_stdin(path: String, mut stdin: ExecStdin, close: Arc<Notify>) {
 /// exit, or `None` if the session broke first (the microVM ended). A
 /// FIFO whose reader went away is drained into nothing, so the guest is
 /// never blocked by a client that left.
-pub async fn pump_output(fifos: &Fifos, mut output: ExecOutput) -> Option<Exit> {
-    let mut out = open_writer(&fifos.stdout).await;
-    let mut err = if fifos.terminal {
-        None
-    } else {
-        open_writer(&fifos.stderr).await
-    };
+pub async fn pump_output(sinks: Sinks, mut output: ExecOutput) -> Option<Exit> {
+    let mut out = sinks.out.map(tokio::fs::File::from_std);
+    let mut err = sinks.err.map(tokio::fs::File::from_std);
     loop {
         let (sink, data) = match output.next().await {
             Ok(Event::Stdout(d)) => (&mut out, d),

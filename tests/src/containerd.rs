@@ -1,0 +1,311 @@
+//! A containerd of a test's own (Debian's 1.6: its own root, state,
+//! socket and config, never the system one) that finds
+//! `containerd-shim-mvm-v1` on its PATH as an installed one is found,
+//! with a busybox image imported (a docker-archive, `ctr images import`)
+//! into the `native` snapshotter. Used by `tests/shim.rs` and the
+//! `containerd` benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::{daemon, rootfs, wait_until, Artifacts};
+
+/// The mvm runtime's name.
+pub const RUNTIME: &str = "io.containerd.mvm.v1";
+/// The imported image.
+pub const IMAGE: &str = "docker.io/mvm-e2e/busybox:latest";
+
+/// A containerd of the test's own, with the image imported.
+pub struct Containerd {
+    /// Its directory (config, sockets, roots, log).
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    pub fn start() -> Self {
+        let _ = Artifacts::get();
+        let shim = daemon::binary("containerd-shim-mvm-v1");
+        let dir = tempfile::Builder::new()
+            .prefix("ctd-e2e-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "{d}/c.sock"
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+"#,
+            d = d.display()
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let path = format!(
+            "{}:{}",
+            shim.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("MVM_ROOT", d.join("mvm"))
+            .env("MVM_RUN_DIR", d.join("mvmrun"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd (apt-get install containerd; resources/deps.sh)");
+        let c = Containerd { dir, child };
+        wait_until(
+            "containerd's socket",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || c.ctr(&["version"]).status.success(),
+        );
+        c.import_image();
+        c
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("c.sock"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// `ctr` that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed ({}): {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let start = log.len().saturating_sub(4000);
+        format!("--- containerd.log tail:\n{}", &log[start..])
+    }
+
+    /// A docker-archive (`docker save` format) of a busybox tree.
+    fn import_image(&self) {
+        let d = self.dir.path().join("image");
+        let tree = d.join("tree");
+        rootfs::busybox_tree(&tree).unwrap();
+        let layer = d.join("layer.tar");
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&tree)
+            .arg("--owner=0")
+            .arg("--group=0")
+            .arg("-cf")
+            .arg(&layer)
+            .arg("."));
+        let digest = sha256(&layer);
+        let archive = d.join("archive");
+        std::fs::create_dir_all(archive.join(&digest)).unwrap();
+        std::fs::rename(&layer, archive.join(&digest).join("layer.tar")).unwrap();
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Cmd": ["sh"],
+            },
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{digest}")]},
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        std::fs::write(archive.join("config.json"), &config).unwrap();
+        let cfg_digest = sha256(&archive.join("config.json"));
+        std::fs::rename(
+            archive.join("config.json"),
+            archive.join(format!("{cfg_digest}.json")),
+        )
+        .unwrap();
+        let manifest = serde_json::json!([{
+            "Config": format!("{cfg_digest}.json"),
+            "RepoTags": ["mvm-e2e/busybox:latest"],
+            "Layers": [format!("{digest}/layer.tar")],
+        }]);
+        std::fs::write(
+            archive.join("manifest.json"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        let tar = d.join("busybox.tar");
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&archive)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
+        self.ok(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "native",
+            tar.to_str().unwrap(),
+        ]);
+        assert!(self.ok(&["images", "ls", "-q"]).contains(IMAGE));
+    }
+
+    /// `ctr run` with the mvm runtime and the native snapshotter.
+    pub fn run(&self, extra: &[&str], id: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["run", "--runtime", RUNTIME, "--snapshotter", "native"];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// The mvm root the shims use (`MVM_ROOT`).
+    pub fn mvm_root(&self) -> PathBuf {
+        self.dir.path().join("mvm")
+    }
+
+    /// Pids of the VMMs and virtiofsd backends of this containerd's shims.
+    pub fn vm_processes(&self) -> Vec<i32> {
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let is_vm = cmd.contains("mvm-vmm") || cmd.contains("virtiofsd");
+            if is_vm && cmd.contains(&root) && !is_zombie(pid) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Sandbox directories left under the mvm root.
+    pub fn leftover_sandboxes(&self) -> Vec<String> {
+        std::fs::read_dir(self.mvm_root().join("transients"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn shim_pid(&self, id: &str) -> Option<i32> {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
+            if args
+                .first()
+                .is_some_and(|a| a.ends_with("containerd-shim-mvm-v1"))
+                && args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+                && !is_zombie(pid)
+            {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    /// Wait until task `id` is STOPPED in `ctr task ls`.
+    pub fn wait_stopped(&self, id: &str) {
+        wait_until(
+            &format!("task {id} to stop"),
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || {
+                self.ok(&["task", "ls"])
+                    .lines()
+                    .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            },
+        );
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Tasks first (their shims end their microVMs), then containerd.
+        for line in self.ok_quiet(&["task", "ls", "-q"]).lines() {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", line]);
+            let _ = self.ctr(&["task", "delete", "-f", line]);
+        }
+        for line in self.ok_quiet(&["containers", "ls", "-q"]).lines() {
+            let _ = self.ctr(&["containers", "rm", line]);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Unmount whatever a shim left mounted under the test's dir.
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Containerd {
+    pub fn ok_quiet(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.ctr(args).stdout).into_owned()
+    }
+}
+
+/// Whether `pid` is gone or a zombie.
+pub fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(true)
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run a tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
