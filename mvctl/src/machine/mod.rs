@@ -24,6 +24,7 @@
 //!   journal.
 //! - Start and stop are serialised between mvctl processes by a lock file.
 
+pub mod artifacts;
 pub mod boot;
 pub mod disk;
 pub mod paths;
@@ -36,7 +37,7 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,9 @@ pub enum MachineError {
     /// The boot dir.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    /// The machine's programs.
+    #[error(transparent)]
+    Artifacts(#[from] artifacts::ArtifactError),
     /// A start option out of range.
     #[error("{0}")]
     BadOption(String),
@@ -353,16 +357,7 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
     );
     let testhost = paths::testhost_dir()?;
     let mvmd = paths::mvmd_binary()?;
-    paths::check_visible("the mvmd binary", &mvmd)?;
     let mut env = Vec::new();
-    for name in ["MVM_KERNEL", "MVM_INIT", "MVM_VMM"] {
-        if let Some(v) = std::env::var_os(name).filter(|v| !v.is_empty()) {
-            let p = PathBuf::from(&v);
-            let p = p.canonicalize().unwrap_or(p);
-            paths::check_visible(&format!("{name}="), &p)?;
-            env.push((name.to_string(), p.to_string_lossy().into_owned()));
-        }
-    }
     for name in ["MVMD_LOG", "RUST_BACKTRACE"] {
         if let Ok(v) = std::env::var(name) {
             env.push((name.to_string(), v));
@@ -376,6 +371,10 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
         .map_err(io_err(format!("resolve {}", paths.dir.display())))?;
     let paths = &Paths::new(dir, &paths.run_dir);
     paths::check_no_newline("the machine dir", &paths.dir)?;
+    // The machine runs copies of these on its disk (artifacts.rs): found
+    // and hashed here, copied in L1 when they changed.
+    let sources = artifacts::locate(&mvmd)?;
+    let programs = artifacts::hash_all(&sources, &paths.artifact_memo())?;
     let boot_files = L1Boot::build(&testhost)?;
     if disk::ensure(&paths.disk())? {
         eprintln!(
@@ -387,7 +386,7 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
     disk::check(&paths.disk())?;
     let job = boot::Job {
         script: testhost.join("machine-l1"),
-        mvmd: mvmd.clone(),
+        artifacts: artifacts::manifest(&programs),
         env,
     };
     let token = boot::prepare(&paths.boot(), &paths.previous_boot(), &job)?;
@@ -422,6 +421,7 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
             disk: paths.disk(),
             boot_dir: paths.boot(),
             mvmd: mvmd.clone(),
+            artifacts: programs.clone(),
         };
         state.save(&paths.state())?;
         // A port taken in the meantime makes QEMU exit at once.
@@ -729,6 +729,29 @@ fn kill_qemu(s: &MachineState) {
     }
 }
 
+/// Whether the machine runs the programs the host has now.
+fn programs_text(s: &MachineState, paths: &Paths) -> String {
+    if s.artifacts.is_empty() {
+        return "unknown (started by an older mvctl)".into();
+    }
+    let changed = artifacts::changed_since(&s.artifacts, &paths.artifact_memo());
+    let dir = s
+        .artifacts
+        .first()
+        .and_then(|a| a.source.parent())
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    if changed.is_empty() {
+        format!("its own copies of mvmd, mvm-vmm, mvm-init, vmlinux (current; mvmd from {dir})")
+    } else {
+        format!(
+            "{} changed on this host since the machine started; `mvctl machine stop` and `start` install them \
+             (its sandboxes stop)",
+            changed.join(", ")
+        )
+    }
+}
+
 fn status_text(paths: &Paths) -> Result<String, MachineError> {
     let mut rows: Vec<(&str, String)> = Vec::new();
     let state = MachineState::load(&paths.state())?.filter(|s| s.is_alive());
@@ -757,6 +780,7 @@ fn status_text(paths: &Paths) -> Result<String, MachineError> {
             }
             rows.push(("CPUs", s.cpus.to_string()));
             rows.push(("Memory", format!("{} MiB", s.memory_mib)));
+            rows.push(("Programs", programs_text(s, paths)));
         }
         None => rows.push(("Machine", "stopped".into())),
     }
@@ -859,6 +883,7 @@ mod tests {
             disk: paths.disk(),
             boot_dir: paths.boot(),
             mvmd: "/usr/bin/mvmd".into(),
+            artifacts: Vec::new(),
         };
         s.save(&paths.state()).unwrap();
         assert_eq!(running_endpoint(&paths), None);

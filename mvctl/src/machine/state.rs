@@ -65,8 +65,12 @@ pub struct MachineState {
     pub disk: PathBuf,
     /// The boot dir (logs).
     pub boot_dir: PathBuf,
-    /// The mvmd binary running in L1.
+    /// The host's mvmd binary the machine's copy came from.
     pub mvmd: PathBuf,
+    /// The programs the machine runs (copies on its disk of these host
+    /// files, with these hashes).
+    #[serde(default)]
+    pub artifacts: Vec<super::artifacts::Artifact>,
 }
 
 impl MachineState {
@@ -110,7 +114,7 @@ impl MachineState {
                 source,
             }
         };
-        let tmp = path.with_extension("json.tmp");
+        let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -192,6 +196,7 @@ mod tests {
             disk: "/s/disk.img".into(),
             boot_dir: "/s/boot".into(),
             mvmd: "/usr/local/bin/mvmd".into(),
+            artifacts: Vec::new(),
         }
     }
 
