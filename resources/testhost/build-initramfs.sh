@@ -66,6 +66,8 @@ ensure_packages() {
     command -v modinfo >/dev/null || missing+=(kmod)
     command -v readelf >/dev/null || missing+=(binutils)
     command -v xz >/dev/null || missing+=(xz-utils)
+    # Machine mode (machine-l1) points L1's 127.0.0.1 at the host with nft.
+    command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
     compgen -G '/boot/vmlinuz-*-amd64' >/dev/null || missing+=(linux-image-amd64)
     [ ${#missing[@]} -eq 0 ] && return 0
     [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; install them as root: apt-get install ${missing[*]}"
