@@ -101,6 +101,22 @@ impl Paths {
         self.dir.join("artifact-hashes.json")
     }
 
+    /// The last restart of a failed machine and the sandboxes it cost
+    /// ([`super::watch`]).
+    pub fn last_restart(&self) -> PathBuf {
+        self.dir.join("last-restart.json")
+    }
+
+    /// The watcher's own log (it outlives the boots it watches).
+    pub fn watch_log(&self) -> PathBuf {
+        self.dir.join("watch.log")
+    }
+
+    /// QEMU's HMP monitor socket: a look at L1's vCPUs when it stalls.
+    pub fn monitor(&self) -> PathBuf {
+        self.run_dir.join("machine-monitor.sock")
+    }
+
     /// `machine.json`: the running machine's state (0600).
     pub fn state(&self) -> PathBuf {
         self.run_dir.join("machine.json")
@@ -184,6 +200,24 @@ impl BootFiles {
     /// host path), written by mvctl, read by `machine-l1`.
     pub fn artifacts(&self) -> PathBuf {
         self.dir.join("artifacts")
+    }
+    /// The heartbeat: rewritten by the testhost init every 10 s while the
+    /// machine runs (L1 uptime).
+    pub fn alive(&self) -> PathBuf {
+        self.dir.join("alive")
+    }
+    /// L1's wall clock when mvmd was about to start (RFC 3339), written by
+    /// `machine-l1`: what mvmd's times in this boot compare with.
+    pub fn l1_started_at(&self) -> PathBuf {
+        self.dir.join("l1-started-at")
+    }
+    /// Why mvctl stopped this boot's L1 as failed, if it did.
+    pub fn stalled(&self) -> PathBuf {
+        self.dir.join("stalled")
+    }
+    /// QEMU's view of L1's vCPUs when it was found stalled.
+    pub fn l1_state(&self) -> PathBuf {
+        self.dir.join("l1-state.txt")
     }
 }
 
