@@ -6,9 +6,14 @@
 //!
 //! - L1 boots the testhost's kernel and init; its job is
 //!   `resources/testhost/machine-l1`, which mounts the persistent disk at
-//!   `/var/lib/mvm`, brings up user-mode networking and runs mvmd with
-//!   `--tcp 0.0.0.0:2375 --token-file ...` until told to stop
-//!   ([`qemu`], [`boot`]).
+//!   `/var/lib/mvm`, installs the machine's own copies of mvmd, mvm-vmm,
+//!   the guest init and kernel there when they changed ([`artifacts`]),
+//!   brings up user-mode networking (with L1's 127.0.0.1 pointed at the
+//!   host's) and runs mvmd with `--tcp 0.0.0.0:2375 --token-file ...
+//!   --kernel --init --vmm` until told to stop ([`qemu`], [`boot`]).
+//! - A watcher restarts an L1 that stalls or dies and records which
+//!   sandboxes that cost; the next command tells the user ([`health`],
+//!   [`watch`]).
 //! - The disk is a sparse ext4 image, so images and sandboxes survive
 //!   machine restarts ([`disk`]). Sandboxes do not survive: their VMMs die
 //!   with L1, and mvmd marks them exited on its next start.
