@@ -84,8 +84,16 @@ in_l1() {
                 echo "round=$r vm=$i rc=$rc out=$(head -c 200 "$work/out.$i" | tr '\n' ' ') err=$(tail -n 3 "$work/err.$i" | tr '\n' ' ')" >>"$out/failures"
             fi
         done
-        # Leftovers of a hung run (timeout killed mvctl, not the sandbox).
-        [ "$fail" -eq 0 ] || "${mvctl[@]}" ps -aq | xargs -r "${mvctl[@]}" rm -f >/dev/null 2>&1
+        if [ "$fail" -ne 0 ]; then
+            # Leftovers of a hung run (timeout killed mvctl, not the
+            # sandbox): keep their consoles and VMM logs, then remove them.
+            for d in "$work"/root/sandboxes/*/; do
+                [ -d "$d" ] || continue
+                cp "$d/console.log" "$out/round$r-$(basename "$d" | cut -c1-12).console.log" 2>/dev/null
+                cp "$d/vmm.log" "$out/round$r-$(basename "$d" | cut -c1-12).vmm.log" 2>/dev/null
+            done
+            "${mvctl[@]}" ps -aq | xargs -r "${mvctl[@]}" rm -f >/dev/null 2>&1
+        fi
         echo "round=$r ok=$ok fail=$fail secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') l1load=$(cut -d' ' -f1 /proc/loadavg)" >>"$out/rounds"
         sync
     done
