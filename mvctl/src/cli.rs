@@ -606,6 +606,10 @@ pub enum MachineCommand {
     Stop,
     /// Whether the machine runs, and its endpoint
     Status,
+    /// Watch the machine and restart it when L1 stalls (started by
+    /// `machine start`; not for direct use)
+    #[command(hide = true)]
+    Watch,
 }
 
 #[cfg(test)]
