@@ -670,7 +670,7 @@ mod cli {
             ctx.join("Dockerfile"),
             format!(
                 "FROM {BUSYBOX}\n\
-                 RUN echo built-by-run > /built.txt\n\
+                 RUN echo built-by-run > /built.txt && echo run-step-said-this\n\
                  COPY hello.txt /hello.txt\n\
                  COPY . /ctx/\n\
                  CMD [\"sh\", \"-c\", \"cat /built.txt /hello.txt; ls -a /ctx\"]\n"
@@ -688,6 +688,9 @@ mod cli {
         ])
         .ok();
         assert!(out.stderr.contains("Successfully tagged"), "{out:?}");
+        // A RUN step's output reaches the client as it comes (mvmd once
+        // panicked relaying it from the step's async runtime).
+        assert!(out.stderr.contains("run-step-said-this"), "{out:?}");
         let out = mvctl(&["run", "--rm", &tag]);
         assert_eq!(out.code, 0, "{out:?}");
         assert!(
