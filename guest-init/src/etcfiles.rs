@@ -122,7 +122,11 @@ fn replace(dir: &Path, name: &str, content: &str) -> Result<(), EtcError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&temp)
         .and_then(|mut f| f.write_all(content.as_bytes()))
-        .map_err(err)?;
+        .map_err(|e| {
+            // Not left in the upper layer (a build would export it).
+            let _ = std::fs::remove_file(&temp);
+            err(e)
+        })?;
     std::fs::rename(&temp, &path).map_err(|e| {
         let _ = std::fs::remove_file(&temp);
         err(e)
