@@ -1,7 +1,8 @@
 //! PID 1's whole life, in order (see the README for the why):
 //! report boot, mount the API filesystems, read the spec, assemble and
 //! switch to the root filesystem, set up the system (API filesystems,
-//! virtio-fs shares, hostname, loopback), start the workload,
+//! virtio-fs shares, hostname, loopback, the spec's network), start the
+//! workload,
 //! reap until it exits, stop the rest, make data durable, power off.
 //! Every failure before the workload runs is printed as
 //! `mvm-init: error: ...`, reported as an `InitError`, and powers off.
@@ -13,8 +14,10 @@ use std::time::Duration;
 use mvm_protocol::launch::{LaunchSpec, SpecError, SPEC_PATH};
 use mvm_protocol::status::{GuestEvent, InitError};
 
+use crate::etcfiles::EtcError;
 use crate::hostname::HostnameError;
 use crate::mounts::MountError;
+use crate::network::NetworkError;
 use crate::process::{Command, SpawnError};
 use crate::reaper::{Reaper, ReaperError};
 use crate::rootfs::{Assembled, RootfsError};
@@ -43,6 +46,10 @@ pub enum Error {
     System(MountError),
     #[error(transparent)]
     Share(#[from] ShareError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Etc(#[from] EtcError),
     #[error("user {spec:?}: {source}")]
     User { spec: String, source: UserError },
     #[error(transparent)]
@@ -62,6 +69,7 @@ impl Error {
             Self::Hostname(_) => InitError::Other,
             Self::Rootfs(_) | Self::Share(_) => InitError::Mount,
             Self::User { .. } => InitError::User,
+            Self::Network(_) | Self::Etc(_) => InitError::Network,
             Self::Spawn(e) => e.code(),
         }
     }
@@ -133,9 +141,27 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
         crate::hostname::set(name)?;
     }
     let hostname = crate::sys::hostname().unwrap_or_default();
-    crate::hostname::write_etc(Path::new("/"), &hostname, spec.hostname.is_some());
     if let Err(e) = crate::net::bring_up("lo") {
         crate::warn!("cannot bring up the loopback interface: {e}");
+    }
+    match &spec.network {
+        // Init owns the /etc files then, whole (as Docker does).
+        Some(net) => {
+            let start = std::time::Instant::now();
+            let mut nl = crate::netlink::Netlink::open().map_err(NetworkError::Socket)?;
+            crate::network::apply(&mut nl, net)?;
+            crate::etcfiles::write(Path::new("/"), spec.hostname.as_deref(), net)?;
+            crate::info!(
+                "network configured ({} interfaces, {} routes) in {} us",
+                net.interfaces.len(),
+                net.routes.len(),
+                start.elapsed().as_micros()
+            );
+        }
+        // Older specs: only complete the image's /etc/hosts.
+        None => {
+            crate::hostname::write_etc(Path::new("/"), &hostname, spec.hostname.is_some());
+        }
     }
 
     let p = &spec.process;

@@ -10,6 +10,8 @@
 //! * [`rootfs`]: disks by serial, overlay, switch root.
 //! * [`shares`]: virtio-fs shares mounted in the workload's root.
 //! * [`hostname`], [`net`]: identity and loopback.
+//! * [`network`], [`netlink`], [`etcfiles`]: the launch spec's network
+//!   (interfaces, routes, /etc/hosts, /etc/resolv.conf, /etc/hostname).
 //! * [`user`]: Docker `--user` against the image's passwd and group.
 //! * [`env`]: the workload's environment and `PATH` lookup.
 //! * [`process`]: fork/exec with an error pipe.
@@ -21,10 +23,13 @@
 pub mod agent;
 pub mod console;
 pub mod env;
+pub mod etcfiles;
 pub mod hostname;
 pub mod init;
 pub mod mounts;
 pub mod net;
+pub mod netlink;
+pub mod network;
 pub mod process;
 pub mod reaper;
 pub mod rootfs;

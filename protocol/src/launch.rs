@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod network;
+pub use network::*;
+
 /// Where the spec sits in the initramfs (and so in the guest's early root).
 pub const SPEC_PATH: &str = "mvm/launch.json";
 /// Version of the spec format; init refuses other versions.
@@ -20,6 +23,20 @@ pub const MAX_DRIVE_ID_LEN: usize = 20;
 /// The longest virtio-fs tag: the device's configuration space holds 36
 /// bytes (virtio 1.2, 5.11.4).
 pub const MAX_FS_TAG_LEN: usize = 36;
+
+/// The kernel's limit for a hostname (`__NEW_UTS_LEN`).
+pub const MAX_HOSTNAME_LEN: usize = 64;
+
+/// Whether `name` can be the guest's hostname: 1 to [`MAX_HOSTNAME_LEN`]
+/// bytes without `/`, whitespace or control characters. Init writes it
+/// into /etc/hosts and /etc/hostname, so a newline would inject a line.
+pub fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_HOSTNAME_LEN
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b.is_ascii_whitespace() || b.is_ascii_control())
+}
 
 /// Whether `tag` can name a virtio-fs share: 1 to [`MAX_FS_TAG_LEN`] bytes
 /// of `[A-Za-z0-9_.-]`. Stricter than the device (any UTF-8 without NUL)
@@ -40,7 +57,8 @@ pub fn is_valid_fs_tag(tag: &str) -> bool {
 pub struct LaunchSpec {
     /// Must equal [`SPEC_VERSION`].
     pub version: u32,
-    /// The guest's hostname; init leaves the kernel default when absent.
+    /// The guest's hostname ([`is_valid_hostname`]); init leaves the
+    /// kernel default when absent.
     #[serde(default)]
     pub hostname: Option<String>,
     /// The root filesystem.
@@ -59,105 +77,6 @@ pub struct LaunchSpec {
     /// /etc/resolv.conf as Docker does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
-}
-
-/// The guest's network, as a Docker container's: interfaces, routes, the
-/// resolver and the hosts file. Written by the host from its networks'
-/// endpoints; init applies it through netlink before the workload starts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Network {
-    /// One entry per virtio-net device, matched by MAC address.
-    #[serde(default)]
-    pub interfaces: Vec<Interface>,
-    /// Routes added after every interface is up, in order; the default
-    /// route is `destination: 0.0.0.0/0`.
-    #[serde(default)]
-    pub routes: Vec<Route>,
-    /// /etc/resolv.conf. Written as given (an empty `nameservers` writes a
-    /// file without any, so lookups fail fast rather than leak to the
-    /// image's resolver).
-    #[serde(default)]
-    pub dns: Dns,
-    /// Extra /etc/hosts lines after the standard `localhost` ones and the
-    /// guest's own addresses (`--add-host`, and on the default bridge,
-    /// nothing else: names resolve there only through these).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<HostEntry>,
-}
-
-/// A guest network interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Interface {
-    /// The virtio-net device's MAC (the VMM's `net[].mac`), lower-case
-    /// `aa:bb:cc:dd:ee:ff`: how init finds the interface whatever order the
-    /// kernel probed devices in.
-    pub mac: String,
-    /// The name init gives it (`eth0`, `eth1`, ...): at most 15 bytes.
-    pub name: String,
-    /// Addresses with their prefix length.
-    #[serde(default)]
-    pub addresses: Vec<IpCidr>,
-    /// MTU; `None` keeps the device's (1500).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-}
-
-/// An address and prefix length, `10.88.0.2/16`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IpCidr {
-    pub address: std::net::IpAddr,
-    pub prefix_len: u8,
-}
-
-impl std::fmt::Display for IpCidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix_len)
-    }
-}
-
-impl IpCidr {
-    /// Whether the prefix length fits the address family.
-    pub fn is_valid(&self) -> bool {
-        let max = if self.address.is_ipv4() { 32 } else { 128 };
-        self.prefix_len <= max
-    }
-}
-
-/// A route in the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    /// Destination network; `0.0.0.0/0` for the default route.
-    pub destination: IpCidr,
-    /// Next hop; `None` for an on-link route.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<std::net::IpAddr>,
-    /// The interface's `name` from [`Interface`].
-    pub interface: String,
-}
-
-/// /etc/resolv.conf.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Dns {
-    #[serde(default)]
-    pub nameservers: Vec<std::net::IpAddr>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub search: Vec<String>,
-    /// `options` line entries such as `ndots:0`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub options: Vec<String>,
-}
-
-/// One /etc/hosts line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostEntry {
-    pub address: std::net::IpAddr,
-    pub names: Vec<String>,
 }
 
 /// A virtio-fs share mounted in the guest: `mount -t virtiofs TAG TARGET`.
@@ -292,6 +211,52 @@ pub enum SpecError {
     },
     #[error("launch spec mounts tag {0:?} twice; each share is mounted once")]
     DuplicateMountTag(String),
+    #[error("launch spec hostname {0:?} is invalid: it must be 1 to {MAX_HOSTNAME_LEN} bytes without '/', whitespace or control characters")]
+    Hostname(String),
+    #[error("launch spec network.interfaces[{index}].name {name:?} is invalid: it must be 1 to {MAX_INTERFACE_NAME_LEN} bytes of letters, digits, '-', '_' or '.', and not \"lo\"")]
+    InterfaceName { index: usize, name: String },
+    #[error("launch spec names interface {0:?} twice; each interface name is used once")]
+    DuplicateInterface(String),
+    #[error("launch spec interface {interface:?} has MAC {mac:?}: it must be a unicast address written as six lower-case hex bytes separated by ':' (like 02:42:ac:11:00:02)")]
+    Mac { interface: String, mac: String },
+    #[error("launch spec gives MAC {mac} to two interfaces, {first:?} and {second:?}; each virtio-net device has its own")]
+    DuplicateMac {
+        mac: String,
+        first: String,
+        second: String,
+    },
+    #[error("launch spec {field} {value} is invalid: {why}")]
+    Address {
+        field: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error("launch spec gives address {address} twice (interfaces {first:?} and {second:?})")]
+    DuplicateAddress {
+        address: std::net::IpAddr,
+        first: String,
+        second: String,
+    },
+    #[error("launch spec interface {interface:?} has MTU {mtu}: it must be {min} to {MAX_MTU}{}", if *min == MIN_IPV6_MTU { " (the interface has an IPv6 address, and IPv6 needs at least 1280)" } else { "" })]
+    Mtu {
+        interface: String,
+        mtu: u32,
+        min: u32,
+    },
+    #[error("launch spec network.routes[{index}] uses interface {interface:?}, which is not one of network.interfaces")]
+    RouteInterface { index: usize, interface: String },
+    #[error("launch spec {field} {value:?} is invalid: {why}")]
+    NetworkText {
+        field: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error("launch spec has {count} {what}; at most {max} are allowed")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
 }
 
 impl LaunchSpec {
@@ -375,8 +340,10 @@ impl LaunchSpec {
         if self.process.user.contains('\0') {
             return Err(SpecError::Nul("process.user"));
         }
-        if self.hostname.as_deref().is_some_and(|h| h.contains('\0')) {
-            return Err(SpecError::Nul("hostname"));
+        if let Some(h) = &self.hostname {
+            if !is_valid_hostname(h) {
+                return Err(SpecError::Hostname(h.clone()));
+            }
         }
         if self.process.output == Output::Console {
             if self.process.terminal {
@@ -389,7 +356,11 @@ impl LaunchSpec {
                 return Err(SpecError::NeedsAgent("rootfs.export_changes"));
             }
         }
-        self.validate_mounts()
+        self.validate_mounts()?;
+        if let Some(n) = &self.network {
+            n.validate()?;
+        }
+        Ok(())
     }
 
     fn validate_mounts(&self) -> Result<(), SpecError> {

@@ -139,7 +139,13 @@ impl RuntimeError {
                 | share::ShareError::Source { .. },
             ) => ErrorKind::Invalid,
             Self::Share(_) => ErrorKind::Internal,
-            Self::Launch(launch::LaunchError::Spec(_)) => ErrorKind::Invalid,
+            Self::Launch(
+                launch::LaunchError::Spec(_)
+                | launch::LaunchError::TooManyNics { .. }
+                | launch::LaunchError::DuplicateNicMac { .. }
+                | launch::LaunchError::NoNic { .. }
+                | launch::LaunchError::NicMtu { .. },
+            ) => ErrorKind::Invalid,
             Self::Io { source, .. } | Self::Launch(launch::LaunchError::Write { source, .. })
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
             {
