@@ -1,0 +1,344 @@
+//! mvm-net against the real kernel: bridges, veth/TAP ports, the
+//! nftables ruleset, the port proxy, each test in fresh network
+//! namespaces (see `common`). Root only.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use mvm_net::spec::{DesiredState, PortSpec, Protocol};
+use mvm_net::{names, Config, HostNet};
+
+fn hostnet() -> HostNet {
+    HostNet::new(Config::default()).unwrap()
+}
+
+#[test]
+fn nat_out_and_host_protection() {
+    let host = Arc::new(Ns::new("host"));
+    let out = Arc::new(outside(&host));
+    let n = network("aa01", "172.30.0.0/16");
+    let e = endpoint("e1", &n, "172.30.0.2", &[]);
+    let g = Arc::new(guest(&host, &e, &n));
+    tcp_server(&out, "192.0.2.2:8000");
+    // Stand-ins for mvmd's API and any host service: on the gateway, on
+    // the uplink address, on all addresses.
+    tcp_server(&host, "0.0.0.0:7000");
+    // Stand-in for the embedded DNS server on the gateway.
+    let state = DesiredState {
+        networks: vec![n],
+        endpoints: vec![e],
+        ports: vec![],
+    };
+    let (h, g2, o) = (host.clone(), g.clone(), out.clone());
+    in_host(&host, move || async move {
+        let net = hostnet();
+        net.apply(&state).await.unwrap();
+        udp_server(&h, "172.30.0.1:53");
+        let g = g2.clone();
+        off(move || {
+            // NAT out: the outside sees the host's uplink address.
+            assert_eq!(tcp_hello(&g, "192.0.2.2:8000").unwrap(), "192.0.2.1");
+            // The host: DNS on the gateway only.
+            assert!(udp_ask(&g, "172.30.0.1:53", "q")
+                .unwrap()
+                .starts_with("172.30.0.2 "));
+            for to in ["172.30.0.1:7000", "192.0.2.1:7000"] {
+                assert!(
+                    tcp_hello(&g, to).is_err(),
+                    "guest reached host service {to}"
+                );
+            }
+            // The host itself still reaches its service and the outside.
+            assert!(tcp_hello(&o, "192.0.2.1:7000").is_ok());
+        })
+        .await;
+        drop(h);
+    });
+}
+
+#[test]
+fn networks_are_isolated_and_internal_ones_have_no_way_out() {
+    let host = Arc::new(Ns::new("host"));
+    let out = Arc::new(outside(&host));
+    let a = network("aa02", "172.30.0.0/16");
+    let mut b = network("bb02", "10.88.0.0/24");
+    b.internal = true;
+    let c = network("cc02", "10.89.0.0/24");
+    let ea = endpoint("ea", &a, "172.30.0.2", &[]);
+    let ea2 = endpoint("ea2", &a, "172.30.0.3", &[]);
+    let eb = endpoint("eb", &b, "10.88.0.2", &[]);
+    let ec = endpoint("ec", &c, "10.89.0.2", &[]);
+    let ga = Arc::new(guest(&host, &ea, &a));
+    let ga2 = Arc::new(guest(&host, &ea2, &a));
+    let gb = Arc::new(guest(&host, &eb, &b));
+    let gc = Arc::new(guest(&host, &ec, &c));
+    tcp_server(&out, "192.0.2.2:8000");
+    for (g, ip) in [
+        (&ga, "172.30.0.2"),
+        (&ga2, "172.30.0.3"),
+        (&gb, "10.88.0.2"),
+        (&gc, "10.89.0.2"),
+    ] {
+        tcp_server(g, &format!("{ip}:80"));
+    }
+    let state = DesiredState {
+        networks: vec![a, b, c],
+        endpoints: vec![ea, ea2, eb, ec],
+        ports: vec![],
+    };
+    in_host(&host, move || async move {
+        let net = hostnet();
+        net.apply(&state).await.unwrap();
+        off(move || {
+            // Same network: direct, unmasqueraded.
+            assert_eq!(tcp_hello(&ga, "172.30.0.3:80").unwrap(), "172.30.0.2");
+            // Across networks, by address, either way: nothing passes.
+            for (from, to) in [
+                (&ga, "10.89.0.2:80"),
+                (&gc, "172.30.0.2:80"),
+                (&ga, "10.88.0.2:80"),
+                (&gb, "172.30.0.2:80"),
+            ] {
+                assert!(tcp_hello(from, to).is_err(), "{} reached {to}", from.name);
+            }
+            // Out: the non-internal ones reach the outside, the internal not.
+            assert_eq!(tcp_hello(&gc, "192.0.2.2:8000").unwrap(), "192.0.2.1");
+            assert!(tcp_hello(&gb, "192.0.2.2:8000").is_err());
+            // And nothing from outside reaches a guest unpublished.
+            assert!(tcp_hello(&out, "172.30.0.2:80").is_err());
+        })
+        .await;
+    });
+}
+
+#[test]
+fn spoofed_addresses_are_dropped() {
+    let host = Arc::new(Ns::new("host"));
+    let a = network("aa03", "172.30.0.0/16");
+    let e1 = endpoint("s1", &a, "172.30.0.2", &[]);
+    let e2 = endpoint("s2", &a, "172.30.0.3", &[]);
+    let g1 = Arc::new(guest(&host, &e1, &a));
+    let g2 = Arc::new(guest(&host, &e2, &a));
+    tcp_server(&g1, "172.30.0.2:80");
+    let state = DesiredState {
+        networks: vec![a],
+        endpoints: vec![e1, e2],
+        ports: vec![],
+    };
+    in_host(&host, move || async move {
+        let net = hostnet();
+        net.apply(&state).await.unwrap();
+        off(move || {
+            assert_eq!(tcp_hello(&g2, "172.30.0.2:80").unwrap(), "172.30.0.3");
+            // Another source address (ARP sender and IP source both wrong).
+            g2.ip(&["addr", "flush", "dev", "eth0"]);
+            g2.ip(&["addr", "add", "172.30.0.9/16", "dev", "eth0"]);
+            g2.ip(&["neigh", "flush", "all"]);
+            assert!(
+                tcp_hello(&g2, "172.30.0.2:80").is_err(),
+                "spoofed IP passed"
+            );
+            // Its own address back but another MAC.
+            g2.ip(&["addr", "flush", "dev", "eth0"]);
+            g2.ip(&["addr", "add", "172.30.0.3/16", "dev", "eth0"]);
+            g2.ip(&["link", "set", "eth0", "address", "02:42:ac:1e:00:63"]);
+            assert!(
+                tcp_hello(&g2, "172.30.0.2:80").is_err(),
+                "spoofed MAC passed"
+            );
+            // Both right again: passes (the drops were the rules').
+            g2.ip(&["link", "set", "eth0", "address", "02:42:ac:1e:00:03"]);
+            assert_eq!(tcp_hello(&g2, "172.30.0.2:80").unwrap(), "172.30.0.3");
+        })
+        .await;
+    });
+}
+
+#[test]
+fn published_ports_reach_the_guest_by_proxy_and_by_dnat() {
+    let host = Arc::new(Ns::new("host"));
+    let out = Arc::new(outside(&host));
+    let a = network("aa04", "172.30.0.0/16");
+    let e = endpoint("p1", &a, "172.30.0.2", &[]);
+    let other = network("bb04", "10.77.0.0/24");
+    let eo = endpoint("p2", &other, "10.77.0.2", &[]);
+    let g = Arc::new(guest(&host, &e, &a));
+    let go = Arc::new(guest(&host, &eo, &other));
+    tcp_server(&g, "172.30.0.2:80");
+    udp_server(&g, "172.30.0.2:5353");
+    let port = |protocol, host_port, guest_port| PortSpec {
+        endpoint: "p1".into(),
+        protocol,
+        host_ip: None,
+        host_port,
+        guest_port,
+    };
+    let state = DesiredState {
+        networks: vec![a, other],
+        endpoints: vec![e, eo],
+        ports: vec![
+            port(Protocol::Tcp, 18080, 80),
+            port(Protocol::Udp, 18081, 5353),
+        ],
+    };
+    let h = host.clone();
+    in_host(&host, move || async move {
+        let net = hostnet();
+        net.apply(&state).await.unwrap();
+        off(move || {
+            // Loopback: the proxy (the guest sees the host's bridge address).
+            assert_eq!(tcp_hello(&h, "127.0.0.1:18080").unwrap(), "172.30.0.1");
+            assert_eq!(
+                udp_ask(&h, "127.0.0.1:18081", "hi").unwrap(),
+                "172.30.0.1 hi"
+            );
+            assert_eq!(udp_ask(&h, "[::1]:18081", "v6").unwrap(), "172.30.0.1 v6");
+            // The host to its own non-loopback address: output DNAT.
+            assert_eq!(tcp_hello(&h, "192.0.2.1:18080").unwrap(), "192.0.2.1");
+            // From outside: prerouting DNAT, the client's own address.
+            assert_eq!(tcp_hello(&out, "192.0.2.1:18080").unwrap(), "192.0.2.2");
+            assert_eq!(
+                udp_ask(&out, "192.0.2.1:18081", "x").unwrap(),
+                "192.0.2.2 x"
+            );
+            // From another network's guest, through the host's address
+            // (masqueraded into the target's bridge, as Docker does).
+            assert_eq!(tcp_hello(&go, "192.0.2.1:18080").unwrap(), "172.30.0.1");
+            // Hairpin: the guest to its own published port.
+            assert_eq!(tcp_hello(&g, "192.0.2.1:18080").unwrap(), "172.30.0.1");
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_port_in_use_is_refused_and_nothing_is_left() {
+    let host = Arc::new(Ns::new("host"));
+    let h = host.clone();
+    in_host(&host, move || async move {
+        let held = std::net::TcpListener::bind("0.0.0.0:19090").unwrap();
+        let a = network("aa05", "172.30.0.0/16");
+        let e = endpoint("u1", &a, "172.30.0.2", &[]);
+        let state = DesiredState {
+            networks: vec![a],
+            endpoints: vec![e],
+            ports: vec![PortSpec {
+                endpoint: "u1".into(),
+                protocol: Protocol::Tcp,
+                host_ip: None,
+                host_port: 19090,
+                guest_port: 80,
+            }],
+        };
+        let net = hostnet();
+        let err = net.apply(&state).await.unwrap_err().to_string();
+        assert!(err.contains("0.0.0.0:19090/tcp is already in use"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        assert!(net.links().owned().await.unwrap().is_empty());
+        assert_eq!(h.nft(&["list", "ruleset"]).trim(), "");
+        // Freed, the same state applies.
+        drop(held);
+        if let Err(e) = net.apply(&state).await {
+            let t = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap();
+            let t6 = std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap();
+            panic!("{e}\n{t}\n{t6}");
+        }
+        assert_eq!(net.links().owned().await.unwrap().len(), 2);
+        // An ephemeral port comes back concrete and is then published.
+        let p = net.reserve_port(Protocol::Tcp, None, 0).await.unwrap();
+        assert_ne!(p, 0);
+        let mut s2 = state.clone();
+        s2.ports[0].host_port = p;
+        net.apply(&s2).await.unwrap();
+        let err = std::net::TcpListener::bind(("0.0.0.0", p)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    });
+}
+
+fn listing(h: &Ns) -> (serde_json::Value, serde_json::Value) {
+    let mut inet: serde_json::Value =
+        serde_json::from_str(&h.nft(&["-j", "list", "table", "inet", names::TABLE])).unwrap();
+    let mut bridge: serde_json::Value =
+        serde_json::from_str(&h.nft(&["-j", "list", "table", "bridge", names::TABLE])).unwrap();
+    strip_handles(&mut inet);
+    strip_handles(&mut bridge);
+    (inet, bridge)
+}
+
+#[test]
+fn reconcile_after_a_crash_repairs_without_duplicates_and_empty_removes_all() {
+    let host = Arc::new(Ns::new("host"));
+    let a = network("aa06", "172.30.0.0/16");
+    let mut b = network("bb06", "10.66.0.0/24");
+    b.internal = true;
+    // Real TAPs: no veth made for these endpoints.
+    let e1 = endpoint("t1", &a, "172.30.0.2", &[]);
+    let e2 = endpoint("t2", &b, "10.66.0.2", &[]);
+    let state = Arc::new(DesiredState {
+        networks: vec![a, b],
+        endpoints: vec![e1, e2],
+        ports: vec![PortSpec {
+            endpoint: "t1".into(),
+            protocol: Protocol::Tcp,
+            host_ip: None,
+            host_port: 18888,
+            guest_port: 80,
+        }],
+    });
+    let (h, s) = (host.clone(), state.clone());
+    // The first mvmd applies, twice, then "crashes": its runtime, tasks
+    // and sockets vanish without any teardown.
+    let (links, before) = in_host(&host, move || async move {
+        let first = hostnet();
+        first.apply(&s).await.unwrap();
+        let links = first.links().owned().await.unwrap();
+        let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["mvmb-aa06", "mvmb-bb06", "mvmt-t1", "mvmt-t2"]);
+        let tap = links.iter().find(|l| l.name == "mvmt-t1").unwrap();
+        assert_eq!(tap.kind.as_deref(), Some("tun"));
+        assert_eq!(tap.master, Some(links[0].index));
+        // The VMM's flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, and persistent.
+        // (sysfs shows the namespace it was mounted in: ask `ip netns exec`.)
+        let flags = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &h.name,
+                "cat",
+                "/sys/class/net/mvmt-t1/tun_flags",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&flags.stdout).trim(), "0x5802");
+        let before = listing(&h);
+        assert!(before.0.to_string().contains("masquerade"));
+        // A second apply changes nothing.
+        first.apply(&s).await.unwrap();
+        assert_eq!(listing(&h), before);
+        assert_eq!(first.links().owned().await.unwrap(), links);
+        std::mem::forget(first);
+        (links, before)
+    });
+    // Leftovers of an older state, and something that is not mvm's.
+    host.run(|| mvm_net::links::create_tap("mvmt-stale").unwrap());
+    host.ip(&["link", "add", "mvmb-stale", "type", "bridge"]);
+    host.ip(&["link", "add", "notmvm0", "type", "bridge"]);
+    let h = host.clone();
+    in_host(&host, move || async move {
+        let second = hostnet();
+        second.apply(&state).await.unwrap();
+        assert_eq!(listing(&h), before, "rules differ after reconcile");
+        let now = second.links().owned().await.unwrap();
+        assert_eq!(now, links, "links were recreated or leftovers kept");
+        // Empty: everything of mvm's gone, the rest untouched.
+        second.teardown().await.unwrap();
+        assert!(second.links().owned().await.unwrap().is_empty());
+        assert_eq!(h.nft(&["list", "ruleset"]).trim(), "");
+        assert!(second.links().all().await.unwrap().contains_key("notmvm0"));
+    });
+}
