@@ -19,6 +19,7 @@ use std::net::SocketAddrV4;
 
 use tokio::sync::Mutex;
 
+use crate::dns::{DnsError, DnsServer, Zone};
 use crate::links::{LinkError, Links};
 use crate::nft::NftError;
 use crate::proxy::{self, Bound, Proxy, ProxyError};
@@ -36,6 +37,8 @@ pub enum Error {
     Nft(#[from] NftError),
     #[error(transparent)]
     Port(#[from] ProxyError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
     #[error("cannot enable IPv4 forwarding (/proc/sys/net/ipv4/ip_forward): {0}; mvmd needs root to route sandboxes' traffic")]
     Forwarding(#[source] std::io::Error),
     #[error("no {what} {id:?} in the applied state")]
@@ -45,6 +48,11 @@ pub enum Error {
 /// Knobs of the host side.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where the embedded DNS servers forward what is not a sandbox name;
+    /// `None`: the `nameserver`s of [`Config::resolv_conf`].
+    pub dns_upstreams: Option<Vec<std::net::SocketAddr>>,
+    /// The host's resolver configuration.
+    pub resolv_conf: String,
     /// Write 1 to `/proc/sys/net/ipv4/ip_forward` when a non-internal
     /// network exists (NAT needs it). On by default.
     pub enable_forwarding: bool,
@@ -53,6 +61,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            dns_upstreams: None,
+            resolv_conf: "/etc/resolv.conf".into(),
             enable_forwarding: true,
         }
     }
@@ -65,6 +75,8 @@ struct Applied {
     proxies: HashMap<PortSpec, Proxy>,
     /// Ports bound by [`HostNet::reserve_port`], waiting for an apply.
     reserved: HashMap<(Protocol, Option<std::net::IpAddr>, u16), Bound>,
+    /// The DNS server of each network, by network id.
+    dns: HashMap<String, DnsServer>,
 }
 
 /// mvm's host networking: owns the kernel objects and servers.
@@ -205,6 +217,24 @@ impl HostNet {
             a.proxies.insert(p, proxy);
         }
         a.reserved.clear();
+
+        // 5. DNS servers: one per network on its gateway, names live.
+        a.dns
+            .retain(|id, srv| state.network(id).is_some_and(|n| n.gateway == srv.addr()));
+        for n in &state.networks {
+            let zone = Zone::of(state, n);
+            match a.dns.get(&n.id) {
+                Some(srv) => srv.set_zone(zone),
+                None => {
+                    let up =
+                        self.config.dns_upstreams.clone().unwrap_or_else(|| {
+                            crate::dns::host_resolvers(&self.config.resolv_conf)
+                        });
+                    let srv = DnsServer::start(n.gateway, zone, up).await?;
+                    a.dns.insert(n.id.clone(), srv);
+                }
+            }
+        }
         a.state = state.clone();
         Ok(())
     }

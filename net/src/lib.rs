@@ -12,8 +12,10 @@
 //! - [`links`]: bridges and TAPs over netlink and the tun ioctls.
 //! - [`nft`]: the nftables ruleset, applied in one transaction.
 //! - [`proxy`]: the userspace port proxy (loopback and IPv6).
+//! - [`dns`]: the embedded DNS server of each network.
 //! - [`host`]: [`HostNet`], reconcile and the per-object calls.
 
+pub mod dns;
 pub mod host;
 pub mod ipam;
 pub mod links;

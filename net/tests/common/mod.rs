@@ -279,3 +279,75 @@ pub fn strip_handles(v: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+/// From `ns`, asks the DNS server at `server` (UDP, or TCP if `tcp`) for
+/// the A records of `name`; returns the addresses, or the response code.
+pub fn dns_a(ns: &Ns, server: &str, name: &str, tcp: bool) -> Result<Vec<Ipv4Addr>, String> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let server: SocketAddr = server.parse().unwrap();
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let bytes = q.to_vec().unwrap();
+    let reply = ns.run(move || -> Result<Vec<u8>, String> {
+        if tcp {
+            let mut c = TcpStream::connect_timeout(&server, WAIT).map_err(|e| e.to_string())?;
+            c.set_read_timeout(Some(WAIT)).unwrap();
+            c.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+            c.write_all(&bytes).unwrap();
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len).map_err(|e| e.to_string())?;
+            let mut r = vec![0u8; u16::from_be_bytes(len).into()];
+            c.read_exact(&mut r).map_err(|e| e.to_string())?;
+            Ok(r)
+        } else {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s.send_to(&bytes, server).map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 4096];
+            let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
+            Ok(buf[..n].to_vec())
+        }
+    })?;
+    let m = Message::from_vec(&reply).map_err(|e| e.to_string())?;
+    assert_eq!(m.metadata.id, q.metadata.id);
+    if m.metadata.response_code != hickory_proto::op::ResponseCode::NoError {
+        return Err(m.metadata.response_code.to_string());
+    }
+    Ok(m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A fake upstream resolver in `ns` at `addr`: answers every A query
+/// with `answer`, so forwarded names are recognisable.
+pub fn fake_resolver(ns: &Ns, addr: &str, answer: Ipv4Addr) {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record};
+    let addr: SocketAddr = addr.parse().unwrap();
+    let s = ns.run(move || UdpSocket::bind(addr).unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+            for query in &q.queries {
+                r.add_query(query.clone());
+                r.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::A(A(answer)),
+                ));
+            }
+            let _ = s.send_to(&r.to_vec().unwrap(), from);
+        }
+    });
+}
