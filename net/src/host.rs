@@ -138,6 +138,41 @@ impl HostNet {
         Ok(port)
     }
 
+    /// Turns `-p` values into the [`PortSpec`]s of `endpoint`, binding an
+    /// ephemeral host port now for each that names none (reported in the
+    /// result, for `mvctl port` and `-P`). Put them in the state and apply.
+    pub async fn publish(
+        &self,
+        endpoint: &str,
+        requests: &[crate::publish::Publish],
+    ) -> Result<Vec<PortSpec>, Error> {
+        let mut a = self.applied.lock().await;
+        let mut out = Vec::new();
+        let mut taken = Vec::new();
+        for r in requests {
+            for mut p in r.expand(endpoint) {
+                if p.host_port == 0 {
+                    match proxy::bind(p.protocol, p.host_ip, 0) {
+                        Ok(bound) => {
+                            p.host_port = bound.port();
+                            let key = (p.protocol, p.host_ip, p.host_port);
+                            a.reserved.insert(key, bound);
+                            taken.push(key);
+                        }
+                        Err(e) => {
+                            for k in taken {
+                                a.reserved.remove(&k);
+                            }
+                            return Err(e.into());
+                        }
+                    }
+                }
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
     /// Brings the host to exactly `state`. Idempotent.
     pub async fn apply(&self, state: &DesiredState) -> Result<(), Error> {
         let mut a = self.applied.lock().await;

@@ -12,6 +12,7 @@
 //! - [`links`]: bridges and TAPs over netlink and the tun ioctls.
 //! - [`nft`]: the nftables ruleset, applied in one transaction.
 //! - [`proxy`]: the userspace port proxy (loopback and IPv6).
+//! - [`publish`]: `-p` values (ranges, `/udp`, ephemeral ports).
 //! - [`dns`]: the embedded DNS server of each network.
 //! - [`host`]: [`HostNet`], reconcile and the per-object calls.
 
@@ -22,6 +23,7 @@ pub mod links;
 pub mod names;
 pub mod nft;
 pub mod proxy;
+pub mod publish;
 pub mod spec;
 
 pub use host::{Config, Error, HostNet};

@@ -328,10 +328,12 @@ fn a_port_in_use_is_refused_and_nothing_is_left() {
         net.apply(&state).await.unwrap();
         assert_eq!(net.links().owned().await.unwrap().len(), 2);
         // An ephemeral port comes back concrete and is then published.
-        let p = net.reserve_port(Protocol::Tcp, None, 0).await.unwrap();
+        let req = mvm_net::publish::Publish::parse("80").unwrap();
+        let specs = net.publish("u1", &[req]).await.unwrap();
+        let p = specs[0].host_port;
         assert_ne!(p, 0);
         let mut s2 = state.clone();
-        s2.ports[0].host_port = p;
+        s2.ports = specs;
         net.apply(&s2).await.unwrap();
         let err = std::net::TcpListener::bind(("0.0.0.0", p)).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
