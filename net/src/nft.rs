@@ -403,26 +403,47 @@ pub fn transaction(state: &DesiredState) -> Nftables<'static> {
     b.to_nftables()
 }
 
-/// Applies `state`'s ruleset in one transaction (runs `nft -j -f -`, in the
-/// calling thread's network namespace).
+/// Applies `state`'s ruleset in one transaction: `nft -j -f FILE`, in
+/// the calling thread's network namespace.
+///
+/// Not `nftables::helper::apply_ruleset`: it pipes the JSON to `nft -f -`,
+/// which opens `/dev/stdin`, absent in minimal environments (the emulated
+/// test host had none), and lets nft's messages go to our stderr instead
+/// of the error. A private temporary file has neither problem, and no
+/// argument-length limit either.
 pub fn apply(state: &DesiredState) -> Result<(), NftError> {
-    let t = transaction(state);
-    nftables::helper::apply_ruleset(&t).map_err(map_err)
-}
-
-fn map_err(e: nftables::helper::NftablesError) -> NftError {
-    use nftables::helper::NftablesError as E;
-    match e {
-        E::NftFailed {
-            stderr,
-            stdout,
-            hint,
-            ..
-        } => NftError::Refused {
-            stderr: format!("{} {} ({hint})", stderr.trim(), stdout.trim()),
-        },
-        E::NftExecution { inner, .. } => NftError::Exec(inner.to_string()),
-        other => NftError::Output(other.to_string()),
+    use std::io::Write;
+    let json = serde_json::to_vec(&transaction(state))
+        .map_err(|e| NftError::Output(format!("cannot serialise the ruleset: {e}")))?;
+    let mut f = tempfile::Builder::new()
+        .prefix("mvm-nft-")
+        .suffix(".json")
+        .tempfile()
+        .map_err(|e| {
+            NftError::Exec(format!("cannot write the ruleset to a temporary file: {e}"))
+        })?;
+    f.write_all(&json).and_then(|()| f.flush()).map_err(|e| {
+        NftError::Exec(format!("cannot write the ruleset to a temporary file: {e}"))
+    })?;
+    let out = std::process::Command::new("nft")
+        .arg("-j")
+        .arg("-f")
+        .arg(f.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| NftError::Exec(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NftError::Refused {
+            stderr: format!(
+                "{} {}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            )
+            .trim()
+            .to_owned(),
+        })
     }
 }
 

@@ -439,3 +439,209 @@ fn reconcile_after_a_crash_repairs_without_duplicates_and_empty_removes_all() {
         assert!(second.links().all().await.unwrap().contains_key("notmvm0"));
     });
 }
+
+/// A TAP opened as the VMM opens it, for a test to play the guest's
+/// virtio-net: frames in and out with the 10-byte virtio-net header.
+struct TapGuest {
+    file: std::fs::File,
+}
+
+impl TapGuest {
+    /// Attaches to the existing TAP `name` (in the calling thread's namespace).
+    fn open(name: &str) -> Self {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        // SAFETY: all-zero is a valid ifreq.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one ifreq, alive for the call.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        assert_eq!(
+            r,
+            0,
+            "TUNSETIFF {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        Self { file }
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        use std::io::Write;
+        let mut buf = vec![0u8; 10];
+        buf.extend_from_slice(frame);
+        self.file.write_all(&buf).unwrap();
+    }
+
+    /// The first frame `want` accepts within WAIT, if any.
+    fn recv_until(&mut self, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut p = libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd, alive for the call.
+            let r = unsafe { libc::poll(&mut p, 1, left.as_millis() as i32) };
+            if r <= 0 {
+                return None;
+            }
+            let n = self.file.read(&mut buf).unwrap();
+            let frame = &buf[10..n];
+            if want(frame) {
+                return Some(frame.to_vec());
+            }
+        }
+    }
+}
+
+fn arp_request(
+    src_mac: [u8; 6],
+    sender_mac: [u8; 6],
+    sender_ip: [u8; 4],
+    target: [u8; 4],
+) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&sender_mac);
+    f.extend_from_slice(&sender_ip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+fn is_arp_reply_to(f: &[u8], ip: [u8; 4]) -> bool {
+    f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[38..42] == ip
+}
+
+fn udp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn is_udp_from(f: &[u8], src: [u8; 4], sport: u16) -> bool {
+    f.len() >= 42
+        && f[12..14] == [0x08, 0x00]
+        && f[23] == 17
+        && f[26..30] == src
+        && f[34..36] == sport.to_be_bytes()
+}
+
+#[test]
+fn a_real_tap_passes_its_own_frames_and_drops_spoofed_ones() {
+    let host = Arc::new(Ns::new("host"));
+    let h = host.clone();
+    in_host(&host, move || async move {
+        let n = network("aa08", "172.30.0.0/16");
+        let e = endpoint("r1", &n, "172.30.0.2", &["me"]);
+        let state = DesiredState {
+            networks: vec![n],
+            endpoints: vec![e.clone()],
+            ports: vec![],
+        };
+        let net = hostnet();
+        net.apply(&state).await.unwrap();
+        let name = e.port();
+        let mac = e.mac.0;
+        let gw = [172, 30, 0, 1];
+        let me = [172, 30, 0, 2];
+        let bridge_mac = mvm_net::ipam::bridge_mac("172.30.0.1".parse().unwrap()).0;
+        let hh = h.clone();
+        off(move || {
+            hh.run(move || {
+                let mut tap = TapGuest::open(&name);
+                // Its own ARP: the gateway answers (with its fixed MAC). The
+                // first frames can be lost while the kernel brings the port
+                // and the bridge up after the TAP's carrier comes on (link
+                // events are processed with a delay): ask until answered.
+                let r = (0..5)
+                    .find_map(|_| {
+                        tap.send(&arp_request(mac, mac, me, gw));
+                        tap.recv_until(|f| is_arp_reply_to(f, me))
+                    })
+                    .expect("no ARP reply");
+                assert_eq!(r[22..28], bridge_mac, "the gateway's MAC is the fixed one");
+                // ARP with a wrong sender address, then a wrong MAC: no answer.
+                tap.send(&arp_request(mac, mac, [172, 30, 0, 99], gw));
+                assert!(tap
+                    .recv_until(|f| is_arp_reply_to(f, [172, 30, 0, 99]))
+                    .is_none());
+                let other = [2, 0x42, 0xac, 0x1e, 0, 0x63];
+                tap.send(&arp_request(other, other, me, gw));
+                assert!(tap.recv_until(|f| is_arp_reply_to(f, me)).is_none());
+                // A DNS query from its own address is answered...
+                let mut q = hickory_proto::op::Message::query();
+                q.add_query(hickory_proto::op::Query::query(
+                    hickory_proto::rr::Name::from_ascii("me.").unwrap(),
+                    hickory_proto::rr::RecordType::A,
+                ));
+                let q = q.to_vec().unwrap();
+                tap.send(&udp_frame(bridge_mac, mac, me, gw, 53, &q));
+                let r = tap
+                    .recv_until(|f| is_udp_from(f, gw, 53))
+                    .expect("no DNS answer");
+                let m = hickory_proto::op::Message::from_vec(&r[42..]).unwrap();
+                assert_eq!(m.answers.len(), 1);
+                // ...with another source MAC it is dropped (unfiltered, the
+                // answer would come back: the host knows 172.30.0.2's MAC)...
+                tap.send(&udp_frame(bridge_mac, other, me, gw, 53, &q));
+                assert!(tap.recv_until(|f| is_udp_from(f, gw, 53)).is_none());
+                // ...and from another source address too (unfiltered, the
+                // host would ask who has that address, to answer it).
+                tap.send(&udp_frame(bridge_mac, mac, [172, 30, 0, 99], gw, 53, &q));
+                let asks = |f: &[u8]| {
+                    f.len() >= 42 && f[12..14] == [8, 6] && f[38..42] == [172, 30, 0, 99]
+                };
+                assert!(tap
+                    .recv_until(|f| is_udp_from(f, gw, 53) || asks(f))
+                    .is_none());
+            })
+        })
+        .await;
+    });
+}
