@@ -382,6 +382,90 @@ mod tests {
         assert_eq!(local(&z, &arpa, RecordType::PTR).unwrap().len(), 1);
     }
 
+    #[tokio::test]
+    async fn hostile_queries_get_an_error_or_nothing() {
+        let mut e = ep("e1", "aa", "172.30.0.2");
+        e.dns_names = vec!["web".into()];
+        let s = DesiredState {
+            networks: vec![net("aa", "172.30.0.0/16")],
+            endpoints: vec![e],
+            ports: vec![],
+        };
+        let ctx = Ctx {
+            zone: Arc::new(RwLock::new(Zone::of(&s, &s.networks[0]))),
+            upstreams: vec![],
+            limit: Arc::new(Semaphore::new(1)),
+        };
+        let guest: SocketAddr = "172.30.0.2:4000".parse().unwrap();
+        let code =
+            |r: Option<Vec<u8>>| r.map(|b| Message::from_vec(&b).unwrap().metadata.response_code);
+        // Too short for an id: silence. A header claiming a question it
+        // lacks, a compression loop: FORMERR.
+        assert_eq!(code(ctx.answer(&[], guest).await), None);
+        assert_eq!(code(ctx.answer(&[1], guest).await), None);
+        let header_only = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            code(ctx.answer(&header_only, guest).await),
+            Some(ResponseCode::FormErr)
+        );
+        let mut looped = header_only.to_vec();
+        looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        assert_eq!(
+            code(ctx.answer(&looped, guest).await),
+            Some(ResponseCode::FormErr)
+        );
+        // A response is not answered; two questions are not implemented.
+        let mut q = Message::query();
+        q.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("web.").unwrap(),
+            RecordType::A,
+        ));
+        let mut resp = q.clone();
+        resp.metadata.message_type = MessageType::Response;
+        assert_eq!(code(ctx.answer(&resp.to_vec().unwrap(), guest).await), None);
+        let mut two = q.clone();
+        two.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("x.").unwrap(),
+            RecordType::A,
+        ));
+        assert_eq!(
+            code(ctx.answer(&two.to_vec().unwrap(), guest).await),
+            Some(ResponseCode::NotImp)
+        );
+        // Not from the network: refused. From it: answered.
+        let outsider: SocketAddr = "10.9.9.9:4000".parse().unwrap();
+        let bytes = q.to_vec().unwrap();
+        assert_eq!(
+            code(ctx.answer(&bytes, outsider).await),
+            Some(ResponseCode::Refused)
+        );
+        assert_eq!(
+            code(ctx.answer(&bytes, guest).await),
+            Some(ResponseCode::NoError)
+        );
+        // Nowhere to forward: SERVFAIL, not silence.
+        let mut other = Message::query();
+        other.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("example.com.").unwrap(),
+            RecordType::A,
+        ));
+        let r = ctx.answer(&other.to_vec().unwrap(), guest).await;
+        assert_eq!(code(r), Some(ResponseCode::ServFail));
+        // Random bytes never panic.
+        let mut x: u32 = 0x2545_f491;
+        for len in 0..600 {
+            let buf: Vec<u8> = (0..len % 300)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let _ = ctx.answer(&buf, guest).await;
+        }
+    }
+
     #[test]
     fn resolv_conf_is_read() {
         let p = std::env::temp_dir().join(format!("mvm-net-resolv-{}", std::process::id()));

@@ -27,6 +27,10 @@ use crate::spec::{PortSpec, Protocol};
 
 /// How long a UDP flow (one client address) lives without traffic.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
+/// Most UDP flows of one publication at once: each holds a socket, and
+/// anyone who reaches the port can make new ones. Datagrams of further
+/// clients are dropped until a flow idles out.
+pub const MAX_UDP_FLOWS: usize = 1024;
 
 /// Why a publication's sockets could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +270,7 @@ async fn udp_relay(outer: Arc<UdpSocket>, target: SocketAddrV4) {
             let mut f = flows.lock().await;
             match f.get(&client) {
                 Some(s) => s.clone(),
+                None if f.len() >= MAX_UDP_FLOWS => continue,
                 None => {
                     let Ok(s) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
                         continue;
