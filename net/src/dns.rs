@@ -14,7 +14,9 @@
 //!
 //! Packets are parsed with `hickory-proto` (queries are hostile input:
 //! they come from guests); a malformed query gets no answer, or FORMERR
-//! when its header could be read. Forwarded replies are relayed verbatim.
+//! when its header could be read. Forwarded replies are relayed verbatim;
+//! queries that came over TCP are forwarded over UDP too (an upstream
+//! answer too large for UDP reaches the client truncated, with TC set).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
