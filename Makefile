@@ -43,6 +43,7 @@ e2e: kernel build images
 
 lint:
 	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: deps kernel build lint unit fuzz-smoke e2e

@@ -23,7 +23,12 @@ fuzz_target!(|input: (bool, &[u8])| {
     if let Ok(clean) = sanitize(data, Vec::new(), &Options::copy(), &mut Stats::default()) {
         let mut clean = clean;
         clean.extend_from_slice(&[0u8; 1024]);
-        sanitize(&clean[..], Vec::new(), &Options::copy(), &mut Stats::default())
-            .expect("a sanitized archive sanitizes again");
+        sanitize(
+            &clean[..],
+            Vec::new(),
+            &Options::copy(),
+            &mut Stats::default(),
+        )
+        .expect("a sanitized archive sanitizes again");
     }
 });

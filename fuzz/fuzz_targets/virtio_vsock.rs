@@ -23,7 +23,9 @@ impl HostSide for Clients {
             if self.open.len() >= 8 {
                 return;
             }
-            let Ok(s) = UnixStream::connect(&self.path) else { return };
+            let Ok(s) = UnixStream::connect(&self.path) else {
+                return;
+            };
             let _ = s.set_nonblocking(true);
             self.open.push(s);
         }
@@ -41,5 +43,12 @@ fuzz_target!(|ops: Vec<Op>| {
         uds_path: path.clone(),
     })
     .unwrap();
-    drive(vsock, &mut Clients { path, open: Vec::new() }, &ops);
+    drive(
+        vsock,
+        &mut Clients {
+            path,
+            open: Vec::new(),
+        },
+        &ops,
+    );
 });

@@ -49,17 +49,29 @@ impl Fence {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["dest", "file", "outside"], "entries appeared next to the destination");
+        assert_eq!(
+            names,
+            ["dest", "file", "outside"],
+            "entries appeared next to the destination"
+        );
         assert_eq!(fs::read(r.join("file")).unwrap(), SENTINEL);
         let outside: Vec<_> = fs::read_dir(r.join("outside"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(outside, ["file"], "entries appeared in a directory outside the destination");
+        assert_eq!(
+            outside,
+            ["file"],
+            "entries appeared in a directory outside the destination"
+        );
         assert_eq!(fs::read(r.join("outside/file")).unwrap(), SENTINEL);
         for p in [r.join("file"), r.join("outside/file")] {
             let m = fs::symlink_metadata(&p).unwrap();
-            assert!(m.is_file() && m.nlink() == 1, "{} was replaced or linked", p.display());
+            assert!(
+                m.is_file() && m.nlink() == 1,
+                "{} was replaced or linked",
+                p.display()
+            );
             assert_eq!(m.permissions().mode() & 0o7777, 0o600, "{}", p.display());
         }
     }
@@ -76,7 +88,12 @@ impl Fence {
                 p.display()
             );
             if !t.is_symlink() {
-                assert_eq!(m.mode() & 0o6000, 0, "setuid/setgid kept on {}", p.display());
+                assert_eq!(
+                    m.mode() & 0o6000,
+                    0,
+                    "setuid/setgid kept on {}",
+                    p.display()
+                );
             }
         });
     }
@@ -86,7 +103,9 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata)) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let p = e.path();
-        let Ok(m) = fs::symlink_metadata(&p) else { continue };
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
         f(&p, &m);
         if m.is_dir() {
             walk(&p, f);

@@ -240,7 +240,13 @@ fn run(em: &mut EventManager<Subscriber>) {
 
 /// Writes `descs` as one chain from descriptor 0 and publishes its head
 /// in the next available slot (where a driver would).
-fn write_chain(mem: &GuestMemoryMmap, desc: u64, avail: u64, size: u16, descs: &[(Addr, u32, u16)]) {
+fn write_chain(
+    mem: &GuestMemoryMmap,
+    desc: u64,
+    avail: u64,
+    size: u16,
+    descs: &[(Addr, u32, u16)],
+) {
     if size == 0 {
         return;
     }
@@ -255,7 +261,9 @@ fn write_chain(mem: &GuestMemoryMmap, desc: u64, avail: u64, size: u16, descs: &
         raw[14..16].copy_from_slice(&next.to_le_bytes());
         let _ = mem.write_slice(&raw, GuestAddress(desc.wrapping_add(16 * i as u64)));
     }
-    let idx: u16 = mem.read_obj(GuestAddress(avail.wrapping_add(2))).unwrap_or(0);
+    let idx: u16 = mem
+        .read_obj(GuestAddress(avail.wrapping_add(2)))
+        .unwrap_or(0);
     let slot = avail.wrapping_add(4 + 2 * u64::from(idx % size));
     let _ = mem.write_obj(0u16, GuestAddress(slot));
     let _ = mem.write_obj(idx.wrapping_add(1), GuestAddress(avail.wrapping_add(2)));
