@@ -15,6 +15,7 @@ pub mod manager;
 pub mod output;
 pub mod registry;
 pub mod tls;
+pub mod volumes;
 
 use std::fs;
 use std::io;

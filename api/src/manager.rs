@@ -285,11 +285,15 @@ impl Manager {
         let id = mvm_runtime::names::new_id();
         let rt = self.rt.clone();
         let (id2, name2) = (id.clone(), name.to_string());
-        let req = convert::sandbox_request(&req);
+        let req = convert::sandbox_request(&req).map_err(|m| err(ErrorCode::BadRequest, m))?;
         let created = tokio::task::spawn_blocking(move || rt.create(&id2, &name2, &req))
             .await
             .map_err(internal)?
             .map_err(runtime_err)?;
+        if let Err(e) = self.record_volumes(&created.spec).await {
+            let _ = self.rt.remove(&id);
+            return Err(e);
+        }
         let row = Row {
             spec: created.spec,
             created: now(),
@@ -489,7 +493,8 @@ impl Manager {
                 let me = self.clone();
                 let id = e.id.clone();
                 tokio::spawn(async move {
-                    if let Err(er) = me.remove(&id, false).await {
+                    // --rm takes the sandbox's anonymous volumes along.
+                    if let Err(er) = me.remove(&id, false, true).await {
                         if er.code != ErrorCode::NotFound {
                             tracing::warn!(sandbox = %id, "auto-remove failed: {}", er.message);
                         }
@@ -679,8 +684,9 @@ impl Manager {
 
     // ----- remove -----
 
-    /// Remove (a running sandbox only with `force`, which kills it).
-    pub async fn remove(self: &Arc<Self>, key: &str, force: bool) -> Result<()> {
+    /// Remove (a running sandbox only with `force`, which kills it), and
+    /// with `volumes` its anonymous volumes no other sandbox uses.
+    pub async fn remove(self: &Arc<Self>, key: &str, force: bool, volumes: bool) -> Result<()> {
         let e = self.get(key)?;
         let _op = e.op.lock().await;
         if e.watch.borrow().removed {
@@ -711,10 +717,13 @@ impl Manager {
                 )));
             }
         }
-        self.finish_remove(&e).await
+        self.finish_remove(&e, volumes).await
     }
 
-    async fn finish_remove(&self, e: &Arc<Entry>) -> Result<()> {
+    /// Delete the sandbox's files and row; with `volumes`, its anonymous
+    /// volumes too, before waiters hear of the removal (so `run --rm`
+    /// returns with them gone).
+    async fn finish_remove(&self, e: &Arc<Entry>, volumes: bool) -> Result<()> {
         let rt = self.rt.clone();
         let id = e.id.clone();
         tokio::task::spawn_blocking(move || rt.remove(&id))
@@ -737,6 +746,9 @@ impl Manager {
             inner.tombs.retain(|_, t| t.at.elapsed() < TOMB_TTL);
             inner.tombs.insert(e.id.clone(), tomb.clone());
             inner.tombs.insert(row.spec.name.clone(), tomb);
+        }
+        if volumes {
+            self.remove_anonymous_volumes(&row.spec).await;
         }
         let mut s = snap_of(&row, true);
         s.status = Status::Removing;
@@ -810,6 +822,7 @@ impl Manager {
             host_config: convert::host_config(&r.spec),
             state: convert::state(&r.state),
             paths: self.rt.paths(&r.spec.id).as_map(),
+            mounts: convert::mount_points(&r.spec, &self.rt.volumes()),
         }
     }
 
@@ -892,7 +905,10 @@ impl Manager {
                     if let Some(v) = alive {
                         let _ = v.signal(libc::SIGKILL);
                     }
-                    if let Err(er) = self.finish_remove(&e).await {
+                    // Whether `rm -v` was asked is not stored: --rm's
+                    // anonymous volumes go, others stay (prune finds them).
+                    let volumes = row.spec.lifecycle.auto_remove;
+                    if let Err(er) = self.finish_remove(&e, volumes).await {
                         tracing::warn!(sandbox = %e.id, "finishing an interrupted removal: {}", er.message);
                     }
                 }

@@ -81,8 +81,22 @@ struct State {
     rootfs: Assembled,
 }
 
+/// `mvm-init --idle`, run as a workload (not as PID 1): wait until a
+/// signal ends the process. The workload of helper guests that only serve
+/// the host through the agent (a block volume's export or import), whose
+/// root disk holds nothing but a copy of this binary.
+pub const IDLE_FLAG: &str = "--idle";
+
 /// The entry point of the `mvm-init` binary.
 pub fn main() -> ! {
+    // SAFETY: getpid cannot fail.
+    if unsafe { libc::getpid() } != 1 && std::env::args().nth(1).as_deref() == Some(IDLE_FLAG) {
+        loop {
+            // SAFETY: pause(2) only waits; SIGTERM's default action ends
+            // the process.
+            unsafe { libc::pause() };
+        }
+    }
     // SAFETY: getpid cannot fail.
     if unsafe { libc::getpid() } != 1 {
         crate::error!("mvm-init is PID 1 inside an mvm guest and must not run anywhere else (it mounts, kills every process and reboots)");
@@ -135,7 +149,9 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
     state.rootfs = crate::rootfs::assemble(&spec.rootfs)?;
     crate::rootfs::switch_root(Path::new(crate::rootfs::ROOT_DIR))?;
     crate::mounts::mount_system(Path::new("/")).map_err(Error::System)?;
-    crate::shares::mount_all(Path::new("/"), &spec.mounts)?;
+    for fd in crate::shares::mount_all(Path::new("/"), &spec)? {
+        crate::shutdown::freeze_at_power_off(fd);
+    }
 
     if let Some(name) = &spec.hostname {
         crate::hostname::set(name)?;
@@ -177,6 +193,11 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
         command.cgroup(&cg.join("cgroup.procs"));
     }
     command.ensure_cwd()?;
+    if spec.rootfs.read_only {
+        // Last: init's own files (mount points, /etc/hostname, the
+        // working directory) are in place.
+        crate::rootfs::make_read_only(Path::new("/")).map_err(Error::System)?;
+    }
     // The agent's port is taken before the workload exists, so no workload
     // can listen there first (it is privileged too; see AGENT_PORT). A few
     // syscalls: the workload's start waits for nothing else of the agent.

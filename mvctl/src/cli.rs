@@ -124,6 +124,12 @@ pub enum Command {
     Login(LoginArgs),
     /// Forget the credentials for a registry
     Logout(LogoutArgs),
+    /// Manage volumes
+    Volume {
+        /// The subcommand.
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     /// Manage the mvm machine (the emulated KVM host used without hardware KVM)
     Machine {
         /// The subcommand.
@@ -176,9 +182,21 @@ pub struct CreateArgs {
     /// Set a label (key=value)
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     pub label: Vec<String>,
-    /// Remove the sandbox when it exits
+    /// Remove the sandbox (and its anonymous volumes) when it exits
     #[arg(long)]
     pub rm: bool,
+    /// Mount a volume or host directory: NAME:/PATH[:ro], /HOST/DIR:/PATH[:ro], /PATH (anonymous)
+    #[arg(short = 'v', long = "volume", value_parser = crate::mounts::parse_volume_flag, value_name = "SRC:DST[:OPTS]")]
+    pub volume: Vec<mvm_api::volume::MountRequest>,
+    /// Mount: type=volume|bind|tmpfs,source=,target=[,readonly][,tmpfs-size=][,tmpfs-mode=]
+    #[arg(long = "mount", value_parser = crate::mounts::parse_mount_flag, value_name = "SPEC")]
+    pub mount: Vec<mvm_api::volume::MountRequest>,
+    /// Mount a tmpfs: /PATH[:size=64m,mode=1777,exec,...] (noexec,nosuid,nodev by default)
+    #[arg(long = "tmpfs", value_parser = crate::mounts::parse_tmpfs_flag, value_name = "PATH[:OPTS]")]
+    pub tmpfs: Vec<mvm_api::volume::MountRequest>,
+    /// Mount the root filesystem read-only (writes go to volumes and tmpfs only)
+    #[arg(long)]
+    pub read_only: bool,
     /// Keep stdin open (needs the guest agent)
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -293,6 +311,9 @@ pub struct RmArgs {
     /// Remove running sandboxes too (they are killed)
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Remove the sandboxes' anonymous volumes too
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
     /// Sandboxes
     #[arg(required = true, value_name = "SANDBOX")]
     pub ids: Vec<String>,
@@ -754,4 +775,81 @@ mod tests {
         };
         assert_eq!(l.tail, Some(flags::Tail(None)));
     }
+}
+
+/// `mvctl volume ...`.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume; print its name
+    Create(VolumeCreateArgs),
+    /// List volumes
+    #[command(alias = "list")]
+    Ls(VolumeLsArgs),
+    /// Show volumes in detail, as JSON
+    Inspect {
+        /// Volumes.
+        #[arg(required = true, value_name = "VOLUME")]
+        names: Vec<String>,
+    },
+    /// Remove volumes (refused while a sandbox uses one)
+    #[command(alias = "remove")]
+    Rm(VolumeRmArgs),
+    /// Remove unused anonymous volumes (all unused ones with -a)
+    Prune(VolumePruneArgs),
+}
+
+/// `mvctl volume create`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumeCreateArgs {
+    /// Driver: local (a directory under mvmd's state root)
+    #[arg(short = 'd', long, default_value = "local")]
+    pub driver: String,
+    /// Driver option KEY=VALUE (local takes none)
+    #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+    pub opt: Vec<String>,
+    /// Set a label (key=value)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Name (random when absent)
+    #[arg(value_name = "VOLUME")]
+    pub name: Option<String>,
+}
+
+/// `mvctl volume ls`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumeLsArgs {
+    /// Only names
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Filter: name=, label=KEY[=VALUE], dangling=true|false, driver=
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+/// `mvctl volume rm`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumeRmArgs {
+    /// No error for volumes that do not exist
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Volumes
+    #[arg(required = true, value_name = "VOLUME")]
+    pub names: Vec<String>,
+}
+
+/// `mvctl volume prune`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumePruneArgs {
+    /// Named volumes too, not only anonymous ones
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Do not ask for confirmation
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Filter: label=KEY[=VALUE], name=
+    #[arg(long = "filter", value_name = "FILTER")]
+    pub filter: Vec<String>,
 }

@@ -45,6 +45,7 @@ pub mod share;
 pub mod spec;
 pub mod state;
 pub mod transient;
+pub mod volume;
 
 use std::fs;
 use std::io;
@@ -66,6 +67,7 @@ pub use spec::{
 };
 pub use state::{ExitReason, State, Status};
 pub use transient::{Transient, TransientSpec};
+pub use volume::{MountSpec, VolumeDirs, VolumeError};
 
 /// What kind of failure an error is, for callers that map errors to their
 /// own codes (mvmd's HTTP statuses, the shim's ttrpc codes).
@@ -113,6 +115,8 @@ pub enum RuntimeError {
     Launch(#[from] launch::LaunchError),
     #[error(transparent)]
     Share(#[from] share::ShareError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
 }
 
 impl RuntimeError {
@@ -146,6 +150,9 @@ impl RuntimeError {
                 | launch::LaunchError::NoNic { .. }
                 | launch::LaunchError::NicMtu { .. },
             ) => ErrorKind::Invalid,
+            Self::Volume(VolumeError::Missing(_)) => ErrorKind::NotFound,
+            Self::Volume(e) if e.is_invalid() => ErrorKind::Invalid,
+            Self::Volume(_) => ErrorKind::Internal,
             Self::Io { source, .. } | Self::Launch(launch::LaunchError::Write { source, .. })
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
             {
@@ -276,6 +283,11 @@ impl Runtime {
         &self.cfg.layout
     }
 
+    /// The directories of directory volumes.
+    pub fn volumes(&self) -> VolumeDirs {
+        VolumeDirs::new(self.cfg.layout.volumes())
+    }
+
     /// The files of sandbox `id`.
     pub fn paths(&self, id: &str) -> SandboxPaths {
         self.cfg.layout.sandbox(id)
@@ -318,6 +330,11 @@ impl Runtime {
         let host = HostResources::probe();
         let resolved = spec::resolve(req, &image_config, id, &self.cfg.defaults, &host)?;
         let paths = self.paths(id);
+        // Volumes are made before the sandbox's directory: one that exists
+        // already is kept as it is, so nothing here needs undoing.
+        for name in resolved.mounts.iter().filter_map(MountSpec::volume_name) {
+            self.volumes().create(name)?;
+        }
         fs::create_dir(&paths.dir).map_err(io_err("creating", &paths.dir))?;
         let r = (|| {
             let disk = self
@@ -346,6 +363,8 @@ impl Runtime {
                 labels: resolved.labels.clone(),
                 resources: resolved.resources,
                 lifecycle: resolved.lifecycle.clone(),
+                mounts: resolved.mounts.clone(),
+                read_only_root: resolved.read_only_root,
             })
         })();
         match r {
@@ -410,6 +429,18 @@ impl Runtime {
             size,
         };
         let mut launch = launch::launch_spec(&spec.process, &spec.hostname, stdio);
+        launch.rootfs.read_only = spec.read_only_root;
+        launch.tmpfs = spec
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountSpec::Tmpfs(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut all_shares = self.volumes().shares(&spec.mounts)?;
+        all_shares.extend_from_slice(shares);
+        let shares = &all_shares[..];
         let init = self.init_archive()?;
         let mut cfg = launch::vm_config(
             self.boot_files(&init),

@@ -177,6 +177,77 @@ impl Db {
     }
 }
 
+/// One volume (schema 3): what mvmd knows of it beyond its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRow {
+    /// Name.
+    pub name: String,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// `local`.
+    pub driver: String,
+    /// User labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Driver options.
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Made for one sandbox.
+    pub anonymous: bool,
+}
+
+impl Db {
+    /// Record a volume; false (and nothing changed) when the name exists.
+    pub fn insert_volume(&self, v: &VolumeRow) -> Result<bool, DbError> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO volumes (name, created, driver, labels, options, anonymous) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![v.name, v.created, v.driver, json(&v.labels), json(&v.options), v.anonymous],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Forget a volume.
+    pub fn delete_volume(&self, name: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute("DELETE FROM volumes WHERE name = ?1", params![name])?;
+        Ok(())
+    }
+
+    /// Every volume, by name.
+    pub fn volumes(&self) -> Result<Vec<VolumeRow>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, created, driver, labels, options, anonymous FROM volumes ORDER BY name",
+        )?;
+        let raw: Vec<(String, String, String, String, String, bool)> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        raw.into_iter()
+            .map(|(name, created, driver, labels, options, anonymous)| {
+                let corrupt = |source| DbError::Corrupt {
+                    id: format!("volume {name}"),
+                    source,
+                };
+                Ok(VolumeRow {
+                    labels: serde_json::from_str(&labels).map_err(corrupt)?,
+                    options: serde_json::from_str(&options).map_err(corrupt)?,
+                    name,
+                    created,
+                    driver,
+                    anonymous,
+                })
+            })
+            .collect()
+    }
+}
+
 fn json<T: Serialize>(v: &T) -> String {
     // The types here serialise infallibly (no maps with non-string keys).
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
@@ -219,6 +290,8 @@ mod tests {
                     stop_signal: "SIGTERM".into(),
                     stop_timeout: 10,
                 },
+                mounts: vec![],
+                read_only_root: false,
             },
             created: "now".into(),
             state: mvm_runtime::state::created(),

@@ -6,6 +6,7 @@ mod build;
 mod images;
 mod sandboxes;
 mod system;
+mod volumes;
 
 pub use images::store_code;
 
@@ -244,6 +245,12 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/images/import", post(images::import))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/push", post(images::push))
+        .route("/v1/volumes", get(volumes::list).post(volumes::create))
+        .route("/v1/volumes/prune", post(volumes::prune))
+        .route(
+            "/v1/volumes/{name}",
+            get(volumes::inspect).delete(volumes::remove),
+        )
         .route("/v1/build", post(build::build))
         .route("/v1/auth/login", post(images::login))
         .fallback(|req: Request| async move {

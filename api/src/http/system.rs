@@ -78,7 +78,7 @@ pub async fn prune(State(d): D) -> ApiResult<Response> {
         let row = e.snapshot();
         if matches!(row.state.status, Status::Exited | Status::Created) {
             let size = dir_size(&d.manager.runtime().paths(&e.id).dir);
-            if d.manager.remove(&e.id, false).await.is_ok() {
+            if d.manager.remove(&e.id, false, false).await.is_ok() {
                 resp.deleted.push(e.id.clone());
                 resp.space_reclaimed += size;
             }

@@ -15,6 +15,7 @@ pub mod images;
 pub mod logs;
 pub mod sandbox;
 pub mod system;
+pub mod volume;
 
 pub use error::{ApiError, ErrorCode};
 

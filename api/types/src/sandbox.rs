@@ -66,6 +66,13 @@ pub struct CreateRequest {
     /// Seconds `stop` waits before killing; 10 when absent.
     #[serde(default)]
     pub stop_timeout: Option<u64>,
+    /// Bind mounts, volumes and tmpfs (`-v`, `--mount`, `--tmpfs`).
+    #[serde(default)]
+    pub mounts: Vec<crate::volume::MountRequest>,
+    /// A read-only root filesystem (`--read-only`): writes succeed only
+    /// on mounts and tmpfs.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
 }
 
 /// `{"id": "..."}` answer to a create.
@@ -236,6 +243,9 @@ pub struct HostConfig {
     pub restart_policy: RestartPolicy,
     /// Remove on exit.
     pub auto_remove: bool,
+    /// Read-only root filesystem.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
 }
 
 /// `GET /v1/sandboxes/{id}`.
@@ -259,6 +269,9 @@ pub struct SandboxInfo {
     pub state: State,
     /// Host paths: logs, console, disks (for debugging).
     pub paths: BTreeMap<String, String>,
+    /// Bind mounts, volumes and tmpfs.
+    #[serde(default)]
+    pub mounts: Vec<crate::volume::MountPoint>,
 }
 
 /// One row of `GET /v1/sandboxes`.

@@ -149,8 +149,10 @@ impl Client {
     }
 
     /// `DELETE /v1/sandboxes/{id}`.
-    pub async fn remove(&self, id: &str, force: bool) -> Result<()> {
-        let q = Query::new(sandbox(id)).flag("force", force);
+    pub async fn remove(&self, id: &str, force: bool, volumes: bool) -> Result<()> {
+        let q = Query::new(sandbox(id))
+            .flag("force", force)
+            .flag("v", volumes);
         self.call::<()>(Method::DELETE, &q.build(), None).await
     }
 
@@ -165,6 +167,48 @@ impl Client {
             .flag("stderr", true);
         self.ndjson(Method::GET, &q.build(), Body::empty(), None)
             .await
+    }
+
+    /// `POST /v1/volumes`.
+    pub async fn volume_create(
+        &self,
+        req: &mvm_api::volume::VolumeCreateRequest,
+    ) -> Result<mvm_api::volume::Volume> {
+        self.json(Method::POST, "/v1/volumes", Some(req)).await
+    }
+
+    /// `GET /v1/volumes?filter=...`.
+    pub async fn volumes(&self, filters: &[String]) -> Result<mvm_api::volume::VolumeList> {
+        let mut q = Query::new("/v1/volumes");
+        for f in filters {
+            q = q.push("filter", f);
+        }
+        self.json::<(), _>(Method::GET, &q.build(), None).await
+    }
+
+    /// `GET /v1/volumes/{name}`, as the daemon wrote it.
+    pub async fn volume_inspect(&self, name: &str) -> Result<Value> {
+        let path = format!("/v1/volumes/{}", encode_segment(name));
+        self.json::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `DELETE /v1/volumes/{name}?force=`.
+    pub async fn volume_remove(&self, name: &str, force: bool) -> Result<()> {
+        let q = Query::new(format!("/v1/volumes/{}", encode_segment(name))).flag("force", force);
+        self.call::<()>(Method::DELETE, &q.build(), None).await
+    }
+
+    /// `POST /v1/volumes/prune?all=&filter=`.
+    pub async fn volume_prune(
+        &self,
+        all: bool,
+        filters: &[String],
+    ) -> Result<mvm_api::volume::VolumePruneResponse> {
+        let mut q = Query::new("/v1/volumes/prune").flag("all", all);
+        for f in filters {
+            q = q.push("filter", f);
+        }
+        self.json::<(), _>(Method::POST, &q.build(), None).await
     }
 
     /// `GET /v1/images`.

@@ -16,12 +16,13 @@ pub mod stats;
 pub mod stream;
 pub mod system;
 pub mod terminal;
+pub mod volume;
 
 use std::io::IsTerminal;
 
 use tokio::sync::OnceCell;
 
-use crate::cli::{Command, ImageCommand, SystemCommand};
+use crate::cli::{Command, ImageCommand, SystemCommand, VolumeCommand};
 use crate::client::{Client, ClientError};
 use crate::connect::{self, ConnectError, Connection};
 
@@ -198,6 +199,13 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
         | Command::Image {
             command: ImageCommand::Import(a),
         } => images::import(ctx, a).await,
+        Command::Volume { command } => match command {
+            VolumeCommand::Create(a) => volume::create(ctx, a).await,
+            VolumeCommand::Ls(a) => volume::ls(ctx, a).await,
+            VolumeCommand::Inspect { names } => volume::inspect(ctx, names).await,
+            VolumeCommand::Rm(a) => volume::rm(ctx, a).await,
+            VolumeCommand::Prune(a) => volume::prune(ctx, a).await,
+        },
         Command::Exec(a) => exec::exec(ctx, a).await,
         Command::Attach(a) => attach::attach(ctx, a).await,
         Command::Top(a) => attach::top(ctx, a).await,

@@ -77,7 +77,7 @@ pub async fn kill(ctx: &Ctx, a: KillArgs) -> CmdResult {
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> CmdResult {
     let client = ctx.client().await?;
     for_each(&a.ids, |id| async move {
-        client.remove(&id, a.force).await?;
+        client.remove(&id, a.force, a.volumes).await?;
         println!("{id}");
         Ok(())
     })
