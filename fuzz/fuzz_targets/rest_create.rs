@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         mem_total_mib: 4096,
         mem_available_mib: 2048,
     };
-    let r = mvmd::convert::sandbox_request(&req);
+    // Mount specs are checked here (hostile paths, options).
+    let Ok(r) = mvmd::convert::sandbox_request(&req) else {
+        return;
+    };
     let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let Ok(resolved) = resolve(&r, &image, id, &Defaults::default(), &host) else {
         return;
