@@ -200,6 +200,9 @@ mod tests {
             auto_remove: false,
             stop_signal: Some("SIGINT".into()),
             stop_timeout: Some(3),
+            // The network fields are mvmd's (`network::SandboxNet`), not
+            // the runtime's.
+            ..Default::default()
         };
         let s = sandbox_request(&r);
         assert_eq!(s.image, "busybox");

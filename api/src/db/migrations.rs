@@ -13,6 +13,7 @@
 //! | 0 | empty, or the first layout without a version |
 //! | 1 | table `sandboxes (id, name, created, spec, state, internal)`; spec and state in the REST API's shapes, the intent a string (`stop`, `kill:N`) |
 //! | 2 | the same table holding the runtime's records: spec with `process`, `hostname`, `labels`, `resources`, `lifecycle`; state without `running`; intents with their signal |
+//! | 3 | tables `networks (id, name, spec)` and `endpoints (id, sandbox, network, spec, ports)`: mvm-net's `NetworkSpec`, `EndpointSpec` and `PortSpec`s as JSON; sandboxes' network settings in `internal.network` (absent: the default network) |
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,7 @@ use rusqlite::{params, Connection, Transaction};
 use serde_json::{json, Map, Value};
 
 /// The version this mvmd writes.
-pub const LATEST: u32 = 2;
+pub const LATEST: u32 = 3;
 
 /// Why a database could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,7 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), MigrationError>
         match to {
             1 => to_v1(&tx).map_err(sql(to))?,
             2 => to_v2(&tx, path, found)?,
+            3 => to_v3(&tx).map_err(sql(to))?,
             _ => unreachable!("a step for every version up to LATEST"),
         }
         tx.pragma_update(None, "user_version", to)
@@ -163,6 +165,26 @@ fn to_v2(tx: &Transaction<'_>, path: &Path, found: u32) -> Result<(), MigrationE
         .map_err(sql)?;
     }
     Ok(())
+}
+
+/// Version 3: networks and endpoints (mvm-net's records). Existing
+/// sandboxes have no `internal.network` and so join the default network,
+/// which mvmd creates at start.
+fn to_v3(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS networks (
+            id TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL UNIQUE,
+            spec TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS endpoints (
+            id TEXT PRIMARY KEY NOT NULL,
+            sandbox TEXT NOT NULL,
+            network TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            ports TEXT NOT NULL
+        );",
+    )
 }
 
 fn parse(what: &str, s: &str) -> Result<Map<String, Value>, String> {

@@ -86,6 +86,14 @@ pub fn create_request(
         auto_remove: a.rm,
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
+        network: a.network.clone(),
+        network_aliases: a.network_alias.clone(),
+        ip: a.ip.clone(),
+        mac_address: a.mac_address.clone(),
+        dns: a.dns.clone(),
+        add_host: a.add_host.clone(),
+        publish: a.publish.clone(),
+        publish_all: a.publish_all,
     })
 }
 
