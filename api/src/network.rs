@@ -401,7 +401,11 @@ impl Networks {
         if network == NONE_NETWORK || network == DEFAULT_NETWORK {
             return Ok(());
         }
-        Self::find(db, network).map(|_| ())
+        // Not `not_found`: clients read that answer to a create as "no
+        // such image" (and pull).
+        Self::find(db, network)
+            .map(|_| ())
+            .map_err(|e| bad(e.message))
     }
 
     /// Give a starting sandbox its endpoint: an address (its last one if
