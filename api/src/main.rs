@@ -83,8 +83,9 @@ struct Args {
     #[arg(long, hide = true)]
     machine: bool,
     /// No host networking: sandboxes get no network interface but `lo`
-    /// (for hosts where mvmd must not make bridges and nftables rules).
-    #[arg(long)]
+    /// (for hosts where mvmd must not make bridges and nftables rules, and
+    /// for a second mvmd on a host: the host's networking has one owner).
+    #[arg(long, env = "MVM_NO_NETWORK")]
     no_network: bool,
 }
 

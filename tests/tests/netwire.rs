@@ -305,15 +305,19 @@ mod netwire {
                 "/www",
             ],
         );
-        let got = ok(
+        let o = mvctl(
             &d,
             &[
                 "run", "--rm", "--network", "appnet", BUSYBOX, "sh", "-c",
-                "for i in $(seq 1 100); do wget -q -T 3 -O- http://database:8080/ && break; sleep 0.3; done; ping -c1 -W5 db",
+                "for i in $(seq 1 40); do wget -q -T 3 -O- http://database:8080/ && break; sleep 0.3; done; ping -c1 -W5 db",
             ],
         );
-        assert!(got.contains("hello from netwire"), "{got}");
-        assert!(got.contains("1 packets received"), "{got}");
+        assert!(
+            o.code == 0 && o.stdout.contains("hello from netwire"),
+            "{o:#?}\nmvmd log:\n{}",
+            d.log()
+        );
+        assert!(o.stdout.contains("1 packets received"), "{o:#?}");
         let net: serde_json::Value =
             serde_json::from_str(&ok(&d, &["network", "inspect", "appnet"])).unwrap();
         assert_eq!(net[0]["subnet"], "10.99.7.0/24");

@@ -219,15 +219,16 @@ pub struct EndpointRow {
 }
 
 impl Db {
-    /// Insert or replace network `n`; a taken name is
-    /// [`DbError::NameTaken`].
+    /// Insert network `n` or update the one with its id; a name another
+    /// network has is [`DbError::NameTaken`] (never a replacement of that
+    /// network, as `INSERT OR REPLACE` would do).
     pub fn put_network(&self, n: &NetworkRow) -> Result<(), DbError> {
         let body = json(&NetworkJson {
             spec: n.spec.clone(),
             meta: n.meta.clone(),
         });
         let r = self.conn().execute(
-            "INSERT OR REPLACE INTO networks (id, name, spec) VALUES (?1, ?2, ?3)",
+            "INSERT INTO networks (id, name, spec) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET name = excluded.name, spec = excluded.spec",
             params![n.spec.id, n.spec.name, body],
         );
         match r {
