@@ -85,7 +85,7 @@ struct Args {
     /// No host networking: sandboxes get no network interface but `lo`
     /// (for hosts where mvmd must not make bridges and nftables rules, and
     /// for a second mvmd on a host: the host's networking has one owner).
-    #[arg(long, env = "MVM_NO_NETWORK")]
+    #[arg(long, env = "MVM_NO_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
     no_network: bool,
 }
 

@@ -473,6 +473,12 @@ impl Manager {
             }
             let _ = stop_tx.send(true);
             let _ = pump.await;
+            // The endpoint (TAP, rules, published ports) goes before the
+            // end is visible anywhere (a `logs -f` ending, the state), so
+            // whoever sees the end can bind its host ports again.
+            if let Err(er) = me.net.detach(&me.db, &e.id).await {
+                tracing::warn!(sandbox = %e.id, "releasing its network endpoint: {}", er.message);
+            }
             e.logs.end();
             me.on_exit(&e).await;
         });
@@ -493,7 +499,9 @@ impl Manager {
             info
         })
         .await;
-        // Its TAP, rules and published ports go with the VMM.
+        // Its TAP, rules and published ports go with the VMM (already
+        // done by `supervise`; this is for a VMM that ended while mvmd was
+        // down).
         if let Err(er) = self.net.detach(&self.db, &e.id).await {
             tracing::warn!(sandbox = %e.id, "releasing its network endpoint: {}", er.message);
         }
