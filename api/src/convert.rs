@@ -344,6 +344,9 @@ mod tests {
             stop_timeout: Some(3),
             mounts: vec![],
             read_only_rootfs: true,
+            // The network fields are mvmd's (`network::SandboxNet`), not
+            // the runtime's.
+            ..Default::default()
         };
         let s = sandbox_request(&r).unwrap();
         assert!(s.read_only_root);

@@ -130,6 +130,14 @@ pub enum Command {
         #[command(subcommand)]
         command: VolumeCommand,
     },
+    /// Manage networks
+    Network {
+        /// The subcommand.
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
+    /// List a sandbox's published ports
+    Port(PortArgs),
     /// Manage the mvm machine (the emulated KVM host used without hardware KVM)
     Machine {
         /// The subcommand.
@@ -218,6 +226,30 @@ pub struct CreateArgs {
     /// With a pull: allow plain HTTP (loopback registries only)
     #[arg(long)]
     pub insecure: bool,
+    /// Publish a port: [IP:][HOST_PORT:]PORT[/tcp|udp], ranges allowed (HOST_PORT left out: a free one)
+    #[arg(short = 'p', long = "publish", value_name = "[IP:][HOST:]PORT[/PROTO]")]
+    pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs on a free host port
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Network to join: bridge (default), none (loopback only) or a network made with `network create`
+    #[arg(long, value_name = "NETWORK")]
+    pub network: Option<String>,
+    /// Another name for the sandbox on a user network
+    #[arg(long = "network-alias", value_name = "NAME")]
+    pub network_alias: Vec<String>,
+    /// IPv4 address on a user network
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<String>,
+    /// MAC address of the sandbox's interface
+    #[arg(long = "mac-address", value_name = "MAC")]
+    pub mac_address: Option<String>,
+    /// DNS server for the sandbox (replaces the network's)
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// Add a line to /etc/hosts: NAME:IP
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
     /// Image to run
     #[arg(value_name = "IMAGE")]
     pub image: String,
@@ -852,4 +884,79 @@ pub struct VolumePruneArgs {
     /// Filter: label=KEY[=VALUE], name=
     #[arg(long = "filter", value_name = "FILTER")]
     pub filter: Vec<String>,
+}
+
+/// `mvctl network ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network; print its id
+    Create(NetworkCreateArgs),
+    /// List networks
+    #[command(alias = "list")]
+    Ls(NetworkLsArgs),
+    /// Show networks in detail, as JSON
+    Inspect(NetworkIdsArgs),
+    /// Remove networks
+    #[command(alias = "remove")]
+    Rm(NetworkIdsArgs),
+    /// Remove every network no sandbox uses
+    Prune(NetworkPruneArgs),
+}
+
+/// `mvctl network create`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkCreateArgs {
+    /// IPv4 subnet in CIDR form (default: a free one from 172.30.0.0/16, 172.16.0.0/12, 192.168.0.0/16)
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// The host's address on the network (default: the subnet's first)
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<String>,
+    /// No route out of the network
+    #[arg(long)]
+    pub internal: bool,
+    /// Driver: only bridge
+    #[arg(short = 'd', long, default_value = "bridge")]
+    pub driver: String,
+    /// Set a label (key=value)
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Name of the network
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// `mvctl network ls`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkLsArgs {
+    /// Print names only
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `mvctl network inspect` and `rm`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkIdsArgs {
+    /// Networks (name, id or id prefix)
+    #[arg(required = true, value_name = "NETWORK")]
+    pub ids: Vec<String>,
+}
+
+/// `mvctl network prune`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkPruneArgs {
+    /// Do not ask for confirmation
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// `mvctl port`.
+#[derive(Debug, Clone, Args)]
+pub struct PortArgs {
+    /// The sandbox
+    #[arg(value_name = "SANDBOX")]
+    pub sandbox: String,
+    /// Only this port of the sandbox (PORT[/PROTO])
+    #[arg(value_name = "PORT")]
+    pub port: Option<String>,
 }

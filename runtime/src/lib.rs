@@ -223,6 +223,16 @@ pub struct Created {
     pub warnings: Vec<String>,
 }
 
+/// A boot's network: NICs on host TAPs and the guest's configuration of
+/// them. The default (no NIC, no section) leaves the guest with `lo` only.
+#[derive(Debug, Clone, Default)]
+pub struct BootNet {
+    /// The virtio-net devices.
+    pub nics: Vec<launch::Nic>,
+    /// What guest init configures on them.
+    pub network: Option<mvm_protocol::launch::Network>,
+}
+
 /// The result of [`Runtime::start`].
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -405,6 +415,19 @@ impl Runtime {
         size: Option<(u16, u16)>,
         shares: &[HostShare],
     ) -> Result<Started, RuntimeError> {
+        self.start_with(spec, size, shares, &BootNet::default())
+    }
+
+    /// [`Self::start_with_shares`] with NICs and the guest's network
+    /// configuration ([`launch::add_network`]): the TAPs must exist (mvmd
+    /// makes them with mvm-net before it starts the sandbox).
+    pub fn start_with(
+        &self,
+        spec: &SandboxSpec,
+        size: Option<(u16, u16)>,
+        shares: &[HostShare],
+        net: &BootNet,
+    ) -> Result<Started, RuntimeError> {
         let paths = self.paths(&spec.id);
         let mut warnings = Vec::new();
         match fs::remove_file(&paths.status) {
@@ -449,6 +472,7 @@ impl Runtime {
             &spec.resources,
         );
         self.bound_files(&mut cfg, &paths);
+        launch::add_network(&mut launch, &mut cfg, &net.nics, net.network.clone())?;
         // Stopped again if anything below fails (dropped).
         let backends = self.start_shares(&paths, shares, &mut launch, &mut cfg)?;
         launch::write(&launch, &cfg, &paths)?;

@@ -277,6 +277,10 @@ impl Mvmd {
                 "128",
                 "--log",
                 "mvmd=debug,info",
+                // Tests run side by side, each with its own daemon, and
+                // the host's networking has one owner (tests/netwire.rs
+                // covers it).
+                "--no-network",
             ])
             .args(&self.extra)
             .env_remove("MVM_ROOT")

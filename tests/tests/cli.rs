@@ -1195,7 +1195,10 @@ mod cli {
             cmd.args(["ps", "-a"])
                 .env_remove("MVM_HOST")
                 .env("MVM_RUN_DIR", &run)
-                .env("MVM_ROOT", &root);
+                .env("MVM_ROOT", &root)
+                // The suite's daemon owns the host's networking; a second
+                // one reconciling it would take the first one's away.
+                .env("MVM_NO_NETWORK", "1");
             run_cmd(cmd, None).ok()
         };
         let out = call();

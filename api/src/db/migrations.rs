@@ -14,6 +14,7 @@
 //! | 1 | table `sandboxes (id, name, created, spec, state, internal)`; spec and state in the REST API's shapes, the intent a string (`stop`, `kill:N`) |
 //! | 2 | the same table holding the runtime's records: spec with `process`, `hostname`, `labels`, `resources`, `lifecycle`; state without `running`; intents with their signal |
 //! | 3 | table `volumes (name, created, driver, labels, options, anonymous)`; specs may hold `mounts` and `read_only_root` (absent in older rows: none) |
+//! | 4 | tables `networks (id, name, spec)` and `endpoints (id, sandbox, network, spec, ports)`: mvm-net's `NetworkSpec`, `EndpointSpec` and `PortSpec`s as JSON; sandboxes' network settings in `internal.network` (absent: the default network) |
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,7 @@ use rusqlite::{params, Connection, Transaction};
 use serde_json::{json, Map, Value};
 
 /// The version this mvmd writes.
-pub const LATEST: u32 = 3;
+pub const LATEST: u32 = 4;
 
 /// Why a database could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,7 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), MigrationError>
             1 => to_v1(&tx).map_err(sql(to))?,
             2 => to_v2(&tx, path, found)?,
             3 => to_v3(&tx).map_err(sql(to))?,
+            4 => to_v4(&tx).map_err(sql(to))?,
             _ => unreachable!("a step for every version up to LATEST"),
         }
         tx.pragma_update(None, "user_version", to)
@@ -180,6 +182,26 @@ fn to_v2(tx: &Transaction<'_>, path: &Path, found: u32) -> Result<(), MigrationE
         .map_err(sql)?;
     }
     Ok(())
+}
+
+/// Version 4: networks and endpoints (mvm-net's records). Existing
+/// sandboxes have no `internal.network` and so join the default network,
+/// which mvmd creates at start.
+fn to_v4(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS networks (
+            id TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL UNIQUE,
+            spec TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS endpoints (
+            id TEXT PRIMARY KEY NOT NULL,
+            sandbox TEXT NOT NULL,
+            network TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            ports TEXT NOT NULL
+        );",
+    )
 }
 
 fn parse(what: &str, s: &str) -> Result<Map<String, Value>, String> {
@@ -375,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_2_database_gains_volumes_and_keeps_its_sandboxes() {
+    fn a_version_2_database_gains_volumes_and_networks_and_keeps_its_sandboxes() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("mvmd.db");
         {
@@ -415,8 +437,9 @@ mod tests {
         assert_eq!(db.volumes().unwrap(), vec![v]);
         db.delete_volume("data").unwrap();
         assert!(db.volumes().unwrap().is_empty());
+        assert!(db.networks().unwrap().is_empty() && db.endpoints().unwrap().is_empty());
         drop(db);
-        assert_eq!(version(&Connection::open(&p).unwrap()).unwrap(), 3);
+        assert_eq!(version(&Connection::open(&p).unwrap()).unwrap(), LATEST);
         assert!(d.path().join("mvmd.db.v2.bak").exists());
     }
 

@@ -4,6 +4,7 @@ mod agent;
 mod attach;
 mod build;
 mod images;
+mod networks;
 mod sandboxes;
 mod system;
 mod volumes;
@@ -236,6 +237,12 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .route("/v1/sandboxes/{id}/stats", get(agent::stats))
         .route("/v1/sandboxes/{id}/top", get(agent::top))
+        .route("/v1/networks", get(networks::list).post(networks::create))
+        .route("/v1/networks/prune", post(networks::prune))
+        .route(
+            "/v1/networks/{id}",
+            get(networks::inspect).delete(networks::remove),
+        )
         .route("/v1/images", get(images::list).delete(images::remove))
         .route("/v1/images/inspect", get(images::inspect))
         .route("/v1/images/tag", post(images::tag))

@@ -67,6 +67,11 @@ pub async fn info(State(d): D) -> ApiResult<Response> {
         images,
         host_cpus: host.cpus,
         host_memory_mib: host.mem_total_mib,
+        networking: d
+            .manager
+            .networks()
+            .unavailable()
+            .map_or_else(|| "ok".to_string(), |why| format!("unavailable: {why}")),
     };
     Ok(json_response(StatusCode::OK, &info))
 }

@@ -9,6 +9,9 @@ use mvm_api::images::{
     ImageSummary, LoginRequest, LoginResponse, Progress, TagRequest, TransferRequest,
 };
 use mvm_api::logs::LogRecord;
+use mvm_api::network::{
+    NetworkCreateRequest, NetworkCreateResponse, NetworkInfo, NetworkPruneResponse,
+};
 use mvm_api::sandbox::{
     CreateRequest, CreateResponse, PruneResponse, SandboxInfo, SandboxSummary, WaitResponse,
 };
@@ -65,7 +68,40 @@ fn sandbox(id: &str) -> String {
     format!("/v1/sandboxes/{}", encode_segment(id))
 }
 
+fn network(id: &str) -> String {
+    format!("/v1/networks/{}", encode_segment(id))
+}
+
 impl Client {
+    /// `POST /v1/networks`.
+    pub async fn network_create(
+        &self,
+        req: &NetworkCreateRequest,
+    ) -> Result<NetworkCreateResponse> {
+        self.json(Method::POST, "/v1/networks", Some(req)).await
+    }
+
+    /// `GET /v1/networks`.
+    pub async fn networks(&self) -> Result<Vec<NetworkInfo>> {
+        self.json::<(), _>(Method::GET, "/v1/networks", None).await
+    }
+
+    /// `GET /v1/networks/{id}`.
+    pub async fn network_inspect(&self, id: &str) -> Result<NetworkInfo> {
+        self.json::<(), _>(Method::GET, &network(id), None).await
+    }
+
+    /// `DELETE /v1/networks/{id}`.
+    pub async fn network_remove(&self, id: &str) -> Result<()> {
+        self.call::<()>(Method::DELETE, &network(id), None).await
+    }
+
+    /// `POST /v1/networks/prune`.
+    pub async fn network_prune(&self) -> Result<NetworkPruneResponse> {
+        self.json::<(), _>(Method::POST, "/v1/networks/prune", None)
+            .await
+    }
+
     /// `GET /_ping`.
     pub async fn ping(&self) -> Result<()> {
         let resp = self

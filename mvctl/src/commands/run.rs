@@ -94,6 +94,14 @@ pub fn create_request(
             .cloned()
             .collect(),
         read_only_rootfs: a.read_only,
+        network: a.network.clone(),
+        network_aliases: a.network_alias.clone(),
+        ip: a.ip.clone(),
+        mac_address: a.mac_address.clone(),
+        dns: a.dns.clone(),
+        add_host: a.add_host.clone(),
+        publish: a.publish.clone(),
+        publish_all: a.publish_all,
     })
 }
 

@@ -270,6 +270,7 @@ mod tests {
             status_text: String::new(),
             exit_code: Some(0),
             labels: Default::default(),
+            ports: vec![],
         };
         assert!(keep(
             &s,
