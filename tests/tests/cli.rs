@@ -34,14 +34,21 @@ mod cli {
     /// A finished mvctl call.
     #[derive(Debug)]
     struct Out {
+        /// The exit status; -1 when a signal ended mvctl.
         code: i32,
+        /// The signal that ended mvctl, if one did.
+        signal: Option<i32>,
         stdout: String,
         stderr: String,
     }
 
     impl Out {
         fn ok(self) -> Out {
-            assert_eq!(self.code, 0, "mvctl failed: {self:#?}");
+            let how = match self.signal {
+                Some(sig) => format!(" (ended by signal {sig})"),
+                None => String::new(),
+            };
+            assert_eq!(self.code, 0, "mvctl failed{how}: {self:#?}");
             self
         }
         fn failed(self) -> Out {
@@ -158,6 +165,7 @@ mod cli {
         let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
         Out {
             code: status.code().unwrap_or(-1),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status),
             stdout,
             stderr,
         }
