@@ -98,7 +98,8 @@ pub fn launch(spec: &JailSpec) -> Result<Pid, JailError> {
     // whatever mask the caller has (mvmd's is 077); the VMM gets 077 back.
     let mask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     mounts::prepare_root(&spec.root, &binds)?;
-    mounts::chown_writable(&binds, spec.uid, spec.gid)?;
+    let sandbox = spec.root.parent().unwrap_or(&spec.root);
+    mounts::chown_writable(&binds, sandbox, spec.uid, spec.gid)?;
     // TAPs are opened here, in the host's network namespace where their
     // bridges are; the VMM gets descriptors 3, 4, ... in order.
     let taps = tap::open_all(&mut cfg, privs::FIRST_PASSED_FD)?;

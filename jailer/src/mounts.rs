@@ -93,7 +93,12 @@ pub fn prepare_root(root: &Path, binds: &[Bind]) -> Result<(), MountError> {
 /// entries in it (its previous console and log, the share backends'
 /// sockets), each writable file (symbolic links are changed, never
 /// followed); and read access to what it reads.
-pub fn chown_writable(binds: &[Bind], uid: u32, gid: u32) -> Result<(), MountError> {
+pub fn chown_writable(
+    binds: &[Bind],
+    sandbox: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(), MountError> {
     let own =
         |p: &Path| std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(io_err("chown", p));
     for b in binds {
@@ -106,6 +111,10 @@ pub fn chown_writable(binds: &[Bind], uid: u32, gid: u32) -> Result<(), MountErr
                 }
             }
             BindKind::RwFile => own(&b.path)?,
+            // The sandbox's own files (launch spec, vm.json) become the
+            // VMM's (bound read-only, so it still cannot change them);
+            // shared ones (kernel, init archive, image disks) readable.
+            BindKind::RoFile if b.path.starts_with(sandbox) => own(&b.path)?,
             BindKind::RoFile => readable(&b.path)?,
             BindKind::Device => {}
         }
@@ -113,8 +122,8 @@ pub fn chown_writable(binds: &[Bind], uid: u32, gid: u32) -> Result<(), MountErr
     Ok(())
 }
 
-/// Make a file the VMM only reads readable by anyone, if it is not: mvmd
-/// writes its files with umask 077 (the launch spec, the image disks),
+/// Make a shared file the VMM only reads readable by anyone, if it is
+/// not: mvmd writes its files with umask 077 (the init archive, disks),
 /// but they lie in root-only directories (the state root is 0700), so on
 /// the host this opens them to nobody new; in a jail only the files bound
 /// there are reachable.
