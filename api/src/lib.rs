@@ -12,9 +12,11 @@ pub mod exec;
 pub mod http;
 pub mod loghub;
 pub mod manager;
+pub mod network;
 pub mod output;
 pub mod registry;
 pub mod tls;
+pub mod volumes;
 
 use std::fs;
 use std::io;
@@ -69,6 +71,8 @@ pub struct Config {
     pub socket_group: Option<String>,
     /// TLS on the TCP listener.
     pub tls: Option<tls::TlsFiles>,
+    /// `--no-network`: no host networking (sandboxes get `lo` only).
+    pub no_network: bool,
 }
 
 /// `--jail-uid-range` and `--jailer`.
@@ -241,7 +245,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     let db = db::Db::open(&cfg.layout.db())?;
     let socket = cfg.socket_path();
     let unix = bind_unix(&socket, cfg.socket_group.as_deref())?;
-    let manager = manager::Manager::new(rt, db);
+    let net = network::Networks::start(&db, cfg.no_network)
+        .await
+        .context("starting host networking")?;
+    let manager = manager::Manager::new(rt, db, net);
     manager.recover().await.context("recovering the state")?;
     let daemon = Arc::new(Daemon {
         manager,

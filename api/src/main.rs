@@ -93,6 +93,11 @@ struct Args {
     /// Report "machine" mode (set when running inside the emulated KVM host).
     #[arg(long, hide = true)]
     machine: bool,
+    /// No host networking: sandboxes get no network interface but `lo`
+    /// (for hosts where mvmd must not make bridges and nftables rules, and
+    /// for a second mvmd on a host: the host's networking has one owner).
+    #[arg(long, env = "MVM_NO_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
+    no_network: bool,
 }
 
 fn main() {
@@ -149,6 +154,7 @@ fn main() {
             uids: a.jail_uid_range,
             jailer: a.jailer,
         }),
+        no_network: a.no_network,
         socket_group: a.group,
         tls: match (a.tlscert, a.tlskey) {
             (Some(cert), Some(key)) => Some(mvmd::tls::TlsFiles {

@@ -84,7 +84,8 @@ impl Mvmd {
         std::fs::create_dir_all(dir.path().join("home")).unwrap();
         let log = std::fs::File::create(dir.path().join("mvmd.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mvmd"));
-        cmd.arg("--root")
+        cmd.arg("--no-network")
+            .arg("--root")
             .arg(dir.path().join("root"))
             .arg("--run-dir")
             .arg(dir.path().join("run"))

@@ -130,7 +130,8 @@ fn start(dir: tempfile::TempDir, extra: &[String]) -> Daemon {
     let port = free_port();
     let log = std::fs::File::create(d.join("mvmd.log")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mvmd"));
-    cmd.arg("--root")
+    cmd.arg("--no-network")
+        .arg("--root")
         .arg(d.join("root"))
         .arg("--run-dir")
         .arg(d.join("run"))

@@ -46,6 +46,7 @@ pub mod share;
 pub mod spec;
 pub mod state;
 pub mod transient;
+pub mod volume;
 
 use std::fs;
 use std::io;
@@ -68,6 +69,7 @@ pub use spec::{
 };
 pub use state::{ExitReason, State, Status};
 pub use transient::{Transient, TransientSpec};
+pub use volume::{MountSpec, VolumeDirs, VolumeError};
 
 /// What kind of failure an error is, for callers that map errors to their
 /// own codes (mvmd's HTTP statuses, the shim's ttrpc codes).
@@ -117,6 +119,7 @@ pub enum RuntimeError {
     Share(#[from] share::ShareError),
     #[error(transparent)]
     Jail(#[from] jail::JailError),
+    Volume(#[from] VolumeError),
 }
 
 impl RuntimeError {
@@ -147,7 +150,16 @@ impl RuntimeError {
                 | share::ShareError::Source { .. },
             ) => ErrorKind::Invalid,
             Self::Share(_) => ErrorKind::Internal,
-            Self::Launch(launch::LaunchError::Spec(_)) => ErrorKind::Invalid,
+            Self::Launch(
+                launch::LaunchError::Spec(_)
+                | launch::LaunchError::TooManyNics { .. }
+                | launch::LaunchError::DuplicateNicMac { .. }
+                | launch::LaunchError::NoNic { .. }
+                | launch::LaunchError::NicMtu { .. },
+            ) => ErrorKind::Invalid,
+            Self::Volume(VolumeError::Missing(_)) => ErrorKind::NotFound,
+            Self::Volume(e) if e.is_invalid() => ErrorKind::Invalid,
+            Self::Volume(_) => ErrorKind::Internal,
             Self::Io { source, .. } | Self::Launch(launch::LaunchError::Write { source, .. })
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
             {
@@ -225,6 +237,16 @@ pub struct Created {
     pub warnings: Vec<String>,
 }
 
+/// A boot's network: NICs on host TAPs and the guest's configuration of
+/// them. The default (no NIC, no section) leaves the guest with `lo` only.
+#[derive(Debug, Clone, Default)]
+pub struct BootNet {
+    /// The virtio-net devices.
+    pub nics: Vec<launch::Nic>,
+    /// What guest init configures on them.
+    pub network: Option<mvm_protocol::launch::Network>,
+}
+
 /// The result of [`Runtime::start`].
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -291,6 +313,11 @@ impl Runtime {
         &self.cfg.layout
     }
 
+    /// The directories of directory volumes.
+    pub fn volumes(&self) -> VolumeDirs {
+        VolumeDirs::new(self.cfg.layout.volumes())
+    }
+
     /// The files of sandbox `id`.
     pub fn paths(&self, id: &str) -> SandboxPaths {
         self.cfg.layout.sandbox(id)
@@ -333,6 +360,11 @@ impl Runtime {
         let host = HostResources::probe();
         let resolved = spec::resolve(req, &image_config, id, &self.cfg.defaults, &host)?;
         let paths = self.paths(id);
+        // Volumes are made before the sandbox's directory: one that exists
+        // already is kept as it is, so nothing here needs undoing.
+        for name in resolved.mounts.iter().filter_map(MountSpec::volume_name) {
+            self.volumes().create(name)?;
+        }
         fs::create_dir(&paths.dir).map_err(io_err("creating", &paths.dir))?;
         let r = (|| {
             let disk = self
@@ -361,6 +393,8 @@ impl Runtime {
                 labels: resolved.labels.clone(),
                 resources: resolved.resources,
                 lifecycle: resolved.lifecycle.clone(),
+                mounts: resolved.mounts.clone(),
+                read_only_root: resolved.read_only_root,
             })
         })();
         match r {
@@ -401,6 +435,19 @@ impl Runtime {
         size: Option<(u16, u16)>,
         shares: &[HostShare],
     ) -> Result<Started, RuntimeError> {
+        self.start_with(spec, size, shares, &BootNet::default())
+    }
+
+    /// [`Self::start_with_shares`] with NICs and the guest's network
+    /// configuration ([`launch::add_network`]): the TAPs must exist (mvmd
+    /// makes them with mvm-net before it starts the sandbox).
+    pub fn start_with(
+        &self,
+        spec: &SandboxSpec,
+        size: Option<(u16, u16)>,
+        shares: &[HostShare],
+        net: &BootNet,
+    ) -> Result<Started, RuntimeError> {
         let paths = self.paths(&spec.id);
         let mut warnings = Vec::new();
         match fs::remove_file(&paths.status) {
@@ -425,6 +472,18 @@ impl Runtime {
             size,
         };
         let mut launch = launch::launch_spec(&spec.process, &spec.hostname, stdio);
+        launch.rootfs.read_only = spec.read_only_root;
+        launch.tmpfs = spec
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountSpec::Tmpfs(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut all_shares = self.volumes().shares(&spec.mounts)?;
+        all_shares.extend_from_slice(shares);
+        let shares = &all_shares[..];
         let init = self.init_archive()?;
         let mut cfg = launch::vm_config(
             self.boot_files(&init),
@@ -433,6 +492,7 @@ impl Runtime {
             &spec.resources,
         );
         self.bound_files(&mut cfg, &paths);
+        launch::add_network(&mut launch, &mut cfg, &net.nics, net.network.clone())?;
         // Stopped again if anything below fails (dropped).
         let backends = self.start_shares(&paths, shares, &mut launch, &mut cfg)?;
         launch::write(&launch, &cfg, &paths)?;

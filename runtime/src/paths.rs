@@ -81,6 +81,11 @@ impl Layout {
         self.root.join("transient")
     }
 
+    /// Parent of the directory volumes (`crate::volume::VolumeDirs`).
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+
     /// The default API socket.
     pub fn socket(&self) -> PathBuf {
         self.run_dir.join("mvmd.sock")

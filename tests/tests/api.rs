@@ -277,6 +277,10 @@ impl Mvmd {
                 "128",
                 "--log",
                 "mvmd=debug,info",
+                // Tests run side by side, each with its own daemon, and
+                // the host's networking has one owner (tests/netwire.rs
+                // covers it).
+                "--no-network",
             ])
             .args(&self.extra)
             .env_remove("MVM_ROOT")
@@ -783,6 +787,10 @@ fn stop_kill_restart_and_wait() {
     assert_eq!((r.status, r.code().as_str()), (400, "bad_request"));
     let r = d.req("POST", "/v1/sandboxes/svc/kill?signal=SIGINT");
     assert_eq!(r.status, 204, "{}", r.text());
+    // Kill answers once the signal is delivered, as Docker's does; the
+    // exit is the wait's to report.
+    let w = d.req("POST", "/v1/sandboxes/svc/wait").json();
+    assert_eq!(w["exit_code"], 130, "{w}");
     assert_eq!(d.inspect(&id)["state"]["exit_code"], 130);
     assert!(d.vmm_pids().is_empty());
 }

@@ -50,6 +50,10 @@ pub struct Info {
     pub host_cpus: u32,
     /// Host memory in MiB.
     pub host_memory_mib: u64,
+    /// Host networking: `ok`, or why sandboxes get no network (mvmd not
+    /// root).
+    #[serde(default)]
+    pub networking: String,
 }
 
 /// Counts shown by `mvctl system info`.

@@ -79,6 +79,7 @@ pub fn info_text(endpoint: &str, mode: &Mode, i: &Info) -> String {
         (" Images", i.images.to_string()),
         (" CPUs", i.host_cpus.to_string()),
         (" Memory", format!("{} MiB", i.host_memory_mib)),
+        (" Networking", i.networking.clone()),
     ];
     let mut out = String::new();
     for (k, v) in rows {
@@ -200,6 +201,7 @@ mod tests {
             images: 2,
             host_cpus: 2,
             host_memory_mib: 4096,
+            networking: "ok".into(),
         };
         let t = info_text("unix:///run/mvm/mvmd.sock", &Mode::Native, &i);
         assert!(t.contains(" Mode: native (hardware KVM)\n"), "{t}");
