@@ -5,7 +5,7 @@ PREFIX ?= /usr/local
 CARGO ?= cargo
 INIT_TARGET := x86_64-unknown-linux-gnu
 INIT_BIN := target/$(INIT_TARGET)/release/mvm-init
-BINARIES := mvm-vmm mvmd mvctl
+BINARIES := mvm-vmm mvm-jailer mvmd mvctl
 
 .PHONY: all deps kernel images init build build-release unit e2e lint test demo install bench clean fuzz fuzz-smoke
 

@@ -6,7 +6,7 @@
 # Usage: tests/run-e2e.sh [TEST-FILTER]
 # Needs: the guest kernel (resources/kernel/build.sh), the static init and
 # mvm-vmm built (make build). Environment passed to the tests:
-#   MVM_KERNEL, MVM_INIT, MVM_VMM, MVM_VIRTIOFSD (the virtio-fs backend,
+#   MVM_KERNEL, MVM_INIT, MVM_VMM, MVM_JAILER, MVM_VIRTIOFSD (the virtio-fs backend,
 #   resources/virtiofsd/build.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +18,9 @@ profile_dir=${MVM_PROFILE_DIR:-debug}
 export MVM_KERNEL=${MVM_KERNEL:-$(resources/kernel/build.sh --print-path)}
 export MVM_INIT=${MVM_INIT:-$root/target/x86_64-unknown-linux-gnu/release/mvm-init}
 export MVM_VMM=${MVM_VMM:-$root/target/$profile_dir/mvm-vmm}
+export MVM_JAILER=${MVM_JAILER:-$root/target/$profile_dir/mvm-jailer}
 export MVM_VIRTIOFSD=${MVM_VIRTIOFSD:-$(resources/virtiofsd/build.sh --print-path)}
-for f in "$MVM_KERNEL" "$MVM_INIT" "$MVM_VMM" "$MVM_VIRTIOFSD"; do
+for f in "$MVM_KERNEL" "$MVM_INIT" "$MVM_VMM" "$MVM_JAILER" "$MVM_VIRTIOFSD"; do
   [ -f "$f" ] || { echo "e2e: $f is missing; run 'make build kernel' first" >&2; exit 1; }
 done
 
@@ -201,7 +202,7 @@ else
   for boot in 1 2 3; do
     rc=0
     resources/testhost/run --timeout $((deadline - SECONDS)) --rw "$state" \
-      --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env MVM_VIRTIOFSD --env RUST_BACKTRACE -- "$job" || rc=$?
+      --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env MVM_JAILER --env MVM_VIRTIOFSD --env RUST_BACKTRACE -- "$job" || rc=$?
     # Another boot: after a fault of the emulated host itself (123; a
     # third boot only for that), or when a binary ran out of time in the
     # first (see run_bin).

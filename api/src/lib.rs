@@ -65,12 +65,23 @@ pub struct Config {
     pub vmm_log_filter: Option<String>,
     /// Machine mode (reported by `/v1/info`).
     pub machine: bool,
+    /// How VMMs are jailed; `None`: not at all (`--no-jail`).
+    pub jail: Option<JailOptions>,
     /// Group of the Unix socket (mode 0660).
     pub socket_group: Option<String>,
     /// TLS on the TCP listener.
     pub tls: Option<tls::TlsFiles>,
     /// `--no-network`: no host networking (sandboxes get `lo` only).
     pub no_network: bool,
+}
+
+/// `--jail-uid-range` and `--jailer`.
+#[derive(Debug, Clone)]
+pub struct JailOptions {
+    /// uids (and gids) of the VMMs.
+    pub uids: mvm_runtime::UidRange,
+    /// The jailer (default: next to the VMM).
+    pub jailer: Option<PathBuf>,
 }
 
 impl Config {
@@ -208,7 +219,21 @@ pub async fn run(cfg: Config) -> Result<()> {
     private_umask();
     let _lock = lock_root(&cfg.layout)?;
     let artifacts = mvm_runtime::Artifacts::locate(&cfg.artifacts)?;
+    let jail = match &cfg.jail {
+        Some(j) => Some(mvm_runtime::JailConfig::locate(
+            &artifacts.vmm,
+            j.jailer.clone(),
+            j.uids,
+        )?),
+        None => {
+            tracing::warn!(
+                "--no-jail: VMMs run unconfined, as root; a VMM bug is host root (debugging only)"
+            );
+            None
+        }
+    };
     let rt = Runtime::new(RuntimeConfig {
+        jail,
         layout: cfg.layout.clone(),
         artifacts,
         defaults: cfg.defaults.clone(),

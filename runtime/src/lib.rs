@@ -35,6 +35,7 @@ pub mod artifacts;
 pub mod cgroup;
 pub mod exit;
 pub mod host;
+pub mod jail;
 pub mod launch;
 pub mod logs;
 pub mod names;
@@ -56,6 +57,7 @@ use mvm_images::{RootDiskError, RootDiskOptions, Store, StoreError};
 pub use artifacts::{ArtifactOverrides, Artifacts};
 pub use exit::{ExitInfo, Intent};
 pub use host::HostResources;
+pub use jail::{JailConfig, UidRange};
 pub use logs::LogLimits;
 pub use paths::{Layout, SandboxPaths};
 pub use process::VmmProcess;
@@ -116,6 +118,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     Share(#[from] share::ShareError),
     #[error(transparent)]
+    Jail(#[from] jail::JailError),
     Volume(#[from] VolumeError),
 }
 
@@ -136,6 +139,10 @@ impl RuntimeError {
                 _ => ErrorKind::Internal,
             },
             Self::Artifact(_) => ErrorKind::Unavailable,
+            Self::Jail(jail::JailError::Exhausted { .. } | jail::JailError::NoJailer { .. }) => {
+                ErrorKind::Unavailable
+            }
+            Self::Jail(_) => ErrorKind::Internal,
             Self::Share(share::ShareError::NoVirtiofsd { .. }) => ErrorKind::Unavailable,
             Self::Share(
                 share::ShareError::Tag { .. }
@@ -196,15 +203,22 @@ pub struct RuntimeConfig {
     pub vmm_log_max: u64,
     /// `MVM_LOG` for VMMs (None: theirs, `info`).
     pub vmm_log_filter: Option<String>,
+    /// How VMMs are jailed; `None` runs them unconfined, as root (mvmd
+    /// --no-jail, for debugging only).
+    pub jail: Option<JailConfig>,
 }
 
 impl RuntimeConfig {
     /// A config from the environment (`MVM_ROOT`, `MVM_RUN_DIR`,
-    /// `MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`) and the default locations.
+    /// `MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`, `MVM_JAILER`) and the default
+    /// locations; VMMs jailed with the default uid range.
     pub fn from_env(overrides: ArtifactOverrides) -> Result<Self, RuntimeError> {
+        let artifacts = Artifacts::locate(&overrides)?;
+        let jail = JailConfig::locate(&artifacts.vmm, None, UidRange::default())?;
         Ok(Self {
             layout: Layout::from_env(),
-            artifacts: Artifacts::locate(&overrides)?,
+            artifacts,
+            jail: Some(jail),
             defaults: Defaults::default(),
             log_limits: LogLimits::default(),
             console_max: 10 << 20,
@@ -248,6 +262,8 @@ pub struct Started {
 pub struct Runtime {
     cfg: RuntimeConfig,
     store: Store,
+    /// Hands out the VMMs' uids (jailed only).
+    uids: Option<jail::UidAllocator>,
 }
 
 impl Runtime {
@@ -275,7 +291,11 @@ impl Runtime {
             image: "store".into(),
             source: Box::new(source),
         })?;
-        Ok(Self { cfg, store })
+        let uids = cfg
+            .jail
+            .as_ref()
+            .map(|j| jail::UidAllocator::new(cfg.layout.root.join("jail-uids"), j.uids));
+        Ok(Self { cfg, store, uids })
     }
 
     /// The configuration.
@@ -435,8 +455,8 @@ impl Runtime {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("removing", &paths.status)(e)),
         }
-        let _ = fs::remove_file(&paths.vsock);
         share::stop_recorded(&paths);
+        self.vmm_dirs(&paths)?;
         if !spec.root_disk.exists() {
             return Err(RuntimeError::Io {
                 op: "opening the root disk",
@@ -479,22 +499,9 @@ impl Runtime {
         if let Some(b) = &backends {
             b.record(&paths)?;
         }
-        let cgroup = match spec.resources.cpu_quota {
-            Some(c) => match cgroup::Cgroup::create(&spec.id, c) {
-                Ok(cg) => Some(cg),
-                Err(e) => {
-                    tracing::warn!(sandbox = %spec.id, "{e}");
-                    warnings.push(e.to_string());
-                    None
-                }
-            },
-            None => None,
-        };
-        let procs = cgroup.as_ref().map(|c| c.procs());
-        let process = match self.spawn(&paths, procs.as_deref()) {
+        let process = match self.launch_vmm(&spec.id, &paths, &spec.resources, &mut warnings) {
             Ok(p) => p,
             Err(e) => {
-                cgroup::Cgroup::remove(&spec.id);
                 drop(backends);
                 let _ = fs::remove_file(paths.dir.join(share::RECORD_FILE));
                 return Err(e);
@@ -546,18 +553,22 @@ impl Runtime {
         }
     }
 
-    /// Clean up after a VMM ended: its cgroup, socket and share backends.
+    /// Clean up after a VMM ended: its cgroup, sockets and share backends.
     pub fn after_exit(&self, id: &str) {
         cgroup::Cgroup::remove(id);
         let paths = self.paths(id);
-        let _ = fs::remove_file(&paths.vsock);
+        let _ = fs::remove_dir_all(&paths.sockets);
         share::stop_recorded(&paths);
     }
 
-    /// Delete everything of sandbox `id` (its VMM must be gone).
+    /// Delete everything of sandbox `id` (its VMM must be gone), giving
+    /// back its uid.
     pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.after_exit(id);
         let paths = self.paths(id);
+        if let Some(u) = &self.uids {
+            u.release(&paths.dir);
+        }
         match fs::remove_dir_all(&paths.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -585,18 +596,100 @@ impl Runtime {
         cfg.log_max_bytes = Some(self.cfg.vmm_log_max);
     }
 
-    /// Spawn the VMM of a boot whose launch files are written.
+    /// Fresh directories for what the VMM writes (console, log, status)
+    /// and for its sockets, before any backend or VMM starts; the jailer
+    /// gives them to the VMM's uid.
+    pub(crate) fn vmm_dirs(&self, paths: &SandboxPaths) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = fs::remove_dir_all(&paths.sockets);
+        let mut b = fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        for d in [&paths.vm_dir, &paths.sockets] {
+            b.create(d).map_err(io_err("creating", d))?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup and the process of a VMM whose launch files are written:
+    /// jailed, with memory and task limits besides any CPU quota, unless
+    /// the runtime runs with no jail. A limit the host cannot enforce is a
+    /// warning.
+    pub(crate) fn launch_vmm(
+        &self,
+        id: &str,
+        paths: &SandboxPaths,
+        res: &Resources,
+        warnings: &mut Vec<String>,
+    ) -> Result<VmmProcess, RuntimeError> {
+        let mut warn = |e: cgroup::CgroupError| {
+            tracing::warn!(sandbox = %id, "{e}");
+            warnings.push(e.to_string());
+        };
+        let cpu_only = |warn: &mut dyn FnMut(cgroup::CgroupError)| match res.cpu_quota {
+            Some(c) => match cgroup::Cgroup::create(id, c) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    warn(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        let cg = if self.cfg.jail.is_some() {
+            match cgroup::Cgroup::create_limited(id, &cgroup::Limits::for_vmm(res)) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    warn(e);
+                    cpu_only(&mut warn)
+                }
+            }
+        } else {
+            cpu_only(&mut warn)
+        };
+        let procs = cg.as_ref().map(|c| c.procs());
+        let r = self.spawn(paths, procs.as_deref());
+        if r.is_err() {
+            cgroup::Cgroup::remove(id);
+        }
+        r
+    }
+
+    /// Spawn the VMM of a boot whose launch files are written, through the
+    /// jailer unless the runtime runs with no jail.
     fn spawn(
         &self,
         paths: &SandboxPaths,
         cgroup_procs: Option<&Path>,
     ) -> Result<VmmProcess, RuntimeError> {
+        let jailed = match (&self.cfg.jail, &self.uids) {
+            (Some(j), Some(uids)) => {
+                let uid = uids.uid_for(&paths.dir)?;
+                let spec = mvm_jailer::JailSpec {
+                    vmm: self.cfg.artifacts.vmm.clone(),
+                    config: paths.vm_config.clone(),
+                    root: paths.jail.clone(),
+                    uid,
+                    gid: uid,
+                    ro: j.libraries.clone(),
+                };
+                Some((j.jailer.as_path(), spec.to_args()))
+            }
+            _ => None,
+        };
         Ok(process::spawn(&process::SpawnSpec {
             vmm: &self.cfg.artifacts.vmm,
             config: &paths.vm_config,
             log: &paths.vmm_log,
             cgroup_procs,
             log_filter: self.cfg.vmm_log_filter.as_deref(),
+            jailer: jailed
+                .as_ref()
+                .map(|(j, args)| process::Jailer { path: j, args }),
         })?)
+    }
+
+    /// The uid allocator, for transients' cleanup.
+    pub(crate) fn uids(&self) -> Option<&jail::UidAllocator> {
+        self.uids.as_ref()
     }
 }

@@ -214,6 +214,8 @@ impl Vm {
         let paths = layout(dir.path()).sandbox(VM_ID);
         fs::create_dir_all(&paths.dir).expect("sandbox dir");
         fs::create_dir_all(layout(dir.path()).vsock_dir()).expect("vsock dir");
+        fs::create_dir_all(&paths.vm_dir).expect("VMM output dir");
+        fs::create_dir_all(&paths.sockets).expect("socket dir");
         let scratch = paths.scratch.clone();
         rootfs::scratch_disk(&scratch, 64).expect("scratch disk");
         let mut spec = LaunchSpec::new(args.iter().map(|s| s.to_string()).collect());

@@ -57,6 +57,12 @@ pub async fn info(State(d): D) -> ApiResult<Response> {
         kernel: cfg.artifacts.kernel.display().to_string(),
         init: cfg.artifacts.init.display().to_string(),
         vmm: cfg.artifacts.vmm.display().to_string(),
+        jail: cfg.jail.is_some(),
+        jail_uids: cfg
+            .jail
+            .as_ref()
+            .map(|j| j.uids.to_string())
+            .unwrap_or_default(),
         root: cfg.layout.root.display().to_string(),
         run_dir: cfg.layout.run_dir.display().to_string(),
         sandboxes: SandboxCounts {

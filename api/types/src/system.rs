@@ -32,6 +32,12 @@ pub struct Info {
     pub init: String,
     /// VMM binary path.
     pub vmm: String,
+    /// Whether VMMs run jailed (false: mvmd --no-jail).
+    #[serde(default)]
+    pub jail: bool,
+    /// The jail's uid range (`100000-165535`), empty without a jail.
+    #[serde(default)]
+    pub jail_uids: String,
     /// State root (`/var/lib/mvm`).
     pub root: String,
     /// Runtime dir (`/run/mvm`).

@@ -59,6 +59,14 @@ pub fn info_text(endpoint: &str, mode: &Mode, i: &Info) -> String {
         (" Kernel", i.kernel.clone()),
         (" Init", i.init.clone()),
         (" VMM", i.vmm.clone()),
+        (
+            " Jail",
+            if i.jail {
+                format!("on (uids {})", i.jail_uids)
+            } else {
+                "off (mvmd --no-jail: VMMs run as root, unconfined)".into()
+            },
+        ),
         (" Root dir", i.root.clone()),
         (" Run dir", i.run_dir.clone()),
         (
@@ -181,6 +189,8 @@ mod tests {
             kernel: "/k".into(),
             init: "/i".into(),
             vmm: "/v".into(),
+            jail: true,
+            jail_uids: "100000-165535".into(),
             root: "/var/lib/mvm".into(),
             run_dir: "/run/mvm".into(),
             sandboxes: SandboxCounts {
@@ -195,6 +205,7 @@ mod tests {
         };
         let t = info_text("unix:///run/mvm/mvmd.sock", &Mode::Native, &i);
         assert!(t.contains(" Mode: native (hardware KVM)\n"), "{t}");
+        assert!(t.contains(" Jail: on (uids 100000-165535)\n"), "{t}");
         assert!(t.contains(" KVM: hardware (AMD-V)\n"), "{t}");
         assert!(t.contains(" Sandboxes: 3 (running 1, stopped 2)\n"), "{t}");
         let t = info_text(

@@ -1,7 +1,7 @@
-//! The programs the machine runs: mvmd, mvm-vmm, the guest init and the
-//! guest kernel. The machine keeps its own copies of them on its disk
+//! The programs the machine runs: mvmd, mvm-vmm, mvm-jailer, virtiofsd,
+//! the guest init and the guest kernel. The machine keeps its own copies of them on its disk
 //! (`/var/lib/mvm/machine/` in L1) and runs mvmd from there with explicit
-//! `--kernel/--init/--vmm`, so it depends neither on where mvm was built
+//! `--kernel/--init/--vmm/--jailer` (and `MVM_VIRTIOFSD`), so it depends neither on where mvm was built
 //! or installed on the host (a checkout under /tmp works, though L1 has a
 //! /tmp of its own) nor on those files staying put while it runs (a
 //! rebuild does not change the programs of a running machine).
@@ -30,6 +30,10 @@ pub const KERNEL_ENV: &str = "MVM_KERNEL";
 pub const INIT_ENV: &str = "MVM_INIT";
 /// Environment variable naming mvm-vmm (as for mvmd).
 pub const VMM_ENV: &str = "MVM_VMM";
+/// Environment variable naming mvm-jailer (as for mvmd).
+pub const JAILER_ENV: &str = "MVM_JAILER";
+/// Environment variable naming virtiofsd (as for mvmd).
+pub const VIRTIOFSD_ENV: &str = "MVM_VIRTIOFSD";
 
 /// Errors finding or hashing the programs.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +71,7 @@ pub enum ArtifactError {
 /// One program of the machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
-    /// Its name on the machine's disk: `mvmd`, `mvm-vmm`, `mvm-init`,
-    /// `vmlinux`.
+    /// Its name on the machine's disk, one of [`NAMES`].
     pub name: String,
     /// The host file it is copied from.
     pub source: PathBuf,
@@ -78,7 +81,7 @@ pub struct Artifact {
     pub size: u64,
 }
 
-/// The host files of the four programs, in the order of [`NAMES`].
+/// The host files of the programs, in the order of [`NAMES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sources {
     /// mvmd.
@@ -89,14 +92,51 @@ pub struct Sources {
     pub init: PathBuf,
     /// The guest kernel (ELF vmlinux).
     pub kernel: PathBuf,
+    /// mvm-jailer, which starts every VMM.
+    pub jailer: PathBuf,
+    /// virtiofsd, the virtio-fs backend of volumes and bind mounts.
+    pub virtiofsd: PathBuf,
 }
 
 /// Names of the copies on the machine's disk (machine-l1 uses them too).
-pub const NAMES: [&str; 4] = ["mvmd", "mvm-vmm", "mvm-init", "vmlinux"];
+pub const NAMES: [&str; 6] = [
+    "mvmd",
+    "mvm-vmm",
+    "mvm-init",
+    "vmlinux",
+    "mvm-jailer",
+    "virtiofsd",
+];
 
 impl Sources {
-    fn paths(&self) -> [&Path; 4] {
-        [&self.mvmd, &self.vmm, &self.init, &self.kernel]
+    fn paths(&self) -> [&Path; 6] {
+        [
+            &self.mvmd,
+            &self.vmm,
+            &self.init,
+            &self.kernel,
+            &self.jailer,
+            &self.virtiofsd,
+        ]
+    }
+
+    /// The sources a machine was started with, from its artifact list;
+    /// `None` if one is missing (a machine started by an older mvctl).
+    fn of(running: &[Artifact]) -> Option<Self> {
+        let by_name = |n: &str| {
+            running
+                .iter()
+                .find(|a| a.name == n)
+                .map(|a| a.source.clone())
+        };
+        Some(Sources {
+            mvmd: by_name("mvmd")?,
+            vmm: by_name("mvm-vmm")?,
+            init: by_name("mvm-init")?,
+            kernel: by_name("vmlinux")?,
+            jailer: by_name("mvm-jailer")?,
+            virtiofsd: by_name("virtiofsd")?,
+        })
     }
 }
 
@@ -138,28 +178,42 @@ pub fn locate_with(
         prefix.join("lib/mvm/vmlinux"),
         "/usr/local/lib/mvm/vmlinux".into(),
     ];
-    kernels.extend(cached_kernels());
+    kernels.extend(cached("kernel", "vmlinux"));
     let kernel = pick("the guest kernel (vmlinux)", KERNEL_ENV, kernels)?;
+    let jailer = pick(
+        "mvm-jailer",
+        JAILER_ENV,
+        vec![dir.join("mvm-jailer"), "/usr/local/bin/mvm-jailer".into()],
+    )?;
+    let mut virtiofsds = vec![
+        prefix.join("lib/mvm/virtiofsd"),
+        "/usr/local/lib/mvm/virtiofsd".into(),
+    ];
+    virtiofsds.extend(cached("virtiofsd", "bin/virtiofsd"));
+    let virtiofsd = pick("virtiofsd", VIRTIOFSD_ENV, virtiofsds)?;
     Ok(Sources {
         mvmd: mvmd.to_path_buf(),
         vmm,
         init,
         kernel,
+        jailer,
+        virtiofsd,
     })
 }
 
-/// Builds of resources/kernel/build.sh in the kernel cache, newest first.
-fn cached_kernels() -> Vec<PathBuf> {
+/// Builds in the cache of resources/<what>/build.sh (`<cache>/<what>/<version>/<file>`),
+/// newest first.
+fn cached(what: &str, file: &str) -> Vec<PathBuf> {
     let cache = std::env::var_os("MVM_CACHE")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/mvm"));
-    let Ok(rd) = fs::read_dir(cache.join("kernel")) else {
+    let Ok(rd) = fs::read_dir(cache.join(what)) else {
         return Vec::new();
     };
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = rd
         .filter_map(|e| e.ok())
-        .map(|e| e.path().join("vmlinux"))
+        .map(|e| e.path().join(file))
         .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
     found.sort_by_key(|f| std::cmp::Reverse(f.0));
@@ -331,25 +385,9 @@ pub fn manifest(artifacts: &[Artifact]) -> String {
 /// `running` (what a running machine was started with); a file that is
 /// gone counts as changed.
 pub fn changed_since(running: &[Artifact], memo: &Path) -> Vec<String> {
-    let Some(mvmd) = running.iter().find(|a| a.name == "mvmd") else {
-        return Vec::new();
-    };
-    let by_name = |n: &str| {
-        running
-            .iter()
-            .find(|a| a.name == n)
-            .map(|a| a.source.clone())
-    };
-    let (Some(vmm), Some(init), Some(kernel)) =
-        (by_name("mvm-vmm"), by_name("mvm-init"), by_name("vmlinux"))
-    else {
-        return Vec::new();
-    };
-    let sources = Sources {
-        mvmd: mvmd.source.clone(),
-        vmm,
-        init,
-        kernel,
+    let Some(sources) = Sources::of(running) else {
+        // Started by an mvctl that knew fewer programs: restart it.
+        return running.iter().map(|a| a.name.clone()).collect();
     };
     match hash_all(&sources, memo) {
         Ok(now) => running
@@ -385,7 +423,8 @@ mod tests {
     }
 
     fn tree(root: &Path) -> PathBuf {
-        // An install layout: bin/mvmd, bin/mvm-vmm, lib/mvm/{mvm-init,vmlinux}.
+        // An install layout: bin/{mvmd,mvm-vmm,mvm-jailer},
+        // lib/mvm/{mvm-init,vmlinux,virtiofsd}.
         fs::create_dir_all(root.join("bin")).unwrap();
         fs::create_dir_all(root.join("lib/mvm")).unwrap();
         for (p, c) in [
@@ -393,6 +432,8 @@ mod tests {
             ("bin/mvm-vmm", "v"),
             ("lib/mvm/mvm-init", "i"),
             ("lib/mvm/vmlinux", "k"),
+            ("bin/mvm-jailer", "j"),
+            ("lib/mvm/virtiofsd", "f"),
         ] {
             fs::write(root.join(p), c).unwrap();
         }
