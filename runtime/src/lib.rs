@@ -119,6 +119,7 @@ pub enum RuntimeError {
     Share(#[from] share::ShareError),
     #[error(transparent)]
     Jail(#[from] jail::JailError),
+    #[error(transparent)]
     Volume(#[from] VolumeError),
 }
 
