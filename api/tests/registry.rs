@@ -78,7 +78,7 @@ impl Mvmd {
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("artifacts");
         std::fs::create_dir_all(&fake).unwrap();
-        for f in ["vmlinux", "mvm-init", "mvm-vmm"] {
+        for f in ["vmlinux", "mvm-init", "mvm-vmm", "mvm-jailer"] {
             std::fs::write(fake.join(f), b"not used: no microVM boots here").unwrap();
         }
         std::fs::create_dir_all(dir.path().join("home")).unwrap();

@@ -123,7 +123,7 @@ fn start(dir: tempfile::TempDir, extra: &[String]) -> Daemon {
     let d = dir.path();
     let fake = d.join("artifacts");
     std::fs::create_dir_all(&fake).unwrap();
-    for f in ["vmlinux", "mvm-init", "mvm-vmm"] {
+    for f in ["vmlinux", "mvm-init", "mvm-vmm", "mvm-jailer"] {
         std::fs::write(fake.join(f), b"not used: no microVM boots here").unwrap();
     }
     std::fs::write(d.join("token"), "a-token-of-sufficient-length\n").unwrap();

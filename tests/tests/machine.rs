@@ -78,6 +78,16 @@ impl TmpInstall {
                 PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
             }
         };
+        let virtiofsd = match std::env::var_os("MVM_VIRTIOFSD") {
+            Some(v) => PathBuf::from(v),
+            None => {
+                let out = Command::new(repo.join("resources/virtiofsd/build.sh"))
+                    .arg("--print-path")
+                    .output()
+                    .expect("run resources/virtiofsd/build.sh --print-path");
+                PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+            }
+        };
         let prefix = tempfile::Builder::new()
             .prefix("mvm-install-")
             .tempdir_in("/tmp")
@@ -91,11 +101,12 @@ impl TmpInstall {
                 panic!("copy {} to {to}: {e} (make build kernel?)", from.display())
             });
         };
-        for b in ["mvctl", "mvmd", "mvm-vmm"] {
+        for b in ["mvctl", "mvmd", "mvm-vmm", "mvm-jailer"] {
             copy(&profile_dir.join(b), &format!("bin/{b}"));
         }
         copy(&init, "lib/mvm/mvm-init");
         copy(&kernel, "lib/mvm/vmlinux");
+        copy(&virtiofsd, "lib/mvm/virtiofsd");
         for f in [
             "run",
             "init",

@@ -483,7 +483,7 @@ mod tests {
             first,
             format!("mvmd {} 1 {}", a[0].sha256, root.join("bin/mvmd").display())
         );
-        assert_eq!(text.lines().count(), 4);
+        assert_eq!(text.lines().count(), NAMES.len());
 
         // A missing program is named with where it was looked for.
         fs::remove_file(root.join("lib/mvm/mvm-init")).unwrap();
@@ -504,15 +504,20 @@ mod tests {
         fs::create_dir_all(t.join("x86_64-unknown-linux-gnu/release")).unwrap();
         fs::write(t.join("debug/mvmd"), "d").unwrap();
         fs::write(t.join("debug/mvm-vmm"), "v").unwrap();
+        fs::write(t.join("debug/mvm-jailer"), "j").unwrap();
         fs::write(t.join("x86_64-unknown-linux-gnu/release/mvm-init"), "i").unwrap();
-        // The kernel comes from the cache or /usr/local when the tree has
-        // none; skip the check if this host has neither.
+        // The kernel and virtiofsd come from the cache or /usr/local when
+        // the tree has none; skip the check if this host has neither.
         match locate_with(&t.join("debug/mvmd"), &no_env) {
             Ok(s) => {
                 assert_eq!(s.init, t.join("x86_64-unknown-linux-gnu/release/mvm-init"));
                 assert_eq!(s.vmm, t.join("debug/mvm-vmm"));
+                assert_eq!(s.jailer, t.join("debug/mvm-jailer"));
             }
-            Err(e) => assert!(e.to_string().contains("guest kernel"), "{e}"),
+            Err(e) => assert!(
+                e.to_string().contains("guest kernel") || e.to_string().contains("virtiofsd"),
+                "{e}"
+            ),
         }
     }
 }
