@@ -5,9 +5,9 @@ PREFIX ?= /usr/local
 CARGO ?= cargo
 INIT_TARGET := x86_64-unknown-linux-gnu
 INIT_BIN := target/$(INIT_TARGET)/release/mvm-init
-BINARIES := mvm-vmm mvmd mvctl containerd-shim-mvm-v1
+BINARIES := mvm-vmm mvm-jailer mvmd mvctl containerd-shim-mvm-v1
 
-.PHONY: all deps kernel images init build build-release unit e2e lint test demo install bench clean
+.PHONY: all deps kernel images init build build-release unit e2e lint test demo install bench clean fuzz fuzz-smoke
 
 all: build
 
@@ -43,9 +43,22 @@ e2e: kernel build images
 
 lint:
 	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: deps kernel build lint unit e2e
+test: deps kernel build lint unit fuzz-smoke e2e
+
+# libFuzzer targets for every parser of hostile input (fuzz/README.md).
+# The smoke run gives each target FUZZ_SMOKE_SECONDS so the targets keep
+# building and shallow crashes are caught; `make fuzz` runs each for
+# FUZZ_SECONDS and prints a table of executions, coverage and corpus.
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_SECONDS ?= 300
+fuzz-smoke:
+	resources/fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
+
+fuzz:
+	resources/fuzz/run.sh $(FUZZ_SECONDS)
 
 demo: deps kernel build
 	resources/demo.sh

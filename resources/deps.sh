@@ -8,7 +8,7 @@ PACKAGES="
   linux-source-6.12 flex bison libelf-dev bc
   qemu-system-x86 linux-image-amd64
   docker-registry skopeo apache2-utils debootstrap
-  iproute2 procps psmisc file
+  iproute2 procps psmisc file nftables
   libcap-ng-dev libseccomp-dev
   containerd
 "

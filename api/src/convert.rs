@@ -9,16 +9,18 @@
 
 use mvm_api::logs as api_logs;
 use mvm_api::sandbox as api;
+use mvm_api::volume as vol;
 use mvm_api::ErrorCode;
 use mvm_runtime::logs::{LogRecord, Stream};
 use mvm_runtime::{
-    ErrorKind, ExitReason, ResourceRequest, RestartPolicy, SandboxRequest, SandboxSpec, State,
-    Status,
+    ErrorKind, ExitReason, MountSpec, ResourceRequest, RestartPolicy, SandboxRequest, SandboxSpec,
+    State, Status,
 };
 
-/// A create request in the runtime's terms (the name stays mvmd's).
-pub fn sandbox_request(r: &api::CreateRequest) -> SandboxRequest {
-    SandboxRequest {
+/// A create request in the runtime's terms (the name stays mvmd's); a
+/// mount the runtime cannot express is refused with the reason.
+pub fn sandbox_request(r: &api::CreateRequest) -> Result<SandboxRequest, String> {
+    Ok(SandboxRequest {
         image: r.image.clone(),
         cmd: r.cmd.clone(),
         entrypoint: r.entrypoint.clone(),
@@ -38,7 +40,146 @@ pub fn sandbox_request(r: &api::CreateRequest) -> SandboxRequest {
         auto_remove: r.auto_remove,
         stop_signal: r.stop_signal.clone(),
         stop_timeout: r.stop_timeout,
+        mounts: r.mounts.iter().map(mount).collect::<Result<_, _>>()?,
+        read_only_root: r.read_only_rootfs,
+    })
+}
+
+/// One requested mount in the runtime's terms. A volume mount without a
+/// source is a new anonymous volume (a random name). The runtime checks
+/// paths and names ([`mvm_runtime::volume::validate`]).
+pub fn mount(m: &vol::MountRequest) -> Result<MountSpec, String> {
+    let tmpfs_only =
+        m.tmpfs_size.is_some() || m.tmpfs_mode.is_some() || !m.tmpfs_options.is_empty();
+    if tmpfs_only && m.kind != vol::MountType::Tmpfs {
+        return Err(format!(
+            "mount on {:?}: tmpfs size, mode and options apply to type=tmpfs only",
+            m.target
+        ));
     }
+    Ok(match m.kind {
+        vol::MountType::Bind => MountSpec::Bind {
+            source: m
+                .source
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "bind mount on {:?} has no source; give the host directory",
+                        m.target
+                    )
+                })?
+                .into(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+        },
+        vol::MountType::Volume => {
+            let given = m.source.as_deref().filter(|s| !s.is_empty());
+            MountSpec::Volume {
+                name: given
+                    .map(str::to_string)
+                    .unwrap_or_else(mvm_runtime::names::new_id),
+                target: m.target.clone(),
+                read_only: m.read_only,
+                anonymous: given.is_none(),
+            }
+        }
+        vol::MountType::Tmpfs => {
+            if m.source.as_deref().is_some_and(|s| !s.is_empty()) {
+                return Err(format!(
+                    "tmpfs on {:?} takes no source; drop source=",
+                    m.target
+                ));
+            }
+            let mut t = mvm_runtime::volume::default_tmpfs(&m.target);
+            t.read_only = m.read_only;
+            t.size_bytes = m.tmpfs_size;
+            t.mode = m.tmpfs_mode;
+            for o in &m.tmpfs_options {
+                match o.as_str() {
+                    "exec" => t.noexec = false,
+                    "noexec" => t.noexec = true,
+                    "suid" => t.nosuid = false,
+                    "nosuid" => t.nosuid = true,
+                    "dev" => t.nodev = false,
+                    "nodev" => t.nodev = true,
+                    "rw" => t.read_only = false,
+                    "ro" => t.read_only = true,
+                    other => {
+                        return Err(format!(
+                            "tmpfs on {:?}: unknown option {other:?}; use size=, mode=, exec, noexec, suid, nosuid, dev, nodev, ro, rw",
+                            m.target
+                        ))
+                    }
+                }
+            }
+            MountSpec::Tmpfs(t)
+        }
+    })
+}
+
+/// A sandbox's mounts as inspect shows them (Docker's `Mounts`).
+pub fn mount_points(s: &SandboxSpec, volumes: &mvm_runtime::VolumeDirs) -> Vec<vol::MountPoint> {
+    let mode = |ro: bool| if ro { "ro" } else { "rw" }.to_string();
+    s.mounts
+        .iter()
+        .map(|m| match m {
+            MountSpec::Bind {
+                source,
+                target,
+                read_only,
+            } => vol::MountPoint {
+                kind: vol::MountType::Bind,
+                name: None,
+                source: source.display().to_string(),
+                destination: target.clone(),
+                driver: None,
+                mode: mode(*read_only),
+                rw: !read_only,
+            },
+            MountSpec::Volume {
+                name,
+                target,
+                read_only,
+                ..
+            } => vol::MountPoint {
+                kind: vol::MountType::Volume,
+                name: Some(name.clone()),
+                source: volumes.data(name).display().to_string(),
+                destination: target.clone(),
+                driver: Some("local".into()),
+                mode: mode(*read_only),
+                rw: !read_only,
+            },
+            MountSpec::Tmpfs(t) => {
+                let mut opts = vec![mode(t.read_only)];
+                for (on, name) in [
+                    (t.noexec, "noexec"),
+                    (t.nosuid, "nosuid"),
+                    (t.nodev, "nodev"),
+                ] {
+                    if on {
+                        opts.push(name.into());
+                    }
+                }
+                if let Some(sz) = t.size_bytes {
+                    opts.push(format!("size={sz}"));
+                }
+                if let Some(m) = t.mode {
+                    opts.push(format!("mode={m:o}"));
+                }
+                vol::MountPoint {
+                    kind: vol::MountType::Tmpfs,
+                    name: None,
+                    source: String::new(),
+                    destination: t.target.clone(),
+                    driver: None,
+                    mode: opts.join(","),
+                    rw: !t.read_only,
+                }
+            }
+        })
+        .collect()
 }
 
 /// The API's restart policy in the runtime's terms.
@@ -136,6 +277,7 @@ pub fn host_config(s: &SandboxSpec) -> api::HostConfig {
         memory_mib: s.resources.memory_mib,
         restart_policy: api_restart_policy(&s.lifecycle.restart_policy),
         auto_remove: s.lifecycle.auto_remove,
+        read_only_rootfs: s.read_only_root,
     }
 }
 
@@ -200,8 +342,14 @@ mod tests {
             auto_remove: false,
             stop_signal: Some("SIGINT".into()),
             stop_timeout: Some(3),
+            mounts: vec![],
+            read_only_rootfs: true,
+            // The network fields are mvmd's (`network::SandboxNet`), not
+            // the runtime's.
+            ..Default::default()
         };
-        let s = sandbox_request(&r);
+        let s = sandbox_request(&r).unwrap();
+        assert!(s.read_only_root);
         assert_eq!(s.image, "busybox");
         assert_eq!(s.cmd, r.cmd);
         assert_eq!(s.entrypoint, Some(vec![]));
@@ -216,5 +364,55 @@ mod tests {
             (Some("SIGINT"), Some(3))
         );
         assert_eq!(s.labels, r.labels);
+    }
+
+    #[test]
+    fn mount_requests_become_runtime_mounts_or_clear_errors() {
+        let req = |kind, source: Option<&str>, target: &str| vol::MountRequest {
+            kind,
+            source: source.map(Into::into),
+            target: target.into(),
+            read_only: false,
+            tmpfs_size: None,
+            tmpfs_mode: None,
+            tmpfs_options: vec![],
+        };
+        use vol::MountType::*;
+        let anon = mount(&req(Volume, None, "/d")).unwrap();
+        assert!(
+            matches!(&anon, MountSpec::Volume { anonymous: true, name, .. } if name.len() == 64)
+        );
+        let named = mount(&req(Volume, Some("data"), "/d")).unwrap();
+        assert!(
+            matches!(&named, MountSpec::Volume { anonymous: false, name, .. } if name == "data")
+        );
+        let e = mount(&req(Bind, None, "/d")).unwrap_err();
+        assert!(e.contains("no source"), "{e}");
+        let e = mount(&req(Tmpfs, Some("x"), "/d")).unwrap_err();
+        assert!(e.contains("no source"), "{e}");
+        let e = mount(&vol::MountRequest {
+            tmpfs_size: Some(1 << 20),
+            ..req(Bind, Some("/x"), "/d")
+        })
+        .unwrap_err();
+        assert!(e.contains("type=tmpfs only"), "{e}");
+        let e = mount(&vol::MountRequest {
+            tmpfs_options: vec!["exec".into(), "rbind".into()],
+            ..req(Tmpfs, None, "/t")
+        })
+        .unwrap_err();
+        assert!(e.contains("\"rbind\""), "{e}");
+        let MountSpec::Tmpfs(t) = mount(&vol::MountRequest {
+            tmpfs_options: vec!["exec".into()],
+            tmpfs_size: Some(1 << 20),
+            ..req(Tmpfs, None, "/t")
+        })
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (t.noexec, t.nosuid, t.nodev, t.size_bytes),
+            (false, true, true, Some(1 << 20))
+        );
     }
 }

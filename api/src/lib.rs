@@ -12,9 +12,11 @@ pub mod exec;
 pub mod http;
 pub mod loghub;
 pub mod manager;
+pub mod network;
 pub mod output;
 pub mod registry;
 pub mod tls;
+pub mod volumes;
 
 use std::fs;
 use std::io;
@@ -63,10 +65,23 @@ pub struct Config {
     pub vmm_log_filter: Option<String>,
     /// Machine mode (reported by `/v1/info`).
     pub machine: bool,
+    /// How VMMs are jailed; `None`: not at all (`--no-jail`).
+    pub jail: Option<JailOptions>,
     /// Group of the Unix socket (mode 0660).
     pub socket_group: Option<String>,
     /// TLS on the TCP listener.
     pub tls: Option<tls::TlsFiles>,
+    /// `--no-network`: no host networking (sandboxes get `lo` only).
+    pub no_network: bool,
+}
+
+/// `--jail-uid-range` and `--jailer`.
+#[derive(Debug, Clone)]
+pub struct JailOptions {
+    /// uids (and gids) of the VMMs.
+    pub uids: mvm_runtime::UidRange,
+    /// The jailer (default: next to the VMM).
+    pub jailer: Option<PathBuf>,
 }
 
 impl Config {
@@ -204,7 +219,21 @@ pub async fn run(cfg: Config) -> Result<()> {
     private_umask();
     let _lock = lock_root(&cfg.layout)?;
     let artifacts = mvm_runtime::Artifacts::locate(&cfg.artifacts)?;
+    let jail = match &cfg.jail {
+        Some(j) => Some(mvm_runtime::JailConfig::locate(
+            &artifacts.vmm,
+            j.jailer.clone(),
+            j.uids,
+        )?),
+        None => {
+            tracing::warn!(
+                "--no-jail: VMMs run unconfined, as root; a VMM bug is host root (debugging only)"
+            );
+            None
+        }
+    };
     let rt = Runtime::new(RuntimeConfig {
+        jail,
         layout: cfg.layout.clone(),
         artifacts,
         defaults: cfg.defaults.clone(),
@@ -216,7 +245,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     let db = db::Db::open(&cfg.layout.db())?;
     let socket = cfg.socket_path();
     let unix = bind_unix(&socket, cfg.socket_group.as_deref())?;
-    let manager = manager::Manager::new(rt, db);
+    let net = network::Networks::start(&db, cfg.no_network)
+        .await
+        .context("starting host networking")?;
+    let manager = manager::Manager::new(rt, db, net);
     manager.recover().await.context("recovering the state")?;
     let daemon = Arc::new(Daemon {
         manager,

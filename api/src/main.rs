@@ -79,9 +79,25 @@ struct Args {
     /// `MVM_LOG` for the VMMs.
     #[arg(long)]
     vmm_log: Option<String>,
+    /// Run VMMs unconfined, as root, without mvm-jailer (debugging only:
+    /// a VMM bug is then host root). `mvctl system info` shows it.
+    #[arg(long)]
+    no_jail: bool,
+    /// The uids (and gids) jailed VMMs run as, one per sandbox:
+    /// START-END or START:COUNT.
+    #[arg(long, value_name = "RANGE", default_value = "100000-165535")]
+    jail_uid_range: mvm_runtime::UidRange,
+    /// mvm-jailer binary (default: next to mvm-vmm).
+    #[arg(long, env = "MVM_JAILER")]
+    jailer: Option<PathBuf>,
     /// Report "machine" mode (set when running inside the emulated KVM host).
     #[arg(long, hide = true)]
     machine: bool,
+    /// No host networking: sandboxes get no network interface but `lo`
+    /// (for hosts where mvmd must not make bridges and nftables rules, and
+    /// for a second mvmd on a host: the host's networking has one owner).
+    #[arg(long, env = "MVM_NO_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
+    no_network: bool,
 }
 
 fn main() {
@@ -134,6 +150,11 @@ fn main() {
         vmm_log_max: a.vmm_log_max,
         vmm_log_filter: a.vmm_log,
         machine: a.machine,
+        jail: (!a.no_jail).then_some(mvmd::JailOptions {
+            uids: a.jail_uid_range,
+            jailer: a.jailer,
+        }),
+        no_network: a.no_network,
         socket_group: a.group,
         tls: match (a.tlscert, a.tlskey) {
             (Some(cert), Some(key)) => Some(mvmd::tls::TlsFiles {

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::db::{Db, DbError, Internal, Row};
 use crate::loghub::LogHub;
+use crate::network::{Networks, SandboxNet, Who};
 use crate::output::{self, Link};
 
 /// Result of manager operations: API errors with stable codes.
@@ -144,6 +145,7 @@ struct Inner {
 pub struct Manager {
     rt: Runtime,
     db: Db,
+    net: Networks,
     inner: Mutex<Inner>,
 }
 
@@ -156,10 +158,11 @@ const AGENT_CONNECT: Duration = Duration::from_secs(2);
 
 impl Manager {
     /// A manager over `rt` and `db` (call [`Manager::recover`] next).
-    pub fn new(rt: Runtime, db: Db) -> Arc<Self> {
+    pub fn new(rt: Runtime, db: Db, net: Networks) -> Arc<Self> {
         Arc::new(Self {
             rt,
             db,
+            net,
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -172,6 +175,30 @@ impl Manager {
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The networks.
+    pub fn networks(&self) -> &Networks {
+        &self.net
+    }
+
+    /// Sandbox id to name, for network views.
+    pub fn sandbox_names(&self) -> HashMap<String, String> {
+        self.entries()
+            .iter()
+            .map(|e| (e.id.clone(), e.row().spec.name.clone()))
+            .collect()
+    }
+
+    /// Names of the sandboxes whose settings name network `n`.
+    pub fn network_users(&self, n: &mvm_net::NetworkSpec) -> Vec<String> {
+        self.entries()
+            .iter()
+            .filter_map(|e| {
+                let r = e.row();
+                Networks::names(n, &r.internal.network).then(|| r.spec.name.clone())
+            })
+            .collect()
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -283,18 +310,36 @@ impl Manager {
         req: CreateRequest,
     ) -> Result<CreateResponse> {
         let id = mvm_runtime::names::new_id();
+        let exposed = if req.publish_all {
+            self.rt
+                .store()
+                .resolve(&req.image)
+                .map(|r| r.image_config().exposed_ports)
+                .unwrap_or_default()
+        } else {
+            vec![]
+        };
+        let network = SandboxNet::from_request(&req, &exposed)?;
+        self.net.check_exists(&self.db, &network.network)?;
         let rt = self.rt.clone();
         let (id2, name2) = (id.clone(), name.to_string());
-        let req = convert::sandbox_request(&req);
+        let req = convert::sandbox_request(&req).map_err(|m| err(ErrorCode::BadRequest, m))?;
         let created = tokio::task::spawn_blocking(move || rt.create(&id2, &name2, &req))
             .await
             .map_err(internal)?
             .map_err(runtime_err)?;
+        if let Err(e) = self.record_volumes(&created.spec).await {
+            let _ = self.rt.remove(&id);
+            return Err(e);
+        }
         let row = Row {
             spec: created.spec,
             created: now(),
             state: state::created(),
-            internal: Internal::default(),
+            internal: Internal {
+                network,
+                ..Internal::default()
+            },
         };
         if let Err(e) = self.db.insert(&row) {
             let _ = self.rt.remove(&id);
@@ -325,16 +370,42 @@ impl Manager {
     /// Start with the operation lock held. `manual`: a user's start,
     /// which resets the restart count and the manual-stop mark.
     async fn start_locked(self: &Arc<Self>, e: &Arc<Entry>, manual: bool) -> Result<Vec<String>> {
-        let spec = e.row().spec.clone();
+        let (spec, settings) = {
+            let r = e.row();
+            (r.spec.clone(), r.internal.network.clone())
+        };
         let rt = self.rt.clone();
         let t0 = Instant::now();
         let size = e.link.size().filter(|_| spec.process.tty);
-        let started = tokio::task::spawn_blocking(move || rt.start_sized(&spec, size))
+        let who = Who {
+            id: &spec.id,
+            name: &spec.name,
+            hostname: &spec.hostname,
+        };
+        let attached = match self.net.attach(&self.db, who, &settings).await {
+            Ok(a) => a,
+            Err(er) => {
+                tracing::warn!(sandbox = %e.id, "start failed: {}", er.message);
+                let t = now();
+                self.update(e, |r| {
+                    r.state = state::start_failed(&r.state, &er.message, &t);
+                    r.internal.vmm = None;
+                })?;
+                let code = e.row().state.exit_code.unwrap_or(125);
+                e.logs.exited(code);
+                return Err(er);
+            }
+        };
+        let boot = attached.boot;
+        let started = tokio::task::spawn_blocking(move || rt.start_with(&spec, size, &[], &boot))
             .await
             .map_err(internal)?;
         let started = match started {
             Ok(s) => s,
             Err(er) => {
+                if let Err(d) = self.net.detach(&self.db, &e.id).await {
+                    tracing::warn!(sandbox = %e.id, "releasing its network endpoint: {}", d.message);
+                }
                 let msg = er.to_string();
                 tracing::warn!(sandbox = %e.id, "start failed: {msg}");
                 let t = now();
@@ -359,10 +430,15 @@ impl Manager {
             r.state = state::started(&r.state, proc.pid, &t);
             r.internal.vmm = Some(proc);
             r.internal.intent = Intent::None;
+            if attached.ip.is_some() {
+                r.internal.network.last_ip = attached.ip;
+            }
         })?;
         tracing::info!(sandbox = %e.id, pid = proc.pid, elapsed_ms = t0.elapsed().as_millis() as u64, "started");
         self.supervise(e.clone(), proc);
-        Ok(started.warnings)
+        let mut warnings = attached.warnings;
+        warnings.extend(started.warnings);
+        Ok(warnings)
     }
 
     /// Watch a running VMM: collect the workload's output through the
@@ -401,6 +477,12 @@ impl Manager {
             }
             let _ = stop_tx.send(true);
             let _ = pump.await;
+            // The endpoint (TAP, rules, published ports) goes before the
+            // end is visible anywhere (a `logs -f` ending, the state), so
+            // whoever sees the end can bind its host ports again.
+            if let Err(er) = me.net.detach(&me.db, &e.id).await {
+                tracing::warn!(sandbox = %e.id, "releasing its network endpoint: {}", er.message);
+            }
             e.logs.end();
             me.on_exit(&e).await;
         });
@@ -421,6 +503,12 @@ impl Manager {
             info
         })
         .await;
+        // Its TAP, rules and published ports go with the VMM (already
+        // done by `supervise`; this is for a VMM that ended while mvmd was
+        // down).
+        if let Err(er) = self.net.detach(&self.db, &e.id).await {
+            tracing::warn!(sandbox = %e.id, "releasing its network endpoint: {}", er.message);
+        }
         let info = match info {
             Ok(i) => i,
             Err(er) => {
@@ -489,7 +577,8 @@ impl Manager {
                 let me = self.clone();
                 let id = e.id.clone();
                 tokio::spawn(async move {
-                    if let Err(er) = me.remove(&id, false).await {
+                    // --rm takes the sandbox's anonymous volumes along.
+                    if let Err(er) = me.remove(&id, false, true).await {
                         if er.code != ErrorCode::NotFound {
                             tracing::warn!(sandbox = %id, "auto-remove failed: {}", er.message);
                         }
@@ -679,8 +768,9 @@ impl Manager {
 
     // ----- remove -----
 
-    /// Remove (a running sandbox only with `force`, which kills it).
-    pub async fn remove(self: &Arc<Self>, key: &str, force: bool) -> Result<()> {
+    /// Remove (a running sandbox only with `force`, which kills it), and
+    /// with `volumes` its anonymous volumes no other sandbox uses.
+    pub async fn remove(self: &Arc<Self>, key: &str, force: bool, volumes: bool) -> Result<()> {
         let e = self.get(key)?;
         let _op = e.op.lock().await;
         if e.watch.borrow().removed {
@@ -711,10 +801,14 @@ impl Manager {
                 )));
             }
         }
-        self.finish_remove(&e).await
+        self.finish_remove(&e, volumes).await
     }
 
-    async fn finish_remove(&self, e: &Arc<Entry>) -> Result<()> {
+    /// Release the sandbox's network endpoint, delete its files and row;
+    /// with `volumes`, its anonymous volumes too, before waiters hear of the
+    /// removal (so `run --rm` returns with them gone).
+    async fn finish_remove(&self, e: &Arc<Entry>, volumes: bool) -> Result<()> {
+        self.net.detach(&self.db, &e.id).await?;
         let rt = self.rt.clone();
         let id = e.id.clone();
         tokio::task::spawn_blocking(move || rt.remove(&id))
@@ -737,6 +831,9 @@ impl Manager {
             inner.tombs.retain(|_, t| t.at.elapsed() < TOMB_TTL);
             inner.tombs.insert(e.id.clone(), tomb.clone());
             inner.tombs.insert(row.spec.name.clone(), tomb);
+        }
+        if volumes {
+            self.remove_anonymous_volumes(&row.spec).await;
         }
         let mut s = snap_of(&row, true);
         s.status = Status::Removing;
@@ -810,12 +907,15 @@ impl Manager {
             host_config: convert::host_config(&r.spec),
             state: convert::state(&r.state),
             paths: self.rt.paths(&r.spec.id).as_map(),
+            mounts: convert::mount_points(&r.spec, &self.rt.volumes()),
+            network_settings: self.net.settings(&self.db, &r.spec.id, &r.internal.network),
         }
     }
 
     /// `GET /v1/sandboxes`.
     pub fn list(&self, all: bool, labels: &[(String, Option<String>)]) -> Vec<SandboxSummary> {
         let mut rows: Vec<Row> = self.entries().iter().map(|e| e.snapshot()).collect();
+        let mut ports = self.net.ports(&self.db);
         rows.sort_by(|a, b| b.created.cmp(&a.created));
         rows.into_iter()
             .filter(|r| all || matches!(r.state.status, Status::Running | Status::Restarting))
@@ -836,6 +936,7 @@ impl Manager {
                 status_text: status_text(&r.state),
                 exit_code: r.state.exit_code,
                 labels: r.spec.labels.clone(),
+                ports: ports.remove(&r.spec.id).unwrap_or_default(),
             })
             .collect()
     }
@@ -892,7 +993,10 @@ impl Manager {
                     if let Some(v) = alive {
                         let _ = v.signal(libc::SIGKILL);
                     }
-                    if let Err(er) = self.finish_remove(&e).await {
+                    // Whether `rm -v` was asked is not stored: --rm's
+                    // anonymous volumes go, others stay (prune finds them).
+                    let volumes = row.spec.lifecycle.auto_remove;
+                    if let Err(er) = self.finish_remove(&e, volumes).await {
                         tracing::warn!(sandbox = %e.id, "finishing an interrupted removal: {}", er.message);
                     }
                 }

@@ -78,13 +78,14 @@ impl Mvmd {
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("artifacts");
         std::fs::create_dir_all(&fake).unwrap();
-        for f in ["vmlinux", "mvm-init", "mvm-vmm"] {
+        for f in ["vmlinux", "mvm-init", "mvm-vmm", "mvm-jailer"] {
             std::fs::write(fake.join(f), b"not used: no microVM boots here").unwrap();
         }
         std::fs::create_dir_all(dir.path().join("home")).unwrap();
         let log = std::fs::File::create(dir.path().join("mvmd.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mvmd"));
-        cmd.arg("--root")
+        cmd.arg("--no-network")
+            .arg("--root")
             .arg(dir.path().join("root"))
             .arg("--run-dir")
             .arg(dir.path().join("run"))

@@ -123,14 +123,15 @@ fn start(dir: tempfile::TempDir, extra: &[String]) -> Daemon {
     let d = dir.path();
     let fake = d.join("artifacts");
     std::fs::create_dir_all(&fake).unwrap();
-    for f in ["vmlinux", "mvm-init", "mvm-vmm"] {
+    for f in ["vmlinux", "mvm-init", "mvm-vmm", "mvm-jailer"] {
         std::fs::write(fake.join(f), b"not used: no microVM boots here").unwrap();
     }
     std::fs::write(d.join("token"), "a-token-of-sufficient-length\n").unwrap();
     let port = free_port();
     let log = std::fs::File::create(d.join("mvmd.log")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mvmd"));
-    cmd.arg("--root")
+    cmd.arg("--no-network")
+        .arg("--root")
         .arg(d.join("root"))
         .arg("--run-dir")
         .arg(d.join("run"))

@@ -35,6 +35,7 @@ def op(summary, params=(), body=None, responses=None, tag="sandboxes"):
 jreq = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}
 tar = {"required": True, "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}
 VIA_AGENT = "Served by the guest agent over vsock; invalid_state (409) when the sandbox is not running or its agent does not answer."
+VOLUME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "Volume name"}
 EXEC_ID = {"name": "exec_id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "Exec session id"}
 
 paths = {
@@ -53,7 +54,8 @@ paths = {
        responses={"201": jbody(ref("CreateResponse"), "Created"), **errs(404, 409, 507)})},
  "/v1/sandboxes/{id}": {
    "get": op("Inspect", [ID], responses={"200": jbody(ref("SandboxInfo")), **errs(404)}),
-   "delete": op("Remove (running sandboxes need force, which kills them)", [ID, q("force", "boolean")],
+   "delete": op("Remove (running sandboxes need force, which kills them; v also removes its anonymous volumes)",
+       [ID, q("force", "boolean"), q("v", "boolean", "remove the sandbox's anonymous volumes no other sandbox uses")],
        responses={"204": NO, **errs(404, 409)})},
  "/v1/sandboxes/{id}/start": {"post": op("Start", [ID], responses={"204": NO,
      "200": jbody(ref("Warnings"), "Started with warnings (e.g. CPU quota not enforced)"), **errs(404, 409, 507)})},
@@ -136,6 +138,18 @@ paths = {
  "/v1/auth/login": {"post": op("Check registry credentials against the registry (mvmd stores nothing; the client keeps them)",
      body=jreq(ref("LoginRequest")), tag="images",
      responses={"200": jbody(ref("LoginResponse")), **errs(401, 403, 502)})},
+ "/v1/volumes": {
+   "get": op("List volumes", [q("filter", desc="name=, label=k or label=k=v, dangling=true|false, driver=; repeatable", array=True),
+       q("size", "boolean", "include usage_data")], tag="volumes", responses={"200": jbody(ref("VolumeList"))}),
+   "post": op("Create a volume (an existing one of that name is returned)", body=jreq(ref("VolumeCreateRequest")),
+       tag="volumes", responses={"201": jbody(ref("Volume"), "Created")})},
+ "/v1/volumes/prune": {"post": op("Remove volumes no sandbox uses: anonymous ones, all with all=true",
+     [q("all", "boolean"), q("filter", desc="as for the list; repeatable", array=True)], tag="volumes",
+     responses={"200": jbody(ref("VolumePruneResponse"))})},
+ "/v1/volumes/{name}": {
+   "get": op("Inspect a volume", [VOLUME], tag="volumes", responses={"200": jbody(ref("Volume")), **errs(404)}),
+   "delete": op("Remove a volume (conflict while a sandbox uses it, naming the sandboxes)",
+       [VOLUME, q("force", "boolean", "no error when it does not exist")], tag="volumes", responses={"204": NO, **errs(404, 409)})},
  "/v1/build": {"post": op("Build an image from a Dockerfile; RUN steps run in microVMs",
      [q("t", desc="NAME[:TAG]; repeatable; untagged when absent", array=True),
       q("dockerfile", desc="path of the Dockerfile inside the context (default Dockerfile)"),
@@ -156,6 +170,7 @@ restart = {"type": "object", "required": ["name"], "properties": {
     "maximum_retry_count": i}}
 status = {"type": "string", "enum": ["created", "running", "restarting", "exited", "removing"]}
 reason = {"type": "string", "enum": ["exited", "stopped", "killed", "oom_killed", "guest_crashed", "vmm_died", "start_failed", "vmm_error"], "nullable": True}
+mtype = {"type": "string", "enum": ["bind", "volume", "tmpfs"]}
 codes = ["bad_request", "unauthorized", "not_found", "conflict", "invalid_state", "resource_unavailable", "registry_auth", "forbidden", "upstream", "internal"]
 schemas = {
  "Error": {**S(code={"type": "string", "enum": codes}, message=st), "required": ["code", "message"]},
@@ -166,16 +181,17 @@ schemas = {
      sandboxes=S(total=i, running=i, stopped=i), images=i, host_cpus=i, host_memory_mib=i),
  "CreateRequest": {**S(image=st, name=nul(st), cmd=nul(arr(st)), entrypoint=nul(arr(st)), env=arr(st),
      working_dir=nul(st), user=nul(st), hostname=nul(st), labels=mp, tty=b, open_stdin=b, vcpus=nul(i),
-     cpus=nul(n), memory_mib=nul(i), restart_policy=restart, auto_remove=b, stop_signal=nul(st), stop_timeout=nul(i)),
+     cpus=nul(n), memory_mib=nul(i), restart_policy=restart, auto_remove=b, stop_signal=nul(st), stop_timeout=nul(i),
+     mounts=arr(ref("MountRequest")), read_only_rootfs=b),
      "required": ["image"], "additionalProperties": False},
  "CreateResponse": S(id=st, warnings=arr(st)),
  "State": S(status=status, running=b, pid=nul(i), exit_code=nul(i), reason=reason, error=nul(st),
      started_at=nul(st), finished_at=nul(st), oom_killed=b, restart_count=i),
  "ProcessConfig": S(entrypoint=arr(st), cmd=arr(st), env=arr(st), working_dir=st, user=st, hostname=st,
      labels=mp, tty=b, open_stdin=b, stop_signal=st, stop_timeout=i),
- "HostConfig": S(vcpus=i, cpus=nul(n), memory_mib=i, restart_policy=restart, auto_remove=b),
+ "HostConfig": S(vcpus=i, cpus=nul(n), memory_mib=i, restart_policy=restart, auto_remove=b, read_only_rootfs=b),
  "SandboxInfo": S(id=st, name=st, image=st, image_id=st, created=st, config=ref("ProcessConfig"),
-     host_config=ref("HostConfig"), state=ref("State"), paths=mp),
+     host_config=ref("HostConfig"), state=ref("State"), paths=mp, mounts=arr(ref("MountPoint"))),
  "SandboxSummary": S(id=st, name=st, image=st, command=st, created=st, status=status, status_text=st,
      exit_code=nul(i), labels=mp),
  "WaitResponse": S(exit_code=i, error=nul(st)),
@@ -199,6 +215,16 @@ schemas = {
  "ExecCreateResponse": S(id=st),
  "TopResponse": S(Titles={"type": "array", "items": st}, Processes={"type": "array", "items": {"type": "array", "items": st}}),
  "ExecInfo": S(id=st, sandbox_id=st, config=ref("ExecCreateRequest"), running=b, pid=nul(i), exit_code=nul(i)),
+ "MountRequest": {**S(type=mtype, source=nul(st), target=st, read_only=b, tmpfs_size=nul(i), tmpfs_mode=nul(i),
+     tmpfs_options=arr({"type": "string", "enum": ["exec", "noexec", "suid", "nosuid", "dev", "nodev", "ro", "rw"]})),
+     "required": ["type", "target"], "additionalProperties": False,
+     "description": "bind: source is an absolute host directory; volume: source is a name (absent: a new anonymous volume); tmpfs: no source"},
+ "MountPoint": S(type=mtype, name=st, source=st, destination=st, driver=st, mode=st, rw=b),
+ "VolumeCreateRequest": {**S(name=nul(st), driver=nul(st), driver_opts=mp, labels=mp), "additionalProperties": False},
+ "Volume": S(name=st, driver=st, mountpoint=st, created_at=st, labels=mp, options=mp, scope=st, anonymous=b,
+     usage_data=S(size=i, ref_count=i)),
+ "VolumeList": S(volumes=arr(ref("Volume")), warnings=arr(st)),
+ "VolumePruneResponse": S(volumes_deleted=arr(st), space_reclaimed=i),
  "Stats": S(read=st, cpu_usage_usec=nul(i), cpu_user_usec=nul(i), cpu_system_usec=nul(i), system_cpu_usec=i,
      online_cpus=i, memory_usage_bytes=nul(i), memory_limit_bytes=nul(i), memory_cache_bytes=nul(i), pids=nul(i),
      block_read_bytes=i, block_write_bytes=i, net_rx_bytes=i, net_tx_bytes=i),

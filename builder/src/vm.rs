@@ -238,7 +238,11 @@ impl Executor for RuntimeExecutor {
         };
         let t = self.runtime.start_transient(&spec)?;
         // The builder is synchronous (it runs on a blocking thread); the
-        // agent client is async: a small runtime of its own per step.
+        // agent client is async: a small runtime of its own per step, on a
+        // thread of its own. `output` is the caller's and may block (mvmd
+        // sends each line to its client through a bounded channel), which
+        // is not allowed inside an async runtime: lines cross a bounded
+        // channel and `output` runs here, outside it.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -247,11 +251,25 @@ impl Executor for RuntimeExecutor {
                 path: req.dir.clone(),
                 source,
             })?;
-        let r = rt.block_on(async {
-            match tokio::time::timeout(self.timeout, drive(&t, req, output)).await {
-                Ok(r) => r,
-                Err(_) => Err(VmError::Timeout(self.timeout)),
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(256);
+        let r = std::thread::scope(|s| {
+            let step = s.spawn(|| {
+                let mut send = move |l: &str| {
+                    // The receiver lives until this thread ends.
+                    let _ = tx.send(l.to_owned());
+                };
+                rt.block_on(async {
+                    match tokio::time::timeout(self.timeout, drive(&t, req, &mut send)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(VmError::Timeout(self.timeout)),
+                    }
+                })
+            });
+            for line in rx {
+                output(&line);
             }
+            step.join()
+                .unwrap_or_else(|_| Err(VmError::Vm("the RUN step's thread panicked".into())))
         });
         if r.is_err() {
             t.kill();

@@ -1,7 +1,8 @@
 //! PID 1's whole life, in order (see the README for the why):
 //! report boot, mount the API filesystems, read the spec, assemble and
 //! switch to the root filesystem, set up the system (API filesystems,
-//! virtio-fs shares, hostname, loopback), start the workload,
+//! virtio-fs shares, hostname, loopback, the spec's network), start the
+//! workload,
 //! reap until it exits, stop the rest, make data durable, power off.
 //! Every failure before the workload runs is printed as
 //! `mvm-init: error: ...`, reported as an `InitError`, and powers off.
@@ -13,8 +14,10 @@ use std::time::Duration;
 use mvm_protocol::launch::{LaunchSpec, SpecError, SPEC_PATH};
 use mvm_protocol::status::{GuestEvent, InitError};
 
+use crate::etcfiles::EtcError;
 use crate::hostname::HostnameError;
 use crate::mounts::MountError;
+use crate::network::NetworkError;
 use crate::process::{Command, SpawnError};
 use crate::reaper::{Reaper, ReaperError};
 use crate::rootfs::{Assembled, RootfsError};
@@ -43,6 +46,10 @@ pub enum Error {
     System(MountError),
     #[error(transparent)]
     Share(#[from] ShareError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Etc(#[from] EtcError),
     #[error("user {spec:?}: {source}")]
     User { spec: String, source: UserError },
     #[error(transparent)]
@@ -62,6 +69,7 @@ impl Error {
             Self::Hostname(_) => InitError::Other,
             Self::Rootfs(_) | Self::Share(_) => InitError::Mount,
             Self::User { .. } => InitError::User,
+            Self::Network(_) | Self::Etc(_) => InitError::Network,
             Self::Spawn(e) => e.code(),
         }
     }
@@ -73,8 +81,22 @@ struct State {
     rootfs: Assembled,
 }
 
+/// `mvm-init --idle`, run as a workload (not as PID 1): wait until a
+/// signal ends the process. The workload of helper guests that only serve
+/// the host through the agent (a block volume's export or import), whose
+/// root disk holds nothing but a copy of this binary.
+pub const IDLE_FLAG: &str = "--idle";
+
 /// The entry point of the `mvm-init` binary.
 pub fn main() -> ! {
+    // SAFETY: getpid cannot fail.
+    if unsafe { libc::getpid() } != 1 && std::env::args().nth(1).as_deref() == Some(IDLE_FLAG) {
+        loop {
+            // SAFETY: pause(2) only waits; SIGTERM's default action ends
+            // the process.
+            unsafe { libc::pause() };
+        }
+    }
     // SAFETY: getpid cannot fail.
     if unsafe { libc::getpid() } != 1 {
         crate::error!("mvm-init is PID 1 inside an mvm guest and must not run anywhere else (it mounts, kills every process and reboots)");
@@ -127,15 +149,35 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
     state.rootfs = crate::rootfs::assemble(&spec.rootfs)?;
     crate::rootfs::switch_root(Path::new(crate::rootfs::ROOT_DIR))?;
     crate::mounts::mount_system(Path::new("/")).map_err(Error::System)?;
-    crate::shares::mount_all(Path::new("/"), &spec.mounts)?;
+    for fd in crate::shares::mount_all(Path::new("/"), &spec)? {
+        crate::shutdown::freeze_at_power_off(fd);
+    }
 
     if let Some(name) = &spec.hostname {
         crate::hostname::set(name)?;
     }
     let hostname = crate::sys::hostname().unwrap_or_default();
-    crate::hostname::write_etc(Path::new("/"), &hostname, spec.hostname.is_some());
     if let Err(e) = crate::net::bring_up("lo") {
         crate::warn!("cannot bring up the loopback interface: {e}");
+    }
+    match &spec.network {
+        // Init owns the /etc files then, whole (as Docker does).
+        Some(net) => {
+            let start = std::time::Instant::now();
+            let mut nl = crate::netlink::Netlink::open().map_err(NetworkError::Socket)?;
+            crate::network::apply(&mut nl, net)?;
+            crate::etcfiles::write(Path::new("/"), spec.hostname.as_deref(), net)?;
+            crate::info!(
+                "network configured ({} interfaces, {} routes) in {} us",
+                net.interfaces.len(),
+                net.routes.len(),
+                start.elapsed().as_micros()
+            );
+        }
+        // Older specs: only complete the image's /etc/hosts.
+        None => {
+            crate::hostname::write_etc(Path::new("/"), &hostname, spec.hostname.is_some());
+        }
     }
 
     let p = &spec.process;
@@ -151,6 +193,11 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
         command.cgroup(&cg.join("cgroup.procs"));
     }
     command.ensure_cwd()?;
+    if spec.rootfs.read_only {
+        // Last: init's own files (mount points, /etc/hostname, the
+        // working directory) are in place.
+        crate::rootfs::make_read_only(Path::new("/")).map_err(Error::System)?;
+    }
     // The agent's port is taken before the workload exists, so no workload
     // can listen there first (it is privileged too; see AGENT_PORT). A few
     // syscalls: the workload's start waits for nothing else of the agent.

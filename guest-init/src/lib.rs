@@ -8,8 +8,12 @@
 //! * [`console`]: init's own `mvm-init:` lines.
 //! * [`mounts`]: /proc, /sys, /dev and friends.
 //! * [`rootfs`]: disks by serial, overlay, switch root.
-//! * [`shares`]: virtio-fs shares mounted in the workload's root.
+//! * [`shares`]: the spec's mounts in the workload's root (virtio-fs
+//!   shares, tmpfs, block volumes).
+//! * [`copyup`]: an empty block volume gets the image's content.
 //! * [`hostname`], [`net`]: identity and loopback.
+//! * [`network`], [`netlink`], [`etcfiles`]: the launch spec's network
+//!   (interfaces, routes, /etc/hosts, /etc/resolv.conf, /etc/hostname).
 //! * [`user`]: Docker `--user` against the image's passwd and group.
 //! * [`env`]: the workload's environment and `PATH` lookup.
 //! * [`process`]: fork/exec with an error pipe.
@@ -20,11 +24,15 @@
 
 pub mod agent;
 pub mod console;
+pub mod copyup;
 pub mod env;
+pub mod etcfiles;
 pub mod hostname;
 pub mod init;
 pub mod mounts;
 pub mod net;
+pub mod netlink;
+pub mod network;
 pub mod process;
 pub mod reaper;
 pub mod rootfs;

@@ -286,6 +286,19 @@ fn copy_owner_and_mode(from: &Path, to: &Path) -> Result<(), RootfsError> {
         .map_err(prep)
 }
 
+/// Docker's `--read-only`: make the mount at `root` (the workload's `/`)
+/// read-only. Only this mount's flag changes (`MS_BIND | MS_REMOUNT`):
+/// the mounts on top of it (volumes, tmpfs, /proc, /dev...) keep theirs.
+pub fn make_read_only(root: &Path) -> Result<(), MountError> {
+    mounts::mount(
+        "none",
+        root,
+        "",
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+        "",
+    )
+}
+
 /// Make `new_root` the root: unmount the early API filesystems, empty the
 /// initramfs (its memory is otherwise lost for good), move `new_root` onto
 /// `/`, `chroot` into it. This is busybox's `switch_root`: `pivot_root(2)`

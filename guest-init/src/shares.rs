@@ -1,43 +1,106 @@
-//! Host directories shared into the guest over virtio-fs: the launch
-//! spec's `mounts`, mounted in the workload's root after the switch into
-//! it (and after /proc, /sys, /dev, /tmp, so a share at /tmp hides the
-//! tmpfs as a Docker volume would) and before the workload starts.
+//! The launch spec's mounts in the workload's root: virtio-fs shares
+//! (`mounts`: bind mounts and directory volumes), tmpfs (`tmpfs`) and
+//! ext4 disks (`block_mounts`: block volumes). They are mounted after the
+//! switch into the root (and after /proc, /sys, /dev, /tmp, so one at
+//! /tmp hides the tmpfs as a Docker volume would) and before the
+//! workload starts.
 //!
-//! Each share is `mount -t virtiofs TAG TARGET`, read-only with
-//! `MS_RDONLY` when the spec says so (the host's backend refuses writes
-//! to a read-only share as well, so this is not the only guard). Missing
-//! targets are created, with their parents, in the overlay root. Shares
-//! are mounted parents first (fewest path components first), so a share
-//! inside another share's target lands on top of it, not underneath.
+//! - A share is `mount -t virtiofs TAG TARGET`, read-only with
+//!   `MS_RDONLY` when the spec says so (the host's backend refuses writes
+//!   to a read-only share as well, so this is not the only guard).
+//! - A tmpfs gets exactly the flags and options the spec gives (the host
+//!   applies Docker's defaults).
+//! - A block mount finds its disk by virtio-blk serial, as the root disks
+//!   are found, and mounts it as ext4; with `copy_up`, an empty disk
+//!   first gets what the image has at the target ([`crate::copyup`]).
+//!   Read-only disks are attached read-only by the host too; a journal
+//!   left dirty by a crashed writer cannot be replayed on them, so such a
+//!   disk is mounted without loading its journal (`noload`) after a plain
+//!   read-only mount failed.
+//!
+//! Missing targets are created, with their parents, in the overlay root.
+//! Mounts of every kind are mounted parents first (fewest path components
+//! first), so one inside another's target lands on top of it, not
+//! underneath.
 
+use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use mvm_protocol::launch::{normalize_target, Mount};
+use mvm_protocol::launch::{normalize_target, BlockMount, LaunchSpec, Mount, TmpfsMount};
 
-/// Why a share could not be mounted.
+/// Why a mount could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
-    #[error("cannot create {target}, the mount point of share {tag:?}: {source}")]
+    #[error("cannot create {target}, the mount point of {what}: {source}")]
     MountPoint {
-        tag: String,
+        what: String,
         target: PathBuf,
         source: io::Error,
     },
-    #[error("cannot mount share {tag:?} (virtiofs) on {target}: {source}{hint}")]
+    #[error("cannot mount {what} on {target}: {source}{hint}")]
     Mount {
-        tag: String,
+        what: String,
         target: PathBuf,
         source: io::Error,
         hint: &'static str,
     },
+    #[error("{what}: {source}")]
+    Disk {
+        what: String,
+        source: Box<crate::rootfs::RootfsError>,
+    },
+    #[error("{what}: {source}")]
+    CopyUp {
+        what: String,
+        source: Box<crate::copyup::CopyUpError>,
+    },
 }
 
-/// The order to mount `mounts` in: parents before children.
-pub fn mount_order(mounts: &[Mount]) -> Vec<&Mount> {
-    let mut order: Vec<&Mount> = mounts.iter().collect();
+/// One mount of the spec, of any kind.
+#[derive(Debug, Clone, Copy)]
+pub enum Planned<'a> {
+    /// A virtio-fs share.
+    Share(&'a Mount),
+    /// A tmpfs.
+    Tmpfs(&'a TmpfsMount),
+    /// An ext4 disk.
+    Block(&'a BlockMount),
+}
+
+impl Planned<'_> {
+    /// Where it goes.
+    pub fn target(&self) -> &str {
+        match self {
+            Self::Share(m) => &m.target,
+            Self::Tmpfs(t) => &t.target,
+            Self::Block(b) => &b.target,
+        }
+    }
+
+    /// How errors name it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Share(m) => format!("share {:?}", m.tag),
+            Self::Tmpfs(_) => "a tmpfs".into(),
+            Self::Block(b) => format!("the block volume on drive {:?}", b.drive),
+        }
+    }
+}
+
+/// The order to mount the spec's mounts in: parents before children,
+/// every kind together.
+pub fn mount_order(spec: &LaunchSpec) -> Vec<Planned<'_>> {
+    let mut order: Vec<Planned<'_>> = spec
+        .mounts
+        .iter()
+        .map(Planned::Share)
+        .chain(spec.tmpfs.iter().map(Planned::Tmpfs))
+        .chain(spec.block_mounts.iter().map(Planned::Block))
+        .collect();
     // Stable: equal depths keep the spec's order.
-    order.sort_by_key(|m| normalize_target(&m.target).matches('/').count());
+    order.sort_by_key(|m| normalize_target(m.target()).matches('/').count());
     order
 }
 
@@ -47,7 +110,7 @@ fn under(root: &Path, target: &str) -> PathBuf {
 }
 
 /// What to tell the operator for a failed virtiofs mount.
-fn hint(e: &io::Error) -> &'static str {
+fn share_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         // The kernel's virtio_fs: "tag <X> not found".
         Some(libc::EINVAL) | Some(libc::ENOENT) => {
@@ -59,38 +122,165 @@ fn hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// Mount every share of `mounts` in the root at `root` (`/` in the guest).
-pub fn mount_all(root: &Path, mounts: &[Mount]) -> Result<(), ShareError> {
-    for m in mount_order(mounts) {
-        let target = under(root, &m.target);
+/// The `data` argument of a tmpfs mount.
+pub fn tmpfs_data(t: &TmpfsMount) -> String {
+    let mut opts = Vec::new();
+    if let Some(size) = t.size_bytes {
+        opts.push(format!("size={size}"));
+    }
+    if let Some(mode) = t.mode {
+        opts.push(format!("mode={mode:o}"));
+    }
+    opts.join(",")
+}
+
+/// The flags of a tmpfs mount.
+pub fn tmpfs_flags(t: &TmpfsMount) -> libc::c_ulong {
+    let mut flags = 0;
+    for (on, flag) in [
+        (t.read_only, libc::MS_RDONLY),
+        (t.noexec, libc::MS_NOEXEC),
+        (t.nosuid, libc::MS_NOSUID),
+        (t.nodev, libc::MS_NODEV),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    flags
+}
+
+/// Mount every mount of `spec` in the root at `root` (`/` in the guest).
+/// The writable block volumes' root directories are returned, open:
+/// shutdown freezes them (their journals then hold nothing to replay).
+pub fn mount_all(root: &Path, spec: &LaunchSpec) -> Result<Vec<OwnedFd>, ShareError> {
+    let mut disks = Vec::new();
+    for m in mount_order(spec) {
+        let target = under(root, m.target());
+        let what = m.describe();
         crate::mounts::mount_point(&target, 0o755).map_err(|e| {
             let source = match e {
                 crate::mounts::MountError::MountPoint { source, .. } => source,
                 crate::mounts::MountError::Mount { source, .. } => source,
             };
             ShareError::MountPoint {
-                tag: m.tag.clone(),
+                what: what.clone(),
                 target: target.clone(),
                 source,
             }
         })?;
-        let flags = if m.read_only { libc::MS_RDONLY } else { 0 };
-        crate::sys::mount(&m.tag, &target, "virtiofs", flags, "").map_err(|source| {
-            ShareError::Mount {
-                tag: m.tag.clone(),
-                target: target.clone(),
-                hint: hint(&source),
+        let mount_err = |hint: &'static str| {
+            let (what, target) = (what.clone(), target.clone());
+            move |source| ShareError::Mount {
+                what,
+                target,
                 source,
+                hint,
             }
-        })?;
-        crate::info!(
-            "share {:?} mounted on {}{}",
-            m.tag,
-            m.target,
-            if m.read_only { " (read-only)" } else { "" }
-        );
+        };
+        match m {
+            Planned::Share(s) => {
+                let flags = if s.read_only { libc::MS_RDONLY } else { 0 };
+                crate::sys::mount(&s.tag, &target, "virtiofs", flags, "").map_err(|source| {
+                    ShareError::Mount {
+                        hint: share_hint(&source),
+                        what: what.clone(),
+                        target: target.clone(),
+                        source,
+                    }
+                })?;
+                crate::info!(
+                    "share {:?} mounted on {}{}",
+                    s.tag,
+                    s.target,
+                    if s.read_only { " (read-only)" } else { "" }
+                );
+            }
+            Planned::Tmpfs(t) => {
+                crate::sys::mount("tmpfs", &target, "tmpfs", tmpfs_flags(t), &tmpfs_data(t))
+                    .map_err(mount_err(""))?;
+                crate::info!("tmpfs mounted on {}", t.target);
+            }
+            Planned::Block(b) => {
+                let fd = mount_block(b, &target, &what)?;
+                if !b.read_only {
+                    disks.push(fd);
+                }
+            }
+        }
     }
-    Ok(())
+    Ok(disks)
+}
+
+fn mount_block(b: &BlockMount, target: &Path, what: &str) -> Result<OwnedFd, ShareError> {
+    let dev = crate::rootfs::wait_for_disk(&b.drive).map_err(|source| ShareError::Disk {
+        what: what.to_string(),
+        source: Box::new(source),
+    })?;
+    let dev = dev.to_string_lossy().into_owned();
+    // What the image has at the target, kept reachable under the mount.
+    let below = if b.copy_up && !b.read_only {
+        match File::open(target) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                crate::warn!("{what}: cannot open {} for copy-up: {e}", target.display());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mount = |flags, data| crate::sys::mount(&dev, target, "ext4", flags, data);
+    let mounted = if b.read_only {
+        mount(libc::MS_RDONLY, "").or_else(|e| {
+            crate::warn!(
+                "{what}: read-only mount failed ({e}); mounting without replaying its journal"
+            );
+            mount(libc::MS_RDONLY, "noload")
+        })
+    } else {
+        mount(0, "")
+    };
+    mounted.map_err(|source| ShareError::Mount {
+        what: what.to_string(),
+        target: target.to_path_buf(),
+        source,
+        hint: "; is the disk an ext4 filesystem (a block volume)?",
+    })?;
+    if let Some(src) = below {
+        let copy_err = |source| ShareError::CopyUp {
+            what: what.to_string(),
+            source: Box::new(source),
+        };
+        let empty = crate::copyup::is_empty_volume(target).map_err(|source| {
+            copy_err(crate::copyup::CopyUpError {
+                path: PathBuf::from("."),
+                what: "listing the volume",
+                source,
+            })
+        })?;
+        if empty {
+            let stats = crate::copyup::copy_tree(&src, target).map_err(copy_err)?;
+            crate::info!(
+                "{what}: copied the image's {} ({} entries, {} bytes) into the new volume",
+                b.target,
+                stats.entries,
+                stats.bytes
+            );
+        }
+    }
+    let fd = File::open(target).map_err(|source| ShareError::Mount {
+        what: what.to_string(),
+        target: target.to_path_buf(),
+        source,
+        hint: "",
+    })?;
+    crate::info!(
+        "{what} mounted on {}{}",
+        b.target,
+        if b.read_only { " (read-only)" } else { "" }
+    );
+    Ok(fd.into())
 }
 
 #[cfg(test)]
@@ -105,19 +295,39 @@ mod tests {
         }
     }
 
+    fn spec(mounts: Vec<Mount>) -> LaunchSpec {
+        let mut s = LaunchSpec::new(vec!["true".into()]);
+        s.mounts = mounts;
+        s
+    }
+
     #[test]
-    fn parents_are_mounted_first() {
-        let mounts = [
-            m("c", "/a/b/c"),
-            m("a", "/a"),
-            m("x", "/x"),
-            m("b", "//a/b/"),
-        ];
-        let tags: Vec<&str> = mount_order(&mounts)
+    fn parents_are_mounted_first_across_kinds() {
+        let mut s = spec(vec![m("c", "/a/b/c"), m("a", "/a"), m("x", "/x")]);
+        s.tmpfs = vec![TmpfsMount {
+            target: "//a/b/".into(),
+            ..Default::default()
+        }];
+        s.block_mounts = vec![BlockMount {
+            drive: "v".into(),
+            target: "/a/b/c/d".into(),
+            read_only: false,
+            copy_up: false,
+        }];
+        let targets: Vec<String> = mount_order(&s)
             .iter()
-            .map(|m| m.tag.as_str())
+            .map(|m| m.describe() + " " + m.target())
             .collect();
-        assert_eq!(tags, ["a", "x", "b", "c"]);
+        assert_eq!(
+            targets,
+            [
+                "share \"a\" /a",
+                "share \"x\" /x",
+                "a tmpfs //a/b/",
+                "share \"c\" /a/b/c",
+                "the block volume on drive \"v\" /a/b/c/d"
+            ]
+        );
         assert_eq!(
             under(Path::new("/root"), "/a//b/./c"),
             Path::new("/root/a/b/c")
@@ -125,11 +335,31 @@ mod tests {
     }
 
     #[test]
+    fn tmpfs_options_are_exactly_the_specs() {
+        let t = TmpfsMount {
+            target: "/run".into(),
+            size_bytes: Some(65536 * 1024),
+            mode: Some(0o1770),
+            read_only: false,
+            noexec: true,
+            nosuid: true,
+            nodev: false,
+        };
+        assert_eq!(tmpfs_data(&t), "size=67108864,mode=1770");
+        assert_eq!(tmpfs_flags(&t), libc::MS_NOEXEC | libc::MS_NOSUID);
+        let plain = TmpfsMount {
+            target: "/t".into(),
+            ..Default::default()
+        };
+        assert_eq!((tmpfs_data(&plain).as_str(), tmpfs_flags(&plain)), ("", 0));
+    }
+
+    #[test]
     fn a_failed_mount_names_tag_and_target_and_leaves_the_mount_point() {
         let dir = tempfile::tempdir().unwrap();
         // No virtio-fs device with this tag on the test machine (and no
         // privilege to mount, when not root): the mount fails either way.
-        let e = mount_all(dir.path(), &[m("no-such-share", "/data/in")]).unwrap_err();
+        let e = mount_all(dir.path(), &spec(vec![m("no-such-share", "/data/in")])).unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains("\"no-such-share\"") && text.contains("data/in"),
@@ -138,7 +368,7 @@ mod tests {
         assert!(dir.path().join("data/in").is_dir(), "mount point created");
 
         std::fs::write(dir.path().join("file"), "").unwrap();
-        let e = mount_all(dir.path(), &[m("t", "/file/sub")]).unwrap_err();
+        let e = mount_all(dir.path(), &spec(vec![m("t", "/file/sub")])).unwrap_err();
         assert!(matches!(e, ShareError::MountPoint { .. }), "{e}");
         assert!(e.to_string().contains("\"t\""), "{e}");
     }

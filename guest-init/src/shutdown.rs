@@ -10,24 +10,43 @@
 //! freeze: every process is gone and the reboot does not sync.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Mutex;
 
 use mvm_protocol::status::GuestEvent;
 
 /// `FIFREEZE` = `_IOWR('X', 119, int)`.
 const FIFREEZE: libc::c_ulong = 0xC004_5877;
 
-/// Flush everything and freeze the scratch filesystem behind `scratch`.
+/// Writable block volumes (their root directories), frozen with the
+/// scratch disk at power-off.
+static VOLUMES: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+
+/// Freeze the filesystem behind `fd` at power-off, as the scratch disk's
+/// (a writable block volume: its journal is then flushed into place).
+pub fn freeze_at_power_off(fd: OwnedFd) {
+    VOLUMES.lock().unwrap_or_else(|p| p.into_inner()).push(fd);
+}
+
+fn freeze(fd: &OwnedFd, what: &str) {
+    // SAFETY: FIFREEZE takes no pointer argument; `fd` is a valid open
+    // descriptor on the filesystem to freeze.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), FIFREEZE as _, 0) } != 0 {
+        crate::warn!(
+            "cannot freeze {what} ({}); synced data is safe but its journal may need replaying",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Flush everything and freeze the scratch filesystem behind `scratch`
+/// and the writable block volumes.
 pub fn make_durable(scratch: Option<&OwnedFd>) {
     crate::sys::sync();
+    for fd in VOLUMES.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        freeze(fd, "a block volume");
+    }
     if let Some(fd) = scratch {
-        // SAFETY: FIFREEZE takes no pointer argument; `fd` is a valid open
-        // descriptor on the scratch filesystem.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), FIFREEZE as _, 0) } != 0 {
-            crate::warn!(
-                "cannot freeze the scratch disk ({}); synced data is safe but its journal may need replaying",
-                std::io::Error::last_os_error()
-            );
-        }
+        freeze(fd, "the scratch disk");
     }
 }
 

@@ -124,6 +124,20 @@ pub enum Command {
     Login(LoginArgs),
     /// Forget the credentials for a registry
     Logout(LogoutArgs),
+    /// Manage volumes
+    Volume {
+        /// The subcommand.
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
+    /// Manage networks
+    Network {
+        /// The subcommand.
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
+    /// List a sandbox's published ports
+    Port(PortArgs),
     /// Manage the mvm machine (the emulated KVM host used without hardware KVM)
     Machine {
         /// The subcommand.
@@ -176,9 +190,21 @@ pub struct CreateArgs {
     /// Set a label (key=value)
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     pub label: Vec<String>,
-    /// Remove the sandbox when it exits
+    /// Remove the sandbox (and its anonymous volumes) when it exits
     #[arg(long)]
     pub rm: bool,
+    /// Mount a volume or host directory: NAME:/PATH[:ro], /HOST/DIR:/PATH[:ro], /PATH (anonymous)
+    #[arg(short = 'v', long = "volume", value_parser = crate::mounts::parse_volume_flag, value_name = "SRC:DST[:OPTS]")]
+    pub volume: Vec<mvm_api::volume::MountRequest>,
+    /// Mount: type=volume|bind|tmpfs,source=,target=[,readonly][,tmpfs-size=][,tmpfs-mode=]
+    #[arg(long = "mount", value_parser = crate::mounts::parse_mount_flag, value_name = "SPEC")]
+    pub mount: Vec<mvm_api::volume::MountRequest>,
+    /// Mount a tmpfs: /PATH[:size=64m,mode=1777,exec,...] (noexec,nosuid,nodev by default)
+    #[arg(long = "tmpfs", value_parser = crate::mounts::parse_tmpfs_flag, value_name = "PATH[:OPTS]")]
+    pub tmpfs: Vec<mvm_api::volume::MountRequest>,
+    /// Mount the root filesystem read-only (writes go to volumes and tmpfs only)
+    #[arg(long)]
+    pub read_only: bool,
     /// Keep stdin open (needs the guest agent)
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -200,6 +226,30 @@ pub struct CreateArgs {
     /// With a pull: allow plain HTTP (loopback registries only)
     #[arg(long)]
     pub insecure: bool,
+    /// Publish a port: [IP:][HOST_PORT:]PORT[/tcp|udp], ranges allowed (HOST_PORT left out: a free one)
+    #[arg(short = 'p', long = "publish", value_name = "[IP:][HOST:]PORT[/PROTO]")]
+    pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs on a free host port
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Network to join: bridge (default), none (loopback only) or a network made with `network create`
+    #[arg(long, value_name = "NETWORK")]
+    pub network: Option<String>,
+    /// Another name for the sandbox on a user network
+    #[arg(long = "network-alias", value_name = "NAME")]
+    pub network_alias: Vec<String>,
+    /// IPv4 address on a user network
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<String>,
+    /// MAC address of the sandbox's interface
+    #[arg(long = "mac-address", value_name = "MAC")]
+    pub mac_address: Option<String>,
+    /// DNS server for the sandbox (replaces the network's)
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// Add a line to /etc/hosts: NAME:IP
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
     /// Image to run
     #[arg(value_name = "IMAGE")]
     pub image: String,
@@ -293,6 +343,9 @@ pub struct RmArgs {
     /// Remove running sandboxes too (they are killed)
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Remove the sandboxes' anonymous volumes too
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
     /// Sandboxes
     #[arg(required = true, value_name = "SANDBOX")]
     pub ids: Vec<String>,
@@ -606,6 +659,10 @@ pub enum MachineCommand {
     Stop,
     /// Whether the machine runs, and its endpoint
     Status,
+    /// Watch the machine and restart it when L1 stalls (started by
+    /// `machine start`; not for direct use)
+    #[command(hide = true)]
+    Watch,
 }
 
 #[cfg(test)]
@@ -750,4 +807,156 @@ mod tests {
         };
         assert_eq!(l.tail, Some(flags::Tail(None)));
     }
+}
+
+/// `mvctl volume ...`.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume; print its name
+    Create(VolumeCreateArgs),
+    /// List volumes
+    #[command(alias = "list")]
+    Ls(VolumeLsArgs),
+    /// Show volumes in detail, as JSON
+    Inspect {
+        /// Volumes.
+        #[arg(required = true, value_name = "VOLUME")]
+        names: Vec<String>,
+    },
+    /// Remove volumes (refused while a sandbox uses one)
+    #[command(alias = "remove")]
+    Rm(VolumeRmArgs),
+    /// Remove unused anonymous volumes (all unused ones with -a)
+    Prune(VolumePruneArgs),
+}
+
+/// `mvctl volume create`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumeCreateArgs {
+    /// Driver: local (a directory under mvmd's state root)
+    #[arg(short = 'd', long, default_value = "local")]
+    pub driver: String,
+    /// Driver option KEY=VALUE (local takes none)
+    #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+    pub opt: Vec<String>,
+    /// Set a label (key=value)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Name (random when absent)
+    #[arg(value_name = "VOLUME")]
+    pub name: Option<String>,
+}
+
+/// `mvctl volume ls`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumeLsArgs {
+    /// Only names
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Filter: name=, label=KEY[=VALUE], dangling=true|false, driver=
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+/// `mvctl volume rm`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumeRmArgs {
+    /// No error for volumes that do not exist
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Volumes
+    #[arg(required = true, value_name = "VOLUME")]
+    pub names: Vec<String>,
+}
+
+/// `mvctl volume prune`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumePruneArgs {
+    /// Named volumes too, not only anonymous ones
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Do not ask for confirmation
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Filter: label=KEY[=VALUE], name=
+    #[arg(long = "filter", value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
+
+/// `mvctl network ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network; print its id
+    Create(NetworkCreateArgs),
+    /// List networks
+    #[command(alias = "list")]
+    Ls(NetworkLsArgs),
+    /// Show networks in detail, as JSON
+    Inspect(NetworkIdsArgs),
+    /// Remove networks
+    #[command(alias = "remove")]
+    Rm(NetworkIdsArgs),
+    /// Remove every network no sandbox uses
+    Prune(NetworkPruneArgs),
+}
+
+/// `mvctl network create`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkCreateArgs {
+    /// IPv4 subnet in CIDR form (default: a free one from 172.30.0.0/16, 172.16.0.0/12, 192.168.0.0/16)
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// The host's address on the network (default: the subnet's first)
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<String>,
+    /// No route out of the network
+    #[arg(long)]
+    pub internal: bool,
+    /// Driver: only bridge
+    #[arg(short = 'd', long, default_value = "bridge")]
+    pub driver: String,
+    /// Set a label (key=value)
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Name of the network
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// `mvctl network ls`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkLsArgs {
+    /// Print names only
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `mvctl network inspect` and `rm`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkIdsArgs {
+    /// Networks (name, id or id prefix)
+    #[arg(required = true, value_name = "NETWORK")]
+    pub ids: Vec<String>,
+}
+
+/// `mvctl network prune`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkPruneArgs {
+    /// Do not ask for confirmation
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// `mvctl port`.
+#[derive(Debug, Clone, Args)]
+pub struct PortArgs {
+    /// The sandbox
+    #[arg(value_name = "SANDBOX")]
+    pub sandbox: String,
+    /// Only this port of the sandbox (PORT[/PROTO])
+    #[arg(value_name = "PORT")]
+    pub port: Option<String>,
 }

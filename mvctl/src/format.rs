@@ -122,7 +122,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `mvctl ps`: SANDBOX ID, IMAGE, COMMAND, CREATED, STATUS, NAMES.
+/// `mvctl ps`: SANDBOX ID, IMAGE, COMMAND, CREATED, STATUS, PORTS, NAMES.
 pub fn ps_table(list: &[SandboxSummary], now: DateTime<Utc>, no_trunc: bool) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -142,6 +142,11 @@ pub fn ps_table(list: &[SandboxSummary], now: DateTime<Utc>, no_trunc: bool) -> 
                 format!("\"{command}\""),
                 ago(&s.created, now),
                 s.status_text.clone(),
+                s.ports
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 s.name.clone(),
             ]
         })
@@ -153,6 +158,7 @@ pub fn ps_table(list: &[SandboxSummary], now: DateTime<Utc>, no_trunc: bool) -> 
             "COMMAND",
             "CREATED",
             "STATUS",
+            "PORTS",
             "NAMES",
         ],
         &rows,
@@ -275,6 +281,16 @@ mod tests {
             status_text: status_text.into(),
             exit_code: None,
             labels: BTreeMap::new(),
+            ports: if name == "web" {
+                vec![mvm_api::network::PortBinding {
+                    host_ip: None,
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: "tcp".into(),
+                }]
+            } else {
+                vec![]
+            },
         };
         let t = ps_table(
             &[
@@ -290,15 +306,15 @@ mod tests {
             false,
         );
         let expected = "\
-SANDBOX ID     IMAGE     COMMAND                  CREATED         STATUS                     NAMES
-a1a1a1a1a1a1   busybox   \"sleep 100\"              5 seconds ago   Up 3 seconds               web
-b2b2b2b2b2b2   busybox   \"sh -c 'echo hello; …\"   5 seconds ago   Exited (0) 2 minutes ago   job
+SANDBOX ID     IMAGE     COMMAND                  CREATED         STATUS                     PORTS                  NAMES
+a1a1a1a1a1a1   busybox   \"sleep 100\"              5 seconds ago   Up 3 seconds               0.0.0.0:8080->80/tcp   web
+b2b2b2b2b2b2   busybox   \"sh -c 'echo hello; …\"   5 seconds ago   Exited (0) 2 minutes ago                          job
 ";
         assert_eq!(t, expected);
         let header_only = ps_table(&[], now, false);
         assert_eq!(
             header_only,
-            "SANDBOX ID   IMAGE   COMMAND   CREATED   STATUS   NAMES\n"
+            "SANDBOX ID   IMAGE   COMMAND   CREATED   STATUS   PORTS   NAMES\n"
         );
     }
 

@@ -28,6 +28,7 @@ pub mod connect;
 pub mod flags;
 pub mod format;
 pub mod machine;
+pub mod mounts;
 
 /// Exit status for errors of mvctl or the daemon (Docker's convention):
 /// a workload's own code is never confused with a failure to run it.

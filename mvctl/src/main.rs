@@ -8,14 +8,44 @@ use mvctl::commands::{self, CmdError, Ctx};
 use mvctl::{connect, machine, EXIT_ERROR};
 
 fn main() {
-    // Die quietly on a closed pipe (`mvctl ps | head`), like other Unix
-    // tools, instead of panicking in println!.
-    // SAFETY: restores the default disposition of SIGPIPE before any thread
-    // exists; no handler function is involved.
+    die_quietly_on_closed_stdout();
+    std::process::exit(real_main());
+}
+
+/// Die by SIGPIPE, as other Unix tools do, when stdout is a closed pipe
+/// (`mvctl ps | head`), instead of panicking in `println!`.
+///
+/// SIGPIPE itself stays ignored (Rust's default): a write to mvmd's Unix
+/// socket after mvmd closed it (an upload it refused early) must fail
+/// with EPIPE and let mvctl read mvmd's answer, not kill mvctl. So only
+/// the panic that `print!` raises on a broken stdout is turned back into
+/// the signal's death.
+fn die_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            die_by_sigpipe();
+        }
+        default(info);
+    }));
+}
+
+/// End the process by SIGPIPE, as `yes | head` ends.
+fn die_by_sigpipe() -> i32 {
+    // SAFETY: restores SIGPIPE's default action and raises it in this
+    // thread; no handler function is involved.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
     }
-    std::process::exit(real_main());
+    // Not reached: the default action of SIGPIPE ends the process.
+    141
 }
 
 fn real_main() -> i32 {
@@ -43,8 +73,16 @@ fn real_main() -> i32 {
     };
     match cli.command {
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "mvctl", &mut std::io::stdout());
-            return 0;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mvctl", &mut script);
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => die_by_sigpipe(),
+                Err(e) => {
+                    commands::report(&format!("writing the completion script: {e}"));
+                    EXIT_ERROR
+                }
+            };
         }
         Command::Machine { command } => {
             return match machine::cli(command) {

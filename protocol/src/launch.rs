@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod network;
+pub use network::*;
+
 /// Where the spec sits in the initramfs (and so in the guest's early root).
 pub const SPEC_PATH: &str = "mvm/launch.json";
 /// Version of the spec format; init refuses other versions.
@@ -20,6 +23,20 @@ pub const MAX_DRIVE_ID_LEN: usize = 20;
 /// The longest virtio-fs tag: the device's configuration space holds 36
 /// bytes (virtio 1.2, 5.11.4).
 pub const MAX_FS_TAG_LEN: usize = 36;
+
+/// The kernel's limit for a hostname (`__NEW_UTS_LEN`).
+pub const MAX_HOSTNAME_LEN: usize = 64;
+
+/// Whether `name` can be the guest's hostname: 1 to [`MAX_HOSTNAME_LEN`]
+/// bytes without `/`, whitespace or control characters. Init writes it
+/// into /etc/hosts and /etc/hostname, so a newline would inject a line.
+pub fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_HOSTNAME_LEN
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b.is_ascii_whitespace() || b.is_ascii_control())
+}
 
 /// Whether `tag` can name a virtio-fs share: 1 to [`MAX_FS_TAG_LEN`] bytes
 /// of `[A-Za-z0-9_.-]`. Stricter than the device (any UTF-8 without NUL)
@@ -40,7 +57,8 @@ pub fn is_valid_fs_tag(tag: &str) -> bool {
 pub struct LaunchSpec {
     /// Must equal [`SPEC_VERSION`].
     pub version: u32,
-    /// The guest's hostname; init leaves the kernel default when absent.
+    /// The guest's hostname ([`is_valid_hostname`]); init leaves the
+    /// kernel default when absent.
     #[serde(default)]
     pub hostname: Option<String>,
     /// The root filesystem.
@@ -52,6 +70,15 @@ pub struct LaunchSpec {
     /// stays readable by an init that predates them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// tmpfs filesystems init mounts in the workload's root (`--tmpfs`,
+    /// `--mount type=tmpfs`). Not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<TmpfsMount>,
+    /// ext4 disks (block volumes) init mounts in the workload's root,
+    /// found by their virtio-blk serial as the root disks are. Not written
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_mounts: Vec<BlockMount>,
     /// Network configuration init applies before the workload. `None`
     /// (not written): the guest has only `lo`, and init leaves
     /// /etc/resolv.conf as the image has it. `Some` with no interfaces is
@@ -59,105 +86,6 @@ pub struct LaunchSpec {
     /// /etc/resolv.conf as Docker does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
-}
-
-/// The guest's network, as a Docker container's: interfaces, routes, the
-/// resolver and the hosts file. Written by the host from its networks'
-/// endpoints; init applies it through netlink before the workload starts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Network {
-    /// One entry per virtio-net device, matched by MAC address.
-    #[serde(default)]
-    pub interfaces: Vec<Interface>,
-    /// Routes added after every interface is up, in order; the default
-    /// route is `destination: 0.0.0.0/0`.
-    #[serde(default)]
-    pub routes: Vec<Route>,
-    /// /etc/resolv.conf. Written as given (an empty `nameservers` writes a
-    /// file without any, so lookups fail fast rather than leak to the
-    /// image's resolver).
-    #[serde(default)]
-    pub dns: Dns,
-    /// Extra /etc/hosts lines after the standard `localhost` ones and the
-    /// guest's own addresses (`--add-host`, and on the default bridge,
-    /// nothing else: names resolve there only through these).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<HostEntry>,
-}
-
-/// A guest network interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Interface {
-    /// The virtio-net device's MAC (the VMM's `net[].mac`), lower-case
-    /// `aa:bb:cc:dd:ee:ff`: how init finds the interface whatever order the
-    /// kernel probed devices in.
-    pub mac: String,
-    /// The name init gives it (`eth0`, `eth1`, ...): at most 15 bytes.
-    pub name: String,
-    /// Addresses with their prefix length.
-    #[serde(default)]
-    pub addresses: Vec<IpCidr>,
-    /// MTU; `None` keeps the device's (1500).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-}
-
-/// An address and prefix length, `10.88.0.2/16`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IpCidr {
-    pub address: std::net::IpAddr,
-    pub prefix_len: u8,
-}
-
-impl std::fmt::Display for IpCidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix_len)
-    }
-}
-
-impl IpCidr {
-    /// Whether the prefix length fits the address family.
-    pub fn is_valid(&self) -> bool {
-        let max = if self.address.is_ipv4() { 32 } else { 128 };
-        self.prefix_len <= max
-    }
-}
-
-/// A route in the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    /// Destination network; `0.0.0.0/0` for the default route.
-    pub destination: IpCidr,
-    /// Next hop; `None` for an on-link route.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<std::net::IpAddr>,
-    /// The interface's `name` from [`Interface`].
-    pub interface: String,
-}
-
-/// /etc/resolv.conf.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Dns {
-    #[serde(default)]
-    pub nameservers: Vec<std::net::IpAddr>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub search: Vec<String>,
-    /// `options` line entries such as `ndots:0`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub options: Vec<String>,
-}
-
-/// One /etc/hosts line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostEntry {
-    pub address: std::net::IpAddr,
-    pub names: Vec<String>,
 }
 
 /// A virtio-fs share mounted in the guest: `mount -t virtiofs TAG TARGET`.
@@ -173,6 +101,65 @@ pub struct Mount {
     /// Mounted read-only (`MS_RDONLY`); the host backend refuses writes too.
     #[serde(default, skip_serializing_if = "is_default")]
     pub read_only: bool,
+}
+
+/// A tmpfs mounted in the guest: `mount -t tmpfs tmpfs TARGET`.
+///
+/// Docker's `--tmpfs` and `--mount type=tmpfs` default to `noexec`,
+/// `nosuid` and `nodev`; the host writes the flags it wants, init applies
+/// exactly those.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TmpfsMount {
+    /// Where it appears in the workload's root: absolute, no `..`; created
+    /// (with its parents) when missing.
+    pub target: String,
+    /// Size limit in bytes (`size=`); `None` is the kernel's default (half
+    /// the guest's memory). At least [`MIN_TMPFS_SIZE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Permission bits of its root (`mode=`, at most `0o7777`); `None`
+    /// is tmpfs' default (1777).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// `MS_RDONLY`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_only: bool,
+    /// `MS_NOEXEC`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub noexec: bool,
+    /// `MS_NOSUID`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub nosuid: bool,
+    /// `MS_NODEV`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub nodev: bool,
+}
+
+/// The smallest tmpfs size a spec may ask for: a page. `size=0` would
+/// mean "unlimited" to the kernel, which a size limit must never become.
+pub const MIN_TMPFS_SIZE: u64 = 4096;
+
+/// An ext4 disk (a block volume) mounted in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockMount {
+    /// The disk's virtio-blk serial (the VMM's `drives[].id`): 1 to
+    /// [`MAX_DRIVE_ID_LEN`] bytes, unique among the spec's drives.
+    pub drive: String,
+    /// Where it appears in the workload's root: absolute, no `..`; created
+    /// (with its parents) when missing.
+    pub target: String,
+    /// Mounted read-only (`MS_RDONLY`); the host attaches the disk
+    /// read-only too.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_only: bool,
+    /// Docker's copy-up: when the disk holds nothing yet (an empty root
+    /// but for `lost+found`), init first copies what the image has at
+    /// `target` into it, owners and modes included. The host cannot look
+    /// inside a disk a guest has written, so the guest decides.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub copy_up: bool,
 }
 
 /// How the root filesystem is assembled.
@@ -208,6 +195,13 @@ pub struct Rootfs {
     /// it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<String>,
+    /// Docker's `--read-only`: init remounts the workload's root read-only
+    /// once its own files (mount points, /etc/hostname, /etc/hosts) are in
+    /// place, just before the workload starts; writes then succeed only on
+    /// the spec's mounts, tmpfs and the API filesystems. Not written when
+    /// false.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_only: bool,
 }
 
 /// How long a guest launched with `rootfs.export_changes` waits, after
@@ -305,6 +299,56 @@ pub enum SpecError {
     DuplicateMountTag(String),
     #[error("launch spec rootfs.share is set together with {0}: a share root uses no disks")]
     ShareRootWithDisk(&'static str),
+    #[error("launch spec hostname {0:?} is invalid: it must be 1 to {MAX_HOSTNAME_LEN} bytes without '/', whitespace or control characters")]
+    Hostname(String),
+    #[error("launch spec network.interfaces[{index}].name {name:?} is invalid: it must be 1 to {MAX_INTERFACE_NAME_LEN} bytes of letters, digits, '-', '_' or '.', and not \"lo\"")]
+    InterfaceName { index: usize, name: String },
+    #[error("launch spec names interface {0:?} twice; each interface name is used once")]
+    DuplicateInterface(String),
+    #[error("launch spec interface {interface:?} has MAC {mac:?}: it must be a unicast address written as six lower-case hex bytes separated by ':' (like 02:42:ac:11:00:02)")]
+    Mac { interface: String, mac: String },
+    #[error("launch spec gives MAC {mac} to two interfaces, {first:?} and {second:?}; each virtio-net device has its own")]
+    DuplicateMac {
+        mac: String,
+        first: String,
+        second: String,
+    },
+    #[error("launch spec {field} {value} is invalid: {why}")]
+    Address {
+        field: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error("launch spec gives address {address} twice (interfaces {first:?} and {second:?})")]
+    DuplicateAddress {
+        address: std::net::IpAddr,
+        first: String,
+        second: String,
+    },
+    #[error("launch spec interface {interface:?} has MTU {mtu}: it must be {min} to {MAX_MTU}{}", if *min == MIN_IPV6_MTU { " (the interface has an IPv6 address, and IPv6 needs at least 1280)" } else { "" })]
+    Mtu {
+        interface: String,
+        mtu: u32,
+        min: u32,
+    },
+    #[error("launch spec network.routes[{index}] uses interface {interface:?}, which is not one of network.interfaces")]
+    RouteInterface { index: usize, interface: String },
+    #[error("launch spec {field} {value:?} is invalid: {why}")]
+    NetworkText {
+        field: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error("launch spec has {count} {what}; at most {max} are allowed")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("launch spec tmpfs on {target:?}: {why}")]
+    Tmpfs { target: String, why: String },
+    #[error("launch spec block mount of drive {drive:?}: {why}")]
+    BlockMount { drive: String, why: String },
 }
 
 impl LaunchSpec {
@@ -318,6 +362,7 @@ impl LaunchSpec {
                 scratch_drive: None,
                 export_changes: false,
                 share: None,
+                read_only: false,
             },
             process: Process {
                 args,
@@ -331,6 +376,8 @@ impl LaunchSpec {
                 cols: 0,
             },
             mounts: Vec::new(),
+            tmpfs: Vec::new(),
+            block_mounts: Vec::new(),
             network: None,
         }
     }
@@ -407,8 +454,10 @@ impl LaunchSpec {
         if self.process.user.contains('\0') {
             return Err(SpecError::Nul("process.user"));
         }
-        if self.hostname.as_deref().is_some_and(|h| h.contains('\0')) {
-            return Err(SpecError::Nul("hostname"));
+        if let Some(h) = &self.hostname {
+            if !is_valid_hostname(h) {
+                return Err(SpecError::Hostname(h.clone()));
+            }
         }
         if self.process.output == Output::Console {
             if self.process.terminal {
@@ -421,11 +470,16 @@ impl LaunchSpec {
                 return Err(SpecError::NeedsAgent("rootfs.export_changes"));
             }
         }
-        self.validate_mounts()
+        self.validate_mounts()?;
+        if let Some(n) = &self.network {
+            n.validate()?;
+        }
+        Ok(())
     }
 
     fn validate_mounts(&self) -> Result<(), SpecError> {
         let mut tags = std::collections::HashSet::new();
+        // Every kind of mount shares one namespace of mount points.
         let mut targets = std::collections::HashSet::new();
         for m in &self.mounts {
             if !is_valid_fs_tag(&m.tag) {
@@ -434,30 +488,90 @@ impl LaunchSpec {
             if !tags.insert(m.tag.as_str()) {
                 return Err(SpecError::DuplicateMountTag(m.tag.clone()));
             }
-            let bad = |why| SpecError::MountTarget {
+            check_target(&m.target, &mut targets).map_err(|why| SpecError::MountTarget {
                 tag: m.tag.clone(),
                 target: m.target.clone(),
                 why,
+            })?;
+        }
+        for t in &self.tmpfs {
+            let bad = |why: String| SpecError::Tmpfs {
+                target: t.target.clone(),
+                why,
             };
-            if !m.target.starts_with('/') {
-                return Err(bad("is not absolute"));
+            check_target(&t.target, &mut targets).map_err(|w| bad(w.to_string()))?;
+            if let Some(size) = t.size_bytes {
+                if size < MIN_TMPFS_SIZE {
+                    return Err(bad(format!(
+                        "size {size} is below the minimum of {MIN_TMPFS_SIZE} bytes"
+                    )));
+                }
             }
-            if m.target.contains('\0') {
-                return Err(bad("contains a NUL byte"));
+            if let Some(mode) = t.mode {
+                if mode > 0o7777 {
+                    return Err(bad(format!(
+                        "mode {mode:o} has bits beyond 7777 (permissions, setuid, setgid, sticky)"
+                    )));
+                }
             }
-            if m.target.split('/').any(|c| c == "..") {
-                return Err(bad("contains a '..' component"));
+        }
+        let mut drives: std::collections::HashSet<&str> =
+            std::iter::once(self.rootfs.image_drive.as_str())
+                .chain(self.rootfs.scratch_drive.as_deref())
+                .collect();
+        for b in &self.block_mounts {
+            let bad = |why: &str| SpecError::BlockMount {
+                drive: b.drive.clone(),
+                why: why.to_string(),
+            };
+            if b.drive.is_empty()
+                || b.drive.len() > MAX_DRIVE_ID_LEN
+                || !b
+                    .drive
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            {
+                return Err(bad(
+                    "the drive id must be 1 to 20 bytes of letters, digits, '-', '_' or '.'",
+                ));
             }
-            let normal = normalize_target(&m.target);
-            if normal == "/" {
-                return Err(bad("is the root directory"));
+            if !drives.insert(b.drive.as_str()) {
+                return Err(bad(
+                    "the drive is the root disk, the scratch disk or another mount's",
+                ));
             }
-            if !targets.insert(normal) {
-                return Err(bad("is used by another mount"));
-            }
+            check_target(&b.target, &mut targets).map_err(|why| SpecError::BlockMount {
+                drive: b.drive.clone(),
+                why: format!("target {:?} {why}", b.target),
+            })?;
         }
         Ok(())
     }
+}
+
+/// Check a mount point: absolute, no NUL, no `..`, not `/`, and not one
+/// already in `seen` (compared normalised).
+fn check_target(
+    target: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<(), &'static str> {
+    if !target.starts_with('/') {
+        return Err("is not absolute");
+    }
+    if target.contains('\0') {
+        return Err("contains a NUL byte");
+    }
+    if target.split('/').any(|c| c == "..") {
+        return Err("contains a '..' component");
+    }
+    let normal = normalize_target(target);
+    if normal == "/" {
+        return Err("is the root directory");
+    }
+    if !seen.insert(normal) {
+        return Err("is used by another mount");
+    }
+    Ok(())
 }
 
 /// `target` without empty and `.` components, as the guest resolves it
@@ -659,5 +773,116 @@ mod tests {
         let mut bad = s;
         bad.rootfs.share = None;
         assert!(matches!(bad.validate(), Err(SpecError::DriveId(_))));
+    }
+
+    #[test]
+    fn tmpfs_block_mounts_and_read_only_root_stay_off_the_wire_and_are_validated() {
+        let mut s = LaunchSpec::new(vec!["true".into()]);
+        let json = String::from_utf8(s.to_json().unwrap()).unwrap();
+        for field in ["tmpfs", "block_mounts", "read_only"] {
+            assert!(!json.contains(field), "{json}");
+        }
+        // A spec from before these fields is read as having none.
+        let old = br#"{"version":1,"rootfs":{"image_drive":"r","scratch_drive":"s"},"process":{"args":["a"]}}"#;
+        let o = LaunchSpec::from_json(old).unwrap();
+        assert!(o.tmpfs.is_empty() && o.block_mounts.is_empty() && !o.rootfs.read_only);
+
+        s.rootfs.read_only = true;
+        s.tmpfs = vec![TmpfsMount {
+            target: "/run".into(),
+            size_bytes: Some(1 << 20),
+            mode: Some(0o1777),
+            noexec: true,
+            nosuid: true,
+            nodev: true,
+            ..Default::default()
+        }];
+        s.block_mounts = vec![BlockMount {
+            drive: "vol0".into(),
+            target: "/var/lib/db".into(),
+            read_only: false,
+            copy_up: true,
+        }];
+        let json = s.to_json().unwrap();
+        assert_eq!(LaunchSpec::from_json(&json).unwrap(), s);
+        let text = String::from_utf8(json).unwrap();
+        assert!(text.contains(r#""read_only":true"#), "{text}");
+        assert!(
+            text.contains(r#"{"drive":"vol0","target":"/var/lib/db","copy_up":true}"#),
+            "{text}"
+        );
+
+        let check = |f: &dyn Fn(&mut LaunchSpec)| {
+            let mut s = LaunchSpec::new(vec!["true".into()]);
+            s.rootfs.scratch_drive = Some(SCRATCH_DRIVE_ID.into());
+            f(&mut s);
+            s.validate()
+        };
+        let tmpfs = |t: &str| TmpfsMount {
+            target: t.into(),
+            ..Default::default()
+        };
+        let block = |d: &str, t: &str| BlockMount {
+            drive: d.into(),
+            target: t.into(),
+            read_only: false,
+            copy_up: false,
+        };
+        for target in ["rel", "/a/../b", "/", "//.", "/x\0"] {
+            let e = check(&|s| s.tmpfs = vec![tmpfs(target)]).unwrap_err();
+            assert!(matches!(e, SpecError::Tmpfs { .. }), "{target:?}: {e}");
+            let e = check(&|s| s.block_mounts = vec![block("v", target)]).unwrap_err();
+            assert!(matches!(e, SpecError::BlockMount { .. }), "{target:?}: {e}");
+        }
+        // Sizes a limit could not mean, modes beyond the permission bits.
+        for size in [0, 1, 4095] {
+            let e = check(&|s| {
+                s.tmpfs = vec![TmpfsMount {
+                    size_bytes: Some(size),
+                    ..tmpfs("/t")
+                }]
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("minimum"), "{e}");
+        }
+        let e = check(&|s| {
+            s.tmpfs = vec![TmpfsMount {
+                mode: Some(0o10000),
+                ..tmpfs("/t")
+            }]
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("7777"), "{e}");
+        // One namespace of mount points across kinds.
+        let e = check(&|s| {
+            s.tmpfs = vec![tmpfs("/data")];
+            s.block_mounts = vec![block("v", "/data/")];
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("another mount"), "{e}");
+        let e = check(&|s| {
+            s.mounts = vec![Mount {
+                tag: "t".into(),
+                target: "/x".into(),
+                read_only: false,
+            }];
+            s.tmpfs = vec![tmpfs("/x/.")];
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("another mount"), "{e}");
+        // Drive ids: valid, and never a root disk's or another mount's.
+        for drive in ["", "a b", "a/b", &"x".repeat(21), "rootfs", "scratch"] {
+            let e = check(&|s| s.block_mounts = vec![block(drive, "/v")]).unwrap_err();
+            assert!(matches!(e, SpecError::BlockMount { .. }), "{drive:?}: {e}");
+        }
+        let e = check(&|s| s.block_mounts = vec![block("v", "/a"), block("v", "/b")]).unwrap_err();
+        assert!(e.to_string().contains("another mount"), "{e}");
+        check(&|s| {
+            s.tmpfs = vec![tmpfs("/a")];
+            s.block_mounts = vec![block("v", "/a/b"), block("w", "/c")];
+        })
+        .unwrap();
+        let unknown = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"]},"tmpfs":[{"target":"/t","uid":0}]}"#;
+        assert!(LaunchSpec::from_json(unknown).is_err());
     }
 }

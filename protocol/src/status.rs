@@ -55,6 +55,9 @@ pub enum InitError {
     NotExecutable = 5,
     /// The user, group or working directory could not be applied.
     User = 6,
+    /// The launch spec's network could not be applied (a NIC missing, an
+    /// address or route the kernel refused, /etc files not writable).
+    Network = 7,
 }
 
 impl InitError {
@@ -66,6 +69,7 @@ impl InitError {
             4 => Self::NotFound,
             5 => Self::NotExecutable,
             6 => Self::User,
+            7 => Self::Network,
             _ => return None,
         })
     }
@@ -88,6 +92,7 @@ impl InitError {
             Self::NotFound => "the executable was not found",
             Self::NotExecutable => "the executable could not be run",
             Self::User => "the user, group or working directory could not be applied",
+            Self::Network => "the guest's network could not be configured",
         }
     }
 }
@@ -132,6 +137,7 @@ mod tests {
             GuestEvent::Exited(255),
             GuestEvent::Signaled(9),
             GuestEvent::InitError(InitError::NotFound),
+            GuestEvent::InitError(InitError::Network),
             GuestEvent::PowerOff,
         ];
         for e in all {

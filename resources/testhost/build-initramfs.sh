@@ -66,6 +66,8 @@ ensure_packages() {
     command -v modinfo >/dev/null || missing+=(kmod)
     command -v readelf >/dev/null || missing+=(binutils)
     command -v xz >/dev/null || missing+=(xz-utils)
+    # Machine mode (machine-l1) points L1's 127.0.0.1 at the host with nft.
+    command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
     compgen -G '/boot/vmlinuz-*-amd64' >/dev/null || missing+=(linux-image-amd64)
     [ ${#missing[@]} -eq 0 ] && return 0
     [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; install them as root: apt-get install ${missing[*]}"
@@ -81,25 +83,31 @@ ensure_packages
 
 # --- which kernel --------------------------------------------------------
 # The newest installed Debian amd64 kernel that has its modules; override
-# with MVM_TESTHOST_KVER.
+# with MVM_TESTHOST_KVER. MVM_TESTHOST_KERNEL_ROOT (default /) is where its
+# boot/vmlinuz-* and lib/modules/* are: a kernel package unpacked with
+# `dpkg -x` (and `depmod -b`) elsewhere than the host's /boot, so that
+# trying another L1 kernel does not change the host's default one.
+kroot=${MVM_TESTHOST_KERNEL_ROOT:-/}
+kroot=${kroot%/}
 pick_kver() {
     local v
     if [ -n "${MVM_TESTHOST_KVER:-}" ]; then
         echo "$MVM_TESTHOST_KVER"
         return
     fi
-    for v in $(ls /boot | sed -n 's/^vmlinuz-\(.*-amd64\)$/\1/p' | sort -rV); do
-        if [ -f "/lib/modules/$v/modules.dep" ]; then
+    for v in $(ls "$kroot/boot" | sed -n 's/^vmlinuz-\(.*-amd64\)$/\1/p' | sort -rV); do
+        if [ -f "$kroot/lib/modules/$v/modules.dep" ]; then
             echo "$v"
             return
         fi
     done
 }
 kver=$(pick_kver)
-[ -n "$kver" ] || die "no /boot/vmlinuz-*-amd64 with /lib/modules/<version>/modules.dep; apt-get install linux-image-amd64"
-kernel="/boot/vmlinuz-$kver"
+[ -n "$kver" ] || die "no $kroot/boot/vmlinuz-*-amd64 with $kroot/lib/modules/<version>/modules.dep; apt-get install linux-image-amd64"
+kernel="$kroot/boot/vmlinuz-$kver"
+moddir="$kroot/lib/modules/$kver"
 [ -r "$kernel" ] || die "$kernel is missing or unreadable (MVM_TESTHOST_KVER=${MVM_TESTHOST_KVER:-})"
-[ -f "/lib/modules/$kver/modules.dep" ] || die "/lib/modules/$kver/modules.dep missing; reinstall linux-image-$kver"
+[ -f "$moddir/modules.dep" ] || die "$moddir/modules.dep missing; reinstall linux-image-$kver (or depmod -b $kroot $kver)"
 
 pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
 
@@ -107,7 +115,7 @@ pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; 
 key=$(
     {
         cat "$here/build-initramfs.sh" "$here/init"
-        echo "kver=$kver"
+        echo "kver=$kver kroot=$kroot"
         echo "kernel-pkg=$(pkg_version "linux-image-$kver")"
         stat -c 'kernel-size=%s mtime=%Y' "$kernel"
         echo "busybox=$(pkg_version busybox-static)"
@@ -140,11 +148,11 @@ add_module() {
     local name=${1//-/_} dep file
     [ -n "${seen[$name]:-}" ] && return 0
     seen[$name]=1
-    file=$(modinfo -k "$kver" -F filename "$name" 2>/dev/null) ||
-        die "module '$name' not found for kernel $kver (modinfo -k $kver $name)"
+    file=$(modinfo -b "$kroot/" -k "$kver" -F filename "$name" 2>/dev/null) ||
+        die "module '$name' not found for kernel $kver (modinfo -b $kroot/ -k $kver $name)"
     [ "$file" = "(builtin)" ] && return 0
-    for dep in $(modinfo -k "$kver" -F depends "$name" | tr ',' ' ') \
-        $(modinfo -k "$kver" -F softdep "$name" | sed -n 's/.*pre:\([^:]*\)\(post:.*\)\{0,1\}$/\1/p'); do
+    for dep in $(modinfo -b "$kroot/" -k "$kver" -F depends "$name" | tr ',' ' ') \
+        $(modinfo -b "$kroot/" -k "$kver" -F softdep "$name" | sed -n 's/.*pre:\([^:]*\)\(post:.*\)\{0,1\}$/\1/p'); do
         add_module "$dep"
     done
     order+=("$file")
@@ -199,14 +207,24 @@ done
 install -m 0755 "$here/init" "$root/init"
 : >"$tmp/modules"
 for f in "${order[@]}"; do
-    rel=${f#/lib/modules/$kver/}
+    rel=${f#"$moddir"/}
     mkdir -p "$root/lib/modules/$kver/$(dirname "$rel")"
-    cp "$f" "$root/lib/modules/$kver/$rel"
+    # Newer Debian kernels ship compressed modules; busybox insmod takes
+    # them uncompressed (and the signature sits inside the compression).
+    case "$rel" in
+    *.ko.xz) xz -dc "$f" >"$root/lib/modules/$kver/${rel%.xz}" && rel=${rel%.xz} ;;
+    *.ko.zst) zstd -qdc "$f" >"$root/lib/modules/$kver/${rel%.zst}" && rel=${rel%.zst} ;;
+    *.ko.gz) gzip -dc "$f" >"$root/lib/modules/$kver/${rel%.gz}" && rel=${rel%.gz} ;;
+    *) cp "$f" "$root/lib/modules/$kver/$rel" ;;
+    esac
     strip_signature "$root/lib/modules/$kver/$rel"
     echo "$rel" >>"$tmp/modules"
 done
 cp "$tmp/modules" "$root/etc/modules"
 echo "$kver" >"$root/etc/kver"
+# Where L1 finds the rest of the kernel's modules after switch_root (the
+# init links them into /lib/modules when they are not the host's own).
+echo "$moddir" >"$root/etc/moddir"
 # The kernel opens /dev/console for init's stdio before anything is mounted.
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
 

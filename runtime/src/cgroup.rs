@@ -1,5 +1,7 @@
 //! A CPU quota on the VMM process (`--cpus 1.5`), through a per-sandbox
-//! cgroup `mvm/<id>`.
+//! cgroup `mvm/<id>`; for a jailed VMM also a memory cap (guest memory
+//! plus the VMM's own, [`VMM_OVERHEAD_MIB`]) and a task cap
+//! ([`Limits::for_vmm`]), both cgroup v2 only.
 //!
 //! cgroup v2 (`cpu.max`) is preferred; hosts that still mount the v1 `cpu`
 //! controller get `cpu.cfs_quota_us`. Without either the quota cannot be
@@ -13,6 +15,38 @@ use std::path::{Path, PathBuf};
 /// Scheduling period for the quota, in microseconds (the kernel default).
 pub const PERIOD_US: u64 = 100_000;
 
+/// Memory a VMM uses beyond its guest's, in MiB: its own heap and
+/// stacks (a few MiB), KVM's accounted kernel memory (page tables, vCPU
+/// state) and slack for the page cache of its disk I/O, which the cgroup
+/// reclaims rather than fails on. Measured: see docs/benchmarks.md.
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// Tasks a VMM may have beyond one per vCPU: its main thread, the
+/// status-port and virtio-fs helper threads, with room to spare; a fork
+/// bomb from a compromised VMM stops here.
+pub const VMM_BASE_TASKS: u64 = 32;
+
+/// What a sandbox's cgroup enforces.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// CPU quota in CPUs (`cpu.max`).
+    pub cpus: Option<f64>,
+    /// `memory.max` in bytes.
+    pub memory_max: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<u64>,
+}
+
+impl Limits {
+    /// The limits of a jailed VMM with `res`.
+    pub fn for_vmm(res: &crate::Resources) -> Self {
+        Self {
+            cpus: res.cpu_quota,
+            memory_max: Some((res.memory_mib + VMM_OVERHEAD_MIB) << 20),
+            pids_max: Some(VMM_BASE_TASKS + u64::from(res.vcpus)),
+        }
+    }
+}
+
 /// Why no quota could be set.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -20,6 +54,14 @@ pub enum CgroupError {
     Unavailable,
     #[error("cannot set up the cgroup {path}: {source}; the CPU quota is not enforced")]
     Io { path: PathBuf, source: io::Error },
+    #[error("the cgroup v2 {controller} controller is not available at {root} (cgroup.controllers), so the VMM's {what} is not limited; enable it for mvmd (systemd: Delegate=yes; or mount cgroup2 with it)")]
+    Controller {
+        controller: &'static str,
+        what: &'static str,
+        root: PathBuf,
+    },
+    #[error("cgroup v1 is mounted: the VMM's memory and tasks are not limited (they need cgroup v2); the CPU quota is")]
+    V1Limits,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
@@ -112,6 +154,66 @@ impl Cgroup {
         }
     }
 
+    /// Create (or reuse) `mvm/<id>` enforcing `limits`. A controller the
+    /// host lacks is an error: the caller decides whether to go on without
+    /// the limit (and says so).
+    pub fn create_limited(id: &str, limits: &Limits) -> Result<Self, CgroupError> {
+        let h = Hierarchy::detect().ok_or(CgroupError::Unavailable)?;
+        let root = match &h {
+            Hierarchy::V2(root) => root.clone(),
+            Hierarchy::V1(_) => {
+                if let Some(c) = limits.cpus {
+                    Self::create_in(&h, id, c)?;
+                }
+                return Err(CgroupError::V1Limits);
+            }
+        };
+        let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let mut wanted: Vec<(&'static str, &'static str)> = Vec::new();
+        if limits.cpus.is_some() {
+            wanted.push(("cpu", "CPU time"));
+        }
+        if limits.memory_max.is_some() {
+            wanted.push(("memory", "memory"));
+        }
+        if limits.pids_max.is_some() {
+            wanted.push(("pids", "number of tasks"));
+        }
+        for (c, what) in &wanted {
+            if !available.split_whitespace().any(|a| a == *c) {
+                return Err(CgroupError::Controller {
+                    controller: c,
+                    what,
+                    root: root.clone(),
+                });
+            }
+        }
+        let names: Vec<&str> = wanted.iter().map(|(c, _)| *c).collect();
+        let parent = root.join("mvm");
+        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        enable(&root.join("cgroup.subtree_control"), &names)?;
+        enable(&parent.join("cgroup.subtree_control"), &names)?;
+        let path = parent.join(id);
+        create_dir(&path)?;
+        let set = |file: &str, value: String| {
+            let f = path.join(file);
+            fs::write(&f, value).map_err(io_err(&f))
+        };
+        if let Some(c) = limits.cpus {
+            let quota = ((c * PERIOD_US as f64).round() as u64).max(1000);
+            set("cpu.max", format!("{quota} {PERIOD_US}"))?;
+        }
+        if let Some(m) = limits.memory_max {
+            set("memory.max", m.to_string())?;
+            // The VMM is one process: an OOM kill takes all of it.
+            let _ = set("memory.oom.group", "1".into());
+        }
+        if let Some(p) = limits.pids_max {
+            set("pids.max", p.to_string())?;
+        }
+        Ok(Self { path })
+    }
+
     /// The file a process writes `0` to in order to join.
     pub fn procs(&self) -> PathBuf {
         self.path.join("cgroup.procs")
@@ -157,6 +259,19 @@ fn create_dir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+fn enable(subtree_control: &Path, controllers: &[&str]) -> Result<(), CgroupError> {
+    let cur = fs::read_to_string(subtree_control).map_err(io_err(subtree_control))?;
+    let missing: Vec<String> = controllers
+        .iter()
+        .filter(|c| !cur.split_whitespace().any(|x| x == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::write(subtree_control, missing.join(" ")).map_err(io_err(subtree_control))
+}
+
 fn enable_cpu(subtree_control: &Path) -> Result<(), CgroupError> {
     let cur = fs::read_to_string(subtree_control).map_err(io_err(subtree_control))?;
     if cur.split_whitespace().any(|c| c == "cpu") {
@@ -190,6 +305,43 @@ mod tests {
         let id = format!("test-{}", std::process::id());
         let cg = Cgroup::create_in(&h, &id, 1.5).unwrap();
         assert_eq!(cg.quota_cpus(), Some(1.5));
+        Cgroup::remove(&id);
+        assert!(!cg.path.exists());
+    }
+
+    /// A jailed VMM's limits on the real hierarchy (cgroup v2 here).
+    #[test]
+    fn vmm_limits_on_the_real_hierarchy() {
+        let id = format!("test-limits-{}", std::process::id());
+        let res = crate::Resources {
+            vcpus: 2,
+            cpu_quota: Some(0.5),
+            memory_mib: 256,
+            scratch_mib: 64,
+        };
+        let l = Limits::for_vmm(&res);
+        assert_eq!(l.memory_max, Some((256 + VMM_OVERHEAD_MIB) << 20));
+        assert_eq!(l.pids_max, Some(VMM_BASE_TASKS + 2));
+        if let Some(Hierarchy::V1(_)) = Hierarchy::detect() {
+            // This host: the quota is set, the rest is refused by name.
+            let e = Cgroup::create_limited(&id, &l).unwrap_err();
+            assert!(matches!(e, CgroupError::V1Limits), "{e}");
+            Cgroup::remove(&id);
+            return;
+        }
+        let cg = Cgroup::create_limited(&id, &l).unwrap();
+        let read = |f: &str| {
+            fs::read_to_string(cg.path.join(f))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            read("memory.max"),
+            ((256 + VMM_OVERHEAD_MIB) << 20).to_string()
+        );
+        assert_eq!(read("pids.max"), (VMM_BASE_TASKS + 2).to_string());
+        assert_eq!(cg.quota_cpus(), Some(0.5));
         Cgroup::remove(&id);
         assert!(!cg.path.exists());
     }

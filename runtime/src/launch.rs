@@ -10,8 +10,13 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use mvm_protocol::launch::{LaunchSpec, Mount, Output, ROOTFS_DRIVE_ID, SCRATCH_DRIVE_ID};
-use mvm_vmm_api::{Console, DriveConfig, FsConfig, VmConfig, VsockConfig};
+use mvm_protocol::launch::{
+    parse_mac, LaunchSpec, Mount, Network, Output, ROOTFS_DRIVE_ID, SCRATCH_DRIVE_ID,
+};
+use mvm_vmm_api::config::{DEFAULT_MTU, MAX_NET_DEVICES};
+use mvm_vmm_api::{
+    Console, DriveConfig, FsConfig, MacAddr, NetConfig, RateLimit, TapConfig, VmConfig, VsockConfig,
+};
 
 use crate::paths::SandboxPaths;
 use crate::spec::{ProcessSpec, Resources};
@@ -136,12 +141,147 @@ pub fn set_root_share(spec: &mut LaunchSpec, cfg: &mut VmConfig, root: &Share) {
     spec.rootfs.share = Some(root.tag.clone());
 }
 
+/// A NIC of a boot: a virtio-net device on a host TAP. The guest finds
+/// it by `mac`, so every NIC has one (a random MAC would change at each
+/// boot and match no interface of the spec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The VMM's device id (messages, counters), unique per boot.
+    pub id: String,
+    /// The host side: a TAP by name or an inherited descriptor.
+    pub tap: TapConfig,
+    /// The guest's MAC; a spec interface with the same MAC configures it.
+    pub mac: MacAddr,
+    /// The MTU the device reports (the most an interface on it may use).
+    pub mtu: u16,
+    /// Limits on what the guest receives.
+    pub rx_rate_limit: Option<RateLimit>,
+    /// Limits on what the guest sends.
+    pub tx_rate_limit: Option<RateLimit>,
+}
+
+impl Nic {
+    /// A NIC `id` on `tap` with `mac`, the default MTU and no limits.
+    pub fn new(id: impl Into<String>, tap: TapConfig, mac: MacAddr) -> Self {
+        Self {
+            id: id.into(),
+            tap,
+            mac,
+            mtu: DEFAULT_MTU,
+            rx_rate_limit: None,
+            tx_rate_limit: None,
+        }
+    }
+}
+
+/// Add NICs and the guest's view of them to a boot: a virtio-net device
+/// each in `cfg`, and `network` (interfaces by MAC, routes, resolver,
+/// hosts) as the spec's network section, which guest init applies
+/// before the workload. `network: None` leaves the section out (init then
+/// only brings up `lo`, and any NIC stays down: the workload's to
+/// configure). Every interface of `network` must name the MAC of one of
+/// `nics`, with an MTU the NIC takes; a NIC no interface names stays
+/// down in the guest. The section's own rules are checked by [`write`].
+pub fn add_network(
+    spec: &mut LaunchSpec,
+    cfg: &mut VmConfig,
+    nics: &[Nic],
+    network: Option<Network>,
+) -> Result<(), LaunchError> {
+    let count = cfg.net.len() + nics.len();
+    if count > MAX_NET_DEVICES {
+        return Err(LaunchError::TooManyNics { count });
+    }
+    for (i, nic) in nics.iter().enumerate() {
+        if nics[..i].iter().any(|n| n.mac == nic.mac)
+            || cfg.net.iter().any(|n| n.mac == Some(nic.mac))
+        {
+            return Err(LaunchError::DuplicateNicMac {
+                id: nic.id.clone(),
+                mac: nic.mac.to_string(),
+            });
+        }
+    }
+    if let Some(net) = &network {
+        for iface in &net.interfaces {
+            let nic = parse_mac(&iface.mac).and_then(|m| nics.iter().find(|n| n.mac.0 == m));
+            let Some(nic) = nic else {
+                return Err(LaunchError::NoNic {
+                    interface: iface.name.clone(),
+                    mac: iface.mac.clone(),
+                    nics: nics
+                        .iter()
+                        .map(|n| format!("{} {}", n.id, n.mac))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            if let Some(mtu) = iface.mtu.filter(|m| *m > u32::from(nic.mtu)) {
+                return Err(LaunchError::NicMtu {
+                    interface: iface.name.clone(),
+                    mtu,
+                    nic: nic.id.clone(),
+                    nic_mtu: nic.mtu,
+                });
+            }
+        }
+    }
+    for nic in nics {
+        cfg.net.push(NetConfig {
+            id: nic.id.clone(),
+            tap: nic.tap.clone(),
+            mac: Some(nic.mac),
+            mtu: nic.mtu,
+            rx_rate_limit: nic.rx_rate_limit,
+            tx_rate_limit: nic.tx_rate_limit,
+        });
+    }
+    spec.network = network;
+    Ok(())
+}
+
 /// Why the launch files could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     /// The launch spec is not valid (a NUL byte, a relative cwd...).
     #[error("invalid launch spec: {0}")]
     Spec(#[from] mvm_protocol::launch::SpecError),
+    /// More NICs than the VMM has virtio-net devices.
+    #[error("a boot has {count} NICs; the VMM takes at most {MAX_NET_DEVICES}")]
+    TooManyNics {
+        /// NICs asked for.
+        count: usize,
+    },
+    /// Two NICs with one MAC: the guest could not tell them apart.
+    #[error("NIC {id:?} has MAC {mac}, which another NIC of the boot has; give each NIC its own")]
+    DuplicateNicMac {
+        /// The second NIC.
+        id: String,
+        /// The MAC.
+        mac: String,
+    },
+    /// A spec interface matches no NIC.
+    #[error("network interface {interface:?} has MAC {mac:?}, which no NIC of the boot has (NICs: {nics}); give the interface its NIC's MAC")]
+    NoNic {
+        /// The interface's name.
+        interface: String,
+        /// Its MAC.
+        mac: String,
+        /// The NICs, `id mac`.
+        nics: String,
+    },
+    /// A spec interface asks for more MTU than its NIC reports.
+    #[error("network interface {interface:?} asks for MTU {mtu}, more than its NIC {nic:?} takes ({nic_mtu}); raise the NIC's MTU or lower the interface's")]
+    NicMtu {
+        /// The interface's name.
+        interface: String,
+        /// The MTU it asks for.
+        mtu: u32,
+        /// The NIC's id.
+        nic: String,
+        /// The NIC's MTU.
+        nic_mtu: u16,
+    },
     /// Writing a file failed.
     #[error("writing {}: {source}", path.display())]
     Write {
@@ -272,5 +412,100 @@ mod tests {
         assert_eq!(spec.mounts[0].target, "/src");
         spec.validate().unwrap();
         assert_eq!(VmConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn nics_become_devices_and_the_network_section_matches_them() {
+        use mvm_protocol::launch::{Interface, IpCidr};
+        let paths = crate::paths::Layout::new("/var/lib/mvm", "/run/mvm").sandbox("abc");
+        let boot = BootFiles {
+            kernel: Path::new("/k/vmlinux"),
+            init_archive: Path::new("/i/init.cpio"),
+        };
+        let res = Resources {
+            vcpus: 1,
+            cpu_quota: None,
+            memory_mib: 128,
+            scratch_mib: 64,
+        };
+        let base = vm_config(boot, &paths, Path::new("/d/root.ext4"), &res);
+        let mac0 = MacAddr([2, 0x42, 0xac, 0x11, 0, 2]);
+        let mac1 = MacAddr([2, 0x42, 0xac, 0x12, 0, 2]);
+        let mut eth1 = Nic::new("eth1", TapConfig::Fd(5), mac1);
+        eth1.mtu = 9000;
+        eth1.rx_rate_limit = Some(RateLimit::default());
+        let nics = [Nic::new("eth0", TapConfig::Name("tap0".into()), mac0), eth1];
+        let iface = |name: &str, mac: &str, mtu| Interface {
+            mac: mac.into(),
+            name: name.into(),
+            addresses: vec![IpCidr {
+                address: "10.0.0.2".parse().unwrap(),
+                prefix_len: 24,
+            }],
+            mtu,
+        };
+        let network = Network {
+            interfaces: vec![iface("eth0", "02:42:ac:11:00:02", None)],
+            ..Default::default()
+        };
+
+        let (mut cfg, mut spec) = (base.clone(), LaunchSpec::new(vec!["true".into()]));
+        add_network(&mut spec, &mut cfg, &nics, Some(network.clone())).unwrap();
+        assert_eq!(cfg.net.len(), 2);
+        assert_eq!(cfg.net[0].mac, Some(mac0));
+        assert_eq!(cfg.net[0].tap, TapConfig::Name("tap0".into()));
+        assert_eq!((cfg.net[1].id.as_str(), cfg.net[1].mtu), ("eth1", 9000));
+        assert_eq!(cfg.net[1].rx_rate_limit, Some(RateLimit::default()));
+        assert_eq!(spec.network.as_ref(), Some(&network));
+        spec.validate().unwrap();
+        assert_eq!(VmConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+
+        // Without a section: devices only.
+        let (mut cfg, mut spec) = (base.clone(), LaunchSpec::new(vec!["true".into()]));
+        add_network(&mut spec, &mut cfg, &nics, None).unwrap();
+        assert_eq!((cfg.net.len(), spec.network.is_none()), (2, true));
+
+        let refused = |nics: &[Nic], net: Network| {
+            let (mut cfg, mut spec) = (base.clone(), LaunchSpec::new(vec!["true".into()]));
+            let e = add_network(&mut spec, &mut cfg, nics, Some(net)).unwrap_err();
+            assert!(
+                cfg.net.is_empty() && spec.network.is_none(),
+                "nothing added"
+            );
+            e.to_string()
+        };
+        let e = refused(
+            &nics,
+            Network {
+                interfaces: vec![iface("eth0", "02:42:ac:11:00:09", None)],
+                ..Default::default()
+            },
+        );
+        assert!(
+            e.contains("\"eth0\"")
+                && e.contains("02:42:ac:11:00:09")
+                && e.contains("eth0 02:42:ac:11:00:02"),
+            "{e}"
+        );
+        let e = refused(
+            &nics,
+            Network {
+                interfaces: vec![iface("eth0", "02:42:ac:11:00:02", Some(1600))],
+                ..Default::default()
+            },
+        );
+        assert!(e.contains("MTU 1600") && e.contains("(1500)"), "{e}");
+        let twins = [nics[0].clone(), Nic::new("x", TapConfig::Fd(6), mac0)];
+        assert!(refused(&twins, Network::default()).contains("\"x\""));
+        let many: Vec<Nic> = (0..9)
+            .map(|i| {
+                Nic::new(
+                    format!("n{i}"),
+                    TapConfig::Fd(3 + i),
+                    MacAddr([2, 0, 0, 0, 0, i as u8]),
+                )
+            })
+            .collect();
+        assert!(refused(&many, Network::default()).contains("9 NICs"));
     }
 }

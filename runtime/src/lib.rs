@@ -35,6 +35,7 @@ pub mod artifacts;
 pub mod cgroup;
 pub mod exit;
 pub mod host;
+pub mod jail;
 pub mod launch;
 pub mod logs;
 pub mod names;
@@ -45,6 +46,7 @@ pub mod share;
 pub mod spec;
 pub mod state;
 pub mod transient;
+pub mod volume;
 
 use std::fs;
 use std::io;
@@ -55,6 +57,7 @@ use mvm_images::{RootDiskError, RootDiskOptions, Store, StoreError};
 pub use artifacts::{ArtifactOverrides, Artifacts};
 pub use exit::{ExitInfo, Intent};
 pub use host::HostResources;
+pub use jail::{JailConfig, UidRange};
 pub use logs::LogLimits;
 pub use paths::{Layout, SandboxPaths};
 pub use process::VmmProcess;
@@ -66,6 +69,7 @@ pub use spec::{
 };
 pub use state::{ExitReason, State, Status};
 pub use transient::{Root, Transient, TransientSpec};
+pub use volume::{MountSpec, VolumeDirs, VolumeError};
 
 /// What kind of failure an error is, for callers that map errors to their
 /// own codes (mvmd's HTTP statuses, the shim's ttrpc codes).
@@ -113,6 +117,10 @@ pub enum RuntimeError {
     Launch(#[from] launch::LaunchError),
     #[error(transparent)]
     Share(#[from] share::ShareError),
+    #[error(transparent)]
+    Jail(#[from] jail::JailError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
 }
 
 impl RuntimeError {
@@ -132,6 +140,10 @@ impl RuntimeError {
                 _ => ErrorKind::Internal,
             },
             Self::Artifact(_) => ErrorKind::Unavailable,
+            Self::Jail(jail::JailError::Exhausted { .. } | jail::JailError::NoJailer { .. }) => {
+                ErrorKind::Unavailable
+            }
+            Self::Jail(_) => ErrorKind::Internal,
             Self::Share(share::ShareError::NoVirtiofsd { .. }) => ErrorKind::Unavailable,
             Self::Share(
                 share::ShareError::Tag { .. }
@@ -139,7 +151,16 @@ impl RuntimeError {
                 | share::ShareError::Source { .. },
             ) => ErrorKind::Invalid,
             Self::Share(_) => ErrorKind::Internal,
-            Self::Launch(launch::LaunchError::Spec(_)) => ErrorKind::Invalid,
+            Self::Launch(
+                launch::LaunchError::Spec(_)
+                | launch::LaunchError::TooManyNics { .. }
+                | launch::LaunchError::DuplicateNicMac { .. }
+                | launch::LaunchError::NoNic { .. }
+                | launch::LaunchError::NicMtu { .. },
+            ) => ErrorKind::Invalid,
+            Self::Volume(VolumeError::Missing(_)) => ErrorKind::NotFound,
+            Self::Volume(e) if e.is_invalid() => ErrorKind::Invalid,
+            Self::Volume(_) => ErrorKind::Internal,
             Self::Io { source, .. } | Self::Launch(launch::LaunchError::Write { source, .. })
                 if source.raw_os_error() == Some(libc::ENOSPC) =>
             {
@@ -183,15 +204,22 @@ pub struct RuntimeConfig {
     pub vmm_log_max: u64,
     /// `MVM_LOG` for VMMs (None: theirs, `info`).
     pub vmm_log_filter: Option<String>,
+    /// How VMMs are jailed; `None` runs them unconfined, as root (mvmd
+    /// --no-jail, for debugging only).
+    pub jail: Option<JailConfig>,
 }
 
 impl RuntimeConfig {
     /// A config from the environment (`MVM_ROOT`, `MVM_RUN_DIR`,
-    /// `MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`) and the default locations.
+    /// `MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`, `MVM_JAILER`) and the default
+    /// locations; VMMs jailed with the default uid range.
     pub fn from_env(overrides: ArtifactOverrides) -> Result<Self, RuntimeError> {
+        let artifacts = Artifacts::locate(&overrides)?;
+        let jail = JailConfig::locate(&artifacts.vmm, None, UidRange::default())?;
         Ok(Self {
             layout: Layout::from_env(),
-            artifacts: Artifacts::locate(&overrides)?,
+            artifacts,
+            jail: Some(jail),
             defaults: Defaults::default(),
             log_limits: LogLimits::default(),
             console_max: 10 << 20,
@@ -210,6 +238,16 @@ pub struct Created {
     pub warnings: Vec<String>,
 }
 
+/// A boot's network: NICs on host TAPs and the guest's configuration of
+/// them. The default (no NIC, no section) leaves the guest with `lo` only.
+#[derive(Debug, Clone, Default)]
+pub struct BootNet {
+    /// The virtio-net devices.
+    pub nics: Vec<launch::Nic>,
+    /// What guest init configures on them.
+    pub network: Option<mvm_protocol::launch::Network>,
+}
+
 /// The result of [`Runtime::start`].
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -225,6 +263,8 @@ pub struct Started {
 pub struct Runtime {
     cfg: RuntimeConfig,
     store: Store,
+    /// Hands out the VMMs' uids (jailed only).
+    uids: Option<jail::UidAllocator>,
 }
 
 impl Runtime {
@@ -252,7 +292,11 @@ impl Runtime {
             image: "store".into(),
             source: Box::new(source),
         })?;
-        Ok(Self { cfg, store })
+        let uids = cfg
+            .jail
+            .as_ref()
+            .map(|j| jail::UidAllocator::new(cfg.layout.root.join("jail-uids"), j.uids));
+        Ok(Self { cfg, store, uids })
     }
 
     /// The configuration.
@@ -268,6 +312,11 @@ impl Runtime {
     /// The layout.
     pub fn layout(&self) -> &Layout {
         &self.cfg.layout
+    }
+
+    /// The directories of directory volumes.
+    pub fn volumes(&self) -> VolumeDirs {
+        VolumeDirs::new(self.cfg.layout.volumes())
     }
 
     /// The files of sandbox `id`.
@@ -312,6 +361,11 @@ impl Runtime {
         let host = HostResources::probe();
         let resolved = spec::resolve(req, &image_config, id, &self.cfg.defaults, &host)?;
         let paths = self.paths(id);
+        // Volumes are made before the sandbox's directory: one that exists
+        // already is kept as it is, so nothing here needs undoing.
+        for name in resolved.mounts.iter().filter_map(MountSpec::volume_name) {
+            self.volumes().create(name)?;
+        }
         fs::create_dir(&paths.dir).map_err(io_err("creating", &paths.dir))?;
         let r = (|| {
             let disk = self
@@ -340,6 +394,8 @@ impl Runtime {
                 labels: resolved.labels.clone(),
                 resources: resolved.resources,
                 lifecycle: resolved.lifecycle.clone(),
+                mounts: resolved.mounts.clone(),
+                read_only_root: resolved.read_only_root,
             })
         })();
         match r {
@@ -380,6 +436,19 @@ impl Runtime {
         size: Option<(u16, u16)>,
         shares: &[HostShare],
     ) -> Result<Started, RuntimeError> {
+        self.start_with(spec, size, shares, &BootNet::default())
+    }
+
+    /// [`Self::start_with_shares`] with NICs and the guest's network
+    /// configuration ([`launch::add_network`]): the TAPs must exist (mvmd
+    /// makes them with mvm-net before it starts the sandbox).
+    pub fn start_with(
+        &self,
+        spec: &SandboxSpec,
+        size: Option<(u16, u16)>,
+        shares: &[HostShare],
+        net: &BootNet,
+    ) -> Result<Started, RuntimeError> {
         let paths = self.paths(&spec.id);
         let mut warnings = Vec::new();
         match fs::remove_file(&paths.status) {
@@ -387,8 +456,8 @@ impl Runtime {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("removing", &paths.status)(e)),
         }
-        let _ = fs::remove_file(&paths.vsock);
         share::stop_recorded(&paths);
+        self.vmm_dirs(&paths)?;
         if !spec.root_disk.exists() {
             return Err(RuntimeError::Io {
                 op: "opening the root disk",
@@ -404,6 +473,18 @@ impl Runtime {
             size,
         };
         let mut launch = launch::launch_spec(&spec.process, &spec.hostname, stdio);
+        launch.rootfs.read_only = spec.read_only_root;
+        launch.tmpfs = spec
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountSpec::Tmpfs(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut all_shares = self.volumes().shares(&spec.mounts)?;
+        all_shares.extend_from_slice(shares);
+        let shares = &all_shares[..];
         let init = self.init_archive()?;
         let mut cfg = launch::vm_config(
             self.boot_files(&init),
@@ -412,28 +493,17 @@ impl Runtime {
             &spec.resources,
         );
         self.bound_files(&mut cfg, &paths);
+        launch::add_network(&mut launch, &mut cfg, &net.nics, net.network.clone())?;
         // Stopped again if anything below fails (dropped).
         let backends = self.start_shares(&paths, shares, &mut launch, &mut cfg)?;
         launch::write(&launch, &cfg, &paths)?;
         if let Some(b) = &backends {
             b.record(&paths)?;
         }
-        let cgroup = match spec.resources.cpu_quota {
-            Some(c) => match cgroup::Cgroup::create(&spec.id, c) {
-                Ok(cg) => Some(cg),
-                Err(e) => {
-                    tracing::warn!(sandbox = %spec.id, "{e}");
-                    warnings.push(e.to_string());
-                    None
-                }
-            },
-            None => None,
-        };
-        let procs = cgroup.as_ref().map(|c| c.procs());
-        let process = match self.spawn(&paths, procs.as_deref(), false) {
+        let process = match self.launch_vmm(&spec.id, &paths, &spec.resources, false, &mut warnings)
+        {
             Ok(p) => p,
             Err(e) => {
-                cgroup::Cgroup::remove(&spec.id);
                 drop(backends);
                 let _ = fs::remove_file(paths.dir.join(share::RECORD_FILE));
                 return Err(e);
@@ -485,18 +555,22 @@ impl Runtime {
         }
     }
 
-    /// Clean up after a VMM ended: its cgroup, socket and share backends.
+    /// Clean up after a VMM ended: its cgroup, sockets and share backends.
     pub fn after_exit(&self, id: &str) {
         cgroup::Cgroup::remove(id);
         let paths = self.paths(id);
-        let _ = fs::remove_file(&paths.vsock);
+        let _ = fs::remove_dir_all(&paths.sockets);
         share::stop_recorded(&paths);
     }
 
-    /// Delete everything of sandbox `id` (its VMM must be gone).
+    /// Delete everything of sandbox `id` (its VMM must be gone), giving
+    /// back its uid.
     pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.after_exit(id);
         let paths = self.paths(id);
+        if let Some(u) = &self.uids {
+            u.release(&paths.dir);
+        }
         match fs::remove_dir_all(&paths.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -524,13 +598,88 @@ impl Runtime {
         cfg.log_max_bytes = Some(self.cfg.vmm_log_max);
     }
 
-    /// Spawn the VMM of a boot whose launch files are written.
+    /// Fresh directories for what the VMM writes (console, log, status)
+    /// and for its sockets, before any backend or VMM starts; the jailer
+    /// gives them to the VMM's uid.
+    pub(crate) fn vmm_dirs(&self, paths: &SandboxPaths) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = fs::remove_dir_all(&paths.sockets);
+        let mut b = fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        for d in [&paths.vm_dir, &paths.sockets] {
+            b.create(d).map_err(io_err("creating", d))?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup and the process of a VMM whose launch files are written:
+    /// jailed, with memory and task limits besides any CPU quota, unless
+    /// the runtime runs with no jail. A limit the host cannot enforce is a
+    /// warning.
+    pub(crate) fn launch_vmm(
+        &self,
+        id: &str,
+        paths: &SandboxPaths,
+        res: &Resources,
+        die_with_parent: bool,
+        warnings: &mut Vec<String>,
+    ) -> Result<VmmProcess, RuntimeError> {
+        let mut warn = |e: cgroup::CgroupError| {
+            tracing::warn!(sandbox = %id, "{e}");
+            warnings.push(e.to_string());
+        };
+        let cpu_only = |warn: &mut dyn FnMut(cgroup::CgroupError)| match res.cpu_quota {
+            Some(c) => match cgroup::Cgroup::create(id, c) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    warn(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        let cg = if self.cfg.jail.is_some() {
+            match cgroup::Cgroup::create_limited(id, &cgroup::Limits::for_vmm(res)) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    warn(e);
+                    cpu_only(&mut warn)
+                }
+            }
+        } else {
+            cpu_only(&mut warn)
+        };
+        let procs = cg.as_ref().map(|c| c.procs());
+        let r = self.spawn(paths, procs.as_deref(), die_with_parent);
+        if r.is_err() {
+            cgroup::Cgroup::remove(id);
+        }
+        r
+    }
+
+    /// Spawn the VMM of a boot whose launch files are written, through the
+    /// jailer unless the runtime runs with no jail.
     fn spawn(
         &self,
         paths: &SandboxPaths,
         cgroup_procs: Option<&Path>,
         die_with_parent: bool,
     ) -> Result<VmmProcess, RuntimeError> {
+        let jailed = match (&self.cfg.jail, &self.uids) {
+            (Some(j), Some(uids)) => {
+                let uid = uids.uid_for(&paths.dir)?;
+                let spec = mvm_jailer::JailSpec {
+                    vmm: self.cfg.artifacts.vmm.clone(),
+                    config: paths.vm_config.clone(),
+                    root: paths.jail.clone(),
+                    uid,
+                    gid: uid,
+                    ro: j.libraries.clone(),
+                };
+                Some((j.jailer.as_path(), spec.to_args()))
+            }
+            _ => None,
+        };
         Ok(process::spawn(&process::SpawnSpec {
             vmm: &self.cfg.artifacts.vmm,
             config: &paths.vm_config,
@@ -538,6 +687,14 @@ impl Runtime {
             cgroup_procs,
             log_filter: self.cfg.vmm_log_filter.as_deref(),
             die_with_parent,
+            jailer: jailed
+                .as_ref()
+                .map(|(j, args)| process::Jailer { path: j, args }),
         })?)
+    }
+
+    /// The uid allocator, for transients' cleanup.
+    pub(crate) fn uids(&self) -> Option<&jail::UidAllocator> {
+        self.uids.as_ref()
     }
 }

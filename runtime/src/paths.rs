@@ -81,6 +81,11 @@ impl Layout {
         self.root.join("transient")
     }
 
+    /// Parent of the directory volumes (`crate::volume::VolumeDirs`).
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+
     /// The default API socket.
     pub fn socket(&self) -> PathBuf {
         self.run_dir.join("mvmd.sock")
@@ -102,19 +107,22 @@ impl Layout {
     }
 
     fn paths_in(&self, dir: PathBuf, id: &str) -> SandboxPaths {
+        let vm_dir = dir.join("vm");
+        // Unix socket paths are limited to 107 bytes: keep these short and
+        // out of the (possibly deep) state root.
+        let sockets = self.vsock_dir().join(&id[..id.len().min(32)]);
         SandboxPaths {
             scratch: dir.join("scratch.ext4"),
             spec_cpio: dir.join("spec.cpio"),
             vm_config: dir.join("vm.json"),
-            status: dir.join("status.json"),
-            console: dir.join("console.log"),
-            vmm_log: dir.join("vmm.log"),
+            status: vm_dir.join("status.json"),
+            console: vm_dir.join("console.log"),
+            vmm_log: vm_dir.join("vmm.log"),
             logs: dir.join("logs"),
-            // Unix socket paths are limited to 107 bytes: keep this one
-            // short and out of the (possibly deep) state root.
-            vsock: self
-                .vsock_dir()
-                .join(format!("{}.sock", &id[..id.len().min(32)])),
+            jail: dir.join("jail"),
+            vsock: sockets.join("v.sock"),
+            sockets,
+            vm_dir,
             dir,
         }
     }
@@ -141,6 +149,16 @@ pub struct SandboxPaths {
     pub logs: PathBuf,
     /// The VMM's vsock Unix socket.
     pub vsock: PathBuf,
+    /// The directory of the VMM's sockets (vsock, virtio-fs backends):
+    /// `<run dir>/vsock/<id>`, the VMM's to write, one per sandbox so a
+    /// VMM sees no other sandbox's sockets.
+    pub sockets: PathBuf,
+    /// The directory of the files the VMM writes (console, log, status):
+    /// `<dir>/vm`, owned by the VMM's uid when it is jailed. Nothing the
+    /// host acts on lives there.
+    pub vm_dir: PathBuf,
+    /// The VMM's jail (its root when jailed): mount points only.
+    pub jail: PathBuf,
 }
 
 impl SandboxPaths {

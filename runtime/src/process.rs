@@ -1,4 +1,5 @@
-//! The `mvm-vmm` process: spawned in its own session so it outlives mvmd,
+//! The `mvm-vmm` process: spawned (through `mvm-jailer`, normally) in its
+//! own session so it outlives mvmd,
 //! identified by pid plus start time so a reused pid is never mistaken for
 //! it, and watched through a pidfd, which works for processes that are not
 //! our children (after mvmd restarts, the VMMs belong to init).
@@ -24,6 +25,8 @@ pub enum ProcessError {
     Spawn { vmm: PathBuf, source: io::Error },
     #[error("cannot watch VMM process {pid}: {source}")]
     Watch { pid: i32, source: io::Error },
+    #[error("cannot jail the VMM: {message}")]
+    Jail { message: String },
 }
 
 /// A VMM process, as stored in the database.
@@ -56,6 +59,8 @@ pub struct SpawnSpec<'a> {
     /// the signal to the spawning *thread*: spawn from a thread that lives
     /// as long as the process (the shim's single-threaded runtime).
     pub die_with_parent: bool,
+    /// Run this jailer (which execs the VMM) instead of the VMM.
+    pub jailer: Option<Jailer<'a>>,
 }
 
 /// The `pre_exec` half of [`SpawnSpec::die_with_parent`]: ask for SIGKILL
@@ -86,9 +91,23 @@ pub(crate) unsafe fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
     Ok(())
 }
 
+/// The jailer and its arguments (`mvm_jailer::JailSpec::to_args`).
+#[derive(Debug, Clone, Copy)]
+pub struct Jailer<'a> {
+    /// `mvm-jailer`.
+    pub path: &'a Path,
+    /// Its arguments.
+    pub args: &'a [std::ffi::OsString],
+}
+
 /// Start the VMM: a new session (so a signal to mvmd's group or terminal
 /// never reaches it, and it survives mvmd), stdin and stdout on
 /// /dev/null, stderr to its log, moved into its cgroup before it execs.
+///
+/// Jailed, the jailer is started that way instead (the VMM inherits its
+/// cgroup and stderr); it prints the VMM's pid and exits once the VMM runs
+/// (a VMM in its own pid namespace is the jailer's child, not ours), or
+/// prints why it could not.
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
     let log = OpenOptions::new()
         .create(true)
@@ -112,12 +131,19 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
     let tie = spec.die_with_parent;
     // SAFETY: getpid cannot fail.
     let parent = unsafe { libc::getpid() };
-    let mut cmd = Command::new(spec.vmm);
-    cmd.arg("--config")
-        .arg(spec.config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    let mut cmd = match spec.jailer {
+        Some(j) => {
+            let mut c = Command::new(j.path);
+            c.args(j.args).stdout(Stdio::piped());
+            c
+        }
+        None => {
+            let mut c = Command::new(spec.vmm);
+            c.arg("--config").arg(spec.config).stdout(Stdio::null());
+            c
+        }
+    };
+    cmd.stdin(Stdio::null()).stderr(log);
     if let Some(f) = spec.log_filter {
         cmd.env("MVM_LOG", f);
     }
@@ -141,6 +167,31 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
             }
             Ok(())
         });
+    }
+    if let Some(j) = spec.jailer {
+        let out = cmd.output().map_err(|source| ProcessError::Spawn {
+            vmm: j.path.into(),
+            source,
+        })?;
+        drop(procs);
+        let text = String::from_utf8_lossy(&out.stdout);
+        return match text.trim().parse::<i32>() {
+            Ok(pid) if out.status.success() && pid > 0 => Ok(VmmProcess {
+                pid,
+                start_time: start_time(pid).unwrap_or(0),
+            }),
+            _ => Err(ProcessError::Jail {
+                message: match text.trim() {
+                    "" => format!(
+                        "{} ({}); see {}",
+                        j.path.display(),
+                        out.status,
+                        spec.log.display()
+                    ),
+                    t => t.to_string(),
+                },
+            }),
+        };
     }
     let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
         vmm: spec.vmm.into(),
@@ -326,6 +377,7 @@ mod tests {
             cgroup_procs: None,
             log_filter: None,
             die_with_parent: false,
+            jailer: None,
         };
         // A parallel test that forks while our write descriptor to the
         // script is open makes exec fail with ETXTBSY for a moment.

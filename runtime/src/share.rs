@@ -179,12 +179,7 @@ pub struct Backends {
 /// The socket of share number `index` of sandbox `paths`: in the run dir
 /// next to the vsock sockets (short: Unix socket paths are limited).
 pub fn socket_path(paths: &SandboxPaths, index: usize) -> PathBuf {
-    let stem = paths
-        .vsock
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    paths.vsock.with_file_name(format!("{stem}.fs{index}.sock"))
+    paths.sockets.join(format!("fs{index}.sock"))
 }
 
 /// The log of share number `index`, in the sandbox's directory.

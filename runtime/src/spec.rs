@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::HostResources;
 use crate::restart::RestartPolicy;
+use crate::volume::MountSpec;
 use crate::ErrorKind;
 
 /// The smallest guest that boots our kernel and init with room to work.
@@ -92,6 +93,10 @@ pub struct SandboxRequest {
     pub stop_signal: Option<String>,
     /// Seconds a stop waits before killing.
     pub stop_timeout: Option<u64>,
+    /// Bind mounts, volumes and tmpfs (`crate::volume`).
+    pub mounts: Vec<MountSpec>,
+    /// Docker's `--read-only`: the root filesystem is mounted read-only.
+    pub read_only_root: bool,
 }
 
 /// The resources a request asks for.
@@ -191,6 +196,13 @@ pub struct SandboxSpec {
     pub resources: Resources,
     /// Stop and restart behaviour.
     pub lifecycle: Lifecycle,
+    /// Bind mounts, volumes and tmpfs, restored on every start. Absent in
+    /// records from before volumes: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+    /// The root filesystem is read-only (`--read-only`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
 }
 
 /// A refused request: what kind of refusal, and a message that says what
@@ -231,6 +243,11 @@ pub struct Resolved {
     pub resources: Resources,
     /// Stop and restart behaviour.
     pub lifecycle: Lifecycle,
+    /// The request's mounts, checked, plus an anonymous volume for each
+    /// of the image's VOLUMEs no mount covers.
+    pub mounts: Vec<MountSpec>,
+    /// `--read-only`.
+    pub read_only_root: bool,
     /// Non-fatal remarks for the caller.
     pub warnings: Vec<String>,
 }
@@ -303,6 +320,8 @@ pub fn resolve(
         ));
     }
 
+    let mounts = resolve_mounts(&req.mounts, &image.volumes)?;
+
     let (vcpus, cpus) = resolve_cpus(&req.resources, defaults, host, &mut warnings)?;
     let memory_mib = resolve_memory(
         req.resources.memory_mib.unwrap_or(defaults.memory_mib),
@@ -333,8 +352,38 @@ pub fn resolve(
             stop_signal,
             stop_timeout,
         },
+        mounts,
+        read_only_root: req.read_only_root,
         warnings,
     })
+}
+
+/// The request's mounts, checked ([`crate::volume::validate`]), then an
+/// anonymous volume (a fresh random name) for each of the image's
+/// `VOLUME` paths that no mount covers, as Docker makes them.
+pub fn resolve_mounts(
+    requested: &[MountSpec],
+    image_volumes: &[String],
+) -> Result<Vec<MountSpec>, SpecError> {
+    let mut mounts = requested.to_vec();
+    let taken: std::collections::HashSet<String> = mounts
+        .iter()
+        .map(|m| mvm_protocol::launch::normalize_target(m.target()))
+        .collect();
+    for path in image_volumes {
+        let normal = mvm_protocol::launch::normalize_target(path);
+        if taken.contains(&normal) || normal == "/" || !path.starts_with('/') {
+            continue;
+        }
+        mounts.push(MountSpec::Volume {
+            name: crate::names::new_id(),
+            target: normal,
+            read_only: false,
+            anonymous: true,
+        });
+    }
+    crate::volume::validate(&mut mounts).map_err(|e| bad(e.to_string()))?;
+    Ok(mounts)
 }
 
 /// ENTRYPOINT and CMD after overrides: `--entrypoint` resets the image's
@@ -509,6 +558,42 @@ mod tests {
 
     fn resolve_err(r: &SandboxRequest) -> SpecError {
         resolve(r, &image(), ID, &Defaults::default(), &host()).unwrap_err()
+    }
+
+    #[test]
+    fn image_volumes_become_anonymous_volumes_unless_a_mount_covers_them() {
+        let given = vec![MountSpec::Volume {
+            name: "data".into(),
+            target: "/var/lib/app/".into(),
+            read_only: false,
+            anonymous: false,
+        }];
+        let image = ["/var/lib/app".to_string(), "/cache/./".into(), "rel".into()];
+        let m = resolve_mounts(&given, &image).unwrap();
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m[0], given[0]);
+        match &m[1] {
+            MountSpec::Volume {
+                name,
+                target,
+                anonymous: true,
+                read_only: false,
+            } => {
+                assert_eq!(target, "/cache");
+                assert_eq!(name.len(), 64);
+            }
+            other => panic!("{other:?}"),
+        }
+        let two = resolve_mounts(&[], &["/a".into()]).unwrap();
+        assert_ne!(two[0].volume_name(), m[1].volume_name(), "fresh names");
+        // The request's own mounts are checked.
+        let e = resolve_mounts(
+            &[MountSpec::Tmpfs(crate::volume::default_tmpfs("run"))],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(e.message.contains("absolute"), "{e}");
     }
 
     #[test]

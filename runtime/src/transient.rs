@@ -73,6 +73,8 @@ pub struct Transient {
     /// Stopped when the transient is dropped, after its VMM (fields drop
     /// after `Drop::drop`).
     backends: Option<Backends>,
+    /// Where its VMM's uid goes back.
+    uids: Option<crate::jail::UidAllocator>,
 }
 
 impl Runtime {
@@ -118,6 +120,7 @@ impl Runtime {
             };
             let mut cfg = launch::vm_config(self.boot_files(&init), &paths, disk, &spec.resources);
             self.bound_files(&mut cfg, &paths);
+            self.vmm_dirs(&paths)?;
             let mut all = Vec::with_capacity(shares.len() + 1);
             if let Root::Directory(dir) = &spec.root {
                 all.push(HostShare {
@@ -143,21 +146,15 @@ impl Runtime {
                 Some(backends)
             };
             launch::write(&l, &cfg, &paths)?;
-            let cg = match spec.resources.cpu_quota {
-                Some(c) => match cgroup::Cgroup::create(&id, c) {
-                    Ok(cg) => Some(cg),
-                    Err(e) => {
-                        tracing::warn!(transient = %id, "{e}");
-                        None
-                    }
-                },
-                None => None,
-            };
-            let procs = cg.as_ref().map(|c| c.procs());
-            Ok((
-                self.spawn(&paths, procs.as_deref(), spec.die_with_parent)?,
-                backends,
-            ))
+            let mut warnings = Vec::new();
+            let vmm = self.launch_vmm(
+                &id,
+                &paths,
+                &spec.resources,
+                spec.die_with_parent,
+                &mut warnings,
+            )?;
+            Ok((vmm, backends))
         })();
         match r {
             Ok((vmm, backends)) => Ok(Transient {
@@ -166,10 +163,14 @@ impl Runtime {
                 vmm,
                 started,
                 backends,
+                uids: self.uids().cloned(),
             }),
             Err(e) => {
                 cgroup::Cgroup::remove(&id);
-                let _ = fs::remove_file(&paths.vsock);
+                let _ = fs::remove_dir_all(&paths.sockets);
+                if let Some(u) = self.uids() {
+                    u.release(&paths.dir);
+                }
                 let _ = fs::remove_dir_all(&paths.dir);
                 Err(e)
             }
@@ -274,7 +275,10 @@ impl Drop for Transient {
             b.stop();
         }
         cgroup::Cgroup::remove(&self.id);
-        let _ = fs::remove_file(&self.paths.vsock);
+        let _ = fs::remove_dir_all(&self.paths.sockets);
+        if let Some(u) = &self.uids {
+            u.release(&self.paths.dir);
+        }
         if let Err(e) = fs::remove_dir_all(&self.paths.dir) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(transient = %self.id, "removing {}: {e}", self.paths.dir.display());

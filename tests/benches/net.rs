@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use mvm_e2e::netns::{veth_pair, Netns};
 use mvm_e2e::{Running, Vm};
-use mvm_vmm_api::{MacAddr, NetConfig, TapConfig};
+use mvm_runtime::launch::Nic;
+use mvm_vmm_api::{MacAddr, TapConfig};
 
 const MIB: usize = 1 << 20;
 const CHUNK: usize = 64 * 1024;
@@ -218,9 +219,11 @@ echo bench-done",
     let mut vm = Vm::new(&["/bin/sh", "-c", &script]);
     vm.memory_mib = 256;
     vm.timeout = Duration::from_secs(1800);
-    let mut net = NetConfig::new("eth0", TapConfig::Name(TAP.into()));
-    net.mac = Some(MacAddr([0x02, 0x6d, 0x76, 0x6d, 0x00, 0x02]));
-    vm.net = vec![net];
+    vm.nics = vec![Nic::new(
+        "eth0",
+        TapConfig::Name(TAP.into()),
+        MacAddr([0x02, 0x6d, 0x76, 0x6d, 0x00, 0x02]),
+    )];
     vm.netns = Some(ns.name().to_string());
     let mut r: Running<'_> = vm.spawn();
     let pid = r.child.id();

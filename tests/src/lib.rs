@@ -156,8 +156,14 @@ pub struct Vm {
     /// runtime starts a virtiofsd for each ([`share::Backends`]) before
     /// the VMM and stops it after.
     pub shares: Vec<HostShare>,
-    /// virtio-net devices (their TAPs are the test's to make).
-    pub net: Vec<mvm_vmm_api::NetConfig>,
+    /// virtio-net devices (their TAPs are the test's to make), added with
+    /// `spec.network` (the guest's view of them) by the runtime's
+    /// [`launch::add_network`].
+    pub nics: Vec<launch::Nic>,
+    /// A network section put into the spec past the runtime's checks
+    /// (which refuse an interface no NIC has): only for tests of what
+    /// guest init must refuse itself.
+    pub unchecked_network: Option<mvm_protocol::launch::Network>,
     /// Run the VMM in this network namespace (`ip netns exec`), where its
     /// TAPs are: the test's traffic then stays in a namespace of its own.
     pub netns: Option<String>,
@@ -209,6 +215,8 @@ impl Vm {
         let paths = layout(dir.path()).sandbox(VM_ID);
         fs::create_dir_all(&paths.dir).expect("sandbox dir");
         fs::create_dir_all(layout(dir.path()).vsock_dir()).expect("vsock dir");
+        fs::create_dir_all(&paths.vm_dir).expect("VMM output dir");
+        fs::create_dir_all(&paths.sockets).expect("socket dir");
         let scratch = paths.scratch.clone();
         rootfs::scratch_disk(&scratch, 64).expect("scratch disk");
         let mut spec = LaunchSpec::new(args.iter().map(|s| s.to_string()).collect());
@@ -234,7 +242,8 @@ impl Vm {
             console_max_bytes: None,
             invalid_patch: serde_json::Value::Null,
             shares: Vec::new(),
-            net: Vec::new(),
+            nics: Vec::new(),
+            unchecked_network: None,
             netns: None,
             dir,
         }
@@ -268,7 +277,8 @@ impl Vm {
     }
 
     /// The VMM configuration: the runtime's for a sandbox, with this
-    /// test's drives, size and command line.
+    /// test's drives, size and command line (its NICs and shares are
+    /// added when the files are written).
     pub fn config(&self) -> VmConfig {
         let a = Artifacts::get();
         let boot = BootFiles {
@@ -290,7 +300,6 @@ impl Vm {
             .iter()
             .map(|d| mvm_vmm_api::DriveConfig::new(&d.id, &d.path, d.read_only))
             .collect();
-        cfg.net = self.net.clone();
         cfg
     }
 
@@ -304,6 +313,11 @@ impl Vm {
     fn write_config_with(&self, shares: &[launch::Share]) -> PathBuf {
         let mut cfg = self.config();
         let mut spec = self.spec.clone();
+        let network = spec.network.take();
+        launch::add_network(&mut spec, &mut cfg, &self.nics, network).expect("NICs");
+        if let Some(n) = &self.unchecked_network {
+            spec.network = Some(n.clone());
+        }
         launch::add_shares(&mut spec, &mut cfg, shares);
         launch::write(&spec, &cfg, &self.paths()).expect("launch files");
         if let Some(p) = self.invalid_patch.as_object() {

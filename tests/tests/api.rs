@@ -277,6 +277,10 @@ impl Mvmd {
                 "128",
                 "--log",
                 "mvmd=debug,info",
+                // Tests run side by side, each with its own daemon, and
+                // the host's networking has one owner (tests/netwire.rs
+                // covers it).
+                "--no-network",
             ])
             .args(&self.extra)
             .env_remove("MVM_ROOT")
@@ -783,6 +787,10 @@ fn stop_kill_restart_and_wait() {
     assert_eq!((r.status, r.code().as_str()), (400, "bad_request"));
     let r = d.req("POST", "/v1/sandboxes/svc/kill?signal=SIGINT");
     assert_eq!(r.status, 204, "{}", r.text());
+    // Kill answers once the signal is delivered, as Docker's does; the
+    // exit is the wait's to report.
+    let w = d.req("POST", "/v1/sandboxes/svc/wait").json();
+    assert_eq!(w["exit_code"], 130, "{w}");
     assert_eq!(d.inspect(&id)["state"]["exit_code"], 130);
     assert!(d.vmm_pids().is_empty());
 }
@@ -1132,7 +1140,15 @@ fn state_and_logs_are_private_to_root() {
     assert_eq!(mode(&d.root()), 0o700, "the state root");
     assert_eq!(mode(&d.run_dir()), 0o711, "the run dir");
     assert_eq!(mode(&d.socket()), 0o660, "the API socket");
-    // Everything under the root is the owner's alone.
+    // Everything under the root is its owner's alone (root's, or a
+    // sandbox's VMM's), but for what every jailed VMM reads (the init
+    // archive, image disks: behind the 0700 root all the same) and the
+    // jails' empty mount points.
+    let shared = |p: &Path| {
+        p.starts_with(d.root().join("init"))
+            || p.starts_with(d.root().join("images/disks"))
+            || p.components().any(|c| c.as_os_str() == "jail")
+    };
     let mut open = Vec::new();
     let mut stack = vec![d.root()];
     while let Some(dir) = stack.pop() {
@@ -1141,7 +1157,7 @@ fn state_and_logs_are_private_to_root() {
             if md.file_type().is_symlink() {
                 continue;
             }
-            if md.permissions().mode() & 0o077 != 0 {
+            if md.permissions().mode() & 0o077 != 0 && !shared(&e.path()) {
                 open.push(format!(
                     "{:o} {}",
                     md.permissions().mode() & 0o7777,
@@ -1160,7 +1176,7 @@ fn state_and_logs_are_private_to_root() {
         sb.join("spec.cpio"),
         sb.join("vm.json"),
         sb.join("logs/json.log"),
-        sb.join("console.log"),
+        sb.join("vm/console.log"),
         d.root().join("mvmd.db"),
     ] {
         let out = Command::new("setpriv")
@@ -1516,4 +1532,175 @@ fn attach_stdin_resize_and_top() {
     assert_eq!(r.status, 204, "{}", r.text());
     let (_, _, code) = attach_collect(&mut c);
     assert_eq!(d.inspect(&t)["state"]["exit_code"].as_i64(), Some(code));
+}
+
+// ---------------------------------------------------------------------
+// The jail (issue 11 item 2): every VMM mvmd starts runs through
+// mvm-jailer.
+// ---------------------------------------------------------------------
+
+/// A `/proc/<pid>/status` field.
+fn status_field(pid: i32, name: &str) -> String {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+/// Start a long-running sandbox and return its id and VMM pid.
+fn running_vmm(d: &Mvmd) -> (String, i32) {
+    let before = d.vmm_pids();
+    let id = d.create(sh("sleep 600"));
+    d.start_sb(&id);
+    (id.clone(), new_vmm(d, &id, &before))
+}
+
+/// The pid of the VMM of `id` that is not one of `before` (the API has no
+/// "running" event to wait on: its process is looked for until it shows).
+fn new_vmm(d: &Mvmd, id: &str, before: &[i32]) -> i32 {
+    let t0 = Instant::now();
+    loop {
+        let info = d.inspect(id);
+        assert_ne!(info["state"]["status"], "exited", "{info}\n{}", d.log());
+        if let Some(p) = d.vmm_pids().into_iter().find(|p| !before.contains(p)) {
+            return p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no VMM for {id}:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn jailed_vmm_has_no_privilege_and_only_its_files() {
+    use std::os::unix::fs::MetadataExt;
+    let d = daemon();
+    let info = d.req("GET", "/v1/info").json();
+    assert_eq!(info["jail"], true, "{info}");
+    assert_eq!(info["jail_uids"], "100000-165535", "{info}");
+
+    let (id, pid) = running_vmm(&d);
+    // Its own uid and gid from the range, every capability gone, no way
+    // to gain one.
+    let uid: Vec<u32> = status_field(pid, "Uid")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let gid: Vec<u32> = status_field(pid, "Gid")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        uid.iter().all(|u| (100_000..165_536).contains(u)),
+        "{uid:?}"
+    );
+    assert!(uid.iter().all(|u| *u == uid[0]), "{uid:?}");
+    assert!(gid.iter().all(|g| *g == uid[0]), "{gid:?}");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "{set}");
+    }
+    // Its root is the sandbox's jail directory, holding mount points only.
+    let jail = d.root().join("sandboxes").join(&id).join("jail");
+    let (r, j) = (
+        fs::metadata(format!("/proc/{pid}/root/")).unwrap(),
+        fs::metadata(&jail).unwrap(),
+    );
+    assert_eq!(
+        (r.dev(), r.ino()),
+        (j.dev(), j.ino()),
+        "root is not the jail"
+    );
+    let top: BTreeSet<String> = fs::read_dir(format!("/proc/{pid}/root/"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        top.contains("dev") && !top.contains("etc") && !top.contains("bin"),
+        "{top:?}"
+    );
+    let inside = PathBuf::from(format!("/proc/{pid}/root"));
+    assert!(inside.join("dev/kvm").exists());
+    assert!(!inside.join("dev/null").exists(), "only /dev/kvm");
+    assert!(!inside
+        .join(d.root().join("mvmd.db").strip_prefix("/").unwrap())
+        .exists());
+    // Namespaces of its own.
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        assert_ne!(
+            fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap(),
+            fs::read_link(format!("/proc/self/ns/{ns}")).unwrap(),
+            "{ns} namespace shared with the host"
+        );
+    }
+    // cgroup limits: guest memory (128 MiB here) plus the VMM's overhead,
+    // and tasks.
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = cg
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line: {cg}"));
+    assert!(rel.ends_with(&format!("/mvm/{id}")), "{rel}");
+    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap().trim().to_string();
+    assert_eq!(read("memory.max"), ((128u64 + 64) << 20).to_string());
+    assert_eq!(read("pids.max"), (32 + 1).to_string());
+
+    // The sandbox works through the jail: the agent (vsock), logs.
+    let (code, logs, _) = d.run(sh("echo jailed-hello"));
+    assert_eq!(code, 0, "{logs}");
+    assert!(logs.contains("jailed-hello"), "{logs}");
+    // A second sandbox gets another uid; a restart keeps each one's.
+    let (id2, pid2) = running_vmm(&d);
+    let uid2: u32 = status_field(pid2, "Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(uid2, uid[0]);
+    let r = d.req("POST", &format!("/v1/sandboxes/{id}/stop?timeout=1"));
+    assert!(r.status == 204 || r.status == 200, "{}", r.text());
+    d.wait(&id, "not-running");
+    d.start_sb(&id);
+    let pid3 = new_vmm(&d, &id, &[pid2]);
+    assert_eq!(
+        status_field(pid3, "Uid").split_whitespace().next().unwrap(),
+        uid[0].to_string()
+    );
+    let _ = id2;
+}
+
+#[test]
+fn no_jail_is_shown_and_runs_the_vmm_as_root() {
+    let d = Mvmd::start(&["--no-jail"]);
+    with_images(&d);
+    let info = d.req("GET", "/v1/info").json();
+    assert_eq!(info["jail"], false, "{info}");
+    let (_, pid) = running_vmm(&d);
+    assert_eq!(
+        status_field(pid, "Uid").split_whitespace().next().unwrap(),
+        "0"
+    );
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap(),
+        fs::read_link("/proc/self/ns/mnt").unwrap()
+    );
+}
+
+#[test]
+fn a_bad_uid_range_is_refused_by_name() {
+    let out = Command::new(mvm_e2e::daemon::binary("mvmd"))
+        .args(["--jail-uid-range", "0-10", "--root", "/nonexistent-mvm"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("START-END"), "{err}");
 }

@@ -34,14 +34,21 @@ mod cli {
     /// A finished mvctl call.
     #[derive(Debug)]
     struct Out {
+        /// The exit status; -1 when a signal ended mvctl.
         code: i32,
+        /// The signal that ended mvctl, if one did.
+        signal: Option<i32>,
         stdout: String,
         stderr: String,
     }
 
     impl Out {
         fn ok(self) -> Out {
-            assert_eq!(self.code, 0, "mvctl failed: {self:#?}");
+            let how = match self.signal {
+                Some(sig) => format!(" (ended by signal {sig})"),
+                None => String::new(),
+            };
+            assert_eq!(self.code, 0, "mvctl failed{how}: {self:#?}");
             self
         }
         fn failed(self) -> Out {
@@ -158,6 +165,7 @@ mod cli {
         let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
         Out {
             code: status.code().unwrap_or(-1),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status),
             stdout,
             stderr,
         }
@@ -670,7 +678,7 @@ mod cli {
             ctx.join("Dockerfile"),
             format!(
                 "FROM {BUSYBOX}\n\
-                 RUN echo built-by-run > /built.txt\n\
+                 RUN echo built-by-run > /built.txt && echo run-step-said-this\n\
                  COPY hello.txt /hello.txt\n\
                  COPY . /ctx/\n\
                  CMD [\"sh\", \"-c\", \"cat /built.txt /hello.txt; ls -a /ctx\"]\n"
@@ -688,6 +696,9 @@ mod cli {
         ])
         .ok();
         assert!(out.stderr.contains("Successfully tagged"), "{out:?}");
+        // A RUN step's output reaches the client as it comes (mvmd once
+        // panicked relaying it from the step's async runtime).
+        assert!(out.stderr.contains("run-step-said-this"), "{out:?}");
         let out = mvctl(&["run", "--rm", &tag]);
         assert_eq!(out.code, 0, "{out:?}");
         assert!(
@@ -1192,7 +1203,10 @@ mod cli {
             cmd.args(["ps", "-a"])
                 .env_remove("MVM_HOST")
                 .env("MVM_RUN_DIR", &run)
-                .env("MVM_ROOT", &root);
+                .env("MVM_ROOT", &root)
+                // The suite's daemon owns the host's networking; a second
+                // one reconciling it would take the first one's away.
+                .env("MVM_NO_NETWORK", "1");
             run_cmd(cmd, None).ok()
         };
         let out = call();

@@ -327,7 +327,7 @@ fn the_installed_product_runs_builds_pulls_and_pushes() {
              RUN echo built-in-a-microvm > /out.txt && rm /etc/nsswitch.conf\n\
              FROM {base}\n\
              COPY --from=build /out.txt /out.txt\n\
-             RUN cat /out.txt > /again.txt && echo step-two-ran\n\
+             RUN cat /out.txt > /again.txt && echo step-two-$((1+1))-ran\n\
              CMD [\"cat\", \"/again.txt\"]\n"
         ),
     );
@@ -337,8 +337,8 @@ fn the_installed_product_runs_builds_pulls_and_pushes() {
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "build failed: {log}");
     assert!(
-        log.contains("step-two-ran"),
-        "the RUN step's output is shown: {log}"
+        log.contains("step-two-2-ran"),
+        "the RUN step's output (not only its command line) is shown: {log}"
     );
     eprintln!("first build: {:.1} s", t0.elapsed().as_secs_f64());
     let out = p.ok(&["run", "--rm", "inst/built:1"]);
@@ -347,7 +347,7 @@ fn the_installed_product_runs_builds_pulls_and_pushes() {
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "rebuild failed: {log}");
     assert!(
-        !log.contains("step-two-ran"),
+        !log.contains("step-two-2-ran"),
         "a cached rebuild runs nothing: {log}"
     );
     assert_eq!(

@@ -1,16 +1,24 @@
 //! The mvm machine (`mvctl machine ...`): mvmd inside the emulated KVM host,
 //! driven through the real mvctl binary.
 //!
-//! This test boots L1 itself (QEMU TCG works on every x86_64 host), so it
-//! runs on the HOST, never inside the emulated host: `tests/run-e2e.sh`
-//! runs it natively after the in-L1 suite. Each L1 boot costs 15-40 s
-//! here, so one test covers the whole life cycle with two boots:
-//! start, status, system info, import, run, stop (disk clean), then a
-//! second start (automatic where there is no hardware KVM) that still has
-//! the image, and a final stop (disk clean again).
+//! These tests boot L1 themselves (QEMU TCG works on every x86_64 host),
+//! so they run on the HOST, never inside the emulated host:
+//! `tests/run-e2e.sh` runs them natively after the in-L1 suite, one at a
+//! time. Each L1 boot costs 15-40 s here, so each test covers a lot:
+//! - `machine_life_cycle`: mvm installed under /tmp (which L1 does not
+//!   share) and run from there with no `MVM_*` variables, as a user would:
+//!   start (the machine copies its programs to its disk), status, system
+//!   info, import, run, a file fetched by mvmd from a server on the host's
+//!   127.0.0.1, stop (disk clean), a changed program refreshed (and only
+//!   that one) at the second start (automatic where there is no hardware
+//!   KVM), the image still there, a change while running reported, a final
+//!   stop (disk clean again).
+//! - `a_stalled_machine_is_restarted`: L1 frozen for real (QEMU stopped
+//!   with SIGSTOP: no heartbeat, nothing moves); the watcher restarts it,
+//!   and the next command names the sandbox that was lost, and only it.
 //!
-//! It uses its own machine dir and run dir (`MVM_MACHINE_DIR`,
-//! `MVM_RUN_DIR`), so it neither sees nor touches a machine of the user.
+//! Each uses its own machine dir and run dir (`MVM_MACHINE_DIR`,
+//! `MVM_RUN_DIR`), so they neither see nor touch a machine of the user.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -45,15 +53,109 @@ fn hardware_kvm() -> bool {
     hw && !Path::new("/sys/module/kvm_pvm").exists() && Path::new("/dev/kvm").exists()
 }
 
+/// An install of the built programs under /tmp, laid out as `make
+/// install PREFIX=...` lays them out: bin/{mvctl,mvmd,mvm-vmm},
+/// lib/mvm/{mvm-init,vmlinux}, lib/mvm/testhost/.
+struct TmpInstall {
+    prefix: tempfile::TempDir,
+}
+
+impl TmpInstall {
+    fn new() -> Self {
+        let built = mvctl_binary();
+        let profile_dir = built.parent().unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let init = std::env::var_os("MVM_INIT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| profile_dir.join("../x86_64-unknown-linux-gnu/release/mvm-init"));
+        let kernel = match std::env::var_os("MVM_KERNEL") {
+            Some(k) => PathBuf::from(k),
+            None => {
+                let out = Command::new(repo.join("resources/kernel/build.sh"))
+                    .arg("--print-path")
+                    .output()
+                    .expect("run resources/kernel/build.sh --print-path");
+                PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+            }
+        };
+        let virtiofsd = match std::env::var_os("MVM_VIRTIOFSD") {
+            Some(v) => PathBuf::from(v),
+            None => {
+                let out = Command::new(repo.join("resources/virtiofsd/build.sh"))
+                    .arg("--print-path")
+                    .output()
+                    .expect("run resources/virtiofsd/build.sh --print-path");
+                PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+            }
+        };
+        let prefix = tempfile::Builder::new()
+            .prefix("mvm-install-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let p = prefix.path();
+        for d in ["bin", "lib/mvm/testhost"] {
+            fs::create_dir_all(p.join(d)).unwrap();
+        }
+        let copy = |from: &Path, to: &str| {
+            fs::copy(from, p.join(to)).unwrap_or_else(|e| {
+                panic!("copy {} to {to}: {e} (make build kernel?)", from.display())
+            });
+        };
+        for b in ["mvctl", "mvmd", "mvm-vmm", "mvm-jailer"] {
+            copy(&profile_dir.join(b), &format!("bin/{b}"));
+        }
+        copy(&init, "lib/mvm/mvm-init");
+        copy(&kernel, "lib/mvm/vmlinux");
+        copy(&virtiofsd, "lib/mvm/virtiofsd");
+        for f in [
+            "run",
+            "init",
+            "build-initramfs.sh",
+            "kvm-mode",
+            "machine-l1",
+        ] {
+            copy(
+                &repo.join("resources/testhost").join(f),
+                &format!("lib/mvm/testhost/{f}"),
+            );
+        }
+        TmpInstall { prefix }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.prefix.path().join(rel)
+    }
+
+    /// Change a program's content (bytes after the end of an ELF file
+    /// change nothing when it runs).
+    fn change(&self, rel: &str) {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(self.path(rel))
+            .unwrap();
+        f.write_all(b"changed").unwrap();
+    }
+}
+
 struct Machine {
     mvctl: PathBuf,
     dir: PathBuf,
     run_dir: PathBuf,
+    env: Vec<(String, String)>,
     tmp: tempfile::TempDir,
 }
 
+/// One machine test at a time: each boots an L1 that takes both cores of
+/// a small host, and a second one beside it would only slow both down.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Machine {
     fn new() -> Self {
+        Self::with_mvctl(mvctl_binary())
+    }
+
+    fn with_mvctl(mvctl: PathBuf) -> Self {
         // Not under /tmp: the boot dir would work there (L1 mounts it
         // explicitly), but keep the big sparse disk off a possible tmpfs.
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
@@ -63,9 +165,10 @@ impl Machine {
             .tempdir_in(&base)
             .unwrap();
         Machine {
-            mvctl: mvctl_binary(),
+            mvctl,
             dir: tmp.path().join("machine"),
             run_dir: tmp.path().join("run"),
+            env: Vec::new(),
             tmp,
         }
     }
@@ -74,16 +177,25 @@ impl Machine {
     /// hard time limit.
     fn mvctl(&self, args: &[&str]) -> Output {
         let t0 = Instant::now();
-        let out = Command::new("timeout")
-            .args(["--kill-after=10", "900"])
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--kill-after=10", "900"])
             .arg(&self.mvctl)
             .args(args)
             .env("MVM_MACHINE_DIR", &self.dir)
-            .env("MVM_RUN_DIR", &self.run_dir)
-            .env_remove("MVM_HOST")
-            .env_remove("MVM_TOKEN")
-            .output()
-            .expect("run mvctl");
+            .env("MVM_RUN_DIR", &self.run_dir);
+        // As a user: no daemon address, no programs named by variables
+        // (the machine must find them where mvctl is installed).
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MVM_")
+                && k != "MVM_MACHINE_DIR"
+                && k != "MVM_RUN_DIR"
+                && k != "MVM_CACHE"
+            {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let out = cmd.output().expect("run mvctl");
         eprintln!(
             "timing: mvctl {} took {:.1} s (exit {:?})\n--- stdout\n{}--- stderr\n{}",
             args.join(" "),
@@ -121,13 +233,14 @@ impl Machine {
     fn logs(&self) -> String {
         let mut s = String::new();
         for f in [
-            "machine-error",
-            "machine.log",
-            "mvmd.log",
-            "console.log",
-            "qemu.log",
+            "watch.log",
+            "boot/machine-error",
+            "boot/machine.log",
+            "boot/mvmd.log",
+            "boot/console.log",
+            "boot/qemu.log",
         ] {
-            let p = self.dir.join("boot").join(f);
+            let p = self.dir.join(f);
             let text = fs::read_to_string(&p).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             s.push_str(&format!(
@@ -193,17 +306,59 @@ impl Machine {
 }
 
 impl Drop for Machine {
-    /// A failed test must not leave an L1 running.
+    /// A failed test must not leave an L1 (or its watcher, which would
+    /// start another) running.
     fn drop(&mut self) {
-        if let Some(pid) = self.state().and_then(|s| s["pid"].as_u64()) {
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "mvm-machine" {
-                eprintln!("killing the test's machine (QEMU pid {pid})");
-                // SAFETY: kill(2) on the pid of the QEMU this test started
+        let Some(state) = self.state() else { return };
+        let kill = |pid: Option<u64>, comm: &str| {
+            let Some(pid) = pid else { return };
+            let c = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if c.trim() == comm {
+                eprintln!("killing the test's {comm} (pid {pid})");
+                // SAFETY: kill(2) on the pid of a process this test started
                 // (checked by its process name); no memory is involved.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
-        }
+        };
+        kill(state["watcher"]["pid"].as_u64(), "mvctl");
+        kill(state["pid"].as_u64(), "mvm-machine");
+    }
+}
+
+/// A one-file HTTP server on the host's 127.0.0.1: counts the requests
+/// it answered.
+struct LoopbackServer {
+    port: u16,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LoopbackServer {
+    fn start(body: &'static str) -> Self {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        LoopbackServer { port, served }
     }
 }
 
@@ -238,9 +393,29 @@ fn busybox_tarball(dir: &Path) -> PathBuf {
     tar
 }
 
+/// The lines of the current boot's machine.log that say what happened to
+/// each program: `name: installed from PATH ...` or `name: up to date ...`.
+fn program_lines(m: &Machine) -> Vec<String> {
+    let log = fs::read_to_string(m.dir.join("boot/machine.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains(": installed from ") || l.contains(": up to date"))
+        .map(String::from)
+        .collect()
+}
+
+fn program_line<'a>(lines: &'a [String], name: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.contains(&format!("machine: {name}: ")))
+        .unwrap_or_else(|| panic!("no line about {name} in machine.log: {lines:?}"))
+}
+
 #[test]
 fn machine_life_cycle() {
-    let m = Machine::new();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // mvm installed under /tmp, which L1 covers with a tmpfs of its own.
+    let install = TmpInstall::new();
+    let m = Machine::with_mvctl(install.path("bin/mvctl"));
     let tar = busybox_tarball(m.tmp.path());
 
     let (out, _) = m.ok(&["machine", "status"]);
@@ -249,7 +424,8 @@ fn machine_life_cycle() {
         "{out}"
     );
 
-    // First start: makes the disk, boots L1, starts mvmd.
+    // First start: makes the disk, boots L1, copies the programs onto the
+    // machine's disk, starts mvmd from there.
     let t0 = Instant::now();
     let (out, err) = m.ok(&["machine", "start"]);
     let start_secs = t0.elapsed().as_secs_f64();
@@ -262,6 +438,29 @@ fn machine_life_cycle() {
         "{err}"
     );
     assert!(err.contains("created the machine's disk"), "{err}");
+    let lines = program_lines(&m);
+    for (name, rel) in [
+        ("mvmd", "bin/mvmd"),
+        ("mvm-vmm", "bin/mvm-vmm"),
+        ("mvm-init", "lib/mvm/mvm-init"),
+        ("vmlinux", "lib/mvm/vmlinux"),
+    ] {
+        let l = program_line(&lines, name);
+        let from = format!(": installed from {} ", install.path(rel).display());
+        assert!(
+            l.contains(&from),
+            "{name} not copied from the /tmp install: {l}"
+        );
+    }
+    let log = fs::read_to_string(m.dir.join("boot/machine.log")).unwrap();
+    assert!(
+        log.contains("starting /var/lib/mvm/machine/mvmd ")
+            && log.contains(
+                "--kernel /var/lib/mvm/machine/vmlinux --init /var/lib/mvm/machine/mvm-init"
+            )
+            && log.contains("--vmm /var/lib/mvm/machine/mvm-vmm"),
+        "mvmd must run from the machine's disk with its programs named: {log}"
+    );
     let state = m.state().expect("machine.json");
     let port = state["port"].as_u64().unwrap();
     let mode = fs::metadata(m.run_dir.join("machine.json")).unwrap();
@@ -287,6 +486,7 @@ fn machine_life_cycle() {
         out.contains("answering") && !out.contains("not answering"),
         "{out}"
     );
+    assert!(out.contains("(current;"), "{out}");
 
     // A second start is a no-op.
     let (out, _) = m.ok(&["machine", "start"]);
@@ -326,6 +526,28 @@ fn machine_life_cycle() {
         "the workload's status comes back through the forward"
     );
 
+    // A server on the host's 127.0.0.1 is reachable from mvmd in the
+    // machine at the same address (as a registry at 127.0.0.1:5000 would
+    // be): mvmd itself fetches an ADD <url> of a build.
+    let server = LoopbackServer::start("from the host's loopback\n");
+    let ctx = m.tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM busybox\nADD http://127.0.0.1:{}/greeting /greeting\n",
+            server.port
+        ),
+    )
+    .unwrap();
+    m.ok(&["build", "-t", "fetched", ctx.to_str().unwrap()]);
+    assert!(
+        server.served.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the host's server saw no request"
+    );
+    let (out, _) = m.ok(&["run", "--rm", "fetched", "cat", "/greeting"]);
+    assert_eq!(out, "from the host's loopback\n");
+
     m.stop();
     let (out, _) = m.ok(&["machine", "status"]);
     assert!(out.lines().next().unwrap().contains("stopped"), "{out}");
@@ -333,6 +555,8 @@ fn machine_life_cycle() {
     let (out, _) = m.ok(&["machine", "stop"]);
     assert!(out.contains("not running"), "{out}");
 
+    // A new build of one program: the next start copies that one only.
+    install.change("lib/mvm/mvm-init");
     // Second boot: the image is still there. Without hardware KVM the
     // first command starts the machine by itself.
     let t0 = Instant::now();
@@ -348,12 +572,154 @@ fn machine_life_cycle() {
         out.lines().any(|l| l.starts_with("busybox ")),
         "the image did not survive the restart:\n{out}"
     );
+    let lines = program_lines(&m);
+    assert!(
+        program_line(&lines, "mvm-init").contains("installed from"),
+        "{lines:?}"
+    );
+    for name in ["mvmd", "mvm-vmm", "vmlinux"] {
+        assert!(
+            program_line(&lines, name).contains("up to date"),
+            "{name} was copied again though unchanged: {lines:?}"
+        );
+    }
     let (out, _) = m.ok(&["run", "--rm", "busybox", "cat", "/etc/image-marker"]);
     assert_eq!(out, "from the image\n");
+    // A change while the machine runs is reported, not silently ignored.
+    install.change("bin/mvm-vmm");
+    let (out, _) = m.ok(&["machine", "status"]);
+    assert!(
+        out.contains("mvm-vmm changed on this host since the machine started"),
+        "{out}"
+    );
     m.stop();
 
     eprintln!(
-        "timings: first machine start (disk made) to ready {start_secs:.1} s; `run --rm busybox echo hello` \
-         through the forward {run_secs:.1} s; second start + `images` {restart_secs:.1} s"
+        "timings: first machine start (disk made, programs copied) to ready {start_secs:.1} s; \
+         `run --rm busybox echo hello` through the forward {run_secs:.1} s; second start + `images` \
+         {restart_secs:.1} s"
     );
+}
+
+/// Seconds since the epoch of a file's mtime (0 if it has none).
+fn mtime_secs(p: &Path) -> f64 {
+    fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Poll `cond` every 250 ms until it holds or `limit` passes.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_stalled_machine_is_restarted() {
+    if hardware_kvm() {
+        eprintln!("hardware KVM here: mvctl uses no machine; nothing to test");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut m = Machine::new();
+    // The watcher inherits it: a stall is declared after 30 s without a
+    // heartbeat (every 10 s from L1) instead of 120.
+    m.env.push(("MVM_MACHINE_STALL_SECS".into(), "30".into()));
+    let tar = busybox_tarball(m.tmp.path());
+    m.ok(&["machine", "start"]);
+    let first = m.state().unwrap();
+    assert!(
+        first["watcher"]["pid"].as_u64().is_some(),
+        "no watcher recorded: {first}"
+    );
+    m.ok(&["import", tar.to_str().unwrap(), "busybox"]);
+    // One sandbox that ended before the stall (not lost), one running.
+    m.ok(&["run", "--name", "done-before", "busybox", "true"]);
+    m.ok(&[
+        "run", "-d", "--name", "victim", "busybox", "sleep", "100000",
+    ]);
+    // What mvmd wrote must be on the machine's disk before L1 freezes, as
+    // it is for a sandbox that has run for a while: wait for machine-l1's
+    // next flush of the disk.
+    let created = now_secs();
+    let synced = m.dir.join("boot/synced");
+    wait_until(
+        Duration::from_secs(60),
+        "a flush of the machine's disk",
+        || mtime_secs(&synced) > created + 0.5,
+    );
+
+    // Freeze L1 for real: no vCPU, no device, no heartbeat moves.
+    let pid = first["pid"].as_u64().unwrap();
+    // SAFETY: kill(2) on the QEMU this test's mvctl started (its pid from
+    // the state file of this test's own machine dir).
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) }, 0);
+    let t_stop = Instant::now();
+    wait_until(
+        Duration::from_secs(400),
+        "the watcher to restart the machine",
+        || {
+            m.state().is_some_and(|s| {
+                s["pid"].as_u64() != Some(pid) && s["ready_secs"].as_f64().is_some()
+            }) && m.dir.join("last-restart.json").exists()
+        },
+    );
+    let restart_secs = t_stop.elapsed().as_secs_f64();
+    let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')),
+        "the frozen QEMU still exists: {state}"
+    );
+
+    // The next command tells what was lost, once.
+    let (out, err) = m.ok(&["ps", "-a"]);
+    assert!(
+        err.contains("the machine failed (L1 stalled: no heartbeat from it for")
+            && err.contains("victim ("),
+        "{err}"
+    );
+    assert!(!err.contains("done-before"), "{err}");
+    let victim = out
+        .lines()
+        .find(|l| l.ends_with(" victim"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(victim.contains("Exited (255)"), "{out}");
+    let (_, err) = m.ok(&["ps", "-a"]);
+    assert!(!err.contains("machine failed"), "told twice: {err}");
+    let (out, _) = m.ok(&["inspect", "victim"]);
+    assert!(out.contains("\"vmm_died\""), "{out}");
+    let (out, _) = m.ok(&["machine", "status"]);
+    assert!(
+        out.contains("Last failure:") && out.contains("victim ("),
+        "{out}"
+    );
+    // What the failed boot left for a diagnosis.
+    let old = m.dir.join("boot.1");
+    assert!(
+        fs::read_to_string(old.join("stalled"))
+            .unwrap()
+            .contains("no heartbeat"),
+        "boot.1/stalled"
+    );
+    assert!(old.join("l1-state.txt").exists());
+    // The new L1 works, and stops cleanly.
+    let (out, _) = m.ok(&["run", "--rm", "busybox", "echo", "alive"]);
+    assert_eq!(out, "alive\n");
+    m.stop();
+    eprintln!("timings: stall to a restarted machine {restart_secs:.1} s (stall limit 30 s)");
 }

@@ -13,6 +13,8 @@
 //! | 0 | empty, or the first layout without a version |
 //! | 1 | table `sandboxes (id, name, created, spec, state, internal)`; spec and state in the REST API's shapes, the intent a string (`stop`, `kill:N`) |
 //! | 2 | the same table holding the runtime's records: spec with `process`, `hostname`, `labels`, `resources`, `lifecycle`; state without `running`; intents with their signal |
+//! | 3 | table `volumes (name, created, driver, labels, options, anonymous)`; specs may hold `mounts` and `read_only_root` (absent in older rows: none) |
+//! | 4 | tables `networks (id, name, spec)` and `endpoints (id, sandbox, network, spec, ports)`: mvm-net's `NetworkSpec`, `EndpointSpec` and `PortSpec`s as JSON; sandboxes' network settings in `internal.network` (absent: the default network) |
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +22,7 @@ use rusqlite::{params, Connection, Transaction};
 use serde_json::{json, Map, Value};
 
 /// The version this mvmd writes.
-pub const LATEST: u32 = 2;
+pub const LATEST: u32 = 4;
 
 /// Why a database could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,8 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), MigrationError>
         match to {
             1 => to_v1(&tx).map_err(sql(to))?,
             2 => to_v2(&tx, path, found)?,
+            3 => to_v3(&tx).map_err(sql(to))?,
+            4 => to_v4(&tx).map_err(sql(to))?,
             _ => unreachable!("a step for every version up to LATEST"),
         }
         tx.pragma_update(None, "user_version", to)
@@ -129,6 +133,21 @@ fn to_v1(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     )
 }
 
+/// Version 3: volumes. Sandbox rows need no change: a spec without
+/// `mounts` has none.
+fn to_v3(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS volumes (
+            name TEXT PRIMARY KEY NOT NULL,
+            created TEXT NOT NULL,
+            driver TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            options TEXT NOT NULL,
+            anonymous INTEGER NOT NULL
+        );",
+    )
+}
+
 /// Version 2: rows in the runtime's vocabulary.
 fn to_v2(tx: &Transaction<'_>, path: &Path, found: u32) -> Result<(), MigrationError> {
     let sql = |source| MigrationError::Sql {
@@ -163,6 +182,26 @@ fn to_v2(tx: &Transaction<'_>, path: &Path, found: u32) -> Result<(), MigrationE
         .map_err(sql)?;
     }
     Ok(())
+}
+
+/// Version 4: networks and endpoints (mvm-net's records). Existing
+/// sandboxes have no `internal.network` and so join the default network,
+/// which mvmd creates at start.
+fn to_v4(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS networks (
+            id TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL UNIQUE,
+            spec TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS endpoints (
+            id TEXT PRIMARY KEY NOT NULL,
+            sandbox TEXT NOT NULL,
+            network TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            ports TEXT NOT NULL
+        );",
+    )
 }
 
 fn parse(what: &str, s: &str) -> Result<Map<String, Value>, String> {
@@ -355,6 +394,53 @@ mod tests {
         let db = Db::open(&p).unwrap();
         assert_eq!(db.load().unwrap().len(), 2);
         assert_eq!(version(&Connection::open(&p).unwrap()).unwrap(), LATEST);
+    }
+
+    #[test]
+    fn a_version_2_database_gains_volumes_and_networks_and_keeps_its_sandboxes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("mvmd.db");
+        {
+            let mut c = Connection::open(&p).unwrap();
+            let tx = c.transaction().unwrap();
+            to_v1(&tx).unwrap();
+            tx.pragma_update(None, "user_version", 2).unwrap();
+            tx.commit().unwrap();
+            // A row as mvmd 2 wrote it: no mounts in its spec.
+            let row = crate::db::tests::row("a", "old");
+            let mut spec = serde_json::to_value(&row.spec).unwrap();
+            spec.as_object_mut().unwrap().remove("mounts");
+            c.execute(
+                "INSERT INTO sandboxes (id, name, created, spec, state, internal) VALUES ('a', 'old', 'now', ?1, ?2, '{}')",
+                params![spec.to_string(), serde_json::to_string(&row.state).unwrap()],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&p).unwrap();
+        let rows = db.load().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].spec.mounts.is_empty() && !rows[0].spec.read_only_root);
+        assert!(db.volumes().unwrap().is_empty());
+        let v = crate::db::VolumeRow {
+            name: "data".into(),
+            created: "now".into(),
+            driver: "local".into(),
+            labels: [("k".to_string(), "v".to_string())].into(),
+            options: Default::default(),
+            anonymous: false,
+        };
+        assert!(db.insert_volume(&v).unwrap());
+        assert!(
+            !db.insert_volume(&v).unwrap(),
+            "a second insert keeps the first"
+        );
+        assert_eq!(db.volumes().unwrap(), vec![v]);
+        db.delete_volume("data").unwrap();
+        assert!(db.volumes().unwrap().is_empty());
+        assert!(db.networks().unwrap().is_empty() && db.endpoints().unwrap().is_empty());
+        drop(db);
+        assert_eq!(version(&Connection::open(&p).unwrap()).unwrap(), LATEST);
+        assert!(d.path().join("mvmd.db.v2.bak").exists());
     }
 
     #[test]

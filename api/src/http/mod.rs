@@ -4,8 +4,10 @@ mod agent;
 mod attach;
 mod build;
 mod images;
+mod networks;
 mod sandboxes;
 mod system;
+mod volumes;
 
 pub use images::store_code;
 
@@ -235,6 +237,12 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .route("/v1/sandboxes/{id}/stats", get(agent::stats))
         .route("/v1/sandboxes/{id}/top", get(agent::top))
+        .route("/v1/networks", get(networks::list).post(networks::create))
+        .route("/v1/networks/prune", post(networks::prune))
+        .route(
+            "/v1/networks/{id}",
+            get(networks::inspect).delete(networks::remove),
+        )
         .route("/v1/images", get(images::list).delete(images::remove))
         .route("/v1/images/inspect", get(images::inspect))
         .route("/v1/images/tag", post(images::tag))
@@ -244,6 +252,12 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/images/import", post(images::import))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/push", post(images::push))
+        .route("/v1/volumes", get(volumes::list).post(volumes::create))
+        .route("/v1/volumes/prune", post(volumes::prune))
+        .route(
+            "/v1/volumes/{name}",
+            get(volumes::inspect).delete(volumes::remove),
+        )
         .route("/v1/build", post(build::build))
         .route("/v1/auth/login", post(images::login))
         .fallback(|req: Request| async move {

@@ -78,7 +78,8 @@ pub async fn wait(State(d): D, Path(id): Path<String>, q: Query) -> ApiResult<Re
 
 pub async fn remove(State(d): D, Path(id): Path<String>, q: Query) -> ApiResult<Response> {
     let force = q.flag("force", false)?;
-    d.manager.remove(&id, force).await?;
+    let volumes = q.flag("v", false)?;
+    d.manager.remove(&id, force, volumes).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -57,6 +57,12 @@ pub async fn info(State(d): D) -> ApiResult<Response> {
         kernel: cfg.artifacts.kernel.display().to_string(),
         init: cfg.artifacts.init.display().to_string(),
         vmm: cfg.artifacts.vmm.display().to_string(),
+        jail: cfg.jail.is_some(),
+        jail_uids: cfg
+            .jail
+            .as_ref()
+            .map(|j| j.uids.to_string())
+            .unwrap_or_default(),
         root: cfg.layout.root.display().to_string(),
         run_dir: cfg.layout.run_dir.display().to_string(),
         sandboxes: SandboxCounts {
@@ -67,6 +73,11 @@ pub async fn info(State(d): D) -> ApiResult<Response> {
         images,
         host_cpus: host.cpus,
         host_memory_mib: host.mem_total_mib,
+        networking: d
+            .manager
+            .networks()
+            .unavailable()
+            .map_or_else(|| "ok".to_string(), |why| format!("unavailable: {why}")),
     };
     Ok(json_response(StatusCode::OK, &info))
 }
@@ -78,7 +89,7 @@ pub async fn prune(State(d): D) -> ApiResult<Response> {
         let row = e.snapshot();
         if matches!(row.state.status, Status::Exited | Status::Created) {
             let size = dir_size(&d.manager.runtime().paths(&e.id).dir);
-            if d.manager.remove(&e.id, false).await.is_ok() {
+            if d.manager.remove(&e.id, false, false).await.is_ok() {
                 resp.deleted.push(e.id.clone());
                 resp.space_reclaimed += size;
             }

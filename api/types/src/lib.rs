@@ -13,8 +13,10 @@ pub mod error;
 pub mod exec;
 pub mod images;
 pub mod logs;
+pub mod network;
 pub mod sandbox;
 pub mod system;
+pub mod volume;
 
 pub use error::{ApiError, ErrorCode};
 

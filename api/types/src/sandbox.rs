@@ -66,6 +66,44 @@ pub struct CreateRequest {
     /// Seconds `stop` waits before killing; 10 when absent.
     #[serde(default)]
     pub stop_timeout: Option<u64>,
+    /// Bind mounts, volumes and tmpfs (`-v`, `--mount`, `--tmpfs`).
+    #[serde(default)]
+    pub mounts: Vec<crate::volume::MountRequest>,
+    /// A read-only root filesystem (`--read-only`): writes succeed only
+    /// on mounts and tmpfs.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    /// The network to join (`--network`): `bridge` (the default network)
+    /// when absent, `none` for loopback only, or a user network's name or
+    /// id.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// More names the sandbox answers to on a user network
+    /// (`--network-alias`).
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
+    /// The IPv4 address on the network (`--ip`); the lowest free one when
+    /// absent.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// The MAC address (`--mac-address`); derived from the address when
+    /// absent.
+    #[serde(default)]
+    pub mac_address: Option<String>,
+    /// DNS servers for the guest (`--dns`), replacing the network's.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Extra `/etc/hosts` entries, `name:ip` (`--add-host`).
+    #[serde(default)]
+    pub add_host: Vec<String>,
+    /// Published ports, `docker run -p` values
+    /// (`[ip:][hostPort:]containerPort[/proto]`, ranges allowed).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs on an ephemeral host port
+    /// (`-P`).
+    #[serde(default)]
+    pub publish_all: bool,
 }
 
 /// `{"id": "..."}` answer to a create.
@@ -236,6 +274,9 @@ pub struct HostConfig {
     pub restart_policy: RestartPolicy,
     /// Remove on exit.
     pub auto_remove: bool,
+    /// Read-only root filesystem.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
 }
 
 /// `GET /v1/sandboxes/{id}`.
@@ -259,6 +300,12 @@ pub struct SandboxInfo {
     pub state: State,
     /// Host paths: logs, console, disks (for debugging).
     pub paths: BTreeMap<String, String>,
+    /// Bind mounts, volumes and tmpfs.
+    #[serde(default)]
+    pub mounts: Vec<crate::volume::MountPoint>,
+    /// Its network and published ports.
+    #[serde(default)]
+    pub network_settings: crate::network::NetworkSettings,
 }
 
 /// One row of `GET /v1/sandboxes`.
@@ -282,6 +329,9 @@ pub struct SandboxSummary {
     pub exit_code: Option<i32>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Published ports while it runs.
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortBinding>,
 }
 
 /// `POST /v1/sandboxes/{id}/wait` answer.

@@ -32,6 +32,12 @@ pub struct Info {
     pub init: String,
     /// VMM binary path.
     pub vmm: String,
+    /// Whether VMMs run jailed (false: mvmd --no-jail).
+    #[serde(default)]
+    pub jail: bool,
+    /// The jail's uid range (`100000-165535`), empty without a jail.
+    #[serde(default)]
+    pub jail_uids: String,
     /// State root (`/var/lib/mvm`).
     pub root: String,
     /// Runtime dir (`/run/mvm`).
@@ -44,6 +50,10 @@ pub struct Info {
     pub host_cpus: u32,
     /// Host memory in MiB.
     pub host_memory_mib: u64,
+    /// Host networking: `ok`, or why sandboxes get no network (mvmd not
+    /// root).
+    #[serde(default)]
+    pub networking: String,
 }
 
 /// Counts shown by `mvctl system info`.

@@ -136,6 +136,11 @@ pub fn start(agent: &Agent, req: Exec, writer: &SharedWriter) -> Result<Running,
         (pid, exit, input.map(|(_, w)| w), None)
     };
 
+    // The terminal is known by pid before the host learns the pid: a
+    // resize by pid from another connection may follow at once.
+    if let Some(t) = &terminal {
+        agent.register_terminal(pid, t);
+    }
     // `started` goes out before any output can.
     let sent = writer.send(&Response::Started { pid });
     let done = Arc::new(AtomicBool::new(false));

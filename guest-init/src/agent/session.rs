@@ -319,9 +319,6 @@ impl Session {
             }
             Request::Exec(e) => match exec::start(&self.agent, e, &self.writer) {
                 Ok(r) => {
-                    if let Some(t) = &r.terminal {
-                        self.agent.register_terminal(r.pid, t);
-                    }
                     self.active = Some(Active::Exec(r));
                     true
                 }

@@ -9,6 +9,9 @@ use mvm_api::images::{
     ImageSummary, LoginRequest, LoginResponse, Progress, TagRequest, TransferRequest,
 };
 use mvm_api::logs::LogRecord;
+use mvm_api::network::{
+    NetworkCreateRequest, NetworkCreateResponse, NetworkInfo, NetworkPruneResponse,
+};
 use mvm_api::sandbox::{
     CreateRequest, CreateResponse, PruneResponse, SandboxInfo, SandboxSummary, WaitResponse,
 };
@@ -65,7 +68,40 @@ fn sandbox(id: &str) -> String {
     format!("/v1/sandboxes/{}", encode_segment(id))
 }
 
+fn network(id: &str) -> String {
+    format!("/v1/networks/{}", encode_segment(id))
+}
+
 impl Client {
+    /// `POST /v1/networks`.
+    pub async fn network_create(
+        &self,
+        req: &NetworkCreateRequest,
+    ) -> Result<NetworkCreateResponse> {
+        self.json(Method::POST, "/v1/networks", Some(req)).await
+    }
+
+    /// `GET /v1/networks`.
+    pub async fn networks(&self) -> Result<Vec<NetworkInfo>> {
+        self.json::<(), _>(Method::GET, "/v1/networks", None).await
+    }
+
+    /// `GET /v1/networks/{id}`.
+    pub async fn network_inspect(&self, id: &str) -> Result<NetworkInfo> {
+        self.json::<(), _>(Method::GET, &network(id), None).await
+    }
+
+    /// `DELETE /v1/networks/{id}`.
+    pub async fn network_remove(&self, id: &str) -> Result<()> {
+        self.call::<()>(Method::DELETE, &network(id), None).await
+    }
+
+    /// `POST /v1/networks/prune`.
+    pub async fn network_prune(&self) -> Result<NetworkPruneResponse> {
+        self.json::<(), _>(Method::POST, "/v1/networks/prune", None)
+            .await
+    }
+
     /// `GET /_ping`.
     pub async fn ping(&self) -> Result<()> {
         let resp = self
@@ -149,8 +185,10 @@ impl Client {
     }
 
     /// `DELETE /v1/sandboxes/{id}`.
-    pub async fn remove(&self, id: &str, force: bool) -> Result<()> {
-        let q = Query::new(sandbox(id)).flag("force", force);
+    pub async fn remove(&self, id: &str, force: bool, volumes: bool) -> Result<()> {
+        let q = Query::new(sandbox(id))
+            .flag("force", force)
+            .flag("v", volumes);
         self.call::<()>(Method::DELETE, &q.build(), None).await
     }
 
@@ -165,6 +203,48 @@ impl Client {
             .flag("stderr", true);
         self.ndjson(Method::GET, &q.build(), Body::empty(), None)
             .await
+    }
+
+    /// `POST /v1/volumes`.
+    pub async fn volume_create(
+        &self,
+        req: &mvm_api::volume::VolumeCreateRequest,
+    ) -> Result<mvm_api::volume::Volume> {
+        self.json(Method::POST, "/v1/volumes", Some(req)).await
+    }
+
+    /// `GET /v1/volumes?filter=...`.
+    pub async fn volumes(&self, filters: &[String]) -> Result<mvm_api::volume::VolumeList> {
+        let mut q = Query::new("/v1/volumes");
+        for f in filters {
+            q = q.push("filter", f);
+        }
+        self.json::<(), _>(Method::GET, &q.build(), None).await
+    }
+
+    /// `GET /v1/volumes/{name}`, as the daemon wrote it.
+    pub async fn volume_inspect(&self, name: &str) -> Result<Value> {
+        let path = format!("/v1/volumes/{}", encode_segment(name));
+        self.json::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `DELETE /v1/volumes/{name}?force=`.
+    pub async fn volume_remove(&self, name: &str, force: bool) -> Result<()> {
+        let q = Query::new(format!("/v1/volumes/{}", encode_segment(name))).flag("force", force);
+        self.call::<()>(Method::DELETE, &q.build(), None).await
+    }
+
+    /// `POST /v1/volumes/prune?all=&filter=`.
+    pub async fn volume_prune(
+        &self,
+        all: bool,
+        filters: &[String],
+    ) -> Result<mvm_api::volume::VolumePruneResponse> {
+        let mut q = Query::new("/v1/volumes/prune").flag("all", all);
+        for f in filters {
+            q = q.push("filter", f);
+        }
+        self.json::<(), _>(Method::POST, &q.build(), None).await
     }
 
     /// `GET /v1/images`.

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod exec;
 pub mod images;
 pub mod logs;
+pub mod network;
 mod progress;
 mod prompt;
 pub mod run;
@@ -16,12 +17,13 @@ pub mod stats;
 pub mod stream;
 pub mod system;
 pub mod terminal;
+pub mod volume;
 
 use std::io::IsTerminal;
 
 use tokio::sync::OnceCell;
 
-use crate::cli::{Command, ImageCommand, SystemCommand};
+use crate::cli::{Command, ImageCommand, NetworkCommand, SystemCommand, VolumeCommand};
 use crate::client::{Client, ClientError};
 use crate::connect::{self, ConnectError, Connection};
 
@@ -198,6 +200,13 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
         | Command::Image {
             command: ImageCommand::Import(a),
         } => images::import(ctx, a).await,
+        Command::Volume { command } => match command {
+            VolumeCommand::Create(a) => volume::create(ctx, a).await,
+            VolumeCommand::Ls(a) => volume::ls(ctx, a).await,
+            VolumeCommand::Inspect { names } => volume::inspect(ctx, names).await,
+            VolumeCommand::Rm(a) => volume::rm(ctx, a).await,
+            VolumeCommand::Prune(a) => volume::prune(ctx, a).await,
+        },
         Command::Exec(a) => exec::exec(ctx, a).await,
         Command::Attach(a) => attach::attach(ctx, a).await,
         Command::Top(a) => attach::top(ctx, a).await,
@@ -206,6 +215,14 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
         Command::Build(a) => build::build(ctx, a).await,
         Command::Login(a) => images::login(ctx, a).await,
         Command::Logout(a) => images::logout(ctx, a).await,
+        Command::Network { command } => match command {
+            NetworkCommand::Create(a) => network::create(ctx, a).await,
+            NetworkCommand::Ls(a) => network::ls(ctx, a).await,
+            NetworkCommand::Inspect(a) => network::inspect(ctx, a).await,
+            NetworkCommand::Rm(a) => network::rm(ctx, a).await,
+            NetworkCommand::Prune(a) => network::prune(ctx, a).await,
+        },
+        Command::Port(a) => network::port(ctx, a).await,
         Command::Machine { .. } | Command::Completion { .. } => Err(CmdError::Invalid(
             "internal: this command runs without a daemon".into(),
         )),

@@ -86,6 +86,22 @@ pub fn create_request(
         auto_remove: a.rm,
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
+        mounts: a
+            .volume
+            .iter()
+            .chain(&a.mount)
+            .chain(&a.tmpfs)
+            .cloned()
+            .collect(),
+        read_only_rootfs: a.read_only,
+        network: a.network.clone(),
+        network_aliases: a.network_alias.clone(),
+        ip: a.ip.clone(),
+        mac_address: a.mac_address.clone(),
+        dns: a.dns.clone(),
+        add_host: a.add_host.clone(),
+        publish: a.publish.clone(),
+        publish_all: a.publish_all,
     })
 }
 
@@ -170,7 +186,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> CmdResult {
 /// exit; others stay for inspection, as in Docker.
 async fn discard_failed(client: &Client, id: &str, auto_remove: bool) {
     if auto_remove {
-        let _ = client.remove(id, true).await;
+        let _ = client.remove(id, true, true).await;
     }
 }
 

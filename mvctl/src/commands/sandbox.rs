@@ -77,7 +77,7 @@ pub async fn kill(ctx: &Ctx, a: KillArgs) -> CmdResult {
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> CmdResult {
     let client = ctx.client().await?;
     for_each(&a.ids, |id| async move {
-        client.remove(&id, a.force).await?;
+        client.remove(&id, a.force, a.volumes).await?;
         println!("{id}");
         Ok(())
     })
@@ -270,6 +270,7 @@ mod tests {
             status_text: String::new(),
             exit_code: Some(0),
             labels: Default::default(),
+            ports: vec![],
         };
         assert!(keep(
             &s,

@@ -59,6 +59,14 @@ pub fn info_text(endpoint: &str, mode: &Mode, i: &Info) -> String {
         (" Kernel", i.kernel.clone()),
         (" Init", i.init.clone()),
         (" VMM", i.vmm.clone()),
+        (
+            " Jail",
+            if i.jail {
+                format!("on (uids {})", i.jail_uids)
+            } else {
+                "off (mvmd --no-jail: VMMs run as root, unconfined)".into()
+            },
+        ),
         (" Root dir", i.root.clone()),
         (" Run dir", i.run_dir.clone()),
         (
@@ -71,6 +79,7 @@ pub fn info_text(endpoint: &str, mode: &Mode, i: &Info) -> String {
         (" Images", i.images.to_string()),
         (" CPUs", i.host_cpus.to_string()),
         (" Memory", format!("{} MiB", i.host_memory_mib)),
+        (" Networking", i.networking.clone()),
     ];
     let mut out = String::new();
     for (k, v) in rows {
@@ -180,6 +189,8 @@ mod tests {
             kernel: "/k".into(),
             init: "/i".into(),
             vmm: "/v".into(),
+            jail: true,
+            jail_uids: "100000-165535".into(),
             root: "/var/lib/mvm".into(),
             run_dir: "/run/mvm".into(),
             sandboxes: SandboxCounts {
@@ -190,9 +201,11 @@ mod tests {
             images: 2,
             host_cpus: 2,
             host_memory_mib: 4096,
+            networking: "ok".into(),
         };
         let t = info_text("unix:///run/mvm/mvmd.sock", &Mode::Native, &i);
         assert!(t.contains(" Mode: native (hardware KVM)\n"), "{t}");
+        assert!(t.contains(" Jail: on (uids 100000-165535)\n"), "{t}");
         assert!(t.contains(" KVM: hardware (AMD-V)\n"), "{t}");
         assert!(t.contains(" Sandboxes: 3 (running 1, stopped 2)\n"), "{t}");
         let t = info_text(

@@ -4,7 +4,8 @@
 //! from the out dir: `testhost.conf` (`out=`, `mode=pipe`) and `job.sh`,
 //! and reports there (`job-started`, `exit-status`, `init-error`,
 //! `timings`). In machine mode the job is `machine-l1` (copied here, so L1
-//! sees it whatever the host path of the scripts), which runs mvmd until
+//! sees it whatever the host path of the scripts), which installs the
+//! programs listed in `artifacts` on the machine's disk and runs mvmd until
 //! the host writes `stop` on the control port. The API token is generated
 //! here too, 0600, fresh for every boot; mvmd in L1 reads it through the
 //! share, mvctl reads it on the host.
@@ -42,9 +43,9 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BootErr
 pub struct Job {
     /// The `machine-l1` script to copy.
     pub script: PathBuf,
-    /// mvmd's binary (a host path L1 sees).
-    pub mvmd: PathBuf,
-    /// Variables for mvmd (`MVM_KERNEL`, `RUST_LOG`...).
+    /// The `artifacts` list ([`super::artifacts::manifest`]).
+    pub artifacts: String,
+    /// Variables for mvmd (`MVMD_LOG`, `RUST_BACKTRACE`).
     pub env: Vec<(String, String)>,
 }
 
@@ -74,6 +75,7 @@ pub fn prepare(dir: &Path, previous: &Path, job: &Job) -> Result<String, BootErr
     let token = new_token().map_err(io("generate a token for", &files.token()))?;
     write_private(&files.token(), token.as_bytes())?;
 
+    fs::write(files.artifacts(), &job.artifacts).map_err(io("write", &files.artifacts()))?;
     fs::write(dir.join("job.sh"), job_script(dir, job))
         .map_err(io("write", &dir.join("job.sh")))?;
     // The files QEMU appends to; created now so they exist (empty) even
@@ -100,10 +102,9 @@ pub fn job_script(dir: &Path, job: &Job) -> String {
     }
     s.push_str("cd / || exit 125\n");
     s.push_str(&format!(
-        "exec /bin/bash {} {} {} {}\n",
+        "exec /bin/bash {} {} {}\n",
         sh_quote(&dir.join("machine-l1").to_string_lossy()),
         sh_quote(&dir.to_string_lossy()),
-        sh_quote(&job.mvmd.to_string_lossy()),
         sh_quote(&BootFiles::new(dir).token().to_string_lossy()),
     ));
     s
@@ -172,13 +173,13 @@ mod tests {
         let script = d.path().join("machine-l1-src");
         fs::write(
             &script,
-            "#!/bin/bash\necho \"args: $*\"; echo \"kernel: $MVM_KERNEL\"\n",
+            "#!/bin/bash\necho \"args: $*\"; echo \"log: $MVMD_LOG\"\n",
         )
         .unwrap();
         let job = Job {
             script,
-            mvmd: "/opt/it's/mvmd".into(),
-            env: vec![("MVM_KERNEL".into(), "/k/vm linux".into())],
+            artifacts: "mvmd 00 1 /opt/it's/mvmd\n".into(),
+            env: vec![("MVMD_LOG".into(), "debug, it's".into())],
         };
         let boot = d.path().join("boot");
         let prev = d.path().join("boot.1");
@@ -207,13 +208,17 @@ mod tests {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains(&format!(
-                "args: {} /opt/it's/mvmd {}",
+                "args: {} {}",
                 boot.display(),
                 files.token().display()
             )),
             "{text}"
         );
-        assert!(text.contains("kernel: /k/vm linux"), "{text}");
+        assert!(text.contains("log: debug, it's"), "{text}");
+        assert_eq!(
+            fs::read_to_string(files.artifacts()).unwrap(),
+            "mvmd 00 1 /opt/it's/mvmd\n"
+        );
         // A second boot keeps the first as the previous one, with a new token.
         fs::write(files.mvmd_log(), "first boot").unwrap();
         let t2 = prepare(&boot, &prev, &job).unwrap();

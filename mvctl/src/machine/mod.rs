@@ -6,9 +6,14 @@
 //!
 //! - L1 boots the testhost's kernel and init; its job is
 //!   `resources/testhost/machine-l1`, which mounts the persistent disk at
-//!   `/var/lib/mvm`, brings up user-mode networking and runs mvmd with
-//!   `--tcp 0.0.0.0:2375 --token-file ...` until told to stop
-//!   ([`qemu`], [`boot`]).
+//!   `/var/lib/mvm`, installs the machine's own copies of mvmd, mvm-vmm,
+//!   the guest init and kernel there when they changed ([`artifacts`]),
+//!   brings up user-mode networking (with L1's 127.0.0.1 pointed at the
+//!   host's) and runs mvmd with `--tcp 0.0.0.0:2375 --token-file ...
+//!   --kernel --init --vmm` until told to stop ([`qemu`], [`boot`]).
+//! - A watcher restarts an L1 that stalls or dies and records which
+//!   sandboxes that cost; the next command tells the user ([`health`],
+//!   [`watch`]).
 //! - The disk is a sparse ext4 image, so images and sandboxes survive
 //!   machine restarts ([`disk`]). Sandboxes do not survive: their VMMs die
 //!   with L1, and mvmd marks them exited on its next start.
@@ -24,19 +29,22 @@
 //!   journal.
 //! - Start and stop are serialised between mvctl processes by a lock file.
 
+pub mod artifacts;
 pub mod boot;
 pub mod disk;
+pub mod health;
 pub mod paths;
 pub mod ping;
 pub mod qemu;
 pub mod state;
+pub mod watch;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -104,6 +112,15 @@ pub enum MachineError {
     /// The boot dir.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    /// The machine's programs.
+    #[error(transparent)]
+    Artifacts(#[from] artifacts::ArtifactError),
+    /// L1 stalled (while waited for; the caller restarts or stops it).
+    #[error("{0}")]
+    Stalled(health::Stall),
+    /// L1 failed too often in a row to be restarted again.
+    #[error("{0}")]
+    GaveUp(String),
     /// A start option out of range.
     #[error("{0}")]
     BadOption(String),
@@ -162,14 +179,22 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MachineErro
 }
 
 /// Start the machine unless it runs, and return its endpoint; says on
-/// stderr what it does, since a start takes tens of seconds.
+/// stderr what it does, since a start takes tens of seconds. A restart of
+/// the machine after a failure that nobody was told of yet is told here.
 pub fn ensure_running(opts: &StartOptions) -> Result<Endpoint, MachineError> {
-    Ok(start(&Paths::from_env(), opts)?.endpoint)
+    let paths = Paths::from_env();
+    let ep = start(&paths, opts)?.endpoint;
+    watch::report(&paths);
+    Ok(ep)
 }
 
-/// The endpoint of the running machine, if one runs and mvmd answers.
+/// The endpoint of the running machine, if one runs and mvmd answers; as
+/// [`ensure_running`], tells of a restart after a failure.
 pub fn endpoint() -> Option<Endpoint> {
-    running_endpoint(&Paths::from_env())
+    let paths = Paths::from_env();
+    let ep = running_endpoint(&paths)?;
+    watch::report(&paths);
+    Some(ep)
 }
 
 /// `mvctl machine start|stop|status`; returns the exit status.
@@ -182,6 +207,7 @@ pub fn cli(cmd: MachineCommand) -> Result<i32, MachineError> {
                 memory_mib: memory,
             };
             let started = start(&paths, &opts)?;
+            watch::report(&paths);
             if !started.started {
                 let s = &started.state;
                 println!(
@@ -207,6 +233,7 @@ pub fn cli(cmd: MachineCommand) -> Result<i32, MachineError> {
             print!("{}", status_text(&paths)?);
             Ok(0)
         }
+        MachineCommand::Watch => Ok(watch::run(&paths)),
     }
 }
 
@@ -234,14 +261,15 @@ fn read_token(path: &Path) -> Result<String, MachineError> {
 }
 
 /// The outcome of [`start`].
-struct Started {
-    endpoint: Endpoint,
-    state: MachineState,
+#[derive(Debug, Clone)]
+pub(crate) struct Started {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) state: MachineState,
     /// `false` when it was running already.
-    started: bool,
+    pub(crate) started: bool,
 }
 
-fn check_options(opts: &StartOptions) -> Result<(u32, u64), MachineError> {
+pub(crate) fn check_options(opts: &StartOptions) -> Result<(u32, u64), MachineError> {
     let cpus = opts.cpus.unwrap_or(DEFAULT_CPUS);
     if !(1..=64).contains(&cpus) {
         return Err(MachineError::BadOption(format!(
@@ -277,7 +305,7 @@ fn host_memory_mib() -> u64 {
 }
 
 /// The lock serialising start and stop; released when dropped.
-fn lock(paths: &Paths) -> Result<File, MachineError> {
+pub(crate) fn lock(paths: &Paths) -> Result<File, MachineError> {
     fs::create_dir_all(&paths.run_dir)
         .map_err(io_err(format!("create {}", paths.run_dir.display())))?;
     let p = paths.lock();
@@ -318,8 +346,26 @@ fn timeout() -> Duration {
 }
 
 fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
-    let (cpus, memory_mib) = check_options(opts)?;
+    let opts = check_options(opts)?;
     let _lock = lock(paths)?;
+    let started = start_locked(paths, opts)?;
+    if started.started {
+        // This process started it (or restarted a failed one): a watcher
+        // takes over from here.
+        let mut state = started.state.clone();
+        state.watcher = watch::spawn(paths);
+        state.save(&paths.state())?;
+        return Ok(Started { state, ..started });
+    }
+    Ok(started)
+}
+
+/// [`start`] under the lock: use the machine that runs (restarting it if
+/// L1 has stalled), or boot one.
+pub(crate) fn start_locked(
+    paths: &Paths,
+    (cpus, memory_mib): (u32, u64),
+) -> Result<Started, MachineError> {
     if let Some(s) = MachineState::load(&paths.state())? {
         if s.is_alive() {
             let token = read_token(&s.token_file)?;
@@ -327,14 +373,35 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
                 url: s.url(),
                 token: token.clone(),
             };
-            if ping::ping(s.port, &token, Duration::from_secs(3)).is_err() {
+            // mvmd answering is the first test: after the host slept
+            // (suspend), the heartbeat is old but L1 works.
+            let stall = if ping::ping(s.port, &token, Duration::from_secs(3)).is_ok() {
+                None
+            } else if let Some(st) = health::check(
+                &BootFiles::new(&s.boot_dir),
+                health::stall_limit(),
+                std::time::SystemTime::now(),
+            ) {
+                Some(st)
+            } else {
                 // Started by an mvctl that gave up waiting, or mvmd is
                 // restarting: wait for it rather than start a second one.
                 eprintln!(
                     "mvctl: the machine (QEMU pid {}) is running; waiting for mvmd to answer",
                     s.pid
                 );
-                wait_ready(&s, &token, None, Instant::now())?;
+                match wait_ready(&s, &token, None, Instant::now()) {
+                    Ok(_) => None,
+                    Err(MachineError::Stalled(st)) => Some(st),
+                    Err(MachineError::Died { .. }) => Some(health::Stall::Died),
+                    Err(e) => return Err(e),
+                }
+            };
+            if let Some(st) = stall {
+                let r = watch::restart_locked(paths, &s, &st, (cpus, memory_mib))?;
+                eprint!("{}", watch::notice(&r));
+                watch::mark_reported(paths);
+                return Ok(r.started);
             }
             return Ok(Started {
                 endpoint,
@@ -342,8 +409,12 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
                 started: false,
             });
         }
-        // QEMU is gone (killed, host rebooted without clearing /run...).
-        MachineState::remove(&paths.state())?;
+        // QEMU is gone, though nobody stopped it (a stop removes the
+        // state): L1 died, or QEMU was killed. Its sandboxes are lost.
+        let r = watch::restart_locked(paths, &s, &health::Stall::Died, (cpus, memory_mib))?;
+        eprint!("{}", watch::notice(&r));
+        watch::mark_reported(paths);
+        return Ok(r.started);
     }
 
     let t0 = Instant::now();
@@ -353,16 +424,7 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
     );
     let testhost = paths::testhost_dir()?;
     let mvmd = paths::mvmd_binary()?;
-    paths::check_visible("the mvmd binary", &mvmd)?;
     let mut env = Vec::new();
-    for name in ["MVM_KERNEL", "MVM_INIT", "MVM_VMM"] {
-        if let Some(v) = std::env::var_os(name).filter(|v| !v.is_empty()) {
-            let p = PathBuf::from(&v);
-            let p = p.canonicalize().unwrap_or(p);
-            paths::check_visible(&format!("{name}="), &p)?;
-            env.push((name.to_string(), p.to_string_lossy().into_owned()));
-        }
-    }
     for name in ["MVMD_LOG", "RUST_BACKTRACE"] {
         if let Ok(v) = std::env::var(name) {
             env.push((name.to_string(), v));
@@ -376,6 +438,10 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
         .map_err(io_err(format!("resolve {}", paths.dir.display())))?;
     let paths = &Paths::new(dir, &paths.run_dir);
     paths::check_no_newline("the machine dir", &paths.dir)?;
+    // The machine runs copies of these on its disk (artifacts.rs): found
+    // and hashed here, copied in L1 when they changed.
+    let sources = artifacts::locate(&mvmd)?;
+    let programs = artifacts::hash_all(&sources, &paths.artifact_memo())?;
     let boot_files = L1Boot::build(&testhost)?;
     if disk::ensure(&paths.disk())? {
         eprintln!(
@@ -387,7 +453,7 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
     disk::check(&paths.disk())?;
     let job = boot::Job {
         script: testhost.join("machine-l1"),
-        mvmd: mvmd.clone(),
+        artifacts: artifacts::manifest(&programs),
         env,
     };
     let token = boot::prepare(&paths.boot(), &paths.previous_boot(), &job)?;
@@ -405,8 +471,10 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
             boot_dir: paths.boot(),
             disk: paths.disk(),
             control: paths.control(),
+            monitor: paths.monitor(),
             port,
         };
+        let _ = fs::remove_file(paths.monitor());
         let child = spawn_qemu(&config, &files.qemu_log())?;
         let pid = child.id();
         let pid_start_time = state::proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
@@ -422,6 +490,8 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
             disk: paths.disk(),
             boot_dir: paths.boot(),
             mvmd: mvmd.clone(),
+            artifacts: programs.clone(),
+            watcher: None,
         };
         state.save(&paths.state())?;
         // A port taken in the meantime makes QEMU exit at once.
@@ -458,6 +528,19 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
             })
         }
         Err(e) => {
+            let e = match e {
+                // Not left running: nobody would restart it.
+                MachineError::Stalled(st) => {
+                    health::dump_l1_state(&paths.monitor(), &files.l1_state());
+                    kill_qemu_now(&state);
+                    let _ = fs::write(files.stalled(), format!("{st}\n"));
+                    MachineError::Died {
+                        why: st.to_string(),
+                        details: diagnose(&files),
+                    }
+                }
+                e => e,
+            };
             if matches!(e, MachineError::Died { .. }) {
                 MachineState::remove(&paths.state())?;
                 remove_control_fifos(paths);
@@ -513,7 +596,7 @@ fn make_control_fifos(paths: &Paths) -> Result<(), MachineError> {
     Ok(())
 }
 
-fn remove_control_fifos(paths: &Paths) {
+pub(crate) fn remove_control_fifos(paths: &Paths) {
     let _ = fs::remove_file(paths.control_in());
     let _ = fs::remove_file(paths.control_out());
 }
@@ -554,6 +637,13 @@ fn wait_ready(
         }
         if l1_up && ping::ping(s.port, token, Duration::from_secs(2)).is_ok() {
             return Ok(t0.elapsed().as_secs_f64());
+        }
+        if l1_up {
+            if let Some(st) =
+                health::check(&files, health::stall_limit(), std::time::SystemTime::now())
+            {
+                return Err(MachineError::Stalled(st));
+            }
         }
         if waited_from.elapsed() > limit {
             return Err(MachineError::Timeout {
@@ -636,6 +726,10 @@ fn stop(paths: &Paths) -> Result<i32, MachineError> {
         println!("The machine is not running");
         return Ok(0);
     };
+    // First the watcher: a machine going down must not look failed to it.
+    if let Some(w) = s.watcher {
+        watch::stop(w);
+    }
     if !s.is_alive() {
         MachineState::remove(&paths.state())?;
         remove_control_fifos(paths);
@@ -711,6 +805,17 @@ fn wait_gone(s: &MachineState, limit: Duration) -> bool {
     true
 }
 
+/// SIGKILL, for an L1 that can no longer stop cleanly (it has stalled);
+/// waits until QEMU is gone.
+pub(crate) fn kill_qemu_now(s: &MachineState) {
+    if s.is_alive() {
+        // SAFETY: kill(2) with a pid just checked to be this machine's QEMU
+        // (same start time); no memory is involved.
+        unsafe { libc::kill(s.pid as libc::pid_t, libc::SIGKILL) };
+        wait_gone(s, Duration::from_secs(30));
+    }
+}
+
 /// SIGTERM (QEMU exits at once, without L1's cooperation), then SIGKILL.
 fn kill_qemu(s: &MachineState) {
     for (sig, wait) in [
@@ -726,6 +831,29 @@ fn kill_qemu(s: &MachineState) {
         if wait_gone(s, wait) {
             return;
         }
+    }
+}
+
+/// Whether the machine runs the programs the host has now.
+fn programs_text(s: &MachineState, paths: &Paths) -> String {
+    if s.artifacts.is_empty() {
+        return "unknown (started by an older mvctl)".into();
+    }
+    let changed = artifacts::changed_since(&s.artifacts, &paths.artifact_memo());
+    let dir = s
+        .artifacts
+        .first()
+        .and_then(|a| a.source.parent())
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    if changed.is_empty() {
+        format!("its own copies of mvmd, mvm-vmm, mvm-init, vmlinux (current; mvmd from {dir})")
+    } else {
+        format!(
+            "{} changed on this host since the machine started; `mvctl machine stop` and `start` install them \
+             (its sandboxes stop)",
+            changed.join(", ")
+        )
     }
 }
 
@@ -757,6 +885,19 @@ fn status_text(paths: &Paths) -> Result<String, MachineError> {
             }
             rows.push(("CPUs", s.cpus.to_string()));
             rows.push(("Memory", format!("{} MiB", s.memory_mib)));
+            rows.push(("Programs", programs_text(s, paths)));
+            rows.push((
+                "Watcher",
+                match s.watcher {
+                    Some(w) if w.is_alive() => format!(
+                        "pid {} (restarts L1 after {} s without a heartbeat; log {})",
+                        w.pid,
+                        health::stall_limit().as_secs(),
+                        paths.watch_log().display()
+                    ),
+                    _ => "not running (the next mvctl command checks the machine)".into(),
+                },
+            ));
         }
         None => rows.push(("Machine", "stopped".into())),
     }
@@ -788,6 +929,9 @@ fn status_text(paths: &Paths) -> Result<String, MachineError> {
                 boot.display()
             ),
         ));
+    }
+    if let Some(r) = watch::LastRestart::load(paths) {
+        rows.push(("Last failure", r.summary()));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     Ok(rows
@@ -859,6 +1003,8 @@ mod tests {
             disk: paths.disk(),
             boot_dir: paths.boot(),
             mvmd: "/usr/bin/mvmd".into(),
+            artifacts: Vec::new(),
+            watcher: None,
         };
         s.save(&paths.state()).unwrap();
         assert_eq!(running_endpoint(&paths), None);

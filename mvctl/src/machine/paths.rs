@@ -23,10 +23,6 @@ pub const TESTHOST_ENV: &str = "MVM_TESTHOST_DIR";
 /// Environment variable naming the mvmd binary to run in the machine.
 pub const MVMD_ENV: &str = "MVM_MACHINE_MVMD";
 
-/// Host paths that L1 replaces with fresh filesystems: files there are not
-/// visible inside the machine (resources/testhost/README.md, "Limits").
-const HIDDEN_IN_L1: [&str; 5] = ["/tmp", "/run", "/dev", "/proc", "/sys"];
-
 /// Errors finding the machine's programs.
 #[derive(Debug, thiserror::Error)]
 pub enum PathsError {
@@ -45,19 +41,6 @@ pub enum PathsError {
          or set {MVMD_ENV}"
     )]
     NoMvmd,
-    /// A file the machine needs lives where L1 cannot see it.
-    #[error(
-        "{what} {path} is under {hidden}, which the machine (L1) does not share with this host; \
-         put it elsewhere (L1 sees the host's root filesystem except /tmp, /run, /dev, /proc, /sys)"
-    )]
-    Hidden {
-        /// What the file is.
-        what: String,
-        /// The file.
-        path: PathBuf,
-        /// The hidden prefix.
-        hidden: &'static str,
-    },
     /// A path that cannot be passed to L1 (its init reads line-based files).
     #[error("{what} {path:?} contains a newline; the machine cannot use it")]
     Newline {
@@ -110,6 +93,28 @@ impl Paths {
     /// The previous boot's dir, kept for debugging.
     pub fn previous_boot(&self) -> PathBuf {
         self.dir.join("boot.1")
+    }
+
+    /// Hashes of the host's programs, by file identity
+    /// ([`super::artifacts::hash_all`]).
+    pub fn artifact_memo(&self) -> PathBuf {
+        self.dir.join("artifact-hashes.json")
+    }
+
+    /// The last restart of a failed machine and the sandboxes it cost
+    /// ([`super::watch`]).
+    pub fn last_restart(&self) -> PathBuf {
+        self.dir.join("last-restart.json")
+    }
+
+    /// The watcher's own log (it outlives the boots it watches).
+    pub fn watch_log(&self) -> PathBuf {
+        self.dir.join("watch.log")
+    }
+
+    /// QEMU's HMP monitor socket: a look at L1's vCPUs when it stalls.
+    pub fn monitor(&self) -> PathBuf {
+        self.run_dir.join("machine-monitor.sock")
     }
 
     /// `machine.json`: the running machine's state (0600).
@@ -191,6 +196,29 @@ impl BootFiles {
     pub fn timings(&self) -> PathBuf {
         self.dir.join("timings")
     }
+    /// The programs to install on the machine's disk (name, hash, size,
+    /// host path), written by mvctl, read by `machine-l1`.
+    pub fn artifacts(&self) -> PathBuf {
+        self.dir.join("artifacts")
+    }
+    /// The heartbeat: rewritten by the testhost init every 10 s while the
+    /// machine runs (L1 uptime).
+    pub fn alive(&self) -> PathBuf {
+        self.dir.join("alive")
+    }
+    /// L1's wall clock when mvmd was about to start (RFC 3339), written by
+    /// `machine-l1`: what mvmd's times in this boot compare with.
+    pub fn l1_started_at(&self) -> PathBuf {
+        self.dir.join("l1-started-at")
+    }
+    /// Why mvctl stopped this boot's L1 as failed, if it did.
+    pub fn stalled(&self) -> PathBuf {
+        self.dir.join("stalled")
+    }
+    /// QEMU's view of L1's vCPUs when it was found stalled.
+    pub fn l1_state(&self) -> PathBuf {
+        self.dir.join("l1-state.txt")
+    }
 }
 
 /// The first existing directory with the testhost scripts: `$MVM_TESTHOST_DIR`,
@@ -242,22 +270,6 @@ fn exe_dir() -> Option<PathBuf> {
         .and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
-/// Check that `path` (already absolute and resolved) is visible inside L1
-/// at the same path.
-pub fn check_visible(what: &str, path: &Path) -> Result<(), PathsError> {
-    check_no_newline(what, path)?;
-    for hidden in HIDDEN_IN_L1 {
-        if path.starts_with(hidden) {
-            return Err(PathsError::Hidden {
-                what: what.to_string(),
-                path: path.to_path_buf(),
-                hidden,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Refuse paths with a newline (L1's init reads line-based files).
 pub fn check_no_newline(what: &str, path: &Path) -> Result<(), PathsError> {
     if path.as_os_str().as_encoded_bytes().contains(&b'\n') {
@@ -286,16 +298,9 @@ mod tests {
     }
 
     #[test]
-    fn visibility_in_l1() {
-        check_visible("mvmd", Path::new("/usr/local/bin/mvmd")).unwrap();
-        check_visible("mvmd", Path::new("/tmpfoo/mvmd")).unwrap();
-        for bad in ["/tmp/x/mvmd", "/run/mvmd", "/tmp"] {
-            let e = check_visible("mvmd", Path::new(bad))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(bad) && e.contains("does not share"), "{e}");
-        }
-        let e = check_visible("mvmd", Path::new("/a\nb"))
+    fn newlines_are_refused() {
+        check_no_newline("the machine dir", Path::new("/tmp/x y")).unwrap();
+        let e = check_no_newline("the machine dir", Path::new("/a\nb"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("newline"), "{e}");

@@ -122,6 +122,8 @@ pub struct QemuConfig {
     pub disk: PathBuf,
     /// Base path of the control FIFOs (`.in`, `.out`).
     pub control: PathBuf,
+    /// QEMU's HMP monitor socket (a look at the vCPUs of a stalled L1).
+    pub monitor: PathBuf,
     /// Host port forwarded to mvmd.
     pub port: u16,
 }
@@ -230,6 +232,8 @@ pub fn args(c: &QemuConfig) -> Vec<OsString> {
         format!("pipe,id=control,path={}", qarg(&c.control)),
         "-device".into(),
         "virtserialport,chardev=control,name=mvm.control".into(),
+        "-monitor".into(),
+        format!("unix:{},server=on,wait=off", qarg(&c.monitor)),
         "-drive".into(),
         format!(
             "file={},format=raw,if=none,id=disk,discard=unmap",
@@ -285,6 +289,7 @@ mod tests {
             boot_dir: "/var/lib/m,x/boot".into(),
             disk: "/var/lib/m,x/disk.img".into(),
             control: "/run/mvm/machine-control".into(),
+            monitor: "/run/mvm/machine-monitor.sock".into(),
             port: 41234,
         }
     }
@@ -318,6 +323,10 @@ mod tests {
         assert_eq!(
             value_after(&a, "-chardev", "pipe"),
             "pipe,id=control,path=/run/mvm/machine-control"
+        );
+        assert_eq!(
+            value_after(&a, "-monitor", "unix:"),
+            "unix:/run/mvm/machine-monitor.sock,server=on,wait=off"
         );
         assert_eq!(value_after(&a, "-m", ""), "4096");
         assert_eq!(value_after(&a, "-smp", ""), "2");

@@ -65,8 +65,44 @@ pub struct MachineState {
     pub disk: PathBuf,
     /// The boot dir (logs).
     pub boot_dir: PathBuf,
-    /// The mvmd binary running in L1.
+    /// The host's mvmd binary the machine's copy came from.
     pub mvmd: PathBuf,
+    /// The programs the machine runs (copies on its disk of these host
+    /// files, with these hashes).
+    #[serde(default)]
+    pub artifacts: Vec<super::artifacts::Artifact>,
+    /// The watcher process that restarts the machine when L1 stalls.
+    #[serde(default)]
+    pub watcher: Option<Proc>,
+}
+
+/// A process, identified as [`MachineState`] identifies QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proc {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+}
+
+impl Proc {
+    /// This very process.
+    pub fn current() -> Option<Self> {
+        Self::of(std::process::id())
+    }
+
+    /// Process `pid` as it is now.
+    pub fn of(pid: u32) -> Option<Self> {
+        proc_stat(pid).map(|s| Proc {
+            pid,
+            start_time: s.start_time,
+        })
+    }
+
+    /// Whether it still runs (same pid, same start time, not a zombie).
+    pub fn is_alive(&self) -> bool {
+        matches!(proc_stat(self.pid), Some(s) if s.start_time == self.start_time && s.running())
+    }
 }
 
 impl MachineState {
@@ -77,7 +113,15 @@ impl MachineState {
 
     /// Whether QEMU still runs: same pid, same start time, not a zombie.
     pub fn is_alive(&self) -> bool {
-        matches!(proc_stat(self.pid), Some(s) if s.start_time == self.pid_start_time && s.running())
+        self.qemu().is_alive()
+    }
+
+    /// QEMU's process.
+    pub fn qemu(&self) -> Proc {
+        Proc {
+            pid: self.pid,
+            start_time: self.pid_start_time,
+        }
     }
 
     /// Read the state file; `None` if there is none.
@@ -110,7 +154,7 @@ impl MachineState {
                 source,
             }
         };
-        let tmp = path.with_extension("json.tmp");
+        let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -192,6 +236,8 @@ mod tests {
             disk: "/s/disk.img".into(),
             boot_dir: "/s/boot".into(),
             mvmd: "/usr/local/bin/mvmd".into(),
+            artifacts: Vec::new(),
+            watcher: None,
         }
     }
 

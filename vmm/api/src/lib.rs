@@ -7,6 +7,8 @@
 //!   the VMM reads;
 //! - [`status`]: the status file the VMM writes when the VM ends, and the
 //!   VMM's process exit codes;
+//! - [`disk_lock`]: whether a disk image is in use by a VMM (the lock
+//!   every VMM holds on its drives);
 //! - [`kvm`]: whether this host's `/dev/kvm` can boot a stock guest
 //!   kernel (hardware, PVM or none), the one probe `mvm-vmm`, `mvmd`,
 //!   `mvctl` and the tests share.
@@ -17,6 +19,7 @@
 //! limits, the files themselves) stays in `mvm-vmm`'s validation.
 
 pub mod config;
+pub mod disk_lock;
 pub mod kvm;
 pub mod status;
 

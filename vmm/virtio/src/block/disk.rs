@@ -4,6 +4,16 @@
 //! I/O uses `pread(2)`/`pwrite(2)` directly on guest memory (no bounce
 //! buffer, no shared file offset), so requests never depend on each other's
 //! order and the data is copied once.
+//!
+//! # Locking
+//!
+//! An open image holds an open-file-description lock (`F_OFD_SETLK`) on
+//! the whole file, as QEMU's image locking does: shared for a read-only
+//! disk, exclusive for a writable one. Two VMMs then never write one disk
+//! at once, nor read one another is writing (a block volume has a single
+//! user), and the lock ends with the process however it ends (SIGKILL
+//! included): no stale lock can outlive its VMM. Callers probe with
+//! `mvm_vmm_api::disk_lock`, which tests this same lock.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -50,12 +60,53 @@ pub enum DiskError {
         /// Size in bytes.
         size: u64,
     },
+    /// Another process holds a conflicting lock on the image.
+    #[error(
+        "disk image {path:?} is in use by another process (it holds a lock that conflicts \
+         with this {mode} open): a writable disk has one user at a time; stop the other \
+         microVM first"
+    )]
+    Locked {
+        /// Image path.
+        path: PathBuf,
+        /// "read-only" or "read-write".
+        mode: &'static str,
+    },
+    /// The lock could not be taken for another reason.
+    #[error("cannot lock disk image {path:?}: {source}")]
+    Lock {
+        /// Image path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// Not a regular file or block device (a directory, a FIFO...).
     #[error("disk image {path:?} is not a regular file or a block device")]
     NotADisk {
         /// Image path.
         path: PathBuf,
     },
+}
+
+/// Take the whole-file OFD lock of an image opened as `read_only` says
+/// (see the module docs); fails with `EAGAIN` when another open file
+/// description holds a conflicting one.
+fn lock(file: &File, read_only: bool) -> io::Result<()> {
+    // SAFETY: `flock` is plain data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if read_only {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // l_start 0, l_len 0: the whole file; l_pid must be 0 for OFD locks.
+    // SAFETY: a valid fd and a pointer to an initialised flock.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// An open disk image.
@@ -95,6 +146,22 @@ impl DiskFile {
                 });
             }
         }
+        lock(&file, read_only).map_err(|source| {
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::EAGAIN) | Some(libc::EACCES)
+            ) {
+                DiskError::Locked {
+                    path: path.to_path_buf(),
+                    mode,
+                }
+            } else {
+                DiskError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
         // Seeking to the end works for block devices too, whose metadata
         // length is 0.
         let size = file
@@ -262,6 +329,39 @@ mod tests {
             DiskError::NotSectorMultiple { size: 1000, .. }
         ));
         assert!(err.to_string().contains("not a multiple of 512"), "{err}");
+    }
+
+    #[test]
+    fn one_writer_or_many_readers_and_the_lock_ends_with_the_open() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+        let a = DiskFile::open(f.path(), true).unwrap();
+        let b = DiskFile::open(f.path(), true).unwrap();
+        let err = DiskFile::open(f.path(), false).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DiskError::Locked {
+                    mode: "read-write",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+        drop((a, b));
+        let w = DiskFile::open(f.path(), false).unwrap();
+        for ro in [true, false] {
+            assert!(matches!(
+                DiskFile::open(f.path(), ro),
+                Err(DiskError::Locked { .. })
+            ));
+        }
+        drop(w);
+        DiskFile::open(f.path(), false).unwrap();
     }
 
     #[test]

@@ -206,10 +206,12 @@ impl Tap {
         Ok(tap)
     }
 
-    /// Wraps a datagram descriptor that is not a TAP (unit tests: one end
-    /// of a `SOCK_SEQPACKET` pair keeps frame boundaries like a TAP).
-    #[cfg(test)]
-    pub(crate) fn from_datagram_fd(fd: OwnedFd) -> Self {
+    /// Wraps a datagram descriptor that is not a TAP (unit tests and the
+    /// fuzz targets: one end of a `SOCK_SEQPACKET` pair keeps frame
+    /// boundaries like a TAP). Never in a production build.
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[doc(hidden)]
+    pub fn from_datagram_fd(fd: OwnedFd) -> Self {
         let tap = Self {
             file: File::from(fd),
             name: "test".into(),

@@ -1,0 +1,321 @@
+//! Volumes in mvmd: Docker's `local` driver. The directories are the
+//! runtime's ([`mvm_runtime::VolumeDirs`]); which volumes exist, their
+//! labels and whether they are anonymous is mvmd's database (schema 3);
+//! which sandboxes use one is read from the sandboxes' specs, so it can
+//! never disagree with what a start mounts.
+
+use std::collections::BTreeMap;
+
+use mvm_api::volume::{Volume, VolumeCreateRequest, VolumeList, VolumePruneResponse, VolumeUsage};
+use mvm_api::{ApiError, ErrorCode};
+use mvm_runtime::{MountSpec, SandboxSpec};
+
+use crate::db::VolumeRow;
+use crate::manager::{now, Manager, Result};
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ApiError {
+    ApiError::new(code, msg)
+}
+
+fn vol_err(e: mvm_runtime::VolumeError) -> ApiError {
+    let code = if e.is_invalid() {
+        ErrorCode::BadRequest
+    } else {
+        ErrorCode::Internal
+    };
+    err(code, e.to_string())
+}
+
+/// The volume filters of list and prune (Docker's `--filter`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Filters {
+    /// `name=SUBSTRING`.
+    pub name: Vec<String>,
+    /// `label=KEY` or `label=KEY=VALUE`.
+    pub label: Vec<(String, Option<String>)>,
+    /// `dangling=true|false`: used by no sandbox.
+    pub dangling: Option<bool>,
+    /// `driver=local`.
+    pub driver: Vec<String>,
+}
+
+impl Filters {
+    /// Parse `KEY=VALUE` filter strings; an unknown key is refused.
+    pub fn parse(values: &[String]) -> std::result::Result<Self, String> {
+        let mut f = Self::default();
+        for v in values {
+            let (k, val) = v.split_once('=').ok_or_else(|| {
+                format!("filter {v:?} is not KEY=VALUE (keys: name, label, dangling, driver)")
+            })?;
+            match k {
+                "name" => f.name.push(val.to_string()),
+                "label" => f.label.push(match val.split_once('=') {
+                    Some((a, b)) => (a.to_string(), Some(b.to_string())),
+                    None => (val.to_string(), None),
+                }),
+                "dangling" => {
+                    f.dangling = Some(match val {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => return Err(format!("filter dangling={val:?}: use true or false")),
+                    })
+                }
+                "driver" => f.driver.push(val.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unknown volume filter {k:?}; use name, label, dangling or driver"
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    fn matches(&self, v: &VolumeRow, users: usize) -> bool {
+        (self.name.is_empty() || self.name.iter().any(|n| v.name.contains(n.as_str())))
+            && self.label.iter().all(|(k, val)| match val {
+                Some(val) => v.labels.get(k) == Some(val),
+                None => v.labels.contains_key(k),
+            })
+            && self.dangling.is_none_or(|d| d == (users == 0))
+            && (self.driver.is_empty() || self.driver.contains(&v.driver))
+    }
+}
+
+impl Manager {
+    /// Names of the sandboxes (any state) whose mounts use volume `name`.
+    pub fn volume_users(&self, name: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .entries()
+            .iter()
+            .map(|e| e.snapshot().spec)
+            .filter(|s| s.mounts.iter().any(|m| m.volume_name() == Some(name)))
+            .map(|s| s.name)
+            .collect();
+        users.sort();
+        users
+    }
+
+    fn volume_view(&self, v: &VolumeRow, size: bool) -> Volume {
+        let dirs = self.runtime().volumes();
+        Volume {
+            name: v.name.clone(),
+            driver: v.driver.clone(),
+            mountpoint: dirs.data(&v.name).display().to_string(),
+            created_at: v.created.clone(),
+            labels: v.labels.clone(),
+            options: v.options.clone(),
+            scope: "local".into(),
+            anonymous: v.anonymous,
+            usage_data: size.then(|| VolumeUsage {
+                size: dirs.size(&v.name),
+                ref_count: self.volume_users(&v.name).len() as u64,
+            }),
+        }
+    }
+
+    fn volume_row(&self, name: &str) -> Result<VolumeRow> {
+        self.db()
+            .volumes()?
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("no such volume: {name} (list volumes with mvctl volume ls)"),
+                )
+            })
+    }
+
+    /// `POST /v1/volumes`: make a volume (an existing one is returned).
+    pub async fn volume_create(&self, req: VolumeCreateRequest) -> Result<Volume> {
+        match req.driver.as_deref() {
+            None | Some("") | Some("local") => {}
+            Some(d) => {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("unknown volume driver {d:?}; this mvmd has the local driver only"),
+                ))
+            }
+        }
+        if let Some(k) = req.driver_opts.keys().next() {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("the local driver takes no options (got {k:?}); drop --opt"),
+            ));
+        }
+        let name = req
+            .name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(mvm_runtime::names::new_id);
+        self.ensure_volume(&name, req.labels, false).await?;
+        Ok(self.volume_view(&self.volume_row(&name)?, false))
+    }
+
+    /// Make volume `name` (directory and row) unless it exists.
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        anonymous: bool,
+    ) -> Result<()> {
+        let dirs = self.runtime().volumes();
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || dirs.create(&n))
+            .await
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            .map_err(vol_err)?;
+        self.db().insert_volume(&VolumeRow {
+            name: name.to_string(),
+            created: now(),
+            driver: "local".into(),
+            labels,
+            options: BTreeMap::new(),
+            anonymous,
+        })?;
+        Ok(())
+    }
+
+    /// Record the volumes a new sandbox's spec uses (the runtime made
+    /// their directories), anonymous ones marked so.
+    pub async fn record_volumes(&self, spec: &SandboxSpec) -> Result<()> {
+        for m in &spec.mounts {
+            if let MountSpec::Volume {
+                name, anonymous, ..
+            } = m
+            {
+                self.ensure_volume(name, BTreeMap::new(), *anonymous)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/volumes`.
+    pub fn volume_list(&self, filters: &Filters, size: bool) -> Result<VolumeList> {
+        let volumes = self
+            .db()
+            .volumes()?
+            .into_iter()
+            .filter(|v| filters.matches(v, self.volume_users(&v.name).len()))
+            .map(|v| self.volume_view(&v, size))
+            .collect();
+        Ok(VolumeList {
+            volumes,
+            warnings: vec![],
+        })
+    }
+
+    /// `GET /v1/volumes/{name}`.
+    pub fn volume_inspect(&self, name: &str) -> Result<Volume> {
+        Ok(self.volume_view(&self.volume_row(name)?, true))
+    }
+
+    /// `DELETE /v1/volumes/{name}`: refused while a sandbox uses it;
+    /// `force` only makes a missing volume no error (as Docker's).
+    pub async fn volume_remove(&self, name: &str, force: bool) -> Result<()> {
+        match self.volume_row(name) {
+            Ok(_) => {}
+            Err(e) if force && e.code == ErrorCode::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let users = self.volume_users(name);
+        if !users.is_empty() {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "volume {name} is in use by sandbox {}; remove {} first (mvctl rm)",
+                    users.join(", "),
+                    if users.len() == 1 { "it" } else { "them" }
+                ),
+            ));
+        }
+        self.delete_volume(name).await
+    }
+
+    async fn delete_volume(&self, name: &str) -> Result<()> {
+        let dirs = self.runtime().volumes();
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || dirs.remove(&n))
+            .await
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            .map_err(vol_err)?;
+        self.db().delete_volume(name)?;
+        tracing::info!(volume = name, "volume removed");
+        Ok(())
+    }
+
+    /// `POST /v1/volumes/prune`: remove unused volumes matching
+    /// `filters`; anonymous ones only unless `all` (Docker's default).
+    pub async fn volume_prune(&self, filters: &Filters, all: bool) -> Result<VolumePruneResponse> {
+        let mut out = VolumePruneResponse::default();
+        for v in self.db().volumes()? {
+            if (!all && !v.anonymous) || !filters.matches(&v, self.volume_users(&v.name).len()) {
+                continue;
+            }
+            if !self.volume_users(&v.name).is_empty() {
+                continue;
+            }
+            let size = self.runtime().volumes().size(&v.name);
+            self.delete_volume(&v.name).await?;
+            out.space_reclaimed += size;
+            out.volumes_deleted.push(v.name);
+        }
+        Ok(out)
+    }
+
+    /// After sandbox `spec` is gone: remove its anonymous volumes no other
+    /// sandbox uses (`rm -v`, `--rm`).
+    pub async fn remove_anonymous_volumes(&self, spec: &SandboxSpec) {
+        for m in &spec.mounts {
+            if let MountSpec::Volume {
+                name,
+                anonymous: true,
+                ..
+            } = m
+            {
+                if self.volume_users(name).is_empty() {
+                    if let Err(e) = self.delete_volume(name).await {
+                        tracing::warn!(volume = %name, "removing an anonymous volume: {}", e.message);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_match_like_dockers() {
+        let f = Filters::parse(&[
+            "name=da".into(),
+            "label=env=prod".into(),
+            "label=team".into(),
+            "dangling=true".into(),
+        ])
+        .unwrap();
+        let v = VolumeRow {
+            name: "data".into(),
+            created: "now".into(),
+            driver: "local".into(),
+            labels: [
+                ("env".to_string(), "prod".to_string()),
+                ("team".into(), "".into()),
+            ]
+            .into(),
+            options: BTreeMap::new(),
+            anonymous: false,
+        };
+        assert!(f.matches(&v, 0));
+        assert!(!f.matches(&v, 1), "in use: not dangling");
+        let mut other = v.clone();
+        other.labels.insert("env".into(), "dev".into());
+        assert!(!f.matches(&other, 0));
+        for bad in ["name", "dangling=maybe", "until=1h"] {
+            assert!(Filters::parse(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! mvm-jailer: confines one `mvm-vmm` before it runs a line of guest-driven
+//! code (Firecracker's jailer model, adapted to mvm's files).
+//!
+//! The runtime runs `mvm-jailer` instead of `mvm-vmm`; the jailer, still
+//! root, does what needs privilege and then execs the VMM with none:
+//!
+//! 1. reads the VM configuration ([`mvm_vmm_api::VmConfig`], the one typed
+//!    contract) and derives the jail's contents from it ([`plan`]): the
+//!    kernel, initrds, disks (read-only ones read-only), the directories the
+//!    VMM writes (console, log, status; its vsock and vhost-user sockets),
+//!    the VMM binary and its shared libraries, `/dev/kvm`;
+//! 2. opens the TAPs named in the configuration in the host's network
+//!    namespace and hands them to the VMM as descriptors ([`tap`]);
+//! 3. forks into new pid, mount, ipc, uts and network namespaces, bind
+//!    mounts the plan into the jail directory at the same absolute paths
+//!    (so every path in the configuration, and every path the host side
+//!    knows, stays valid) and `pivot_root`s into it ([`mounts`]);
+//! 4. switches to the sandbox's own uid/gid, drops every capability, sets
+//!    `PR_SET_NO_NEW_PRIVS`, leaves only stdio and the TAP descriptors open
+//!    ([`privs`]) and execs `mvm-vmm`.
+//!
+//! The parent prints the VMM's pid (in the host's pid namespace) and exits,
+//! so the caller tracks the VMM itself, as it does an unjailed one. cgroup
+//! limits are the runtime's (`mvm_runtime::cgroup`): it puts the jailer in
+//! the sandbox's cgroup and the VMM inherits it.
+
+pub mod mounts;
+pub mod plan;
+pub mod privs;
+pub mod spec;
+pub mod tap;
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use mvm_vmm_api::VmConfig;
+use nix::sched::CloneFlags;
+use nix::unistd::{ForkResult, Pid};
+
+pub use plan::{Bind, BindKind};
+pub use spec::JailSpec;
+
+/// Environment variables passed on to the VMM (everything else is dropped).
+pub const PASSED_ENV: &[&str] = &["MVM_LOG"];
+
+/// File name of the rewritten configuration (TAPs as descriptors) in the
+/// jail's root.
+pub const JAILED_CONFIG: &str = "vm.json";
+
+/// Why the VMM could not be jailed.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("cannot read the VM configuration {path}: {source}")]
+    Config {
+        path: PathBuf,
+        source: mvm_vmm_api::config::ConfigFileError,
+    },
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    #[error(transparent)]
+    Privs(#[from] privs::PrivsError),
+    #[error(transparent)]
+    Tap(#[from] tap::TapError),
+    #[error("{op}: {source}")]
+    Sys {
+        op: &'static str,
+        source: nix::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The jailed child failed before exec; its message.
+    #[error("{0}")]
+    Child(String),
+}
+
+fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> JailError {
+    move |source| JailError::Sys { op, source }
+}
+
+/// Jail and start the VMM of `spec`; returns its pid (in the caller's pid
+/// namespace) once it has exec'd `mvm-vmm`, or why it could not.
+pub fn launch(spec: &JailSpec) -> Result<Pid, JailError> {
+    spec.validate()?;
+    let mut cfg = VmConfig::load(&spec.config).map_err(|source| JailError::Config {
+        path: spec.config.clone(),
+        source,
+    })?;
+    let binds = plan::plan(&cfg, spec)?;
+    // The jail's mount points must be traversable by the VMM's uid
+    // whatever mask the caller has (mvmd's is 077); the VMM gets 077 back.
+    let mask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    mounts::prepare_root(&spec.root, &binds)?;
+    let sandbox = spec.root.parent().unwrap_or(&spec.root);
+    mounts::chown_writable(&binds, sandbox, spec.uid, spec.gid)?;
+    // TAPs are opened here, in the host's network namespace where their
+    // bridges are; the VMM gets descriptors 3, 4, ... in order.
+    let taps = tap::open_all(&mut cfg, privs::FIRST_PASSED_FD)?;
+    let config_path = if taps.is_empty() {
+        spec.config.clone()
+    } else {
+        let p = spec.root.join(JAILED_CONFIG);
+        mvm_vmm_api::write_atomic(&p, &cfg.to_json())
+            .map_err(|source| JailError::Write { path: p, source })?;
+        Path::new("/").join(JAILED_CONFIG)
+    };
+    let exec = Exec::new(spec, &config_path)?;
+
+    // A new pid namespace applies to children: the fork below is its init.
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unshare(CLONE_NEWPID)"))?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    // Above the descriptors the child arranges for the VMM.
+    let wr = {
+        let low = wr;
+        privs::dup_high(&low, privs::HIGH_FD).map_err(sys("fcntl(F_DUPFD_CLOEXEC)"))?
+    };
+    // SAFETY: the jailer is single-threaded (no thread holds a lock the
+    // child could need); the child only runs `child` and exits.
+    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(rd);
+            let err = child(spec, &binds, &taps, &exec, mask);
+            let msg = err.to_string();
+            // SAFETY: writing a buffer we own to the pipe we own.
+            unsafe {
+                libc::write(wr.as_raw_fd(), msg.as_ptr().cast(), msg.len());
+                libc::_exit(1)
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            drop(taps);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            if msg.is_empty() {
+                Ok(child)
+            } else {
+                let _ = nix::sys::wait::waitpid(child, None);
+                Err(JailError::Child(msg))
+            }
+        }
+    }
+}
+
+/// The exec arguments, made before the fork so the child allocates little.
+struct Exec {
+    path: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl Exec {
+    fn new(spec: &JailSpec, config: &Path) -> Result<Self, JailError> {
+        let c = |b: &[u8]| {
+            CString::new(b).map_err(|_| {
+                JailError::Plan(plan::PlanError::Path {
+                    path: PathBuf::from(std::ffi::OsStr::from_bytes(b)),
+                    why: "contains a NUL byte",
+                })
+            })
+        };
+        let path = c(spec.vmm.as_os_str().as_bytes())?;
+        let argv = vec![
+            path.clone(),
+            c(b"--config")?,
+            c(config.as_os_str().as_bytes())?,
+        ];
+        let mut env = Vec::new();
+        for k in PASSED_ENV {
+            if let Some(v) = std::env::var_os(k) {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                env.push(c(&kv)?);
+            }
+        }
+        Ok(Self { path, argv, env })
+    }
+}
+
+/// The child: namespaces, jail, privileges, exec. Returns only on error.
+fn child(
+    spec: &JailSpec,
+    binds: &[Bind],
+    taps: &[tap::OpenTap],
+    exec: &Exec,
+    mask: nix::sys::stat::Mode,
+) -> JailError {
+    let r = (|| -> Result<(), JailError> {
+        nix::unistd::setsid().map_err(sys("setsid"))?;
+        nix::sched::unshare(
+            CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWNET,
+        )
+        .map_err(sys("unshare(mount, ipc, uts, net namespaces)"))?;
+        nix::unistd::sethostname("mvm-vmm").map_err(sys("sethostname"))?;
+        // The jailer's stdout is how its caller learns the pid; the VMM's
+        // stdin and stdout are /dev/null (its stderr is its log, kept).
+        privs::null_stdio()?;
+        mounts::enter_jail(&spec.root, binds, spec.uid, spec.gid)?;
+        nix::sys::stat::umask(mask | nix::sys::stat::Mode::from_bits_truncate(0o077));
+        // Keep the error pipe above the descriptors handed to the VMM.
+        let fds: Vec<RawFd> = taps.iter().map(|t| t.fd()).collect();
+        privs::arrange_fds(&fds)?;
+        privs::drop_privileges(spec.uid, spec.gid)?;
+        Ok(())
+    })();
+    if let Err(e) = r {
+        return e;
+    }
+    let e = nix::unistd::execve(&exec.path, &exec.argv, &exec.env).unwrap_err();
+    JailError::Sys {
+        op: "exec of the VMM in the jail",
+        source: e,
+    }
+}

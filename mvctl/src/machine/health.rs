@@ -1,0 +1,259 @@
+//! Whether L1 still works: the signs of the emulated host's faults that
+//! `resources/testhost/run` stops an e2e job for, read from a boot dir.
+//!
+//! - The heartbeat: the testhost init rewrites `alive` in the boot dir
+//!   every 10 s while the job (here: the machine) runs. A frozen L1 (both
+//!   TCG vCPUs spinning in the emulation, L1's own processes silent) stops
+//!   rewriting it.
+//! - Soft lockups: a half-hung L1 (one vCPU stuck in L1's KVM, the other
+//!   still writing the heartbeat) shows as "soft lockup - CPU#N stuck for
+//!   Ns!" on L1's console; everything in it then crawls.
+//!
+//! Both are faults of the nested emulation that do not heal (see
+//! resources/testhost/README.md, "Reliability"): L1 has to be restarted.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::paths::BootFiles;
+
+/// Environment variable with the seconds without a heartbeat after which
+/// L1 counts as stalled.
+pub const STALL_ENV: &str = "MVM_MACHINE_STALL_SECS";
+/// Default of [`STALL_ENV`]: the heartbeat comes every 10 s; on a busy
+/// 2-core host it was never seen more than a few seconds late.
+const DEFAULT_STALL: Duration = Duration::from_secs(120);
+/// The least [`STALL_ENV`] taken: a few heartbeats.
+const MIN_STALL: Duration = Duration::from_secs(20);
+/// A vCPU stuck this long in L1's kernel does not recover (`run` uses the
+/// same limit).
+pub const STUCK_LIMIT_SECS: u64 = 60;
+
+/// How L1 failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stall {
+    /// The heartbeat is this old.
+    NoHeartbeat {
+        /// Seconds since the last one.
+        secs: u64,
+    },
+    /// L1's console reports a vCPU stuck this long.
+    SoftLockup {
+        /// Seconds stuck.
+        secs: u64,
+    },
+    /// QEMU ended by itself (L1's kernel died, or QEMU crashed).
+    Died,
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stall::NoHeartbeat { secs } => {
+                write!(f, "L1 stalled: no heartbeat from it for {secs} s")
+            }
+            Stall::SoftLockup { secs } => write!(
+                f,
+                "L1 stalled: one of its vCPUs has been stuck for {secs} s (soft lockup on its console)"
+            ),
+            Stall::Died => write!(f, "L1 died: QEMU ended on its own"),
+        }
+    }
+}
+
+/// The stall limit: [`STALL_ENV`] or the default.
+pub fn stall_limit() -> Duration {
+    std::env::var(STALL_ENV)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_STALL)
+        .max(MIN_STALL)
+}
+
+/// A stall of the L1 writing to `files`, judged at `now`. Only once the
+/// job runs (`job-started`): before that, the boot timeout applies.
+pub fn check(files: &BootFiles, limit: Duration, now: SystemTime) -> Option<Stall> {
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let started = mtime(&files.job_started())?;
+    let last = mtime(&files.alive()).map_or(started, |a| a.max(started));
+    let age = now.duration_since(last).unwrap_or_default();
+    if age > limit {
+        return Some(Stall::NoHeartbeat {
+            secs: age.as_secs(),
+        });
+    }
+    let stuck = stuck_seconds(&tail(&files.console_log(), 64 * 1024));
+    (stuck >= STUCK_LIMIT_SECS).then_some(Stall::SoftLockup { secs: stuck })
+}
+
+/// The longest soft lockup in a kernel log ("soft lockup - CPU#1 stuck
+/// for 49s!"), 0 if none.
+pub fn stuck_seconds(log: &str) -> u64 {
+    const MARK: &str = "soft lockup - CPU#";
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(MARK)? + MARK.len()..];
+            let rest = &rest[rest.find(" stuck for ")? + " stuck for ".len()..];
+            rest[..rest.find('s')?].parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn tail(p: &Path, max: u64) -> String {
+    let Ok(mut f) = fs::File::open(p) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Save QEMU's view of L1's vCPUs (HMP `info registers -a` and friends on
+/// the monitor socket) to `out`, for the diagnosis of a stall. Best
+/// effort, a few seconds at most: a QEMU that is stuck itself does not
+/// answer.
+pub fn dump_l1_state(monitor: &Path, out: &Path) {
+    let text = match hmp(
+        monitor,
+        &[
+            "info status",
+            "info cpus",
+            "info registers -a",
+            "info lapic",
+        ],
+    ) {
+        Ok(t) => t,
+        Err(e) => format!("QEMU's monitor {} did not answer: {e}\n", monitor.display()),
+    };
+    if let Ok(mut f) = fs::File::create(out) {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+fn hmp(monitor: &Path, commands: &[&str]) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(monitor)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    for c in commands {
+        s.write_all(format!("{c}\n").as_bytes())?;
+        // The answer ends when the monitor goes quiet.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&out).replace('\r', "");
+    // Drop the terminal escapes and the prompt's echo of each command.
+    let mut clean = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        clean.push(c);
+    }
+    Ok(clean
+        .lines()
+        .filter(|l| !l.starts_with("(qemu)"))
+        .map(|l| format!("{l}\n"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_lockups_from_the_console() {
+        let log = "[ 100.1] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [qemu:123]\n\
+                   [ 150.2] watchdog: BUG: soft lockup - CPU#0 stuck for 693s! [CPU 0/KVM:88]\n\
+                   [ 151.0] something else 99s\n";
+        assert_eq!(stuck_seconds(log), 693);
+        assert_eq!(stuck_seconds("no lockups here\n"), 0);
+        assert_eq!(stuck_seconds("soft lockup - CPU#1 stuck for junk\n"), 0);
+    }
+
+    #[test]
+    fn heartbeat_and_lockups() {
+        let d = tempfile::tempdir().unwrap();
+        let files = BootFiles::new(d.path());
+        let limit = Duration::from_secs(120);
+        let t = |secs| SystemTime::now() + Duration::from_secs(secs);
+        // Still booting: no verdict.
+        assert_eq!(check(&files, limit, t(1000)), None);
+        fs::write(files.job_started(), "5.1").unwrap();
+        assert_eq!(check(&files, limit, t(0)), None);
+        // No heartbeat file yet counts from the job's start.
+        assert!(matches!(
+            check(&files, limit, t(200)),
+            Some(Stall::NoHeartbeat { secs }) if secs >= 199
+        ));
+        fs::write(files.alive(), "15.0").unwrap();
+        assert_eq!(check(&files, limit, t(100)), None);
+        assert!(matches!(
+            check(&files, limit, t(130)),
+            Some(Stall::NoHeartbeat { .. })
+        ));
+        fs::write(
+            files.console_log(),
+            "watchdog: BUG: soft lockup - CPU#0 stuck for 45s!\n",
+        )
+        .unwrap();
+        assert_eq!(check(&files, limit, t(0)), None);
+        fs::write(
+            files.console_log(),
+            "watchdog: BUG: soft lockup - CPU#0 stuck for 64s!\n",
+        )
+        .unwrap();
+        assert_eq!(
+            check(&files, limit, t(0)),
+            Some(Stall::SoftLockup { secs: 64 })
+        );
+        assert!(Stall::SoftLockup { secs: 64 }
+            .to_string()
+            .contains("stuck for 64 s"));
+    }
+
+    #[test]
+    fn a_silent_monitor_is_reported_not_waited_for() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("mon");
+        // Listening but never answering, as a stopped QEMU's socket.
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let out = d.path().join("state.txt");
+        let t0 = std::time::Instant::now();
+        dump_l1_state(&sock, &out);
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        assert!(fs::metadata(&out).is_ok());
+        dump_l1_state(&d.path().join("none"), &out);
+        assert!(fs::read_to_string(&out).unwrap().contains("did not answer"));
+    }
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Build the fuzz targets (fuzz/) and run each for a while.
+#
+# Usage: resources/fuzz/run.sh SECONDS [TARGET...]
+#   SECONDS  CPU time per target (the smoke run in `make test` gives each a
+#            few seconds: the targets keep building and shallow crashes are
+#            caught; `make fuzz` gives each FUZZ_SECONDS, 300 by default).
+#   TARGET   the targets to run (default: all of them).
+# Corpora persist in ${MVM_CACHE:-/var/cache/mvm}/fuzz/corpus/<target>
+# (seeded by fuzz/make_seeds.py where libFuzzer would take long to find
+# the format: tar archives, JSON documents); a crash leaves its input
+# in fuzz/artifacts/<target>/ and fails the run, naming the reproducer:
+#   (cd fuzz && cargo fuzz run TARGET artifacts/TARGET/crash-...)
+# At the end a table prints each target's executions, coverage and corpus
+# size (what docs/security.md reports).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:?usage: run.sh SECONDS [TARGET...]}
+shift
+fuzz=$(resources/fuzz/cargo-fuzz.sh | tail -n1)
+cd fuzz
+echo "fuzz: building the targets (nightly, AddressSanitizer)" >&2
+"$fuzz" build -O --debug-assertions >&2
+if [ $# -eq 0 ]; then
+	mapfile -t targets < <("$fuzz" list)
+else
+	targets=("$@")
+fi
+corpora=${MVM_CACHE:-/var/cache/mvm}/fuzz/corpus
+seeds_dir=$(mktemp -d)
+trap 'rm -rf "$seeds_dir"' EXIT
+python3 make_seeds.py "$seeds_dir"
+status=0
+summary=()
+for t in "${targets[@]}"; do
+	mkdir -p "$corpora/$t" "artifacts/$t"
+	seeds=()
+	[ -d "$seeds_dir/$t" ] && seeds=("$seeds_dir/$t")
+	log=$(mktemp)
+	echo "=== fuzz: $t for ${secs} s" >&2
+	rc=0
+	"$fuzz" run -O --debug-assertions "$t" "$corpora/$t" "${seeds[@]}" -- \
+		-max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 \
+		-print_final_stats=1 >"$log" 2>&1 || rc=$?
+	if [ "$rc" != 0 ]; then
+		tail -n 60 "$log" >&2
+		echo "fuzz: $t FAILED (exit $rc); reproducer in fuzz/artifacts/$t/" >&2
+		status=1
+	fi
+	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
+	cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n1 | cut -d' ' -f2)
+	n=$(find "$corpora/$t" -type f | wc -l)
+	summary+=("$(printf '%-16s %8s s %12s %8s %8s %s' "$t" "$secs" "${execs:-?}" "${cov:-?}" "$n" "$([ "$rc" = 0 ] && echo ok || echo CRASH)")")
+	rm -f "$log"
+done
+printf '\n%-16s %10s %12s %8s %8s %s\n' target time executions edges corpus result
+printf '%s\n' "${summary[@]}"
+exit "$status"

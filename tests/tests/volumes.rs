@@ -1,0 +1,415 @@
+//! End-to-end tests of volumes, bind mounts, tmpfs and read-only roots:
+//! the real `mvctl` against a real `mvmd` booting real microVMs on real
+//! KVM, with a real virtiofsd per share.
+//!
+//! Run with `tests/run-e2e.sh volumes`. Every test is in the `volumes`
+//! module so that filter selects exactly these. One daemon serves the
+//! suite (state in a temp dir); the suite imports a busybox image.
+
+mod volumes {
+    use std::fs;
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    use mvm_e2e::daemon::{binary, ping, start_daemon};
+
+    const BUSYBOX: &str = "e2e/busybox:vol";
+    const CALL_TIMEOUT: Duration = Duration::from_secs(240);
+
+    #[derive(Debug)]
+    struct Out {
+        code: i32,
+        stdout: String,
+        stderr: String,
+    }
+
+    impl Out {
+        fn ok(self) -> Out {
+            assert_eq!(self.code, 0, "mvctl failed: {self:#?}");
+            self
+        }
+        /// mvctl's own failure (125) with an error naming `why`.
+        fn refused(self, why: &str) -> Out {
+            assert_eq!(self.code, 125, "expected mvctl's error status: {self:#?}");
+            assert!(
+                self.stderr.contains("mvctl: error: ") && self.stderr.contains(why),
+                "the error should say {why:?}: {self:#?}"
+            );
+            self
+        }
+    }
+
+    struct Suite {
+        dir: tempfile::TempDir,
+        host: String,
+    }
+
+    fn suite() -> &'static Suite {
+        static S: OnceLock<Suite> = OnceLock::new();
+        S.get_or_init(|| {
+            mvm_e2e::require_hardware_kvm();
+            let dir = tempfile::Builder::new()
+                .prefix("mvm-vol-e2e-")
+                .tempdir()
+                .unwrap();
+            let run = dir.path().join("run");
+            let socket = run.join("mvmd.sock");
+            let log = dir.path().join("mvmd.log");
+            start_daemon(&dir.path().join("root"), &run, &log);
+            let t = Instant::now();
+            while !ping(&socket) {
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "mvmd did not answer; its log:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let s = Suite {
+                host: format!("unix://{}", socket.display()),
+                dir,
+            };
+            let tree = s.dir.path().join("tree");
+            mvm_e2e::rootfs::busybox_tree(&tree).expect("busybox tree");
+            // Content for copy-up checks and a directory the tests mount on.
+            fs::create_dir_all(tree.join("srv/seed")).unwrap();
+            fs::write(tree.join("srv/seed/from-image"), "image").unwrap();
+            let rootfs = s.dir.path().join("rootfs.tar");
+            sh(&format!(
+                "tar --numeric-owner --owner=0 --group=0 -C '{}' -cf '{}' .",
+                tree.display(),
+                rootfs.display()
+            ));
+            mvctl_on(&s.host, &["import", rootfs.to_str().unwrap(), BUSYBOX]).ok();
+            s
+        })
+    }
+
+    fn mvctl_on(host: &str, args: &[&str]) -> Out {
+        let mut cmd = Command::new(binary("mvctl"));
+        cmd.args(args)
+            .env("MVM_HOST", host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn mvctl");
+        let mut so = child.stdout.take().unwrap();
+        let mut se = child.stderr.take().unwrap();
+        let t_out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = so.read_to_string(&mut s);
+            s
+        });
+        let t_err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = se.read_to_string(&mut s);
+            s
+        });
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t.elapsed() > CALL_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mvctl {args:?} did not finish within {CALL_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Out {
+            code: status.code().unwrap_or(-1),
+            stdout: t_out.join().unwrap(),
+            stderr: t_err.join().unwrap(),
+        }
+    }
+
+    fn mvctl(args: &[&str]) -> Out {
+        mvctl_on(&suite().host, args)
+    }
+
+    fn sh(cmd: &str) -> String {
+        let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn unique(prefix: &str) -> String {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        format!(
+            "{prefix}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+
+    /// `mvctl run --rm [ARGS] busybox sh -c SCRIPT`.
+    fn run_sh(args: &[&str], script: &str) -> Out {
+        let mut all = vec!["run", "--rm"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[BUSYBOX, "sh", "-c", script]);
+        mvctl(&all)
+    }
+
+    fn volume_names() -> Vec<String> {
+        mvctl(&["volume", "ls", "-q"])
+            .ok()
+            .stdout
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The anonymous volumes (random 64-hex names; the tests run in
+    /// parallel, and only this suite's anonymous test makes them).
+    fn anonymous_volumes() -> Vec<String> {
+        volume_names()
+            .into_iter()
+            .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect()
+    }
+
+    #[test]
+    fn a_named_volume_outlives_its_sandboxes_and_is_refused_removal_while_used() {
+        let vol = unique("data");
+        let spec = format!("{vol}:/var/lib/app");
+        let out = run_sh(
+            &["-v", &spec],
+            "echo kept > /var/lib/app/f && stat -c '%u %a' /var/lib/app",
+        )
+        .ok();
+        assert_eq!(out.stdout.trim(), "0 755", "{out:?}");
+        assert!(volume_names().contains(&vol), "created on first use");
+        let out = run_sh(&["-v", &spec], "cat /var/lib/app/f").ok();
+        assert_eq!(out.stdout.trim(), "kept");
+
+        // In use by a sandbox (even one not running): refused, naming it.
+        let name = unique("user");
+        mvctl(&["create", "--name", &name, "-v", &spec, BUSYBOX, "true"]).ok();
+        mvctl(&["volume", "rm", &vol]).refused(&name);
+        let info = mvctl(&["inspect", &name]).ok().stdout;
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+        let m = &v[0]["mounts"][0];
+        assert_eq!(m["type"], "volume");
+        assert_eq!(m["name"], vol.as_str());
+        assert_eq!(m["destination"], "/var/lib/app");
+        assert_eq!(
+            (m["driver"].as_str(), m["rw"].as_bool()),
+            (Some("local"), Some(true))
+        );
+        mvctl(&["rm", &name]).ok();
+
+        let insp = mvctl(&["volume", "inspect", &vol]).ok().stdout;
+        let insp: serde_json::Value = serde_json::from_str(&insp).unwrap();
+        assert_eq!(insp[0]["driver"], "local");
+        assert_eq!(insp[0]["usage_data"]["ref_count"], 0);
+        let data = Path::new(insp[0]["mountpoint"].as_str().unwrap());
+        assert_eq!(fs::read_to_string(data.join("f")).unwrap().trim(), "kept");
+        mvctl(&["volume", "rm", &vol]).ok();
+        assert!(!data.exists());
+        mvctl(&["volume", "rm", &vol]).refused("no such volume");
+        mvctl(&["volume", "rm", "-f", &vol]).ok();
+    }
+
+    #[test]
+    fn volume_create_ls_filters_and_prune() {
+        let a = unique("lab");
+        mvctl(&["volume", "create", "--label", "team=db", &a]).ok();
+        let ls = mvctl(&["volume", "ls", "-q", "--filter", "label=team=db"])
+            .ok()
+            .stdout;
+        assert!(ls.lines().any(|l| l == a), "{ls}");
+        let ls = mvctl(&["volume", "ls", "-q", "--filter", "label=team=web"])
+            .ok()
+            .stdout;
+        assert!(!ls.lines().any(|l| l == a), "{ls}");
+        mvctl(&["volume", "ls", "--filter", "bogus=1"]).refused("unknown volume filter");
+        mvctl(&["volume", "create", "--driver", "nfs", "x1"]).refused("local driver only");
+        mvctl(&["volume", "create", "../etc"]).refused("invalid volume name");
+        // Named volumes survive a plain prune, not an --all one.
+        mvctl(&["volume", "prune", "-f"]).ok();
+        assert!(volume_names().contains(&a));
+        let out = mvctl(&["volume", "prune", "-f", "-a", "--filter", "label=team=db"]).ok();
+        assert!(out.stdout.contains(&a), "{out:?}");
+        assert!(!volume_names().contains(&a));
+    }
+
+    #[test]
+    fn anonymous_volumes_go_with_rm_v_and_with_rm() {
+        let before = anonymous_volumes();
+        run_sh(&["-v", "/scratch"], "echo x > /scratch/f").ok();
+        assert_eq!(
+            anonymous_volumes(),
+            before,
+            "--rm removed the anonymous volume"
+        );
+
+        let name = unique("anon");
+        mvctl(&[
+            "create",
+            "--name",
+            &name,
+            "--mount",
+            "type=volume,target=/a",
+            BUSYBOX,
+            "true",
+        ])
+        .ok();
+        let during = anonymous_volumes();
+        assert_eq!(during.len(), before.len() + 1, "{during:?}");
+        mvctl(&["rm", "-v", &name]).ok();
+        assert_eq!(anonymous_volumes(), before);
+    }
+
+    #[test]
+    fn two_running_sandboxes_see_each_others_writes() {
+        let vol = unique("shared");
+        let spec = format!("{vol}:/s");
+        let a = unique("writer");
+        mvctl(&[
+            "run", "-d", "--name", &a, "-v", &spec, BUSYBOX, "sh", "-c",
+            "i=0; while [ ! -f /s/b ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; echo from-a > /s/a; sleep 600",
+        ])
+        .ok();
+        let out = run_sh(
+            &["-v", &spec],
+            "echo from-b > /s/b; i=0; while [ ! -f /s/a ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; cat /s/a",
+        )
+        .ok();
+        assert_eq!(out.stdout.trim(), "from-a", "{out:?}");
+        mvctl(&["volume", "rm", &vol]).refused(&a);
+        mvctl(&["rm", "-f", &a]).ok();
+        mvctl(&["volume", "rm", &vol]).ok();
+    }
+
+    #[test]
+    fn bind_mounts_share_host_directories_read_write_and_read_only() {
+        let dir = suite().dir.path().join(unique("bind"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("hello"), "from-host").unwrap();
+        // A symlink inside the share pointing at a host directory outside
+        // it: the guest resolves it in its own root, never the host's.
+        let secret = suite().dir.path().join(unique("secret"));
+        fs::create_dir_all(&secret).unwrap();
+        fs::write(secret.join("key"), "host-secret").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("escape")).unwrap();
+        let spec = format!("{}:/src", dir.display());
+        let out = run_sh(
+            &["-v", &spec],
+            "cat /src/hello; echo; echo guest > /src/new; chown 1234:4321 /src/new; chmod 640 /src/new; cat /src/escape/key 2>&1 || true",
+        )
+        .ok();
+        assert!(out.stdout.starts_with("from-host"), "{out:?}");
+        assert!(
+            !out.stdout.contains("host-secret"),
+            "the symlink reached the host: {out:?}"
+        );
+        let m = fs::metadata(dir.join("new")).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("new")).unwrap(), "guest\n");
+        assert_eq!(
+            (m.uid(), m.gid(), m.permissions().mode() & 0o7777),
+            (1234, 4321, 0o640)
+        );
+
+        let ro = format!("{}:/src:ro", dir.display());
+        let out = run_sh(
+            &["-v", &ro],
+            "cat /src/hello; echo; touch /src/nope 2>&1; echo rc=$?",
+        )
+        .ok();
+        assert!(out.stdout.contains("from-host"), "{out:?}");
+        assert!(out.stdout.contains("Read-only file system"), "{out:?}");
+        assert!(!out.stdout.contains("rc=0"), "{out:?}");
+        assert!(
+            !dir.join("nope").exists(),
+            "a read-only share wrote to the host"
+        );
+
+        // --mount's spelling of the same.
+        let m = format!("type=bind,source={},target=/m,readonly", dir.display());
+        let out = run_sh(&["--mount", &m], "cat /m/hello; touch /m/x 2>&1; true").ok();
+        assert!(
+            out.stdout.contains("from-host") && out.stdout.contains("Read-only"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn tmpfs_and_read_only_root() {
+        let out = run_sh(
+            &[
+                "--tmpfs",
+                "/run:size=8m,mode=1770",
+                "--mount",
+                "type=tmpfs,destination=/t,tmpfs-size=1m",
+            ],
+            "grep -E ' /(run|t) ' /proc/mounts; stat -c '%a' /run; echo x > /run/f && cat /run/f",
+        )
+        .ok();
+        assert!(
+            out.stdout
+                .contains("tmpfs /run tmpfs rw,nosuid,nodev,noexec"),
+            "{out:?}"
+        );
+        assert!(out.stdout.contains("size=8192k"), "{out:?}");
+        assert!(
+            out.stdout.contains("tmpfs /t tmpfs") && out.stdout.contains("size=1024k"),
+            "{out:?}"
+        );
+        assert!(out.stdout.contains("1770\nx"), "{out:?}");
+
+        let vol = unique("rw");
+        let spec = format!("{vol}:/data");
+        let out = run_sh(
+            &["--read-only", "-v", &spec, "--tmpfs", "/run"],
+            "touch /root-write 2>&1; echo ok > /data/f && cat /data/f; echo ok > /run/f && cat /run/f",
+        )
+        .ok();
+        assert!(out.stdout.contains("Read-only file system"), "{out:?}");
+        assert_eq!(out.stdout.matches("ok").count(), 2, "{out:?}");
+        let info = mvctl(&["volume", "rm", &vol]);
+        info.ok();
+    }
+
+    #[test]
+    fn bad_mount_input_gets_clear_errors() {
+        let missing = suite().dir.path().join("no-such-dir");
+        for (args, why) in [
+            (vec!["-v", "./src:/src"], "relative"),
+            (vec!["-v", "data:relative"], "absolute"),
+            (vec!["-v", "data:/x:rshared"], "unknown option"),
+            (vec!["--mount", "type=bind,target=/x"], "needs source"),
+            (
+                vec!["--mount", "type=volume,source=v1,target=/x,foo=bar"],
+                "unknown field",
+            ),
+            (vec!["--tmpfs", "/run:uid=0"], "unknown option"),
+        ] {
+            let mut all = vec!["run", "--rm"];
+            all.extend_from_slice(&args);
+            all.extend_from_slice(&[BUSYBOX, "true"]);
+            // Refused by mvctl's flag parsing, before any request.
+            mvctl(&all).refused(why);
+        }
+        // Refused by mvmd (the daemon checks what a client may not have).
+        let m = format!("type=bind,source={},target=/x", missing.display());
+        run_sh(&["--mount", &m], "true").refused("does not exist");
+        run_sh(&["-v", "data2:/a/../etc"], "true").refused("'..'");
+        run_sh(&["-v", "data3:/"], "true").refused("root directory");
+        let file = suite().dir.path().join(unique("file"));
+        fs::write(&file, "").unwrap();
+        run_sh(&["-v", &format!("{}:/f", file.display())], "true").refused("not a directory");
+        run_sh(&["-v", "d4:/x", "-v", "d5:/x/"], "true").refused("two mounts");
+        assert!(!volume_names()
+            .iter()
+            .any(|v| v == "d4" || v == "d5" || v == "data2"));
+    }
+}
