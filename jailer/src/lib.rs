@@ -126,7 +126,7 @@ pub fn launch(spec: &JailSpec) -> Result<Pid, JailError> {
     match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
             drop(rd);
-            let err = child(spec, &binds, &taps, &exec, mask);
+            let err = child(spec, &binds, &taps, &exec, mask, wr.as_raw_fd());
             let msg = err.to_string();
             // SAFETY: writing a buffer we own to the pipe we own.
             unsafe {
@@ -185,6 +185,57 @@ impl Exec {
     }
 }
 
+/// `--die-with-parent`, in the child: SIGKILL when the jailer (its
+/// parent, which waits for it) dies. Set after the credentials change,
+/// which clears it. The parent is outside the child's pid namespace, so
+/// `getppid` cannot say whether it died before the request took effect;
+/// the error pipe can: its read end is the parent's, and a pipe whose
+/// reader is gone polls as an error.
+fn die_with_jailer(err_pipe: RawFd) -> Result<(), JailError> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number changes only
+    // this process's death signal.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } < 0 {
+        return Err(JailError::Sys {
+            op: "prctl(PR_SET_PDEATHSIG)",
+            source: nix::errno::Errno::last(),
+        });
+    }
+    let mut p = libc::pollfd {
+        fd: err_pipe,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    if n == 1 && p.revents & libc::POLLERR != 0 {
+        return Err(JailError::Sys {
+            op: "waiting for the VMM's start (the jailer's caller is gone)",
+            source: nix::errno::Errno::ESRCH,
+        });
+    }
+    Ok(())
+}
+
+/// `--die-with-parent`, in the parent once the VMM runs and its pid is
+/// printed: stdout closed (the caller reads it to its end), then wait for
+/// the VMM, so that the jailer's death (with its caller's) kills it.
+/// Returns the VMM's exit code (128 + signal for a signal).
+pub fn stay_with(vmm: Pid) -> i32 {
+    // SAFETY: closing our own stdout; nothing else uses it afterwards.
+    unsafe {
+        libc::close(1);
+    }
+    loop {
+        match nix::sys::wait::waitpid(vmm, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return code,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 1,
+        }
+    }
+}
+
 /// The child: namespaces, jail, privileges, exec. Returns only on error.
 fn child(
     spec: &JailSpec,
@@ -192,6 +243,7 @@ fn child(
     taps: &[tap::OpenTap],
     exec: &Exec,
     mask: nix::sys::stat::Mode,
+    wr: RawFd,
 ) -> JailError {
     let r = (|| -> Result<(), JailError> {
         nix::unistd::setsid().map_err(sys("setsid"))?;
@@ -212,6 +264,9 @@ fn child(
         let fds: Vec<RawFd> = taps.iter().map(|t| t.fd()).collect();
         privs::arrange_fds(&fds)?;
         privs::drop_privileges(spec.uid, spec.gid)?;
+        if spec.die_with_parent {
+            die_with_jailer(wr)?;
+        }
         Ok(())
     })();
     if let Err(e) = r {

@@ -7,7 +7,15 @@ use clap::Parser;
 fn main() {
     let spec = mvm_jailer::JailSpec::parse();
     match mvm_jailer::launch(&spec) {
-        Ok(pid) => println!("{pid}"),
+        Ok(pid) => {
+            println!("{pid}");
+            if spec.die_with_parent {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                #[allow(clippy::exit)]
+                std::process::exit(mvm_jailer::stay_with(pid));
+            }
+        }
         Err(e) => {
             println!("{e}");
             eprintln!("mvm-jailer: {e}");

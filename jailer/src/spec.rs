@@ -33,6 +33,14 @@ pub struct JailSpec {
     /// libraries); repeatable.
     #[arg(long = "ro", value_name = "PATH")]
     pub ro: Vec<PathBuf>,
+    /// Tie the VMM's life to the jailer's caller (the containerd shim, which
+    /// owns its VMM outright): the jailer stays the VMM's parent, dies with
+    /// its caller (the caller's `PR_SET_PDEATHSIG`), and the VMM dies with
+    /// the jailer (its own `PR_SET_PDEATHSIG`, set after its credentials
+    /// change, which would clear it). Without it the jailer exits once the
+    /// VMM runs and the VMM outlives everything but a stop (mvmd's model).
+    #[arg(long)]
+    pub die_with_parent: bool,
 }
 
 impl JailSpec {
@@ -53,6 +61,9 @@ impl JailSpec {
         for r in &self.ro {
             a.push("--ro".into());
             a.push(r.clone().into());
+        }
+        if self.die_with_parent {
+            a.push("--die-with-parent".into());
         }
         a
     }
@@ -93,10 +104,18 @@ mod tests {
             uid: 100_007,
             gid: 100_007,
             ro: vec!["/lib/x86_64-linux-gnu/libc.so.6".into()],
+            die_with_parent: false,
         };
         let mut argv = vec![OsString::from("mvm-jailer")];
         argv.extend(s.to_args());
         assert_eq!(JailSpec::try_parse_from(argv).unwrap(), s);
+        let tied = JailSpec {
+            die_with_parent: true,
+            ..s.clone()
+        };
+        let mut argv = vec![OsString::from("mvm-jailer")];
+        argv.extend(tied.to_args());
+        assert_eq!(JailSpec::try_parse_from(argv).unwrap(), tied);
         s.validate().unwrap();
         let root = JailSpec {
             uid: 0,

@@ -675,6 +675,7 @@ impl Runtime {
                     uid,
                     gid: uid,
                     ro: j.libraries.clone(),
+                    die_with_parent,
                 };
                 Some((j.jailer.as_path(), spec.to_args()))
             }

@@ -58,6 +58,8 @@ pub struct SpawnSpec<'a> {
     /// behind. mvmd's VMMs outlive mvmd and never set it. The kernel ties
     /// the signal to the spawning *thread*: spawn from a thread that lives
     /// as long as the process (the shim's single-threaded runtime).
+    /// Jailed, the jailer is tied so and stays as the VMM's parent, tied
+    /// to it in turn (`mvm-jailer --die-with-parent`).
     pub die_with_parent: bool,
     /// Run this jailer (which execs the VMM) instead of the VMM.
     pub jailer: Option<Jailer<'a>>,
@@ -169,7 +171,12 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
         });
     }
     if let Some(j) = spec.jailer {
-        let out = cmd.output().map_err(|source| ProcessError::Spawn {
+        let out = if tie {
+            jailer_staying(&mut cmd)
+        } else {
+            cmd.output()
+        }
+        .map_err(|source| ProcessError::Spawn {
             vmm: j.path.into(),
             source,
         })?;
@@ -204,6 +211,34 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
     drop(child);
     let start_time = start_time(pid).unwrap_or(0);
     Ok(VmmProcess { pid, start_time })
+}
+
+/// Run a jailer started with `--die-with-parent`, which prints the VMM's
+/// pid, closes its stdout and stays as the VMM's parent: its output once
+/// stdout ends, with the status it would have if it failed before that
+/// (it exited) or success (it stays; a thread reaps it when the VMM ends).
+fn jailer_staying(cmd: &mut Command) -> io::Result<std::process::Output> {
+    use std::io::Read;
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let mut stdout = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut stdout)?;
+    }
+    let status = match child.try_wait()? {
+        // Exited already: a failure, or a VMM that ended at once.
+        Some(s) => s,
+        None => {
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+            std::process::ExitStatus::default()
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    })
 }
 
 /// Field 22 (`starttime`) of `/proc/<pid>/stat`.
