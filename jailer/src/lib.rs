@@ -194,7 +194,16 @@ impl Exec {
 fn die_with_jailer(err_pipe: RawFd) -> Result<(), JailError> {
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number changes only
     // this process's death signal.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } < 0 {
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } < 0
+    {
         return Err(JailError::Sys {
             op: "prctl(PR_SET_PDEATHSIG)",
             source: nix::errno::Errno::last(),

@@ -193,6 +193,7 @@ mod tests {
             uid: 100_000,
             gid: 100_000,
             ro: vec!["/lib/x86_64-linux-gnu/libc.so.6".into()],
+            die_with_parent: false,
         }
     }
 

@@ -471,6 +471,7 @@ mod tests {
                 cgroup_procs: None,
                 log_filter: None,
                 die_with_parent: true,
+                jailer: None,
             };
             let mut tries = 0;
             loop {
@@ -505,6 +506,7 @@ mod tests {
                 cgroup_procs: None,
                 log_filter: None,
                 die_with_parent: false,
+                jailer: None,
             })
         })
         .join()
