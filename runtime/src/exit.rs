@@ -173,7 +173,7 @@ pub fn exit_info(status: Option<&StatusReport>, intent: Intent, oom: bool) -> Ex
 
 /// Why a VMM killed by `SIGSYS` ended: its seccomp filter
 /// (`SECCOMP_RET_KILL_PROCESS`) caught a system call outside its allowlist.
-pub const SECCOMP_KILLED: &str = "the VMM was killed by its seccomp filter (SIGSYS): a bug in mvm-vmm or a missing allowlist entry; see vmm.log, and the host's kernel log (dmesg: an audit record with sig=31 names the system call)";
+pub const SECCOMP_KILLED: &str = "the VMM was killed by its seccomp filter (SIGSYS): a bug in mvm-vmm or a missing allowlist entry; see vmm.log, and the host's kernel log (dmesg: the audit record type=1326 with sig=31 names the system call)";
 
 /// Corrects `info` with how the VMM process ended, when that is known
 /// ([`VmmEnd`] from reaping it): a VMM killed by `SIGSYS` wrote no status
