@@ -291,11 +291,20 @@ pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
 /// Installs the filter of `role` on the calling thread (and the threads
 /// it starts from now on).
 pub fn apply(role: Role) -> Result<(), SeccompError> {
+    let t0 = std::time::Instant::now();
     let prog = filter(role)?;
     seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Apply {
         role: role.name(),
         detail: e.to_string(),
-    })
+    })?;
+    // What the filters cost at start (docs/benchmarks.md).
+    tracing::debug!(
+        "seccomp: the {} thread's filter ({} BPF instructions) built and installed in {} us",
+        role.name(),
+        prog.len(),
+        t0.elapsed().as_micros()
+    );
+    Ok(())
 }
 
 /// Test builds only (feature `seccomp-test-trigger`, built by
