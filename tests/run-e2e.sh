@@ -7,7 +7,8 @@
 # Needs: the guest kernel (resources/kernel/build.sh), the static init and
 # mvm-vmm built (make build). Environment passed to the tests:
 #   MVM_KERNEL, MVM_INIT, MVM_VMM, MVM_JAILER, MVM_VIRTIOFSD (the virtio-fs backend,
-#   resources/virtiofsd/build.sh)
+#   resources/virtiofsd/build.sh), MVM_VMM_SECCOMP_TRIGGER (built here: see
+#   below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -45,6 +46,17 @@ echo "e2e: building test binaries" >&2
 # silently drop out of the suite.
 cargo test -p mvm-e2e --no-run >&2 || { echo "e2e: the test binaries did not build" >&2; exit 1; }
 cargo test -p mvm-vmm --test boot --no-run >&2 || { echo "e2e: mvm-vmm's boot tests did not build" >&2; exit 1; }
+# The seccomp kill test's VMM (tests/api.rs): mvm-vmm with the test-only
+# feature `seccomp-test-trigger`, which makes a forbidden system call once
+# its filter is on. Built in a target directory of its own, so that the
+# product's mvm-vmm never carries the trigger (a feature build in the
+# shared one would overwrite target/$profile_dir/mvm-vmm).
+trigger_release=()
+[ "$profile_dir" = release ] && trigger_release=(--release)
+CARGO_TARGET_DIR="$root/target/seccomp-trigger" cargo build "${trigger_release[@]}" -p mvm-vmm --bin mvm-vmm \
+  --features seccomp-test-trigger >&2 || { echo "e2e: the seccomp-trigger VMM did not build" >&2; exit 1; }
+export MVM_VMM_SECCOMP_TRIGGER=$root/target/$profile_dir/mvm-vmm-seccomp-trigger
+cp "$root/target/seccomp-trigger/$profile_dir/mvm-vmm" "$MVM_VMM_SECCOMP_TRIGGER"
 mapfile -t all_bins < <(test_binaries -p mvm-e2e)
 # tests/machine.rs boots the emulated KVM host itself (`mvctl machine`),
 # and tests/installed.rs uses the installed product as a user would (the
@@ -202,7 +214,7 @@ else
   for boot in 1 2 3; do
     rc=0
     resources/testhost/run --timeout $((deadline - SECONDS)) --rw "$state" \
-      --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env MVM_JAILER --env MVM_VIRTIOFSD --env RUST_BACKTRACE -- "$job" || rc=$?
+      --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env MVM_JAILER --env MVM_VIRTIOFSD --env MVM_VMM_SECCOMP_TRIGGER --env RUST_BACKTRACE -- "$job" || rc=$?
     # Another boot: after a fault of the emulated host itself (123; a
     # third boot only for that), or when a binary ran out of time in the
     # first (see run_bin).

@@ -67,6 +67,8 @@ pub struct Config {
     pub machine: bool,
     /// How VMMs are jailed; `None`: not at all (`--no-jail`).
     pub jail: Option<JailOptions>,
+    /// VMM threads install their seccomp filters (false: `--no-seccomp`).
+    pub seccomp: bool,
     /// Group of the Unix socket (mode 0660).
     pub socket_group: Option<String>,
     /// TLS on the TCP listener.
@@ -232,8 +234,14 @@ pub async fn run(cfg: Config) -> Result<()> {
             None
         }
     };
+    if !cfg.seccomp {
+        tracing::warn!(
+            "--no-seccomp: VMMs run without their system call filters; a VMM bug may make any system call its jail allows (debugging only)"
+        );
+    }
     let rt = Runtime::new(RuntimeConfig {
         jail,
+        seccomp: cfg.seccomp,
         layout: cfg.layout.clone(),
         artifacts,
         defaults: cfg.defaults.clone(),

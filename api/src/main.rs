@@ -83,6 +83,11 @@ struct Args {
     /// a VMM bug is then host root). `mvctl system info` shows it.
     #[arg(long)]
     no_jail: bool,
+    /// Run VMMs without their seccomp filters (debugging only: a VMM bug
+    /// may then make any system call its jail allows). `mvctl system
+    /// info` shows it.
+    #[arg(long)]
+    no_seccomp: bool,
     /// The uids (and gids) jailed VMMs run as, one per sandbox:
     /// START-END or START:COUNT.
     #[arg(long, value_name = "RANGE", default_value = "100000-165535")]
@@ -155,6 +160,7 @@ fn main() {
             jailer: a.jailer,
         }),
         no_network: a.no_network,
+        seccomp: !a.no_seccomp,
         socket_group: a.group,
         tls: match (a.tlscert, a.tlskey) {
             (Some(cert), Some(key)) => Some(mvmd::tls::TlsFiles {

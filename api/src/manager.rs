@@ -458,15 +458,19 @@ impl Manager {
                 open_stdin,
                 stop_rx,
             ));
+            // How the VMM ended, when it was reaped here (a seccomp kill
+            // is reported as such).
+            let mut end = None;
             match proc.pidfd() {
-                Ok(Some(fd)) => {
-                    if let Err(er) = fd.wait().await {
+                Ok(Some(fd)) => match fd.wait().await {
+                    Ok(how) => end = how,
+                    Err(er) => {
                         tracing::warn!(sandbox = %e.id, "waiting for the VMM: {er}; polling instead");
                         while proc.is_alive() {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }
-                }
+                },
                 Ok(None) => {}
                 Err(er) => {
                     tracing::warn!(sandbox = %e.id, "cannot watch the VMM: {er}; polling instead");
@@ -484,13 +488,13 @@ impl Manager {
                 tracing::warn!(sandbox = %e.id, "releasing its network endpoint: {}", er.message);
             }
             e.logs.end();
-            me.on_exit(&e).await;
+            me.on_exit(&e, end).await;
         });
     }
 
     /// Record the end of a run; then restart or auto-remove as the policy
     /// says.
-    async fn on_exit(self: &Arc<Self>, e: &Arc<Entry>) {
+    async fn on_exit(self: &Arc<Self>, e: &Arc<Entry>, end: Option<mvm_runtime::VmmEnd>) {
         let (intent, started_at) = {
             let r = e.row();
             (r.internal.intent, r.state.started_at.clone())
@@ -498,7 +502,7 @@ impl Manager {
         let rt = self.rt.clone();
         let id = e.id.clone();
         let info = tokio::task::spawn_blocking(move || {
-            let info = rt.exit_info(&id, intent);
+            let info = rt.exit_info(&id, intent, end);
             rt.after_exit(&id);
             info
         })
@@ -1007,7 +1011,7 @@ impl Manager {
                     }
                     None => {
                         tracing::info!(sandbox = %e.id, "its VMM ended while mvmd was down");
-                        self.on_exit(&e).await;
+                        self.on_exit(&e, None).await;
                     }
                 },
                 Status::Restarting => {

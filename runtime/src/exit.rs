@@ -10,6 +10,7 @@ use std::path::Path;
 use mvm_vmm_api::status::{GuestState, StatusReport, WorkloadReport};
 use serde::{Deserialize, Serialize};
 
+use crate::process::VmmEnd;
 use crate::state::ExitReason;
 
 /// What the caller asked of the running sandbox before its run ended; it
@@ -170,6 +171,25 @@ pub fn exit_info(status: Option<&StatusReport>, intent: Intent, oom: bool) -> Ex
     info
 }
 
+/// Why a VMM killed by `SIGSYS` ended: its seccomp filter
+/// (`SECCOMP_RET_KILL_PROCESS`) caught a system call outside its allowlist.
+pub const SECCOMP_KILLED: &str = "the VMM was killed by its seccomp filter (SIGSYS): a bug in mvm-vmm or a missing allowlist entry; see vmm.log, and the host's kernel log (dmesg: the audit record type=1326 with sig=31 names the system call)";
+
+/// Corrects `info` with how the VMM process ended, when that is known
+/// ([`VmmEnd`] from reaping it): a VMM killed by `SIGSYS` wrote no status
+/// (or wrote it and died after), and whatever else happened the run
+/// failed because of the VMM's filter, which must be said as such. Any
+/// other end leaves `info` as the status file made it.
+pub fn with_end(mut info: ExitInfo, end: Option<VmmEnd>) -> ExitInfo {
+    if end == Some(VmmEnd::Signaled(libc::SIGSYS)) {
+        info.exit_code = 128 + libc::SIGSYS;
+        info.reason = ExitReason::VmmDied;
+        info.oom_killed = false;
+        info.error = Some(SECCOMP_KILLED.into());
+    }
+    info
+}
+
 /// Whether the tail of the console shows the guest kernel's OOM killer.
 pub fn console_shows_oom(console: &Path) -> bool {
     let Ok(mut f) = fs::File::open(console) else {
@@ -267,6 +287,28 @@ mod tests {
         let i = exit_info(Some(&s), Intent::None, false);
         assert_eq!((i.exit_code, i.reason), (125, ExitReason::VmmError));
         assert_eq!(i.error.unwrap(), "VMM error: KVM is PVM");
+    }
+
+    #[test]
+    fn a_vmm_killed_by_sigsys_is_a_seccomp_kill_whatever_else_is_known() {
+        let ok = st(r#"{"guest":"powered_off","workload":{"exit_code":0}}"#);
+        for (status, intent) in [(None, Intent::None), (Some(&ok), STOP), (None, KILL)] {
+            let i = with_end(
+                exit_info(status, intent, false),
+                Some(VmmEnd::Signaled(libc::SIGSYS)),
+            );
+            assert_eq!((i.exit_code, i.reason), (159, ExitReason::VmmDied));
+            assert_eq!(i.error.as_deref(), Some(SECCOMP_KILLED));
+        }
+        // Other ends, or none known, change nothing.
+        for end in [
+            None,
+            Some(VmmEnd::Exited(0)),
+            Some(VmmEnd::Signaled(libc::SIGKILL)),
+        ] {
+            let plain = exit_info(Some(&ok), Intent::None, false);
+            assert_eq!(with_end(plain.clone(), end), plain);
+        }
     }
 
     #[test]

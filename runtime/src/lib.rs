@@ -60,7 +60,7 @@ pub use host::HostResources;
 pub use jail::{JailConfig, UidRange};
 pub use logs::LogLimits;
 pub use paths::{Layout, SandboxPaths};
-pub use process::VmmProcess;
+pub use process::{VmmEnd, VmmProcess};
 pub use restart::RestartPolicy;
 pub use share::HostShare;
 pub use spec::{
@@ -171,11 +171,12 @@ impl RuntimeError {
     }
 }
 
-/// How the run whose files are at `paths` ended.
-fn exit_info_of(paths: &SandboxPaths, intent: Intent) -> ExitInfo {
+/// How the run whose files are at `paths` ended; `end`: how its VMM
+/// process ended, if it was reaped here.
+fn exit_info_of(paths: &SandboxPaths, intent: Intent, end: Option<VmmEnd>) -> ExitInfo {
     let status = mvm_vmm_api::StatusReport::read(&paths.status);
     let oom = exit::console_shows_oom(&paths.console);
-    exit::exit_info(status.as_ref(), intent, oom)
+    exit::with_end(exit::exit_info(status.as_ref(), intent, oom), end)
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RuntimeError + 'a {
@@ -207,6 +208,9 @@ pub struct RuntimeConfig {
     /// How VMMs are jailed; `None` runs them unconfined, as root (mvmd
     /// --no-jail, for debugging only).
     pub jail: Option<JailConfig>,
+    /// VMM threads install their seccomp filters (`VmConfig::seccomp`);
+    /// `false` only with mvmd --no-seccomp, for debugging.
+    pub seccomp: bool,
 }
 
 impl RuntimeConfig {
@@ -225,6 +229,7 @@ impl RuntimeConfig {
             console_max: 10 << 20,
             vmm_log_max: 10 << 20,
             vmm_log_filter: None,
+            seccomp: true,
         })
     }
 }
@@ -296,6 +301,16 @@ impl Runtime {
             .jail
             .as_ref()
             .map(|j| jail::UidAllocator::new(cfg.layout.root.join("jail-uids"), j.uids));
+        if cfg.jail.is_some() {
+            // Jailed VMMs outlive their jailer: reparented here, they are
+            // reaped with their wait status (a seccomp kill is told apart).
+            if let Err(e) = process::become_subreaper() {
+                tracing::warn!(
+                    "cannot become the child subreaper ({e}): a VMM killed by its seccomp filter \
+                     will be reported as a VMM that died without a status"
+                );
+            }
+        }
         Ok(Self { cfg, store, uids })
     }
 
@@ -534,9 +549,10 @@ impl Runtime {
         Ok(Some(backends))
     }
 
-    /// How the last run of sandbox `id` ended.
-    pub fn exit_info(&self, id: &str, intent: Intent) -> ExitInfo {
-        exit_info_of(&self.paths(id), intent)
+    /// How the last run of sandbox `id` ended; `end` is what
+    /// [`process::PidFd::wait`] returned, if it was called.
+    pub fn exit_info(&self, id: &str, intent: Intent, end: Option<VmmEnd>) -> ExitInfo {
+        exit_info_of(&self.paths(id), intent, end)
     }
 
     /// The shared init archive for the configured init binary.
@@ -591,11 +607,13 @@ impl Runtime {
 
     /// The VMM writes its log to the sandbox's `vmm.log` and rotates it
     /// and the console at their caps while it runs, so a guest printing
-    /// (or provoking warnings) without pause cannot fill the disk.
+    /// (or provoking warnings) without pause cannot fill the disk; its
+    /// threads install their seccomp filters unless mvmd --no-seccomp.
     pub(crate) fn bound_files(&self, cfg: &mut mvm_vmm_api::VmConfig, paths: &SandboxPaths) {
         cfg.console_max_bytes = Some(self.cfg.console_max);
         cfg.log_file = Some(paths.vmm_log.clone());
         cfg.log_max_bytes = Some(self.cfg.vmm_log_max);
+        cfg.seccomp = self.cfg.seccomp;
     }
 
     /// Fresh directories for what the VMM writes (console, log, status)

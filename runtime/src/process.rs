@@ -3,6 +3,12 @@
 //! identified by pid plus start time so a reused pid is never mistaken for
 //! it, and watched through a pidfd, which works for processes that are not
 //! our children (after mvmd restarts, the VMMs belong to init).
+//!
+//! How a VMM ended (its wait status) tells a VMM killed by its seccomp
+//! filter (`SIGSYS`) from any other death; a jailed VMM is the jailer's
+//! child, and the jailer exits once the VMM runs, so the runtime makes its
+//! process a child subreaper ([`become_subreaper`]): orphaned VMMs are
+//! then reparented to it and it reaps them with their status.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -27,6 +33,43 @@ pub enum ProcessError {
     Watch { pid: i32, source: io::Error },
     #[error("cannot jail the VMM: {message}")]
     Jail { message: String },
+}
+
+/// How a VMM process ended, when this process could reap it (its child,
+/// or an orphan of its jailer; not after an mvmd restart, when init reaps
+/// the VMMs started before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmEnd {
+    /// It exited with this status.
+    Exited(i32),
+    /// This signal killed it.
+    Signaled(i32),
+}
+
+impl VmmEnd {
+    /// Decodes a `waitpid` status.
+    pub fn from_wait_status(status: libc::c_int) -> Option<Self> {
+        if libc::WIFEXITED(status) {
+            Some(Self::Exited(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(Self::Signaled(libc::WTERMSIG(status)))
+        } else {
+            None
+        }
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants
+/// (`PR_SET_CHILD_SUBREAPER`): a jailed VMM outlives its jailer, and only
+/// its reaper learns how it ended (a pidfd does not say). Descendants that
+/// end orphaned are reaped by [`reap`] or stay zombies until this process
+/// ends; the runtime's only orphans are VMMs, each reaped once it ends.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with an integer option and value; no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A VMM process, as stored in the database.
@@ -333,16 +376,16 @@ impl PidFd {
     }
 
     /// Wait until the process has ended, then reap it if it is our child
-    /// (after an mvmd restart it is not, and init reaps it).
-    pub async fn wait(self) -> io::Result<()> {
+    /// (after an mvmd restart it is not, and init reaps it); how it ended,
+    /// if it was ours.
+    pub async fn wait(self) -> io::Result<Option<VmmEnd>> {
         let pid = self.pid;
         // SAFETY: `self.fd` is an owned, valid pidfd that the AsyncFd owns
         // from here on; nothing else closes or replaces it.
         let afd =
             unsafe { AsyncFd::register_with_interest(self.fd, tokio::io::Interest::READABLE)? };
         let _guard = afd.readable().await?;
-        reap(pid);
-        Ok(())
+        Ok(reap(pid))
     }
 }
 
@@ -375,14 +418,16 @@ impl PidFd {
     }
 }
 
-/// Reap `pid` if it is a zombie child of ours; harmless otherwise.
-pub fn reap(pid: i32) {
+/// Reap `pid` if it is a zombie child of ours; harmless otherwise. How
+/// it ended, if it was reaped here.
+pub fn reap(pid: i32) -> Option<VmmEnd> {
     let mut status = 0;
     // SAFETY: waitpid on a specific pid with WNOHANG; ECHILD (not our
     // child) is fine.
-    unsafe {
-        libc::waitpid(pid, &mut status, libc::WNOHANG);
-    }
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    (r == pid)
+        .then(|| VmmEnd::from_wait_status(status))
+        .flatten()
 }
 
 #[cfg(test)]
@@ -446,10 +491,12 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         p.signal(libc::SIGKILL).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(10), fd.wait())
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), fd.wait())
             .await
             .unwrap()
             .unwrap();
+        // Our child: its end is known.
+        assert_eq!(end, Some(VmmEnd::Signaled(libc::SIGKILL)));
         assert!(!p.is_alive());
     }
 

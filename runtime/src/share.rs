@@ -295,11 +295,18 @@ fn stop_all(records: &[BackendRecord]) {
 /// against the recorded start time (a reused pid is never signalled).
 /// Only the leader is signalled: the sandbox's child gets its parent's
 /// death signal.
+///
+/// That child (`--sandbox namespace` forks one) is reparented to this
+/// process if its parent ends first, since the runtime is the child
+/// subreaper of its jailed VMMs ([`crate::process::become_subreaper`]):
+/// it is looked up before the stop and reaped after, or it would stay a
+/// zombie of mvmd.
 fn stop(p: &VmmProcess) {
     let Ok(Some(fd)) = p.pidfd() else {
         crate::process::reap(p.pid);
         return;
     };
+    let children = children_of(p.pid);
     let _ = fd.signal(libc::SIGTERM);
     let t0 = Instant::now();
     while p.is_alive() && t0.elapsed() < STOP_GRACE {
@@ -311,6 +318,32 @@ fn stop(p: &VmmProcess) {
         let _ = fd.wait_blocking(STOP_GRACE);
     }
     crate::process::reap(p.pid);
+    for child in children {
+        // Its parent's death signal ends it; wait on that, then reap it
+        // if it became ours (harmless if its parent reaped it).
+        if let Ok(Some(cfd)) = child.pidfd() {
+            if !matches!(cfd.wait_blocking(STOP_GRACE), Ok(true)) {
+                let _ = child.signal(libc::SIGKILL);
+                if let Ok(Some(cfd)) = child.pidfd() {
+                    let _ = cfd.wait_blocking(STOP_GRACE);
+                }
+            }
+        }
+        crate::process::reap(child.pid);
+    }
+}
+
+/// The children of `pid` (`/proc/PID/task/PID/children`), with their
+/// start times; none if the kernel does not list them.
+fn children_of(pid: i32) -> Vec<VmmProcess> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .filter_map(|c| {
+            crate::process::start_time(c).map(|start_time| VmmProcess { pid: c, start_time })
+        })
+        .collect()
 }
 
 fn validate(shares: &[HostShare]) -> Result<(), ShareError> {

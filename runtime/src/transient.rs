@@ -75,6 +75,8 @@ pub struct Transient {
     backends: Option<Backends>,
     /// Where its VMM's uid goes back.
     uids: Option<crate::jail::UidAllocator>,
+    /// How its VMM ended, once [`Self::wait`] reaped it.
+    end: std::sync::Mutex<Option<crate::process::VmmEnd>>,
 }
 
 impl Runtime {
@@ -164,6 +166,7 @@ impl Runtime {
                 started,
                 backends,
                 uids: self.uids().cloned(),
+                end: std::sync::Mutex::new(None),
             }),
             Err(e) => {
                 cgroup::Cgroup::remove(&id);
@@ -219,7 +222,10 @@ impl Transient {
     pub async fn wait(&self) {
         match self.vmm.pidfd() {
             Ok(Some(fd)) => {
-                if fd.wait().await.is_ok() {
+                if let Ok(end) = fd.wait().await {
+                    if end.is_some() {
+                        *self.end.lock().unwrap_or_else(|p| p.into_inner()) = end;
+                    }
                     return;
                 }
             }
@@ -239,7 +245,8 @@ impl Transient {
     /// How the run ended (once [`Self::wait`] returned), with `intent`
     /// saying what the caller asked for.
     pub fn exit_info(&self, intent: Intent) -> ExitInfo {
-        exit_info_of(&self.paths, intent)
+        let end = *self.end.lock().unwrap_or_else(|p| p.into_inner());
+        exit_info_of(&self.paths, intent, end)
     }
 
     /// The last `max` bytes of the VMM's log, for error messages.

@@ -25,13 +25,19 @@
 //! ours). QEMU's microvm has no i8042 by default, so `-device i8042` lets
 //! the guest's `reboot=k` reset it, which `-no-reboot` turns into an exit.
 //!
+//! A second table compares mvm-vmm with its seccomp filters (the default)
+//! and with `--no-seccomp`, the same runs interleaved: what the filters
+//! cost in start time and memory.
+//!
 //! Runs are interleaved (a QEMU run after every few of ours) so that load
 //! changes on the machine hit both alike; one warm-up run of each is not
 //! counted (it pulls the binaries into the page cache).
 //!
 //! Environment: `MVM_KERNEL`, `MVM_INIT`, `MVM_VMM` (set by
 //! `tests/run-bench.sh`), `MVM_BENCH_BOOT_RUNS` (ours, default 10),
-//! `MVM_BENCH_QEMU_RUNS` (default 3; 0 skips QEMU), `MVM_BENCH_QEMU`
+//! `MVM_BENCH_QEMU_RUNS` (default 3; 0 skips QEMU),
+//! `MVM_BENCH_NO_SECCOMP_RUNS` (default: as many as ours; 0 skips the
+//! seccomp table), `MVM_BENCH_QEMU`
 //! (binary, default `qemu-system-x86_64`).
 //!
 //! Run: `make bench`, or `tests/run-bench.sh boot`.
@@ -250,9 +256,11 @@ impl Setup {
         Ok(d)
     }
 
-    fn ours(&self, n: usize, debug_log: bool) -> Result<(Sample, Finished)> {
+    fn ours(&self, n: usize, debug_log: bool, seccomp: bool) -> Result<(Sample, Finished)> {
         let a = Artifacts::get();
         let d = self.run_dir(Vmm::Ours, n)?;
+        let d = if seccomp { d } else { d.join("no-seccomp") };
+        fs::create_dir_all(&d)?;
         let status_path = d.join("status.json");
         let mut cmd = Command::new(&a.vmm);
         cmd.arg("--kernel")
@@ -266,6 +274,7 @@ impl Setup {
             .arg(format!("id=rootfs,path={},ro", self.rootfs.display()))
             .args(["--console", "stdout", "--status-file"])
             .arg(&status_path)
+            .args((!seccomp).then_some("--no-seccomp"))
             .env("MVM_LOG", if debug_log { "debug" } else { "warn" });
         let f = watch(cmd, &d.join("stderr"))?;
         let status = StatusReport::read(&status_path);
@@ -431,7 +440,16 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn print_table(ours: &[Sample], qemu: &[Sample]) {
+/// Two columns of samples side by side: `a` and `b` with their names, and
+/// the ratio b/a of the medians.
+struct Columns<'a> {
+    a: (&'a str, &'a [Sample]),
+    b: (&'a str, &'a [Sample]),
+}
+
+fn print_table(title: &str, cols: Columns<'_>) {
+    let (a_name, ours) = cols.a;
+    let (b_name, qemu) = cols.b;
     let rows = [
         Row {
             name: "spawn -> init running (console marker)",
@@ -484,14 +502,17 @@ fn print_table(ours: &[Sample], qemu: &[Sample]) {
         pct(v, p).map(|x| x as f64 / 1000.0)
     };
     println!();
+    println!("{title}");
+    let h = |name: &str, p: &str| format!("{name} {p}");
     println!(
-        "boot: mvm-vmm ({} runs) vs QEMU -M microvm ({} runs); 1 vCPU, {MEMORY_MIB} MiB, same kernel, initramfs, busybox root disk, workload `true`",
-        ours.len(),
-        qemu.len()
-    );
-    println!(
-        "{:<42} {:>4} {:>10} {:>10} {:>10} {:>10} {:>11}",
-        "metric", "unit", "ours p50", "ours p95", "qemu p50", "qemu p95", "qemu/ours"
+        "{:<42} {:>4} {:>14} {:>14} {:>14} {:>14} {:>11}",
+        "metric",
+        "unit",
+        h(a_name, "p50"),
+        h(a_name, "p95"),
+        h(b_name, "p50"),
+        h(b_name, "p95"),
+        format!("{b_name}/{a_name}")
     );
     for r in &rows {
         let (o50, o95) = (stat(ours, r.get, 50.0), stat(ours, r.get, 95.0));
@@ -501,7 +522,7 @@ fn print_table(ours: &[Sample], qemu: &[Sample]) {
             _ => "-".into(),
         };
         println!(
-            "{:<42} {:>4} {:>10} {:>10} {:>10} {:>10} {:>11}",
+            "{:<42} {:>4} {:>14} {:>14} {:>14} {:>14} {:>11}",
             r.name,
             r.unit,
             fmt_opt(o50),
@@ -533,12 +554,13 @@ fn environment() -> String {
 fn main() -> Result<()> {
     let n_ours = env_count("MVM_BENCH_BOOT_RUNS", 10).max(1);
     let n_qemu = env_count("MVM_BENCH_QEMU_RUNS", 3);
+    let n_open = env_count("MVM_BENCH_NO_SECCOMP_RUNS", n_ours);
     let setup = Setup::new()?;
     eprintln!("boot: {}", environment());
 
     // Warm-up (not counted): page cache, and our exact command line.
     eprintln!("boot: warm-up run of mvm-vmm (debug log, not counted)");
-    let (_, warm) = setup.ours(0, true)?;
+    let (_, warm) = setup.ours(0, true, true)?;
     let append = cmdline_from_log(&warm.stderr)?;
     if n_qemu > 0 {
         eprintln!("boot: warm-up run of QEMU (not counted); -append {append:?}");
@@ -546,16 +568,29 @@ fn main() -> Result<()> {
     }
 
     // Interleave: next is whichever has done the smaller share of its runs.
-    let (mut ours, mut qemu) = (Vec::new(), Vec::new());
-    while ours.len() < n_ours || qemu.len() < n_qemu {
-        let ours_share = ours.len() as f64 / n_ours as f64;
-        let qemu_share = if n_qemu == 0 {
+    let share = |done: usize, of: usize| {
+        if of == 0 {
             1.0
         } else {
-            qemu.len() as f64 / n_qemu as f64
-        };
-        if ours.len() < n_ours && ours_share <= qemu_share {
-            let (s, _) = setup.ours(ours.len() + 1, false)?;
+            done as f64 / of as f64
+        }
+    };
+    let (mut ours, mut qemu, mut open) = (Vec::new(), Vec::new(), Vec::new());
+    while ours.len() < n_ours || qemu.len() < n_qemu || open.len() < n_open {
+        let ours_share = share(ours.len(), n_ours);
+        let qemu_share = share(qemu.len(), n_qemu);
+        let open_share = share(open.len(), n_open);
+        if open.len() < n_open && open_share < ours_share.min(qemu_share) {
+            let (s, _) = setup.ours(open.len() + 1, false, false)?;
+            eprintln!(
+                "boot: mvm-vmm --no-seccomp run {}/{n_open}: marker {:?}, exit {:?}",
+                open.len() + 1,
+                s.to_marker,
+                s.to_exit
+            );
+            open.push(s);
+        } else if ours.len() < n_ours && ours_share <= qemu_share {
+            let (s, _) = setup.ours(ours.len() + 1, false, true)?;
             eprintln!(
                 "boot: mvm-vmm run {}/{n_ours}: marker {:?}, exit {:?}",
                 ours.len() + 1,
@@ -563,7 +598,7 @@ fn main() -> Result<()> {
                 s.to_exit
             );
             ours.push(s);
-        } else {
+        } else if qemu.len() < n_qemu {
             let s = setup.qemu(qemu.len() + 1, &append)?;
             eprintln!(
                 "boot: qemu run {}/{n_qemu}: marker {:?}, exit {:?}",
@@ -574,7 +609,30 @@ fn main() -> Result<()> {
             qemu.push(s);
         }
     }
-    print_table(&ours, &qemu);
+    print_table(
+        &format!(
+            "boot: mvm-vmm ({} runs) vs QEMU -M microvm ({} runs); 1 vCPU, {MEMORY_MIB} MiB, same kernel, initramfs, busybox root disk, workload `true`",
+            ours.len(),
+            qemu.len()
+        ),
+        Columns {
+            a: ("ours", &ours),
+            b: ("qemu", &qemu),
+        },
+    );
+    if n_open > 0 {
+        print_table(
+            &format!(
+                "boot: mvm-vmm with its seccomp filters ({} runs) vs --no-seccomp ({} runs), same runs interleaved",
+                ours.len(),
+                open.len()
+            ),
+            Columns {
+                a: ("seccomp", &ours),
+                b: ("no-seccomp", &open),
+            },
+        );
+    }
     println!("({})", environment());
     Ok(())
 }

@@ -340,6 +340,65 @@ mod volumes {
             out.stdout.contains("from-host") && out.stdout.contains("Read-only"),
             "{out:?}"
         );
+
+        // mvmd is the child subreaper of its jailed VMMs, so the
+        // backends' sandboxed children become its children when their
+        // parent ends first: it must reap them too. Other tests' sandboxes
+        // end meanwhile, so a zombie may show for a moment; a leaked one
+        // stays.
+        let t0 = Instant::now();
+        loop {
+            let z = mvmd_zombies();
+            if z.is_empty() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "mvmd leaves zombies: {z:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Zombie children of this suite's mvmd, as "pid (comm)".
+    fn mvmd_zombies() -> Vec<String> {
+        let needle = suite()
+            .dir
+            .path()
+            .join("root")
+            .to_string_lossy()
+            .into_owned();
+        let stat = |pid: &str| -> Option<(String, String, i32)> {
+            let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = s.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            let mut f = rest.split_whitespace();
+            let state = f.next()?.to_string();
+            let ppid = f.next()?.parse().ok()?;
+            Some((comm, state, ppid))
+        };
+        let pids: Vec<String> = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|p| p.parse::<i32>().is_ok())
+            .collect();
+        let mvmd: Vec<i32> = pids
+            .iter()
+            .filter(|p| stat(p).is_some_and(|(comm, _, _)| comm == "mvmd"))
+            .filter(|p| {
+                fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+            })
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        assert_eq!(mvmd.len(), 1, "this suite's mvmd: {mvmd:?}");
+        pids.iter()
+            .filter_map(|p| {
+                let (comm, state, ppid) = stat(p)?;
+                (state == "Z" && ppid == mvmd[0]).then(|| format!("{p} ({comm})"))
+            })
+            .collect()
     }
 
     #[test]

@@ -131,6 +131,8 @@ pub enum BuildError {
     Signals(std::io::Error),
     #[error("the event loop failed: {0}")]
     EventLoop(String),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Options that are not part of the VM's configuration.
@@ -370,10 +372,24 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         io_bus: Arc::new(io_bus),
         mmio_bus: Arc::new(mmio_bus),
         exit: exit.clone(),
+        seccomp: cfg.seccomp,
     };
     phase(&format!("starting {count} vCPU(s)"));
     for v in vcpus {
         v.start(ctx.clone())?;
+    }
+    // From here the main thread only runs the event loop and the
+    // teardown; its filter goes on after the vCPU threads exist, since a
+    // thread inherits its creator's filter and theirs is another. No
+    // guest request reaches this thread before the event loop runs.
+    if cfg.seccomp {
+        crate::seccomp::apply(crate::seccomp::Role::Main)?;
+        crate::seccomp::test_trigger();
+        phase("seccomp filters installed");
+    } else {
+        tracing::warn!(
+            "--no-seccomp: the VMM runs without its system call filters (debugging only)"
+        );
     }
 
     while !exit.is_requested() {

@@ -58,6 +58,10 @@ pub struct Cli {
     /// (rate limits: in the configuration file).
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
+    /// Run without the seccomp filters of the VMM's threads (debugging
+    /// only: a VMM bug may then make any system call the jail allows).
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// Boot even though /dev/kvm is PVM (experiments only).
     #[arg(long)]
     pub force_pvm: bool,
@@ -102,6 +106,7 @@ impl Cli {
                 .iter()
                 .map(|n| config::parse_net_flag(n))
                 .collect::<Result<_, _>>()?,
+            no_seccomp: self.no_seccomp,
         })
     }
 

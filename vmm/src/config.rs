@@ -47,6 +47,8 @@ pub struct FlagConfig {
     pub vsock: Option<VsockConfig>,
     pub fs: Vec<FsConfig>,
     pub net: Vec<NetConfig>,
+    /// `--no-seccomp`.
+    pub no_seccomp: bool,
 }
 
 /// Facts about the host that bound the configuration.
@@ -336,6 +338,7 @@ pub fn merge(file: Option<VmConfig>, flags: FlagConfig) -> Result<VmConfig, Conf
         vsock: flags.vsock.or(file.vsock),
         fs: or_list(flags.fs, file.fs),
         net: or_list(flags.net, file.net),
+        seccomp: !flags.no_seccomp && file.seccomp,
     })
 }
 
@@ -1191,6 +1194,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(merged.net.len(), 2);
+    }
+
+    #[test]
+    fn seccomp_is_on_unless_the_file_or_the_flag_says_off() {
+        let fx = Fixture::new();
+        assert!(fx.base().seccomp);
+        let k = fx.path("vmlinux");
+        let off = fx
+            .json(&format!(
+                r#"{{"kernel": "{}", "seccomp": false}}"#,
+                k.display()
+            ))
+            .unwrap();
+        assert!(!off.seccomp);
+        let file = fx
+            .json(&format!(r#"{{"kernel": "{}"}}"#, k.display()))
+            .unwrap();
+        let flagged = merge(
+            Some(file),
+            FlagConfig {
+                no_seccomp: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!flagged.seccomp);
+        assert!(fx
+            .json(&format!(
+                r#"{{"kernel": "{}", "seccomp": "no"}}"#,
+                k.display()
+            ))
+            .is_err());
     }
 
     #[test]

@@ -20,4 +20,5 @@ pub mod devices;
 pub mod exit;
 pub mod logfile;
 pub mod outcome;
+pub mod seccomp;
 pub mod vstate;

@@ -63,6 +63,7 @@ pub async fn info(State(d): D) -> ApiResult<Response> {
             .as_ref()
             .map(|j| j.uids.to_string())
             .unwrap_or_default(),
+        seccomp: cfg.seccomp,
         root: cfg.layout.root.display().to_string(),
         run_dir: cfg.layout.run_dir.display().to_string(),
         sandboxes: SandboxCounts {

@@ -38,6 +38,10 @@ pub struct Info {
     /// The jail's uid range (`100000-165535`), empty without a jail.
     #[serde(default)]
     pub jail_uids: String,
+    /// Whether VMM threads run under their seccomp filters (false: mvmd
+    /// --no-seccomp, or a daemon from before the filters).
+    #[serde(default)]
+    pub seccomp: bool,
     /// State root (`/var/lib/mvm`).
     pub root: String,
     /// Runtime dir (`/run/mvm`).

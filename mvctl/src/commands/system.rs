@@ -67,6 +67,14 @@ pub fn info_text(endpoint: &str, mode: &Mode, i: &Info) -> String {
                 "off (mvmd --no-jail: VMMs run as root, unconfined)".into()
             },
         ),
+        (
+            " Seccomp",
+            if i.seccomp {
+                "on (per-thread allowlists; any other system call kills the VMM)".into()
+            } else {
+                "off (mvmd --no-seccomp: VMMs make any system call their jail allows)".into()
+            },
+        ),
         (" Root dir", i.root.clone()),
         (" Run dir", i.run_dir.clone()),
         (
@@ -191,6 +199,7 @@ mod tests {
             vmm: "/v".into(),
             jail: true,
             jail_uids: "100000-165535".into(),
+            seccomp: true,
             root: "/var/lib/mvm".into(),
             run_dir: "/run/mvm".into(),
             sandboxes: SandboxCounts {
@@ -206,6 +215,7 @@ mod tests {
         let t = info_text("unix:///run/mvm/mvmd.sock", &Mode::Native, &i);
         assert!(t.contains(" Mode: native (hardware KVM)\n"), "{t}");
         assert!(t.contains(" Jail: on (uids 100000-165535)\n"), "{t}");
+        assert!(t.contains("\n Seccomp: on (per-thread allowlists"), "{t}");
         assert!(t.contains(" KVM: hardware (AMD-V)\n"), "{t}");
         assert!(t.contains(" Sandboxes: 3 (running 1, stopped 2)\n"), "{t}");
         let t = info_text(

@@ -102,6 +102,12 @@ pub struct VmConfig {
     /// eth0, eth1, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub net: Vec<NetConfig>,
+    /// Each VMM thread installs the seccomp allowlist of its role before
+    /// the guest runs (`mvm-vmm`'s `seccomp` module). `false` only to
+    /// debug (`mvm-vmm --no-seccomp`, `mvmd --no-seccomp`). Left out of
+    /// the file when on, the default.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub seccomp: bool,
 }
 
 fn default_vcpus() -> u32 {
@@ -114,6 +120,10 @@ fn default_memory_mib() -> u64 {
 
 fn yes() -> bool {
     true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for VmConfig {
@@ -458,6 +468,7 @@ impl VmConfig {
             vsock: None,
             fs: Vec::new(),
             net: Vec::new(),
+            seccomp: true,
         }
     }
 
@@ -591,6 +602,7 @@ mod tests {
                 },
                 NetConfig::new("eth1", TapConfig::Fd(3)),
             ],
+            seccomp: false,
         }
     }
 
@@ -615,7 +627,19 @@ mod tests {
     fn defaults_fill_what_a_file_leaves_out() {
         let c = VmConfig::from_json(br#"{"kernel": "/k"}"#).unwrap();
         assert_eq!(c, VmConfig::new("/k"));
-        assert_eq!((c.vcpus, c.memory_mib, c.rng), (1, 128, true));
+        assert_eq!(
+            (c.vcpus, c.memory_mib, c.rng, c.seccomp),
+            (1, 128, true, true)
+        );
+        // On is the default and is left out of a file; off is written.
+        assert!(!String::from_utf8(c.to_json()).unwrap().contains("seccomp"));
+        let off = VmConfig {
+            seccomp: false,
+            ..c.clone()
+        };
+        assert!(String::from_utf8(off.to_json())
+            .unwrap()
+            .contains(r#""seccomp": false"#));
         assert_eq!(c.console, Console::Stdout);
         let c = VmConfig::from_json(b"{}").unwrap();
         assert!(

@@ -51,6 +51,8 @@ pub struct VcpuContext {
     pub io_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
+    /// Install the vCPU seccomp filter before the first `KVM_RUN`.
+    pub seccomp: bool,
 }
 
 /// One vCPU.
@@ -108,6 +110,15 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                // The guest runs only after the filter is in place; if it
+                // cannot be, the VM ends with the reason.
+                if ctx.seccomp {
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::Role::Vcpu) {
+                        ctx.exit
+                            .request(StopReason::VmmError(format!("vCPU {index}: {e}")));
+                        return;
+                    }
+                }
                 // A bug here must end the VM with an error, not leave the
                 // main thread waiting forever for a vCPU that is gone.
                 let exit = ctx.exit.clone();
