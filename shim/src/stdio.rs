@@ -75,12 +75,31 @@ fn open_writer(path: &str) -> Option<std::fs::File> {
     }
 }
 
+/// Open a FIFO for reading, which blocks until a writer opens it, on a
+/// thread of its own: a client that closed its end before we opened ours
+/// (`ctr task exec` with stdin at /dev/null) never opens it again, and a
+/// blocking open on tokio's blocking pool would then hold the shim's
+/// runtime, and so the shim, alive after containerd asked it to exit
+/// (`ctr task delete` hung on it). A detached thread ends with the
+/// process.
+async fn open_reader(path: &str) -> std::io::Result<std::fs::File> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let p = path.to_string();
+    std::thread::Builder::new()
+        .name("stdin-fifo-open".into())
+        .spawn(move || {
+            let _ = tx.send(std::fs::File::open(p));
+        })?;
+    rx.await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the FIFO opener thread ended")))
+}
+
 /// Copy containerd's stdin FIFO into the process's stdin until its end
 /// (or `close`, containerd's CloseIO), then close the process's stdin.
 pub fn pump_stdin(path: String, mut stdin: ExecStdin, close: Arc<Notify>) {
     tokio::spawn(async move {
         let copy = async {
-            let mut f = tokio::fs::OpenOptions::new().read(true).open(&path).await?;
+            let mut f = tokio::fs::File::from_std(open_reader(&path).await?);
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let n = f.read(&mut buf).await?;

@@ -17,6 +17,10 @@ pub const RUNTIME: &str = "io.containerd.mvm.v1";
 pub const IMAGE: &str = "docker.io/mvm-e2e/busybox:latest";
 
 /// A containerd of the test's own, with the image imported.
+/// The longest a single `ctr` call may take (a `ctr run` boots a microVM
+/// in the emulated host).
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(180);
+
 pub struct Containerd {
     /// Its directory (config, sockets, roots, log).
     pub dir: tempfile::TempDir,
@@ -37,6 +41,8 @@ impl Containerd {
 root = "{d}/root"
 state = "{d}/state"
 disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[debug]
+  level = "debug"
 [grpc]
   address = "{d}/c.sock"
 [ttrpc]
@@ -74,14 +80,57 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         c
     }
 
+    /// `ctr ARGS` against this containerd; a call that has not ended
+    /// after [`CTR_TIMEOUT`] is killed and the test fails with what
+    /// containerd and the shims logged, instead of hanging the suite.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
+        self.try_ctr(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::ctr`], with a timeout as an error (for cleanup, which must
+    /// not panic while a failed test unwinds).
+    pub fn try_ctr(&self, args: &[&str]) -> Result<Output, String> {
+        let mut child = Command::new("ctr")
             .arg("--address")
             .arg(self.dir.path().join("c.sock"))
             .args(args)
             .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ctr");
+        let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let t_out = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut so, &mut b);
+            b
+        });
+        let t_err = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut se, &mut b);
+            b
+        });
+        let deadline = std::time::Instant::now() + CTR_TIMEOUT;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "ctr {args:?} did not end within {CTR_TIMEOUT:?}; stderr so far: {}\n{}",
+                    String::from_utf8_lossy(&t_err.join().unwrap_or_default()),
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Output {
+            status,
+            stdout: t_out.join().unwrap_or_default(),
+            stderr: t_err.join().unwrap_or_default(),
+        })
     }
 
     /// `ctr` that must succeed; its stdout.
@@ -254,12 +303,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Tasks first (their shims end their microVMs), then containerd.
-        for line in self.ok_quiet(&["task", "ls", "-q"]).lines() {
-            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", line]);
-            let _ = self.ctr(&["task", "delete", "-f", line]);
+        let quiet = |args: &[&str]| match self.try_ctr(args) {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => {
+                eprintln!("cleanup: {e}");
+                String::new()
+            }
+        };
+        for line in quiet(&["task", "ls", "-q"]).lines() {
+            quiet(&["task", "kill", "-s", "SIGKILL", line]);
+            quiet(&["task", "delete", "-f", line]);
         }
-        for line in self.ok_quiet(&["containers", "ls", "-q"]).lines() {
-            let _ = self.ctr(&["containers", "rm", line]);
+        for line in quiet(&["containers", "ls", "-q"]).lines() {
+            quiet(&["containers", "rm", line]);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
