@@ -43,11 +43,18 @@ impl Sinks {
     }
 }
 
-/// Open a FIFO for writing without waiting for a reader (`O_NONBLOCK`:
-/// ENXIO when there is none), then make it blocking again so a slow
-/// reader slows the guest down instead of losing output.
+/// How long an output FIFO may wait for its reader: the client opens its
+/// read ends concurrently with its exec request (`ctr task exec`), so it
+/// is usually there within milliseconds.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Open a FIFO for writing. A client opens its read ends concurrently with
+/// the request that makes us open ours, so the reader may not be there
+/// yet (ENXIO on a non-blocking open, which lost `ctr task exec` output):
+/// then wait for it, for at most [`READER_WAIT`], with a blocking open on
+/// a thread of its own. The descriptor is blocking, so a slow reader slows
+/// the guest down instead of losing output.
 fn open_writer(path: &str) -> Option<std::fs::File> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     if path.is_empty() {
         return None;
@@ -58,19 +65,57 @@ fn open_writer(path: &str) -> Option<std::fs::File> {
         .open(path)
     {
         Ok(f) => {
-            // SAFETY: fcntl on a descriptor we own, changing only its
-            // status flags.
-            unsafe {
-                let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
-                if flags >= 0 {
-                    libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-                }
-            }
+            set_blocking(&f);
             Some(f)
         }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => wait_for_reader(path),
         Err(e) => {
             log::warn!("cannot open {path}: {e}; that output is discarded");
             None
+        }
+    }
+}
+
+/// The blocking open of [`open_writer`], bounded by [`READER_WAIT`].
+fn wait_for_reader(path: &str) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("fifo-open".into())
+        .spawn(move || {
+            let _ = tx.send(std::fs::OpenOptions::new().write(true).open(p));
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot wait for a reader of {path}: {e}; that output is discarded");
+        return None;
+    }
+    match rx.recv_timeout(READER_WAIT) {
+        Ok(Ok(f)) => Some(f),
+        Ok(Err(e)) => {
+            log::warn!("cannot open {path}: {e}; that output is discarded");
+            None
+        }
+        Err(_) => {
+            // Release the blocked open: a reader of our own lets it
+            // return (its descriptor is dropped by the thread's send).
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path);
+            log::warn!("no reader opened {path} within {READER_WAIT:?}; that output is discarded");
+            None
+        }
+    }
+}
+
+fn set_blocking(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own, changing only its status flags.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
         }
     }
 }

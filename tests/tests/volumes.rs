@@ -276,12 +276,15 @@ mod volumes {
         let a = unique("writer");
         mvctl(&[
             "run", "-d", "--name", &a, "-v", &spec, BUSYBOX, "sh", "-c",
-            "i=0; while [ ! -f /s/b ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; echo from-a > /s/a; sleep 600",
+            "i=0; while [ ! -f /s/b ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; echo from-a > /s/.a && mv /s/.a /s/a; sleep 600",
         ])
         .ok();
         let out = run_sh(
             &["-v", &spec],
-            "echo from-b > /s/b; i=0; while [ ! -f /s/a ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; cat /s/a",
+            // Each side publishes its file whole (write, then rename): the
+            // other waits for the name, and must not read a file that
+            // exists but is still empty.
+            "echo from-b > /s/.b && mv /s/.b /s/b; i=0; while [ ! -f /s/a ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; cat /s/a",
         )
         .ok();
         assert_eq!(out.stdout.trim(), "from-a", "{out:?}");
