@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use mvm_e2e::containerd::{text, Containerd, IMAGE, RUNTIME};
+use mvm_e2e::containerd::{shim_pid_of, text, Containerd, IMAGE, RUNTIME};
 
 const RUNC: &str = "io.containerd.runc.v2";
 const N: usize = 10;
@@ -58,7 +58,9 @@ fn pss_kib(pid: i32) -> u64 {
 /// process), plus the VMs of this containerd (mvm's VMM and virtiofsd,
 /// in their own sessions).
 fn task_memory(c: &Containerd, id: &str) -> (u64, usize) {
-    let shim = c.shim_pid(id).or_else(|| runc_shim(id));
+    let shim = c
+        .shim_pid(id)
+        .or_else(|| shim_pid_of("containerd-shim-runc-v2", id));
     let mut pids: Vec<i32> = shim.into_iter().collect();
     // Descendants of the shim.
     let mut i = 0;
@@ -86,27 +88,6 @@ fn task_memory(c: &Containerd, id: &str) -> (u64, usize) {
         }
     }
     (pids.iter().map(|p| pss_kib(*p)).sum(), pids.len())
-}
-
-fn runc_shim(id: &str) -> Option<i32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        if args
-            .first()
-            .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
-            && args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
-        {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 fn main() {

@@ -261,28 +261,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .unwrap_or_default()
     }
 
+    /// The pid of this containerd's mvm shim for task `id`.
     pub fn shim_pid(&self, id: &str) -> Option<i32> {
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmd
-                .split(|b| *b == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect();
-            if args
-                .first()
-                .is_some_and(|a| a.ends_with("containerd-shim-mvm-v1"))
-                && args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
-                && !is_zombie(pid)
-            {
-                return Some(pid);
-            }
-        }
-        None
+        shim_pid_of("containerd-shim-mvm-v1", id)
     }
 
     /// Wait until task `id` is STOPPED in `ctr task ls`.
@@ -333,6 +314,30 @@ impl Containerd {
     pub fn ok_quiet(&self, args: &[&str]) -> String {
         String::from_utf8_lossy(&self.ctr(args).stdout).into_owned()
     }
+}
+
+/// The pid of a live containerd shim process (binary name ending in
+/// `binary`) serving task `id` (`-id ID` on its command line).
+pub fn shim_pid_of(binary: &str, id: &str) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with(binary))
+            && args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+            && !is_zombie(pid)
+        {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 /// Whether `pid` is gone or a zombie.
