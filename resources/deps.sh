@@ -21,6 +21,15 @@ PACKAGES="
 here=$(cd "$(dirname "$0")" && pwd)
 virtiofsd() { "$here/virtiofsd/build.sh" >/dev/null; }
 
+# A clean build (workspace, fuzz targets under AddressSanitizer, kernel,
+# base images) takes about 15 GB; a full disk shows up much later as a
+# linker killed by SIGBUS, so say it here, where it can be acted on.
+need_gb=15
+free_gb=$(df -Pk "$here/.." | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "$free_gb" -lt "$need_gb" ]; then
+  echo "deps: warning: only ${free_gb} GB free under $(cd "$here/.." && pwd); a clean build needs about ${need_gb} GB (free some, e.g. \`cargo clean\` in old checkouts)" >&2
+fi
+
 missing=""
 for p in $PACKAGES; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
