@@ -25,27 +25,38 @@ for f in "$MVM_KERNEL" "$MVM_INIT" "$MVM_VMM" "$MVM_JAILER" "$MVM_VIRTIOFSD"; do
   [ -f "$f" ] || { echo "e2e: $f is missing; run 'make build kernel' first" >&2; exit 1; }
 done
 
-# test_binaries CARGO-ARGS...: build test binaries and print their paths.
+# test_binaries PACKAGE [TARGET]: the test executables of PACKAGE (only
+# its test target TARGET, if given), from the build below. Every cargo
+# command here selects the same packages as `make unit` plus mvm-e2e:
+# cargo unifies dependency features over the selected packages, so a
+# different selection (`-p mvm-e2e`) rebuilt about 90 crates.
 test_binaries() {
-  cargo test "$@" --no-run --message-format=json 2>/dev/null |
+  cargo test --workspace --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys
+pkg, target = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
 for line in sys.stdin:
     try:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+    if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m["profile"]["test"]:
+        continue
+    pid = m.get("package_id", "")
+    # "path+file:///.../tests#mvm-e2e@0.1.0", or ".../NAME#0.1.0" when
+    # the folder is named as the package
+    frag = pid.split("#")[-1]
+    name = frag.split("@")[0] if "@" in frag else pid.split("#")[0].rstrip("/").split("/")[-1]
+    if name == pkg and (target is None or m["target"]["name"] == target):
         print(m["executable"])
-'
+' "$@"
 }
 
 echo "e2e: building test binaries" >&2
 # Build with diagnostics shown and a failure fatal: test_binaries only lists
 # what was built, so a test file that fails to compile would otherwise
 # silently drop out of the suite.
-cargo test -p mvm-e2e --no-run >&2 || { echo "e2e: the test binaries did not build" >&2; exit 1; }
-cargo test -p mvm-vmm --test boot --no-run >&2 || { echo "e2e: mvm-vmm's boot tests did not build" >&2; exit 1; }
+cargo test --workspace --no-run >&2 || { echo "e2e: the test binaries did not build" >&2; exit 1; }
 # The seccomp kill test's VMM (tests/api.rs): mvm-vmm with the test-only
 # feature `seccomp-test-trigger`, which makes a forbidden system call once
 # its filter is on. Built in a target directory of its own, so that the
@@ -57,7 +68,7 @@ CARGO_TARGET_DIR="$root/target/seccomp-trigger" cargo build "${trigger_release[@
   --features seccomp-test-trigger >&2 || { echo "e2e: the seccomp-trigger VMM did not build" >&2; exit 1; }
 export MVM_VMM_SECCOMP_TRIGGER=$root/target/$profile_dir/mvm-vmm-seccomp-trigger
 cp "$root/target/seccomp-trigger/$profile_dir/mvm-vmm" "$MVM_VMM_SECCOMP_TRIGGER"
-mapfile -t all_bins < <(test_binaries -p mvm-e2e)
+mapfile -t all_bins < <(test_binaries mvm-e2e)
 # tests/machine.rs boots the emulated KVM host itself (`mvctl machine`),
 # and tests/installed.rs uses the installed product as a user would (the
 # machine where there is no hardware KVM): both run on this host, after
@@ -72,7 +83,7 @@ for b in "${all_bins[@]}"; do
 done
 # The VMM's own boot tests (busybox initramfs, no init) are #[ignore]d in
 # plain `cargo test` because they need KVM; here they run.
-mapfile -t vmm_bins < <(test_binaries -p mvm-vmm --test boot)
+mapfile -t vmm_bins < <(test_binaries mvm-vmm boot)
 [ ${#bins[@]} -gt 0 ] || { echo "e2e: no test binaries were built" >&2; exit 1; }
 
 # failed_tests FILE: the names libtest lists under its last "failures:".
@@ -249,7 +260,8 @@ if [ ${#machine_bins[@]} -gt 0 ]; then
   # The machine test drives the real mvctl, which starts the real mvmd.
   release=()
   [ "$profile_dir" = release ] && release=(--release)
-  cargo build "${release[@]}" -p mvctl -p mvmd >&2 || exit 1
+  # The same selection as `make build`: nothing is rebuilt.
+  cargo build "${release[@]}" --workspace --exclude mvm-init --exclude mvm-e2e >&2 || exit 1
   for b in "${machine_bins[@]}"; do
     key=$(basename "$b")
     echo "=== $key (on this host: it boots the emulated KVM host itself)" >&2
