@@ -11,16 +11,26 @@
 # the format: tar archives, JSON documents); a crash leaves its input
 # in fuzz/artifacts/<target>/ and fails the run, naming the reproducer:
 #   (cd fuzz && cargo fuzz run TARGET artifacts/TARGET/crash-...)
+# FUZZ_PROFILE (release or dev) picks how the targets are built.
 # At the end a table prints each target's executions, coverage and corpus
 # size (what docs/security.md reports).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:?usage: run.sh SECONDS [TARGET...]}
 shift
+# FUZZ_PROFILE=release (the default, `make fuzz`): optimised targets, as
+# long runs want. FUZZ_PROFILE=dev (`make fuzz-smoke`): unoptimised, a
+# few times quicker to build from clean (the sanitizer and debug
+# assertions stay); a smoke run's seconds find shallow crashes either way.
+case "${FUZZ_PROFILE:-release}" in
+	release) profile=(-O --debug-assertions) ;;
+	dev) profile=(--dev) ;;
+	*) echo "fuzz: FUZZ_PROFILE must be release or dev, not ${FUZZ_PROFILE}" >&2; exit 2 ;;
+esac
 fuzz=$(resources/fuzz/cargo-fuzz.sh | tail -n1)
 cd fuzz
-echo "fuzz: building the targets (nightly, AddressSanitizer)" >&2
-"$fuzz" build -O --debug-assertions >&2
+echo "fuzz: building the targets (nightly, AddressSanitizer, ${FUZZ_PROFILE:-release})" >&2
+"$fuzz" build "${profile[@]}" >&2
 if [ $# -eq 0 ]; then
 	mapfile -t targets < <("$fuzz" list)
 else
@@ -39,7 +49,7 @@ for t in "${targets[@]}"; do
 	log=$(mktemp)
 	echo "=== fuzz: $t for ${secs} s" >&2
 	rc=0
-	"$fuzz" run -O --debug-assertions "$t" "$corpora/$t" "${seeds[@]}" -- \
+	"$fuzz" run "${profile[@]}" "$t" "$corpora/$t" "${seeds[@]}" -- \
 		-max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 \
 		-print_final_stats=1 >"$log" 2>&1 || rc=$?
 	if [ "$rc" != 0 ]; then
