@@ -81,6 +81,7 @@ impl Shim for MvmShim {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     run::<MvmShim>(RUNTIME_ID, None).await;
+    log::info!("the shim ends");
     // Not a return: dropping the runtime would wait for blocking tasks,
     // such as the open of a stdin FIFO whose writer never came.
     std::process::exit(0);

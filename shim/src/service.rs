@@ -156,6 +156,18 @@ struct Container {
     intent: Intent,
 }
 
+impl Container {
+    /// The container's init (`exec_id` empty) or one of its execs.
+    fn proc(&self, exec_id: &str) -> Result<&Proc, ttrpc::Error> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| err(Code::NOT_FOUND, format!("no exec {exec_id}")))
+    }
+}
+
 /// The shim's state, shared by the ttrpc handlers and the tasks that pump
 /// stdio and watch the microVM.
 pub struct Service {
@@ -410,6 +422,7 @@ impl Service {
             }
         };
         c.init.finish(code as u32);
+        log::info!("{}: the microVM ended; exit status {code}", c.id);
         // Execs cannot outlive the microVM.
         for p in c.execs.values_mut() {
             if p.status == Status::Running {
@@ -623,13 +636,7 @@ impl Task for TaskService {
             .as_ref()
             .filter(|c| c.id == req.id)
             .ok_or_else(|| err(Code::NOT_FOUND, format!("no container {}", req.id)))?;
-        let p = if req.exec_id.is_empty() {
-            &c.init
-        } else {
-            c.execs
-                .get(&req.exec_id)
-                .ok_or_else(|| err(Code::NOT_FOUND, format!("no exec {}", req.exec_id)))?
-        };
+        let p = c.proc(&req.exec_id)?;
         Ok(api::StateResponse {
             id: req.id.clone(),
             bundle: c.bundle.to_string_lossy().into_owned(),
@@ -676,15 +683,13 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
+        log::info!("delete {} exec {:?}", req.id, req.exec_id);
         let mut g = self.0.container.lock().await;
         let c = g
             .as_mut()
             .ok_or_else(|| err(Code::NOT_FOUND, "no container"))?;
         if !req.exec_id.is_empty() {
-            let p = c
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| err(Code::NOT_FOUND, format!("no exec {}", req.exec_id)))?;
+            let p = c.proc(&req.exec_id)?;
             if p.status == Status::Running {
                 return Err(err(
                     Code::FAILED_PRECONDITION,
@@ -706,6 +711,10 @@ impl Task for TaskService {
             ));
         }
         Service::release(c);
+        log::info!(
+            "delete {}: the microVM's files and root are released",
+            req.id
+        );
         let mut c = g.take().expect("checked above");
         drop(g);
         if c.init.status == Status::Created {
@@ -757,6 +766,13 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        log::info!(
+            "kill {} exec {:?} signal {} all {}",
+            req.id,
+            req.exec_id,
+            req.signal,
+            req.all
+        );
         let signal = i32::try_from(req.signal)
             .ok()
             .filter(|s| (1..=64).contains(s))
@@ -771,10 +787,7 @@ impl Task for TaskService {
             .as_mut()
             .ok_or_else(|| err(Code::NOT_FOUND, "no container"))?;
         if !req.exec_id.is_empty() {
-            let p = c
-                .execs
-                .get(&req.exec_id)
-                .ok_or_else(|| err(Code::NOT_FOUND, format!("no exec {}", req.exec_id)))?;
+            let p = c.proc(&req.exec_id)?;
             if p.status != Status::Running {
                 return Err(err(Code::NOT_FOUND, "process already finished"));
             }
@@ -893,14 +906,7 @@ impl Task for TaskService {
             let c = g
                 .as_ref()
                 .ok_or_else(|| err(Code::NOT_FOUND, "no container"))?;
-            let p = if req.exec_id.is_empty() {
-                &c.init
-            } else {
-                c.execs
-                    .get(&req.exec_id)
-                    .ok_or_else(|| err(Code::NOT_FOUND, format!("no exec {}", req.exec_id)))?
-            };
-            p.control.clone()
+            c.proc(&req.exec_id)?.control.clone()
         };
         if let Some(control) = control {
             control
@@ -928,13 +934,7 @@ impl Task for TaskService {
         let c = g
             .as_ref()
             .ok_or_else(|| err(Code::NOT_FOUND, "no container"))?;
-        let p = if req.exec_id.is_empty() {
-            &c.init
-        } else {
-            c.execs
-                .get(&req.exec_id)
-                .ok_or_else(|| err(Code::NOT_FOUND, format!("no exec {}", req.exec_id)))?
-        };
+        let p = c.proc(&req.exec_id)?;
         if req.stdin {
             p.close_stdin.notify_one();
         }
@@ -951,24 +951,11 @@ impl Task for TaskService {
             let c = g
                 .as_ref()
                 .ok_or_else(|| err(Code::NOT_FOUND, "no container"))?;
-            let p = if req.exec_id.is_empty() {
-                &c.init
-            } else {
-                c.execs
-                    .get(&req.exec_id)
-                    .ok_or_else(|| err(Code::NOT_FOUND, format!("no exec {}", req.exec_id)))?
-            };
-            p.done.subscribe()
+            c.proc(&req.exec_id)?.done.subscribe()
         };
         let _ = rx.wait_for(|d| *d).await;
         let g = self.0.container.lock().await;
-        let p = g.as_ref().and_then(|c| {
-            if req.exec_id.is_empty() {
-                Some(&c.init)
-            } else {
-                c.execs.get(&req.exec_id)
-            }
-        });
+        let p = g.as_ref().and_then(|c| c.proc(&req.exec_id).ok());
         let (status, at) = p
             .map(|p| (p.exit_status, p.exited_at.clone()))
             .unwrap_or((255, Some(now())));
@@ -998,6 +985,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
+        log::info!("shutdown (now: {})", req.now);
         let g = self.0.container.lock().await;
         if g.is_some() && !req.now {
             // Still has a container: containerd asks again after delete.

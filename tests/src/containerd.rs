@@ -119,9 +119,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "ctr {args:?} did not end within {CTR_TIMEOUT:?}; stderr so far: {}\n{}",
+                    "ctr {args:?} did not end within {CTR_TIMEOUT:?}; stderr so far: {}\n{}\n{}",
                     String::from_utf8_lossy(&t_err.join().unwrap_or_default()),
-                    self.log_tail()
+                    self.log_tail(),
+                    process_states()
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -338,6 +339,59 @@ pub fn shim_pid_of(binary: &str, id: &str) -> Option<i32> {
         }
     }
     None
+}
+
+/// What every shim, jailer, VMM and virtiofsd on the host is doing: state,
+/// parent and, per thread, the kernel function it waits in (`wchan`) and
+/// its kernel stack: what a hung `ctr` call was waiting for.
+pub fn process_states() -> String {
+    let mut out = String::from("--- processes (pid ppid state comm: per thread wchan):\n");
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let interesting = [
+            "containerd-shim",
+            "mvm-jailer",
+            "mvm-vmm",
+            "virtiofsd",
+            "containerd",
+        ]
+        .iter()
+        .any(|n| comm.starts_with(&n[..n.len().min(15)]));
+        if !interesting {
+            continue;
+        }
+        let mut f = stat[close + 2..].split_whitespace();
+        let (state, ppid) = (f.next().unwrap_or("?"), f.next().unwrap_or("?"));
+        out.push_str(&format!("{pid} {ppid} {state} {comm}:"));
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let tid = t.file_name().to_string_lossy().into_owned();
+                let wchan = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan"))
+                    .unwrap_or_default();
+                out.push_str(&format!(" {tid}={wchan}"));
+            }
+        }
+        out.push('\n');
+        if comm.starts_with("containerd-shim") {
+            let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+            for l in stack.lines().take(12) {
+                out.push_str(&format!("    {l}\n"));
+            }
+        }
+    }
+    out
 }
 
 /// Whether `pid` is gone or a zombie.
