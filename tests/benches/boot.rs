@@ -10,9 +10,13 @@
 //! - the time until the VMM process has exited after the workload `true`
 //!   ran (init powers off, the guest resets, the VMM ends);
 //! - CPU time (user + system, vCPU guest time included) from `wait4`;
-//! - memory, sampled from `/proc/PID/status` every 10 ms: guest memory is a
-//!   shared memfd in both (QEMU gets `-object memory-backend-memfd`), so it
-//!   shows as `RssShmem` and the VMM's own overhead is `RssAnon + RssFile`.
+//! - memory: `/proc/PID/status` every 10 ms (peak `RssAnon`, `RssFile`,
+//!   `RssShmem`) and `/proc/PID/smaps` every 50 ms, which splits the
+//!   process's RSS into the guest RAM mapping (told apart by its size,
+//!   `mvm_e2e::procmem`) and the VMM's own overhead. Guest RAM is
+//!   anonymous private memory in mvm-vmm without virtio-fs (so in
+//!   `RssAnon`), a shared memfd in QEMU (`-object memory-backend-memfd`,
+//!   so in `RssShmem`): only the smaps split compares the two.
 //!
 //! Every run is checked: the console must show init's `workload exited
 //! with status 0` and the VMM must exit 0 (ours: status file
@@ -29,6 +33,11 @@
 //! and with `--no-seccomp`, the same runs interleaved: what the filters
 //! cost in start time and memory.
 //!
+//! With `MVM_BENCH_BOOT_BASELINE_VMM` (another `mvm-vmm` binary, e.g. one
+//! built from an older commit into its own target directory), a third
+//! table compares it with `MVM_VMM`, the same runs interleaved in the same
+//! host: how a change to the VMM moved boot time and memory.
+//!
 //! Runs are interleaved (a QEMU run after every few of ours) so that load
 //! changes on the machine hit both alike; one warm-up run of each is not
 //! counted (it pulls the binaries into the page cache).
@@ -37,8 +46,9 @@
 //! `tests/run-bench.sh`), `MVM_BENCH_BOOT_RUNS` (ours, default 10),
 //! `MVM_BENCH_QEMU_RUNS` (default 3; 0 skips QEMU),
 //! `MVM_BENCH_NO_SECCOMP_RUNS` (default: as many as ours; 0 skips the
-//! seccomp table), `MVM_BENCH_QEMU`
-//! (binary, default `qemu-system-x86_64`).
+//! seccomp table), `MVM_BENCH_BOOT_BASELINE_VMM` (a second VMM, see
+//! above) and `MVM_BENCH_BASELINE_RUNS` (default: as many as ours),
+//! `MVM_BENCH_QEMU` (binary, default `qemu-system-x86_64`).
 //!
 //! Run: `make bench`, or `tests/run-bench.sh boot`.
 
@@ -50,7 +60,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use mvm_e2e::{rootfs, Artifacts, GuestState, StatusExt, StatusReport};
+use mvm_e2e::{procmem, rootfs, Artifacts, GuestState, StatusExt, StatusReport};
 use mvm_protocol::initramfs::spec_archive;
 use mvm_protocol::launch::LaunchSpec;
 
@@ -61,11 +71,15 @@ const EXITED_OK: &str = "mvm-init: workload exited with status 0";
 const MEMORY_MIB: u32 = 128;
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// `/proc/PID/smaps` is read every this many samples (it walks the page
+/// tables: too costly every 10 ms inside the emulated host).
+const SMAPS_EVERY: u32 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Vmm {
     Ours,
     Qemu,
+    Baseline,
 }
 
 impl Vmm {
@@ -73,6 +87,7 @@ impl Vmm {
         match self {
             Vmm::Ours => "mvm-vmm",
             Vmm::Qemu => "qemu microvm",
+            Vmm::Baseline => "baseline mvm-vmm",
         }
     }
 }
@@ -108,8 +123,10 @@ struct Sample {
     /// The VMM's own figure (process start to init's BootComplete event).
     boot_time_us: Option<u64>,
     cpu: Duration,
-    /// Peaks over the run, KiB.
+    /// Peaks over the run, KiB: the VMM's own and the guest RAM's resident
+    /// pages (smaps), and the status fields.
     overhead: u64,
+    guest: u64,
     anon: u64,
     file: u64,
     shmem: u64,
@@ -124,7 +141,7 @@ struct Finished {
     exit_at: Duration,
     cpu: Duration,
     peak: Rss,
-    peak_overhead: u64,
+    peak_split: procmem::VmmMemory,
 }
 
 /// Spawn `cmd` with its stdout (the guest console) on a pipe and watch it
@@ -176,7 +193,9 @@ fn watch(mut cmd: Command, stderr_path: &Path) -> Result<Finished> {
     });
 
     let mut peak = Rss::default();
-    let mut peak_overhead = 0;
+    let mut peak_split = procmem::VmmMemory::default();
+    let guest_bytes = u64::from(MEMORY_MIB) << 20;
+    let mut samples = 0u32;
     let (r, status, ru, exit_at) = loop {
         match rx.recv_timeout(SAMPLE_EVERY) {
             Ok(done) => break done,
@@ -187,8 +206,14 @@ fn watch(mut cmd: Command, stderr_path: &Path) -> Result<Finished> {
             peak.anon = peak.anon.max(rss.anon);
             peak.file = peak.file.max(rss.file);
             peak.shmem = peak.shmem.max(rss.shmem);
-            peak_overhead = peak_overhead.max(rss.anon + rss.file);
         }
+        if samples.is_multiple_of(SMAPS_EVERY) {
+            if let Some(m) = procmem::read(pid, guest_bytes) {
+                peak_split.own = peak_split.own.max(m.own);
+                peak_split.guest = peak_split.guest.max(m.guest);
+            }
+        }
+        samples += 1;
         if start.elapsed() > RUN_TIMEOUT {
             // SAFETY: plain kill(2) of our own, not yet reaped, child.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -209,7 +234,7 @@ fn watch(mut cmd: Command, stderr_path: &Path) -> Result<Finished> {
         exit_at,
         cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
         peak,
-        peak_overhead,
+        peak_split,
     })
 }
 
@@ -221,6 +246,8 @@ struct Setup {
     spec_cpio: PathBuf,
     both_cpio: PathBuf,
     qemu: String,
+    /// `MVM_BENCH_BOOT_BASELINE_VMM`.
+    baseline: Option<PathBuf>,
 }
 
 impl Setup {
@@ -246,6 +273,7 @@ impl Setup {
             spec_cpio,
             both_cpio,
             qemu: std::env::var("MVM_BENCH_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
+            baseline: std::env::var_os("MVM_BENCH_BOOT_BASELINE_VMM").map(PathBuf::from),
             dir,
         })
     }
@@ -256,13 +284,24 @@ impl Setup {
         Ok(d)
     }
 
-    fn ours(&self, n: usize, debug_log: bool, seccomp: bool) -> Result<(Sample, Finished)> {
+    /// A run of `vmm` (ours or the baseline: an mvm-vmm binary).
+    fn ours(
+        &self,
+        vmm: Vmm,
+        n: usize,
+        debug_log: bool,
+        seccomp: bool,
+    ) -> Result<(Sample, Finished)> {
         let a = Artifacts::get();
-        let d = self.run_dir(Vmm::Ours, n)?;
+        let d = self.run_dir(vmm, n)?;
         let d = if seccomp { d } else { d.join("no-seccomp") };
         fs::create_dir_all(&d)?;
         let status_path = d.join("status.json");
-        let mut cmd = Command::new(&a.vmm);
+        let binary = match vmm {
+            Vmm::Baseline => self.baseline.clone().context("no baseline VMM")?,
+            _ => a.vmm.clone(),
+        };
+        let mut cmd = Command::new(&binary);
         cmd.arg("--kernel")
             .arg(&a.kernel)
             .arg("--initrd")
@@ -284,7 +323,7 @@ impl Setup {
                     && s.exit_code() == Some(0)
                     && s.boot_time_us.is_some()
             });
-        let sample = check(Vmm::Ours, &f, ok, &format!("status file: {status:?}"))?;
+        let sample = check(vmm, &f, ok, &format!("status file: {status:?}"))?;
         let sample = Sample {
             boot_time_us: status.and_then(|s| s.boot_time_us),
             ..sample
@@ -367,7 +406,8 @@ fn check(vmm: Vmm, f: &Finished, ok: bool, extra: &str) -> Result<Sample> {
         to_exit: f.exit_at,
         boot_time_us: None,
         cpu: f.cpu,
-        overhead: f.peak_overhead,
+        overhead: f.peak_split.own,
+        guest: f.peak_split.guest,
         anon: f.peak.anon,
         file: f.peak.file,
         shmem: f.peak.shmem,
@@ -472,12 +512,17 @@ fn print_table(title: &str, cols: Columns<'_>) {
             get: |s| Some(ms(s.cpu)),
         },
         Row {
-            name: "VMM overhead: peak RssAnon+RssFile",
+            name: "VMM overhead: peak RSS outside guest RAM",
             unit: "MiB",
             get: |s| Some(mib(s.overhead)),
         },
         Row {
-            name: "  peak RssAnon",
+            name: "guest memory touched: peak RSS of guest RAM",
+            unit: "MiB",
+            get: |s| Some(mib(s.guest)),
+        },
+        Row {
+            name: "  peak RssAnon (anonymous guest RAM too)",
             unit: "MiB",
             get: |s| Some(mib(s.anon)),
         },
@@ -487,7 +532,7 @@ fn print_table(title: &str, cols: Columns<'_>) {
             get: |s| Some(mib(s.file)),
         },
         Row {
-            name: "guest memory touched: peak RssShmem",
+            name: "  peak RssShmem (memfd guest RAM)",
             unit: "MiB",
             get: |s| Some(mib(s.shmem)),
         },
@@ -505,7 +550,7 @@ fn print_table(title: &str, cols: Columns<'_>) {
     println!("{title}");
     let h = |name: &str, p: &str| format!("{name} {p}");
     println!(
-        "{:<42} {:>4} {:>14} {:>14} {:>14} {:>14} {:>11}",
+        "{:<44} {:>4} {:>14} {:>14} {:>14} {:>14} {:>11}",
         "metric",
         "unit",
         h(a_name, "p50"),
@@ -522,7 +567,7 @@ fn print_table(title: &str, cols: Columns<'_>) {
             _ => "-".into(),
         };
         println!(
-            "{:<42} {:>4} {:>14} {:>14} {:>14} {:>14} {:>11}",
+            "{:<44} {:>4} {:>14} {:>14} {:>14} {:>14} {:>11}",
             r.name,
             r.unit,
             fmt_opt(o50),
@@ -551,63 +596,92 @@ fn environment() -> String {
     )
 }
 
+/// The kinds of run a benchmark interleaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    Ours,
+    Qemu,
+    NoSeccomp,
+    Baseline,
+}
+
 fn main() -> Result<()> {
     let n_ours = env_count("MVM_BENCH_BOOT_RUNS", 10).max(1);
     let n_qemu = env_count("MVM_BENCH_QEMU_RUNS", 3);
     let n_open = env_count("MVM_BENCH_NO_SECCOMP_RUNS", n_ours);
     let setup = Setup::new()?;
+    let n_base = match &setup.baseline {
+        Some(_) => env_count("MVM_BENCH_BASELINE_RUNS", n_ours),
+        None => 0,
+    };
     eprintln!("boot: {}", environment());
 
     // Warm-up (not counted): page cache, and our exact command line.
     eprintln!("boot: warm-up run of mvm-vmm (debug log, not counted)");
-    let (_, warm) = setup.ours(0, true, true)?;
+    let (_, warm) = setup.ours(Vmm::Ours, 0, true, true)?;
     let append = cmdline_from_log(&warm.stderr)?;
     if n_qemu > 0 {
         eprintln!("boot: warm-up run of QEMU (not counted); -append {append:?}");
         setup.qemu(0, &append)?;
     }
+    if let (Some(b), true) = (&setup.baseline, n_base > 0) {
+        eprintln!(
+            "boot: warm-up run of the baseline mvm-vmm {} (not counted)",
+            b.display()
+        );
+        setup.ours(Vmm::Baseline, 0, false, true)?;
+    }
 
-    // Interleave: next is whichever has done the smaller share of its runs.
-    let share = |done: usize, of: usize| {
-        if of == 0 {
-            1.0
-        } else {
-            done as f64 / of as f64
-        }
-    };
-    let (mut ours, mut qemu, mut open) = (Vec::new(), Vec::new(), Vec::new());
-    while ours.len() < n_ours || qemu.len() < n_qemu || open.len() < n_open {
-        let ours_share = share(ours.len(), n_ours);
-        let qemu_share = share(qemu.len(), n_qemu);
-        let open_share = share(open.len(), n_open);
-        if open.len() < n_open && open_share < ours_share.min(qemu_share) {
-            let (s, _) = setup.ours(open.len() + 1, false, false)?;
-            eprintln!(
-                "boot: mvm-vmm --no-seccomp run {}/{n_open}: marker {:?}, exit {:?}",
-                open.len() + 1,
-                s.to_marker,
-                s.to_exit
-            );
-            open.push(s);
-        } else if ours.len() < n_ours && ours_share <= qemu_share {
-            let (s, _) = setup.ours(ours.len() + 1, false, true)?;
-            eprintln!(
-                "boot: mvm-vmm run {}/{n_ours}: marker {:?}, exit {:?}",
-                ours.len() + 1,
-                s.to_marker,
-                s.to_exit
-            );
-            ours.push(s);
-        } else if qemu.len() < n_qemu {
-            let s = setup.qemu(qemu.len() + 1, &append)?;
-            eprintln!(
-                "boot: qemu run {}/{n_qemu}: marker {:?}, exit {:?}",
-                qemu.len() + 1,
-                s.to_marker,
-                s.to_exit
-            );
-            qemu.push(s);
-        }
+    // Interleave: next is whichever has done the smallest share of its
+    // runs (ties: the first in this order).
+    let wanted = [
+        (Arm::Ours, n_ours),
+        (Arm::Qemu, n_qemu),
+        (Arm::NoSeccomp, n_open),
+        (Arm::Baseline, n_base),
+    ];
+    let (mut ours, mut qemu, mut open, mut base) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    loop {
+        let done = |arm: Arm| match arm {
+            Arm::Ours => ours.len(),
+            Arm::Qemu => qemu.len(),
+            Arm::NoSeccomp => open.len(),
+            Arm::Baseline => base.len(),
+        };
+        let next = wanted
+            .iter()
+            .filter(|(arm, of)| done(*arm) < *of)
+            .min_by(|(x, xn), (y, yn)| {
+                let sx = done(*x) as f64 / *xn as f64;
+                let sy = done(*y) as f64 / *yn as f64;
+                sx.total_cmp(&sy)
+            })
+            .map(|(arm, of)| (*arm, *of));
+        let Some((arm, of)) = next else { break };
+        let n = done(arm) + 1;
+        let (s, label, into) = match arm {
+            Arm::Ours => (
+                setup.ours(Vmm::Ours, n, false, true)?.0,
+                "mvm-vmm",
+                &mut ours,
+            ),
+            Arm::NoSeccomp => (
+                setup.ours(Vmm::Ours, n, false, false)?.0,
+                "mvm-vmm --no-seccomp",
+                &mut open,
+            ),
+            Arm::Baseline => (
+                setup.ours(Vmm::Baseline, n, false, true)?.0,
+                "baseline mvm-vmm",
+                &mut base,
+            ),
+            Arm::Qemu => (setup.qemu(n, &append)?, "qemu", &mut qemu),
+        };
+        eprintln!(
+            "boot: {label} run {n}/{of}: marker {:?}, exit {:?}",
+            s.to_marker, s.to_exit
+        );
+        into.push(s);
     }
     print_table(
         &format!(
@@ -630,6 +704,22 @@ fn main() -> Result<()> {
             Columns {
                 a: ("seccomp", &ours),
                 b: ("no-seccomp", &open),
+            },
+        );
+    }
+    if n_base > 0 {
+        let b = setup.baseline.as_deref().unwrap_or(Path::new("?"));
+        print_table(
+            &format!(
+                "boot: mvm-vmm {} ({} runs) vs baseline mvm-vmm {} ({} runs), same runs interleaved",
+                Artifacts::get().vmm.display(),
+                ours.len(),
+                b.display(),
+                base.len()
+            ),
+            Columns {
+                a: ("ours", &ours),
+                b: ("baseline", &base),
             },
         );
     }

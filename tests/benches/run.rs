@@ -13,8 +13,8 @@
 //!   of which boot to init is the VMM's own `boot_time_us`, and `rm`
 //!   (teardown);
 //! - `mvmd`'s RSS when idle, and the host memory of one running sandbox's
-//!   VMM (its own RssAnon+RssFile, and the guest memory it touched, which is
-//!   the memfd's RssShmem).
+//!   VMM (its own resident memory, and the guest memory it touched: the
+//!   guest RAM mapping's, told apart by `mvm_e2e::procmem`).
 //!
 //! Every call is checked (exit status 0); a benchmark of failures would be
 //! worthless. QEMU's direct boot of the same kernel and disk is measured by
@@ -218,14 +218,12 @@ fn main() {
     let (id, _) = mvctl(&d, &["run", "-d", IMAGE, "sleep", "600"]);
     let id = id.trim().to_string();
     std::thread::sleep(Duration::from_secs(3));
-    let vmm = inspect(&d, &id)["state"]["pid"].as_u64().map(|p| p as u32);
-    let (own, guest) = match vmm {
-        Some(p) => (
-            status_kib(p, "RssAnon") + status_kib(p, "RssFile"),
-            status_kib(p, "RssShmem"),
-        ),
-        None => (0, 0),
-    };
+    let info = inspect(&d, &id);
+    let vmm = info["state"]["pid"].as_u64().map(|p| p as u32);
+    let guest_bytes = info["host_config"]["memory_mib"].as_u64().unwrap_or(0) << 20;
+    let (own, guest) = vmm
+        .and_then(|p| mvm_e2e::procmem::read(p, guest_bytes))
+        .map_or((0, 0), |m| (m.own, m.guest));
     mvctl(&d, &["rm", "-f", &id]);
 
     println!("## mvctl run --rm busybox true (mvctl -> mvmd -> mvm-vmm, real KVM)");
@@ -264,11 +262,11 @@ fn main() {
     );
     println!("| mvmd idle RSS | {:.1} MiB |", idle_rss as f64 / 1024.0);
     println!(
-        "| one sandbox's VMM overhead (RssAnon+RssFile) | {:.1} MiB |",
+        "| one sandbox's VMM overhead (RSS outside guest RAM) | {:.1} MiB |",
         own as f64 / 1024.0
     );
     println!(
-        "| its guest memory touched (RssShmem) | {:.1} MiB |",
+        "| its guest memory touched (RSS of guest RAM) | {:.1} MiB |",
         guest as f64 / 1024.0
     );
 }

@@ -31,6 +31,7 @@ pub use mvm_vmm_api::{GuestState, StatusReport, VmConfig, WorkloadReport};
 pub mod containerd;
 pub mod daemon;
 pub mod netns;
+pub mod procmem;
 pub mod rootfs;
 
 /// Paths of the artifacts under test, from the environment `make e2e` sets.

@@ -37,7 +37,7 @@ use crate::devices::legacy::{Quiet, QUIET_PORTS};
 use crate::devices::serial::{ConsoleSink, ConsoleTail, ConsoleWriter, SerialDevice};
 use crate::devices::status_port::{self, GuestStatus, StatusPort};
 use crate::exit::{ExitSignal, StopReason};
-use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::memory::{self, Backing, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 use mvm_vmm_api::kvm::{self, KvmError};
@@ -189,7 +189,18 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
     }
     let kvm = kvm::open(opts.force_pvm)?;
     let mem_size = cfg.memory_bytes();
-    let mem = memory::create(mem_size)?;
+    let ram = memory::create(mem_size, Backing::for_config(cfg))?;
+    tracing::debug!(
+        "guest memory: {} MiB of {}, huge pages {}",
+        mem_size >> 20,
+        ram.backing.name(),
+        if ram.huge_pages_advised {
+            "advised"
+        } else {
+            "unavailable"
+        }
+    );
+    let mem = ram.mem;
     let vm = Vm::new(&kvm)?;
     vm.register_memory(&mem)?;
     phase("VM and memory ready");
