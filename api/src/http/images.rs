@@ -130,7 +130,7 @@ pub async fn prune(State(d): D, q: Query) -> ApiResult<Response> {
 }
 
 /// A blocking reader over a request body.
-fn body_reader(
+pub(super) fn body_reader(
     body: Body,
 ) -> SyncIoBridge<StreamReader<impl futures_util::Stream<Item = io::Result<Bytes>> + Unpin, Bytes>>
 {
@@ -140,7 +140,7 @@ fn body_reader(
 
 /// Run `job` on the blocking pool and answer with an NDJSON progress
 /// stream: a status line, then `result` or `error`.
-fn progress_response<F>(status: String, job: F) -> Response
+pub(super) fn progress_response<F>(status: String, job: F) -> Response
 where
     F: FnOnce() -> Result<serde_json::Value, Error> + Send + 'static,
 {
@@ -221,7 +221,7 @@ pub async fn import(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
 }
 
 /// A `Write` that sends chunks into an HTTP body channel.
-struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>);
+pub(super) struct ChannelWriter(pub(super) tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>);
 
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
