@@ -14,14 +14,10 @@ mod registry_support;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use registry_support::{
@@ -32,7 +28,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{api, Mvmd, Out};
+use common::{api, Mvmd};
 
 impl Mvmd {
     /// `mvctl images --format json`, one object per image.
