@@ -297,7 +297,7 @@ pub(crate) async fn input_reader(
         _ => {
             if std::io::stdin().is_terminal() {
                 return Err(CmdError::Invalid(format!(
-                    "{what} reads the tarball from stdin, but stdin is a terminal: redirect a file or pass it (-i FILE)"
+                    "{what} reads the tarball from stdin, but stdin is a terminal: redirect a file or name one on the command line"
                 )));
             }
             Ok((Box::pin(tokio::io::stdin()), None))
