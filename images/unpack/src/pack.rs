@@ -463,7 +463,7 @@ mod tests {
         fs::hard_link(r.join("a"), r.join("z-hard")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &r.join("fifo"),
+            r.join("fifo"),
             FileType::Fifo,
             Mode::from_raw_mode(0o640),
             0,
