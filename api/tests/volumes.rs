@@ -185,6 +185,35 @@ fn export_and_import_round_trip_refuse_hostile_archives_and_keep_stored_data() {
     let (status, body) = api(&d.sock, "POST", "/v1/volumes/-bad/import", &[], "");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid volume name"), "{body}");
+    // The check mvctl makes before sending an archive: the refusal an
+    // import would get, or 204, and nothing changes either way.
+    let (status, body) = api(
+        &d.sock,
+        "POST",
+        "/v1/volumes/copy/import?check=true",
+        &[],
+        "",
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("not empty"), "{body}");
+    let (status, body) = api(
+        &d.sock,
+        "POST",
+        "/v1/volumes/copy/import?check=true&force=true",
+        &[],
+        "",
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = api(
+        &d.sock,
+        "POST",
+        "/v1/volumes/fresh/import?check=true",
+        &[],
+        "",
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = api(&d.sock, "GET", "/v1/volumes/fresh", &[], "");
+    assert_eq!(status, 404, "the check made a volume: {body}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use mvm_api::volume::{VolumeCreateRequest, VolumeImportResponse};
 use mvm_api::ErrorCode;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::images::{body_reader, progress_response, ChannelWriter};
+use super::images::{body_reader, drain_rest, progress_response, ChannelWriter};
 use super::{json_response, ApiResult, Error, Json, Query};
 use crate::volumes::vol_err;
 use crate::volumes::Filters;
@@ -93,7 +93,11 @@ pub async fn export(State(d): D, Path(name): Path<String>) -> ApiResult<Response
 /// `POST /v1/volumes/{name}/import[?force=true]` with a tar body: a
 /// progress stream whose result is a [`VolumeImportResponse`]. Refusals
 /// that need no body (bad name, a volume with content and no `force`, a
-/// running user) are plain errors before the body is read.
+/// running user) are plain errors before the body is read. `check=true`
+/// asks only those questions (no body; 204 when an import would be
+/// accepted): a client that is refused while it is still sending a large
+/// body may see its connection closed before it reads the refusal, so
+/// mvctl asks first and sends the body after.
 pub async fn import(
     State(d): D,
     Path(name): Path<String>,
@@ -101,15 +105,20 @@ pub async fn import(
     body: Body,
 ) -> ApiResult<Response> {
     let force = q.flag("force", false)?;
+    let check = q.flag("check", false)?;
     let mode = d.manager.volume_import_check(&name, force)?;
+    if check {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let dirs = d.manager.runtime().volumes();
     let manager = d.manager.clone();
-    let reader = body_reader(body);
+    let mut reader = body_reader(body);
     let rt = tokio::runtime::Handle::current();
     Ok(progress_response(
         format!("importing into volume {name}"),
         move || {
-            let got = dirs.import(&name, reader, mode).map_err(vol_err)?;
+            let got = dirs.import(&name, &mut reader, mode).map_err(vol_err)?;
+            drain_rest(&mut reader);
             rt.block_on(manager.volume_import_done(&name))?;
             tracing::info!(volume = %name, entries = got.stats.entries, bytes = got.stats.bytes, "volume imported");
             let r = VolumeImportResponse {

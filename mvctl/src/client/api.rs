@@ -243,6 +243,19 @@ impl Client {
             .into_body())
     }
 
+    /// `POST /v1/volumes/{name}/import?check=true&force=`: whether mvmd
+    /// would accept the import, asked before the body is sent (a refusal
+    /// that arrives while a large body is still being written can be lost
+    /// to a broken pipe).
+    pub async fn volume_import_check(&self, name: &str, force: bool) -> Result<()> {
+        let q = Query::new(format!("/v1/volumes/{}/import", encode_segment(name)))
+            .flag("check", true)
+            .flag("force", force);
+        self.send(Method::POST, &q.build(), Body::empty(), None)
+            .await
+            .map(|_| ())
+    }
+
     /// `POST /v1/volumes/{name}/import?force=` with a tar body.
     pub async fn volume_import(&self, name: &str, force: bool, tarball: Body) -> Result<Answer> {
         let q =

@@ -171,6 +171,9 @@ pub async fn export(ctx: &Ctx, a: VolumeExportArgs) -> CmdResult {
 pub async fn import(ctx: &Ctx, a: VolumeImportArgs) -> CmdResult {
     let (reader, size) = input_reader(a.file.as_deref(), "volume import").await?;
     let client = ctx.client().await?;
+    // A refusal (content and no --force, a running user) is read before
+    // any of the archive is sent; mvmd checks again when the body comes.
+    client.volume_import_check(&a.name, a.force).await?;
     let bar = progress::transfer_bar(&a.name, size, a.quiet);
     let body = Body::reader(bar.wrap_async_read(reader));
     let answer = client.volume_import(&a.name, a.force, body).await;
