@@ -323,8 +323,9 @@ impl Manager {
         self.net.check_exists(&self.db, &network.network)?;
         let rt = self.rt.clone();
         let (id2, name2) = (id.clone(), name.to_string());
-        let req = convert::sandbox_request(&req).map_err(|m| err(ErrorCode::BadRequest, m))?;
-        let created = tokio::task::spawn_blocking(move || rt.create(&id2, &name2, &req))
+        let mut sreq = convert::sandbox_request(&req).map_err(|m| err(ErrorCode::BadRequest, m))?;
+        sreq.mounts = self.add_volumes_from(&req.volumes_from, sreq.mounts)?;
+        let created = tokio::task::spawn_blocking(move || rt.create(&id2, &name2, &sreq))
             .await
             .map_err(internal)?
             .map_err(runtime_err)?;
@@ -970,6 +971,8 @@ impl Manager {
     /// delete orphaned directories, and apply restart policies.
     pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
         let rows = self.db.load()?;
+        // Before the API answers, so no import is running yet.
+        self.rt.volumes().clean_staging();
         let known: std::collections::HashSet<String> =
             rows.iter().map(|r| r.spec.id.clone()).collect();
         for id in self.rt.sandbox_dirs() {

@@ -6,9 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use mvm_api::volume::{Volume, VolumeCreateRequest, VolumeList, VolumePruneResponse, VolumeUsage};
+use mvm_api::volume::{
+    parse_volumes_from, Volume, VolumeCreateRequest, VolumeList, VolumePruneResponse, VolumeUsage,
+};
 use mvm_api::{ApiError, ErrorCode};
-use mvm_runtime::{MountSpec, SandboxSpec};
+use mvm_runtime::{ImportMode, MountSpec, SandboxSpec, Status};
 
 use crate::db::VolumeRow;
 use crate::manager::{now, Manager, Result};
@@ -17,8 +19,10 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> ApiError {
     ApiError::new(code, msg)
 }
 
-fn vol_err(e: mvm_runtime::VolumeError) -> ApiError {
-    let code = if e.is_invalid() {
+pub(crate) fn vol_err(e: mvm_runtime::VolumeError) -> ApiError {
+    let code = if e.is_not_empty() {
+        ErrorCode::Conflict
+    } else if e.is_invalid() {
         ErrorCode::BadRequest
     } else {
         ErrorCode::Internal
@@ -243,6 +247,117 @@ impl Manager {
         self.db().delete_volume(name)?;
         tracing::info!(volume = name, "volume removed");
         Ok(())
+    }
+
+    /// Before `GET /v1/volumes/{name}/export` streams: the volume exists
+    /// (a clean 404 rather than a cut stream). A volume in use is exported
+    /// as it is at that moment, file by file, without a snapshot
+    /// (`mvm_runtime::volume`, Backup and restore).
+    pub fn volume_export_check(&self, name: &str) -> Result<()> {
+        self.volume_row(name).map(|_| ())
+    }
+
+    /// Before `POST /v1/volumes/{name}/import` reads its body: the name
+    /// is valid; an existing volume is used by no running sandbox (its
+    /// virtio-fs backend holds the directory the import would swap out)
+    /// and is empty unless `force` (then its content is replaced whole).
+    pub fn volume_import_check(&self, name: &str, force: bool) -> Result<ImportMode> {
+        mvm_runtime::volume::validate_name(name).map_err(vol_err)?;
+        let mode = if force {
+            ImportMode::Replace
+        } else {
+            ImportMode::New
+        };
+        let running: Vec<String> = self
+            .entries()
+            .iter()
+            .map(|e| e.snapshot())
+            .filter(|r| matches!(r.state.status, Status::Running | Status::Restarting))
+            .filter(|r| r.spec.mounts.iter().any(|m| m.volume_name() == Some(name)))
+            .map(|r| r.spec.name)
+            .collect();
+        if !running.is_empty() {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "volume {name} is in use by running sandbox {}; stop it first (mvctl stop), since a running sandbox keeps the old content open",
+                    running.join(", ")
+                ),
+            ));
+        }
+        self.runtime()
+            .volumes()
+            .check_import(name, mode)
+            .map_err(vol_err)?;
+        Ok(mode)
+    }
+
+    /// After a successful import: the volume is recorded (a new one with
+    /// no labels; an existing one keeps its row).
+    pub async fn volume_import_done(&self, name: &str) -> Result<Volume> {
+        self.ensure_volume(name, BTreeMap::new(), false).await?;
+        Ok(self.volume_view(&self.volume_row(name)?, true))
+    }
+
+    /// `mounts` (a create request's) with the volumes and bind mounts of
+    /// the `--volumes-from` sandboxes added, Docker's way: same targets,
+    /// the mode forced by `:ro`/`:rw` or kept; a target `mounts` already
+    /// has is left to it; tmpfs mounts are not shared (they are the
+    /// source guest's memory). An unknown sandbox, or two sources that
+    /// mount different things on one target, is a bad request naming them
+    /// (not a 404, which `mvctl run` would read as a missing image).
+    pub fn add_volumes_from(
+        &self,
+        from: &[String],
+        mut mounts: Vec<MountSpec>,
+    ) -> Result<Vec<MountSpec>> {
+        use mvm_protocol::launch::normalize_target;
+        let taken: std::collections::HashSet<String> = mounts
+            .iter()
+            .map(|m| normalize_target(m.target()))
+            .collect();
+        // (mount, normalised target, the --volumes-from value it came from)
+        let mut added: Vec<(MountSpec, String, &str)> = Vec::new();
+        for v in from {
+            let (key, mode) = parse_volumes_from(v).map_err(|m| err(ErrorCode::BadRequest, m))?;
+            let source = self.get(key).map_err(|e| {
+                err(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "--volumes-from {v}: {} (list sandboxes with mvctl ps -a)",
+                        e.message
+                    ),
+                )
+            })?;
+            for mut m in source.snapshot().spec.mounts {
+                match &mut m {
+                    MountSpec::Bind { read_only, .. } | MountSpec::Volume { read_only, .. } => {
+                        if let Some(ro) = mode {
+                            *read_only = ro;
+                        }
+                    }
+                    MountSpec::Tmpfs(_) => continue,
+                }
+                let target = normalize_target(m.target());
+                if taken.contains(&target) {
+                    continue;
+                }
+                match added.iter().find(|(_, t, _)| *t == target) {
+                    Some((same, _, _)) if *same == m => {}
+                    Some((_, _, other)) => {
+                        return Err(err(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "--volumes-from {other} and --volumes-from {v} both mount {target}, differently; mount one of them there yourself (-v) or drop one --volumes-from"
+                            ),
+                        ))
+                    }
+                    None => added.push((m, target, v)),
+                }
+            }
+        }
+        mounts.extend(added.into_iter().map(|(m, _, _)| m));
+        Ok(mounts)
     }
 
     /// `POST /v1/volumes/prune`: remove unused volumes matching

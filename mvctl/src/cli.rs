@@ -202,6 +202,9 @@ pub struct CreateArgs {
     /// Mount a tmpfs: /PATH[:size=64m,mode=1777,exec,...] (noexec,nosuid,nodev by default)
     #[arg(long = "tmpfs", value_parser = crate::mounts::parse_tmpfs_flag, value_name = "PATH[:OPTS]")]
     pub tmpfs: Vec<mvm_api::volume::MountRequest>,
+    /// Mount every volume and bind mount of a sandbox at the same paths: SANDBOX[:ro|:rw]
+    #[arg(long = "volumes-from", value_parser = crate::mounts::parse_volumes_from_flag, value_name = "SANDBOX[:MODE]")]
+    pub volumes_from: Vec<String>,
     /// Mount the root filesystem read-only (writes go to volumes and tmpfs only)
     #[arg(long)]
     pub read_only: bool,
@@ -828,6 +831,41 @@ pub enum VolumeCommand {
     Rm(VolumeRmArgs),
     /// Remove unused anonymous volumes (all unused ones with -a)
     Prune(VolumePruneArgs),
+    /// Write a volume's content as a tar archive (a backup; the volume may be in use)
+    Export(VolumeExportArgs),
+    /// Restore a tar archive into a new or empty volume (--force: replace a volume's content)
+    Import(VolumeImportArgs),
+}
+
+/// `mvctl volume export`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumeExportArgs {
+    /// Write to this file ("-": stdout) instead of stdout
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// No progress bar
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Volume
+    #[arg(value_name = "VOLUME")]
+    pub name: String,
+}
+
+/// `mvctl volume import`.
+#[derive(Debug, Clone, Args)]
+pub struct VolumeImportArgs {
+    /// Replace the whole content of an existing, non-empty volume (never a merge)
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// No progress bar
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Volume (made if it does not exist)
+    #[arg(value_name = "VOLUME")]
+    pub name: String,
+    /// Tar archive ("-" or absent: stdin)
+    #[arg(value_name = "FILE|-")]
+    pub file: Option<PathBuf>,
 }
 
 /// `mvctl volume create`.

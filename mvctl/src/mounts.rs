@@ -32,6 +32,12 @@ fn is_volume_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
+/// `--volumes-from SANDBOX[:ro|:rw]`: checked here so a bad mode fails
+/// before any request; the value is sent as given.
+pub fn parse_volumes_from_flag(s: &str) -> Result<String, String> {
+    mvm_api::volume::parse_volumes_from(s).map(|_| s.to_string())
+}
+
 /// `-v`: `/target` (anonymous volume), `name:/target[:opts]` (named
 /// volume), `/host:/target[:opts]` (bind); opts `ro`, `rw` (and Docker's
 /// propagation and SELinux options, which a microVM has no use for, are

@@ -69,7 +69,7 @@ pub use spec::{
 };
 pub use state::{ExitReason, State, Status};
 pub use transient::{Root, Transient, TransientSpec};
-pub use volume::{MountSpec, VolumeDirs, VolumeError};
+pub use volume::{ImportMode, Imported, MountSpec, VolumeDirs, VolumeError};
 
 /// What kind of failure an error is, for callers that map errors to their
 /// own codes (mvmd's HTTP statuses, the shim's ttrpc codes).

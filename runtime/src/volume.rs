@@ -16,10 +16,25 @@
 //! Who tracks which volumes exist (names, labels, creation time) is the
 //! caller's database (mvmd's); this module only makes, finds and deletes
 //! the directories, so the containerd shim can share them later.
+//!
+//! # Backup and restore
+//!
+//! [`VolumeDirs::export`] writes a volume's `_data` as a tar stream with
+//! `mvm_unpack::pack` (symlinks stored, never followed; owners, modes,
+//! times and hard links kept). A volume in use may be exported, as `docker
+//! run --volumes-from x tar c` would: no snapshot, so a file written
+//! meanwhile may be caught half way. [`VolumeDirs::import`] unpacks a tar
+//! with `mvm_unpack::unpack` (the one hardened unpacker,
+//! `Options::volume`) into a private staging directory beside the
+//! volumes, `.import-<random>` (a name no volume can have), and only a
+//! complete import is put in place: renamed to a new volume, or swapped
+//! with an existing volume's `_data` in one `renameat2(RENAME_EXCHANGE)`
+//! ([`ImportMode::Replace`]), so a failed import leaves nothing behind and
+//! an existing volume is either untouched or wholly replaced.
 
 use std::fs;
-use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mvm_protocol::launch::{normalize_target, TmpfsMount, MIN_TMPFS_SIZE};
@@ -106,6 +121,20 @@ pub enum VolumeError {
     Tmpfs { target: String, why: String },
     #[error("no such volume: {0} (it was removed; create it again or recreate the sandbox)")]
     Missing(String),
+    #[error("volume {0} exists and is not empty: import into a new name, or pass --force (force=true) to replace its whole content")]
+    NotEmpty(String),
+    #[error("importing into volume {name}: {source}")]
+    Import {
+        name: String,
+        #[source]
+        source: mvm_unpack::Error,
+    },
+    #[error("exporting volume {name}: {source}")]
+    Export {
+        name: String,
+        #[source]
+        source: mvm_unpack::PackError,
+    },
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -117,7 +146,19 @@ pub enum VolumeError {
 impl VolumeError {
     /// Whether the request was wrong (vs. the host failing).
     pub fn is_invalid(&self) -> bool {
-        !matches!(self, Self::Io { .. })
+        match self {
+            Self::Io { .. } | Self::Export { .. } => false,
+            Self::Import { source, .. } => !matches!(
+                source,
+                mvm_unpack::Error::Io { .. } | mvm_unpack::Error::NoSpace { .. }
+            ),
+            _ => true,
+        }
+    }
+
+    /// The volume exists and is not empty (a conflict, not a bad request).
+    pub fn is_not_empty(&self) -> bool {
+        matches!(self, Self::NotEmpty(_))
     }
 }
 
@@ -232,6 +273,48 @@ fn check_bind_source(source: &Path) -> Result<PathBuf, VolumeError> {
     Ok(canonical)
 }
 
+/// How an import meets an existing volume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImportMode {
+    /// Into a new or empty volume only; a volume with content is refused
+    /// ([`VolumeError::NotEmpty`]), so nothing stored is lost by mistake.
+    #[default]
+    New,
+    /// The archive replaces an existing volume's whole content (`mvctl
+    /// volume import --force`). Not a merge: a merge that failed half way
+    /// would leave a mix no backup ever held.
+    Replace,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    /// The volume's directory was made by this import.
+    pub created: bool,
+    /// An existing volume's content was replaced.
+    pub replaced: bool,
+    /// The unpacker's counters (entries, bytes, devices skipped...).
+    pub stats: mvm_unpack::Stats,
+}
+
+/// Names of the staging directories of imports under `<root>`; a volume
+/// name cannot start with a dot.
+const STAGING_PREFIX: &str = ".import-";
+
+/// A staging directory, deleted when dropped (an import that failed, or
+/// the old content after a swap) unless forgotten.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.0) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.0.display(), "removing a staging directory: {e}");
+            }
+        }
+    }
+}
+
 /// The directories of directory volumes under a state root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeDirs {
@@ -263,9 +346,7 @@ impl VolumeDirs {
             let path = path.to_path_buf();
             move |source| VolumeError::Io { op, path, source }
         };
-        fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
-        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
-            .map_err(io("setting the mode of", &self.root))?;
+        self.make_root()?;
         let dir = self.dir(name);
         match fs::create_dir(&dir) {
             Ok(()) => {}
@@ -285,6 +366,148 @@ impl VolumeDirs {
         fs::set_permissions(&data, fs::Permissions::from_mode(0o755))
             .map_err(io("setting the mode of", &data))?;
         Ok(true)
+    }
+
+    /// Whether volume `name` has a `_data` directory with nothing in it
+    /// (`None`: no such directory).
+    pub fn is_empty(&self, name: &str) -> Result<Option<bool>, VolumeError> {
+        validate_name(name)?;
+        let data = self.data(name);
+        match fs::read_dir(&data) {
+            Ok(mut rd) => Ok(Some(rd.next().is_none())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(VolumeError::Io {
+                op: "listing",
+                path: data,
+                source,
+            }),
+        }
+    }
+
+    /// Writes volume `name`'s content to `out` as a tar stream (see the
+    /// module documentation, Backup and restore).
+    pub fn export(
+        &self,
+        name: &str,
+        out: impl Write,
+    ) -> Result<mvm_unpack::PackStats, VolumeError> {
+        validate_name(name)?;
+        let data = self.data(name);
+        if !data.is_dir() {
+            return Err(VolumeError::Missing(name.to_string()));
+        }
+        mvm_unpack::pack(&data, out).map_err(|source| VolumeError::Export {
+            name: name.to_string(),
+            source,
+        })
+    }
+
+    /// Checks that an import into `name` under `mode` may start: a valid
+    /// name, and the volume missing or empty unless [`ImportMode::Replace`].
+    /// [`Self::import`] checks again when it puts the data in place; this
+    /// lets a caller refuse before reading any of the archive.
+    pub fn check_import(&self, name: &str, mode: ImportMode) -> Result<(), VolumeError> {
+        if self.is_empty(name)? == Some(false) && mode == ImportMode::New {
+            return Err(VolumeError::NotEmpty(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Restores the tar stream `archive` as volume `name` (see the module
+    /// documentation, Backup and restore): made if missing; an existing
+    /// empty one, or with [`ImportMode::Replace`] any existing one, gets
+    /// the archive as its whole content. On any error nothing has changed.
+    pub fn import(
+        &self,
+        name: &str,
+        archive: impl Read,
+        mode: ImportMode,
+    ) -> Result<Imported, VolumeError> {
+        self.check_import(name, mode)?;
+        self.make_root()?;
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| VolumeError::Io { op, path, source }
+        };
+        let staging = Staging(
+            self.root
+                .join(format!("{STAGING_PREFIX}{}", &crate::names::new_id()[..16])),
+        );
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging.0)
+            .map_err(io("creating", &staging.0))?;
+        let data = staging.0.join("_data");
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&data)
+            .map_err(io("creating", &data))?;
+        let mut stats = mvm_unpack::Stats::default();
+        mvm_unpack::unpack(archive, &data, &mvm_unpack::Options::volume(), &mut stats).map_err(
+            |source| VolumeError::Import {
+                name: name.to_string(),
+                source,
+            },
+        )?;
+        let mut out = Imported {
+            created: false,
+            replaced: false,
+            stats,
+        };
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        let dir = self.dir(name);
+        // A new volume: the staging directory becomes it, unless one of
+        // that name appeared meanwhile.
+        match renameat_with(CWD, &staging.0, CWD, &dir, RenameFlags::NOREPLACE) {
+            Ok(()) => {
+                std::mem::forget(staging);
+                out.created = true;
+                return Ok(out);
+            }
+            Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {}
+            Err(e) => return Err(io("renaming into place", &dir)(e.into())),
+        }
+        self.create(name)?;
+        match self.is_empty(name)? {
+            Some(false) if mode == ImportMode::New => {
+                return Err(VolumeError::NotEmpty(name.to_string()))
+            }
+            Some(false) => out.replaced = true,
+            _ => {}
+        }
+        // One atomic swap: the volume holds either its old content or the
+        // whole archive, never a mix; the old content is then deleted with
+        // the staging directory.
+        let target = self.data(name);
+        renameat_with(CWD, &data, CWD, &target, RenameFlags::EXCHANGE)
+            .map_err(|e| io("swapping into place", &target)(e.into()))?;
+        Ok(out)
+    }
+
+    /// Deletes what interrupted imports left (a daemon killed half way);
+    /// call at start-up, before any import runs.
+    pub fn clean_staging(&self) {
+        let Ok(rd) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+                if let Err(err) = fs::remove_dir_all(e.path()) {
+                    tracing::warn!(path = %e.path().display(), "removing a staging directory: {err}");
+                }
+            }
+        }
+    }
+
+    /// `<root>`, private to its owner.
+    fn make_root(&self) -> Result<(), VolumeError> {
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| VolumeError::Io { op, path, source }
+        };
+        fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+            .map_err(io("setting the mode of", &self.root))
     }
 
     /// Delete volume `name` and its data (missing: nothing to do).
@@ -493,5 +716,275 @@ mod tests {
         assert!(json.contains(r#""type":"tmpfs""#), "{json}");
         let back: Vec<MountSpec> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, mounts);
+    }
+
+    /// A tar entry with a raw name (no checks: `..`, absolute names and
+    /// links pass as given), optional link target and declared size.
+    fn raw(
+        out: &mut Vec<u8>,
+        name: &[u8],
+        kind: tar::EntryType,
+        link: Option<&[u8]>,
+        size: u64,
+        data: &[u8],
+    ) {
+        let mut h = tar::Header::new_gnu();
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name);
+        if let Some(l) = link {
+            old.linkname[..l.len()].copy_from_slice(l);
+        }
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(size);
+        if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+        }
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        let pad = (512 - data.len() % 512) % 512;
+        out.extend(std::iter::repeat_n(0u8, pad));
+    }
+
+    fn end(out: &mut Vec<u8>) {
+        out.extend_from_slice(&[0u8; 1024]);
+    }
+
+    /// Every path below `dir` with its kind, size and content (symlinks
+    /// not followed): what "nothing changed" compares.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let md = fs::symlink_metadata(&p).unwrap();
+            let what = if md.is_dir() {
+                for e in fs::read_dir(&p).unwrap() {
+                    stack.push(e.unwrap().path());
+                }
+                format!("dir {:o}", md.mode())
+            } else if md.file_type().is_symlink() {
+                format!("link {:?}", fs::read_link(&p).unwrap())
+            } else {
+                format!(
+                    "file {:o} {:?}",
+                    md.mode(),
+                    fs::read(&p).unwrap_or_default()
+                )
+            };
+            out.push((p, what));
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn export_then_import_gives_the_same_tree_and_the_same_bytes() {
+        use std::os::unix::fs::{symlink, MetadataExt};
+        let root = tempfile::tempdir().unwrap();
+        let v = VolumeDirs::new(root.path().join("volumes"));
+        v.create("src").unwrap();
+        let d = v.data("src");
+        fs::create_dir_all(d.join("etc/app")).unwrap();
+        fs::write(d.join("etc/app/conf"), "key=value\n").unwrap();
+        fs::write(d.join("big"), vec![7u8; 300_000]).unwrap();
+        fs::write(d.join("empty"), "").unwrap();
+        symlink("etc/app/conf", d.join("conf-link")).unwrap();
+        symlink("/etc/shadow", d.join("abs-link")).unwrap();
+        fs::hard_link(d.join("big"), d.join("big-again")).unwrap();
+        fs::set_permissions(d.join("etc/app/conf"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::set_permissions(d.join("big"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::set_permissions(d.join("etc"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::lchown(d.join("etc/app/conf"), Some(1234), Some(5678)).unwrap();
+            std::os::unix::fs::lchown(d.join("conf-link"), Some(42), Some(43)).unwrap();
+        }
+        let mut first = Vec::new();
+        v.export("src", &mut first).unwrap();
+
+        let got = v.import("copy", &first[..], ImportMode::New).unwrap();
+        assert!(got.created && !got.replaced);
+        let c = v.data("copy");
+        assert_eq!(
+            fs::read_to_string(c.join("etc/app/conf")).unwrap(),
+            "key=value\n"
+        );
+        assert_eq!(
+            fs::read_link(c.join("abs-link")).unwrap(),
+            Path::new("/etc/shadow")
+        );
+        let md = |p: &Path| fs::symlink_metadata(p).unwrap();
+        assert_eq!(md(&c.join("big")).mode() & 0o7777, 0o4755);
+        assert_eq!(md(&c.join("etc")).mode() & 0o7777, 0o1777);
+        assert_eq!(md(&c).mode() & 0o7777, 0o750, "the root's mode comes back");
+        assert_eq!(md(&c.join("big")).ino(), md(&c.join("big-again")).ino());
+        assert_eq!(md(&c.join("big")).mtime(), md(&d.join("big")).mtime());
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(md(&c.join("etc/app/conf")).uid(), 1234);
+            assert_eq!(md(&c.join("conf-link")).gid(), 43);
+        }
+        let mut second = Vec::new();
+        v.export("copy", &mut second).unwrap();
+        assert!(first == second, "a re-export is byte-identical");
+        let leftovers: Vec<_> = fs::read_dir(&v.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers.len(),
+            2,
+            "no staging directory is left: {leftovers:?}"
+        );
+    }
+
+    #[test]
+    fn an_existing_volume_is_refused_unless_empty_or_replaced_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let v = VolumeDirs::new(root.path().join("volumes"));
+        let mut tar = Vec::new();
+        raw(&mut tar, b"new", tar::EntryType::Regular, None, 3, b"new");
+        end(&mut tar);
+
+        v.create("empty").unwrap();
+        let got = v.import("empty", &tar[..], ImportMode::New).unwrap();
+        assert!(!got.created && !got.replaced);
+        assert_eq!(fs::read(v.data("empty").join("new")).unwrap(), b"new");
+
+        v.create("full").unwrap();
+        fs::write(v.data("full").join("old"), "kept").unwrap();
+        let e = v.import("full", &tar[..], ImportMode::New).unwrap_err();
+        assert!(e.is_not_empty(), "{e}");
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!(fs::read(v.data("full").join("old")).unwrap(), b"kept");
+
+        // A failed replace leaves the old content as it was.
+        let mut bad = Vec::new();
+        raw(&mut bad, b"f", tar::EntryType::Regular, None, 3, b"new");
+        raw(
+            &mut bad,
+            b"../escape",
+            tar::EntryType::Regular,
+            None,
+            1,
+            b"x",
+        );
+        end(&mut bad);
+        assert!(v.import("full", &bad[..], ImportMode::Replace).is_err());
+        assert_eq!(snapshot(&v.data("full")).len(), 2);
+
+        let got = v.import("full", &tar[..], ImportMode::Replace).unwrap();
+        assert!(got.replaced);
+        assert!(!v.data("full").join("old").exists(), "replaced, not merged");
+        assert_eq!(fs::read(v.data("full").join("new")).unwrap(), b"new");
+        assert_eq!(
+            fs::read_dir(&v.root).unwrap().count(),
+            2,
+            "old content deleted"
+        );
+    }
+
+    #[test]
+    fn hostile_archives_never_write_outside_and_leave_no_volume() {
+        use tar::EntryType as T;
+        let base = tempfile::tempdir().unwrap();
+        // Something outside the volumes to attack, beside them.
+        let outside = base.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("victim"), "untouched").unwrap();
+        let v = VolumeDirs::new(base.path().join("volumes"));
+        let victim = outside.join("victim");
+        let victim = victim.to_str().unwrap().as_bytes();
+
+        type Case = (&'static str, Vec<u8>, &'static str);
+        let mut cases: Vec<Case> = Vec::new();
+        let mut t = Vec::new();
+        raw(
+            &mut t,
+            b"../../outside/victim",
+            T::Regular,
+            None,
+            4,
+            b"evil",
+        );
+        end(&mut t);
+        cases.push(("dotdot", t, ".."));
+        let mut t = Vec::new();
+        raw(&mut t, victim, T::Regular, None, 4, b"evil");
+        end(&mut t);
+        cases.push(("absolute", t, "absolute"));
+        let mut t = Vec::new();
+        raw(
+            &mut t,
+            b"link",
+            T::Symlink,
+            Some(outside.to_str().unwrap().as_bytes()),
+            0,
+            b"",
+        );
+        raw(&mut t, b"link/victim", T::Regular, None, 4, b"evil");
+        end(&mut t);
+        cases.push(("symlink then file", t, "symlink"));
+        let mut t = Vec::new();
+        raw(&mut t, b"hard", T::Link, Some(victim), 0, b"");
+        end(&mut t);
+        cases.push(("hard link out", t, "absolute"));
+        let mut t = Vec::new();
+        raw(&mut t, b"hard", T::Link, Some(b"../outside/victim"), 0, b"");
+        end(&mut t);
+        cases.push(("hard link up", t, ".."));
+        let mut t = Vec::new();
+        raw(&mut t, b"huge", T::Regular, None, 1 << 40, b"only this");
+        end(&mut t);
+        cases.push(("huge size", t, "over the limit"));
+        let mut t = Vec::new();
+        raw(&mut t, b"short", T::Regular, None, 4096, b"only this");
+        cases.push(("truncated", t, "truncated"));
+        cases.push(("not a tar", vec![b'x'; 1000], "tar"));
+
+        // Another volume beside the target must not change either.
+        v.create("keep").unwrap();
+        fs::write(v.data("keep").join("f"), "kept").unwrap();
+        let before = snapshot(base.path());
+        for (what, tar, why) in cases {
+            let e = v
+                .import("target", &tar[..], ImportMode::New)
+                .expect_err(what);
+            assert!(e.to_string().contains(why), "{what}: {e}");
+            assert!(
+                e.to_string().contains("target"),
+                "{what}: names the volume: {e}"
+            );
+            assert!(v.is_empty("target").unwrap().is_none(), "{what}: no volume");
+            assert_eq!(snapshot(base.path()), before, "{what}: something changed");
+        }
+
+        // Devices are left out, not made; the rest of the archive is kept.
+        let mut t = Vec::new();
+        raw(&mut t, b"null", T::Char, None, 0, b"");
+        raw(&mut t, b"disk", T::Block, None, 0, b"");
+        raw(&mut t, b"f", T::Regular, None, 2, b"ok");
+        end(&mut t);
+        let got = v.import("dev", &t[..], ImportMode::New).unwrap();
+        assert_eq!(got.stats.skipped_devices, 2);
+        assert!(!v.data("dev").join("null").exists());
+        assert_eq!(fs::read(v.data("dev").join("f")).unwrap(), b"ok");
+        assert_eq!(fs::read(outside.join("victim")).unwrap(), b"untouched");
+    }
+
+    #[test]
+    fn leftovers_of_an_interrupted_import_are_cleaned() {
+        let root = tempfile::tempdir().unwrap();
+        let v = VolumeDirs::new(root.path().join("volumes"));
+        v.create("keep").unwrap();
+        fs::create_dir_all(v.root.join(".import-0123/_data/x")).unwrap();
+        v.clean_staging();
+        let names: Vec<_> = fs::read_dir(&v.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["keep"]);
     }
 }

@@ -474,4 +474,203 @@ mod volumes {
             .iter()
             .any(|v| v == "d4" || v == "d5" || v == "data2"));
     }
+
+    /// `tar -tv` of an archive: what a user would check a backup with.
+    fn tar_listing(path: &Path) -> String {
+        sh(&format!("tar --numeric-owner -tvf '{}'", path.display()))
+    }
+
+    #[test]
+    fn export_then_import_round_trips_byte_identical() {
+        let a = unique("exp");
+        let b = unique("imp");
+        // A guest writes the content: odd modes, owners, a symlink out of
+        // the volume, a relative one, a hard link, an old mtime.
+        let script = "set -e; cd /d; mkdir -p sub/deep; echo hello > sub/f; \
+            head -c 200000 /dev/urandom > sub/bin; chmod 640 sub/f; chmod 1777 sub; \
+            chmod 700 sub/deep; chown 1234:4321 sub/f; ln -s sub/f link; \
+            ln -s /etc/passwd abs; ln sub/bin hard; touch -d '2020-01-02 03:04:05' sub/f; \
+            chmod 2750 sub/deep";
+        run_sh(&["-v", &format!("{a}:/d")], script).ok();
+        let dir = suite().dir.path().join(unique("backup"));
+        fs::create_dir_all(&dir).unwrap();
+        let first = dir.join("a.tar");
+        mvctl(&["volume", "export", &a, "-o", first.to_str().unwrap()]).ok();
+        let list = tar_listing(&first);
+        assert!(list.contains("link -> sub/f"), "{list}");
+        assert!(
+            list.contains("abs -> /etc/passwd"),
+            "stored, not followed: {list}"
+        );
+        // Names are archived sorted: `hard` comes first, `sub/bin` links it.
+        assert!(list.contains("sub/bin link to hard"), "{list}");
+        assert!(list.contains("-rw-r----- 1234/4321"), "{list}");
+
+        let out = mvctl(&["volume", "import", &b, first.to_str().unwrap()]).ok();
+        assert_eq!(out.stdout.trim(), b);
+        // A second sandbox sees the same content through the new volume.
+        let look = "cd /d; cat sub/f; readlink link; readlink abs; stat -c '%n %a %u:%g %Y %h' sub sub/f sub/deep hard; md5sum sub/bin hard";
+        let want = run_sh(&["-v", &format!("{a}:/d")], look).ok().stdout;
+        let got = run_sh(&["-v", &format!("{b}:/d")], look).ok().stdout;
+        assert_eq!(got, want);
+        assert!(got.starts_with("hello\nsub/f\n/etc/passwd\n"), "{got}");
+        let second = dir.join("b.tar");
+        mvctl(&["volume", "export", &b, "-o", second.to_str().unwrap()]).ok();
+        assert!(
+            fs::read(&first).unwrap() == fs::read(&second).unwrap(),
+            "the two exports differ:\n{list}\n---\n{}",
+            tar_listing(&second)
+        );
+
+        // An import never overwrites by accident; --force replaces whole.
+        mvctl(&["volume", "import", &a, second.to_str().unwrap()]).refused("not empty");
+        run_sh(&["-v", &format!("{a}:/d")], "echo extra > /d/extra").ok();
+        mvctl(&["volume", "import", "--force", &a, second.to_str().unwrap()]).ok();
+        let out = run_sh(&["-v", &format!("{a}:/d")], "ls /d").ok();
+        assert!(
+            !out.stdout.contains("extra"),
+            "replaced, not merged: {out:?}"
+        );
+
+        // A hostile archive is refused, naming the entry; no volume is left.
+        let evil = dir.join("evil.tar");
+        let mut t = Vec::new();
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.extend_from_slice(h.as_bytes());
+        t.extend_from_slice(&[b'x'; 512]);
+        t.extend_from_slice(&[0u8; 1024]);
+        fs::write(&evil, t).unwrap();
+        let c = unique("evil");
+        mvctl(&["volume", "import", &c, evil.to_str().unwrap()]).refused("../escape");
+        assert!(!volume_names().contains(&c));
+
+        // A volume in use may be exported (no snapshot, as documented).
+        let user = unique("busy");
+        mvctl(&[
+            "run",
+            "-d",
+            "--name",
+            &user,
+            "-v",
+            &format!("{a}:/d"),
+            BUSYBOX,
+            "sleep",
+            "600",
+        ])
+        .ok();
+        let third = dir.join("c.tar");
+        mvctl(&["volume", "export", &a, "-o", third.to_str().unwrap()]).ok();
+        assert!(fs::read(&third).unwrap() == fs::read(&second).unwrap());
+        mvctl(&["volume", "import", "--force", &a, third.to_str().unwrap()]).refused(&user);
+        mvctl(&["rm", "-f", &user]).ok();
+        for v in [&a, &b] {
+            mvctl(&["volume", "rm", v]).ok();
+        }
+    }
+
+    #[test]
+    fn volumes_from_mounts_the_same_volumes_and_binds() {
+        let vol = unique("from");
+        let host = suite().dir.path().join(unique("fromhost"));
+        fs::create_dir_all(&host).unwrap();
+        fs::write(host.join("hello"), "from-host").unwrap();
+        let src = unique("src");
+        mvctl(&[
+            "create",
+            "--name",
+            &src,
+            "-v",
+            &format!("{vol}:/data"),
+            "-v",
+            &format!("{}:/src:ro", host.display()),
+            "--tmpfs",
+            "/scratch",
+            BUSYBOX,
+            "true",
+        ])
+        .ok();
+        let out = run_sh(
+            &["--volumes-from", &src],
+            "cat /src/hello; echo; echo w > /data/x; touch /src/nope 2>/dev/null || echo src-ro; \
+             grep -c ' /scratch ' /proc/mounts || true",
+        )
+        .ok();
+        assert_eq!(out.stdout, "from-host\nsrc-ro\n0\n", "{out:?}");
+
+        // :ro makes every mount read-only; :rw only changes what it can.
+        let ro = format!("{src}:ro");
+        let out = run_sh(
+            &["--volumes-from", &ro],
+            "cat /data/x; touch /data/y 2>/dev/null || echo data-ro",
+        )
+        .ok();
+        assert_eq!(out.stdout, "w\ndata-ro\n", "{out:?}");
+
+        // A mount of the request wins on the same path.
+        let other = unique("other");
+        let out = run_sh(
+            &["--volumes-from", &src, "-v", &format!("{other}:/data")],
+            "ls /data | wc -l",
+        )
+        .ok();
+        assert_eq!(out.stdout.trim(), "0", "{out:?}");
+
+        // Inspect shows the inherited mounts as the sandbox's own.
+        let user = unique("inherits");
+        mvctl(&[
+            "create",
+            "--name",
+            &user,
+            "--volumes-from",
+            &ro,
+            BUSYBOX,
+            "true",
+        ])
+        .ok();
+        let v: serde_json::Value =
+            serde_json::from_str(&mvctl(&["inspect", &user]).ok().stdout).unwrap();
+        let mut dests: Vec<(String, bool)> = v[0]["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["destination"].as_str().unwrap().to_string(),
+                    m["rw"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        dests.sort();
+        assert_eq!(
+            dests,
+            [("/data".to_string(), false), ("/src".to_string(), false)]
+        );
+        mvctl(&["volume", "rm", &vol]).refused(&user);
+
+        // Errors: an unknown sandbox; two sources on one path.
+        run_sh(&["--volumes-from", "no-such-sandbox-x"], "true").refused("no such sandbox");
+        let src2 = unique("src2");
+        mvctl(&[
+            "create",
+            "--name",
+            &src2,
+            "-v",
+            &format!("{other}:/data"),
+            BUSYBOX,
+            "true",
+        ])
+        .ok();
+        run_sh(&["--volumes-from", &src, "--volumes-from", &src2], "true")
+            .refused("both mount /data");
+        for s in [&src, &src2, &user] {
+            mvctl(&["rm", s]).ok();
+        }
+        for v in [&vol, &other] {
+            mvctl(&["volume", "rm", v]).ok();
+        }
+    }
 }

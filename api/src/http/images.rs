@@ -130,7 +130,7 @@ pub async fn prune(State(d): D, q: Query) -> ApiResult<Response> {
 }
 
 /// A blocking reader over a request body.
-fn body_reader(
+pub(super) fn body_reader(
     body: Body,
 ) -> SyncIoBridge<StreamReader<impl futures_util::Stream<Item = io::Result<Bytes>> + Unpin, Bytes>>
 {
@@ -138,9 +138,21 @@ fn body_reader(
     SyncIoBridge::new(StreamReader::new(stream))
 }
 
+/// Read and discard what a client sent after the archive ended (tar
+/// writers pad to their record size, 10 KiB for GNU tar), up to
+/// [`TRAILING_MAX`]: the response must not end while the client is still
+/// writing, or hyper closes the connection under it and the client loses
+/// the answer ("connection error" while reading it).
+pub(super) fn drain_rest<R: io::Read>(reader: &mut R) {
+    let _ = io::copy(&mut io::Read::take(reader, TRAILING_MAX), &mut io::sink());
+}
+
+/// The most a request may carry after its archive's end.
+const TRAILING_MAX: u64 = 1 << 20;
+
 /// Run `job` on the blocking pool and answer with an NDJSON progress
 /// stream: a status line, then `result` or `error`.
-fn progress_response<F>(status: String, job: F) -> Response
+pub(super) fn progress_response<F>(status: String, job: F) -> Response
 where
     F: FnOnce() -> Result<serde_json::Value, Error> + Send + 'static,
 {
@@ -191,7 +203,7 @@ fn optional_reference(q: &Query, name: &str) -> ApiResult<Option<Reference>> {
 pub async fn load(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
     let tag_as = optional_reference(&q, "tag")?;
     let store = d.manager.runtime().store().clone();
-    let reader = body_reader(body);
+    let mut reader = body_reader(body);
     Ok(progress_response(
         "loading the image archive".into(),
         move || {
@@ -199,7 +211,8 @@ pub async fn load(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
                 tag_as,
                 ..LoadOptions::default()
             };
-            let loaded = store.load(reader, &opts).map_err(archive_err)?;
+            let loaded = store.load(&mut reader, &opts).map_err(archive_err)?;
+            drain_rest(&mut reader);
             Ok(serde_json::to_value(&loaded).unwrap_or_default())
         },
     ))
@@ -208,20 +221,21 @@ pub async fn load(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
 pub async fn import(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
     let reference = optional_reference(&q, "ref")?;
     let store = d.manager.runtime().store().clone();
-    let reader = body_reader(body);
+    let mut reader = body_reader(body);
     Ok(progress_response(
         "importing the root filesystem".into(),
         move || {
             let loaded = store
-                .import(reader, reference.as_ref(), &ImportOptions::default())
+                .import(&mut reader, reference.as_ref(), &ImportOptions::default())
                 .map_err(archive_err)?;
+            drain_rest(&mut reader);
             Ok(serde_json::to_value(&loaded).unwrap_or_default())
         },
     ))
 }
 
 /// A `Write` that sends chunks into an HTTP body channel.
-struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>);
+pub(super) struct ChannelWriter(pub(super) tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>);
 
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -258,6 +258,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
             "/v1/volumes/{name}",
             get(volumes::inspect).delete(volumes::remove),
         )
+        .route("/v1/volumes/{name}/export", get(volumes::export))
+        .route("/v1/volumes/{name}/import", post(volumes::import))
         .route("/v1/build", post(build::build))
         .route("/v1/auth/login", post(images::login))
         .fallback(|req: Request| async move {

@@ -69,6 +69,14 @@ pub struct CreateRequest {
     /// Bind mounts, volumes and tmpfs (`-v`, `--mount`, `--tmpfs`).
     #[serde(default)]
     pub mounts: Vec<crate::volume::MountRequest>,
+    /// `SANDBOX[:ro|:rw]` (`--volumes-from`, Docker's
+    /// `HostConfig.VolumesFrom`): every volume and bind mount of that
+    /// sandbox (not its tmpfs) at the same path; read-only with `:ro`,
+    /// read-write with `:rw`, else as that sandbox has it. A mount of
+    /// `mounts` on the same path wins; two sources mounting different
+    /// things on one path are refused.
+    #[serde(default)]
+    pub volumes_from: Vec<String>,
     /// A read-only root filesystem (`--read-only`): writes succeed only
     /// on mounts and tmpfs.
     #[serde(default)]

@@ -1,7 +1,10 @@
 //! Volumes and the mounts of a sandbox, in the shapes of Docker's Engine
 //! API (lower snake case): `POST /v1/volumes`, `GET /v1/volumes`,
 //! `GET/DELETE /v1/volumes/{name}`, `POST /v1/volumes/prune`, the
-//! `mounts` of a create request and the `mounts` of an inspect.
+//! `mounts` of a create request and the `mounts` of an inspect; and
+//! mvm's backup and restore, `GET /v1/volumes/{name}/export` (a tar
+//! stream) and `POST /v1/volumes/{name}/import` (answered with
+//! [`VolumeImportResponse`] as the result of a progress stream).
 
 use std::collections::BTreeMap;
 
@@ -79,6 +82,51 @@ pub struct VolumePruneResponse {
     pub space_reclaimed: u64,
 }
 
+/// The result of `POST /v1/volumes/{name}/import` (the `result` line of
+/// its progress stream).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeImportResponse {
+    /// The volume.
+    pub name: String,
+    /// The volume did not exist and was made.
+    pub created: bool,
+    /// An existing volume's content was replaced (`force=true`).
+    pub replaced: bool,
+    /// Tar entries read.
+    pub entries: u64,
+    /// File bytes written.
+    pub bytes: u64,
+    /// Device nodes left out (never made in a volume).
+    #[serde(default)]
+    pub skipped_devices: u64,
+    /// Extended attributes left out (only `user.*` ones are restored).
+    #[serde(default)]
+    pub xattrs_dropped: u64,
+}
+
+/// One `--volumes-from` value, `SANDBOX[:ro|:rw]`: the sandbox and the
+/// forced mode (`Some(true)` read-only, `Some(false)` read-write, `None`
+/// as the source has it). Shared by mvctl (to refuse a bad flag before
+/// any request) and mvmd (which gets it from any client).
+pub fn parse_volumes_from(v: &str) -> Result<(&str, Option<bool>), String> {
+    let (key, mode) = match v.rsplit_once(':') {
+        Some((k, "ro")) => (k, Some(true)),
+        Some((k, "rw")) => (k, Some(false)),
+        Some((_, m)) => {
+            return Err(format!(
+                "--volumes-from {v:?}: unknown mode {m:?}; use SANDBOX, SANDBOX:ro or SANDBOX:rw"
+            ))
+        }
+        None => (v, None),
+    };
+    if key.is_empty() {
+        return Err(format!(
+            "--volumes-from {v:?}: no sandbox given; use SANDBOX[:ro|:rw]"
+        ));
+    }
+    Ok((key, mode))
+}
+
 /// The kind of a mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -142,4 +190,20 @@ pub struct MountPoint {
     pub mode: String,
     /// Writable.
     pub rw: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_from_values_parse_like_dockers() {
+        assert_eq!(parse_volumes_from("web").unwrap(), ("web", None));
+        assert_eq!(parse_volumes_from("web:ro").unwrap(), ("web", Some(true)));
+        assert_eq!(parse_volumes_from("web:rw").unwrap(), ("web", Some(false)));
+        for bad in ["web:rx", ":ro", "", "web:"] {
+            let e = parse_volumes_from(bad).unwrap_err();
+            assert!(e.contains("--volumes-from"), "{bad}: {e}");
+        }
+    }
 }

@@ -29,13 +29,19 @@
 //!   stored without being unpacked on the host. [`sanitize_into_layer`]
 //!   writes those clean entries into a layer the caller is writing,
 //!   beneath one of its directories (`ADD` of a local archive).
+//! - [`pack`] is the way back out: it archives a host directory that
+//!   may be changing under a hostile writer (a volume a running guest
+//!   uses), resolving every entry with the same `openat2` flags, storing
+//!   symlinks as symlinks and describing each file by the descriptor it
+//!   reads (`mvctl volume export`).
 //! - [`EntryPath`] / [`normalize`] is the name validation both use:
 //!   normalised, and refused if absolute, with `..`, a NUL byte, or over
 //!   the length limit.
 //!
 //! # Policies
 //!
-//! See [`Options`]: its presets [`Options::layer`] (OCI layers) and
+//! See [`Options`]: its presets [`Options::layer`] (OCI layers),
+//! [`Options::volume`] (a volume backup restored into a new directory) and
 //! [`Options::copy`] (everything else, the default). In short: limits on
 //! file size, total size, entry count, name length and header metadata;
 //! whiteouts only for layers; device nodes skipped (layers may opt into
@@ -56,6 +62,7 @@ mod entry;
 mod error;
 mod fsops;
 mod options;
+mod pack;
 mod path;
 mod sanitize;
 mod unpack;
@@ -67,6 +74,7 @@ use std::path::Path;
 
 pub use error::Error;
 pub use options::{DevicePolicy, Existing, Limits, Options, Stats, XattrPolicy};
+pub use pack::{pack, PackError, PackStats};
 pub use path::{normalize, EntryPath, PathError};
 pub use sanitize::{sanitize, sanitize_into_layer, Placement};
 

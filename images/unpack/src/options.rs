@@ -1,10 +1,11 @@
 //! What an unpack or a re-serialisation may do: limits and policies.
 //!
-//! Two presets cover mvm's callers: [`Options::layer`] for OCI image
+//! Three presets cover mvm's callers: [`Options::layer`] for OCI image
 //! layers (whiteouts, setuid kept, owners kept when root, later entries
-//! replace what is there) and [`Options::copy`] for everything else that
-//! arrives as a plain tar (`mvctl cp` out of a sandbox, build contexts,
-//! volume imports): no whiteouts, no device nodes, setuid/setgid and
+//! replace what is there), [`Options::volume`] for a volume backup
+//! restored into a new, private directory, and [`Options::copy`] for
+//! everything else that arrives as a plain tar (`mvctl cp` out of a
+//! sandbox, build contexts): no whiteouts, no device nodes, setuid/setgid and
 //! file capabilities dropped, the caller owns the files, and the
 //! destination's existing content is merged with, never replaced by a
 //! different kind of file. The default is the strict one.
@@ -150,6 +151,31 @@ impl Options {
             preserve_ownership: false,
             xattrs: XattrPolicy::User,
             existing: Existing::Merge,
+            rename_top: None,
+        }
+    }
+}
+
+impl Options {
+    /// A volume backup (`mvctl volume import`) restored into a new, empty
+    /// directory that only the caller can reach (a volume's `_data` under
+    /// a 0700 parent): what [`crate::pack`] wrote comes back as it was.
+    /// Owners kept when running as root, setuid/setgid kept (a volume is
+    /// the guests' data, and its parent keeps host users from running
+    /// them), the root directory and every directory take the archive's
+    /// metadata ([`Existing::Replace`]: the directory starts empty, so
+    /// nothing of anyone else's is replaced and hard links can only name
+    /// this archive's files), no whiteouts, device nodes skipped, `user.*`
+    /// xattrs only. Every path rule and limit of the unpacker applies.
+    pub fn volume() -> Options {
+        Options {
+            limits: Limits::default(),
+            whiteouts: false,
+            devices: DevicePolicy::Skip,
+            keep_setid: true,
+            preserve_ownership: rustix::process::geteuid().is_root(),
+            xattrs: XattrPolicy::User,
+            existing: Existing::Replace,
             rename_top: None,
         }
     }

@@ -234,6 +234,38 @@ impl Client {
         self.call::<()>(Method::DELETE, &q.build(), None).await
     }
 
+    /// `GET /v1/volumes/{name}/export`: the tar stream as a body.
+    pub async fn volume_export(&self, name: &str) -> Result<Incoming> {
+        let path = format!("/v1/volumes/{}/export", encode_segment(name));
+        Ok(self
+            .send(Method::GET, &path, Body::empty(), None)
+            .await?
+            .into_body())
+    }
+
+    /// `POST /v1/volumes/{name}/import?check=true&force=`: whether mvmd
+    /// would accept the import, asked before the body is sent (a refusal
+    /// that arrives while a large body is still being written can be lost
+    /// to a broken pipe).
+    pub async fn volume_import_check(&self, name: &str, force: bool) -> Result<()> {
+        let q = Query::new(format!("/v1/volumes/{}/import", encode_segment(name)))
+            .flag("check", true)
+            .flag("force", force);
+        self.send(Method::POST, &q.build(), Body::empty(), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /v1/volumes/{name}/import?force=` with a tar body.
+    pub async fn volume_import(&self, name: &str, force: bool, tarball: Body) -> Result<Answer> {
+        let q =
+            Query::new(format!("/v1/volumes/{}/import", encode_segment(name))).flag("force", force);
+        let resp = self
+            .send(Method::POST, &q.build(), tarball, Some("application/x-tar"))
+            .await?;
+        self.answer(resp, "POST /v1/volumes/{name}/import").await
+    }
+
     /// `POST /v1/volumes/prune?all=&filter=`.
     pub async fn volume_prune(
         &self,

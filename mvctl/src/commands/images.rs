@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use http_body_util::BodyExt;
+use indicatif::ProgressBar;
 use mvm_api::images::{
     ImageSummary, LoginRequest, Platform, PullResult, PushResult, TagRequest, TransferRequest,
 };
@@ -267,6 +268,21 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> CmdResult {
 
 /// A request body from a file, or stdin for `None`/`-`.
 async fn input_body(path: Option<&Path>, what: &str) -> Result<Body, CmdError> {
+    Ok(Body::reader(input_reader(path, what).await?.0))
+}
+
+/// A tarball to send: a file (and its size), or stdin for `None`/`-`
+/// (refused when it is a terminal).
+pub(crate) async fn input_reader(
+    path: Option<&Path>,
+    what: &str,
+) -> Result<
+    (
+        std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+        Option<u64>,
+    ),
+    CmdError,
+> {
     match path {
         Some(p) if p != Path::new("-") => {
             let f = tokio::fs::File::open(p)
@@ -275,15 +291,16 @@ async fn input_body(path: Option<&Path>, what: &str) -> Result<Body, CmdError> {
                     what: format!("cannot open {}", p.display()),
                     source,
                 })?;
-            Ok(Body::reader(f))
+            let size = f.metadata().await.ok().map(|m| m.len());
+            Ok((Box::pin(f), size))
         }
         _ => {
             if std::io::stdin().is_terminal() {
                 return Err(CmdError::Invalid(format!(
-                    "{what} reads the tarball from stdin, but stdin is a terminal: redirect a file or pass it (-i FILE)"
+                    "{what} reads the tarball from stdin, but stdin is a terminal: redirect a file or name one on the command line"
                 )));
             }
-            Ok(Body::reader(tokio::io::stdin()))
+            Ok((Box::pin(tokio::io::stdin()), None))
         }
     }
 }
@@ -354,13 +371,15 @@ pub async fn save(ctx: &Ctx, a: SaveArgs) -> CmdResult {
     };
     let client = ctx.client().await?;
     let body = client.save(&a.references, format).await?;
+    let none = ProgressBar::hidden();
     match &a.output {
-        Some(path) => save_to_file(body, path, &client.host().to_string()).await,
+        Some(path) => save_to_file(body, path, &client.host().to_string(), &none).await,
         None => copy_body(
             body,
             tokio::io::stdout(),
             "stdout",
             &client.host().to_string(),
+            &none,
         )
         .await
         .map(|_| 0),
@@ -368,8 +387,14 @@ pub async fn save(ctx: &Ctx, a: SaveArgs) -> CmdResult {
 }
 
 /// Write to a temporary file next to `path` and rename it into place, so
-/// a failed save never leaves a truncated tarball under the final name.
-async fn save_to_file(body: hyper::body::Incoming, path: &Path, host: &str) -> CmdResult {
+/// a failed save never leaves a truncated tarball under the final name;
+/// `progress` counts the bytes.
+pub(crate) async fn save_to_file(
+    body: hyper::body::Incoming,
+    path: &Path,
+    host: &str,
+    progress: &ProgressBar,
+) -> CmdResult {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -385,7 +410,7 @@ async fn save_to_file(body: hyper::body::Incoming, path: &Path, host: &str) -> C
             what: format!("cannot create {}", tmp.display()),
             source,
         })?;
-    let result = copy_body(body, file, &tmp.display().to_string(), host).await;
+    let result = copy_body(body, file, &tmp.display().to_string(), host, progress).await;
     match result {
         Ok(f) => {
             f.sync_all().await.map_err(|source| CmdError::Io {
@@ -407,11 +432,13 @@ async fn save_to_file(body: hyper::body::Incoming, path: &Path, host: &str) -> C
     }
 }
 
-async fn copy_body<W: tokio::io::AsyncWrite + Unpin>(
+/// Copies a response body to `w`, counting the bytes on `progress`.
+pub(crate) async fn copy_body<W: tokio::io::AsyncWrite + Unpin>(
     mut body: hyper::body::Incoming,
     mut w: W,
     what: &str,
     host: &str,
+    progress: &ProgressBar,
 ) -> Result<W, CmdError> {
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|source| ClientError::Http {
@@ -423,6 +450,7 @@ async fn copy_body<W: tokio::io::AsyncWrite + Unpin>(
                 what: format!("write {what}"),
                 source,
             })?;
+            progress.inc(data.len() as u64);
         }
     }
     w.flush().await.map_err(|source| CmdError::Io {

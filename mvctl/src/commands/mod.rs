@@ -206,6 +206,8 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
             VolumeCommand::Inspect { names } => volume::inspect(ctx, names).await,
             VolumeCommand::Rm(a) => volume::rm(ctx, a).await,
             VolumeCommand::Prune(a) => volume::prune(ctx, a).await,
+            VolumeCommand::Export(a) => volume::export(ctx, a).await,
+            VolumeCommand::Import(a) => volume::import(ctx, a).await,
         },
         Command::Exec(a) => exec::exec(ctx, a).await,
         Command::Attach(a) => attach::attach(ctx, a).await,

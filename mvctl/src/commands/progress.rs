@@ -28,10 +28,7 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
         ProgressDrawTarget::stderr()
     };
     let multi = MultiProgress::with_draw_target(target);
-    let style = ProgressStyle::with_template(
-        "{prefix:.bold} {wide_bar} {binary_bytes}/{binary_total_bytes} {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = bytes_style();
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
     // Without a terminal: one line per item and state, not per update.
     let mut states: HashMap<String, String> = HashMap::new();
@@ -111,6 +108,35 @@ pub async fn show(answer: Answer, quiet: bool) -> Result<Value, CmdError> {
                 .into(),
         )
     })
+}
+
+/// The bar of a byte transfer of known size (a pulled layer, a volume
+/// export or import).
+fn bytes_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{prefix:.bold} {wide_bar} {binary_bytes}/{binary_total_bytes} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// One bar on stderr for bytes mvctl streams itself (`volume export`,
+/// `volume import`), drawn like pull's layer bars; with no known size,
+/// the bytes so far and the rate. Hidden with `quiet` or when stderr is
+/// not a terminal, so scripts and pipes see no escape codes.
+pub fn transfer_bar(label: &str, total: Option<u64>, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+    bar.set_style(match total {
+        Some(_) => bytes_style(),
+        None => ProgressStyle::with_template(
+            "{prefix:.bold} {spinner} {binary_bytes} ({binary_bytes_per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    });
+    bar.set_prefix(label.to_string());
+    bar
 }
 
 /// Lines of a running step's output kept on screen (BuildKit shows six).

@@ -93,6 +93,7 @@ pub fn create_request(
             .chain(&a.tmpfs)
             .cloned()
             .collect(),
+        volumes_from: a.volumes_from.clone(),
         read_only_rootfs: a.read_only,
         network: a.network.clone(),
         network_aliases: a.network_alias.clone(),
