@@ -158,7 +158,7 @@ MVM_INIT=${MVM_INIT:-$root/target/x86_64-unknown-linux-gnu/release/mvm-init}
 BUSYBOX_TAR=$(resources/images/busybox.sh) || { echo "storm: resources/images/busybox.sh failed" >&2 && exit 1; }
 RUN_TIMEOUT=${RUN_TIMEOUT:-200}
 export MVM_KERNEL MVM_INIT BUSYBOX_TAR RUN_TIMEOUT
-for f in "$MVM_KERNEL" "$MVM_INIT" "$root/target/debug/mvmd" "$root/target/debug/mvctl" "$root/target/debug/mvm-vmm"; do
+for f in "$MVM_KERNEL" "$MVM_INIT" "$root/target/debug/mvmd" "$root/target/debug/mvctl" "$root/target/debug/mvm-vmm" "$root/target/debug/mvm-jailer"; do
     [ -f "$f" ] || { echo "storm: $f is missing; run 'make build kernel' first" >&2 && exit 1; }
 done
 outdir=${outdir:-$root/target/storm/$(date +%Y%m%d-%H%M%S)}
@@ -167,7 +167,8 @@ mkdir -p "$outdir/bin"
 # change (or half-write) the binaries under test; a run that adds to an
 # earlier --out keeps that one's.
 if [ ! -f "$outdir/bin/vmlinux" ]; then
-    for b in mvmd mvctl mvm-vmm; do
+    # mvmd finds mvm-jailer next to itself (every VMM runs jailed).
+    for b in mvmd mvctl mvm-vmm mvm-jailer; do
         cp "$root/target/debug/$b" "$outdir/bin/$b" || exit 1
     done
     cp "$MVM_INIT" "$outdir/bin/mvm-init" && cp "$MVM_KERNEL" "$outdir/bin/vmlinux.tmp" &&
