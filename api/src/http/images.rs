@@ -138,7 +138,8 @@ pub(super) fn body_reader(
     SyncIoBridge::new(StreamReader::new(stream))
 }
 
-/// Read and discard what a client sent after the archive ended (tar
+/// Read and discard what a client sent after the archive ended, or after
+/// it was refused part way (tar
 /// writers pad to their record size, 10 KiB for GNU tar), up to
 /// [`TRAILING_MAX`]: the response must not end while the client is still
 /// writing, or hyper closes the connection under it and the client loses
@@ -211,8 +212,9 @@ pub async fn load(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
                 tag_as,
                 ..LoadOptions::default()
             };
-            let loaded = store.load(&mut reader, &opts).map_err(archive_err)?;
+            let loaded = store.load(&mut reader, &opts);
             drain_rest(&mut reader);
+            let loaded = loaded.map_err(archive_err)?;
             Ok(serde_json::to_value(&loaded).unwrap_or_default())
         },
     ))
@@ -225,10 +227,9 @@ pub async fn import(State(d): D, q: Query, body: Body) -> ApiResult<Response> {
     Ok(progress_response(
         "importing the root filesystem".into(),
         move || {
-            let loaded = store
-                .import(&mut reader, reference.as_ref(), &ImportOptions::default())
-                .map_err(archive_err)?;
+            let loaded = store.import(&mut reader, reference.as_ref(), &ImportOptions::default());
             drain_rest(&mut reader);
+            let loaded = loaded.map_err(archive_err)?;
             Ok(serde_json::to_value(&loaded).unwrap_or_default())
         },
     ))

@@ -117,8 +117,9 @@ pub async fn import(
     Ok(progress_response(
         format!("importing into volume {name}"),
         move || {
-            let got = dirs.import(&name, &mut reader, mode).map_err(vol_err)?;
+            let got = dirs.import(&name, &mut reader, mode);
             drain_rest(&mut reader);
+            let got = got.map_err(vol_err)?;
             rt.block_on(manager.volume_import_done(&name))?;
             tracing::info!(volume = %name, entries = got.stats.entries, bytes = got.stats.bytes, "volume imported");
             let r = VolumeImportResponse {
