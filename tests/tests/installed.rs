@@ -397,6 +397,81 @@ fn the_installed_product_runs_builds_pulls_and_pushes() {
     let e = p.fails(&["pull", "--insecure", &secured]);
     assert!(e.contains("login"), "{e}");
 
+    // Volumes as a user keeps data: written by one sandbox, read by the
+    // next and through --volumes-from, exported to a file on this host (in
+    // machine mode the archive crosses from the machine), imported into a
+    // new volume, and not overwritten without -f.
+    p.ok(&["volume", "create", "inst-data"]);
+    p.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "inst-data:/data",
+        "inst/busybox:1",
+        "sh",
+        "-c",
+        "echo kept > /data/f && mkdir /data/d && echo deep > /data/d/g",
+    ]);
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "inst-holder",
+        "-v",
+        "inst-data:/data",
+        "inst/busybox:1",
+        "sleep",
+        "600",
+    ]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "--volumes-from",
+        "inst-holder:ro",
+        "inst/busybox:1",
+        "sh",
+        "-c",
+        "cat /data/f; touch /data/x 2>&1 || echo refused",
+    ]);
+    assert!(
+        out.contains("kept") && out.contains("refused"),
+        "--volumes-from NAME:ro shares the volume read-only: {out}"
+    );
+    p.ok(&["rm", "-f", "inst-holder"]);
+    let exported = p.work.path().join("inst-data.tar");
+    p.ok(&[
+        "volume",
+        "export",
+        "inst-data",
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.lines().any(|l| l.trim_start_matches("./") == "d/g"),
+        "the export is a tar that tar(1) reads: {listing}"
+    );
+    p.ok(&["volume", "import", "inst-copy", exported.to_str().unwrap()]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "inst-copy:/c",
+        "inst/busybox:1",
+        "cat",
+        "/c/f",
+        "/c/d/g",
+    ]);
+    assert!(out.contains("kept") && out.contains("deep"), "{out}");
+    let e = p.fails(&["volume", "import", "inst-copy", exported.to_str().unwrap()]);
+    assert!(e.contains("not empty") && e.contains("force"), "{e}");
+    p.ok(&["volume", "rm", "inst-data", "inst-copy"]);
+
     // Bad input: clear errors, and the store as it was.
     let before = p.images();
     let closed = registry_support::free_port();

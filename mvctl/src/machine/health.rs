@@ -45,6 +45,13 @@ pub enum Stall {
         /// Seconds stuck.
         secs: u64,
     },
+    /// L1 stopped making progress while booting, before the job started:
+    /// neither its console nor its boot steps (`timings`) moved for this
+    /// long (seen once: L1 silent after its root was ready, 2026-12-07).
+    BootStalled {
+        /// Seconds without progress.
+        secs: u64,
+    },
     /// QEMU ended by itself (L1's kernel died, or QEMU crashed).
     Died,
 }
@@ -58,6 +65,10 @@ impl std::fmt::Display for Stall {
             Stall::SoftLockup { secs } => write!(
                 f,
                 "L1 stalled: one of its vCPUs has been stuck for {secs} s (soft lockup on its console)"
+            ),
+            Stall::BootStalled { secs } => write!(
+                f,
+                "L1 stalled while booting: no console output and no boot step for {secs} s"
             ),
             Stall::Died => write!(f, "L1 died: QEMU ended on its own"),
         }
@@ -88,6 +99,32 @@ pub fn check(files: &BootFiles, limit: Duration, now: SystemTime) -> Option<Stal
     }
     let stuck = stuck_seconds(&tail(&files.console_log(), 64 * 1024));
     (stuck >= STUCK_LIMIT_SECS).then_some(Stall::SoftLockup { secs: stuck })
+}
+
+/// A stall of the L1 booting into `files`, before its job started, judged
+/// at `now`: its console log and its boot steps (`timings`, written by
+/// the testhost init at each step) both older than `limit`, counted from
+/// `since` at the earliest (when the caller began to wait). A healthy
+/// boot writes one or the other every few seconds, and reaches the job
+/// within about a minute on a loaded 2-core host.
+pub fn boot_check(
+    files: &BootFiles,
+    limit: Duration,
+    since: SystemTime,
+    now: SystemTime,
+) -> Option<Stall> {
+    if files.job_started().exists() {
+        return None;
+    }
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let last = [mtime(&files.console_log()), mtime(&files.timings())]
+        .into_iter()
+        .flatten()
+        .fold(since, SystemTime::max);
+    let age = now.duration_since(last).unwrap_or_default();
+    (age > limit).then_some(Stall::BootStalled {
+        secs: age.as_secs(),
+    })
 }
 
 /// The longest soft lockup in a kernel log ("soft lockup - CPU#1 stuck
@@ -199,6 +236,33 @@ mod tests {
         assert_eq!(stuck_seconds(log), 693);
         assert_eq!(stuck_seconds("no lockups here\n"), 0);
         assert_eq!(stuck_seconds("soft lockup - CPU#1 stuck for junk\n"), 0);
+    }
+
+    #[test]
+    fn a_boot_that_stops_moving_is_a_stall() {
+        let d = tempfile::tempdir().unwrap();
+        let files = BootFiles::new(d.path());
+        let limit = Duration::from_secs(120);
+        let now = SystemTime::now();
+        let t = |secs| now + Duration::from_secs(secs);
+        // Nothing written yet: counted from when the wait began.
+        assert_eq!(boot_check(&files, limit, now, t(60)), None);
+        assert!(matches!(
+            boot_check(&files, limit, now, t(200)),
+            Some(Stall::BootStalled { secs }) if secs >= 199
+        ));
+        // Console output or a boot step is progress.
+        fs::write(files.console_log(), "[ 3.3] loop: module loaded\n").unwrap();
+        assert_eq!(boot_check(&files, limit, now, t(100)), None);
+        fs::write(files.timings(), "root_ready=4.52\n").unwrap();
+        assert_eq!(boot_check(&files, limit, t(0), t(119)), None);
+        assert!(matches!(
+            boot_check(&files, limit, now, t(125)),
+            Some(Stall::BootStalled { .. })
+        ));
+        // Once the job runs, the heartbeat rules ([`check`]) apply.
+        fs::write(files.job_started(), "5.1").unwrap();
+        assert_eq!(boot_check(&files, limit, now, t(1000)), None);
     }
 
     #[test]

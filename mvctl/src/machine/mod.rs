@@ -93,6 +93,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_TIMEOUT: Duration = Duration::from_secs(180);
 /// How many ports to try when another process takes the chosen one first.
 const PORT_ATTEMPTS: u32 = 3;
+/// Boots of L1 one start tries when L1 stalls before mvmd answers (a
+/// fault of the emulation, README "Reliability"): the second boot has
+/// always come up where the first froze.
+const BOOT_ATTEMPTS: u32 = 2;
 
 /// Errors of the machine.
 #[derive(Debug, thiserror::Error)]
@@ -456,97 +460,114 @@ pub(crate) fn start_locked(
         artifacts: artifacts::manifest(&programs),
         env,
     };
-    let token = boot::prepare(&paths.boot(), &paths.previous_boot(), &job)?;
     let files = BootFiles::new(paths.boot());
-    make_control_fifos(paths)?;
+    let mut boot_attempt = 0;
+    loop {
+        boot_attempt += 1;
+        let token = boot::prepare(&paths.boot(), &paths.previous_boot(), &job)?;
+        make_control_fifos(paths)?;
 
-    let mut attempt = 0;
-    let (mut child, state) = loop {
-        attempt += 1;
-        let port = qemu::free_port()?;
-        let config = QemuConfig {
-            boot: boot_files.clone(),
-            cpus,
-            memory_mib,
-            boot_dir: paths.boot(),
-            disk: paths.disk(),
-            control: paths.control(),
-            monitor: paths.monitor(),
-            port,
-        };
-        let _ = fs::remove_file(paths.monitor());
-        let child = spawn_qemu(&config, &files.qemu_log())?;
-        let pid = child.id();
-        let pid_start_time = state::proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
-        let state = MachineState {
-            pid,
-            pid_start_time,
-            port,
-            token_file: files.token(),
-            started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            ready_secs: None,
-            cpus,
-            memory_mib,
-            disk: paths.disk(),
-            boot_dir: paths.boot(),
-            mvmd: mvmd.clone(),
-            artifacts: programs.clone(),
-            watcher: None,
-        };
-        state.save(&paths.state())?;
-        // A port taken in the meantime makes QEMU exit at once.
-        let mut child = child;
-        std::thread::sleep(Duration::from_millis(300));
-        let exited = child.try_wait().map_err(io_err("wait for QEMU"))?;
-        if exited.is_some()
-            && attempt < PORT_ATTEMPTS
-            && qemu::port_taken(&read_lossy(&files.qemu_log()))
-        {
-            eprintln!("mvctl: port {port} was taken meanwhile; trying another");
-            let _ = fs::write(files.qemu_log(), b"");
-            continue;
-        }
-        break (child, state);
-    };
-
-    match wait_ready(&state, &token, Some(&mut child), t0) {
-        Ok(secs) => {
-            let mut state = state;
-            state.ready_secs = Some(secs);
-            state.save(&paths.state())?;
-            eprintln!(
-                "mvctl: the machine is ready in {secs:.1} s (mvmd at {})",
-                state.url()
-            );
-            Ok(Started {
-                endpoint: Endpoint {
-                    url: state.url(),
-                    token,
-                },
-                state,
-                started: true,
-            })
-        }
-        Err(e) => {
-            let e = match e {
-                // Not left running: nobody would restart it.
-                MachineError::Stalled(st) => {
-                    health::dump_l1_state(&paths.monitor(), &files.l1_state());
-                    kill_qemu_now(&state);
-                    let _ = fs::write(files.stalled(), format!("{st}\n"));
-                    MachineError::Died {
-                        why: st.to_string(),
-                        details: diagnose(&files),
-                    }
-                }
-                e => e,
+        let mut attempt = 0;
+        let (mut child, state) = loop {
+            attempt += 1;
+            let port = qemu::free_port()?;
+            let config = QemuConfig {
+                boot: boot_files.clone(),
+                cpus,
+                memory_mib,
+                boot_dir: paths.boot(),
+                disk: paths.disk(),
+                control: paths.control(),
+                monitor: paths.monitor(),
+                port,
             };
-            if matches!(e, MachineError::Died { .. }) {
-                MachineState::remove(&paths.state())?;
-                remove_control_fifos(paths);
+            let _ = fs::remove_file(paths.monitor());
+            let child = spawn_qemu(&config, &files.qemu_log())?;
+            let pid = child.id();
+            let pid_start_time = state::proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+            let state = MachineState {
+                pid,
+                pid_start_time,
+                port,
+                token_file: files.token(),
+                started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ready_secs: None,
+                cpus,
+                memory_mib,
+                disk: paths.disk(),
+                boot_dir: paths.boot(),
+                mvmd: mvmd.clone(),
+                artifacts: programs.clone(),
+                watcher: None,
+            };
+            state.save(&paths.state())?;
+            // A port taken in the meantime makes QEMU exit at once.
+            let mut child = child;
+            std::thread::sleep(Duration::from_millis(300));
+            let exited = child.try_wait().map_err(io_err("wait for QEMU"))?;
+            if exited.is_some()
+                && attempt < PORT_ATTEMPTS
+                && qemu::port_taken(&read_lossy(&files.qemu_log()))
+            {
+                eprintln!("mvctl: port {port} was taken meanwhile; trying another");
+                let _ = fs::write(files.qemu_log(), b"");
+                continue;
             }
-            Err(e)
-        }
+            break (child, state);
+        };
+
+        return match wait_ready(&state, &token, Some(&mut child), t0) {
+            // Nothing ran in this L1 yet, so nothing is lost by booting it
+            // again; its logs and vCPU state stay in the previous boot dir.
+            Err(MachineError::Stalled(st)) if boot_attempt < BOOT_ATTEMPTS => {
+                health::dump_l1_state(&paths.monitor(), &files.l1_state());
+                kill_qemu_now(&state);
+                let _ = child.wait();
+                let _ = fs::write(files.stalled(), format!("{st}\n"));
+                eprintln!(
+                "mvctl: {st}; booting it again (nothing ran in it yet; this boot's logs and L1's vCPU state: {})",
+                paths.previous_boot().display()
+            );
+                continue;
+            }
+            Ok(secs) => {
+                let mut state = state;
+                state.ready_secs = Some(secs);
+                state.save(&paths.state())?;
+                eprintln!(
+                    "mvctl: the machine is ready in {secs:.1} s (mvmd at {})",
+                    state.url()
+                );
+                Ok(Started {
+                    endpoint: Endpoint {
+                        url: state.url(),
+                        token,
+                    },
+                    state,
+                    started: true,
+                })
+            }
+            Err(e) => {
+                let e = match e {
+                    // Not left running: nobody would restart it.
+                    MachineError::Stalled(st) => {
+                        health::dump_l1_state(&paths.monitor(), &files.l1_state());
+                        kill_qemu_now(&state);
+                        let _ = fs::write(files.stalled(), format!("{st}\n"));
+                        MachineError::Died {
+                            why: st.to_string(),
+                            details: diagnose(&files),
+                        }
+                    }
+                    e => e,
+                };
+                if matches!(e, MachineError::Died { .. }) {
+                    MachineState::remove(&paths.state())?;
+                    remove_control_fifos(paths);
+                }
+                Err(e)
+            }
+        };
     }
 }
 
@@ -613,6 +634,7 @@ fn wait_ready(
     let files = BootFiles::new(&s.boot_dir);
     let limit = timeout();
     let waited_from = Instant::now();
+    let waited_since = std::time::SystemTime::now();
     let mut l1_up = files.job_started().exists();
     loop {
         let exit = match child.as_deref_mut() {
@@ -638,12 +660,14 @@ fn wait_ready(
         if l1_up && ping::ping(s.port, token, Duration::from_secs(2)).is_ok() {
             return Ok(t0.elapsed().as_secs_f64());
         }
-        if l1_up {
-            if let Some(st) =
-                health::check(&files, health::stall_limit(), std::time::SystemTime::now())
-            {
-                return Err(MachineError::Stalled(st));
-            }
+        let now = std::time::SystemTime::now();
+        let stall = if l1_up {
+            health::check(&files, health::stall_limit(), now)
+        } else {
+            health::boot_check(&files, health::stall_limit(), waited_since, now)
+        };
+        if let Some(st) = stall {
+            return Err(MachineError::Stalled(st));
         }
         if waited_from.elapsed() > limit {
             return Err(MachineError::Timeout {
