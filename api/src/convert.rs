@@ -248,6 +248,7 @@ pub fn state(s: &State) -> api::State {
         finished_at: s.finished_at.clone(),
         oom_killed: s.oom_killed,
         restart_count: s.restart_count,
+        paused: s.paused,
     }
 }
 

@@ -155,6 +155,9 @@ const VMM_GRACE: Duration = Duration::from_secs(10);
 /// How long stop and kill look for the guest agent before falling back to
 /// signalling the VMM.
 const AGENT_CONNECT: Duration = Duration::from_secs(2);
+/// How long the kernel may take to report a cgroup frozen or thawed (it
+/// waits for every task to reach a safe point: a vCPU leaves KVM_RUN).
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Manager {
     /// A manager over `rt` and `db` (call [`Manager::recover`] next).
@@ -642,6 +645,7 @@ impl Manager {
         let Some(vmm) = vmm else {
             return Err(internal("the sandbox is running but has no VMM on record"));
         };
+        self.thaw_for(e).await?;
         let timeout_secs = timeout.unwrap_or(stop_timeout);
         self.update(e, |r| {
             r.internal.intent = Intent::Stop {
@@ -714,6 +718,7 @@ impl Manager {
             return Err(internal("the sandbox is running but has no VMM on record"));
         };
         if n != libc::SIGKILL {
+            self.thaw_for(&e).await?;
             // The workload gets the signal through the guest agent, as
             // `docker kill -s` delivers it to the container's process.
             match self.rt.agent(&e.id, AGENT_CONNECT).await {
@@ -756,6 +761,72 @@ impl Manager {
             "the VMM (pid {}) did not end after SIGKILL",
             vmm.pid
         )))
+    }
+
+    // ----- pause / unpause -----
+
+    /// Pause: freeze the running microVM (its VMM's cgroup), as `docker
+    /// pause` freezes a container's processes. The guest stops as a whole
+    /// and keeps its memory; exec, stats and top wait for `unpause`.
+    pub async fn pause(self: &Arc<Self>, key: &str) -> Result<()> {
+        self.set_paused(key, true).await
+    }
+
+    /// Unpause: thaw a paused microVM.
+    pub async fn unpause(self: &Arc<Self>, key: &str) -> Result<()> {
+        self.set_paused(key, false).await
+    }
+
+    async fn set_paused(self: &Arc<Self>, key: &str, paused: bool) -> Result<()> {
+        let e = self.get(key)?;
+        let _op = e.op.lock().await;
+        let (name, status, was) = {
+            let r = e.row();
+            (r.spec.name.clone(), r.state.status, r.state.paused)
+        };
+        if status != Status::Running {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("sandbox {name} is not running; only a running sandbox can be paused or unpaused"),
+            ));
+        }
+        if was == paused {
+            return Err(err(
+                ErrorCode::Conflict,
+                if paused {
+                    format!("sandbox {name} is already paused")
+                } else {
+                    format!("sandbox {name} is not paused")
+                },
+            ));
+        }
+        self.freeze(&e, paused).await?;
+        self.update(&e, |r| r.state.paused = paused)?;
+        tracing::info!(sandbox = %e.id, "{}", if paused { "paused" } else { "unpaused" });
+        Ok(())
+    }
+
+    /// Freeze or thaw `e`'s cgroup (blocking work off the async threads).
+    async fn freeze(&self, e: &Entry, frozen: bool) -> Result<()> {
+        let id = e.id.clone();
+        tokio::task::spawn_blocking(move || {
+            mvm_runtime::cgroup::set_frozen(&id, frozen, FREEZE_TIMEOUT)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|er| err(ErrorCode::InvalidState, er.to_string()))
+    }
+
+    /// Thaw a paused sandbox before an operation that needs its guest
+    /// (stop's agent shutdown, a signal through the agent), as Docker
+    /// unpauses a container it stops.
+    async fn thaw_for(&self, e: &Entry) -> Result<()> {
+        if !e.row().state.paused {
+            return Ok(());
+        }
+        self.freeze(e, false).await?;
+        self.update(e, |r| r.state.paused = false)?;
+        Ok(())
     }
 
     /// Restart: stop if running, then start.
@@ -1068,6 +1139,7 @@ pub fn status_text(s: &State) -> String {
     };
     match s.status {
         Status::Created => "Created".into(),
+        Status::Running if s.paused => format!("Up {} (Paused)", since(&s.started_at)),
         Status::Running => format!("Up {}", since(&s.started_at)),
         Status::Restarting => format!(
             "Restarting ({}) {} ago",

@@ -65,6 +65,10 @@ pub enum Command {
     Kill(KillArgs),
     /// Restart sandboxes
     Restart(StopArgs),
+    /// Pause sandboxes: freeze their microVMs (memory kept, nothing runs)
+    Pause(IdsArgs),
+    /// Unpause paused sandboxes
+    Unpause(IdsArgs),
     /// Remove sandboxes
     Rm(RmArgs),
     /// List sandboxes

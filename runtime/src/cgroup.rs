@@ -7,10 +7,14 @@
 //! controller get `cpu.cfs_quota_us`. Without either the quota cannot be
 //! honoured, and the caller turns the error into a warning instead of
 //! refusing the sandbox (vCPUs still bound what the guest can use).
+//!
+//! The same cgroup (v2) is what `pause` freezes ([`set_frozen`]).
 
 use std::fs;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Scheduling period for the quota, in microseconds (the kernel default).
 pub const PERIOD_US: u64 = 100_000;
@@ -252,6 +256,108 @@ impl Cgroup {
     }
 }
 
+/// Why a sandbox could not be frozen or thawed.
+#[derive(Debug, thiserror::Error)]
+pub enum FreezeError {
+    #[error("sandbox {id} has no cgroup v2 of its own (it runs with mvmd --no-jail and no CPU limit, or the host has only cgroup v1), and pausing freezes that cgroup; run it jailed (the default) or with --cpus")]
+    NoCgroup { id: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the kernel did not report sandbox {id}'s cgroup {state} within {secs} s ({path}); try again, or read the host's kernel log")]
+    Timeout {
+        id: String,
+        state: &'static str,
+        secs: u64,
+        path: PathBuf,
+    },
+}
+
+/// Freeze (`frozen`) or thaw every process in sandbox `id`'s cgroup v2
+/// with the kernel's freezer (`cgroup.freeze`), what `docker pause` does
+/// through runc. The VMM's threads stop wherever they are, vCPUs included,
+/// so the guest stops as a whole; its clock jumps on thaw (kvm-clock), as
+/// after a host suspend. Returns once `cgroup.events` reports the new
+/// state (woken by the kernel's notification on that file, not by
+/// polling a timer), or fails after `timeout`.
+pub fn set_frozen(id: &str, frozen: bool, timeout: Duration) -> Result<(), FreezeError> {
+    let Some(Hierarchy::V2(root)) = Hierarchy::detect() else {
+        return Err(FreezeError::NoCgroup { id: id.into() });
+    };
+    let dir = root.join("mvm").join(id);
+    let freeze = dir.join("cgroup.freeze");
+    if !freeze.exists() {
+        return Err(FreezeError::NoCgroup { id: id.into() });
+    }
+    let events = dir.join("cgroup.events");
+    // Opened before the write, so the change cannot be missed.
+    let mut f = fs::File::open(&events).map_err(|source| FreezeError::Io {
+        what: "open",
+        path: events.clone(),
+        source,
+    })?;
+    fs::write(&freeze, if frozen { "1" } else { "0" }).map_err(|source| FreezeError::Io {
+        what: "write",
+        path: freeze.clone(),
+        source,
+    })?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut text = String::new();
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.read_to_string(&mut text))
+            .map_err(|source| FreezeError::Io {
+                what: "read",
+                path: events.clone(),
+                source,
+            })?;
+        if events_frozen(&text) == Some(frozen) {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(FreezeError::Timeout {
+                id: id.into(),
+                state: if frozen { "frozen" } else { "thawed" },
+                secs: timeout.as_secs(),
+                path: events,
+            });
+        }
+        // kernfs wakes pollers of a changed cgroup.events with POLLPRI.
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one valid pollfd on a descriptor this function owns.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(FreezeError::Io {
+                    what: "poll",
+                    path: events,
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+/// The `frozen` line of a `cgroup.events` text.
+fn events_frozen(text: &str) -> Option<bool> {
+    text.lines()
+        .find_map(|l| match l.trim().strip_prefix("frozen ") {
+            Some("1") => Some(true),
+            Some("0") => Some(false),
+            _ => None,
+        })
+}
+
 fn create_dir(path: &Path) -> Result<(), CgroupError> {
     match fs::create_dir_all(path) {
         Ok(()) => Ok(()),
@@ -307,6 +413,67 @@ mod tests {
         assert_eq!(cg.quota_cpus(), Some(1.5));
         Cgroup::remove(&id);
         assert!(!cg.path.exists());
+    }
+
+    #[test]
+    fn the_frozen_line_of_cgroup_events() {
+        assert_eq!(events_frozen("populated 1\nfrozen 1\n"), Some(true));
+        assert_eq!(events_frozen("populated 0\nfrozen 0\n"), Some(false));
+        assert_eq!(events_frozen("populated 1\n"), None);
+    }
+
+    /// The freezer on the real hierarchy: a counting process stops while
+    /// its cgroup is frozen and goes on after the thaw (needs root and
+    /// cgroup v2, as `pause` does).
+    #[test]
+    fn a_frozen_cgroup_stops_its_processes() {
+        let id = format!("test-freeze-{}", std::process::id());
+        let Some(h @ Hierarchy::V2(_)) = Hierarchy::detect() else {
+            let e = set_frozen(&id, true, Duration::from_secs(1)).unwrap_err();
+            assert!(matches!(e, FreezeError::NoCgroup { .. }), "{e}");
+            return;
+        };
+        let e = set_frozen(&id, true, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("no cgroup v2 of its own"), "{e}");
+        let cg = Cgroup::create_in(&h, &id, 1.0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let counter = dir.path().join("n");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "i=0; while :; do i=$((i+1)); echo $i > {}.t; mv {0}.t {0}; sleep 0.01; done",
+                counter.display()
+            ))
+            .spawn()
+            .unwrap();
+        fs::write(cg.procs(), child.id().to_string()).unwrap();
+        let read = || {
+            fs::read_to_string(&counter)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read().is_none() {
+            assert!(Instant::now() < deadline, "the counter never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        set_frozen(&id, true, Duration::from_secs(10)).unwrap();
+        let at_freeze = read();
+        // Frozen: no progress over a window of many counting periods.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(read(), at_freeze, "the counter moved while frozen");
+        set_frozen(&id, false, Duration::from_secs(10)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read() == at_freeze {
+            assert!(
+                Instant::now() < deadline,
+                "the counter did not resume after the thaw"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        Cgroup::remove(&id);
     }
 
     /// A jailed VMM's limits on the real hierarchy (cgroup v2 here).

@@ -74,6 +74,10 @@ pub struct State {
     pub oom_killed: bool,
     /// Restarts made by the restart policy since the last manual start.
     pub restart_count: u32,
+    /// The running microVM is frozen (`pause`): its VMM's processes are
+    /// stopped by the cgroup freezer until `unpause`.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl State {
@@ -123,6 +127,7 @@ pub fn created() -> State {
         finished_at: None,
         oom_killed: false,
         restart_count: 0,
+        paused: false,
     }
 }
 
@@ -138,6 +143,7 @@ pub fn started(state: &State, pid: i32, now: &str) -> State {
         finished_at: None,
         oom_killed: false,
         restart_count: state.restart_count,
+        paused: false,
     }
 }
 
@@ -153,6 +159,7 @@ pub fn exited(state: &State, info: &ExitInfo, now: &str) -> State {
         finished_at: Some(now.to_string()),
         oom_killed: info.oom_killed,
         restart_count: state.restart_count,
+        paused: false,
     }
 }
 
@@ -172,6 +179,7 @@ pub fn start_failed(state: &State, message: &str, now: &str) -> State {
         finished_at: Some(now.to_string()),
         oom_killed: false,
         restart_count: state.restart_count,
+        paused: false,
     }
 }
 

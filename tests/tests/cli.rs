@@ -930,6 +930,92 @@ mod cli {
         assert_eq!(out.code, 125, "{out:?}");
     }
 
+    /// `pause` freezes the whole microVM: a counting workload stops, exec
+    /// is refused with what to do, ps and inspect say so; `unpause` lets
+    /// it go on from where it was; stop and rm -f work on a paused one.
+    #[test]
+    fn pause_freezes_the_microvm_and_unpause_resumes_it() {
+        let name = unique("pause");
+        mvctl(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            BUSYBOX,
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done",
+        ])
+        .ok();
+        let last_tick = || -> u64 {
+            let out = mvctl(&["logs", "--tail", "1", &name]).ok();
+            out.stdout
+                .trim()
+                .strip_prefix("tick ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        wait_until("the workload to count", Duration::from_secs(120), || {
+            last_tick() >= 2
+        });
+
+        mvctl(&["pause", &name]).ok();
+        let info = inspect(&name);
+        let state = &info["state"];
+        assert_eq!(state["paused"], true, "{info}");
+        assert_eq!(state["status"], "running", "{info}");
+        let row = ps_all()
+            .into_iter()
+            .find(|r| r["name"] == name.as_str())
+            .unwrap();
+        assert!(
+            row.to_string().contains("(Paused)"),
+            "ps shows the pause: {row}"
+        );
+        let frozen_at = last_tick();
+        // Nothing runs while paused: no tick over many counting periods
+        // (an absence can only be watched for a while).
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(last_tick(), frozen_at, "the workload ran while paused");
+        let out = mvctl(&["exec", &name, "true"]).failed();
+        assert!(
+            out.stderr.contains("paused") && out.stderr.contains("unpause"),
+            "{out:?}"
+        );
+        let out = mvctl(&["pause", &name]).failed();
+        assert!(out.stderr.contains("already paused"), "{out:?}");
+
+        mvctl(&["unpause", &name]).ok();
+        wait_until("the workload to count on", Duration::from_secs(60), || {
+            last_tick() > frozen_at
+        });
+        // It went on from where it was: the count did not restart.
+        let out = mvctl(&["logs", &name]).ok();
+        assert!(
+            out.stdout.contains(&format!("tick {}", frozen_at + 1)),
+            "{out:?}"
+        );
+        let out = mvctl(&["unpause", &name]).failed();
+        assert!(out.stderr.contains("not paused"), "{out:?}");
+        mvctl(&["exec", &name, "true"]).ok();
+
+        // stop thaws a paused sandbox and stops it as usual.
+        mvctl(&["pause", &name]).ok();
+        mvctl(&["stop", "-t", "2", &name]).ok();
+        let info = inspect(&name);
+        let state = &info["state"];
+        assert_eq!(state["status"], "exited", "{info}");
+        assert_eq!(state["paused"], false, "{info}");
+        let out = mvctl(&["pause", &name]).failed();
+        assert!(out.stderr.contains("not running"), "{out:?}");
+
+        // rm -f of a paused one.
+        mvctl(&["start", &name]).ok();
+        mvctl(&["pause", &name]).ok();
+        mvctl(&["rm", "-f", &name]).ok();
+        mvctl(&["inspect", &name]).failed();
+    }
+
     #[test]
     fn rm_flag_removes_on_exit() {
         let name = unique("rm");

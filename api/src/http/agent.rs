@@ -41,6 +41,15 @@ fn running(d: &Daemon, key: &str) -> ApiResult<String> {
             ),
         ));
     }
+    if r.state.paused {
+        return Err(Error::new(
+            ErrorCode::InvalidState,
+            format!(
+                "sandbox {} is paused; unpause it first (mvctl unpause {0})",
+                r.spec.name
+            ),
+        ));
+    }
     Ok(e.id.clone())
 }
 

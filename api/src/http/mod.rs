@@ -222,6 +222,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/sandboxes/{id}/stop", post(sandboxes::stop))
         .route("/v1/sandboxes/{id}/restart", post(sandboxes::restart))
         .route("/v1/sandboxes/{id}/kill", post(sandboxes::kill))
+        .route("/v1/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/v1/sandboxes/{id}/unpause", post(sandboxes::unpause))
         .route("/v1/sandboxes/{id}/wait", post(sandboxes::wait))
         .route("/v1/sandboxes/{id}/logs", get(sandboxes::logs))
         .route("/v1/sandboxes/{id}/console", get(sandboxes::console))

@@ -70,6 +70,16 @@ pub async fn kill(State(d): D, Path(id): Path<String>, q: Query) -> ApiResult<Re
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+pub async fn pause(State(d): D, Path(id): Path<String>) -> ApiResult<Response> {
+    d.manager.pause(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn unpause(State(d): D, Path(id): Path<String>) -> ApiResult<Response> {
+    d.manager.unpause(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 pub async fn wait(State(d): D, Path(id): Path<String>, q: Query) -> ApiResult<Response> {
     let cond = q.get("condition").unwrap_or("not-running").to_string();
     let r = d.manager.wait(&id, &cond).await?;

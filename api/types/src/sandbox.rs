@@ -240,6 +240,9 @@ pub struct State {
     pub oom_killed: bool,
     /// Restarts done by the restart policy since the last manual start.
     pub restart_count: u32,
+    /// The running microVM is paused (`pause`; Docker's `State.Paused`).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// The resolved process configuration of a sandbox.

@@ -178,6 +178,13 @@ impl Client {
         self.call::<()>(Method::POST, &q.build(), None).await
     }
 
+    /// `POST /v1/sandboxes/{id}/pause` or `.../unpause`.
+    pub async fn pause(&self, id: &str, paused: bool) -> Result<()> {
+        let verb = if paused { "pause" } else { "unpause" };
+        self.call::<()>(Method::POST, &format!("{}/{verb}", sandbox(id)), None)
+            .await
+    }
+
     /// `POST /v1/sandboxes/{id}/wait`.
     pub async fn wait(&self, id: &str, condition: WaitCondition) -> Result<WaitResponse> {
         let q = Query::new(format!("{}/wait", sandbox(id))).push("condition", condition.as_str());

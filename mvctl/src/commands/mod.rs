@@ -148,6 +148,8 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
         Command::Start(a) => sandbox::start(ctx, a).await,
         Command::Stop(a) => sandbox::stop(ctx, a).await,
         Command::Kill(a) => sandbox::kill(ctx, a).await,
+        Command::Pause(a) => sandbox::pause(ctx, a, true).await,
+        Command::Unpause(a) => sandbox::pause(ctx, a, false).await,
         Command::Restart(a) => sandbox::restart(ctx, a).await,
         Command::Rm(a) => sandbox::rm(ctx, a).await,
         Command::Ps(a) => sandbox::ps(ctx, a).await,

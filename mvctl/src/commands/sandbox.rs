@@ -73,6 +73,17 @@ pub async fn kill(ctx: &Ctx, a: KillArgs) -> CmdResult {
     .await
 }
 
+/// `mvctl pause` / `mvctl unpause`.
+pub async fn pause(ctx: &Ctx, a: IdsArgs, paused: bool) -> CmdResult {
+    let client = ctx.client().await?;
+    for_each(&a.ids, |id| async move {
+        client.pause(&id, paused).await?;
+        println!("{id}");
+        Ok(())
+    })
+    .await
+}
+
 /// `mvctl rm [-f]`.
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> CmdResult {
     let client = ctx.client().await?;
