@@ -166,7 +166,10 @@ for f in "$MVM_KERNEL" "$MVM_INIT" "$root/target/debug/mvmd" "$root/target/debug
     [ -f "$f" ] || { echo "storm: $f is missing; run 'make build kernel' first" >&2 && exit 1; }
 done
 outdir=${outdir:-$root/target/storm/$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$outdir/bin"
+mkdir -p "$outdir/bin" || exit 1
+# Absolute: the binaries' paths reach mvmd, whose jail refuses a relative
+# VMM path (a relative --out failed every run of a session).
+outdir=$(cd "$outdir" && pwd -P) || exit 1
 # The storm runs copies: a rebuild during the hours it takes must not
 # change (or half-write) the binaries under test; a run that adds to an
 # earlier --out keeps that one's.
