@@ -20,13 +20,16 @@
 #   st2    single-threaded TCG (-accel tcg,thread=single), 2 vCPUs
 #   mt1    multi-threaded TCG, 1 vCPU
 #   q10    QEMU 10 from bookworm-backports, unpacked in $MVM_QEMU10
-#          (default /opt/mvm-l1/qemu10, `dpkg -x` of qemu-system-x86,
-#          -common, -data), L1's KVM on nested paging (kvm_amd.npt=1:
-#          with shadow paging, QEMU 10 stops every nested guest before its
-#          first console output), otherwise as mt2
-#   q10s   QEMU 10 with shadow paging (kvm_amd.npt=0), as mt2
+#          (default /opt/mvm-l1/qemu10 by resources/testhost/backports.sh),
+#          L1's KVM on nested paging (kvm_amd.npt=1), otherwise as mt2
+#   q10s   QEMU 10 with shadow paging (kvm_amd.npt=0), as mt2: every nested
+#          guest triple-faults in its decompressor, because QEMU 10's TCG
+#          checks every MOV from CRn against the CR0-read intercept, so a
+#          CR3 read that L1's KVM intercepts returns the shadow CR3
+#          (resources/testhost/README.md, "Reliability")
 #   k612   L1 on Debian's 6.12 kernel from bookworm-backports, unpacked in
-#          $MVM_L1_KERNEL_ROOT (default /opt/mvm-l1/linux-6.12), as mt2
+#          $MVM_L1_KERNEL_ROOT (default /opt/mvm-l1/linux-6.12 by
+#          backports.sh), as mt2
 #
 # What counts, per session:
 #   guest  a `mvctl run` that failed or printed the wrong thing (a nested
@@ -36,7 +39,8 @@
 #          123: no heartbeat, a soft-locked vCPU, L1's kernel died); the
 #          session ends there
 #   boot   L1 did not start the job (exit 125)
-# Needs: make build, the guest kernel, resources/images/busybox.sh.
+# Needs: make build, the guest kernel, resources/images/busybox.sh; for q10,
+# q10s and k612, resources/testhost/backports.sh first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -162,7 +166,10 @@ for f in "$MVM_KERNEL" "$MVM_INIT" "$root/target/debug/mvmd" "$root/target/debug
     [ -f "$f" ] || { echo "storm: $f is missing; run 'make build kernel' first" >&2 && exit 1; }
 done
 outdir=${outdir:-$root/target/storm/$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$outdir/bin"
+mkdir -p "$outdir/bin" || exit 1
+# Absolute: the binaries' paths reach mvmd, whose jail refuses a relative
+# VMM path (a relative --out failed every run of a session).
+outdir=$(cd "$outdir" && pwd -P) || exit 1
 # The storm runs copies: a rebuild during the hours it takes must not
 # change (or half-write) the binaries under test; a run that adds to an
 # earlier --out keeps that one's.
