@@ -385,6 +385,7 @@ impl Manager {
             id: &spec.id,
             name: &spec.name,
             hostname: &spec.hostname,
+            resolvable: true,
         };
         let attached = match self.net.attach(&self.db, who, &settings).await {
             Ok(a) => a,
@@ -1035,6 +1036,53 @@ impl Manager {
         (entries.len() as u64, running)
     }
 
+    // ----- network connect / disconnect -----
+
+    /// Change the networks of a sandbox that is not running (`network
+    /// connect` and `disconnect`: `change` gets its settings and name and
+    /// returns the new settings), for its next start. A running sandbox is
+    /// refused: its NICs are virtio-mmio devices fixed when its microVM
+    /// booted (no hotplug), so the change could only take effect at a
+    /// restart, which is the user's to decide.
+    pub async fn change_networks(
+        self: &Arc<Self>,
+        key: &str,
+        what: &str,
+        change: impl FnOnce(&Db, &SandboxNet, &str) -> Result<SandboxNet>,
+    ) -> Result<()> {
+        let e = self.get(key)?;
+        let _op = e.op.lock().await;
+        let (status, name, settings) = {
+            let r = e.row();
+            (
+                r.state.status,
+                r.spec.name.clone(),
+                r.internal.network.clone(),
+            )
+        };
+        match status {
+            Status::Created | Status::Exited => {}
+            Status::Running | Status::Restarting => {
+                return Err(err(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "sandbox {name} is running: a microVM's network devices are fixed when it boots (virtio-mmio has no hotplug), so network {what} works on a stopped sandbox only; stop it first (mvctl stop {name}), then start it again"
+                    ),
+                ))
+            }
+            Status::Removing => {
+                return Err(err(
+                    ErrorCode::InvalidState,
+                    format!("sandbox {name} is being removed"),
+                ))
+            }
+        }
+        let new = change(&self.db, &settings, &name)?;
+        self.update(&e, |r| r.internal.network = new)?;
+        tracing::info!(sandbox = %e.id, "network {what}: networks changed for the next start");
+        Ok(())
+    }
+
     // ----- recovery -----
 
     /// Load the database and bring it in line with the host: re-attach to
@@ -1051,6 +1099,9 @@ impl Manager {
                 tracing::info!(sandbox = %id, "removing an orphaned sandbox directory (no database row)");
                 let _ = self.rt.remove(&id);
             }
+        }
+        if let Err(er) = self.net.detach_orphans(&self.db, &known).await {
+            tracing::warn!("removing orphaned network endpoints: {}", er.message);
         }
         let mut entries = Vec::new();
         {

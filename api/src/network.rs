@@ -39,8 +39,6 @@ pub const NONE_NETWORK: &str = "none";
 /// Names a user network may not take (`host` networking does not exist
 /// for a microVM).
 const RESERVED: [&str; 3] = [DEFAULT_NETWORK, NONE_NETWORK, "host"];
-/// The guest's interface.
-const GUEST_IFACE: &str = "eth0";
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ApiError {
     ApiError::new(code, msg)
@@ -94,6 +92,35 @@ pub struct SandboxNet {
     /// The address of the last start, tried first at the next.
     #[serde(default)]
     pub last_ip: Option<Ipv4Addr>,
+    /// Further networks (`network connect`), a NIC each after the first.
+    #[serde(default)]
+    pub extra: Vec<ExtraNet>,
+}
+
+/// A further network of a sandbox (`mvctl network connect`): from its
+/// next start an endpoint and a NIC of its own (eth1, eth2, ...) after
+/// the first network's. Published ports stay on the first network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraNet {
+    /// The network's name.
+    pub network: String,
+    /// `--alias`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--ip`.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// One network a start attaches to: the first (with the sandbox's MAC,
+/// published ports and last address) or a further one.
+struct Conn<'a> {
+    network: &'a str,
+    aliases: &'a [String],
+    ip: Option<Ipv4Addr>,
+    last_ip: Option<Ipv4Addr>,
+    mac: Option<MacAddr>,
+    first: bool,
 }
 
 impl Default for SandboxNet {
@@ -108,6 +135,7 @@ impl Default for SandboxNet {
             publish: vec![],
             publish_exposed: vec![],
             last_ip: None,
+            extra: vec![],
         }
     }
 }
@@ -223,7 +251,33 @@ impl SandboxNet {
             publish: req.publish.clone(),
             publish_exposed,
             last_ip: None,
+            extra: vec![],
         })
+    }
+
+    /// The networks a start attaches to, in NIC order (none for `none`
+    /// with nothing connected).
+    fn connections(&self) -> Vec<Conn<'_>> {
+        let mut out = Vec::new();
+        if self.network != NONE_NETWORK {
+            out.push(Conn {
+                network: &self.network,
+                aliases: &self.aliases,
+                ip: self.ip,
+                last_ip: self.last_ip,
+                mac: self.mac,
+                first: true,
+            });
+        }
+        out.extend(self.extra.iter().map(|x| Conn {
+            network: &x.network,
+            aliases: &x.aliases,
+            ip: x.ip,
+            last_ip: None,
+            mac: None,
+            first: false,
+        }));
+        out
     }
 
     /// The `-p` values plus `-P`'s, parsed.
@@ -242,6 +296,9 @@ pub struct Who<'a> {
     pub id: &'a str,
     pub name: &'a str,
     pub hostname: &'a str,
+    /// Its names are answered by the network's DNS (false for a build's
+    /// RUN step, which nobody looks up).
+    pub resolvable: bool,
 }
 
 /// A started sandbox's attachment: what its boot needs, and the address
@@ -417,11 +474,12 @@ impl Networks {
         who: Who<'_>,
         settings: &SandboxNet,
     ) -> Result<Attached, ApiError> {
-        if settings.network == NONE_NETWORK {
+        let conns = settings.connections();
+        if conns.is_empty() {
             return Ok(Attached::default());
         }
-        let host = match (&self.host, settings.network.as_str()) {
-            (Err(why), DEFAULT_NETWORK) => {
+        let host = match (&self.host, conns.as_slice()) {
+            (Err(why), [only]) if only.network == DEFAULT_NETWORK => {
                 return Ok(Attached {
                     warnings: vec![format!("no network: {why}")],
                     ..Default::default()
@@ -430,9 +488,52 @@ impl Networks {
             _ => self.host()?,
         };
         let _g = self.lock.lock().await;
-        let net = Self::find(db, &settings.network)?.spec;
         // A leftover of this sandbox (an exit mvmd did not see) goes first.
         self.detach_locked(db, who.id).await?;
+        let mut made = Vec::with_capacity(conns.len());
+        for c in &conns {
+            match self.attach_one(db, host, who, settings, c).await {
+                Ok(m) => made.push(m),
+                Err(e) => {
+                    // The endpoints made so far go too: all or nothing.
+                    if let Err(d) = self.detach_locked(db, who.id).await {
+                        tracing::warn!(sandbox = %who.id, "undoing a failed attach: {}", d.message);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let nics = made
+            .iter()
+            .enumerate()
+            .map(|(i, (net, ep))| {
+                let mut nic = Nic::new(iface(i), TapConfig::Name(ep.port()), ep.mac);
+                nic.mtu = net.mtu;
+                nic
+            })
+            .collect();
+        Ok(Attached {
+            boot: BootNet {
+                nics,
+                network: Some(guest_network(&made, who, settings)),
+            },
+            ip: conns[0].first.then_some(made[0].1.ip),
+            warnings: vec![],
+        })
+    }
+
+    /// One endpoint of a starting sandbox: an address on `c`'s network
+    /// (its last one if still free), a MAC, the TAP and (for the first
+    /// network) the published ports, on the host and in the database.
+    async fn attach_one(
+        &self,
+        db: &Db,
+        host: &HostNet,
+        who: Who<'_>,
+        settings: &SandboxNet,
+        c: &Conn<'_>,
+    ) -> Result<(NetworkSpec, EndpointSpec), ApiError> {
+        let net = Self::find(db, c.network)?.spec;
         let used: Vec<Ipv4Addr> = db
             .endpoints()
             .map_err(db_err)?
@@ -440,10 +541,10 @@ impl Networks {
             .filter(|e| e.spec.network == net.id)
             .map(|e| e.spec.ip)
             .collect();
-        let ip = match settings.ip {
+        let ip = match c.ip {
             Some(ip) => ipam::allocate(net.subnet, net.gateway, &used, Some(ip))
                 .map_err(|e| bad(format!("--ip on network {}: {e}", net.name)))?,
-            None => settings
+            None => c
                 .last_ip
                 .and_then(|last| ipam::allocate(net.subnet, net.gateway, &used, Some(last)).ok())
                 .map_or_else(|| ipam::allocate(net.subnet, net.gateway, &used, None), Ok)
@@ -454,25 +555,39 @@ impl Networks {
                     )
                 })?,
         };
-        let mac = settings.mac.unwrap_or_else(|| ipam::mac_for(ip));
-        let mut dns_names = vec![who.name.to_string(), who.id[..12].to_string()];
-        dns_names.extend(settings.aliases.iter().cloned());
-        dns_names.push(who.hostname.to_string());
+        let mac = c.mac.unwrap_or_else(|| ipam::mac_for(ip));
+        let mut dns_names = vec![];
+        if who.resolvable {
+            dns_names = vec![who.name.to_string(), who.id[..12].to_string()];
+            dns_names.extend(c.aliases.iter().cloned());
+            dns_names.push(who.hostname.to_string());
+        }
         // Names DNS cannot carry (`a..b`, a label over 63 bytes) just do
         // not resolve; the sandbox still starts.
         let mut seen = HashSet::new();
         dns_names
             .retain(|n| mvm_net::spec::valid_dns_name(n) && seen.insert(n.to_ascii_lowercase()));
         let spec = EndpointSpec {
-            id: who.id.to_string(),
+            // The first network's endpoint has the sandbox's id (its TAP's
+            // name comes from it); further ones ids of their own.
+            id: if c.first {
+                who.id.to_string()
+            } else {
+                mvm_runtime::names::new_id()
+            },
             network: net.id.clone(),
             sandbox: who.id.to_string(),
             ip,
             mac,
             dns_names,
         };
+        let publications = if c.first {
+            settings.publications()?
+        } else {
+            vec![]
+        };
         let ports = host
-            .publish(&spec.id, &settings.publications()?)
+            .publish(&spec.id, &publications)
             .await
             .map_err(net_err)?;
         host.add_endpoint(spec.clone(), ports.clone())
@@ -486,16 +601,7 @@ impl Networks {
             let _ = host.remove_endpoint(&spec.id).await;
             return Err(db_err(e));
         }
-        let mut nic = Nic::new(GUEST_IFACE, TapConfig::Name(spec.port()), mac);
-        nic.mtu = net.mtu;
-        Ok(Attached {
-            boot: BootNet {
-                nics: vec![nic],
-                network: Some(guest_network(&net, &spec, who, settings)),
-            },
-            ip: Some(ip),
-            warnings: vec![],
-        })
+        Ok((net, spec))
     }
 
     /// Take a sandbox's endpoint away (its TAP, rules and published
@@ -519,6 +625,25 @@ impl Networks {
         Ok(())
     }
 
+    /// Remove the endpoints of sandboxes that are not among `known`: a
+    /// build's RUN step whose mvmd was killed mid-step (its microVM is
+    /// gone with the transient's directory) leaves one behind.
+    pub async fn detach_orphans(&self, db: &Db, known: &HashSet<String>) -> Result<(), ApiError> {
+        let _g = self.lock.lock().await;
+        let orphans: HashSet<String> = db
+            .endpoints()
+            .map_err(db_err)?
+            .into_iter()
+            .map(|e| e.spec.sandbox)
+            .filter(|s| !known.contains(s))
+            .collect();
+        for s in orphans {
+            tracing::info!(endpoint = %s, "removing the network endpoint of a sandbox that no longer exists (a build step's)");
+            self.detach_locked(db, &s).await?;
+        }
+        Ok(())
+    }
+
     /// The published ports of each running sandbox, by sandbox id.
     pub fn ports(&self, db: &Db) -> HashMap<String, Vec<PortBinding>> {
         let mut out: HashMap<String, Vec<PortBinding>> = HashMap::new();
@@ -535,14 +660,16 @@ impl Networks {
         let mut out = NetworkSettings {
             network: s.network.clone(),
             aliases: s.aliases.clone(),
+            extra_networks: s.extra.iter().map(|x| x.network.clone()).collect(),
             ..Default::default()
         };
         let nets = db.networks().unwrap_or_default();
+        // The first network's endpoint has the sandbox's own id.
         if let Some(e) = db
             .endpoints()
             .unwrap_or_default()
             .into_iter()
-            .find(|e| e.spec.sandbox == sandbox)
+            .find(|e| e.spec.sandbox == sandbox && e.spec.id == sandbox)
         {
             if let Some(n) = nets.iter().find(|n| n.spec.id == e.spec.network) {
                 out.ipv4_address = Some(format!("{}/{}", e.spec.ip, n.spec.subnet.prefix_len()));
@@ -701,9 +828,108 @@ impl Networks {
         Ok(deleted)
     }
 
-    /// Whether `settings` names network `n`.
+    /// Whether `settings` names network `n` (first or connected).
     pub fn names(n: &NetworkSpec, settings: &SandboxNet) -> bool {
-        settings.network == n.name || settings.network == n.id
+        let is = |name: &str| name == n.name || name == n.id;
+        is(&settings.network) || settings.extra.iter().any(|x| is(&x.network))
+    }
+
+    /// `settings` with network `key` connected (`network connect`): the
+    /// first network of a sandbox on `none`, a further one otherwise.
+    /// The caller makes sure the sandbox is not running.
+    pub fn connect(
+        db: &Db,
+        key: &str,
+        settings: &SandboxNet,
+        sandbox: &str,
+        aliases: &[String],
+        ip: Option<&str>,
+    ) -> Result<SandboxNet, ApiError> {
+        if key == NONE_NETWORK || key == "host" {
+            return Err(bad(format!(
+                "a sandbox cannot be connected to {key}; to leave it with lo only, disconnect it from its networks"
+            )));
+        }
+        let n = Self::find(db, key)?.spec;
+        if Self::names(&n, settings) {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!("sandbox {sandbox} is already on network {}", n.name),
+            ));
+        }
+        let ip = ip
+            .map(|s| {
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| bad(format!("--ip {s:?} is not an IPv4 address")))
+            })
+            .transpose()?;
+        for a in aliases {
+            mvm_runtime::names::validate_name(a).map_err(|e| bad(format!("--alias {a:?}: {e}")))?;
+        }
+        if n.kind == NetworkKind::Default && (ip.is_some() || !aliases.is_empty()) {
+            return Err(bad(
+                "--ip and --alias need a user network, as in Docker (the default network has no names)",
+            ));
+        }
+        if let Some(ip) = ip {
+            if !n.subnet.contains(&ip) || ip == n.gateway {
+                return Err(bad(format!(
+                    "--ip {ip} is not a free address of network {} ({}, gateway {})",
+                    n.name, n.subnet, n.gateway
+                )));
+            }
+        }
+        let mut out = settings.clone();
+        if out.network == NONE_NETWORK {
+            out.network = n.name;
+            out.aliases = aliases.to_vec();
+            out.ip = ip;
+            out.last_ip = None;
+        } else {
+            out.extra.push(ExtraNet {
+                network: n.name,
+                aliases: aliases.to_vec(),
+                ip,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `settings` without network `key` (`network disconnect`): a
+    /// further network is dropped; the first is replaced by the next one,
+    /// or by `none` when it was the only one (its `-p` values are kept
+    /// for a later connect, as Docker keeps a container's port
+    /// configuration). The caller makes sure the sandbox is not running.
+    pub fn disconnect(
+        db: &Db,
+        key: &str,
+        settings: &SandboxNet,
+        sandbox: &str,
+    ) -> Result<SandboxNet, ApiError> {
+        let n = Self::find(db, key)?.spec;
+        let is = |name: &str| name == n.name || name == n.id;
+        let mut out = settings.clone();
+        if is(&out.network) {
+            if out.extra.is_empty() {
+                out.network = NONE_NETWORK.into();
+                out.aliases.clear();
+                out.ip = None;
+            } else {
+                let next = out.extra.remove(0);
+                out.network = next.network;
+                out.aliases = next.aliases;
+                out.ip = next.ip;
+            }
+            out.last_ip = None;
+        } else if let Some(i) = out.extra.iter().position(|x| is(&x.network)) {
+            out.extra.remove(i);
+        } else {
+            return Err(err(
+                ErrorCode::NotFound,
+                format!("sandbox {sandbox} is not on network {}", n.name),
+            ));
+        }
+        Ok(out)
     }
 }
 
@@ -757,44 +983,52 @@ fn host_resolvers() -> Vec<IpAddr> {
         .collect()
 }
 
-/// The guest's side of an endpoint: `eth0` with its address, a default
-/// route via the gateway unless the network is internal, the resolver
-/// (`--dns`, else the network's embedded server on user networks and the
-/// host's resolvers on the default one, that server when the host has
-/// only loopback ones), and `/etc/hosts` entries: its own names and
-/// `--add-host`'s.
-fn guest_network(net: &NetworkSpec, ep: &EndpointSpec, who: Who<'_>, s: &SandboxNet) -> Network {
+/// The guest's interface on its `i`th network.
+fn iface(i: usize) -> String {
+    format!("eth{i}")
+}
+
+/// The guest's side of its endpoints (in NIC order): `eth0`, `eth1`, ...
+/// with their addresses; a default route via the gateway of the first
+/// network that is not internal; the resolver (`--dns`, else the embedded
+/// server of the first user network, else on the default network the
+/// host's resolvers, that network's gateway when the host has only
+/// loopback ones); and `/etc/hosts` entries: its own names (on its first
+/// address) and `--add-host`'s.
+fn guest_network(eps: &[(NetworkSpec, EndpointSpec)], who: Who<'_>, s: &SandboxNet) -> Network {
     let mut routes = Vec::new();
-    if !net.internal {
+    if let Some((i, (net, _))) = eps.iter().enumerate().find(|(_, (n, _))| !n.internal) {
         routes.push(Route {
             destination: IpCidr {
                 address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 prefix_len: 0,
             },
             gateway: Some(IpAddr::V4(net.gateway)),
-            interface: GUEST_IFACE.into(),
+            interface: iface(i),
         });
     }
     let nameservers = if !s.dns.is_empty() {
         s.dns.clone()
-    } else if net.kind == NetworkKind::Default {
-        let host = host_resolvers();
-        if host.is_empty() {
-            vec![IpAddr::V4(net.gateway)]
-        } else {
-            host
-        }
-    } else {
+    } else if let Some((net, _)) = eps.iter().find(|(n, _)| n.kind == NetworkKind::User) {
         vec![IpAddr::V4(net.gateway)]
+    } else {
+        let host = host_resolvers();
+        match (host.is_empty(), eps.first()) {
+            (false, _) | (true, None) => host,
+            (true, Some((net, _))) => vec![IpAddr::V4(net.gateway)],
+        }
     };
     let mut own: Vec<String> = vec![who.hostname.to_string()];
     if who.name != who.hostname {
         own.push(who.name.to_string());
     }
-    let mut hosts = vec![HostEntry {
-        address: IpAddr::V4(ep.ip),
-        names: own,
-    }];
+    let mut hosts = Vec::new();
+    if let Some((_, ep)) = eps.first() {
+        hosts.push(HostEntry {
+            address: IpAddr::V4(ep.ip),
+            names: own,
+        });
+    }
     let mut seen = HashSet::new();
     for (name, ip) in &s.hosts {
         if seen.insert((name.clone(), *ip)) {
@@ -805,15 +1039,19 @@ fn guest_network(net: &NetworkSpec, ep: &EndpointSpec, who: Who<'_>, s: &Sandbox
         }
     }
     Network {
-        interfaces: vec![Interface {
-            mac: ep.mac.to_string(),
-            name: GUEST_IFACE.into(),
-            addresses: vec![IpCidr {
-                address: IpAddr::V4(ep.ip),
-                prefix_len: net.subnet.prefix_len(),
-            }],
-            mtu: Some(u32::from(net.mtu)),
-        }],
+        interfaces: eps
+            .iter()
+            .enumerate()
+            .map(|(i, (net, ep))| Interface {
+                mac: ep.mac.to_string(),
+                name: iface(i),
+                addresses: vec![IpCidr {
+                    address: IpAddr::V4(ep.ip),
+                    prefix_len: net.subnet.prefix_len(),
+                }],
+                mtu: Some(u32::from(net.mtu)),
+            })
+            .collect(),
         routes,
         dns: Dns {
             nameservers,
@@ -909,12 +1147,13 @@ mod tests {
             id: &ep.sandbox,
             name: "web",
             hostname: "cdcdcdcdcdcd",
+            resolvable: true,
         };
         let mut s = SandboxNet {
             hosts: vec![("db".into(), "10.9.9.9".parse().unwrap())],
             ..Default::default()
         };
-        let g = guest_network(&net, &ep, who, &s);
+        let g = guest_network(&[(net.clone(), ep.clone())], who, &s);
         g.validate().unwrap();
         assert_eq!(g.interfaces[0].mac, "02:42:0a:05:00:02");
         assert_eq!(g.interfaces[0].addresses[0].to_string(), "10.5.0.2/24");
@@ -925,8 +1164,140 @@ mod tests {
 
         net.internal = true;
         s.dns = vec!["9.9.9.9".parse().unwrap()];
-        let g = guest_network(&net, &ep, who, &s);
+        let g = guest_network(&[(net.clone(), ep.clone())], who, &s);
         assert!(g.routes.is_empty());
         assert_eq!(g.dns.nameservers, ["9.9.9.9".parse::<IpAddr>().unwrap()]);
+    }
+
+    fn user_net(name: &str, subnet: &str, internal: bool) -> NetworkRow {
+        let subnet: Ipv4Net = subnet.parse().unwrap();
+        NetworkRow {
+            spec: NetworkSpec {
+                id: mvm_runtime::names::new_id(),
+                name: name.into(),
+                kind: NetworkKind::User,
+                subnet,
+                gateway: ipam::gateway_of(subnet),
+                internal,
+                mtu: 1500,
+            },
+            meta: NetworkMeta {
+                created: String::new(),
+                labels: BTreeMap::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn connect_and_disconnect_change_the_settings_of_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let app = user_net("app", "10.5.0.0/24", false);
+        db.put_network(&app).unwrap();
+        db.put_network(&user_net("back", "10.6.0.0/24", true))
+            .unwrap();
+        let s = SandboxNet {
+            publish: vec!["8080:80".into()],
+            ..Default::default()
+        };
+
+        let c =
+            Networks::connect(&db, "app", &s, "web", &["api".into()], Some("10.5.0.7")).unwrap();
+        assert_eq!(c.network, DEFAULT_NETWORK);
+        assert_eq!(
+            c.extra,
+            [ExtraNet {
+                network: "app".into(),
+                aliases: vec!["api".into()],
+                ip: Some(Ipv4Addr::new(10, 5, 0, 7)),
+            }]
+        );
+        assert!(Networks::names(&app.spec, &c), "connected: in use");
+        // By id too; twice is refused.
+        let e = Networks::connect(&db, &app.spec.id, &c, "web", &[], None).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict, "{}", e.message);
+        let refused = |key: &str, aliases: &[String], ip: Option<&str>, what: &str| {
+            let e = Networks::connect(&db, key, &s, "web", aliases, ip).unwrap_err();
+            assert!(e.message.contains(what), "{} lacks {what}", e.message);
+        };
+        refused("none", &[], None, "cannot be connected to none");
+        refused("nosuch", &[], None, "no such network: nosuch");
+        refused(
+            "back",
+            &[],
+            Some("10.5.0.7"),
+            "not a free address of network back",
+        );
+        refused("back", &[], Some("10.6.0.1"), "not a free address");
+        refused("back", &["bad name".into()], None, "--alias");
+
+        // Disconnecting the first network makes the next one first.
+        let d = Networks::disconnect(&db, DEFAULT_NETWORK, &c, "web");
+        assert!(d.is_err(), "bridge is not a database row here");
+        let two = Networks::connect(&db, "back", &c, "web", &[], None).unwrap();
+        let d = Networks::disconnect(&db, "app", &two, "web").unwrap();
+        assert_eq!(d.extra.len(), 1);
+        assert_eq!(d.extra[0].network, "back");
+        let e = Networks::disconnect(&db, "app", &d, "web").unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        assert!(e.message.contains("not on network app"), "{}", e.message);
+        let only_app = SandboxNet {
+            network: "app".into(),
+            aliases: vec!["x".into()],
+            last_ip: Some(Ipv4Addr::new(10, 5, 0, 3)),
+            extra: vec![ExtraNet {
+                network: "back".into(),
+                aliases: vec!["y".into()],
+                ip: None,
+            }],
+            ..Default::default()
+        };
+        let d = Networks::disconnect(&db, "app", &only_app, "web").unwrap();
+        assert_eq!(
+            (d.network.as_str(), d.aliases.as_slice()),
+            ("back", &["y".to_string()][..])
+        );
+        assert!(d.extra.is_empty() && d.last_ip.is_none());
+        let d = Networks::disconnect(&db, "back", &d, "web").unwrap();
+        assert_eq!(d.network, NONE_NETWORK);
+        assert!(d.connections().is_empty(), "lo only");
+        // A sandbox on none gets its first network back by a connect.
+        let c = Networks::connect(&db, "app", &d, "web", &[], None).unwrap();
+        assert_eq!((c.network.as_str(), c.extra.len()), ("app", 0));
+    }
+
+    #[test]
+    fn a_second_network_is_eth1_and_the_route_and_resolver_follow_the_rules() {
+        let back = user_net("back", "10.6.0.0/24", true).spec;
+        let app = user_net("app", "10.5.0.0/24", false).spec;
+        let ep = |net: &NetworkSpec, ip: Ipv4Addr| EndpointSpec {
+            id: mvm_runtime::names::new_id(),
+            network: net.id.clone(),
+            sandbox: "cd".repeat(32),
+            ip,
+            mac: ipam::mac_for(ip),
+            dns_names: vec![],
+        };
+        let eps = [
+            (back.clone(), ep(&back, Ipv4Addr::new(10, 6, 0, 2))),
+            (app.clone(), ep(&app, Ipv4Addr::new(10, 5, 0, 2))),
+        ];
+        let who = Who {
+            id: &eps[0].1.sandbox,
+            name: "web",
+            hostname: "web",
+            resolvable: true,
+        };
+        let g = guest_network(&eps, who, &SandboxNet::default());
+        g.validate().unwrap();
+        let names: Vec<_> = g.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["eth0", "eth1"]);
+        // The first network is internal: the way out is the second's.
+        assert_eq!(g.routes.len(), 1);
+        assert_eq!(g.routes[0].interface, "eth1");
+        assert_eq!(g.routes[0].gateway, Some(IpAddr::V4(app.gateway)));
+        // The first user network's embedded DNS answers.
+        assert_eq!(g.dns.nameservers, [IpAddr::V4(back.gateway)]);
+        assert_eq!(g.hosts[0].address, IpAddr::V4(Ipv4Addr::new(10, 6, 0, 2)));
     }
 }

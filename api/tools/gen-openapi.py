@@ -156,7 +156,10 @@ paths = {
       q("buildargs", desc="JSON object of build args"),
       q("labels", desc="JSON object of labels for the image"),
       q("target", desc="stage to build"),
-      q("nocache", "boolean", "do not use the build cache")], body=tar, tag="images",
+      q("nocache", "boolean", "do not use the build cache"),
+      q("network", desc="the RUN steps' network: default (the default bridge network, outbound NAT; also bridge), "
+                        "none (lo only) or a user network's name or id; host is refused (a microVM has no host networking)")],
+     body=tar, tag="images",
      responses={"200": NDJSON(ref("Progress"), "Progress: status lines in BuildKit's plain format; the last line is result ({id, digest, tags, steps, cached}) or error")})},
 }
 

@@ -14,17 +14,23 @@
 //! directory as an OCI layer tar ([`crate::changes`] checks it on the way
 //! in): the host never mounts a filesystem the guest wrote.
 //!
+//! A step's network comes from its [`StepNetwork`] (mvmd gives each step
+//! an endpoint on the build's network, the default bridge with outbound
+//! NAT unless `--network` says otherwise, as Docker's RUN steps have); an
+//! executor without one boots steps with `lo` only.
+//!
 //! [`Executor`] is the seam the engine uses; [`RuntimeExecutor`] is the
 //! product's, tests may bring their own.
 
 use std::fs;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mvm_protocol::agent::client::{AgentClient, ClientError, Event};
 use mvm_runtime::{
-    ExitReason, Intent, ProcessSpec, Resources, Root, Runtime, RuntimeError, Transient,
+    BootNet, ExitReason, Intent, ProcessSpec, Resources, Root, Runtime, RuntimeError, Transient,
     TransientSpec,
 };
 use tokio::io::AsyncWriteExt;
@@ -56,6 +62,9 @@ pub enum VmError {
     /// The changes the guest sent are not a usable layer.
     #[error("the RUN step's changes: {0}")]
     Changes(#[from] changes::ChangesError),
+    /// The step's network endpoint could not be made.
+    #[error("cannot give the build microVM its network: {0}")]
+    Network(String),
 }
 
 type Result<T, E = VmError> = std::result::Result<T, E>;
@@ -139,6 +148,18 @@ pub trait Executor: Send + Sync {
     fn run(&self, req: &RunRequest, output: &mut dyn FnMut(&str)) -> Result<RunOutcome>;
 }
 
+/// The network of a build's RUN steps: each step gets an endpoint of its
+/// own (a TAP, an address, the network's rules) for as long as its
+/// microVM runs. The builder is synchronous; implementations may block.
+pub trait StepNetwork: Send + Sync + std::fmt::Debug {
+    /// Make the host side of step `id`'s endpoint and return its boot's
+    /// NICs and guest configuration (`BootNet::default()`: `lo` only).
+    fn attach(&self, id: &str) -> Result<BootNet, String>;
+    /// Remove what [`Self::attach`] made for `id`, once its microVM has
+    /// ended; a failure is logged, not returned (the step's result stands).
+    fn detach(&self, id: &str);
+}
+
 /// Runs each RUN step as a transient sandbox of a [`Runtime`].
 #[derive(Debug, Clone)]
 pub struct RuntimeExecutor {
@@ -147,6 +168,21 @@ pub struct RuntimeExecutor {
     pub resources: Resources,
     /// Longest a RUN may take.
     pub timeout: Duration,
+    /// The steps' network; `None`: `lo` only.
+    pub network: Option<Arc<dyn StepNetwork>>,
+}
+
+/// Detaches a step's endpoint when dropped: declared before the
+/// [`Transient`], it drops after it, so the TAP goes once the VMM is gone.
+struct Endpoint<'a> {
+    network: &'a dyn StepNetwork,
+    id: String,
+}
+
+impl Drop for Endpoint<'_> {
+    fn drop(&mut self) {
+        self.network.detach(&self.id);
+    }
 }
 
 /// The hostname RUN steps see (BuildKit's).
@@ -165,7 +201,14 @@ impl RuntimeExecutor {
                 scratch_mib: 8 << 10,
             },
             timeout: Duration::from_secs(3600),
+            network: None,
         }
+    }
+
+    /// The same executor with its steps on `network`.
+    pub fn with_network(mut self, network: Arc<dyn StepNetwork>) -> Self {
+        self.network = Some(network);
+        self
     }
 }
 
@@ -220,6 +263,16 @@ impl Executor for RuntimeExecutor {
             path: req.dir.clone(),
             source,
         })?;
+        // The endpoint's id is the step's own (not the transient's, which
+        // the runtime picks when it boots): the TAP must exist first.
+        let (net, _endpoint) = match self.network.as_deref() {
+            Some(network) => {
+                let id = mvm_runtime::names::new_id();
+                let boot = network.attach(&id).map_err(VmError::Network)?;
+                (boot, Some(Endpoint { network, id }))
+            }
+            None => (BootNet::default(), None),
+        };
         let spec = TransientSpec {
             root: Root::Disk(req.root_disk.clone()),
             process: ProcessSpec {
@@ -235,6 +288,7 @@ impl Executor for RuntimeExecutor {
             resources: self.resources,
             export_changes: true,
             die_with_parent: false,
+            net,
         };
         let t = self.runtime.start_transient(&spec)?;
         // The builder is synchronous (it runs on a blocking thread); the

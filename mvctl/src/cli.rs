@@ -943,6 +943,38 @@ pub enum NetworkCommand {
     Rm(NetworkIdsArgs),
     /// Remove every network no sandbox uses
     Prune(NetworkPruneArgs),
+    /// Put a stopped sandbox on one more network (from its next start)
+    Connect(NetworkConnectArgs),
+    /// Take a stopped sandbox off a network (from its next start)
+    Disconnect(NetworkDisconnectArgs),
+}
+
+/// `mvctl network connect`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkConnectArgs {
+    /// A name the sandbox also has on that network; repeatable
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// Its IPv4 address on that network
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<String>,
+    /// The network (name, id or id prefix)
+    #[arg(value_name = "NETWORK")]
+    pub network: String,
+    /// The sandbox (name, id or id prefix)
+    #[arg(value_name = "SANDBOX")]
+    pub sandbox: String,
+}
+
+/// `mvctl network disconnect`.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkDisconnectArgs {
+    /// The network (name, id or id prefix)
+    #[arg(value_name = "NETWORK")]
+    pub network: String,
+    /// The sandbox (name, id or id prefix)
+    #[arg(value_name = "SANDBOX")]
+    pub sandbox: String,
 }
 
 /// `mvctl network create`.

@@ -245,7 +245,7 @@ pub struct Created {
 
 /// A boot's network: NICs on host TAPs and the guest's configuration of
 /// them. The default (no NIC, no section) leaves the guest with `lo` only.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootNet {
     /// The virtio-net devices.
     pub nics: Vec<launch::Nic>,

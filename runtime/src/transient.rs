@@ -27,7 +27,7 @@ use crate::paths::SandboxPaths;
 use crate::process::VmmProcess;
 use crate::share::{Backends, HostShare};
 use crate::spec::{ProcessSpec, Resources};
-use crate::{cgroup, exit_info_of, io_err, names, Runtime, RuntimeError};
+use crate::{cgroup, exit_info_of, io_err, names, BootNet, Runtime, RuntimeError};
 
 /// The root filesystem of a transient sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,11 @@ pub struct TransientSpec {
     /// The VMM and share backends die with the calling thread
     /// ([`crate::process::SpawnSpec::die_with_parent`]).
     pub die_with_parent: bool,
+    /// NICs on TAPs the caller made, and the guest's configuration of
+    /// them ([`launch::add_network`]); the default is `lo` only. The
+    /// caller owns the TAPs and removes them after the transient ended
+    /// (a build's RUN step gets an endpoint of mvmd's networks).
+    pub net: BootNet,
 }
 
 /// A running (or ended) transient sandbox.
@@ -122,6 +127,7 @@ impl Runtime {
             };
             let mut cfg = launch::vm_config(self.boot_files(&init), &paths, disk, &spec.resources);
             self.bound_files(&mut cfg, &paths);
+            launch::add_network(&mut l, &mut cfg, &spec.net.nics, spec.net.network.clone())?;
             self.vmm_dirs(&paths)?;
             let mut all = Vec::with_capacity(shares.len() + 1);
             if let Root::Directory(dir) = &spec.root {

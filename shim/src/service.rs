@@ -332,6 +332,8 @@ impl Service {
             resources: c.spec.resources,
             export_changes: false,
             die_with_parent: true,
+            // No NIC: a containerd sandbox has `lo` only.
+            net: Default::default(),
         };
         // On this (the only) thread: the VMM's death signal is tied to it.
         let vm = rt

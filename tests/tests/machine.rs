@@ -9,9 +9,12 @@
 //!   share) and run from there with no `MVM_*` variables, as a user would:
 //!   start (the machine copies its programs to its disk), status, system
 //!   info, import, run, a file fetched by mvmd from a server on the host's
-//!   127.0.0.1, stop (disk clean), a changed program refreshed (and only
+//!   127.0.0.1, a published port answering on the host's 127.0.0.1, stop
+//!   (disk clean), a changed program refreshed (and only
 //!   that one) at the second start (automatic where there is no hardware
-//!   KVM), the image still there, a change while running reported, a final
+//!   KVM), the image still there, the published port answering again (its
+//!   sandbox restarted by its policy) and released by `rm -f`, a change
+//!   while running reported, a final
 //!   stop (disk clean again).
 //! - `a_stalled_machine_is_restarted`: L1 frozen for real (QEMU stopped
 //!   with SIGSTOP: no heartbeat, nothing moves); the watcher restarts it,
@@ -362,6 +365,28 @@ impl LoopbackServer {
     }
 }
 
+/// A port on the host's 127.0.0.1 that is free now.
+fn free_host_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A GET of `path` on the host's 127.0.0.1:`port`: the whole answer, or
+/// "" when nothing answers (yet).
+fn try_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").is_err() {
+        return String::new();
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
 /// A GET without credentials; the whole answer.
 fn raw_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
@@ -548,6 +573,36 @@ fn machine_life_cycle() {
     let (out, _) = m.ok(&["run", "--rm", "fetched", "cat", "/greeting"]);
     assert_eq!(out, "from the host's loopback\n");
 
+    // -p in the machine answers on the host's 127.0.0.1: mvctl added the
+    // forward when the sandbox started. `--restart always`: it comes back
+    // after the machine's restart below, and so must its forward.
+    let web_port = free_host_port();
+    let publish = format!("{web_port}:80");
+    m.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--restart",
+        "always",
+        "-p",
+        &publish,
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    wait_until(
+        Duration::from_secs(300),
+        "the published port to answer on the host's 127.0.0.1",
+        || try_get(web_port, "/image-marker").contains("from the image"),
+    );
+    let (out, _) = m.ok(&["port", "web"]);
+    assert_eq!(out.trim(), format!("80/tcp -> 0.0.0.0:{web_port}"));
+
     m.stop();
     let (out, _) = m.ok(&["machine", "status"]);
     assert!(out.lines().next().unwrap().contains("stopped"), "{out}");
@@ -585,6 +640,17 @@ fn machine_life_cycle() {
     }
     let (out, _) = m.ok(&["run", "--rm", "busybox", "cat", "/etc/image-marker"]);
     assert_eq!(out, "from the image\n");
+    // The new machine's mvmd restarted `web` (its policy) and the watcher
+    // forwarded its port again: nothing was run by hand for it.
+    wait_until(
+        Duration::from_secs(300),
+        "the published port to answer again after the machine's restart",
+        || try_get(web_port, "/image-marker").contains("from the image"),
+    );
+    // Removed: the host port is released (nothing listens there).
+    m.ok(&["rm", "-f", "web"]);
+    std::net::TcpListener::bind(("127.0.0.1", web_port))
+        .unwrap_or_else(|e| panic!("127.0.0.1:{web_port} still taken after rm -f: {e}"));
     // A change while the machine runs is reported, not silently ignored.
     install.change("bin/mvm-vmm");
     let (out, _) = m.ok(&["machine", "status"]);

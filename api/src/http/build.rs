@@ -4,13 +4,16 @@
 //! unpacked with the store's hardened unpacker. Query parameters: `t`
 //! (repeatable tag), `dockerfile` (path inside the context, default
 //! `Dockerfile`), `buildargs` and `labels` (JSON objects of strings),
-//! `target`, `nocache`. The answer is the NDJSON progress stream every
+//! `target`, `nocache`, `network`. The answer is the NDJSON progress stream every
 //! long image operation uses: `status` lines in BuildKit's plain format
 //! (`#3 [2/4] RUN ...`, `#3 CACHED`, `#3 DONE 1.2s`, RUN output), then
 //! `result` (`{"id", "digest", "tags", "steps", "cached"}`) or `error`.
 //! RUN steps are transient sandboxes of this mvmd's runtime: the same
 //! kernel, init and VMM as `run` (`--kernel/--init/--vmm`, the install
-//! prefix), so builds work wherever sandboxes do. A `FROM` of an image the
+//! prefix), so builds work wherever sandboxes do. Each RUN step gets an
+//! endpoint on the build's network for as long as its microVM runs
+//! ([`StepNet`]): the default bridge network (outbound NAT, as Docker's
+//! RUN steps have) unless `network` names `none` or a user network. A `FROM` of an image the
 //! store lacks is pulled with the credentials the client sent
 //! (`X-Registry-Config`, as `docker build` sends them). Progress lines are
 //! the build's typed events (`build`), then `result` or `error`.
@@ -29,13 +32,16 @@ use mvm_api::images::Progress;
 use mvm_api::ErrorCode;
 use mvm_builder::context::Context;
 use mvm_builder::progress::Event;
-use mvm_builder::vm::RuntimeExecutor;
+use mvm_builder::vm::{RuntimeExecutor, StepNetwork, BUILD_HOSTNAME};
 use mvm_builder::{BaseImages, BuildError, BuildOptions, Builder};
 use mvm_images::Store;
+use mvm_runtime::BootNet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::{ApiResult, Error, Query};
+use crate::manager::Manager;
+use crate::network::{SandboxNet, Who, DEFAULT_NETWORK, NONE_NETWORK};
 use crate::registry::{self, ClientAuth, PullSpec};
 use crate::Daemon;
 
@@ -122,8 +128,86 @@ impl BaseImages for Puller {
     }
 }
 
+/// The `network` parameter: `default` (or `bridge`, or absent) is the
+/// default network, `none` is `lo` only, anything else a user network
+/// that must exist. `host` networking does not exist for a microVM.
+fn build_network(d: &Daemon, q: &Query) -> ApiResult<String> {
+    let net = match q.get("network").filter(|v| !v.is_empty()) {
+        None | Some("default") | Some(DEFAULT_NETWORK) => DEFAULT_NETWORK,
+        Some(NONE_NETWORK) => NONE_NETWORK,
+        Some("host") => {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                "--network host: a RUN step is a microVM and cannot share the host's network; use default, none or a network's name",
+            ))
+        }
+        Some(other) => other,
+    };
+    d.manager
+        .networks()
+        .check_exists(d.manager.db(), net)
+        .map_err(|e| Error::new(e.code, format!("--network: {}", e.message)))?;
+    Ok(net.to_string())
+}
+
+/// A build's RUN steps on mvmd's networks: an endpoint per step (TAP,
+/// address, the network's rules; no DNS name), made before the step's
+/// microVM boots and removed after it ended. Its records live in the
+/// database like a sandbox's, so a step whose mvmd was killed is cleaned
+/// up at the next start ([`crate::network::Networks::detach_orphans`]).
+struct StepNet {
+    manager: Arc<Manager>,
+    network: String,
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for StepNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepNet")
+            .field("network", &self.network)
+            .finish()
+    }
+}
+
+impl StepNetwork for StepNet {
+    fn attach(&self, id: &str) -> Result<BootNet, String> {
+        let settings = SandboxNet {
+            network: self.network.clone(),
+            ..Default::default()
+        };
+        let who = Who {
+            id,
+            name: &id[..12],
+            hostname: BUILD_HOSTNAME,
+            resolvable: false,
+        };
+        let m = &self.manager;
+        let a = self
+            .handle
+            .block_on(m.networks().attach(m.db(), who, &settings))
+            .map_err(|e| e.message)?;
+        for w in &a.warnings {
+            tracing::warn!(step = %id, "RUN step: {w}");
+        }
+        Ok(a.boot)
+    }
+
+    fn detach(&self, id: &str) {
+        let m = &self.manager;
+        if let Err(e) = self.handle.block_on(m.networks().detach(m.db(), id)) {
+            tracing::warn!(step = %id, "releasing a RUN step's network endpoint: {}", e.message);
+        }
+    }
+}
+
 pub async fn build(State(d): D, headers: HeaderMap, q: Query, body: Body) -> ApiResult<Response> {
     let opts = options(&q)?;
+    let network = build_network(&d, &q)?;
+    let step_net = Arc::new(StepNet {
+        manager: d.manager.clone(),
+        network,
+        handle: tokio::runtime::Handle::current(),
+    });
     let auth = ClientAuth::from_headers(&headers)?;
     let handle = tokio::runtime::Handle::current();
     let runtime = d.manager.runtime().clone();
@@ -144,7 +228,7 @@ pub async fn build(State(d): D, headers: HeaderMap, q: Query, body: Body) -> Api
         let result = (|| -> Result<serde_json::Value, (ErrorCode, String)> {
             let ctx = Context::from_tar(reader, &tmp)
                 .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
-            let exec = RuntimeExecutor::new(runtime);
+            let exec = RuntimeExecutor::new(runtime).with_network(step_net);
             let puller = Puller {
                 store: store.clone(),
                 auth,

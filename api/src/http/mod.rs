@@ -241,6 +241,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/sandboxes/{id}/top", get(agent::top))
         .route("/v1/networks", get(networks::list).post(networks::create))
         .route("/v1/networks/prune", post(networks::prune))
+        .route("/v1/networks/{id}/connect", post(networks::connect))
+        .route("/v1/networks/{id}/disconnect", post(networks::disconnect))
         .route(
             "/v1/networks/{id}",
             get(networks::inspect).delete(networks::remove),

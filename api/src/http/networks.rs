@@ -5,9 +5,13 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mvm_api::network::{NetworkCreateRequest, NetworkCreateResponse, NetworkPruneResponse};
+use mvm_api::network::{
+    NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest,
+    NetworkPruneResponse,
+};
 
 use super::{json_response, ApiResult, Json};
+use crate::network::Networks;
 use crate::Daemon;
 
 type D = State<Arc<Daemon>>;
@@ -48,4 +52,32 @@ pub async fn prune(State(d): D) -> ApiResult<Response> {
         StatusCode::OK,
         &NetworkPruneResponse { deleted },
     ))
+}
+
+/// `POST /v1/networks/{id}/connect`: for the sandbox's next start.
+pub async fn connect(
+    State(d): D,
+    Path(id): Path<String>,
+    Json(req): Json<NetworkConnectRequest>,
+) -> ApiResult<Response> {
+    d.manager
+        .change_networks(&req.sandbox, "connect", |db, settings, name| {
+            Networks::connect(db, &id, settings, name, &req.aliases, req.ip.as_deref())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/networks/{id}/disconnect`: for the sandbox's next start.
+pub async fn disconnect(
+    State(d): D,
+    Path(id): Path<String>,
+    Json(req): Json<NetworkDisconnectRequest>,
+) -> ApiResult<Response> {
+    d.manager
+        .change_networks(&req.sandbox, "disconnect", |db, settings, name| {
+            Networks::disconnect(db, &id, settings, name)
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

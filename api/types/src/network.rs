@@ -27,6 +27,31 @@ pub struct NetworkCreateRequest {
     pub labels: BTreeMap<String, String>,
 }
 
+/// `POST /v1/networks/{id}/connect`: put a sandbox on one more network
+/// (a NIC and an endpoint of its own from its next start). Only for a
+/// sandbox that is not running: a microVM's NICs are fixed at boot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConnectRequest {
+    /// The sandbox (id, unique id prefix or name).
+    pub sandbox: String,
+    /// Names it has on that network besides its own (`--alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Its IPv4 address on that network (`--ip`), a user network's only.
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+/// `POST /v1/networks/{id}/disconnect`: take a sandbox that is not
+/// running off a network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkDisconnectRequest {
+    /// The sandbox (id, unique id prefix or name).
+    pub sandbox: String,
+}
+
 /// Answer to a network create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkCreateResponse {
@@ -132,4 +157,8 @@ pub struct NetworkSettings {
     /// Published ports while it runs.
     #[serde(default)]
     pub ports: Vec<PortBinding>,
+    /// The further networks it is on (`network connect`), by name; each
+    /// is a NIC of its own after the first (eth1, eth2, ...).
+    #[serde(default)]
+    pub extra_networks: Vec<String>,
 }

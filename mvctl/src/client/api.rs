@@ -10,7 +10,8 @@ use mvm_api::images::{
 };
 use mvm_api::logs::LogRecord;
 use mvm_api::network::{
-    NetworkCreateRequest, NetworkCreateResponse, NetworkInfo, NetworkPruneResponse,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest,
+    NetworkInfo, NetworkPruneResponse,
 };
 use mvm_api::sandbox::{
     CreateRequest, CreateResponse, PruneResponse, SandboxInfo, SandboxSummary, WaitResponse,
@@ -94,6 +95,22 @@ impl Client {
     /// `DELETE /v1/networks/{id}`.
     pub async fn network_remove(&self, id: &str) -> Result<()> {
         self.call::<()>(Method::DELETE, &network(id), None).await
+    }
+
+    /// `POST /v1/networks/{id}/connect`.
+    pub async fn network_connect(&self, id: &str, req: &NetworkConnectRequest) -> Result<()> {
+        self.call(Method::POST, &format!("{}/connect", network(id)), Some(req))
+            .await
+    }
+
+    /// `POST /v1/networks/{id}/disconnect`.
+    pub async fn network_disconnect(&self, id: &str, req: &NetworkDisconnectRequest) -> Result<()> {
+        self.call(
+            Method::POST,
+            &format!("{}/disconnect", network(id)),
+            Some(req),
+        )
+        .await
     }
 
     /// `POST /v1/networks/prune`.

@@ -60,6 +60,10 @@ pub struct BuildArgs {
     /// Do not use the build cache
     #[arg(long)]
     pub no_cache: bool,
+    /// Network of the RUN steps: default (the default bridge, with
+    /// outbound NAT), none (loopback only) or a network's name
+    #[arg(long, value_name = "default|none|NAME")]
+    pub network: Option<String>,
     /// Progress output
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
@@ -191,6 +195,7 @@ pub async fn build(ctx: &Ctx, a: BuildArgs) -> CmdResult {
     }
     q = q
         .opt("target", a.target.as_deref())
+        .opt("network", a.network.as_deref())
         .flag("nocache", a.no_cache);
     // The base images' registries get the user's credentials, for the
     // FROMs the daemon must pull (a tarball context's Dockerfile is not

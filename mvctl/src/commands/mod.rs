@@ -93,6 +93,58 @@ impl Ctx {
     pub async fn client(&self) -> Result<&Client, CmdError> {
         Ok(&self.connection().await?.client)
     }
+
+    /// In machine mode, make the host's 127.0.0.1 forward the ports the
+    /// machine's sandboxes publish now ([`crate::machine::ports`]); called
+    /// after a command that may have published or released one, so the
+    /// forward is in place (or gone) when the command returns. Best
+    /// effort: what fails is a warning (the watcher tries again).
+    pub async fn sync_machine_ports(&self) {
+        let Some(conn) = self.conn.get() else { return };
+        if !matches!(conn.mode, connect::Mode::Machine { .. }) {
+            return;
+        }
+        let paths = crate::machine::paths::Paths::from_env();
+        let p = paths.clone();
+        let lock = match tokio::task::spawn_blocking(move || crate::machine::ports::lock(&p)).await
+        {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                eprintln!(
+                    "mvctl: warning: forwarding the published ports from the host's 127.0.0.1: {e}"
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("mvctl: warning: forwarding the published ports: {e}");
+                return;
+            }
+        };
+        let published: Vec<_> = match conn.client.list(false, &[]).await {
+            Ok(list) => list.into_iter().flat_map(|s| s.ports).collect(),
+            Err(e) => {
+                eprintln!("mvctl: warning: cannot list the published ports to forward them from the host: {e}");
+                return;
+            }
+        };
+        let r = tokio::task::spawn_blocking(move || {
+            let r = crate::machine::ports::sync_locked(&paths, &published);
+            drop(lock);
+            r
+        })
+        .await;
+        match r {
+            Ok(Ok(synced)) => {
+                for (f, why) in synced.failed {
+                    eprintln!("mvctl: warning: port {} is published in the machine but the host cannot forward {f} to it: {why}", f.port);
+                }
+            }
+            Ok(Err(e)) => eprintln!(
+                "mvctl: warning: forwarding the published ports from the host's 127.0.0.1: {e}"
+            ),
+            Err(e) => eprintln!("mvctl: warning: forwarding the published ports: {e}"),
+        }
+    }
 }
 
 /// Print an error the way every mvctl error is printed.
@@ -142,6 +194,25 @@ fn stdout_is_terminal() -> bool {
 /// Dispatch a parsed command line (except `machine` and `completion`,
 /// which need no daemon and run before any runtime exists).
 pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
+    // Commands after which a sandbox may publish or release host ports
+    // (a foreground run or `start -a` also syncs once started).
+    let ports_change = matches!(
+        cmd,
+        Command::Run(_)
+            | Command::Start(_)
+            | Command::Stop(_)
+            | Command::Kill(_)
+            | Command::Restart(_)
+            | Command::Rm(_)
+    );
+    let r = dispatch_command(ctx, cmd).await;
+    if ports_change {
+        ctx.sync_machine_ports().await;
+    }
+    r
+}
+
+async fn dispatch_command(ctx: &Ctx, cmd: Command) -> CmdResult {
     match cmd {
         Command::Run(a) => run::run(ctx, a).await,
         Command::Create(a) => run::create(ctx, a).await,
@@ -225,6 +296,8 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
             NetworkCommand::Inspect(a) => network::inspect(ctx, a).await,
             NetworkCommand::Rm(a) => network::rm(ctx, a).await,
             NetworkCommand::Prune(a) => network::prune(ctx, a).await,
+            NetworkCommand::Connect(a) => network::connect(ctx, a).await,
+            NetworkCommand::Disconnect(a) => network::disconnect(ctx, a).await,
         },
         Command::Port(a) => network::port(ctx, a).await,
         Command::Machine { .. } | Command::Completion { .. } => Err(CmdError::Invalid(

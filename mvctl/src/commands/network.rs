@@ -1,9 +1,14 @@
 //! `mvctl network ...` and `mvctl port`.
 
-use mvm_api::network::{NetworkCreateRequest, NetworkInfo, PortBinding};
+use mvm_api::network::{
+    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkInfo, PortBinding,
+};
 
 use super::{confirm, for_each, report, CmdError, CmdResult, Ctx};
-use crate::cli::{NetworkCreateArgs, NetworkIdsArgs, NetworkLsArgs, NetworkPruneArgs, PortArgs};
+use crate::cli::{
+    NetworkConnectArgs, NetworkCreateArgs, NetworkDisconnectArgs, NetworkIdsArgs, NetworkLsArgs,
+    NetworkPruneArgs, PortArgs,
+};
 use crate::flags;
 
 /// `mvctl network create`.
@@ -95,6 +100,31 @@ pub async fn rm(ctx: &Ctx, a: NetworkIdsArgs) -> CmdResult {
         Ok(())
     })
     .await
+}
+
+/// `mvctl network connect`.
+pub async fn connect(ctx: &Ctx, a: NetworkConnectArgs) -> CmdResult {
+    let client = ctx.client().await?;
+    client
+        .network_connect(
+            &a.network,
+            &NetworkConnectRequest {
+                sandbox: a.sandbox,
+                aliases: a.aliases,
+                ip: a.ip,
+            },
+        )
+        .await?;
+    Ok(0)
+}
+
+/// `mvctl network disconnect`.
+pub async fn disconnect(ctx: &Ctx, a: NetworkDisconnectArgs) -> CmdResult {
+    let client = ctx.client().await?;
+    client
+        .network_disconnect(&a.network, &NetworkDisconnectRequest { sandbox: a.sandbox })
+        .await?;
+    Ok(0)
 }
 
 /// `mvctl network prune`.

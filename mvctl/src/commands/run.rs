@@ -180,7 +180,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> CmdResult {
         println!("{id}");
         return Ok(0);
     }
-    foreground(client, &id, req.auto_remove, session).await
+    foreground(ctx, &id, req.auto_remove, session).await
 }
 
 /// After a failed start, a `--rm` sandbox goes away as it would have on
@@ -193,7 +193,8 @@ async fn discard_failed(client: &Client, id: &str, auto_remove: bool) {
 
 /// Attach to `id`, start it, carry its streams until it stops, and
 /// return its exit status (`start -a` and foreground `run`).
-pub async fn foreground(client: &Client, id: &str, auto_remove: bool, o: SessionOpts) -> CmdResult {
+pub async fn foreground(ctx: &Ctx, id: &str, auto_remove: bool, o: SessionOpts) -> CmdResult {
+    let client = ctx.client().await?;
     // Attached before the start: the stream carries the run from its
     // first byte, and its end is the run's exit (no separate wait).
     let io = match client.attach(id, o.stdin).await {
@@ -211,6 +212,7 @@ pub async fn foreground(client: &Client, id: &str, auto_remove: bool, o: Session
         discard_failed(client, id, auto_remove).await;
         return Err(e.into());
     }
+    ctx.sync_machine_ports().await;
     match attach::session(client, id, io, o).await {
         Ok(Ended::Exited(exit)) => Ok(after_exit(client, id, auto_remove, exit.shell_code()).await),
         Ok(Ended::Detached) => Ok(0),

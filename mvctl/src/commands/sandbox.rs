@@ -28,7 +28,7 @@ pub async fn start(ctx: &Ctx, a: StartArgs) -> CmdResult {
             tty: info.config.tty,
         };
         super::attach::check_tty(o)?;
-        return run::foreground(client, &info.id, info.host_config.auto_remove, o).await;
+        return run::foreground(ctx, &info.id, info.host_config.auto_remove, o).await;
     }
     let client = ctx.client().await?;
     for_each(&a.ids, |id| async move {

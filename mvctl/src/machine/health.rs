@@ -174,6 +174,29 @@ pub fn dump_l1_state(monitor: &Path, out: &Path) {
     }
 }
 
+/// HMP's output without carriage returns and the terminal escapes its
+/// line editor sends (`ESC [ ... letter`).
+pub(crate) fn strip_escapes(text: &str) -> String {
+    let text = text.replace('\r', "");
+    let mut clean = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        clean.push(c);
+    }
+    clean
+}
+
 fn hmp(monitor: &Path, commands: &[&str]) -> std::io::Result<String> {
     let mut s = UnixStream::connect(monitor)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -199,24 +222,8 @@ fn hmp(monitor: &Path, commands: &[&str]) -> std::io::Result<String> {
             }
         }
     }
-    let text = String::from_utf8_lossy(&out).replace('\r', "");
     // Drop the terminal escapes and the prompt's echo of each command.
-    let mut clean = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        clean.push(c);
-    }
+    let clean = strip_escapes(&String::from_utf8_lossy(&out));
     Ok(clean
         .lines()
         .filter(|l| !l.starts_with("(qemu)"))

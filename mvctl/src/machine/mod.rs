@@ -35,6 +35,7 @@ pub mod disk;
 pub mod health;
 pub mod paths;
 pub mod ping;
+pub mod ports;
 pub mod qemu;
 pub mod state;
 pub mod watch;

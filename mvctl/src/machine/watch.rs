@@ -311,6 +311,62 @@ fn lost_sandboxes(ep: &Endpoint, files: &BootFiles) -> Result<Vec<Lost>, String>
     .map_err(|_| "the query thread panicked".to_string())?
 }
 
+/// Keep the host's forwards of published ports in step with mvmd's
+/// ([`super::ports`]): what changed without an mvctl command (a restart
+/// policy's start, a sandbox that ended, a restarted machine). Logged,
+/// never fatal.
+fn forward_ports(paths: &Paths, s: &MachineState) {
+    let Ok(token) = super::read_token(&s.token_file) else {
+        return;
+    };
+    let ep = Endpoint {
+        url: s.url(),
+        token,
+    };
+    let _lock = match super::ports::lock(paths) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!("{e}"));
+            return;
+        }
+    };
+    let published = match published_ports(&ep) {
+        Ok(p) => p,
+        Err(e) => {
+            log(&format!("cannot list the published ports: {e}"));
+            return;
+        }
+    };
+    match super::ports::sync_locked(paths, &published) {
+        Ok(done) => {
+            for f in &done.added {
+                log(&format!("forwarding {f} to the machine"));
+            }
+            for f in &done.removed {
+                log(&format!("no longer forwarding {f}"));
+            }
+            for (f, why) in &done.failed {
+                log(&format!("cannot forward {f}: {why}"));
+            }
+        }
+        Err(e) => log(&format!("forwarding the published ports: {e}")),
+    }
+}
+
+/// The ports mvmd publishes now, over the API.
+fn published_ports(ep: &Endpoint) -> Result<Vec<mvm_api::network::PortBinding>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let host = crate::client::Host::parse(&ep.url).map_err(|e| e.to_string())?;
+        let client = crate::client::Client::new(host, Some(ep.token.clone()));
+        let list = client.list(false, &[]).await.map_err(|e| e.to_string())?;
+        Ok(list.into_iter().flat_map(|s| s.ports).collect())
+    })
+}
+
 /// Start the watcher for the machine in `paths`: this mvctl binary,
 /// `machine watch`, in its own session, logging to `watch.log`.
 pub fn spawn(paths: &Paths) -> Option<Proc> {
@@ -418,6 +474,7 @@ pub fn run(paths: &Paths) -> i32 {
         match failure(&s) {
             None => {
                 healthy_at = Instant::now();
+                forward_ports(paths, &s);
                 continue;
             }
             Some(Stall::NoHeartbeat { .. }) if healthy_at.elapsed() < health::stall_limit() => {
