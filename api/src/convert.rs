@@ -145,9 +145,20 @@ pub fn mount_points(s: &SandboxSpec, volumes: &mvm_runtime::VolumeDirs) -> Vec<v
             } => vol::MountPoint {
                 kind: vol::MountType::Volume,
                 name: Some(name.clone()),
-                source: volumes.data(name).display().to_string(),
+                source: match volumes.kind(name) {
+                    Some(mvm_runtime::VolumeKind::Block) => volumes.block_image(name),
+                    _ => volumes.data(name),
+                }
+                .display()
+                .to_string(),
                 destination: target.clone(),
-                driver: Some("local".into()),
+                driver: Some(
+                    volumes
+                        .kind(name)
+                        .unwrap_or(mvm_runtime::VolumeKind::Directory)
+                        .driver()
+                        .into(),
+                ),
                 mode: mode(*read_only),
                 rw: !read_only,
             },

@@ -65,6 +65,10 @@ pub struct Config {
     pub vmm_log_filter: Option<String>,
     /// Machine mode (reported by `/v1/info`).
     pub machine: bool,
+    /// Machine mode: the host directories shared writable into the
+    /// machine at their host paths; bind mounts outside them are refused
+    /// (`--machine-share`, repeatable; none: every bind mount is).
+    pub machine_shares: Vec<PathBuf>,
     /// How VMMs are jailed; `None`: not at all (`--no-jail`).
     pub jail: Option<JailOptions>,
     /// VMM threads install their seccomp filters (false: `--no-seccomp`).
@@ -257,6 +261,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .context("starting host networking")?;
     let manager = manager::Manager::new(rt, db, net);
+    if cfg.machine {
+        manager.set_machine_shares(cfg.machine_shares.clone());
+    }
     manager.recover().await.context("recovering the state")?;
     let daemon = Arc::new(Daemon {
         manager,

@@ -98,6 +98,10 @@ struct Args {
     /// Report "machine" mode (set when running inside the emulated KVM host).
     #[arg(long, hide = true)]
     machine: bool,
+    /// Machine mode: a host directory shared writable into the machine at
+    /// the same path (repeatable); bind mounts must be inside one.
+    #[arg(long, hide = true, value_name = "DIR", requires = "machine")]
+    machine_share: Vec<PathBuf>,
     /// No host networking: sandboxes get no network interface but `lo`
     /// (for hosts where mvmd must not make bridges and nftables rules, and
     /// for a second mvmd on a host: the host's networking has one owner).
@@ -155,6 +159,7 @@ fn main() {
         vmm_log_max: a.vmm_log_max,
         vmm_log_filter: a.vmm_log,
         machine: a.machine,
+        machine_shares: a.machine_share,
         jail: (!a.no_jail).then_some(mvmd::JailOptions {
             uids: a.jail_uid_range,
             jailer: a.jailer,

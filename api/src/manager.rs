@@ -147,6 +147,11 @@ pub struct Manager {
     db: Db,
     net: Networks,
     inner: Mutex<Inner>,
+    /// Machine mode: the host directories the machine shares writable at
+    /// their host paths (`--machine-share`); bind mounts must be inside
+    /// one, since any other path in the machine is its read-only view
+    /// of the host root, whose writes would never reach the host.
+    machine_shares: std::sync::OnceLock<Vec<std::path::PathBuf>>,
 }
 
 /// How long to wait for a VMM to end after SIGTERM or SIGKILL.
@@ -167,7 +172,45 @@ impl Manager {
             db,
             net,
             inner: Mutex::new(Inner::default()),
+            machine_shares: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Machine mode: bind mounts are allowed only inside `shares` (set
+    /// once, before serving).
+    pub fn set_machine_shares(&self, shares: Vec<std::path::PathBuf>) {
+        let _ = self.machine_shares.set(shares);
+    }
+
+    /// In machine mode, refuse a bind mount whose (canonical) source is
+    /// not inside a directory the machine shares with the host, naming
+    /// the shared ones.
+    fn check_machine_binds(&self, mounts: &[mvm_runtime::MountSpec]) -> Result<()> {
+        let Some(shares) = self.machine_shares.get() else {
+            return Ok(());
+        };
+        for m in mounts {
+            let mvm_runtime::MountSpec::Bind { source, .. } = m else {
+                continue;
+            };
+            // A missing or relative source is refused by the runtime's
+            // own checks, with their message.
+            let Ok(real) = std::fs::canonicalize(source) else {
+                continue;
+            };
+            if !shares.iter().any(|s| real.starts_with(s)) {
+                let list: Vec<String> = shares.iter().map(|p| p.display().to_string()).collect();
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "bind mount source {} is not shared with the mvm machine, which shares {} (your home directory and the directory the machine was started from, writable at the same paths); use a directory under one of them, or stop the machine and start it from the directory to share (mvctl machine stop; cd DIR; mvctl machine start)",
+                        source.display(),
+                        if list.is_empty() { "nothing".to_string() } else { list.join(", ") },
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The runtime.
@@ -328,6 +371,8 @@ impl Manager {
         let (id2, name2) = (id.clone(), name.to_string());
         let mut sreq = convert::sandbox_request(&req).map_err(|m| err(ErrorCode::BadRequest, m))?;
         sreq.mounts = self.add_volumes_from(&req.volumes_from, sreq.mounts)?;
+        self.check_machine_binds(&sreq.mounts)?;
+        self.check_block_mounts(&sreq.mounts)?;
         let created = tokio::task::spawn_blocking(move || rt.create(&id2, &name2, &sreq))
             .await
             .map_err(internal)?
@@ -378,6 +423,10 @@ impl Manager {
             let r = e.row();
             (r.spec.clone(), r.internal.network.clone())
         };
+        if let Some(msg) = self.block_volume_conflict(&spec) {
+            tracing::warn!(sandbox = %e.id, "start refused: {msg}");
+            return Err(err(ErrorCode::Conflict, msg));
+        }
         let rt = self.rt.clone();
         let t0 = Instant::now();
         let size = e.link.size().filter(|_| spec.process.tty);

@@ -10,7 +10,7 @@ use mvm_api::volume::{
     parse_volumes_from, Volume, VolumeCreateRequest, VolumeList, VolumePruneResponse, VolumeUsage,
 };
 use mvm_api::{ApiError, ErrorCode};
-use mvm_runtime::{ImportMode, MountSpec, SandboxSpec, Status};
+use mvm_runtime::{ImportMode, MountSpec, SandboxSpec, Status, VolumeKind};
 
 use crate::db::VolumeRow;
 use crate::manager::{now, Manager, Result};
@@ -102,10 +102,14 @@ impl Manager {
 
     fn volume_view(&self, v: &VolumeRow, size: bool) -> Volume {
         let dirs = self.runtime().volumes();
+        let mountpoint = match dirs.kind(&v.name) {
+            Some(VolumeKind::Block) => dirs.block_image(&v.name),
+            _ => dirs.data(&v.name),
+        };
         Volume {
             name: v.name.clone(),
             driver: v.driver.clone(),
-            mountpoint: dirs.data(&v.name).display().to_string(),
+            mountpoint: mountpoint.display().to_string(),
             created_at: v.created.clone(),
             labels: v.labels.clone(),
             options: v.options.clone(),
@@ -114,6 +118,7 @@ impl Manager {
             usage_data: size.then(|| VolumeUsage {
                 size: dirs.size(&v.name),
                 ref_count: self.volume_users(&v.name).len() as u64,
+                capacity: dirs.block_capacity(&v.name),
             }),
         }
     }
@@ -131,29 +136,136 @@ impl Manager {
             })
     }
 
-    /// `POST /v1/volumes`: make a volume (an existing one is returned).
+    /// `POST /v1/volumes`: make a volume (an existing one of the same
+    /// driver is returned, as Docker does). Drivers: `local` (a
+    /// directory, no options) and `block` (an ext4 image, `size=`
+    /// required).
     pub async fn volume_create(&self, req: VolumeCreateRequest) -> Result<Volume> {
-        match req.driver.as_deref() {
-            None | Some("") | Some("local") => {}
+        let block = match req.driver.as_deref() {
+            None | Some("") | Some("local") => false,
+            Some("block") => true,
             Some(d) => {
                 return Err(err(
                     ErrorCode::BadRequest,
-                    format!("unknown volume driver {d:?}; this mvmd has the local driver only"),
+                    format!("unknown volume driver {d:?}; use local (a directory, the default) or block (an ext4 disk: --driver block --opt size=1g)"),
                 ))
             }
-        }
-        if let Some(k) = req.driver_opts.keys().next() {
-            return Err(err(
-                ErrorCode::BadRequest,
-                format!("the local driver takes no options (got {k:?}); drop --opt"),
-            ));
-        }
+        };
         let name = req
             .name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(mvm_runtime::names::new_id);
-        self.ensure_volume(&name, req.labels, false).await?;
-        Ok(self.volume_view(&self.volume_row(&name)?, false))
+        let driver = if block { "block" } else { "local" };
+        if let Ok(row) = self.volume_row(&name) {
+            if row.driver != driver {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!(
+                        "volume {name} exists with driver {}; remove it first (mvctl volume rm {name}) or choose another name",
+                        row.driver
+                    ),
+                ));
+            }
+        }
+        if !block {
+            if let Some(k) = req.driver_opts.keys().next() {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("the local driver takes no options (got {k:?}); drop --opt"),
+                ));
+            }
+            self.ensure_volume(&name, req.labels, false).await?;
+            return Ok(self.volume_view(&self.volume_row(&name)?, false));
+        }
+        if let Some(k) = req.driver_opts.keys().find(|k| *k != "size") {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "the block driver takes the option size only (got {k:?}), e.g. --opt size=1g"
+                ),
+            ));
+        }
+        let Some(size) = req.driver_opts.get("size") else {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "the block driver needs a size: --opt size=SIZE (e.g. size=1g, 16m to 16t)",
+            ));
+        };
+        let bytes = mvm_runtime::volume::parse_block_size(size).map_err(vol_err)?;
+        mvm_runtime::volume::validate_name(&name).map_err(vol_err)?;
+        let dirs = self.runtime().volumes();
+        let n = name.clone();
+        tokio::task::spawn_blocking(move || dirs.create_block(&n, bytes))
+            .await
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            .map_err(vol_err)?;
+        self.db().insert_volume(&VolumeRow {
+            name: name.clone(),
+            created: now(),
+            driver: "block".into(),
+            labels: req.labels,
+            options: [("size".to_string(), size.clone())].into(),
+            anonymous: false,
+        })?;
+        Ok(self.volume_view(&self.volume_row(&name)?, true))
+    }
+
+    /// Refuse a create request that mounts one block volume twice: two
+    /// disks on one image would be two writers of one ext4 in one guest
+    /// (and the second VMM lock on it fails).
+    pub fn check_block_mounts(&self, mounts: &[MountSpec]) -> Result<()> {
+        let dirs = self.runtime().volumes();
+        let mut seen = std::collections::HashSet::new();
+        for name in mounts.iter().filter_map(MountSpec::volume_name) {
+            if dirs.kind(name) == Some(VolumeKind::Block) && !seen.insert(name) {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("block volume {name} is mounted twice; a block volume is one disk: mount it once (a directory volume can be mounted at several paths)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Why sandbox `spec` may not start now: a block volume it mounts is
+    /// in use by another running sandbox, and one of the two would write
+    /// (a block volume has one writer, or any number of readers). The VMM's
+    /// lock on the image refuses it too; this names the other sandbox
+    /// before anything boots.
+    pub fn block_volume_conflict(&self, spec: &SandboxSpec) -> Option<String> {
+        let dirs = self.runtime().volumes();
+        for m in &spec.mounts {
+            let MountSpec::Volume {
+                name, read_only, ..
+            } = m
+            else {
+                continue;
+            };
+            if dirs.kind(name) != Some(VolumeKind::Block) {
+                continue;
+            }
+            for r in self.entries().iter().map(|e| e.snapshot()) {
+                if r.spec.id == spec.id
+                    || !matches!(r.state.status, Status::Running | Status::Restarting)
+                {
+                    continue;
+                }
+                let other_writes = r.spec.mounts.iter().any(|o| {
+                    matches!(o, MountSpec::Volume { name: n, read_only: false, .. } if n == name)
+                });
+                let other_reads = r.spec.mounts.iter().any(|o| o.volume_name() == Some(name));
+                if other_writes || (other_reads && !read_only) {
+                    return Some(format!(
+                        "block volume {name} is in use by running sandbox {}{}; a block volume has one writer at a time: stop {} first (mvctl stop {}), or use a directory volume (the local driver) to share data between running sandboxes",
+                        r.spec.name,
+                        if other_writes { "" } else { " (read-only)" },
+                        r.spec.name,
+                        r.spec.name,
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// Make volume `name` (directory and row) unless it exists.
@@ -254,7 +366,8 @@ impl Manager {
     /// as it is at that moment, file by file, without a snapshot
     /// (`mvm_runtime::volume`, Backup and restore).
     pub fn volume_export_check(&self, name: &str) -> Result<()> {
-        self.volume_row(name).map(|_| ())
+        self.volume_row(name)?;
+        self.runtime().volumes().check_export(name).map_err(vol_err)
     }
 
     /// Before `POST /v1/volumes/{name}/import` reads its body: the name

@@ -234,6 +234,84 @@ fn volumes_from_an_unknown_sandbox_or_with_a_bad_mode_is_refused() {
     assert!(out.stderr.contains("unknown mode"), "{out:?}");
 }
 
+#[test]
+fn block_volumes_are_made_listed_sized_refused_export_and_counted_by_system_df() {
+    let d = Mvmd::start();
+    d.mvctl(&["volume", "create", "-d", "block", "-o", "size=32m", "blk"])
+        .ok();
+    d.mvctl(&["volume", "create", "-d", "block", "blk2"])
+        .fails_with("needs a size");
+    d.mvctl(&["volume", "create", "-d", "block", "-o", "size=1m", "blk2"])
+        .fails_with("16m to 16t");
+    d.mvctl(&["volume", "create", "-d", "zfs", "blk2"])
+        .fails_with("unknown volume driver");
+    // The same name again: returned as it is; another driver: conflict.
+    d.mvctl(&["volume", "create", "-d", "block", "-o", "size=64m", "blk"])
+        .ok();
+    d.mvctl(&["volume", "create", "blk"])
+        .fails_with("exists with driver block");
+    let ls = d.mvctl(&["volume", "ls"]).ok().stdout;
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("block") && l.contains(" blk ") && l.ends_with("32m")),
+        "{ls}"
+    );
+    let (status, body) = api(&d.sock, "GET", "/v1/volumes/blk", &[], "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["driver"], "block");
+    assert_eq!(v["usage_data"]["capacity"], 32u64 << 20);
+    let image = PathBuf::from(v["mountpoint"].as_str().unwrap());
+    assert_eq!(fs::metadata(&image).unwrap().len(), 32 << 20);
+    // No host export or import: refused before any stream, saying how.
+    let (status, body) = api(&d.sock, "GET", "/v1/volumes/blk/export", &[], "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("from a sandbox"), "{body}");
+    let (status, body) = api(
+        &d.sock,
+        "POST",
+        "/v1/volumes/blk/import?check=true",
+        &[],
+        "",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tar -x"), "{body}");
+
+    // system df counts both drivers; nothing uses them, so all of their
+    // size is reclaimable.
+    d.mvctl(&["volume", "create", "dir"]).ok();
+    fs::write(d.root().join("volumes/dir/_data/f"), vec![1u8; 100_000]).unwrap();
+    let (status, body) = api(&d.sock, "GET", "/v1/system/df", &[], "");
+    assert_eq!(status, 200, "{body}");
+    let u: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(u["volumes"]["total"], 2, "{u}");
+    assert_eq!(u["volumes"]["active"], 0, "{u}");
+    let size = u["volumes"]["size"].as_u64().unwrap();
+    assert!(size >= 100_000, "{u}");
+    assert_eq!(u["volumes"]["reclaimable"].as_u64(), Some(size));
+    let drivers: Vec<&str> = u["volume_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["driver"].as_str().unwrap())
+        .collect();
+    assert_eq!(drivers, ["block", "local"]);
+    assert_eq!(u["sandboxes"]["total"], 0);
+    let out = d.mvctl(&["system", "df"]).ok().stdout;
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("TYPE"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("Volumes") && l.contains("(100%)")),
+        "{out}"
+    );
+    let out = d.mvctl(&["system", "df", "-v"]).ok().stdout;
+    assert!(out.contains("Local Volumes space usage"), "{out}");
+
+    d.mvctl(&["volume", "rm", "blk"]).ok();
+    assert!(!image.exists());
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -225,7 +225,7 @@ schemas = {
  "MountPoint": S(type=mtype, name=st, source=st, destination=st, driver=st, mode=st, rw=b),
  "VolumeCreateRequest": {**S(name=nul(st), driver=nul(st), driver_opts=mp, labels=mp), "additionalProperties": False},
  "Volume": S(name=st, driver=st, mountpoint=st, created_at=st, labels=mp, options=mp, scope=st, anonymous=b,
-     usage_data=S(size=i, ref_count=i)),
+     usage_data=S(size=i, ref_count=i, capacity=nul(i))),
  "VolumeList": S(volumes=arr(ref("Volume")), warnings=arr(st)),
  "VolumePruneResponse": S(volumes_deleted=arr(st), space_reclaimed=i),
  "Stats": S(read=st, cpu_usage_usec=nul(i), cpu_user_usec=nul(i), cpu_system_usec=nul(i), system_cpu_usec=i,

@@ -7,7 +7,9 @@
 //!
 //! - A share is `mount -t virtiofs TAG TARGET`, read-only with
 //!   `MS_RDONLY` when the spec says so (the host's backend refuses writes
-//!   to a read-only share as well, so this is not the only guard).
+//!   to a read-only share as well, so this is not the only guard); with
+//!   `copy_up` (a directory volume), an empty share first gets what the
+//!   image has at the target, as a block volume does.
 //! - A tmpfs gets exactly the flags and options the spec gives (the host
 //!   applies Docker's defaults).
 //! - A block mount finds its disk by virtio-blk serial, as the root disks
@@ -181,6 +183,9 @@ pub fn mount_all(root: &Path, spec: &LaunchSpec) -> Result<Vec<OwnedFd>, ShareEr
         match m {
             Planned::Share(s) => {
                 let flags = if s.read_only { libc::MS_RDONLY } else { 0 };
+                let below = (s.copy_up && !s.read_only)
+                    .then(|| open_below(&target, &what))
+                    .flatten();
                 crate::sys::mount(&s.tag, &target, "virtiofs", flags, "").map_err(|source| {
                     ShareError::Mount {
                         hint: share_hint(&source),
@@ -189,6 +194,9 @@ pub fn mount_all(root: &Path, spec: &LaunchSpec) -> Result<Vec<OwnedFd>, ShareEr
                         source,
                     }
                 })?;
+                if let Some(src) = below {
+                    copy_up(src, &target, &s.target, &what)?;
+                }
                 crate::info!(
                     "share {:?} mounted on {}{}",
                     s.tag,
@@ -212,24 +220,54 @@ pub fn mount_all(root: &Path, spec: &LaunchSpec) -> Result<Vec<OwnedFd>, ShareEr
     Ok(disks)
 }
 
+/// What the image has at `target`, opened before a volume is mounted
+/// over it, so copy-up can still read it (`None`, with a warning, when it
+/// cannot be opened: the volume is then mounted without copy-up).
+fn open_below(target: &Path, what: &str) -> Option<File> {
+    match File::open(target) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            crate::warn!("{what}: cannot open {} for copy-up: {e}", target.display());
+            None
+        }
+    }
+}
+
+/// Docker's copy-up: when the volume just mounted on `target` holds
+/// nothing yet (but `lost+found`), copy `src` (the image's directory
+/// below it) into it, owners and modes included.
+fn copy_up(src: File, target: &Path, shown: &str, what: &str) -> Result<(), ShareError> {
+    let copy_err = |source| ShareError::CopyUp {
+        what: what.to_string(),
+        source: Box::new(source),
+    };
+    let empty = crate::copyup::is_empty_volume(target).map_err(|source| {
+        copy_err(crate::copyup::CopyUpError {
+            path: PathBuf::from("."),
+            what: "listing the volume",
+            source,
+        })
+    })?;
+    if empty {
+        let stats = crate::copyup::copy_tree(&src, target).map_err(copy_err)?;
+        crate::info!(
+            "{what}: copied the image's {shown} ({} entries, {} bytes) into the new volume",
+            stats.entries,
+            stats.bytes
+        );
+    }
+    Ok(())
+}
+
 fn mount_block(b: &BlockMount, target: &Path, what: &str) -> Result<OwnedFd, ShareError> {
     let dev = crate::rootfs::wait_for_disk(&b.drive).map_err(|source| ShareError::Disk {
         what: what.to_string(),
         source: Box::new(source),
     })?;
     let dev = dev.to_string_lossy().into_owned();
-    // What the image has at the target, kept reachable under the mount.
-    let below = if b.copy_up && !b.read_only {
-        match File::open(target) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                crate::warn!("{what}: cannot open {} for copy-up: {e}", target.display());
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let below = (b.copy_up && !b.read_only)
+        .then(|| open_below(target, what))
+        .flatten();
     let mount = |flags, data| crate::sys::mount(&dev, target, "ext4", flags, data);
     let mounted = if b.read_only {
         mount(libc::MS_RDONLY, "").or_else(|e| {
@@ -248,26 +286,7 @@ fn mount_block(b: &BlockMount, target: &Path, what: &str) -> Result<OwnedFd, Sha
         hint: "; is the disk an ext4 filesystem (a block volume)?",
     })?;
     if let Some(src) = below {
-        let copy_err = |source| ShareError::CopyUp {
-            what: what.to_string(),
-            source: Box::new(source),
-        };
-        let empty = crate::copyup::is_empty_volume(target).map_err(|source| {
-            copy_err(crate::copyup::CopyUpError {
-                path: PathBuf::from("."),
-                what: "listing the volume",
-                source,
-            })
-        })?;
-        if empty {
-            let stats = crate::copyup::copy_tree(&src, target).map_err(copy_err)?;
-            crate::info!(
-                "{what}: copied the image's {} ({} entries, {} bytes) into the new volume",
-                b.target,
-                stats.entries,
-                stats.bytes
-            );
-        }
+        copy_up(src, target, &b.target, what)?;
     }
     let fd = File::open(target).map_err(|source| ShareError::Mount {
         what: what.to_string(),
@@ -292,6 +311,7 @@ mod tests {
             tag: tag.into(),
             target: target.into(),
             read_only: false,
+            copy_up: false,
         }
     }
 

@@ -702,6 +702,15 @@ impl Store {
 /// Formats a fresh sparse file as a writable ext4 scratch disk (with a
 /// journal: sandboxes write to it and may be killed at any time).
 pub fn mkfs_scratch(dest: &Path, size: u64) -> Result<()> {
+    mkfs_writable(dest, size, "mvm-scratch")
+}
+
+/// Formats a fresh sparse file `dest` of `size` bytes as a writable ext4
+/// disk labelled `label` (at most 16 bytes): journalled, no reserved
+/// blocks, lazily initialised (a multi-GiB disk costs a few MiB on the
+/// host until written). Used for scratch disks and block volumes; the
+/// host only ever makes such a disk, it never reads one back.
+pub fn mkfs_writable(dest: &Path, size: u64, label: &str) -> Result<()> {
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -711,7 +720,7 @@ pub fn mkfs_scratch(dest: &Path, size: u64) -> Result<()> {
     f.set_len(size).map_err(io_err("sizing", dest))?;
     drop(f);
     let output = Command::new(MKFS)
-        .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", "mvm-scratch"])
+        .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", label])
         .args(["-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1"])
         .arg(dest)
         .output()

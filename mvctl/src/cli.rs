@@ -445,6 +445,19 @@ pub enum SystemCommand {
     Info(InfoArgs),
     /// Remove stopped sandboxes, unused images and disks
     Prune(PruneArgs),
+    /// Disk use of images, sandboxes and volumes
+    Df(DfArgs),
+}
+
+/// `mvctl system df`.
+#[derive(Debug, Clone, Args)]
+pub struct DfArgs {
+    /// Each image, sandbox and volume too
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
 }
 
 /// `mvctl system info`.
@@ -875,10 +888,12 @@ pub struct VolumeImportArgs {
 /// `mvctl volume create`.
 #[derive(Debug, Clone, Args)]
 pub struct VolumeCreateArgs {
-    /// Driver: local (a directory under mvmd's state root)
+    /// Driver: local (a directory under mvmd's state root, shared over
+    /// virtio-fs) or block (an ext4 disk image: one writer at a time)
     #[arg(short = 'd', long, default_value = "local")]
     pub driver: String,
-    /// Driver option KEY=VALUE (local takes none)
+    /// Driver option KEY=VALUE (local takes none; block needs size=SIZE,
+    /// e.g. size=1g)
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
     pub opt: Vec<String>,
     /// Set a label (key=value)

@@ -101,6 +101,12 @@ pub struct Mount {
     /// Mounted read-only (`MS_RDONLY`); the host backend refuses writes too.
     #[serde(default, skip_serializing_if = "is_default")]
     pub read_only: bool,
+    /// Docker's copy-up (directory volumes): when the share holds nothing
+    /// yet, init first copies what the image has at `target` into it,
+    /// owners and modes included, as for a block volume
+    /// ([`BlockMount::copy_up`]). Never for bind mounts.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub copy_up: bool,
 }
 
 /// A tmpfs mounted in the guest: `mount -t tmpfs tmpfs TARGET`.
@@ -679,11 +685,13 @@ mod tests {
                 tag: "data".into(),
                 target: "/var/lib/data".into(),
                 read_only: false,
+                copy_up: false,
             },
             Mount {
                 tag: "conf.ro".into(),
                 target: "/etc/app".into(),
                 read_only: true,
+                copy_up: false,
             },
         ];
         let json = s.to_json().unwrap();
@@ -698,6 +706,7 @@ mod tests {
             tag: tag.into(),
             target: target.into(),
             read_only: false,
+            copy_up: false,
         };
         let check = |mounts: Vec<Mount>| {
             let mut s = LaunchSpec::new(vec!["true".into()]);
@@ -764,6 +773,7 @@ mod tests {
             tag: "root".into(),
             target: "/x".into(),
             read_only: false,
+            copy_up: false,
         });
         assert!(matches!(
             bad.validate(),
@@ -865,6 +875,7 @@ mod tests {
                 tag: "t".into(),
                 target: "/x".into(),
                 read_only: false,
+                copy_up: false,
             }];
             s.tmpfs = vec![tmpfs("/x/.")];
         })

@@ -126,7 +126,23 @@ pub fn add_shares(spec: &mut LaunchSpec, cfg: &mut VmConfig, shares: &[Share]) {
             tag: s.tag.clone(),
             target: s.target.clone(),
             read_only: s.read_only,
+            copy_up: false,
         });
+    }
+}
+
+/// Add block volumes to a boot: a virtio-blk drive each in `cfg` (the
+/// VMM locks it, exclusively when writable), a block mount each in
+/// `spec`. The spec's validation ([`write`]) checks serials and targets.
+pub fn add_block_mounts(
+    spec: &mut LaunchSpec,
+    cfg: &mut VmConfig,
+    disks: &[crate::volume::BlockDisk],
+) {
+    for d in disks {
+        cfg.drives
+            .push(DriveConfig::new(&d.mount.drive, &d.path, d.mount.read_only));
+        spec.block_mounts.push(d.mount.clone());
     }
 }
 

@@ -69,7 +69,7 @@ pub use spec::{
 };
 pub use state::{ExitReason, State, Status};
 pub use transient::{Root, Transient, TransientSpec};
-pub use volume::{ImportMode, Imported, MountSpec, VolumeDirs, VolumeError};
+pub use volume::{ImportMode, Imported, MountSpec, VolumeDirs, VolumeError, VolumeKind};
 
 /// What kind of failure an error is, for callers that map errors to their
 /// own codes (mvmd's HTTP statuses, the shim's ttrpc codes).
@@ -508,9 +508,11 @@ impl Runtime {
             &spec.resources,
         );
         self.bound_files(&mut cfg, &paths);
+        launch::add_block_mounts(&mut launch, &mut cfg, &self.volumes().blocks(&spec.mounts));
         launch::add_network(&mut launch, &mut cfg, &net.nics, net.network.clone())?;
         // Stopped again if anything below fails (dropped).
         let backends = self.start_shares(&paths, shares, &mut launch, &mut cfg)?;
+        volume::mark_copy_up(&spec.mounts, &mut launch.mounts);
         launch::write(&launch, &cfg, &paths)?;
         if let Some(b) = &backends {
             b.record(&paths)?;

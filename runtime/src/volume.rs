@@ -13,6 +13,23 @@
 //! host never parses a filesystem image a guest wrote, only a directory
 //! whose entries are treated as hostile by whoever reads them.
 //!
+//! # Block volumes
+//!
+//! A block volume (`volume create --driver block --opt size=1G`) is
+//! `<root>/volumes/<name>/disk.ext4` instead of `_data`: a sparse ext4
+//! image made by the host with `mkfs.ext4` ([`VolumeDirs::create_block`]),
+//! attached to a sandbox as a virtio-blk disk and mounted by init at the
+//! target, with the same copy-up of the image's content into an empty
+//! disk ([`VolumeDirs::blocks`]). Which kind a volume is, is read from
+//! its directory ([`VolumeDirs::kind`]), so a stored mount spec
+//! (`MountSpec::Volume`) names either kind. Once a guest has written the
+//! image, host code never mounts or parses it again: it only passes the
+//! file to a VMM, measures its size and deletes it. That is why a block
+//! volume cannot be exported or imported by the host (the error says how
+//! to do it from a sandbox, [`VolumeError::BlockBackup`]). One writer at a
+//! time: every VMM holds an OFD lock on its disks (exclusive when
+//! writable), and mvmd refuses a second start before it boots.
+//!
 //! Who tracks which volumes exist (names, labels, creation time) is the
 //! caller's database (mvmd's); this module only makes, finds and deletes
 //! the directories, so the containerd shim can share them later.
@@ -41,6 +58,71 @@ use mvm_protocol::launch::{normalize_target, TmpfsMount, MIN_TMPFS_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::share::HostShare;
+
+/// The image of a block volume, in the volume's directory.
+pub const BLOCK_IMAGE: &str = "disk.ext4";
+/// The smallest block volume: an ext4 with a journal needs a few MiB.
+pub const MIN_BLOCK_SIZE: u64 = 16 << 20;
+/// The largest block volume (what a sparse file and ext4 defaults handle
+/// without special options).
+pub const MAX_BLOCK_SIZE: u64 = 16 << 40;
+/// The ext4 label of block volumes.
+const BLOCK_LABEL: &str = "mvm-volume";
+
+/// What a volume's directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// `_data`, shared over virtio-fs (Docker's `local` driver).
+    Directory,
+    /// `disk.ext4`, attached as a virtio-blk disk (driver `block`).
+    Block,
+}
+
+impl VolumeKind {
+    /// The driver name mvmd shows for it.
+    pub fn driver(self) -> &'static str {
+        match self {
+            Self::Directory => "local",
+            Self::Block => "block",
+        }
+    }
+}
+
+/// A block volume's size as `--opt size=` gives it: a number of bytes with
+/// an optional binary unit `k`, `m`, `g`, `t` (any case, optionally
+/// followed by `b` or `ib`), between [`MIN_BLOCK_SIZE`] and
+/// [`MAX_BLOCK_SIZE`]; rounded up to 4 KiB (ext4's block).
+pub fn parse_block_size(s: &str) -> Result<u64, VolumeError> {
+    let bad = |why: &str| VolumeError::BlockSize(format!("{s:?} {why}"));
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad("is not a size: use a whole number with an optional unit k, m, g or t (for example 512m or 2g)")),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| bad("is not a size: use a whole number with an optional unit k, m, g or t (for example 512m or 2g)"))?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .filter(|b| (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(b))
+        .ok_or_else(|| bad("is out of range: a block volume has 16m to 16t"))?;
+    Ok(bytes.div_ceil(4096) * 4096)
+}
+
+/// A block volume attached to one boot: the VMM's drive and init's mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDisk {
+    /// The disk image.
+    pub path: PathBuf,
+    /// What init mounts (its `drive` is the virtio-blk serial).
+    pub mount: mvm_protocol::launch::BlockMount,
+}
 
 /// The longest volume name accepted (Docker has no limit; 128 keeps
 /// paths and listings sane).
@@ -96,6 +178,28 @@ impl MountSpec {
     }
 }
 
+/// Docker's copy-up for directory volumes: the launch spec's shares of
+/// writable volume mounts (tag `mvol<i>` for mount `i`, [`VolumeDirs::shares`])
+/// get `copy_up`, so init fills an empty volume with what the image has
+/// at the target before the workload starts. The guest decides whether
+/// the volume is empty and copies through its own share: the host never
+/// reads the image's files for this. Bind mounts and read-only mounts are
+/// left as they are.
+pub fn mark_copy_up(mounts: &[MountSpec], shares: &mut [mvm_protocol::launch::Mount]) {
+    for s in shares {
+        let i = s
+            .tag
+            .strip_prefix("mvol")
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(MountSpec::Volume {
+            read_only: false, ..
+        }) = i.and_then(|i| mounts.get(i))
+        {
+            s.copy_up = true;
+        }
+    }
+}
+
 /// A tmpfs with Docker's defaults for `--tmpfs`: `noexec`, `nosuid`,
 /// `nodev`, the kernel's size.
 pub fn default_tmpfs(target: &str) -> TmpfsMount {
@@ -135,6 +239,25 @@ pub enum VolumeError {
         #[source]
         source: mvm_unpack::PackError,
     },
+    #[error("invalid block volume size {0}")]
+    BlockSize(String),
+    #[error("volume {name} exists as a {existing} volume; remove it first (mvctl volume rm {name}) or choose another name")]
+    Exists {
+        name: String,
+        existing: &'static str,
+    },
+    #[error("volume {name} is a block volume: its ext4 image was written by a guest and the host does not read it, so it cannot be {op} by the host; do it from a sandbox instead: {hint}")]
+    BlockBackup {
+        name: String,
+        op: &'static str,
+        hint: String,
+    },
+    #[error("formatting block volume {name}: {source}")]
+    Format {
+        name: String,
+        #[source]
+        source: Box<mvm_images::RootDiskError>,
+    },
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -147,7 +270,7 @@ impl VolumeError {
     /// Whether the request was wrong (vs. the host failing).
     pub fn is_invalid(&self) -> bool {
         match self {
-            Self::Io { .. } | Self::Export { .. } => false,
+            Self::Io { .. } | Self::Export { .. } | Self::Format { .. } => false,
             Self::Import { source, .. } => !matches!(
                 source,
                 mvm_unpack::Error::Io { .. } | mvm_unpack::Error::NoSpace { .. }
@@ -156,9 +279,30 @@ impl VolumeError {
         }
     }
 
-    /// The volume exists and is not empty (a conflict, not a bad request).
+    /// The volume exists and is not empty, or exists as the other kind (a
+    /// conflict, not a bad request).
     pub fn is_not_empty(&self) -> bool {
-        matches!(self, Self::NotEmpty(_))
+        matches!(self, Self::NotEmpty(_) | Self::Exists { .. })
+    }
+
+    /// A block volume asked to be exported or imported by the host.
+    fn block_backup(name: &str, export: bool) -> Self {
+        let (op, hint) = if export {
+            (
+                "exported",
+                format!("mvctl run --rm -v {name}:/data:ro busybox tar -c -C /data . > {name}.tar"),
+            )
+        } else {
+            (
+                "imported into",
+                format!("mvctl run --rm -i -v {name}:/data busybox tar -x -C /data < {name}.tar (or import into a directory volume of another name)"),
+            )
+        };
+        Self::BlockBackup {
+            name: name.to_string(),
+            op,
+            hint,
+        }
     }
 }
 
@@ -351,7 +495,8 @@ impl VolumeDirs {
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                if self.data(name).is_dir() {
+                // Either kind: an existing volume is used as it is.
+                if self.kind(name).is_some() {
                     return Ok(false);
                 }
             }
@@ -366,6 +511,100 @@ impl VolumeDirs {
         fs::set_permissions(&data, fs::Permissions::from_mode(0o755))
             .map_err(io("setting the mode of", &data))?;
         Ok(true)
+    }
+
+    /// The image of block volume `name`.
+    pub fn block_image(&self, name: &str) -> PathBuf {
+        self.dir(name).join(BLOCK_IMAGE)
+    }
+
+    /// Which kind volume `name` is, from what its directory holds (`None`:
+    /// no such volume). Symlinks are not followed: only mvmd writes here.
+    pub fn kind(&self, name: &str) -> Option<VolumeKind> {
+        if validate_name(name).is_err() {
+            return None;
+        }
+        let is = |p: PathBuf, dir: bool| {
+            fs::symlink_metadata(p).is_ok_and(|m| if dir { m.is_dir() } else { m.is_file() })
+        };
+        if is(self.block_image(name), false) {
+            Some(VolumeKind::Block)
+        } else if is(self.data(name), true) {
+            Some(VolumeKind::Directory)
+        } else {
+            None
+        }
+    }
+
+    /// Make block volume `name` of `size` bytes ([`parse_block_size`]) if
+    /// missing: a sparse file formatted as ext4 by `mkfs.ext4`, put in
+    /// place only once complete. True when made now; an existing block
+    /// volume is kept as it is (its size unchanged); a directory volume
+    /// of that name is refused.
+    pub fn create_block(&self, name: &str, size: u64) -> Result<bool, VolumeError> {
+        validate_name(name)?;
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&size) {
+            return Err(VolumeError::BlockSize(format!(
+                "{size} bytes is out of range: a block volume has 16m to 16t"
+            )));
+        }
+        match self.kind(name) {
+            Some(VolumeKind::Block) => return Ok(false),
+            Some(VolumeKind::Directory) => {
+                return Err(VolumeError::Exists {
+                    name: name.to_string(),
+                    existing: "directory (local)",
+                })
+            }
+            None => {}
+        }
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| VolumeError::Io { op, path, source }
+        };
+        self.make_root()?;
+        let dir = self.dir(name);
+        let made_dir = match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io("creating", &dir)(e)),
+        };
+        let tmp = dir.join(format!(".{BLOCK_IMAGE}-{}", &crate::names::new_id()[..16]));
+        let image = self.block_image(name);
+        let r = mvm_images::rootdisk::mkfs_writable(&tmp, size, BLOCK_LABEL)
+            .map_err(|source| VolumeError::Format {
+                name: name.to_string(),
+                source: Box::new(source),
+            })
+            .and_then(|()| {
+                // Readable by the uid of a read-only user's VMM (the
+                // jailer makes a writer's VMM the owner); the directory
+                // above is private.
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+                    .map_err(io("setting the mode of", &tmp))?;
+                use rustix::fs::{renameat_with, RenameFlags, CWD};
+                renameat_with(CWD, &tmp, CWD, &image, RenameFlags::NOREPLACE)
+                    .map_err(|e| io("putting in place", &image)(e.into()))
+            });
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                if made_dir {
+                    let _ = fs::remove_dir(&dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The size a block volume's guest sees (the image's length), `None`
+    /// for a directory volume or a missing one.
+    pub fn block_capacity(&self, name: &str) -> Option<u64> {
+        if self.kind(name) != Some(VolumeKind::Block) {
+            return None;
+        }
+        fs::metadata(self.block_image(name)).ok().map(|m| m.len())
     }
 
     /// Whether volume `name` has a `_data` directory with nothing in it
@@ -391,7 +630,7 @@ impl VolumeDirs {
         name: &str,
         out: impl Write,
     ) -> Result<mvm_unpack::PackStats, VolumeError> {
-        validate_name(name)?;
+        self.check_export(name)?;
         let data = self.data(name);
         if !data.is_dir() {
             return Err(VolumeError::Missing(name.to_string()));
@@ -402,11 +641,25 @@ impl VolumeDirs {
         })
     }
 
+    /// Checks that volume `name` may be exported by the host: not a block
+    /// volume ([`VolumeError::BlockBackup`]). [`Self::export`] checks
+    /// again; this lets a caller refuse before a stream starts.
+    pub fn check_export(&self, name: &str) -> Result<(), VolumeError> {
+        validate_name(name)?;
+        if self.kind(name) == Some(VolumeKind::Block) {
+            return Err(VolumeError::block_backup(name, true));
+        }
+        Ok(())
+    }
+
     /// Checks that an import into `name` under `mode` may start: a valid
     /// name, and the volume missing or empty unless [`ImportMode::Replace`].
     /// [`Self::import`] checks again when it puts the data in place; this
     /// lets a caller refuse before reading any of the archive.
     pub fn check_import(&self, name: &str, mode: ImportMode) -> Result<(), VolumeError> {
+        if self.kind(name) == Some(VolumeKind::Block) {
+            return Err(VolumeError::block_backup(name, false));
+        }
         if self.is_empty(name)? == Some(false) && mode == ImportMode::New {
             return Err(VolumeError::NotEmpty(name.to_string()));
         }
@@ -525,8 +778,15 @@ impl VolumeDirs {
         }
     }
 
-    /// Bytes the volume's files take on the host (symlinks not followed).
+    /// Bytes the volume's files take on the host (symlinks not followed;
+    /// a block volume: the blocks its sparse image has allocated).
     pub fn size(&self, name: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        if self.kind(name) == Some(VolumeKind::Block) {
+            return fs::symlink_metadata(self.block_image(name))
+                .map(|m| m.blocks() * 512)
+                .unwrap_or(0);
+        }
         fn walk(p: &Path, depth: usize) -> u64 {
             use std::os::unix::fs::MetadataExt;
             let Ok(m) = fs::symlink_metadata(p) else {
@@ -543,12 +803,45 @@ impl VolumeDirs {
         walk(&self.data(name), 0)
     }
 
-    /// The virtio-fs shares of a sandbox's bind and volume mounts (tags
-    /// `mvol0`, `mvol1`... in mount order); a volume whose directory is
-    /// gone is an error.
+    /// The block volumes of a sandbox's mounts, as disks (serials `mvb0`,
+    /// `mvb1`... by mount index), read-only ones attached read-only, the
+    /// others with copy-up (init copies the image's content at the target
+    /// into a disk that holds nothing yet).
+    pub fn blocks(&self, mounts: &[MountSpec]) -> Vec<BlockDisk> {
+        mounts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| match m {
+                MountSpec::Volume {
+                    name,
+                    target,
+                    read_only,
+                    ..
+                } if self.kind(name) == Some(VolumeKind::Block) => Some(BlockDisk {
+                    path: self.block_image(name),
+                    mount: mvm_protocol::launch::BlockMount {
+                        drive: format!("mvb{i}"),
+                        target: target.clone(),
+                        read_only: *read_only,
+                        copy_up: !*read_only,
+                    },
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The virtio-fs shares of a sandbox's bind and directory volume
+    /// mounts (tags `mvol0`, `mvol1`... in mount order; block volumes are
+    /// [`Self::blocks`]); a volume whose directory is gone is an error.
     pub fn shares(&self, mounts: &[MountSpec]) -> Result<Vec<HostShare>, VolumeError> {
         let mut out = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
+            if m.volume_name()
+                .is_some_and(|n| self.kind(n) == Some(VolumeKind::Block))
+            {
+                continue;
+            }
             let (source, target, read_only) = match m {
                 MountSpec::Bind {
                     source,
@@ -701,6 +994,18 @@ mod tests {
         ];
         let shares = v.shares(&mounts).unwrap();
         assert_eq!(shares.len(), 2);
+        let mut launch: Vec<mvm_protocol::launch::Mount> = shares
+            .iter()
+            .map(|s| mvm_protocol::launch::Mount {
+                tag: s.tag.clone(),
+                target: s.target.clone(),
+                read_only: s.read_only,
+                copy_up: false,
+            })
+            .collect();
+        mark_copy_up(&mounts, &mut launch);
+        assert!(launch[0].copy_up, "the writable volume copies up");
+        assert!(!launch[1].copy_up, "a bind mount never does");
         assert_eq!(
             (shares[0].tag.as_str(), &shares[0].source),
             ("mvol1", &v.data("data"))
@@ -716,6 +1021,88 @@ mod tests {
         assert!(json.contains(r#""type":"tmpfs""#), "{json}");
         let back: Vec<MountSpec> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, mounts);
+    }
+
+    #[test]
+    fn block_sizes_parse_with_units_and_limits() {
+        assert_eq!(parse_block_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_block_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_block_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_block_size("16777217").unwrap(), (16 << 20) + 4096);
+        for bad in [
+            "",
+            "1x",
+            "-1g",
+            "1.5g",
+            "15m",
+            "17t",
+            "99999999999999999999",
+        ] {
+            let e = parse_block_size(bad).unwrap_err();
+            assert!(e.to_string().contains("block volume size"), "{bad}: {e}");
+            assert!(e.is_invalid());
+        }
+    }
+
+    #[test]
+    fn block_volumes_are_ext4_images_attached_as_disks_and_never_exported() {
+        let root = tempfile::tempdir().unwrap();
+        let v = VolumeDirs::new(root.path().join("volumes"));
+        assert!(v.create_block("blk", 32 << 20).unwrap());
+        assert_eq!(v.kind("blk"), Some(VolumeKind::Block));
+        assert!(!v.create_block("blk", 64 << 20).unwrap(), "kept as it is");
+        assert_eq!(v.block_capacity("blk"), Some(32 << 20));
+        // Made by mkfs.ext4: the superblock's magic at 1024 + 56.
+        let img = fs::read(v.block_image("blk")).unwrap();
+        assert_eq!(&img[1024 + 56..1024 + 58], &[0x53, 0xef]);
+        let size = v.size("blk");
+        assert!(size > 0 && size < 32 << 20, "sparse: {size}");
+        // Using it by name keeps it a block volume (no _data is made).
+        assert!(!v.create("blk").unwrap());
+        assert!(!v.data("blk").exists());
+        // A directory volume of that name is another volume.
+        v.create("dir").unwrap();
+        let e = v.create_block("dir", 32 << 20).unwrap_err();
+        assert!(
+            e.is_not_empty() && e.to_string().contains("directory"),
+            "{e}"
+        );
+
+        let mounts = vec![
+            vol("dir", "/d"),
+            vol("blk", "/b"),
+            MountSpec::Volume {
+                name: "blk".into(),
+                target: "/ro".into(),
+                read_only: true,
+                anonymous: false,
+            },
+        ];
+        let shares = v.shares(&mounts).unwrap();
+        assert_eq!(shares.len(), 1, "only the directory volume is shared");
+        let disks = v.blocks(&mounts);
+        assert_eq!(disks.len(), 2);
+        assert_eq!(disks[0].path, v.block_image("blk"));
+        assert_eq!(disks[0].mount.drive, "mvb1");
+        assert!(disks[0].mount.copy_up && !disks[0].mount.read_only);
+        assert_eq!(disks[1].mount.drive, "mvb2");
+        assert!(disks[1].mount.read_only && !disks[1].mount.copy_up);
+
+        // The host never reads a guest-written image back: export and
+        // import are refused with what to do instead.
+        let e = v.export("blk", Vec::new()).unwrap_err();
+        assert!(
+            e.to_string().contains("from a sandbox") && e.to_string().contains("tar -c"),
+            "{e}"
+        );
+        let e = v.import("blk", &[][..], ImportMode::Replace).unwrap_err();
+        assert!(e.to_string().contains("tar -x"), "{e}");
+        v.remove("blk").unwrap();
+        assert_eq!(v.kind("blk"), None);
+        for bad in [0, 1 << 20, 17 << 40] {
+            assert!(v.create_block("x1", bad).is_err());
+        }
+        assert_eq!(v.kind("x1"), None, "nothing left by a refused size");
     }
 
     /// A tar entry with a raw name (no checks: `..`, absolute names and

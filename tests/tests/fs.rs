@@ -173,6 +173,7 @@ fn a_mount_of_a_tag_the_vmm_does_not_have_is_an_init_error_naming_it() {
         tag: "absent".into(),
         target: "/x".into(),
         read_only: false,
+        copy_up: false,
     }];
     let out = vm.run();
     assert_eq!(out.code(), Some(0), "{}", out.describe());

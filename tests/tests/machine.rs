@@ -146,6 +146,9 @@ struct Machine {
     dir: PathBuf,
     run_dir: PathBuf,
     env: Vec<(String, String)>,
+    /// mvctl's working directory (the machine shares the one it starts
+    /// from); the test's own when `None`.
+    cwd: Option<PathBuf>,
     tmp: tempfile::TempDir,
 }
 
@@ -172,6 +175,7 @@ impl Machine {
             dir: tmp.path().join("machine"),
             run_dir: tmp.path().join("run"),
             env: Vec::new(),
+            cwd: None,
             tmp,
         }
     }
@@ -198,6 +202,9 @@ impl Machine {
             }
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
         let out = cmd.output().expect("run mvctl");
         eprintln!(
             "timing: mvctl {} took {:.1} s (exit {:?})\n--- stdout\n{}--- stderr\n{}",
@@ -440,8 +447,24 @@ fn machine_life_cycle() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // mvm installed under /tmp, which L1 covers with a tmpfs of its own.
     let install = TmpInstall::new();
-    let m = Machine::with_mvctl(install.path("bin/mvctl"));
+    let mut m = Machine::with_mvctl(install.path("bin/mvctl"));
     let tar = busybox_tarball(m.tmp.path());
+    // The machine shares the home and the directory it starts from; a
+    // directory elsewhere (made before the start, so L1's read-only view
+    // of the host root has it) is not shared.
+    let cwd = m.tmp.path().join("cwd");
+    fs::create_dir_all(cwd.join("sub")).unwrap();
+    m.cwd = Some(cwd.clone());
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
+    let in_home = tempfile::Builder::new()
+        .prefix(".mvm-machine-bind-")
+        .tempdir_in(&home)
+        .unwrap();
+    fs::write(in_home.path().join("from-host"), "host\n").unwrap();
+    let outside = tempfile::Builder::new()
+        .prefix("mvm-machine-unshared-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
 
     let (out, _) = m.ok(&["machine", "status"]);
     assert!(
@@ -549,6 +572,55 @@ fn machine_life_cycle() {
         out.status.code(),
         Some(3),
         "the workload's status comes back through the forward"
+    );
+
+    // Bind mounts of host paths round-trip as natively: under the home,
+    // and under the directory the machine was started from.
+    let spec = format!("{}:/src", in_home.path().display());
+    let (out, _) = m.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &spec,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /src/from-host && echo guest > /src/from-guest",
+    ]);
+    assert_eq!(out, "host\n");
+    assert_eq!(
+        fs::read_to_string(in_home.path().join("from-guest")).unwrap(),
+        "guest\n",
+        "the guest's write must reach the host"
+    );
+    let spec = format!("{}:/w", cwd.join("sub").display());
+    m.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &spec,
+        "busybox",
+        "sh",
+        "-c",
+        "echo cwd > /w/f",
+    ]);
+    assert_eq!(fs::read_to_string(cwd.join("sub/f")).unwrap(), "cwd\n");
+    let spec = format!("{}:/x", outside.path().display());
+    let out = m.mvctl(&["run", "--rm", "-v", &spec, "busybox", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    let canon = |p: &Path| fs::canonicalize(p).unwrap().display().to_string();
+    assert!(
+        err.contains("is not shared with the mvm machine")
+            && err.contains(&canon(&home))
+            && err.contains(&canon(&cwd)),
+        "the error must name the shared paths: {err}"
+    );
+    let (out, _) = m.ok(&["machine", "status"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("Shares:") && l.contains(&canon(&home))),
+        "{out}"
     );
 
     // A server on the host's 127.0.0.1 is reachable from mvmd in the

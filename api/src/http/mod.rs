@@ -210,6 +210,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/version", get(system::version))
         .route("/v1/info", get(system::info))
         .route("/v1/system/prune", post(system::prune))
+        .route("/v1/system/df", get(system::df))
         .route(
             "/v1/sandboxes",
             get(sandboxes::list).post(sandboxes::create),

@@ -1,4 +1,4 @@
-//! `/v1/version`, `/v1/info`, `/v1/system/prune`.
+//! `/v1/version`, `/v1/info`, `/v1/system/prune`, `/v1/system/df`.
 
 use std::sync::Arc;
 
@@ -6,7 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use mvm_api::sandbox::PruneResponse;
-use mvm_api::system::{Info, KvmMode, SandboxCounts};
+use mvm_api::system::{
+    DiskUsage, ImageUsage, Info, KvmMode, SandboxCounts, SandboxUsage, VolumeUsageRow,
+};
 use mvm_runtime::{HostResources, Status};
 use mvm_vmm_api::kvm;
 
@@ -110,6 +112,85 @@ pub async fn prune(State(d): D) -> ApiResult<Response> {
             .extend(r.images_removed.iter().map(|d| d.to_string()));
     }
     Ok(json_response(StatusCode::OK, &resp))
+}
+
+/// `GET /v1/system/df`: what images, sandboxes and volumes take on the
+/// host, what is in use and what removing the rest would free (Docker's
+/// `system df`). Sizes are allocated bytes (sparse disks count what they
+/// use); the walk runs off the async threads.
+pub async fn df(State(d): D) -> ApiResult<Response> {
+    let m = d.manager.clone();
+    let usage = tokio::task::spawn_blocking(move || disk_usage(&m))
+        .await
+        .map_err(|e| mvm_api::ApiError::new(mvm_api::ErrorCode::Internal, e.to_string()))??;
+    Ok(json_response(StatusCode::OK, &usage))
+}
+
+fn disk_usage(m: &crate::manager::Manager) -> Result<DiskUsage, mvm_api::ApiError> {
+    let mut u = DiskUsage::default();
+    let rows: Vec<_> = m.entries().iter().map(|e| e.snapshot()).collect();
+    for r in &rows {
+        let size = dir_size(&m.runtime().paths(&r.spec.id).dir);
+        let running = matches!(r.state.status, Status::Running | Status::Restarting);
+        u.sandboxes.total += 1;
+        u.sandboxes.size += size;
+        if running {
+            u.sandboxes.active += 1;
+        } else {
+            u.sandboxes.reclaimable += size;
+        }
+        u.sandbox_list.push(SandboxUsage {
+            id: r.spec.id.clone(),
+            name: r.spec.name.clone(),
+            image: r.spec.image.clone(),
+            status: serde_json::to_value(r.state.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            size,
+        });
+    }
+    let images = m
+        .runtime()
+        .store()
+        .list()
+        .map_err(|e| mvm_api::ApiError::new(mvm_api::ErrorCode::Internal, e.to_string()))?;
+    for i in images {
+        let id = i.id.to_string();
+        let users = rows.iter().filter(|r| r.spec.image_id == id).count() as u64;
+        u.images.total += 1;
+        u.images.size += i.size;
+        if users > 0 {
+            u.images.active += 1;
+        } else {
+            u.images.reclaimable += i.size;
+        }
+        u.image_list.push(ImageUsage {
+            id,
+            repo_tags: i.repo_tags,
+            size: i.size,
+            sandboxes: users,
+        });
+    }
+    let dirs = m.runtime().volumes();
+    for v in m.db().volumes()? {
+        let users = m.volume_users(&v.name).len() as u64;
+        let size = dirs.size(&v.name);
+        u.volumes.total += 1;
+        u.volumes.size += size;
+        if users > 0 {
+            u.volumes.active += 1;
+        } else {
+            u.volumes.reclaimable += size;
+        }
+        u.volume_list.push(VolumeUsageRow {
+            name: v.name,
+            driver: v.driver,
+            sandboxes: users,
+            size,
+        });
+    }
+    Ok(u)
 }
 
 /// Allocated bytes under `dir` (sparse files count what they use).

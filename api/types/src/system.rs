@@ -1,4 +1,4 @@
-//! `GET /v1/info` and `GET /v1/version`.
+//! `GET /v1/info`, `GET /v1/version` and `GET /v1/system/df`.
 
 use serde::{Deserialize, Serialize};
 
@@ -69,4 +69,82 @@ pub struct SandboxCounts {
     pub running: u64,
     /// Exited or created.
     pub stopped: u64,
+}
+
+/// `GET /v1/system/df`: disk use by kind, as `docker system df` shows it
+/// (the rows of its table, then each kind's items for `-v`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    /// Images: active = used by a sandbox (any state); reclaimable = the
+    /// others' size.
+    pub images: UsageSummary,
+    /// Sandboxes (their own disks and logs): active = running;
+    /// reclaimable = the stopped ones'.
+    pub sandboxes: UsageSummary,
+    /// Volumes (both drivers): active = used by a sandbox (any state);
+    /// reclaimable = the unused ones'.
+    pub volumes: UsageSummary,
+    /// Each image.
+    #[serde(default)]
+    pub image_list: Vec<ImageUsage>,
+    /// Each sandbox.
+    #[serde(default)]
+    pub sandbox_list: Vec<SandboxUsage>,
+    /// Each volume.
+    #[serde(default)]
+    pub volume_list: Vec<VolumeUsageRow>,
+}
+
+/// One row of `system df`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageSummary {
+    /// How many.
+    pub total: u64,
+    /// How many are in use.
+    pub active: u64,
+    /// Bytes they take on the host.
+    pub size: u64,
+    /// Bytes that removing the unused ones would free.
+    pub reclaimable: u64,
+}
+
+/// An image in `system df -v`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUsage {
+    /// Image ID.
+    pub id: String,
+    /// Its names.
+    pub repo_tags: Vec<String>,
+    /// Stored bytes (config and layers).
+    pub size: u64,
+    /// Sandboxes (any state) made from it.
+    pub sandboxes: u64,
+}
+
+/// A sandbox in `system df -v`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxUsage {
+    /// Sandbox ID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Image as given.
+    pub image: String,
+    /// State (`running`, `exited`...).
+    pub status: String,
+    /// Bytes its directory takes (scratch disk as allocated, logs).
+    pub size: u64,
+}
+
+/// A volume in `system df -v`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeUsageRow {
+    /// Name.
+    pub name: String,
+    /// `local` or `block`.
+    pub driver: String,
+    /// Sandboxes (any state) that mount it.
+    pub sandboxes: u64,
+    /// Bytes it takes on the host.
+    pub size: u64,
 }

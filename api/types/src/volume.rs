@@ -18,10 +18,13 @@ pub struct VolumeCreateRequest {
     /// Name (`[a-zA-Z0-9][a-zA-Z0-9_.-]+`); a random one when absent.
     #[serde(default)]
     pub name: Option<String>,
-    /// `local` (the default): a directory under mvmd's state root.
+    /// `local` (the default): a directory under mvmd's state root,
+    /// shared over virtio-fs; `block`: an ext4 disk image attached as a
+    /// virtio-blk disk (one writer at a time; no host export/import).
     #[serde(default)]
     pub driver: Option<String>,
-    /// Driver options; `local` takes none.
+    /// Driver options; `local` takes none, `block` needs `size` (bytes
+    /// with an optional unit k, m, g, t: `1g`; 16m to 16t).
     #[serde(default)]
     pub driver_opts: BTreeMap<String, String>,
     /// User labels.
@@ -34,9 +37,10 @@ pub struct VolumeCreateRequest {
 pub struct Volume {
     /// Name.
     pub name: String,
-    /// `local`.
+    /// `local` or `block`.
     pub driver: String,
-    /// The host directory holding the data.
+    /// The host directory holding the data (`local`), or the disk image
+    /// (`block`).
     pub mountpoint: String,
     /// RFC 3339 creation time.
     pub created_at: String,
@@ -61,6 +65,10 @@ pub struct VolumeUsage {
     pub size: u64,
     /// Sandboxes (any state) that mount it.
     pub ref_count: u64,
+    /// A block volume's size as its guests see it (the ext4 disk's
+    /// length); `size` is what its sparse image takes on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
 }
 
 /// `GET /v1/volumes`.

@@ -16,7 +16,7 @@ use mvm_api::network::{
 use mvm_api::sandbox::{
     CreateRequest, CreateResponse, PruneResponse, SandboxInfo, SandboxSummary, WaitResponse,
 };
-use mvm_api::system::Info;
+use mvm_api::system::{DiskUsage, Info};
 use serde_json::Value;
 
 use super::{encode_segment, Body, Client, ClientError, NdjsonStream, Query, Result};
@@ -136,6 +136,11 @@ impl Client {
     /// `GET /v1/info`.
     pub async fn info(&self) -> Result<Info> {
         self.json::<(), _>(Method::GET, "/v1/info", None).await
+    }
+
+    /// `GET /v1/system/df`.
+    pub async fn system_df(&self) -> Result<DiskUsage> {
+        self.json::<(), _>(Method::GET, "/v1/system/df", None).await
     }
 
     /// `POST /v1/system/prune`.

@@ -234,6 +234,9 @@ async fn dispatch_command(ctx: &Ctx, cmd: Command) -> CmdResult {
         Command::System {
             command: SystemCommand::Prune(a),
         } => system::prune(ctx, a).await,
+        Command::System {
+            command: SystemCommand::Df(a),
+        } => system::df(ctx, a).await,
         Command::Version(a) => system::version(ctx, a).await,
         Command::Pull(a)
         | Command::Image {

@@ -144,6 +144,104 @@ pub async fn prune(ctx: &Ctx, a: PruneArgs) -> CmdResult {
     Ok(0)
 }
 
+/// The summary table of `system df` (Docker's columns; reclaimable with
+/// its share of the size).
+pub fn df_text(u: &mvm_api::system::DiskUsage) -> String {
+    let row = |kind: &str, s: &mvm_api::system::UsageSummary| {
+        let pct = (s.reclaimable * 100).checked_div(s.size).unwrap_or(0);
+        vec![
+            kind.to_string(),
+            s.total.to_string(),
+            s.active.to_string(),
+            format::human_size(s.size),
+            format!("{} ({pct}%)", format::human_size(s.reclaimable)),
+        ]
+    };
+    format::table(
+        &["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
+        &[
+            row("Images", &u.images),
+            row("Sandboxes", &u.sandboxes),
+            row("Volumes", &u.volumes),
+        ],
+    )
+}
+
+/// `mvctl system df`.
+pub async fn df(ctx: &Ctx, a: crate::cli::DfArgs) -> CmdResult {
+    let client = ctx.client().await?;
+    let u = client.system_df().await?;
+    if a.format == ListFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&u).unwrap_or_default());
+        return Ok(0);
+    }
+    print!("{}", df_text(&u));
+    if a.verbose {
+        let short = |id: &str| {
+            id.trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect::<String>()
+        };
+        println!("\nImages space usage:\n");
+        let rows: Vec<Vec<String>> = u
+            .image_list
+            .iter()
+            .map(|i| {
+                vec![
+                    i.repo_tags
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "<none>".into()),
+                    short(&i.id),
+                    format::human_size(i.size),
+                    i.sandboxes.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            format::table(&["REPOSITORY:TAG", "IMAGE ID", "SIZE", "SANDBOXES"], &rows)
+        );
+        println!("\nSandboxes space usage:\n");
+        let rows: Vec<Vec<String>> = u
+            .sandbox_list
+            .iter()
+            .map(|s| {
+                vec![
+                    short(&s.id),
+                    s.image.clone(),
+                    s.status.clone(),
+                    format::human_size(s.size),
+                    s.name.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            format::table(&["SANDBOX ID", "IMAGE", "STATUS", "SIZE", "NAMES"], &rows)
+        );
+        println!("\nLocal Volumes space usage:\n");
+        let rows: Vec<Vec<String>> = u
+            .volume_list
+            .iter()
+            .map(|v| {
+                vec![
+                    v.name.clone(),
+                    v.driver.clone(),
+                    v.sandboxes.to_string(),
+                    format::human_size(v.size),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            format::table(&["VOLUME NAME", "DRIVER", "LINKS", "SIZE"], &rows)
+        );
+    }
+    Ok(0)
+}
+
 /// `mvctl version`: the client's version, and the daemon's when it answers.
 pub async fn version(ctx: &Ctx, a: VersionArgs) -> CmdResult {
     let server = match ctx.client().await {

@@ -55,9 +55,18 @@ pub async fn ls(ctx: &Ctx, a: VolumeLsArgs) -> CmdResult {
             let rows: Vec<Vec<String>> = list
                 .volumes
                 .iter()
-                .map(|v| vec![v.driver.clone(), v.name.clone()])
+                .map(|v| {
+                    vec![
+                        v.driver.clone(),
+                        v.name.clone(),
+                        v.options.get("size").cloned().unwrap_or_default(),
+                    ]
+                })
                 .collect();
-            print!("{}", format::table(&["DRIVER", "VOLUME NAME"], &rows));
+            print!(
+                "{}",
+                format::table(&["DRIVER", "VOLUME NAME", "SIZE"], &rows)
+            );
         }
     }
     Ok(0)

@@ -9,6 +9,15 @@
 //! the host writes `stop` on the control port. The API token is generated
 //! here too, 0600, fresh for every boot; mvmd in L1 reads it through the
 //! share, mvctl reads it on the host.
+//!
+//! Host directories shared writable into the machine ([`host_shares`]:
+//! the user's home and the directory the machine is started from, as
+//! podman machine shares the home) are `rw=` lines of `testhost.conf`
+//! (the testhost init mounts them at their host paths, over L1's
+//! read-only view of the host root) and the `shares` file, from which
+//! `machine-l1` gives them to mvmd (`--machine-share`): a bind mount of a
+//! path in one of them then writes through to the host, and mvmd refuses
+//! one elsewhere, naming the shared ones.
 
 use std::fs;
 use std::io::Write;
@@ -47,6 +56,36 @@ pub struct Job {
     pub artifacts: String,
     /// Variables for mvmd (`MVMD_LOG`, `RUST_BACKTRACE`).
     pub env: Vec<(String, String)>,
+    /// Host directories shared writable at their paths ([`host_shares`]).
+    pub shares: Vec<PathBuf>,
+}
+
+/// Paths L1 mounts filesystems of its own on: a share there would be
+/// hidden or would hide them.
+const L1_OWN: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// The host directories the machine shares writable at their host paths:
+/// `home` and `cwd` (canonical), the root and paths under L1's own
+/// `/proc`, `/sys`, `/dev` left out, as are paths with a newline (the
+/// testhost's line-based contract) or inside another share.
+pub fn host_shares(home: Option<&Path>, cwd: Option<&Path>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in [home, cwd].into_iter().flatten() {
+        let Ok(p) = fs::canonicalize(p) else { continue };
+        if p == Path::new("/")
+            || !p.is_dir()
+            || L1_OWN.iter().any(|o| p.starts_with(o))
+            || p.to_string_lossy().contains('\n')
+        {
+            continue;
+        }
+        out.push(p);
+    }
+    out.sort();
+    out.dedup();
+    let all = out.clone();
+    out.retain(|p| !all.iter().any(|o| o != p && p.starts_with(o)));
+    out
 }
 
 /// Make a fresh boot dir `dir` (the previous one becomes `previous`):
@@ -64,8 +103,14 @@ pub fn prepare(dir: &Path, previous: &Path, job: &Job) -> Result<String, BootErr
         .map_err(io("create", dir))?;
     let files = BootFiles::new(dir);
 
-    let conf = format!("out={}\nmode=pipe\n", dir.display());
+    let mut conf = format!("out={}\nmode=pipe\n", dir.display());
+    let mut list = String::new();
+    for (i, p) in job.shares.iter().enumerate() {
+        conf.push_str(&format!("rw={} {}\n", share_tag(i), p.display()));
+        list.push_str(&format!("{}\n", p.display()));
+    }
     fs::write(dir.join("testhost.conf"), conf).map_err(io("write", &dir.join("testhost.conf")))?;
+    fs::write(dir.join("shares"), list).map_err(io("write", &dir.join("shares")))?;
 
     let script = dir.join("machine-l1");
     fs::copy(&job.script, &script).map_err(io("copy", &job.script))?;
@@ -89,6 +134,11 @@ pub fn prepare(dir: &Path, previous: &Path, job: &Job) -> Result<String, BootErr
         fs::File::create(&f).map_err(io("create", &f))?;
     }
     Ok(token)
+}
+
+/// The 9p tag of share `i` (the testhost's `rw<N>`, as `run --rw`).
+pub fn share_tag(i: usize) -> String {
+    format!("rw{i}")
 }
 
 /// `job.sh`: exports, `cd /`, exec the machine job (bash, as the testhost
@@ -168,6 +218,33 @@ mod tests {
     }
 
     #[test]
+    fn shares_are_home_and_cwd_once_and_never_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("home");
+        let inside = home.join("proj");
+        let other = d.path().join("other");
+        for p in [&inside, &other] {
+            fs::create_dir_all(p).unwrap();
+        }
+        let canon = |p: &Path| fs::canonicalize(p).unwrap();
+        assert_eq!(
+            host_shares(Some(&home), Some(&other)),
+            vec![canon(&home), canon(&other)]
+        );
+        assert_eq!(host_shares(Some(&home), Some(&inside)), vec![canon(&home)]);
+        assert_eq!(host_shares(Some(&inside), Some(&home)), vec![canon(&home)]);
+        assert_eq!(
+            host_shares(Some(Path::new("/")), Some(&home)),
+            vec![canon(&home)]
+        );
+        assert!(host_shares(Some(Path::new("/proc/self")), None).is_empty());
+        assert!(host_shares(Some(&d.path().join("missing")), None).is_empty());
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&home, &link).unwrap();
+        assert_eq!(host_shares(Some(&link), None), vec![canon(&home)]);
+    }
+
+    #[test]
     fn boot_dir_contents() {
         let d = tempfile::tempdir().unwrap();
         let script = d.path().join("machine-l1-src");
@@ -180,6 +257,7 @@ mod tests {
             script,
             artifacts: "mvmd 00 1 /opt/it's/mvmd\n".into(),
             env: vec![("MVMD_LOG".into(), "debug, it's".into())],
+            shares: vec!["/home/u".into(), "/srv/a b".into()],
         };
         let boot = d.path().join("boot");
         let prev = d.path().join("boot.1");
@@ -199,6 +277,14 @@ mod tests {
         assert_eq!(
             conf.lines().next().unwrap(),
             format!("out={}", boot.display())
+        );
+        assert!(
+            conf.contains("\nrw=rw0 /home/u\nrw=rw1 /srv/a b\n"),
+            "{conf}"
+        );
+        assert_eq!(
+            fs::read_to_string(boot.join("shares")).unwrap(),
+            "/home/u\n/srv/a b\n"
         );
         // The job runs the copied script with the right arguments.
         let out = Command::new("bash")

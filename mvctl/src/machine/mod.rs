@@ -45,7 +45,7 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -353,7 +353,7 @@ fn timeout() -> Duration {
 fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
     let opts = check_options(opts)?;
     let _lock = lock(paths)?;
-    let started = start_locked(paths, opts)?;
+    let started = start_locked(paths, opts, None)?;
     if started.started {
         // This process started it (or restarted a failed one): a watcher
         // takes over from here.
@@ -366,10 +366,14 @@ fn start(paths: &Paths, opts: &StartOptions) -> Result<Started, MachineError> {
 }
 
 /// [`start`] under the lock: use the machine that runs (restarting it if
-/// L1 has stalled), or boot one.
+/// L1 has stalled), or boot one. A new machine shares `shares`
+/// writable (a restart: the failed machine's), or when `None` (or
+/// empty) the user's home and the current directory
+/// ([`boot::host_shares`]).
 pub(crate) fn start_locked(
     paths: &Paths,
     (cpus, memory_mib): (u32, u64),
+    shares: Option<&[PathBuf]>,
 ) -> Result<Started, MachineError> {
     if let Some(s) = MachineState::load(&paths.state())? {
         if s.is_alive() {
@@ -456,10 +460,25 @@ pub(crate) fn start_locked(
         );
     }
     disk::check(&paths.disk())?;
+    let shares = match shares {
+        Some(s) if !s.is_empty() => s.to_vec(),
+        _ => boot::host_shares(
+            std::env::var_os("HOME").map(PathBuf::from).as_deref(),
+            std::env::current_dir().ok().as_deref(),
+        ),
+    };
+    if !shares.is_empty() {
+        let list: Vec<String> = shares.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "mvctl: sharing {} with the machine (writable, at the same paths: bind mounts must be under them)",
+            list.join(", ")
+        );
+    }
     let job = boot::Job {
         script: testhost.join("machine-l1"),
         artifacts: artifacts::manifest(&programs),
         env,
+        shares: shares.clone(),
     };
     let files = BootFiles::new(paths.boot());
     let mut boot_attempt = 0;
@@ -481,6 +500,7 @@ pub(crate) fn start_locked(
                 control: paths.control(),
                 monitor: paths.monitor(),
                 port,
+                shares: shares.clone(),
             };
             let _ = fs::remove_file(paths.monitor());
             let child = spawn_qemu(&config, &files.qemu_log())?;
@@ -500,6 +520,7 @@ pub(crate) fn start_locked(
                 mvmd: mvmd.clone(),
                 artifacts: programs.clone(),
                 watcher: None,
+                shares: shares.clone(),
             };
             state.save(&paths.state())?;
             // A port taken in the meantime makes QEMU exit at once.
@@ -912,6 +933,16 @@ fn status_text(paths: &Paths) -> Result<String, MachineError> {
             rows.push(("Memory", format!("{} MiB", s.memory_mib)));
             rows.push(("Programs", programs_text(s, paths)));
             rows.push((
+                "Shares",
+                if s.shares.is_empty() {
+                    "none (bind mounts are refused)".into()
+                } else {
+                    let list: Vec<String> =
+                        s.shares.iter().map(|p| p.display().to_string()).collect();
+                    format!("{} (writable, at the same paths)", list.join(", "))
+                },
+            ));
+            rows.push((
                 "Watcher",
                 match s.watcher {
                     Some(w) if w.is_alive() => format!(
@@ -1030,6 +1061,7 @@ mod tests {
             mvmd: "/usr/bin/mvmd".into(),
             artifacts: Vec::new(),
             watcher: None,
+            shares: Vec::new(),
         };
         s.save(&paths.state()).unwrap();
         assert_eq!(running_endpoint(&paths), None);

@@ -126,6 +126,9 @@ pub struct QemuConfig {
     pub monitor: PathBuf,
     /// Host port forwarded to mvmd.
     pub port: u16,
+    /// Host directories shared writable at their paths (9p tags
+    /// `rw0`, `rw1`..., as `run --rw`; [`super::boot::host_shares`]).
+    pub shares: Vec<PathBuf>,
 }
 
 /// QEMU's binary.
@@ -218,6 +221,18 @@ pub fn args(c: &QemuConfig) -> Vec<OsString> {
             "local,path={},mount_tag=out,security_model=none,multidevs=remap",
             qarg(&c.boot_dir)
         ),
+    ]);
+    // Writable shares, as `run --rw`: cache=mmap in L1 (its init), so
+    // what the host changes is seen.
+    for (i, p) in c.shares.iter().enumerate() {
+        a.push("-virtfs".into());
+        a.push(format!(
+            "local,path={},mount_tag={},security_model=none,multidevs=remap",
+            qarg(p),
+            super::boot::share_tag(i)
+        ));
+    }
+    a.extend([
         "-device".into(),
         "virtio-serial-pci".into(),
         "-chardev".into(),
@@ -291,6 +306,7 @@ mod tests {
             control: "/run/mvm/machine-control".into(),
             monitor: "/run/mvm/machine-monitor.sock".into(),
             port: 41234,
+            shares: vec!["/home/u".into(), "/work/a,b".into()],
         }
     }
 
@@ -320,6 +336,16 @@ mod tests {
         );
         assert!(value_after(&a, "-virtfs", "local,path=/var")
             .contains("path=/var/lib/m,,x/boot,mount_tag=out"));
+        assert_eq!(
+            value_after(&a, "-virtfs", "local,path=/home"),
+            "local,path=/home/u,mount_tag=rw0,security_model=none,multidevs=remap"
+        );
+        assert!(value_after(&a, "-virtfs", "local,path=/work")
+            .starts_with("local,path=/work/a,,b,mount_tag=rw1,"));
+        assert!(
+            value_after(&a, "-virtfs", "local,path=/,").contains("readonly=on"),
+            "the host root stays read-only"
+        );
         assert_eq!(
             value_after(&a, "-chardev", "pipe"),
             "pipe,id=control,path=/run/mvm/machine-control"

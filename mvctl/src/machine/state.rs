@@ -74,6 +74,11 @@ pub struct MachineState {
     /// The watcher process that restarts the machine when L1 stalls.
     #[serde(default)]
     pub watcher: Option<Proc>,
+    /// Host directories shared writable at their paths (the home and
+    /// the directory the machine was started from); a restart after a
+    /// failure keeps them.
+    #[serde(default)]
+    pub shares: Vec<PathBuf>,
 }
 
 /// A process, identified as [`MachineState`] identifies QEMU.
@@ -238,6 +243,7 @@ mod tests {
             mvmd: "/usr/local/bin/mvmd".into(),
             artifacts: Vec::new(),
             watcher: None,
+            shares: Vec::new(),
         }
     }
 

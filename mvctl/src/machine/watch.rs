@@ -236,7 +236,7 @@ pub(crate) fn restart_locked(
             s.boot_dir.display()
         )));
     }
-    let started = match super::start_locked(paths, size) {
+    let started = match super::start_locked(paths, size, Some(&s.shares)) {
         Ok(st) => st,
         Err(e) => {
             record.error = Some(e.to_string());
@@ -613,6 +613,7 @@ mod tests {
             mvmd: "/m".into(),
             artifacts: Vec::new(),
             watcher: None,
+            shares: Vec::new(),
         };
         assert_eq!(failure(&s), Some(Stall::Died));
     }
