@@ -37,7 +37,13 @@ fn a_symlinked_console_is_refused_not_served() {
 
     // An honest console is served.
     fs::write(vm.join("console.log"), "booted\n").unwrap();
-    let (status, body) = api(&d.sock, "GET", &format!("/v1/sandboxes/{id}/console"), &[], "");
+    let (status, body) = api(
+        &d.sock,
+        "GET",
+        &format!("/v1/sandboxes/{id}/console"),
+        &[],
+        "",
+    );
     assert_eq!((status, body.as_str()), (200, "booted\n"));
 
     // A link to a secret, as the current part or the rotated one.
@@ -47,8 +53,13 @@ fn a_symlinked_console_is_refused_not_served() {
         let _ = fs::remove_file(vm.join("console.log"));
         let _ = fs::remove_file(vm.join("console.log.1"));
         symlink(&secret, vm.join(name)).unwrap();
-        let (status, body) =
-            api(&d.sock, "GET", &format!("/v1/sandboxes/{id}/console"), &[], "");
+        let (status, body) = api(
+            &d.sock,
+            "GET",
+            &format!("/v1/sandboxes/{id}/console"),
+            &[],
+            "",
+        );
         assert_eq!(status, 500, "{name}: {body}");
         assert!(!body.contains("SECRET"), "{name}: {body}");
         assert!(

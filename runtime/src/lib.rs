@@ -46,9 +46,9 @@ pub mod share;
 pub mod spec;
 pub mod state;
 pub mod transient;
-pub mod volume;
 #[cfg(test)]
 mod vm_files_tests;
+pub mod volume;
 
 use std::fs;
 use std::io;

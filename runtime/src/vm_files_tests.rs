@@ -34,7 +34,10 @@ fn a_symlinked_console_is_not_read() {
     assert!(!exit::console_shows_oom(&paths.console));
     let e = crate::paths::read_vm_file(&paths.console).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("console.log") && msg.contains("symbolic link"), "{msg}");
+    assert!(
+        msg.contains("console.log") && msg.contains("symbolic link"),
+        "{msg}"
+    );
     assert!(!msg.contains("SECRET"), "{msg}");
     // The rotated part likewise.
     let prev = crate::paths::previous_part(&paths.console);

@@ -251,7 +251,14 @@ pub fn append_file(path: &Path, mode: u32) -> Result<File, BeneathError> {
 
 fn split(path: &Path) -> Result<(&Path, &OsStr), BeneathError> {
     match (path.parent(), path.file_name()) {
-        (Some(d), Some(n)) => Ok((if d.as_os_str().is_empty() { Path::new(".") } else { d }, n)),
+        (Some(d), Some(n)) => Ok((
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            n,
+        )),
         _ => Err(BeneathError::Escapes {
             path: path.into(),
             dir: path.into(),
@@ -282,7 +289,11 @@ mod tests {
         append_file(&p, 0o600).unwrap().write_all(b"one\n").unwrap();
         append_file(&p, 0o600).unwrap().write_all(b"two\n").unwrap();
         let mut s = String::new();
-        read_file(&p).unwrap().unwrap().read_to_string(&mut s).unwrap();
+        read_file(&p)
+            .unwrap()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "one\ntwo\n");
         // Blocking again after the open.
         let f = read_file(&p).unwrap().unwrap();
@@ -299,7 +310,10 @@ mod tests {
         let e = read_file(&p).unwrap_err();
         assert!(matches!(e, BeneathError::Symlink { .. }), "{e:?}");
         let msg = e.to_string();
-        assert!(msg.contains("console.log") && msg.contains("symbolic link"), "{msg}");
+        assert!(
+            msg.contains("console.log") && msg.contains("symbolic link"),
+            "{msg}"
+        );
         assert!(!msg.contains("the secret"));
         let e = append_file(&p, 0o600).unwrap_err();
         assert!(matches!(e, BeneathError::Symlink { .. }), "{e:?}");
@@ -343,13 +357,25 @@ mod tests {
         )
         .unwrap();
         let e = read_file(&fifo).unwrap_err();
-        assert!(matches!(e, BeneathError::NotRegular { kind: "FIFO", .. }), "{e:?}");
+        assert!(
+            matches!(e, BeneathError::NotRegular { kind: "FIFO", .. }),
+            "{e:?}"
+        );
         let e = append_file(&fifo, 0o600).unwrap_err();
         assert!(matches!(e, BeneathError::NotRegular { .. }), "{e:?}");
         let sub = dir.join("vmm.log");
         std::fs::create_dir(&sub).unwrap();
         let e = read_file(&sub).unwrap_err();
-        assert!(matches!(e, BeneathError::NotRegular { kind: "directory", .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                BeneathError::NotRegular {
+                    kind: "directory",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let e = append_file(&sub, 0o600).unwrap_err();
         assert!(matches!(e, BeneathError::NotRegular { .. }), "{e:?}");
     }
@@ -358,7 +384,13 @@ mod tests {
     fn names_that_leave_the_directory_are_refused() {
         let (_t, _secret, dir) = setup();
         let d = Dir::open(&dir).unwrap();
-        assert!(matches!(d.read("../secret"), Err(BeneathError::Escapes { .. })));
-        assert!(matches!(d.read("/etc/passwd"), Err(BeneathError::Escapes { .. })));
+        assert!(matches!(
+            d.read("../secret"),
+            Err(BeneathError::Escapes { .. })
+        ));
+        assert!(matches!(
+            d.read("/etc/passwd"),
+            Err(BeneathError::Escapes { .. })
+        ));
     }
 }
