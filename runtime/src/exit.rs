@@ -3,7 +3,6 @@
 //! and what the caller had asked for ([`Intent`]). The mapping to
 //! Docker's exit codes lives here, in one place.
 
-use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -214,6 +213,7 @@ pub fn console_shows_oom(console: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn st(json: &str) -> StatusReport {
         serde_json::from_str(json).unwrap()
