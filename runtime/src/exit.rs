@@ -3,7 +3,6 @@
 //! and what the caller had asked for ([`Intent`]). The mapping to
 //! Docker's exit codes lives here, in one place.
 
-use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -191,9 +190,17 @@ pub fn with_end(mut info: ExitInfo, end: Option<VmmEnd>) -> ExitInfo {
 }
 
 /// Whether the tail of the console shows the guest kernel's OOM killer.
+/// The console is opened as the VMM's files are ([`crate::paths::read_vm_file`]):
+/// one that is a link or not a regular file is not read (and says so in
+/// the log).
 pub fn console_shows_oom(console: &Path) -> bool {
-    let Ok(mut f) = fs::File::open(console) else {
-        return false;
+    let mut f = match crate::paths::read_vm_file(console) {
+        Ok(Some(f)) => f,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::warn!("{e}");
+            return false;
+        }
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
@@ -206,6 +213,7 @@ pub fn console_shows_oom(console: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn st(json: &str) -> StatusReport {
         serde_json::from_str(json).unwrap()

@@ -46,6 +46,8 @@ pub mod share;
 pub mod spec;
 pub mod state;
 pub mod transient;
+#[cfg(test)]
+mod vm_files_tests;
 pub mod volume;
 
 use std::fs;
@@ -174,7 +176,18 @@ impl RuntimeError {
 /// How the run whose files are at `paths` ended; `end`: how its VMM
 /// process ended, if it was reaped here.
 fn exit_info_of(paths: &SandboxPaths, intent: Intent, end: Option<VmmEnd>) -> ExitInfo {
-    let status = mvm_vmm_api::StatusReport::read(&paths.status);
+    // The VMM's uid owns the status file's directory: a status file that
+    // is a link (or a FIFO...) is refused, and the run reported failed
+    // with the reason, never read through.
+    let status = match paths::read_vm_file(&paths.status) {
+        Ok(f) => f.and_then(mvm_vmm_api::StatusReport::read_from),
+        Err(e) => {
+            tracing::warn!("{e}");
+            Some(mvm_vmm_api::StatusReport::error(format!(
+                "the VMM's status file was refused: {e}"
+            )))
+        }
+    };
     let oom = exit::console_shows_oom(&paths.console);
     exit::with_end(exit::exit_info(status.as_ref(), intent, oom), end)
 }

@@ -155,7 +155,8 @@ pub struct SandboxPaths {
     pub sockets: PathBuf,
     /// The directory of the files the VMM writes (console, log, status):
     /// `<dir>/vm`, owned by the VMM's uid when it is jailed. Nothing the
-    /// host acts on lives there.
+    /// host acts on lives there, and the host opens what it reads there
+    /// with [`read_vm_file`] / [`append_vm_file`] only.
     pub vm_dir: PathBuf,
     /// The VMM's jail (its root when jailed): mount points only.
     pub jail: PathBuf,
@@ -187,3 +188,14 @@ impl SandboxPaths {
 
 /// The previous part of a file the VMM rotates at its cap.
 pub use mvm_vmm_api::config::previous_part;
+
+/// How the host opens the files of a sandbox's `vm/` directory (console,
+/// VMM log, status, and their rotated parts): that directory belongs to
+/// the VMM's unprivileged uid, so a compromised VMM may leave a symlink
+/// there (`console.log -> /etc/shadow`), a FIFO or a directory where a
+/// file is expected. These resolve the name beneath the directory without
+/// following any link and accept regular files only; every host-side
+/// reader and writer of `vm/` goes through them.
+pub use mvm_unpack::beneath::{
+    append_file as append_vm_file, read_file as read_vm_file, BeneathError as VmFileError,
+};

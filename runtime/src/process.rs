@@ -154,14 +154,13 @@ pub struct Jailer<'a> {
 /// (a VMM in its own pid namespace is the jailer's child, not ours), or
 /// prints why it could not.
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(spec.log)
-        .map_err(|source| ProcessError::Open {
-            path: spec.log.into(),
-            source,
-        })?;
+    // The log lies in the VMM's own directory (its uid's when jailed):
+    // never opened through a link a previous run left there, which would
+    // have root append the VMM's stderr to any file.
+    let log = crate::paths::append_vm_file(spec.log, 0o600).map_err(|e| ProcessError::Open {
+        path: spec.log.into(),
+        source: e.into(),
+    })?;
     let procs: Option<File> =
         match spec.cgroup_procs {
             Some(p) => Some(OpenOptions::new().write(true).open(p).map_err(|source| {

@@ -11,8 +11,20 @@
 //!   its root pivoted to the shared directory, so nothing else of the host
 //!   is reachable from it, whatever a guest asks;
 //! - `--seccomp kill`: its own syscall allow-list;
-//! - `--modcaps=-mknod`: no device nodes created on the host for a guest
-//!   (a node in a host directory would be a door to host devices);
+//! - `--modcaps`: only the capabilities the share needs
+//!   ([`RW_MODCAPS`], [`RO_MODCAPS`]). Of virtiofsd's default set, a
+//!   writable share loses `mknod` (a device node in a host directory
+//!   would be a door to host devices) and `setfcap` (xattrs are off, so
+//!   it is never needed, and a guest must never give a host file
+//!   capabilities); a read-only share keeps `dac_override` alone (to
+//!   read whatever the guest may read, whoever owns it on the host):
+//!   ownership, mode and credential changes are all write-side;
+//! - `--inode-file-handles=never`: inodes are kept as `O_PATH`
+//!   descriptors, not file handles, so the backend does not hold
+//!   `dac_read_search` (virtiofsd 1.14's default, `prefer`, adds it):
+//!   with it, `open_by_handle_at` opens any inode of the shared
+//!   directory's filesystem, outside the directory too (the "shocker"
+//!   escape), should a guest ever take the backend over;
 //! - `--readonly` for a read-only share: the backend refuses writes, not
 //!   just the guest's mount flag;
 //! - `--cache` [`CACHE_MODE`], chosen by measurement (`docs/benchmarks.md`).
@@ -368,6 +380,16 @@ fn validate(shares: &[HostShare]) -> Result<(), ShareError> {
 /// The fd number the listening socket has in the backend.
 const LISTEN_FD: i32 = 3;
 
+/// virtiofsd's `--modcaps` for a writable share: its default set
+/// (chown, dac_override, fowner, fsetid, setgid, setuid, mknod, setfcap)
+/// less `mknod` and `setfcap` (see the module doc).
+pub const RW_MODCAPS: &str = "-mknod:-setfcap";
+/// virtiofsd's `--modcaps` for a read-only share: everything but
+/// `dac_override`. The credential switch (setuid, setgid) happens only
+/// for creations, and chown, fowner, fsetid serve attribute changes and
+/// writes, all of which the read-only backend refuses.
+pub const RO_MODCAPS: &str = "-chown:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap";
+
 /// The arguments of a backend for `share`, listening on fd [`LISTEN_FD`].
 pub fn virtiofsd_args(share: &HostShare) -> Vec<String> {
     let mut args = vec![
@@ -375,7 +397,15 @@ pub fn virtiofsd_args(share: &HostShare) -> Vec<String> {
         format!("--shared-dir={}", share.source.display()),
         "--sandbox=namespace".into(),
         "--seccomp=kill".into(),
-        "--modcaps=-mknod".into(),
+        format!(
+            "--modcaps={}",
+            if share.read_only {
+                RO_MODCAPS
+            } else {
+                RW_MODCAPS
+            }
+        ),
+        "--inode-file-handles=never".into(),
         format!("--cache={CACHE_MODE}"),
         "--log-level=warn".into(),
     ];

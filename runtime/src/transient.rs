@@ -261,10 +261,12 @@ impl Transient {
     }
 }
 
-fn tail(path: &Path, max: u64) -> String {
+pub(crate) fn tail(path: &Path, max: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = fs::File::open(path) else {
-        return String::new();
+    let mut f = match crate::paths::read_vm_file(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return String::new(),
+        Err(e) => return format!("({e})"),
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));

@@ -16,6 +16,13 @@
 //!   VMM (its own resident memory, and the guest memory it touched: the
 //!   guest RAM mapping's, told apart by `mvm_e2e::procmem`).
 //!
+//! - with `MVM_BENCH_CONFINE_RUNS=N` (default 0: skipped), what the VMM's
+//!   confinement costs: four daemons side by side, the default (jail and
+//!   seccomp), `--no-jail`, `--no-seccomp` and both switches, N runs each,
+//!   interleaved: `run --rm true` wall time, the VMM's `boot_time_us`
+//!   (create, then `start -a`), and one running sandbox's VMM memory per
+//!   daemon.
+//!
 //! Every call is checked (exit status 0); a benchmark of failures would be
 //! worthless. QEMU's direct boot of the same kernel and disk is measured by
 //! the `boot` benchmark in the same `make bench` run: compare this table's
@@ -63,6 +70,10 @@ impl Drop for Daemon {
 }
 
 fn start_daemon() -> Daemon {
+    start_daemon_with(&[])
+}
+
+fn start_daemon_with(flags: &[&str]) -> Daemon {
     let dir = tempfile::Builder::new()
         .prefix("mvm-bench-run-")
         .tempdir()
@@ -74,6 +85,7 @@ fn start_daemon() -> Daemon {
         .arg(&root)
         .arg("--run-dir")
         .arg(&run)
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&log).unwrap())
         .stderr(fs::File::create(&log).unwrap())
@@ -169,9 +181,116 @@ fn inspect(d: &Daemon, id: &str) -> serde_json::Value {
     v[0].clone()
 }
 
+/// The VMM memory of one running sandbox of `d`: (own, guest) KiB.
+fn sandbox_memory(d: &Daemon) -> (u64, u64) {
+    let (id, _) = mvctl(d, &["run", "-d", IMAGE, "sleep", "600"]);
+    let id = id.trim().to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let info = inspect(d, &id);
+    let vmm = info["state"]["pid"].as_u64().map(|p| p as u32);
+    let guest_bytes = info["host_config"]["memory_mib"].as_u64().unwrap_or(0) << 20;
+    let m = vmm
+        .and_then(|p| mvm_e2e::procmem::read(p, guest_bytes))
+        .map_or((0, 0), |m| (m.own, m.guest));
+    mvctl(d, &["rm", "-f", &id]);
+    m
+}
+
+/// The VMM's own boot time of a created-then-started sandbox.
+fn boot_time(d: &Daemon) -> Option<Duration> {
+    let (id, _) = mvctl(d, &["create", IMAGE, "true"]);
+    let id = id.trim().to_string();
+    mvctl(d, &["start", "-a", &id]);
+    let info = inspect(d, &id);
+    let us = info["paths"]["status"].as_str().and_then(|p| {
+        let st: serde_json::Value =
+            serde_json::from_slice(&fs::read(p).unwrap_or_default()).unwrap_or_default();
+        st["boot_time_us"].as_u64()
+    });
+    mvctl(d, &["rm", &id]);
+    us.map(Duration::from_micros)
+}
+
+/// `MVM_BENCH_CONFINE_RUNS`: the default daemon against `--no-jail`,
+/// `--no-seccomp` and both, runs interleaved (see the module doc).
+fn confinement(runs: usize) {
+    let configs: [(&str, &[&str]); 4] = [
+        ("jail + seccomp (default)", &[]),
+        ("--no-jail", &["--no-jail"]),
+        ("--no-seccomp", &["--no-seccomp"]),
+        ("--no-jail --no-seccomp", &["--no-jail", "--no-seccomp"]),
+    ];
+    let daemons: Vec<Daemon> = configs
+        .iter()
+        .map(|(_, flags)| {
+            let d = start_daemon_with(flags);
+            import_busybox(&d);
+            mvctl(&d, &["run", "--rm", IMAGE, "true"]);
+            d
+        })
+        .collect();
+    let n = configs.len();
+    let (mut wall, mut boot) = (vec![vec![]; n], vec![vec![]; n]);
+    for round in 0..runs {
+        eprintln!("confinement: round {}/{runs}", round + 1);
+        // A different first daemon each round, so none always runs first.
+        for k in 0..n {
+            let i = (round + k) % n;
+            wall[i].push(mvctl(&daemons[i], &["run", "--rm", IMAGE, "true"]).1);
+            if let Some(b) = boot_time(&daemons[i]) {
+                boot[i].push(b);
+            }
+        }
+    }
+    let mem: Vec<(u64, u64)> = daemons.iter().map(sandbox_memory).collect();
+    println!("## confinement: the VMM jailed and filtered, or not (`mvctl run`, real KVM)");
+    println!();
+    println!(
+        "| mvmd | n | `run --rm true` p50 ms | p95 ms | VMM boot_time_us p50 ms | p95 ms | VMM overhead MiB | guest touched MiB |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (i, (name, _)) in configs.iter().enumerate() {
+        let b = |q| {
+            if boot[i].is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", pct(&boot[i], q))
+            }
+        };
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {} | {} | {:.2} | {:.1} |",
+            wall[i].len(),
+            pct(&wall[i], 0.5),
+            pct(&wall[i], 0.95),
+            b(0.5),
+            b(0.95),
+            mem[i].0 as f64 / 1024.0,
+            mem[i].1 as f64 / 1024.0
+        );
+    }
+    println!();
+    let base = pct(&wall[0], 0.5);
+    for (i, (name, _)) in configs.iter().enumerate().skip(1) {
+        println!(
+            "- {name}: `run --rm true` p50 {:.3}x of the default's; VMM overhead {:+.2} MiB against it",
+            pct(&wall[i], 0.5) / base,
+            (mem[i].0 as f64 - mem[0].0 as f64) / 1024.0
+        );
+    }
+    println!();
+}
+
 fn main() {
     mvm_e2e::require_hardware_kvm();
+    let confine_runs = env_usize("MVM_BENCH_CONFINE_RUNS", 0);
+    if confine_runs > 0 {
+        confinement(confine_runs);
+    }
     let runs = env_usize("MVM_BENCH_RUNS", 20);
+    if runs == 0 {
+        // MVM_BENCH_RUNS=0: the confinement comparison alone.
+        return;
+    }
     let parallel = env_usize("MVM_BENCH_PARALLEL", 10);
     let breakdown = env_usize("MVM_BENCH_BREAKDOWN", 5);
 

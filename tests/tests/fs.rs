@@ -185,3 +185,85 @@ fn a_mount_of_a_tag_the_vmm_does_not_have_is_an_init_error_naming_it() {
         out.describe()
     );
 }
+
+/// `CapEff` of the process that serves a backend: the child its
+/// namespace sandbox forked (the process the runtime started keeps none).
+fn served_cap_eff(backend_pid: i32) -> u64 {
+    let children =
+        fs::read_to_string(format!("/proc/{backend_pid}/task/{backend_pid}/children")).unwrap();
+    let child: i32 = children
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("backend {backend_pid} has no sandboxed child"))
+        .parse()
+        .unwrap();
+    let status = fs::read_to_string(format!("/proc/{child}/status")).unwrap();
+    let v = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap();
+    u64::from_str_radix(v.trim(), 16).unwrap()
+}
+
+/// Each backend serving a running guest holds only the capabilities its
+/// share needs (`runtime/src/share.rs`): `dac_override` alone for a
+/// read-only share; chown, dac_override, fowner, fsetid, setgid, setuid
+/// for a writable one (no mknod, setfcap, or dac_read_search); and the
+/// guest still reads and writes through them.
+#[test]
+fn each_backend_keeps_only_the_capabilities_its_share_needs() {
+    let host = tempfile::tempdir().unwrap();
+    let (rw, ro) = (host.path().join("rw"), host.path().join("ro"));
+    fs::create_dir_all(&rw).unwrap();
+    fs::create_dir_all(&ro).unwrap();
+    fs::write(ro.join("ro.txt"), "read-only content\n").unwrap();
+    // The guest waits for the host's go (a file on the writable share),
+    // so the backends are measured while they serve it.
+    let script = r#"
+set -e
+cat /ro/ro.txt
+echo written > /data/guest.txt
+echo shares-up
+while [ ! -e /data/go ]; do sleep 0.1; done
+echo "go seen"
+"#;
+    let mut vm = Vm::new(&["/bin/sh", "-c", script]);
+    vm.shares = vec![
+        HostShare {
+            tag: "data".into(),
+            source: rw.clone(),
+            target: "/data".into(),
+            read_only: false,
+        },
+        HostShare {
+            tag: "conf".into(),
+            source: ro.clone(),
+            target: "/ro".into(),
+            read_only: true,
+        },
+    ];
+    let mut running = vm.spawn();
+    running.wait_for_console("shares-up");
+    let pids: Vec<i32> = running
+        .backends
+        .as_ref()
+        .unwrap()
+        .records()
+        .iter()
+        .map(|r| r.process.pid)
+        .collect();
+    let caps: Vec<u64> = pids.iter().map(|&p| served_cap_eff(p)).collect();
+    fs::write(rw.join("go"), "").unwrap();
+    let out = running.wait();
+    let why = format!("{}\n--- virtiofsd\n{}", out.describe(), backend_logs(&vm));
+    assert_eq!(out.code(), Some(0), "{why}");
+    assert!(out.console.contains("read-only content"), "{why}");
+    assert!(out.console.contains("go seen"), "{why}");
+    assert_eq!(fs::read_to_string(rw.join("guest.txt")).unwrap(), "written\n");
+    // <linux/capability.h>: chown 0, dac_override 1, fowner 3, fsetid 4,
+    // setgid 6, setuid 7.
+    let writable = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7);
+    eprintln!("virtiofsd CapEff: writable {:#x}, read-only {:#x}", caps[0], caps[1]);
+    assert_eq!(caps[0], writable, "writable share: CapEff {:#x}", caps[0]);
+    assert_eq!(caps[1], 1 << 1, "read-only share: CapEff {:#x}", caps[1]);
+}

@@ -224,7 +224,7 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         I8042_BASE.into(),
         I8042_LEN.into(),
     )?;
-    let status_port = StatusPort::new(opts.start, exit.clone());
+    let status_port = StatusPort::new(opts.start, exit.clone(), cfg.seccomp)?;
     let guest_status = status_port.status();
     io_bus.insert(
         Arc::new(Mutex::new(status_port)),
@@ -303,6 +303,8 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
                 queue_size: f.queue_size(),
             },
             on_failure,
+            // The watchdog thread's own filter (it starts now, before any).
+            cfg.seccomp.then(crate::seccomp::helper_hook),
         )
         .map_err(BuildError::Fs)?;
         let fs = Arc::new(Mutex::new(fs));

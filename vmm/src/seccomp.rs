@@ -20,12 +20,18 @@
 //!   port, the i8042 reset, the virtio-mmio registers, where device
 //!   activation and reset happen (the TAP offload ioctl; the vhost-user
 //!   messages of virtio-fs, with descriptors passed over the socket).
-//! - helpers a vCPU thread starts, which inherit its filter (filters
-//!   stack, so a child can only ever do less): the `power-off` grace timer
-//!   of the status port (sleep, then the exit eventfd) and the
-//!   `vhost-user-watchdog` of a virtio-fs exchange (a timed wait, then
-//!   `shutdown(2)` on the socket). The one watchdog the main thread runs
-//!   during setup ends before the main thread's filter is installed.
+//! - **helper** ([`Role::Helper`]): the `power-off` grace timer of the
+//!   status port (a wait, a sleep, then the exit eventfd) and each
+//!   virtio-fs backend's `vhost-user-watchdog` (a timed wait, then
+//!   `shutdown(2)` on its copy of the socket). Both are started during
+//!   setup on the main thread, before any filter, by [`spawn_helper`],
+//!   which installs this role's filter first thing on the new thread and
+//!   returns only once it is in place; they then wait for their work. The
+//!   role is the narrowest: besides what a thread needs to wait, sleep,
+//!   log (with the log's live rotation) and end, only `shutdown`. No
+//!   `ioctl` (no KVM, no TAP), no reads, no disk or socket I/O beyond
+//!   that, no new threads. Started on demand from a vCPU thread instead,
+//!   they would have inherited the vCPU's filter.
 //!
 //! # Why in Rust
 //!
@@ -73,6 +79,14 @@ pub enum SeccompError {
         /// seccompiler's message.
         detail: String,
     },
+    /// A helper thread could not be started.
+    #[error("starting the {name} thread: {source}")]
+    Helper {
+        /// The thread's name.
+        name: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The role of a VMM thread (see the module doc).
@@ -80,19 +94,22 @@ pub enum SeccompError {
 pub enum Role {
     /// Setup, then the event loop and the teardown.
     Main,
-    /// A vCPU run loop (and the helpers it starts).
+    /// A vCPU run loop.
     Vcpu,
+    /// A timer or watchdog thread ([`spawn_helper`]).
+    Helper,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 2] = [Role::Main, Role::Vcpu];
+    pub const ALL: [Role; 3] = [Role::Main, Role::Vcpu, Role::Helper];
 
     /// The role's name in messages.
     pub fn name(self) -> &'static str {
         match self {
             Self::Main => "main",
             Self::Vcpu => "vCPU",
+            Self::Helper => "helper",
         }
     }
 }
@@ -201,6 +218,49 @@ const MAIN: &[i64] = &[
     libc::SYS_timerfd_gettime,
 ];
 
+/// All a helper thread may call: wait on its channel (`futex`, with a
+/// deadline: the clock), sleep, write the exit eventfd and its log lines
+/// (with the log's live rotation: `openat`, `rename`, `close`), shut its
+/// socket down, and end (its stack and signal stack unmapped; `abort` on
+/// a panic that cannot unwind). Memory calls for the allocator.
+const HELPER: &[i64] = &[
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_rseq,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettimeofday,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_fstat,
+    libc::SYS_openat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    // std's hash map keys, should a log line's formatting make one.
+    libc::SYS_getrandom,
+    // The vhost-user watchdog shuts a silent backend's socket down.
+    libc::SYS_shutdown,
+];
+
 /// The `fcntl` commands allowed (std's `set_nonblocking` on files,
 /// `try_clone`, the descriptor flags).
 const FCNTL_CMDS: &[libc::c_int] = &[
@@ -224,6 +284,7 @@ pub fn ioctls(role: Role) -> Vec<u64> {
             // virtio-net activation and reset set the TAP's offloads.
             libc::TUNSETOFFLOAD,
         ],
+        Role::Helper => vec![],
     }
 }
 
@@ -239,6 +300,20 @@ pub fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError
         detail: e.to_string(),
     };
     let mut m: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    if role == Role::Helper {
+        for &nr in HELPER {
+            m.insert(nr, vec![]);
+        }
+        // std checks that a descriptor is open before it closes it
+        // (`OwnedFd`'s drop, debug builds): `F_GETFD` alone. A helper
+        // closes the last reference to the exit eventfd, or its socket
+        // copy, when it ends after the VM.
+        m.insert(
+            libc::SYS_fcntl,
+            vec![arg_eq(1, Len::Dword, libc::F_GETFD as u64).map_err(build)?],
+        );
+        return Ok(m);
+    }
     for &nr in COMMON {
         m.insert(nr, vec![]);
     }
@@ -305,6 +380,41 @@ pub fn apply(role: Role) -> Result<(), SeccompError> {
         t0.elapsed().as_micros()
     );
     Ok(())
+}
+
+/// Starts the helper thread `name` running `body`, with the helper
+/// filter installed first when `confine` (mvmd's default; not with
+/// --no-seccomp); returns once the filter is in place. Called during
+/// setup, before any filter: the thread then has only its own.
+pub fn spawn_helper(
+    name: &'static str,
+    confine: bool,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<(), SeccompError> {
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let confined = if confine { apply(Role::Helper) } else { Ok(()) };
+            let ok = confined.is_ok();
+            let _ = ready_tx.send(confined);
+            if ok {
+                body();
+            }
+        })
+        .map_err(|source| SeccompError::Helper { name, source })?;
+    ready.recv().unwrap_or_else(|_| {
+        Err(SeccompError::Helper {
+            name,
+            source: std::io::Error::other("the thread ended before it was ready"),
+        })
+    })
+}
+
+/// The hook that confines the helper threads of the virtio crate (the
+/// virtio-fs watchdog): [`Role::Helper`]'s filter.
+pub fn helper_hook() -> mvm_virtio::fs::ThreadHook {
+    std::sync::Arc::new(|| apply(Role::Helper).map_err(|e| e.to_string()))
 }
 
 /// Test builds only (feature `seccomp-test-trigger`, built by
@@ -462,5 +572,122 @@ mod tests {
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "status {status:#x}"
         );
+    }
+
+    /// The helper role is the narrowest: a strict subset of both other
+    /// roles, with none of the calls that reach KVM, a TAP, a disk, a
+    /// socket's data or a new thread.
+    #[test]
+    fn the_helper_role_is_narrower_than_every_other() {
+        let helper = rules(Role::Helper).unwrap();
+        for role in [Role::Main, Role::Vcpu] {
+            let other = rules(role).unwrap();
+            for nr in helper.keys() {
+                assert!(
+                    other.contains_key(nr),
+                    "{nr} allowed to helpers, not to {role:?}"
+                );
+            }
+            assert!(helper.len() < other.len(), "{role:?}");
+        }
+        for nr in [
+            libc::SYS_ioctl,
+            libc::SYS_prctl,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_read,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_sendmsg,
+            libc::SYS_recvmsg,
+            libc::SYS_sendto,
+            libc::SYS_recvfrom,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_unlink,
+            libc::SYS_unlinkat,
+            libc::SYS_epoll_wait,
+            libc::SYS_execve,
+            libc::SYS_seccomp,
+        ] {
+            assert!(!helper.contains_key(&nr), "{nr} allowed to helpers");
+        }
+        // What the two helpers do.
+        for nr in [
+            libc::SYS_futex,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_shutdown,
+        ] {
+            assert!(helper.contains_key(&nr), "{nr}");
+        }
+        // fcntl: one command, where the others have five.
+        assert_eq!(helper[&libc::SYS_fcntl].len(), 1);
+    }
+
+    /// Under the helper filter, an ioctl the main thread may make, a new
+    /// thread, and an `fcntl` other than `F_GETFD`, kill.
+    #[test]
+    fn the_helper_filter_kills_what_other_roles_may_do() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&a);
+        // SAFETY: FIONBIO on our own socket with a valid int.
+        let status = run_filtered(Role::Helper, || unsafe {
+            let on: libc::c_int = 1;
+            libc::ioctl(fd, libc::FIONBIO, &on);
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+        // SAFETY: clone3 with no arguments fails (EFAULT/EINVAL) where it
+        // is allowed; it creates nothing.
+        let status = run_filtered(Role::Helper, || unsafe {
+            libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize);
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+        // SAFETY: F_SETFL on our own socket.
+        let status = run_filtered(Role::Helper, || unsafe {
+            libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+
+    /// A helper thread started by `spawn_helper` has the filter in place
+    /// (`Seccomp: 2` for that thread) before its body runs, and the body
+    /// can wait, sleep and hand a result back under it.
+    #[test]
+    fn a_helper_thread_runs_confined() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        spawn_helper("test-helper", true, move || {
+            // SAFETY: gettid has no arguments.
+            let _ = tid_tx.send(unsafe { libc::syscall(libc::SYS_gettid) });
+            let _ = go_rx.recv();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let _ = done_tx.send(());
+        })
+        .unwrap();
+        let tid = tid_rx.recv().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Seccomp:")).unwrap();
+        assert_eq!(line.split_whitespace().nth(1), Some("2"), "{line}");
+        go_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+        // Unconfined on request (--no-seccomp).
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn_helper("test-helper", false, move || {
+            let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let _ = tx.send(s);
+        })
+        .unwrap();
+        let seccomp_line = |s: &str| {
+            s.lines()
+                .find(|l| l.starts_with("Seccomp:"))
+                .map(str::to_owned)
+        };
+        let ours = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        assert_eq!(seccomp_line(&rx.recv().unwrap()), seccomp_line(&ours));
     }
 }

@@ -100,15 +100,17 @@ pub async fn console(State(d): D, Path(id): Path<String>) -> ApiResult<Response>
     let e = d.manager.get(&id)?;
     let path = d.manager.runtime().paths(&e.id).console;
     let mut parts = Vec::new();
+    // The console's directory is the VMM's: opened without following a
+    // link, so a compromised VMM cannot have this serve another file.
     for p in [mvm_runtime::paths::previous_part(&path), path] {
-        match tokio::fs::File::open(&p).await {
-            Ok(f) => parts.push(tokio_util::io::ReaderStream::new(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        match mvm_runtime::paths::read_vm_file(&p) {
+            Ok(Some(f)) => parts.push(tokio_util::io::ReaderStream::new(
+                tokio::fs::File::from_std(f),
+            )),
+            Ok(None) => {}
             Err(e) => {
-                return Err(Error::new(
-                    ErrorCode::Internal,
-                    format!("reading {}: {e}", p.display()),
-                ))
+                tracing::warn!(sandbox = %id, "{e}");
+                return Err(Error::new(ErrorCode::Internal, format!("console: {e}")));
             }
         }
     }

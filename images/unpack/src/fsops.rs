@@ -15,14 +15,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timestamps};
 use rustix::io::Errno;
 
 use crate::error::{errno_err, io_err, Error, Result};
 
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
+use crate::beneath::RESOLVE;
 
 /// The destination root.
 pub(crate) struct Root {

@@ -34,6 +34,10 @@
 //!   uses), resolving every entry with the same `openat2` flags, storing
 //!   symlinks as symlinks and describing each file by the descriptor it
 //!   reads (`mvctl volume export`).
+//! - [`beneath`] opens one file beneath a directory a less trusted
+//!   process writes (a sandbox's `vm/`, the VMM's), with the same
+//!   resolution and regular files only, for the host's readers and
+//!   writers of such files.
 //! - [`EntryPath`] / [`normalize`] is the name validation both use:
 //!   normalised, and refused if absolute, with `..`, a NUL byte, or over
 //!   the length limit.
@@ -57,6 +61,7 @@
 
 #![deny(missing_docs)]
 
+pub mod beneath;
 mod budget;
 mod entry;
 mod error;

@@ -329,5 +329,18 @@ mod tests {
             ),
             "{t}"
         );
+        // mvmd --no-jail / --no-seccomp say so.
+        let off = Info {
+            jail: false,
+            jail_uids: String::new(),
+            seccomp: false,
+            ..i
+        };
+        let t = info_text("unix:///run/mvm/mvmd.sock", &Mode::Native, &off);
+        assert!(
+            t.contains(" Jail: off (mvmd --no-jail: VMMs run as root, unconfined)\n"),
+            "{t}"
+        );
+        assert!(t.contains(" Seccomp: off (mvmd --no-seccomp"), "{t}");
     }
 }

@@ -119,14 +119,21 @@ fn each_share_gets_a_sandboxed_backend_listening_before_it_runs() {
         "--fd=3",
         "--sandbox=namespace",
         "--seccomp=kill",
-        "--modcaps=-mknod",
+        "--modcaps=-mknod:-setfcap",
+        "--inode-file-handles=never",
         "--cache=auto",
     ] {
         assert!(rw.lines().any(|l| l == want), "{want} missing: {rw}");
     }
     assert!(rw.contains(&format!("--shared-dir={}", shares[0].source.display())));
     assert!(!rw.contains("--readonly"), "{rw}");
-    assert!(fx.args_of(&recs[1].process).contains("--readonly"));
+    let ro = fx.args_of(&recs[1].process);
+    assert!(ro.contains("--readonly"));
+    assert!(
+        ro.lines()
+            .any(|l| l == "--modcaps=-chown:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap"),
+        "{ro}"
+    );
 
     drop(backends);
     for r in &recs {
@@ -237,5 +244,78 @@ fn the_real_virtiofsd_starts_sandboxed_and_ends_with_its_client() {
     );
     drop(client);
     wait_dead(&p);
+    backends.detach();
+}
+
+/// `CapEff` of the process serving `backend` (the namespace sandbox's
+/// child, which serves the share), once it has dropped its capabilities
+/// (it does before it accepts its connection, which `client` made).
+fn served_caps(backend: &VmmProcess) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        if let Some(child) = children_of(backend.pid).first() {
+            let status =
+                fs::read_to_string(format!("/proc/{}/status", child.pid)).unwrap_or_default();
+            let caps = status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+            // Full until the drop (the child starts as root); virtiofsd's
+            // default set has 8.
+            if let Some(c) = caps.filter(|&c| c.count_ones() <= 8) {
+                return c;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no sandboxed child with dropped caps"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The real virtiofsd keeps only the capabilities its share needs:
+/// `dac_override` for a read-only share, the default set less `mknod`
+/// and `setfcap` for a writable one, and never `dac_read_search`
+/// (measured in `/proc/PID/status`).
+#[test]
+fn the_real_virtiofsd_keeps_only_the_capabilities_its_share_needs() {
+    let Ok(bin) = locate_virtiofsd(None) else {
+        eprintln!("virtiofsd not installed (resources/virtiofsd/build.sh); skipping");
+        return;
+    };
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: virtiofsd's namespace sandbox needs root here; skipping");
+        return;
+    }
+    // <linux/capability.h>.
+    const CHOWN: u32 = 0;
+    const DAC_OVERRIDE: u32 = 1;
+    const FOWNER: u32 = 3;
+    const FSETID: u32 = 4;
+    const SETGID: u32 = 6;
+    const SETUID: u32 = 7;
+    let bit = |c: u32| 1u64 << c;
+    let ro_want = bit(DAC_OVERRIDE);
+    let rw_want = [CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID]
+        .into_iter()
+        .fold(0, |m, c| m | bit(c));
+    let fx = Fixture::new();
+    let shares = [fx.share("ro", true), fx.share("rw", false)];
+    let (backends, boot) = Backends::start(&bin, &fx.paths, &shares).unwrap();
+    let clients: Vec<_> = boot
+        .iter()
+        .map(|b| UnixStream::connect(&b.socket).unwrap())
+        .collect();
+    let recs = backends.records().to_vec();
+    let (ro, rw) = (served_caps(&recs[0].process), served_caps(&recs[1].process));
+    assert_eq!(ro, ro_want, "read-only share: CapEff {ro:#x}");
+    assert_eq!(rw, rw_want, "writable share: CapEff {rw:#x}");
+    eprintln!("virtiofsd CapEff: read-only {ro:#018x}, writable {rw:#018x}");
+    drop(clients);
+    for r in &recs {
+        wait_dead(&r.process);
+    }
     backends.detach();
 }

@@ -118,8 +118,13 @@ impl StatusReport {
     /// renames a complete file into place, so only something else makes
     /// such a file).
     pub fn read(path: &Path) -> Option<Self> {
+        Self::read_from(std::fs::File::open(path).ok()?)
+    }
+
+    /// [`Self::read`] from an open file (the host opens the VMM's status
+    /// file without following links: `mvm_unpack::beneath`).
+    pub fn read_from(f: impl std::io::Read) -> Option<Self> {
         use std::io::Read;
-        let f = std::fs::File::open(path).ok()?;
         let mut bytes = Vec::new();
         f.take(MAX_STATUS_BYTES + 1).read_to_end(&mut bytes).ok()?;
         if bytes.len() as u64 > MAX_STATUS_BYTES {

@@ -5,13 +5,14 @@
 //! value `GuestEvent::decode` does not know, is ignored, because the guest
 //! is untrusted and a stray `outb` must not change the outcome.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mvm_protocol::status::{GuestEvent, InitError, STATUS_PORT, STATUS_PORT_LEN};
 
 use super::bus::{lock, BusDevice};
 use crate::exit::{ExitSignal, StopReason};
+use crate::seccomp::SeccompError;
 
 pub const PORT: u16 = STATUS_PORT;
 pub const LEN: u16 = STATUS_PORT_LEN;
@@ -46,7 +47,9 @@ pub struct StatusPort {
     status: Arc<Mutex<GuestStatus>>,
     start: Instant,
     exit: Arc<ExitSignal>,
-    grace: Duration,
+    /// Starts the `power-off` timer thread's grace period; dropped with
+    /// the port, which ends that thread.
+    power_off: mpsc::Sender<()>,
 }
 
 impl StatusPort {
@@ -54,17 +57,41 @@ impl StatusPort {
     /// from there, which is what a user waiting for the sandbox sees.
     /// `exit` is told [`POWER_OFF_GRACE`] after init announces the
     /// power-off, unless the guest reset first.
-    pub fn new(start: Instant, exit: Arc<ExitSignal>) -> Self {
-        Self::with_grace(start, exit, POWER_OFF_GRACE)
+    ///
+    /// The grace timer is a thread started now (during setup, before any
+    /// filter) with the helper seccomp filter when `seccomp`
+    /// ([`crate::seccomp::spawn_helper`]); it waits until the power-off.
+    pub fn new(start: Instant, exit: Arc<ExitSignal>, seccomp: bool) -> Result<Self, SeccompError> {
+        Self::with_grace(start, exit, POWER_OFF_GRACE, seccomp)
     }
 
-    fn with_grace(start: Instant, exit: Arc<ExitSignal>, grace: Duration) -> Self {
-        Self {
+    fn with_grace(
+        start: Instant,
+        exit: Arc<ExitSignal>,
+        grace: Duration,
+        seccomp: bool,
+    ) -> Result<Self, SeccompError> {
+        let (power_off, announced) = mpsc::channel::<()>();
+        let stop = exit.clone();
+        crate::seccomp::spawn_helper("power-off", seccomp, move || {
+            // An error: the port is gone (the VM ended) before any power-off.
+            if announced.recv().is_err() {
+                return;
+            }
+            std::thread::sleep(grace);
+            if !stop.is_requested() {
+                tracing::info!(
+                    "the guest did not reset within {grace:?} of its power-off report; stopping it"
+                );
+                stop.request(StopReason::PowerOff);
+            }
+        })?;
+        Ok(Self {
             status: Arc::default(),
             start,
             exit,
-            grace,
-        }
+            power_off,
+        })
     }
 
     /// A handle to read the reports after the VM stopped.
@@ -87,21 +114,9 @@ impl StatusPort {
             GuestEvent::InitError(e) => s.workload = Some(Workload::InitError(e)),
             GuestEvent::PowerOff if !s.power_off => {
                 // Everything is durable by now; the reset that follows is
-                // awaited only for so long (a thread per VM, once).
+                // awaited only for so long (by the timer thread, once).
                 s.power_off = true;
-                let (exit, grace) = (self.exit.clone(), self.grace);
-                let spawned = std::thread::Builder::new()
-                    .name("power-off".into())
-                    .spawn(move || {
-                        std::thread::sleep(grace);
-                        if !exit.is_requested() {
-                            tracing::info!(
-                                "the guest did not reset within {grace:?} of its power-off report; stopping it"
-                            );
-                            exit.request(StopReason::PowerOff);
-                        }
-                    });
-                if spawned.is_err() {
+                if self.power_off.send(()).is_err() {
                     self.exit.request(StopReason::PowerOff);
                 }
             }
@@ -138,7 +153,7 @@ mod tests {
     fn events_are_recorded() {
         let exit = Arc::new(ExitSignal::new().unwrap());
         let grace = Duration::from_millis(50);
-        let mut p = StatusPort::with_grace(Instant::now(), exit.clone(), grace);
+        let mut p = StatusPort::with_grace(Instant::now(), exit.clone(), grace, false).unwrap();
         let s = p.status();
         out(&mut p, GuestEvent::BootComplete);
         let first = s.lock().unwrap().boot_time.unwrap();
@@ -178,7 +193,7 @@ mod tests {
     #[test]
     fn other_widths_offsets_and_values_are_ignored() {
         let exit = Arc::new(ExitSignal::new().unwrap());
-        let mut p = StatusPort::new(Instant::now(), exit.clone());
+        let mut p = StatusPort::new(Instant::now(), exit.clone(), false).unwrap();
         let s = p.status();
         let v = GuestEvent::PowerOff.encode().to_le_bytes();
         p.write(1, &v);
@@ -191,5 +206,25 @@ mod tests {
         let mut r = [0xaau8; 4];
         p.read(0, &mut r);
         assert_eq!(r, [0; 4]);
+    }
+
+    /// The grace timer under its own filter (the helper role, installed
+    /// on the timer thread of this test process): it still stops the VM
+    /// after the grace. A call the filter lacks would kill this process.
+    #[test]
+    fn the_power_off_timer_works_under_its_filter() {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let grace = Duration::from_millis(20);
+        let mut p = StatusPort::with_grace(Instant::now(), exit.clone(), grace, true).unwrap();
+        out(&mut p, GuestEvent::PowerOff);
+        let t = Instant::now();
+        while !exit.is_requested() {
+            assert!(t.elapsed() < Duration::from_secs(10), "no stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(exit.reason(), Some(StopReason::PowerOff));
+        // A port dropped before any power-off ends its timer thread.
+        let p = StatusPort::with_grace(Instant::now(), exit, grace, true).unwrap();
+        drop(p);
     }
 }

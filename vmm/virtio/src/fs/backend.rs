@@ -17,17 +17,25 @@
 //!
 //! The `vhost` crate's socket reads block without a deadline and retry on
 //! `EAGAIN`, so a receive timeout on the socket would only make it spin.
-//! Each exchange instead runs with a watchdog thread that shuts the socket
+//! Each exchange instead runs with a watchdog armed that shuts the socket
 //! down after [`super::BACKEND_TIMEOUT`]; the blocked read then sees end
-//! of file and the exchange fails. Exchanges are rare (start-up, device
-//! start and stop), so a thread each costs nothing that matters.
+//! of file and the exchange fails.
+//!
+//! The watchdog is one thread per backend, started with the connection
+//! (during the VMM's setup, before any seccomp filter), which runs the
+//! caller's [`ThreadHook`] first: the VMM installs there a filter of the
+//! thread's own, narrower than any other thread's (no KVM, no disk or
+//! socket I/O, no new threads; `shutdown(2)` on its copy of the socket).
+//! A thread started per exchange on a vCPU thread would have inherited the
+//! vCPU's filter instead. The thread ends when the backend is dropped.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
@@ -38,6 +46,12 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+
+/// Run first by each helper thread this crate starts, before it waits on
+/// anything: the VMM installs the thread's seccomp filter there. An error
+/// (its message) keeps the thread from running and fails the start of
+/// what needed it.
+pub type ThreadHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 use crate::VIRTIO_F_VERSION_1;
 
@@ -74,6 +88,9 @@ pub enum BackendError {
     /// The watchdog thread could not be started.
     #[error("cannot start the watchdog thread: {0}")]
     Watchdog(#[source] io::Error),
+    /// The watchdog thread's hook failed (its seccomp filter).
+    #[error("the watchdog thread could not be confined: {0}")]
+    WatchdogHook(String),
     /// A ring the driver configured is not in guest memory (the transport
     /// checks this at `DRIVER_OK`, so only a VMM bug gets here).
     #[error("queue {index}: the {what} at guest address {addr:#x} is not in guest memory")]
@@ -96,6 +113,7 @@ pub enum BackendError {
 /// A connected vhost-user backend.
 pub struct Backend {
     frontend: Frontend,
+    watchdog: Watchdog,
     timeout: Duration,
     /// Virtio features the backend offers (`GET_FEATURES`).
     features: u64,
@@ -120,13 +138,22 @@ impl std::fmt::Debug for Backend {
 impl Backend {
     /// Connects to the backend at `path` and does the handshake, within
     /// `timeout`. `queues` is how many queues the device has.
-    pub fn connect(path: &Path, queues: usize, timeout: Duration) -> Result<Self, BackendError> {
+    /// `hook` runs first on the watchdog thread (see the module doc).
+    pub fn connect(
+        path: &Path,
+        queues: usize,
+        timeout: Duration,
+        hook: Option<ThreadHook>,
+    ) -> Result<Self, BackendError> {
         let stream = UnixStream::connect(path).map_err(|source| BackendError::Connect {
             path: path.to_owned(),
             source,
         })?;
+        let socket = OwnedFd::from(stream.try_clone().map_err(BackendError::Watchdog)?);
+        let watchdog = Watchdog::start(socket, hook)?;
         let mut backend = Self {
             frontend: Frontend::from_stream(stream, queues as u64),
+            watchdog,
             timeout,
             features: 0,
             protocol_features: false,
@@ -239,38 +266,104 @@ impl Backend {
         what: &'static str,
         exchange: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
     ) -> Result<T, BackendError> {
-        let fd = self.frontend.as_raw_fd();
         let timeout = self.timeout;
-        let fired = AtomicBool::new(false);
-        let (done, wait) = mpsc::channel::<()>();
-        let frontend = &mut self.frontend;
-        std::thread::scope(|s| {
-            let fired = &fired;
-            std::thread::Builder::new()
-                .name("vhost-user-watchdog".into())
-                .spawn_scoped(s, move || {
-                    if wait.recv_timeout(timeout) == Err(RecvTimeoutError::Timeout) {
-                        fired.store(true, Ordering::SeqCst);
-                        // SAFETY: `fd` is the frontend's socket, which
-                        // outlives this scope (the frontend is borrowed for
-                        // it); shutdown(2) only changes the socket's state.
-                        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                    }
-                })
-                .map_err(BackendError::Watchdog)?;
-            let result = exchange(frontend);
-            drop(done);
-            result.map_err(|source| {
-                if fired.load(Ordering::SeqCst) {
-                    BackendError::Timeout {
-                        what,
-                        secs: timeout.as_secs(),
-                    }
-                } else {
-                    BackendError::Protocol { what, source }
+        self.watchdog.arm(timeout);
+        let result = exchange(&mut self.frontend);
+        self.watchdog.disarm();
+        result.map_err(|source| {
+            if self.watchdog.fired() {
+                BackendError::Timeout {
+                    what,
+                    secs: timeout.as_secs(),
+                }
+            } else {
+                BackendError::Protocol { what, source }
+            }
+        })
+    }
+}
+
+/// What the watchdog thread is told.
+enum Order {
+    /// Shut the socket down unless disarmed within this time.
+    Arm(Duration),
+    /// The exchange ended.
+    Disarm,
+}
+
+/// The watchdog thread of one backend (see the module doc).
+struct Watchdog {
+    orders: mpsc::Sender<Order>,
+    /// Set once it shut the socket down; never cleared: the socket is
+    /// then dead, and every later failure is the timeout's.
+    fired: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    /// Starts the thread with its own copy of the socket (so it can never
+    /// shut down a descriptor number reused for something else); returns
+    /// once `hook` ran there, or with its error.
+    fn start(socket: OwnedFd, hook: Option<ThreadHook>) -> Result<Watchdog, BackendError> {
+        let (orders, rx) = mpsc::channel::<Order>();
+        let (ready_tx, ready) = mpsc::channel::<Result<(), String>>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let flag = fired.clone();
+        std::thread::Builder::new()
+            .name("vhost-user-watchdog".into())
+            .spawn(move || {
+                let confined = hook.map_or(Ok(()), |h| h());
+                let ok = confined.is_ok();
+                let _ = ready_tx.send(confined);
+                if ok {
+                    watch(&socket, &rx, &flag);
                 }
             })
-        })
+            .map_err(BackendError::Watchdog)?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(Watchdog { orders, fired }),
+            Ok(Err(msg)) => Err(BackendError::WatchdogHook(msg)),
+            Err(_) => Err(BackendError::WatchdogHook(
+                "the thread ended before it was ready".into(),
+            )),
+        }
+    }
+
+    fn arm(&self, timeout: Duration) {
+        let _ = self.orders.send(Order::Arm(timeout));
+    }
+
+    fn disarm(&self) {
+        let _ = self.orders.send(Order::Disarm);
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+/// The watchdog's loop: until the backend (the sender) is gone, wait to
+/// be armed, then for the disarm or the deadline.
+fn watch(socket: &OwnedFd, orders: &mpsc::Receiver<Order>, fired: &AtomicBool) {
+    loop {
+        let timeout = match orders.recv() {
+            Ok(Order::Arm(t)) => t,
+            // A disarm after a firing, or a stray one: nothing armed.
+            Ok(Order::Disarm) => continue,
+            Err(_) => return,
+        };
+        match orders.recv_timeout(timeout) {
+            Ok(Order::Disarm) => {}
+            // Exchanges do not overlap (`&mut Backend`): not sent.
+            Ok(Order::Arm(_)) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                fired.store(true, Ordering::SeqCst);
+                // SAFETY: `socket` is this thread's own descriptor, open
+                // for its whole life; shutdown(2) only changes the state
+                // of the socket it shares with the frontend.
+                unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
 

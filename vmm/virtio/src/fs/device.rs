@@ -11,7 +11,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::backend::{Backend, BackendError};
+use super::backend::{Backend, BackendError, ThreadHook};
 use super::{BACKEND_TIMEOUT, MAX_QUEUE_SIZE, NUM_QUEUES, NUM_REQUEST_QUEUES, TAG_LEN};
 use crate::common::{read_config_bytes, CommonError, VirtioCommon};
 use crate::{
@@ -105,8 +105,14 @@ impl Fs {
     /// Connects to the backend and builds the device. A backend that is
     /// not there, or not a virtio 1.x vhost-user backend, is an error now,
     /// before the guest runs.
-    pub fn new(cfg: FsConfig, on_failure: FailureHook) -> Result<Self, FsError> {
-        Self::with_timeout(cfg, on_failure, BACKEND_TIMEOUT)
+    /// `hook` runs first on the backend's watchdog thread (the VMM
+    /// installs its seccomp filter there: [`super::backend`]).
+    pub fn new(
+        cfg: FsConfig,
+        on_failure: FailureHook,
+        hook: Option<ThreadHook>,
+    ) -> Result<Self, FsError> {
+        Self::with_timeout(cfg, on_failure, BACKEND_TIMEOUT, hook)
     }
 
     /// [`Fs::new`] with another deadline for backend exchanges (tests).
@@ -114,6 +120,7 @@ impl Fs {
         cfg: FsConfig,
         on_failure: FailureHook,
         timeout: std::time::Duration,
+        hook: Option<ThreadHook>,
     ) -> Result<Self, FsError> {
         if cfg.tag.is_empty() || cfg.tag.len() > TAG_LEN {
             return Err(FsError::Tag(cfg.tag));
@@ -127,13 +134,14 @@ impl Fs {
                 size: cfg.queue_size,
             });
         }
-        let backend = Backend::connect(&cfg.socket, NUM_QUEUES, timeout).map_err(|source| {
-            FsError::Backend {
-                tag: cfg.tag.clone(),
-                socket: cfg.socket.clone(),
-                source,
-            }
-        })?;
+        let backend =
+            Backend::connect(&cfg.socket, NUM_QUEUES, timeout, hook).map_err(|source| {
+                FsError::Backend {
+                    tag: cfg.tag.clone(),
+                    socket: cfg.socket.clone(),
+                    source,
+                }
+            })?;
         let features = backend.features() & PASSED_FEATURES;
         let queue_max_sizes = [cfg.queue_size; NUM_QUEUES];
         let common_err = |source| FsError::Common {

@@ -47,7 +47,7 @@ pub mod backend;
 pub mod device;
 pub mod event_handler;
 
-pub use backend::{Backend, BackendError};
+pub use backend::{Backend, BackendError, ThreadHook};
 pub use device::{FailureHook, Fs, FsConfig, FsError};
 
 use std::time::Duration;

@@ -254,6 +254,7 @@ fn device(backend: &FakeBackend, timeout: Duration) -> (Fs, Failures) {
         },
         Arc::new(move |m| f.lock().unwrap().push(m)),
         timeout,
+        None,
     )
     .unwrap();
     (fs, failures)
@@ -469,6 +470,7 @@ fn a_missing_or_unfit_backend_is_an_error_at_creation() {
             queue_size: 64,
         },
         hook.clone(),
+        None,
     )
     .unwrap_err()
     .to_string();
@@ -485,6 +487,7 @@ fn a_missing_or_unfit_backend_is_an_error_at_creation() {
             queue_size: 64,
         },
         hook.clone(),
+        None,
     )
     .unwrap_err()
     .to_string();
@@ -498,6 +501,7 @@ fn a_missing_or_unfit_backend_is_an_error_at_creation() {
                 queue_size: size,
             },
             hook.clone(),
+            None,
         );
         assert!(e.is_err(), "{tag:?} {size}");
     }
@@ -518,12 +522,46 @@ fn a_backend_that_hangs_in_the_handshake_is_an_error_not_a_hang() {
         },
         Arc::new(|_| {}),
         Duration::from_millis(300),
+        None,
     )
     .unwrap_err()
     .to_string();
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(
         e.contains("handshake") && e.contains("did not answer"),
+        "{e}"
+    );
+}
+
+/// The watchdog is a thread of its own, started with the connection, and
+/// runs the caller's hook (the VMM's seccomp filter) before anything else;
+/// a hook that fails fails the device's creation, naming why.
+#[test]
+fn the_watchdog_thread_runs_the_hook_first_and_its_failure_is_an_error() {
+    let backend = FakeBackend::start(Behaviour::default());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let hook: crate::fs::ThreadHook = Arc::new(move || {
+        s.lock()
+            .unwrap()
+            .push(std::thread::current().name().unwrap_or("").to_string());
+        Ok(())
+    });
+    let cfg = |socket| FsConfig {
+        tag: "t".into(),
+        socket,
+        queue_size: 64,
+    };
+    Fs::new(cfg(backend.socket()), Arc::new(|_| {}), Some(hook)).unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["vhost-user-watchdog"]);
+
+    let backend = FakeBackend::start(Behaviour::default());
+    let failing: crate::fs::ThreadHook = Arc::new(|| Err("no filter for you".into()));
+    let e = Fs::new(cfg(backend.socket()), Arc::new(|_| {}), Some(failing))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("watchdog thread could not be confined") && e.contains("no filter for you"),
         "{e}"
     );
 }
