@@ -225,23 +225,75 @@ fn die_with_jailer(err_pipe: RawFd) -> Result<(), JailError> {
     Ok(())
 }
 
+/// How the VMM ended, as the jailer that stays with it reaped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmExit {
+    /// It exited with this code.
+    Code(i32),
+    /// This signal killed it.
+    Signal(i32),
+}
+
 /// `--die-with-parent`, in the parent once the VMM runs and its pid is
 /// printed: stdout closed (the caller reads it to its end), then wait for
 /// the VMM, so that the jailer's death (with its caller's) kills it.
-/// Returns the VMM's exit code (128 + signal for a signal).
-pub fn stay_with(vmm: Pid) -> i32 {
+/// Returns how the VMM ended, for [`end_like`].
+pub fn stay_with(vmm: Pid) -> VmmExit {
     // SAFETY: closing our own stdout; nothing else uses it afterwards.
     unsafe {
         libc::close(1);
     }
     loop {
         match nix::sys::wait::waitpid(vmm, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return code,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return VmmExit::Code(code),
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                return VmmExit::Signal(sig as i32)
+            }
             Ok(_) => continue,
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return 1,
+            Err(_) => return VmmExit::Code(1),
         }
+    }
+}
+
+/// End the jailer the way its VMM ended: the same exit code, or killed
+/// by the same signal. The jailer's caller reaps the jailer, not the VMM
+/// (the VMM is the jailer's child, in its own pid namespace), so this is
+/// how the caller learns the VMM's wait status unchanged: a VMM killed by
+/// its seccomp filter is a `SIGSYS` death there too, never an exit code
+/// that a VMM could also have chosen (it exits with 128+N itself after a
+/// handled signal N).
+pub fn end_like(end: VmmExit) -> ! {
+    let code = match end {
+        VmmExit::Code(code) => code,
+        VmmExit::Signal(sig) => {
+            die_by(sig);
+            // A signal whose default action is not to end the process
+            // (none can have killed the VMM): the shell's convention.
+            128 + sig
+        }
+    };
+    #[allow(clippy::exit)]
+    std::process::exit(code)
+}
+
+/// Raise `sig` on this process with its default action, no core file
+/// (the VMM's was the interesting one) and `sig` unblocked: returns only
+/// if that action does not end the process.
+fn die_by(sig: i32) {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process with values we own.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
     }
 }
 

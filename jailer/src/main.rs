@@ -12,8 +12,7 @@ fn main() {
             if spec.die_with_parent {
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
-                #[allow(clippy::exit)]
-                std::process::exit(mvm_jailer::stay_with(pid));
+                mvm_jailer::end_like(mvm_jailer::stay_with(pid));
             }
         }
         Err(e) => {

@@ -37,8 +37,11 @@ pub struct JailSpec {
     /// owns its VMM outright): the jailer stays the VMM's parent, dies with
     /// its caller (the caller's `PR_SET_PDEATHSIG`), and the VMM dies with
     /// the jailer (its own `PR_SET_PDEATHSIG`, set after its credentials
-    /// change, which would clear it). Without it the jailer exits once the
-    /// VMM runs and the VMM outlives everything but a stop (mvmd's model).
+    /// change, which would clear it); when the VMM ends, the jailer ends the
+    /// same way (its exit code or its signal: `end_like`), so the caller
+    /// that reaps the jailer learns how the VMM ended. Without it the
+    /// jailer exits once the VMM runs and the VMM outlives everything but
+    /// a stop (mvmd's model).
     #[arg(long)]
     pub die_with_parent: bool,
 }

@@ -532,7 +532,8 @@ impl Runtime {
         }
         let process = match self.launch_vmm(&spec.id, &paths, &spec.resources, false, &mut warnings)
         {
-            Ok(p) => p,
+            // Untied: the jailer exited once the VMM ran; no keeper.
+            Ok(p) => p.vmm,
             Err(e) => {
                 drop(backends);
                 let _ = fs::remove_file(paths.dir.join(share::RECORD_FILE));
@@ -656,7 +657,7 @@ impl Runtime {
         res: &Resources,
         die_with_parent: bool,
         warnings: &mut Vec<String>,
-    ) -> Result<VmmProcess, RuntimeError> {
+    ) -> Result<process::Spawned, RuntimeError> {
         let mut warn = |e: cgroup::CgroupError| {
             tracing::warn!(sandbox = %id, "{e}");
             warnings.push(e.to_string());
@@ -697,7 +698,7 @@ impl Runtime {
         paths: &SandboxPaths,
         cgroup_procs: Option<&Path>,
         die_with_parent: bool,
-    ) -> Result<VmmProcess, RuntimeError> {
+    ) -> Result<process::Spawned, RuntimeError> {
         let jailed = match (&self.cfg.jail, &self.uids) {
             (Some(j), Some(uids)) => {
                 let uid = uids.uid_for(&paths.dir)?;

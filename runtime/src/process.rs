@@ -82,6 +82,19 @@ pub struct VmmProcess {
     pub start_time: u64,
 }
 
+/// A started VMM, and the jailer that stays as its parent when the VMM
+/// is tied to its caller ([`SpawnSpec::die_with_parent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// The VMM.
+    pub vmm: VmmProcess,
+    /// The jailer that reaps the VMM and then ends as it did
+    /// (`mvm-jailer --die-with-parent`): the caller's child, which the
+    /// caller must reap ([`reap`]) to learn how the VMM ended; `None` when
+    /// the VMM is the caller's child itself or the jailer already exited.
+    pub keeper: Option<VmmProcess>,
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct SpawnSpec<'a> {
@@ -153,7 +166,12 @@ pub struct Jailer<'a> {
 /// cgroup and stderr); it prints the VMM's pid and exits once the VMM runs
 /// (a VMM in its own pid namespace is the jailer's child, not ours), or
 /// prints why it could not.
-pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
+///
+/// Every process started here is reaped by pid ([`reap`], [`PidFd::wait`]),
+/// never by a `waitpid(-1)` of the caller's: a caller that reaps any child
+/// (as the containerd-shim crate's SIGCHLD handler does by default) would
+/// take the status that tells a seccomp kill apart.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, ProcessError> {
     // The log lies in the VMM's own directory (its uid's when jailed):
     // never opened through a link a previous run left there, which would
     // have root append the VMM's stderr to any file.
@@ -213,10 +231,10 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
         });
     }
     if let Some(j) = spec.jailer {
-        let out = if tie {
+        let (out, keeper) = if tie {
             jailer_staying(&mut cmd)
         } else {
-            cmd.output()
+            cmd.output().map(|o| (o, None))
         }
         .map_err(|source| ProcessError::Spawn {
             vmm: j.path.into(),
@@ -225,9 +243,12 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
         drop(procs);
         let text = String::from_utf8_lossy(&out.stdout);
         return match text.trim().parse::<i32>() {
-            Ok(pid) if out.status.success() && pid > 0 => Ok(VmmProcess {
-                pid,
-                start_time: start_time(pid).unwrap_or(0),
+            Ok(pid) if out.status.success() && pid > 0 => Ok(Spawned {
+                vmm: VmmProcess {
+                    pid,
+                    start_time: start_time(pid).unwrap_or(0),
+                },
+                keeper,
             }),
             _ => Err(ProcessError::Jail {
                 message: match text.trim() {
@@ -252,35 +273,41 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<VmmProcess, ProcessError> {
     // dropping the handle neither kills nor waits.
     drop(child);
     let start_time = start_time(pid).unwrap_or(0);
-    Ok(VmmProcess { pid, start_time })
+    Ok(Spawned {
+        vmm: VmmProcess { pid, start_time },
+        keeper: None,
+    })
 }
 
 /// Run a jailer started with `--die-with-parent`, which prints the VMM's
 /// pid, closes its stdout and stays as the VMM's parent: its output once
 /// stdout ends, with the status it would have if it failed before that
-/// (it exited) or success (it stays; a thread reaps it when the VMM ends).
-fn jailer_staying(cmd: &mut Command) -> io::Result<std::process::Output> {
+/// (it exited, and is reaped here) or success and the jailer (it stays,
+/// to be reaped by the caller once the VMM ended: [`Spawned::keeper`]).
+fn jailer_staying(cmd: &mut Command) -> io::Result<(std::process::Output, Option<VmmProcess>)> {
     use std::io::Read;
     let mut child = cmd.stdout(Stdio::piped()).spawn()?;
     let mut stdout = Vec::new();
     if let Some(mut o) = child.stdout.take() {
         o.read_to_end(&mut stdout)?;
     }
-    let status = match child.try_wait()? {
+    let (status, keeper) = match child.try_wait()? {
         // Exited already: a failure, or a VMM that ended at once.
-        Some(s) => s,
+        Some(s) => (s, None),
         None => {
-            std::thread::spawn(move || {
-                let _ = child.wait();
-            });
-            std::process::ExitStatus::default()
+            let pid = child.id() as i32;
+            // Dropping the handle neither kills nor waits.
+            drop(child);
+            let keeper = start_time(pid).map(|start_time| VmmProcess { pid, start_time });
+            (std::process::ExitStatus::default(), keeper)
         }
     };
-    Ok(std::process::Output {
+    let out = std::process::Output {
         status,
         stdout,
         stderr: Vec::new(),
-    })
+    };
+    Ok((out, keeper))
 }
 
 /// Field 22 (`starttime`) of `/proc/<pid>/stat`.
@@ -469,7 +496,7 @@ mod tests {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                r => break r.unwrap(),
+                r => break r.unwrap().vmm,
             }
         };
         assert!(p.is_alive());
@@ -528,7 +555,7 @@ mod tests {
                         tries += 1;
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }
-                    r => break r.unwrap(),
+                    r => break r.unwrap().vmm,
                 }
             }
         })
@@ -557,7 +584,7 @@ mod tests {
         })
         .join()
         .unwrap();
-        if let Ok(q) = q {
+        if let Ok(q) = q.map(|s| s.vmm) {
             assert!(q.is_alive());
             let _ = q.signal(libc::SIGKILL);
             if let Ok(Some(fd)) = q.pidfd() {

@@ -74,6 +74,9 @@ pub struct Transient {
     id: String,
     paths: SandboxPaths,
     vmm: VmmProcess,
+    /// The jailer that stays as the VMM's parent (tied transients,
+    /// jailed): it ends as the VMM did, and is reaped by [`Self::wait`].
+    keeper: Option<VmmProcess>,
     started: Instant,
     /// Stopped when the transient is dropped, after its VMM (fields drop
     /// after `Drop::drop`).
@@ -155,20 +158,21 @@ impl Runtime {
             };
             launch::write(&l, &cfg, &paths)?;
             let mut warnings = Vec::new();
-            let vmm = self.launch_vmm(
+            let spawned = self.launch_vmm(
                 &id,
                 &paths,
                 &spec.resources,
                 spec.die_with_parent,
                 &mut warnings,
             )?;
-            Ok((vmm, backends))
+            Ok((spawned, backends))
         })();
         match r {
-            Ok((vmm, backends)) => Ok(Transient {
+            Ok((spawned, backends)) => Ok(Transient {
                 id,
                 paths,
-                vmm,
+                vmm: spawned.vmm,
+                keeper: spawned.keeper,
                 started,
                 backends,
                 uids: self.uids().cloned(),
@@ -224,23 +228,27 @@ impl Transient {
         }
     }
 
-    /// Wait until the VMM has ended.
+    /// Wait until the VMM has ended, and learn how it did: by reaping it
+    /// (our child) or its jailer that stays as its parent and ends as it
+    /// did ([`crate::process::Spawned::keeper`]). Cancellation-safe: a
+    /// later call finishes what a dropped one started.
     pub async fn wait(&self) {
-        match self.vmm.pidfd() {
-            Ok(Some(fd)) => {
-                if let Ok(end) = fd.wait().await {
-                    if end.is_some() {
-                        *self.end.lock().unwrap_or_else(|p| p.into_inner()) = end;
-                    }
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => tracing::debug!(transient = %self.id, "{e}; polling instead"),
+        let mut end = wait_process(&self.vmm, &self.id).await;
+        if let Some(keeper) = &self.keeper {
+            // The jailer ends right after reaping the VMM.
+            let kept = wait_process(keeper, &self.id).await;
+            // The VMM's own end when it was ours to reap (its jailer
+            // died first and it was reparented here).
+            end = end.or(kept);
         }
-        while self.vmm.is_alive() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if end.is_some() {
+            *self.end.lock().unwrap_or_else(|p| p.into_inner()) = end;
         }
+    }
+
+    /// How the VMM process ended, once [`Self::wait`] learnt it.
+    pub fn end(&self) -> Option<crate::process::VmmEnd> {
+        *self.end.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Kill the VMM (the guest dies with it).
@@ -251,14 +259,31 @@ impl Transient {
     /// How the run ended (once [`Self::wait`] returned), with `intent`
     /// saying what the caller asked for.
     pub fn exit_info(&self, intent: Intent) -> ExitInfo {
-        let end = *self.end.lock().unwrap_or_else(|p| p.into_inner());
-        exit_info_of(&self.paths, intent, end)
+        exit_info_of(&self.paths, intent, self.end())
     }
 
     /// The last `max` bytes of the VMM's log, for error messages.
     pub fn vmm_log_tail(&self, max: u64) -> String {
         tail(&self.paths.vmm_log, max)
     }
+}
+
+/// Wait until `p` has ended; reap it if it is our child. How it ended,
+/// if it was reaped here.
+async fn wait_process(p: &VmmProcess, id: &str) -> Option<crate::process::VmmEnd> {
+    match p.pidfd() {
+        Ok(Some(fd)) => match fd.wait().await {
+            Ok(end) => return end,
+            Err(e) => tracing::debug!(transient = %id, "{e}; polling instead"),
+        },
+        // Gone and reaped already (a pid no longer ours is never reaped).
+        Ok(None) => return None,
+        Err(e) => tracing::debug!(transient = %id, "{e}; polling instead"),
+    }
+    while p.is_alive() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::process::reap(p.pid)
 }
 
 pub(crate) fn tail(path: &Path, max: u64) -> String {
@@ -286,6 +311,13 @@ impl Drop for Transient {
             }
         }
         crate::process::reap(self.vmm.pid);
+        if let Some(k) = &self.keeper {
+            // It ends right after the VMM it reaps.
+            if let Ok(Some(fd)) = k.pidfd() {
+                let _ = fd.wait_blocking(Duration::from_secs(5));
+            }
+            crate::process::reap(k.pid);
+        }
         if let Some(b) = &mut self.backends {
             b.stop();
         }

@@ -53,13 +53,51 @@ pub enum BundleError {
     UnsupportedMount { destination: String, kind: String },
     #[error("config.json resources: {0}")]
     Resources(String),
-    #[error("this is a Kubernetes pod's {0} container ({CRI_CONTAINER_TYPE}): pods are not supported by the mvm runtime yet (one microVM per pod is the design: docs/kubernetes.md); run single containers with ctr")]
-    Pod(String),
+    #[error("this is a container of Kubernetes pod sandbox {sandbox:?} ({CRI_CONTAINER_TYPE}=container): the mvm runtime runs a pod as one microVM, booted by its sandbox, and starting a pod's containers inside that microVM is not implemented yet (docs/kubernetes.md, step 3); refused rather than run in a microVM of its own, cut off from its pod's network and volumes")]
+    PodContainer { sandbox: String },
+    #[error("annotation {CRI_CONTAINER_TYPE}={0:?} is neither \"sandbox\" nor \"container\"")]
+    PodType(String),
 }
 
 /// The annotation containerd's CRI plugin puts on a pod's containers:
 /// `sandbox` (the pod itself) or `container`.
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The annotation naming the pod's sandbox (on the sandbox, its own id).
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// What the bundle is to Kubernetes, from the CRI plugin's annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// Not a pod's (`ctr run`, or any client that is not the CRI plugin).
+    None,
+    /// A pod's sandbox: its microVM is the pod's (docs/kubernetes.md,
+    /// step 2). The sandbox's own process (the `pause` image's) is the
+    /// microVM's first workload, so the sandbox task lives, is killed and
+    /// ends exactly as a pause container does.
+    Sandbox {
+        /// The pod's sandbox id (the containers of the pod name it).
+        id: String,
+    },
+}
+
+/// The bundle's [`PodRole`]; a pod's container is refused until the pod
+/// microVM can start it ([`BundleError::PodContainer`]).
+fn pod_role(spec: &Spec, id: &str) -> Result<PodRole, BundleError> {
+    let annotations = spec.annotations().as_ref();
+    let get = |k: &str| annotations.and_then(|a| a.get(k));
+    match get(CRI_CONTAINER_TYPE).map(String::as_str) {
+        None => Ok(PodRole::None),
+        Some("sandbox") => Ok(PodRole::Sandbox {
+            id: get(CRI_SANDBOX_ID)
+                .cloned()
+                .unwrap_or_else(|| id.to_string()),
+        }),
+        Some("container") => Err(BundleError::PodContainer {
+            sandbox: get(CRI_SANDBOX_ID).cloned().unwrap_or_default(),
+        }),
+        Some(other) => Err(BundleError::PodType(other.to_string())),
+    }
+}
 
 /// What the bundle asks for, in mvm-runtime's terms.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +110,8 @@ pub struct Bundle {
     pub resources: Resources,
     /// `bind` mounts, shared over virtio-fs.
     pub shares: Vec<HostShare>,
+    /// A pod's sandbox, or no pod.
+    pub pod: PodRole,
     /// Non-fatal remarks (a CPU quota larger than the vCPUs...).
     pub warnings: Vec<String>,
 }
@@ -97,14 +137,9 @@ pub fn from_spec(
     host: &HostResources,
 ) -> Result<Bundle, BundleError> {
     // A pod split into one microVM per container would break the pod's
-    // shared network namespace: refused until pods boot one microVM.
-    if let Some(kind) = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(CRI_CONTAINER_TYPE))
-    {
-        return Err(BundleError::Pod(kind.clone()));
-    }
+    // shared network namespace and volumes: its containers are refused
+    // until they start inside the sandbox's microVM.
+    let pod = pod_role(spec, id)?;
     let p = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() {
@@ -154,6 +189,13 @@ pub fn from_spec(
         )));
     }
     let mut warnings = Vec::new();
+    if let PodRole::Sandbox { id } = &pod {
+        if let Some(ns) = network_namespace(spec) {
+            warnings.push(format!(
+                "pod sandbox {id}: the pod's network namespace {ns} is not joined yet (pod networking is docs/kubernetes.md step 4): the pod microVM has no network"
+            ));
+        }
+    }
     let resources = resources(spec, host, &mut warnings)?;
     let shares = shares(spec)?;
     Ok(Bundle {
@@ -161,8 +203,23 @@ pub fn from_spec(
         hostname,
         resources,
         shares,
+        pod,
         warnings,
     })
+}
+
+/// The path of the network namespace the spec asks to join (the pod's,
+/// which the CRI plugin made and ran CNI in), if any.
+fn network_namespace(spec: &Spec) -> Option<String> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?
+        .path()
+        .as_ref()
+        .map(|p| p.display().to_string())
 }
 
 /// `linux.resources`: the memory limit becomes the guest's memory, a CPU
@@ -322,6 +379,76 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/x"), "{e}");
     }
 
+    fn with_annotations(annotations: &str) -> Spec {
+        spec(&BASE.replace(
+            r#""ociVersion":"1.0.2","#,
+            &format!(r#""ociVersion":"1.0.2","annotations":{annotations},"#),
+        ))
+    }
+
+    #[test]
+    fn a_pod_sandbox_boots_and_a_pod_container_is_refused() {
+        // What containerd's CRI plugin gives a sandbox: the pod's netns.
+        let mut sandbox = with_annotations(
+            r#"{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"pod1"}"#,
+        );
+        let ns = oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(oci_spec::runtime::LinuxNamespaceType::Network)
+            .path("/var/run/netns/cni-1")
+            .build()
+            .unwrap();
+        let mut linux = sandbox.linux().clone().unwrap();
+        linux.set_namespaces(Some(vec![ns]));
+        sandbox.set_linux(Some(linux));
+        let b = from_spec(&sandbox, "pod1", false, false, &host()).unwrap();
+        assert_eq!(b.pod, PodRole::Sandbox { id: "pod1".into() });
+        assert!(
+            b.warnings
+                .iter()
+                .any(|w| w.contains("/var/run/netns/cni-1")),
+            "{:?}",
+            b.warnings
+        );
+        // Without the sandbox-id annotation, its own id.
+        let b = from_spec(
+            &with_annotations(r#"{"io.kubernetes.cri.container-type":"sandbox"}"#),
+            "pod2",
+            false,
+            false,
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(b.pod, PodRole::Sandbox { id: "pod2".into() });
+        // No annotation: no pod.
+        let b = from_spec(&spec(BASE), "x", false, false, &host()).unwrap();
+        assert_eq!(b.pod, PodRole::None);
+
+        let e = from_spec(
+            &with_annotations(
+                r#"{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"pod1"}"#,
+            ),
+            "app",
+            false,
+            false,
+            &host(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, BundleError::PodContainer { ref sandbox } if sandbox == "pod1"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("step 3"), "{e}");
+        let e = from_spec(
+            &with_annotations(r#"{"io.kubernetes.cri.container-type":"podling"}"#),
+            "x",
+            false,
+            false,
+            &host(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("podling"), "{e}");
+    }
+
     #[test]
     fn hostile_values_are_clear_errors() {
         let e = from_spec(
@@ -362,22 +489,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("NOEQUALS"), "{e}");
-        let e = from_spec(
-            &spec(&BASE.replace(
-                r#""ociVersion":"1.0.2","#,
-                r#""ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.container-type":"sandbox"},"#,
-            )),
-            "x",
-            false,
-            false,
-            &host(),
-        )
-        .unwrap_err();
-        assert!(
-            matches!(e, BundleError::Pod(ref k) if k == "sandbox"),
-            "{e}"
-        );
-
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), b"{not json").unwrap();
         let e = load(dir.path(), "x", false, false).unwrap_err();

@@ -10,6 +10,15 @@
 //! the kernel when the thread that spawned it ends
 //! (`PR_SET_PDEATHSIG`), so it must be spawned from a thread that lives
 //! as long as the shim.
+//!
+//! The crate's own reaper is off (`Config::no_reaper`): by default its
+//! SIGCHLD handler reaps every child with `waitpid(-1)`, which takes the
+//! wait status of the jailer (or VMM) before mvm-runtime reaps it by pid,
+//! so a VMM killed by its seccomp filter, or by any signal, ended the
+//! task as a VMM that died without a status; it also raced the `mount`
+//! and `umount` commands' own waits. Every child of the shim is reaped
+//! by whoever started it: mvm-runtime by pid (`Transient::wait`), std's
+//! `Command` for the tools.
 
 mod bundle;
 mod rootfs;
@@ -80,7 +89,11 @@ impl Shim for MvmShim {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    run::<MvmShim>(RUNTIME_ID, None).await;
+    let config = Config {
+        no_reaper: true,
+        ..Default::default()
+    };
+    run::<MvmShim>(RUNTIME_ID, Some(config)).await;
     log::info!("the shim ends");
     // Not a return: dropping the runtime would wait for blocking tasks,
     // such as the open of a stdin FIFO whose writer never came.

@@ -6,7 +6,7 @@
 //! `containerd` benchmark.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use crate::{daemon, rootfs, wait_until, Artifacts};
@@ -53,33 +53,146 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             d = d.display()
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let path = format!(
-            "{}:{}",
-            shim.parent().unwrap().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .env("MVM_ROOT", d.join("mvm"))
-            .env("MVM_RUN_DIR", d.join("mvmrun"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd (apt-get install containerd; resources/deps.sh)");
+        let child = spawn_daemon(d, &shim);
         let c = Containerd { dir, child };
-        wait_until(
-            "containerd's socket",
-            Duration::from_secs(60),
-            Duration::from_millis(50),
-            || c.ctr(&["version"]).status.success(),
-        );
+        c.wait_ready();
         c.import_image();
         c
     }
 
+    /// Wait until containerd answers on its socket.
+    fn wait_ready(&self) {
+        wait_until(
+            "containerd's socket",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || self.ctr(&["version"]).status.success(),
+        );
+    }
+
+    /// Stop containerd with `signal` (SIGTERM: its own shutdown; SIGKILL:
+    /// a crash), wait for it to end, and start it again with the same
+    /// config, root, state and socket, as a restarted service is. The
+    /// shims are not touched: containerd must find them again.
+    pub fn restart(&mut self, signal: i32) {
+        // SAFETY: kill on the pid of our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+        let status = self.child.wait().unwrap();
+        eprintln!("containerd ended ({status}) after signal {signal}; starting it again");
+        let shim = daemon::binary("containerd-shim-mvm-v1");
+        self.child = spawn_daemon(self.dir.path(), &shim);
+        self.wait_ready();
+    }
+
+    /// `ctr ARGS` with a terminal (a pty of the test's own, of `rows` x
+    /// `cols`) as its stdin, stdout, stderr and controlling terminal, as
+    /// `ctr run -t` and `ctr task exec -t` need; its exit status and what
+    /// it wrote to the terminal (carriage returns removed). Bounded by
+    /// [`CTR_TIMEOUT`] like [`Self::ctr`].
+    pub fn ctr_tty(&self, args: &[&str], rows: u16, cols: u16) -> (ExitStatus, String) {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (-1, -1);
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two new descriptors into our integers and
+        // reads the winsize we own; no name buffer, no termios.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty returned these descriptors; we own them now.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let stdio = || Stdio::from(slave.try_clone().unwrap());
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.dir.path().join("c.sock"))
+            .args(args)
+            .stdin(stdio())
+            .stdout(stdio())
+            .stderr(stdio());
+        // SAFETY: runs in the forked child before exec: setsid and an
+        // ioctl on its stdin (the pty's slave), both async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("run ctr");
+        // Only the child holds the slave now: its end is the master's EOF.
+        drop(slave);
+        let mut reader = std::fs::File::from(master);
+        let fd = reader.as_raw_fd();
+        let t_out = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            // EIO once every slave descriptor is closed: the end.
+            let _ = std::io::Read::read_to_end(&mut reader, &mut b);
+            b
+        });
+        let deadline = std::time::Instant::now() + CTR_TIMEOUT;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ctr {args:?} (with a terminal, fd {fd}) did not end within {CTR_TIMEOUT:?}\n{}\n{}",
+                    self.log_tail(),
+                    process_states()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = t_out.join().unwrap_or_default();
+        (status, text(&out).replace('\r', ""))
+    }
+
+    /// `ctr events` of this containerd, running until dropped.
+    pub fn events(&self) -> Events {
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("c.sock"))
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run ctr events");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let events = Events { child, lines };
+        // Subscribed once an event made after the start arrives: a label
+        // on the image (`/images/update`).
+        self.ok(&["images", "label", IMAGE, "mvm-e2e-probe=1"]);
+        events.wait_for("the subscription's probe event", |l| {
+            l.contains("/images/update")
+        });
+        events
+    }
     /// `ctr ARGS` against this containerd; a call that has not ended
     /// after [`CTR_TIMEOUT`] is killed and the test fails with what
     /// containerd and the shims logged, instead of hanging the suite.
@@ -314,6 +427,68 @@ impl Drop for Containerd {
 impl Containerd {
     pub fn ok_quiet(&self, args: &[&str]) -> String {
         String::from_utf8_lossy(&self.ctr(args).stdout).into_owned()
+    }
+}
+
+/// Start containerd with the config in `dir`, logging (appended) to
+/// `dir/containerd.log`, with `shim`'s directory first on its PATH.
+fn spawn_daemon(dir: &Path, shim: &Path) -> Child {
+    let path = format!(
+        "{}:{}",
+        shim.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .unwrap();
+    Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", path)
+        .env("MVM_ROOT", dir.join("mvm"))
+        .env("MVM_RUN_DIR", dir.join("mvmrun"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start containerd (apt-get install containerd; resources/deps.sh)")
+}
+
+/// A `ctr events` stream ([`Containerd::events`]): its lines
+/// (`TIMESTAMP NAMESPACE TOPIC EVENT-JSON`) as they arrive.
+pub struct Events {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Events {
+    /// Wait (at most [`CTR_TIMEOUT`]) for a line matching `pred`; it.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            assert!(
+                t0.elapsed() < CTR_TIMEOUT,
+                "timed out waiting for {what}; events so far:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

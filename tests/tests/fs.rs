@@ -259,11 +259,17 @@ echo "go seen"
     assert_eq!(out.code(), Some(0), "{why}");
     assert!(out.console.contains("read-only content"), "{why}");
     assert!(out.console.contains("go seen"), "{why}");
-    assert_eq!(fs::read_to_string(rw.join("guest.txt")).unwrap(), "written\n");
+    assert_eq!(
+        fs::read_to_string(rw.join("guest.txt")).unwrap(),
+        "written\n"
+    );
     // <linux/capability.h>: chown 0, dac_override 1, fowner 3, fsetid 4,
     // setgid 6, setuid 7.
     let writable = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7);
-    eprintln!("virtiofsd CapEff: writable {:#x}, read-only {:#x}", caps[0], caps[1]);
+    eprintln!(
+        "virtiofsd CapEff: writable {:#x}, read-only {:#x}",
+        caps[0], caps[1]
+    );
     assert_eq!(caps[0], writable, "writable share: CapEff {:#x}", caps[0]);
     assert_eq!(caps[1], 1 << 1, "read-only share: CapEff {:#x}", caps[1]);
 }
