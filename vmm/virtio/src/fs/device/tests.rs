@@ -150,20 +150,28 @@ fn serve(sock: &mut UnixStream, b: Behaviour, seen: &Mutex<Vec<Msg>>) {
             _ if msg.flags & NEED_REPLY != 0 => Some(0u64.to_le_bytes().to_vec()),
             _ => None,
         };
-        if let Some(body) = reply {
+        let out = reply.map(|body| {
             let mut out = Vec::new();
             out.extend_from_slice(&msg.code.to_le_bytes());
             out.extend_from_slice(&REPLY.to_le_bytes());
             out.extend_from_slice(&(body.len() as u32).to_le_bytes());
             out.extend_from_slice(&body);
+            out
+        });
+        // Recorded before the reply goes out: the device returns once it
+        // has the reply, and the test then reads what was seen.
+        let seen_count = {
+            let mut all = seen.lock().unwrap();
+            all.push(msg);
+            all.len()
+        };
+        if let Some(out) = out {
             use std::io::Write;
             if sock.write_all(&out).is_err() {
                 return;
             }
         }
-        let mut all = seen.lock().unwrap();
-        all.push(msg);
-        if b.close_after == Some(all.len()) {
+        if b.close_after == Some(seen_count) {
             let _ = sock.shutdown(std::net::Shutdown::Both);
             return;
         }
