@@ -285,7 +285,7 @@ mod volumes {
         let spec = format!("{vol}:/srv/seed");
         let out = run_sh(
             &["-v", &spec],
-            "cat /srv/seed/from-image && echo kept > /srv/seed/f && grep ' /srv/seed ' /proc/mounts",
+            "cat /srv/seed/from-image && echo && echo kept > /srv/seed/f && grep ' /srv/seed ' /proc/mounts",
         )
         .ok();
         assert!(out.stdout.starts_with("image\n"), "copy-up: {out:?}");
