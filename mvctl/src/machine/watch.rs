@@ -362,10 +362,24 @@ fn published_ports(ep: &Endpoint) -> Result<Vec<mvm_api::network::PortBinding>, 
     rt.block_on(async {
         let host = crate::client::Host::parse(&ep.url).map_err(|e| e.to_string())?;
         let client = crate::client::Client::new(host, Some(ep.token.clone()));
-        let list = client.list(false, &[]).await.map_err(|e| e.to_string())?;
+        // Bounded: a frozen L1's QEMU still accepts on the forwarded port
+        // but never answers, and a watcher stuck here would never see the
+        // stall it exists to see.
+        let list = tokio::time::timeout(PORTS_QUERY_TIMEOUT, client.list(false, &[]))
+            .await
+            .map_err(|_| {
+                format!(
+                    "mvmd did not answer within {} s",
+                    PORTS_QUERY_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| e.to_string())?;
         Ok(list.into_iter().flat_map(|s| s.ports).collect())
     })
 }
+
+/// How long the watcher waits for mvmd's list of published ports.
+const PORTS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Start the watcher for the machine in `paths`: this mvctl binary,
 /// `machine watch`, in its own session, logging to `watch.log`.
