@@ -769,7 +769,6 @@ fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 #[test]
-#[ignore = "failed in the final e2e of its stop: the watcher did not restart a SIGSTOPped machine within 400 s; the likely cause (its published-ports query to mvmd had no timeout) is fixed in 22cef04 but not yet run: to be run first"]
 fn a_stalled_machine_is_restarted() {
     if hardware_kvm() {
         eprintln!("hardware KVM here: mvctl uses no machine; nothing to test");
