@@ -14,6 +14,8 @@ use std::cell::Cell;
 use std::io::{self, Read};
 use std::rc::Rc;
 
+use crate::error::{Error, Result};
+
 /// Position and bound, shared between the reader (inside the archive) and
 /// the loop that drives the archive.
 #[derive(Debug, Default)]
@@ -88,6 +90,39 @@ impl<R: Read> Read for BudgetReader<R> {
         self.budget.pos.set(pos + n as u64);
         Ok(n)
     }
+}
+
+/// Drives `input` as a tar archive under a header budget of `max_header`
+/// bytes: `each` handles one entry and returns its display name and its
+/// stored data size (for the next header's position). Returns the last
+/// entry's name (for errors), if there was one. The one loop of the
+/// unpacker and the sanitizer, so both bound headers alike.
+pub(crate) fn for_each_entry<R: Read>(
+    input: R,
+    max_header: u64,
+    mut each: impl FnMut(&mut tar::Entry<'_, BudgetReader<R>>) -> Result<(String, u64)>,
+) -> Result<Option<String>> {
+    let budget = Budget::new(max_header);
+    let mut archive = tar::Archive::new(BudgetReader::new(input, budget.clone()));
+    let entries = archive.entries().map_err(|source| Error::Archive {
+        after: None,
+        source,
+    })?;
+    let mut last: Option<String> = None;
+    budget.expect_header_at(0);
+    for entry in entries {
+        let mut entry = entry.map_err(|source| Error::Archive {
+            after: last.clone(),
+            source,
+        })?;
+        budget.lift();
+        let start = entry.raw_file_position();
+        let (name, stored) = each(&mut entry)?;
+        budget.expect_header_at(start.saturating_add(stored.saturating_add(511) & !511));
+        last = Some(name);
+    }
+    budget.lift();
+    Ok(last)
 }
 
 #[cfg(test)]

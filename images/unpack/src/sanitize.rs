@@ -27,7 +27,7 @@ use std::io::{self, Read, Write};
 
 use tar::EntryType as T;
 
-use crate::budget::{Budget, BudgetReader};
+use crate::budget;
 use crate::entry;
 use crate::error::{io_err, Error, Result};
 use crate::options::{DevicePolicy, Existing, Options, Stats};
@@ -161,26 +161,9 @@ impl<'a, W: Write> Sanitizer<'a, W> {
     /// Checks and writes every entry of `input`; returns the writer
     /// (without the end marker) and the last entry's name, for errors.
     fn run<R: Read>(mut self, input: R) -> Result<(Writer<W>, String)> {
-        let budget = Budget::new(self.opts.limits.max_header_size);
-        let mut archive = tar::Archive::new(BudgetReader::new(input, budget.clone()));
-        let entries = archive.entries().map_err(|source| Error::Archive {
-            after: None,
-            source,
+        let last = budget::for_each_entry(input, self.opts.limits.max_header_size, |entry| {
+            self.entry(entry)
         })?;
-        let mut last: Option<String> = None;
-        budget.expect_header_at(0);
-        for entry in entries {
-            let mut entry = entry.map_err(|source| Error::Archive {
-                after: last.clone(),
-                source,
-            })?;
-            budget.lift();
-            let start = entry.raw_file_position();
-            let (name, stored) = self.entry(&mut entry)?;
-            budget.expect_header_at(start.saturating_add(stored.saturating_add(511) & !511));
-            last = Some(name);
-        }
-        budget.lift();
         Ok((self.out, last.unwrap_or_default()))
     }
 

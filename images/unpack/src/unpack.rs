@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::budget::{Budget, BudgetReader};
+use crate::budget;
 use crate::entry::{self, Meta};
 use crate::error::{errno_err, io_err, Error, Result};
 use crate::fsops::{self, Root};
@@ -86,26 +86,9 @@ impl<'a> Unpacker<'a> {
     }
 
     pub(crate) fn run<R: Read>(mut self, reader: R) -> Result<()> {
-        let budget = Budget::new(self.opts.limits.max_header_size);
-        let mut archive = tar::Archive::new(BudgetReader::new(reader, budget.clone()));
-        let entries = archive.entries().map_err(|source| Error::Archive {
-            after: None,
-            source,
+        budget::for_each_entry(reader, self.opts.limits.max_header_size, |entry| {
+            self.apply_entry(entry)
         })?;
-        let mut last: Option<String> = None;
-        budget.expect_header_at(0);
-        for entry in entries {
-            let mut entry = entry.map_err(|source| Error::Archive {
-                after: last.clone(),
-                source,
-            })?;
-            budget.lift();
-            let start = entry.raw_file_position();
-            let (name, stored) = self.apply_entry(&mut entry)?;
-            budget.expect_header_at(start.saturating_add(stored.saturating_add(511) & !511));
-            last = Some(name);
-        }
-        budget.lift();
         self.finish()
     }
 
