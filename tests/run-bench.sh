@@ -76,6 +76,30 @@ if [ ${#names[@]} -gt 0 ]; then
   done
 fi
 
+# The volumes benchmark's inputs, made here where there is a network and
+# a writable cache (the emulated host has neither): Debian's fio in an
+# image (resources/images/fio.sh, debootstrap once) and an uncompressed
+# source tree (the fs/ directory of Debian's linux-source-6.12, which the
+# guest kernel is built from), extracted once.
+if printf '%s\n' "${selected[@]}" | grep -q '^volumes '; then
+  command -v fio >/dev/null || { echo "bench: no fio on this host; run 'make deps'" >&2; exit 1; }
+  export MVM_BENCH_VOL_IMAGE=${MVM_BENCH_VOL_IMAGE:-$(resources/images/fio.sh)}
+  if [ -z "${MVM_BENCH_VOL_TREE:-}" ]; then
+    MVM_BENCH_VOL_TREE=${MVM_CACHE:-/var/cache/mvm}/bench/linux-6.12-fs.tar
+    if [ ! -s "$MVM_BENCH_VOL_TREE" ]; then
+      echo "bench: extracting fs/ of /usr/src/linux-source-6.12.tar.xz (once)" >&2
+      mkdir -p "$(dirname "$MVM_BENCH_VOL_TREE")"
+      tree_tmp=$(mktemp -d "$(dirname "$MVM_BENCH_VOL_TREE")/tree.XXXXXX")
+      tar -xJf /usr/src/linux-source-6.12.tar.xz -C "$tree_tmp" linux-source-6.12/fs
+      tar --numeric-owner --owner=0 --group=0 --sort=name -C "$tree_tmp/linux-source-6.12" \
+        -cf "$MVM_BENCH_VOL_TREE.tmp" fs
+      mv "$MVM_BENCH_VOL_TREE.tmp" "$MVM_BENCH_VOL_TREE"
+      rm -rf "$tree_tmp"
+    fi
+    export MVM_BENCH_VOL_TREE
+  fi
+fi
+
 status=0
 if [ ${#selected[@]} -gt 0 ]; then
   # The job must be visible inside the emulated host, whose /tmp is its

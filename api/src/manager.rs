@@ -1198,10 +1198,28 @@ impl Manager {
                     });
                 }
                 Status::Created | Status::Exited => {
-                    if let Some(v) = alive {
-                        // A VMM whose start was not recorded (crash in
-                        // between): it is not ours to keep.
-                        let _ = v.signal(libc::SIGKILL);
+                    // Nothing of this sandbox may run now. A start that
+                    // mvmd did not live to record leaves its virtio-fs
+                    // backends (started before the VMM) waiting for a
+                    // VMM that never connects, and they would stay until
+                    // the next start or removal: stop them, with the
+                    // sockets and cgroup of that boot.
+                    let rt = self.rt.clone();
+                    let id = e.id.clone();
+                    let cleaned = tokio::task::spawn_blocking(move || {
+                        if let Some(v) = alive {
+                            // A VMM whose start was not recorded (crash in
+                            // between): it is not ours to keep.
+                            let _ = v.signal(libc::SIGKILL);
+                            if let Ok(Some(fd)) = v.pidfd() {
+                                let _ = fd.wait_blocking(Duration::from_secs(5));
+                            }
+                        }
+                        rt.after_exit(&id);
+                    })
+                    .await;
+                    if let Err(er) = cleaned {
+                        tracing::warn!(sandbox = %e.id, "cleaning up after an unrecorded start: {er}");
                     }
                     let policy = row.spec.lifecycle.restart_policy.clone();
                     if row.state.status == Status::Exited

@@ -426,6 +426,64 @@ mod volumes {
         assert_eq!(during.len(), before.len() + 1, "{during:?}");
         mvctl(&["rm", "-v", &name]).ok();
         assert_eq!(anonymous_volumes(), before);
+
+        // An image's VOLUME entry: an anonymous volume per sandbox,
+        // filled from the image's content there (copy-up), gone with --rm
+        // and with rm -v; a mount of the request on the path replaces it.
+        let ctx = suite().dir.path().join(unique("volctx"));
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {BUSYBOX}\nVOLUME /srv/seed\n"),
+        )
+        .unwrap();
+        let image = "e2e/busybox:with-volume";
+        mvctl(&["build", "-q", "-t", image, ctx.to_str().unwrap()]).ok();
+        let out = mvctl(&[
+            "run",
+            "--rm",
+            image,
+            "sh",
+            "-c",
+            "cat /srv/seed/from-image; grep -c ' /srv/seed ' /proc/mounts",
+        ])
+        .ok();
+        assert_eq!(out.stdout, "image1\n", "{out:?}");
+        assert_eq!(anonymous_volumes(), before, "--rm removed it");
+        let name = unique("imgvol");
+        mvctl(&["create", "--name", &name, image, "true"]).ok();
+        let during = anonymous_volumes();
+        assert_eq!(during.len(), before.len() + 1, "{during:?}");
+        let v: serde_json::Value =
+            serde_json::from_str(&mvctl(&["inspect", &name]).ok().stdout).unwrap();
+        let m = &v[0]["mounts"][0];
+        assert_eq!(
+            (m["type"].as_str(), m["destination"].as_str()),
+            (Some("volume"), Some("/srv/seed")),
+            "{v}"
+        );
+        assert!(during.iter().any(|d| m["name"] == d.as_str()), "{v}");
+        mvctl(&["rm", "-v", &name]).ok();
+        assert_eq!(anonymous_volumes(), before);
+        let named = unique("covers");
+        let out = run_sh_image(
+            image,
+            &["-v", &format!("{named}:/srv/seed")],
+            "echo mine > /srv/seed/own; ls /srv/seed",
+        )
+        .ok();
+        assert_eq!(out.stdout, "from-image\nown\n", "{out:?}");
+        assert_eq!(anonymous_volumes(), before, "the named volume covers it");
+        mvctl(&["volume", "rm", &named]).ok();
+        mvctl(&["rmi", image]).ok();
+    }
+
+    /// `mvctl run --rm [ARGS] IMAGE sh -c SCRIPT`.
+    fn run_sh_image(image: &str, args: &[&str], script: &str) -> Out {
+        let mut all = vec!["run", "--rm"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[image, "sh", "-c", script]);
+        mvctl(&all)
     }
 
     #[test]
@@ -524,12 +582,12 @@ mod volumes {
 
     /// Zombie children of this suite's mvmd, as "pid (comm)".
     fn mvmd_zombies() -> Vec<String> {
-        let needle = suite()
-            .dir
-            .path()
-            .join("root")
-            .to_string_lossy()
-            .into_owned();
+        zombies_of_mvmd(&suite().dir.path().join("root"))
+    }
+
+    /// Zombie children of the mvmd whose command line names `root`.
+    fn zombies_of_mvmd(root: &Path) -> Vec<String> {
+        let needle = root.to_string_lossy().into_owned();
         let stat = |pid: &str| -> Option<(String, String, i32)> {
             let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let (head, rest) = s.rsplit_once(')')?;
@@ -831,5 +889,445 @@ mod volumes {
         for v in [&vol, &other] {
             mvctl(&["volume", "rm", v]).ok();
         }
+    }
+
+    /// A daemon of a test's own (its own root, no networking: the
+    /// suite's daemon owns the host's), which the test may SIGKILL and
+    /// start again on the same state. Dropping it kills every process
+    /// whose command line names its directory (the daemon, VMMs,
+    /// backends), so a failed test leaves nothing running.
+    struct OwnDaemon {
+        dir: tempfile::TempDir,
+        child: Option<std::process::Child>,
+        host: String,
+        /// The jailer it runs VMMs through (`MVM_JAILER`), if not the
+        /// suite's.
+        jailer: Option<std::path::PathBuf>,
+    }
+
+    impl OwnDaemon {
+        /// Its directory, not started yet ([`Self::spawn`]).
+        fn new(prefix: &str) -> OwnDaemon {
+            let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+            let host = format!("unix://{}", dir.path().join("run/mvmd.sock").display());
+            OwnDaemon {
+                dir,
+                child: None,
+                host,
+                jailer: None,
+            }
+        }
+
+        fn root(&self) -> std::path::PathBuf {
+            self.dir.path().join("root")
+        }
+
+        fn spawn(&mut self) {
+            use std::os::unix::process::CommandExt;
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("mvmd.log"))
+                .unwrap();
+            let mut cmd = Command::new(binary("mvmd"));
+            if let Some(j) = &self.jailer {
+                cmd.env("MVM_JAILER", j);
+            }
+            cmd.arg("--root")
+                .arg(self.root())
+                .arg("--run-dir")
+                .arg(self.dir.path().join("run"))
+                .arg("--no-network")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            // SAFETY: prctl in the child before exec; async-signal-safe.
+            // SIGKILL: a daemon outliving this test's thread does nothing
+            // more (its sandboxes are killed by `Drop`).
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            self.child = Some(cmd.spawn().expect("spawn mvmd"));
+            let socket = self.dir.path().join("run/mvmd.sock");
+            let t = Instant::now();
+            while !ping(&socket) {
+                if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("mvmd exited ({st}) during start:\n{}", self.log());
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "mvmd did not answer:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// SIGKILL the daemon (its sandboxes keep running).
+        fn kill9(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        fn log(&self) -> String {
+            fs::read_to_string(self.dir.path().join("mvmd.log")).unwrap_or_default()
+        }
+
+        fn mvctl(&self, args: &[&str]) -> Out {
+            mvctl_on(&self.host, args)
+        }
+
+        /// `inspect NAME`'s state.
+        fn state(&self, name: &str) -> serde_json::Value {
+            let v: serde_json::Value =
+                serde_json::from_str(&self.mvctl(&["inspect", name]).ok().stdout).unwrap();
+            v[0]["state"].clone()
+        }
+
+        fn volume_mountpoint(&self, name: &str) -> std::path::PathBuf {
+            let v: serde_json::Value =
+                serde_json::from_str(&self.mvctl(&["volume", "inspect", name]).ok().stdout)
+                    .unwrap();
+            v[0]["mountpoint"].as_str().unwrap().into()
+        }
+    }
+
+    impl Drop for OwnDaemon {
+        fn drop(&mut self) {
+            let needle = self.dir.path().to_string_lossy().into_owned();
+            // SAFETY: getpid cannot fail.
+            let me = unsafe { libc::getpid() };
+            for pid in pids_whose_cmdline(|args| args.iter().any(|a| a.contains(&needle))) {
+                if pid != me {
+                    // SAFETY: kill(2) on a process found naming this
+                    // test's directory.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            self.kill9();
+            if std::thread::panicking() {
+                eprintln!(
+                    "--- mvmd log ({}):\n{}",
+                    self.dir.path().display(),
+                    self.log()
+                );
+            }
+        }
+    }
+
+    /// Pids of the live (not zombie) processes whose arguments satisfy `f`.
+    fn pids_whose_cmdline(f: impl Fn(&[String]) -> bool) -> Vec<i32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|pid| alive(*pid))
+            .filter(|pid| {
+                let Ok(c) = fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                let args: Vec<String> = c
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                f(&args)
+            })
+            .collect()
+    }
+
+    /// Whether `pid` runs (exists and is not a zombie).
+    fn alive(pid: i32) -> bool {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// The virtiofsd processes serving `dir` (the backend and its
+    /// namespace sandbox's child, both with the same arguments).
+    fn backends_of(dir: &Path) -> Vec<i32> {
+        let want = format!("--shared-dir={}", dir.display());
+        pids_whose_cmdline(|args| {
+            args.first().is_some_and(|a| a.contains("virtiofsd")) && args.iter().any(|a| *a == want)
+        })
+    }
+
+    fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < timeout, "{what}: not within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// mvmd SIGKILLed while sandboxes with volumes run, then started
+    /// again on the same state: the data is intact, the running
+    /// sandbox's volumes are still in use (removal refused, its block
+    /// volume still exclusive) and still served, the sandboxes that ended
+    /// while no mvmd ran have no backend left, and once the running one
+    /// is removed its volumes can be removed.
+    #[test]
+    fn mvmd_sigkilled_keeps_volumes_and_leaves_no_backends_of_ended_sandboxes() {
+        let rootfs = suite().dir.path().join("rootfs.tar");
+        let mut d = OwnDaemon::new("mvm-vol-kill-");
+        d.spawn();
+        d.mvctl(&["import", rootfs.to_str().unwrap(), BUSYBOX]).ok();
+        let host = |n: &str| {
+            let p = d.dir.path().join(n);
+            fs::create_dir_all(&p).unwrap();
+            p
+        };
+        let (h_keep, h_ends, h_auto) = (host("h-keep"), host("h-ends"), host("h-auto"));
+        let bind = |p: &Path, t: &str| format!("{}:{t}", p.display());
+        d.mvctl(&[
+            "volume", "create", "--driver", "block", "-o", "size=16m", "blk",
+        ])
+        .ok();
+        // keep: runs through the daemon's death, with a directory
+        // volume, a block volume and a bind mount.
+        d.mvctl(&[
+            "run",
+            "-d",
+            "--name",
+            "keep",
+            "-v",
+            "data:/d",
+            "-v",
+            "blk:/blk",
+            "-v",
+            &bind(&h_keep, "/h"),
+            BUSYBOX,
+            "sh",
+            "-c",
+            "echo before > /d/f && echo block > /blk/f && sync && echo up > /h/ready; sleep 600",
+        ])
+        .ok();
+        // ends and auto (--rm, an anonymous volume) end on their own
+        // while no mvmd runs: when the test creates `go` in their binds.
+        let wait_go = "while [ ! -e /h/go ]; do sleep 0.1; done;";
+        d.mvctl(&[
+            "run",
+            "-d",
+            "--name",
+            "ends",
+            "-v",
+            "later:/d",
+            "-v",
+            &bind(&h_ends, "/h"),
+            BUSYBOX,
+            "sh",
+            "-c",
+            &format!("{wait_go} echo after > /d/f; exit 3"),
+        ])
+        .ok();
+        d.mvctl(&[
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            "auto",
+            "-v",
+            "/anon",
+            "-v",
+            &bind(&h_auto, "/h"),
+            BUSYBOX,
+            "sh",
+            "-c",
+            &format!("{wait_go} echo x > /anon/f"),
+        ])
+        .ok();
+        let anon = {
+            let v: serde_json::Value =
+                serde_json::from_str(&d.mvctl(&["inspect", "auto"]).ok().stdout).unwrap();
+            let m = v[0]["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/anon")
+                .cloned()
+                .unwrap();
+            m["name"].as_str().unwrap().to_string()
+        };
+        wait_for("keep's writes", Duration::from_secs(120), || {
+            h_keep.join("ready").exists()
+        });
+        let (data, later, anon_dir) = (
+            d.volume_mountpoint("data"),
+            d.volume_mountpoint("later"),
+            d.volume_mountpoint(&anon),
+        );
+        let keep_dirs = [data.clone(), h_keep.clone()];
+        let ended_dirs = [
+            later.clone(),
+            anon_dir.clone(),
+            h_ends.clone(),
+            h_auto.clone(),
+        ];
+        for dir in keep_dirs.iter().chain(&ended_dirs) {
+            assert!(!backends_of(dir).is_empty(), "no backend serves {dir:?}");
+        }
+        let keep_backends: Vec<Vec<i32>> = keep_dirs.iter().map(|p| backends_of(p)).collect();
+        let pid = |n: &str| d.state(n)["pid"].as_i64().unwrap() as i32;
+        let (keep_vmm, ends_vmm, auto_vmm) = (pid("keep"), pid("ends"), pid("auto"));
+
+        d.kill9();
+        assert!(alive(keep_vmm) && alive(ends_vmm) && alive(auto_vmm));
+        fs::write(h_ends.join("go"), "").unwrap();
+        fs::write(h_auto.join("go"), "").unwrap();
+        wait_for("ends and auto to end", Duration::from_secs(120), || {
+            !alive(ends_vmm) && !alive(auto_vmm)
+        });
+        assert!(alive(keep_vmm), "keep's VMM ended");
+
+        d.spawn();
+        assert_eq!(d.state("keep")["status"], "running");
+        assert_eq!(d.state("keep")["pid"].as_i64(), Some(keep_vmm as i64));
+        assert_eq!(d.mvctl(&["wait", "ends"]).ok().stdout.trim(), "3");
+        wait_for("auto to be removed (--rm)", Duration::from_secs(60), || {
+            d.mvctl(&["inspect", "auto"]).code != 0
+        });
+        let vols = d.mvctl(&["volume", "ls", "-q"]).ok().stdout;
+        assert!(
+            !vols.lines().any(|l| l == anon),
+            "auto's anonymous volume stayed: {vols}"
+        );
+        // What the guests wrote is there.
+        assert_eq!(fs::read_to_string(data.join("f")).unwrap(), "before\n");
+        assert_eq!(fs::read_to_string(later.join("f")).unwrap(), "after\n");
+        // keep's shares are still served (the same backends).
+        let out = d.mvctl(&["exec", "keep", "cat", "/d/f", "/blk/f"]).ok();
+        assert_eq!(out.stdout, "before\nblock\n", "{out:?}");
+        for (dir, before) in keep_dirs.iter().zip(&keep_backends) {
+            assert_eq!(&backends_of(dir), before, "the backends of {dir:?}");
+        }
+        // No backend is left for the sandboxes that ended.
+        wait_for(
+            "the backends of the ended sandboxes to go",
+            Duration::from_secs(30),
+            || ended_dirs.iter().all(|p| backends_of(p).is_empty()),
+        );
+        wait_for("no zombie of mvmd", Duration::from_secs(20), || {
+            zombies_of_mvmd(&d.root()).is_empty()
+        });
+        // Still in use: removal refused; the block volume still has its
+        // one running user.
+        d.mvctl(&["volume", "rm", "data"]).refused("keep");
+        d.mvctl(&["volume", "rm", "blk"]).refused("keep");
+        d.mvctl(&["volume", "rm", "later"]).refused("ends");
+        d.mvctl(&["run", "--rm", "-v", "blk:/x", BUSYBOX, "true"])
+            .refused("in use by running sandbox keep");
+
+        // keep removed: its backends go, its volumes can be removed.
+        d.mvctl(&["rm", "-f", "keep"]).ok();
+        wait_for("keep's backends to go", Duration::from_secs(30), || {
+            keep_dirs.iter().all(|p| backends_of(p).is_empty())
+        });
+        let out = d
+            .mvctl(&["run", "--rm", "-v", "blk:/x", BUSYBOX, "cat", "/x/f"])
+            .ok();
+        assert_eq!(out.stdout, "block\n", "{out:?}");
+        d.mvctl(&["rm", "ends"]).ok();
+        d.mvctl(&["volume", "rm", "data", "blk", "later"]).ok();
+        assert!(!data.exists() && !later.exists());
+    }
+
+    /// mvmd SIGKILLed in the middle of a start, after the sandbox's
+    /// virtio-fs backends were started and before its VMM ran (held
+    /// there by a jailer that waits): started again, mvmd stops those
+    /// backends (no VMM will ever connect to them), and the sandbox
+    /// starts normally.
+    #[test]
+    fn mvmd_sigkilled_mid_start_leaves_no_backend_waiting() {
+        let rootfs = suite().dir.path().join("rootfs.tar");
+        let mut d = OwnDaemon::new("mvm-vol-stall-");
+        let real = std::env::var_os("MVM_JAILER")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| binary("mvm-jailer"));
+        // The jailer, unless `hold` exists: then it says so and waits
+        // (a loop of the shell itself, so killing it ends the wait).
+        let (hold, held) = (d.dir.path().join("hold"), d.dir.path().join("held"));
+        let wrapper = d.dir.path().join("jailer-wrapper");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nif [ -e '{}' ]; then touch '{}'; while :; do sleep 1; done; fi\nexec '{}' \"$@\"\n",
+                hold.display(),
+                held.display(),
+                real.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+        d.jailer = Some(wrapper.clone());
+        d.spawn();
+        d.mvctl(&["import", rootfs.to_str().unwrap(), BUSYBOX]).ok();
+        let host = d.dir.path().join("h");
+        fs::create_dir_all(&host).unwrap();
+        d.mvctl(&[
+            "create",
+            "--name",
+            "stall",
+            "-v",
+            "sv:/d",
+            "-v",
+            &format!("{}:/h", host.display()),
+            BUSYBOX,
+            "sh",
+            "-c",
+            "cat /d/f /h/f",
+        ])
+        .ok();
+        let vol = d.volume_mountpoint("sv");
+        fs::write(vol.join("f"), "vol\n").unwrap();
+        fs::write(host.join("f"), "host\n").unwrap();
+
+        fs::write(&hold, "").unwrap();
+        let mut start = Command::new(binary("mvctl"))
+            .args(["start", "stall"])
+            .env("MVM_HOST", &d.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(
+            "the start to reach the jailer",
+            Duration::from_secs(120),
+            || held.exists(),
+        );
+        for dir in [&vol, &host] {
+            assert!(!backends_of(dir).is_empty(), "no backend serves {dir:?}");
+        }
+        d.kill9();
+        let _ = start.wait();
+        let w = wrapper.to_string_lossy().into_owned();
+        for pid in pids_whose_cmdline(|args| args.iter().any(|a| *a == w)) {
+            // SAFETY: kill(2) on the held jailer wrapper found above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        fs::remove_file(&hold).unwrap();
+
+        d.spawn();
+        wait_for(
+            "the backends of the unrecorded start to go",
+            Duration::from_secs(30),
+            || backends_of(&vol).is_empty() && backends_of(&host).is_empty(),
+        );
+        assert_eq!(d.state("stall")["status"], "created");
+        d.mvctl(&["start", "stall"]).ok();
+        assert_eq!(d.mvctl(&["wait", "stall"]).ok().stdout.trim(), "0");
+        let out = d.mvctl(&["logs", "stall"]).ok();
+        assert_eq!(out.stdout, "vol\nhost\n", "{out:?}");
+        d.mvctl(&["rm", "stall"]).ok();
+        d.mvctl(&["volume", "rm", "sv"]).ok();
     }
 }
