@@ -175,18 +175,44 @@ pub fn exit_info(status: Option<&StatusReport>, intent: Intent, oom: bool) -> Ex
 pub const SECCOMP_KILLED: &str = "the VMM was killed by its seccomp filter (SIGSYS): a bug in mvm-vmm or a missing allowlist entry; see vmm.log, and the host's kernel log (dmesg: the audit record type=1326 with sig=31 names the system call)";
 
 /// Corrects `info` with how the VMM process ended, when that is known
-/// ([`VmmEnd`] from reaping it): a VMM killed by `SIGSYS` wrote no status
-/// (or wrote it and died after), and whatever else happened the run
-/// failed because of the VMM's filter, which must be said as such. Any
-/// other end leaves `info` as the status file made it.
+/// ([`VmmEnd`] from reaping it):
+///
+/// - a VMM killed by `SIGSYS` wrote no status (or wrote it and died
+///   after), and whatever else happened the run failed because of the
+///   VMM's filter, which must be said as such;
+/// - a VMM killed by another signal from outside (`kill -9`, the host's
+///   OOM killer), with no status and no kill asked for, ends its run with
+///   128+N: the sandbox's process *is* the VMM, so this is what runc (or
+///   a shell) reports for a container whose init that signal killed,
+///   where the status file alone could only say "unknown" (255).
+///
+/// Any other end leaves `info` as the status file made it.
 pub fn with_end(mut info: ExitInfo, end: Option<VmmEnd>) -> ExitInfo {
-    if end == Some(VmmEnd::Signaled(libc::SIGSYS)) {
-        info.exit_code = 128 + libc::SIGSYS;
-        info.reason = ExitReason::VmmDied;
-        info.oom_killed = false;
-        info.error = Some(SECCOMP_KILLED.into());
+    match end {
+        Some(VmmEnd::Signaled(libc::SIGSYS)) => {
+            info.exit_code = 128 + libc::SIGSYS;
+            info.reason = ExitReason::VmmDied;
+            info.oom_killed = false;
+            info.error = Some(SECCOMP_KILLED.into());
+        }
+        // No status file and no intent: `exit_info`'s "unknown".
+        Some(VmmEnd::Signaled(sig))
+            if info.reason == ExitReason::VmmDied && info.exit_code == UNKNOWN_EXIT =>
+        {
+            info.exit_code = 128 + sig;
+            info.error = Some(killed_from_outside(sig));
+        }
+        _ => {}
     }
     info
+}
+
+/// Why a VMM killed by signal `sig` from outside ended its run.
+fn killed_from_outside(sig: i32) -> String {
+    let name = mvm_protocol::agent::signal::name(sig).unwrap_or("a signal without a name");
+    format!(
+        "the VMM process was killed by signal {sig} ({name}) from outside, before it wrote its status file (kill from a user or a tool, or the host's OOM killer); see vmm.log"
+    )
 }
 
 /// Whether the tail of the console shows the guest kernel's OOM killer.
@@ -317,6 +343,42 @@ mod tests {
             let plain = exit_info(Some(&ok), Intent::None, false);
             assert_eq!(with_end(plain.clone(), end), plain);
         }
+    }
+
+    #[test]
+    fn a_vmm_killed_from_outside_ends_its_run_with_the_signal() {
+        let unknown = exit_info(None, Intent::None, false);
+        let i = with_end(unknown.clone(), Some(VmmEnd::Signaled(libc::SIGKILL)));
+        assert_eq!((i.exit_code, i.reason), (137, ExitReason::VmmDied));
+        let e = i.error.unwrap();
+        assert!(
+            e.contains("signal 9 (SIGKILL)") && e.contains("status file"),
+            "{e}"
+        );
+        let i = with_end(unknown.clone(), Some(VmmEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(i.exit_code, 143);
+        // Not reaped here (no end known), or it exited: still unknown.
+        for end in [None, Some(VmmEnd::Exited(1))] {
+            assert_eq!(with_end(unknown.clone(), end), unknown);
+        }
+        // A kill that was asked for, or a status file, says more.
+        let asked = exit_info(
+            None,
+            Intent::Kill {
+                signal: libc::SIGINT,
+            },
+            false,
+        );
+        assert_eq!(
+            with_end(asked.clone(), Some(VmmEnd::Signaled(libc::SIGKILL))),
+            asked
+        );
+        let s = st(r#"{"guest":"powered_off","workload":{"exit_code":3}}"#);
+        let plain = exit_info(Some(&s), Intent::None, false);
+        assert_eq!(
+            with_end(plain.clone(), Some(VmmEnd::Signaled(libc::SIGKILL))),
+            plain
+        );
     }
 
     #[test]

@@ -54,8 +54,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api, TtrpcResult};
 use mvm_protocol::agent::client::{AgentClient, ExecControl};
 use mvm_protocol::agent::message::{Exec, Target};
-use mvm_runtime::exit::ExitInfo;
-use mvm_runtime::{Intent, Root, Runtime, RuntimeConfig, Transient, TransientSpec, VmmEnd};
+use mvm_runtime::{Intent, Root, Runtime, RuntimeConfig, Transient, TransientSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex, Notify};
 
@@ -425,7 +424,10 @@ impl Service {
             (_, Intent::Kill { signal }) if signal == libc::SIGKILL => 128 + signal,
             (Some(e), _) => e.shell_code(),
             (None, _) => {
-                let code = exit_without_workload(&info, end);
+                // The runtime's mapping: a VMM killed by signal N from
+                // outside is 128+N (the task's pid is the VMM's, so this
+                // is what runc reports for a container's init killed so).
+                let code = info.exit_code;
                 log::warn!(
                     "the microVM ended without a workload exit ({}; VMM process: {end:?}): {log_tail}",
                     info.error.as_deref().unwrap_or("no detail"),
@@ -586,22 +588,6 @@ impl Service {
         c.vm = None;
         rootfs::release(&c.root);
         let _ = std::fs::remove_file(c.bundle.join(RECORD_FILE));
-    }
-}
-
-/// The task's exit status when the microVM ended without the workload's
-/// exit (the agent's session broke): the runtime's mapping of the VMM's
-/// status file, except that a VMM killed by a signal from outside, which
-/// wrote no status, ends the task with 128+signal. The task's pid is the
-/// VMM's, so this is what runc reports when a container's init is killed
-/// by that signal (137 for SIGKILL), where the runtime alone could only
-/// say "unknown" (255).
-fn exit_without_workload(info: &ExitInfo, end: Option<VmmEnd>) -> i32 {
-    match end {
-        Some(VmmEnd::Signaled(sig)) if info.exit_code == mvm_runtime::exit::UNKNOWN_EXIT => {
-            128 + sig
-        }
-        _ => info.exit_code,
     }
 }
 
@@ -1058,41 +1044,5 @@ impl Task for TaskService {
         _req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         Err(unimplemented("stats"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mvm_runtime::state::ExitReason;
-
-    fn died(code: i32) -> ExitInfo {
-        ExitInfo {
-            exit_code: code,
-            reason: ExitReason::VmmDied,
-            error: None,
-            oom_killed: false,
-            boot_time_us: None,
-        }
-    }
-
-    #[test]
-    fn a_vmm_killed_from_outside_ends_the_task_with_its_signal() {
-        let unknown = died(mvm_runtime::exit::UNKNOWN_EXIT);
-        assert_eq!(
-            exit_without_workload(&unknown, Some(VmmEnd::Signaled(libc::SIGKILL))),
-            137
-        );
-        // Not reaped here (no end known): the runtime's "unknown".
-        assert_eq!(exit_without_workload(&unknown, None), 255);
-        // What the status file (or the seccomp rule) said stands.
-        assert_eq!(
-            exit_without_workload(&died(159), Some(VmmEnd::Signaled(libc::SIGSYS))),
-            159
-        );
-        assert_eq!(
-            exit_without_workload(&died(143), Some(VmmEnd::Exited(143))),
-            143
-        );
     }
 }

@@ -90,77 +90,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// it wrote to the terminal (carriage returns removed). Bounded by
     /// [`CTR_TIMEOUT`] like [`Self::ctr`].
     pub fn ctr_tty(&self, args: &[&str], rows: u16, cols: u16) -> (ExitStatus, String) {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        use std::os::unix::process::CommandExt;
-        let (mut master, mut slave) = (-1, -1);
-        let size = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: openpty writes two new descriptors into our integers and
-        // reads the winsize we own; no name buffer, no termios.
-        let r = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &size,
-            )
-        };
-        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: openpty returned these descriptors; we own them now.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        let stdio = || Stdio::from(slave.try_clone().unwrap());
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.dir.path().join("c.sock"))
-            .args(args)
-            .stdin(stdio())
-            .stdout(stdio())
-            .stderr(stdio());
-        // SAFETY: runs in the forked child before exec: setsid and an
-        // ioctl on its stdin (the pty's slave), both async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            .args(args);
+        match crate::pty::run(cmd, rows, cols, b"", CTR_TIMEOUT) {
+            Ok((status, out)) => (status, out.replace('\r', "")),
+            Err(e) => panic!("ctr {args:?} with a terminal: {e}\n{}", self.log_tail()),
         }
-        let mut child = cmd.spawn().expect("run ctr");
-        // Only the child holds the slave now: its end is the master's EOF.
-        drop(slave);
-        let mut reader = std::fs::File::from(master);
-        let fd = reader.as_raw_fd();
-        let t_out = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            // EIO once every slave descriptor is closed: the end.
-            let _ = std::io::Read::read_to_end(&mut reader, &mut b);
-            b
-        });
-        let deadline = std::time::Instant::now() + CTR_TIMEOUT;
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "ctr {args:?} (with a terminal, fd {fd}) did not end within {CTR_TIMEOUT:?}\n{}\n{}",
-                    self.log_tail(),
-                    process_states()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let out = t_out.join().unwrap_or_default();
-        (status, text(&out).replace('\r', ""))
     }
 
     /// `ctr events` of this containerd, running until dropped.
@@ -263,8 +200,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     pub fn log_tail(&self) -> String {
         let log =
             std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
-        let start = log.len().saturating_sub(4000);
-        format!("--- containerd.log tail:\n{}", &log[start..])
+        format!("--- containerd.log tail:\n{}", tail_str(&log, 4000))
     }
 
     /// A docker-archive (`docker save` format) of a busybox tree.
@@ -395,8 +331,53 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     }
 }
 
+impl Containerd {
+    /// What a failed test needs to be read: the tail of containerd's log
+    /// (the shims' logs are in it), the console and VMM log of every
+    /// microVM still on disk, and the state of every shim, jailer, VMM and
+    /// virtiofsd.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let log =
+            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        out.push_str(&format!(
+            "--- containerd.log (with the shims' logs), last 24000 bytes:\n{}\n",
+            tail_str(&log, 24_000)
+        ));
+        if let Ok(rd) = std::fs::read_dir(self.mvm_root().join("transients")) {
+            for e in rd.flatten() {
+                for f in ["console.log", "vmm.log"] {
+                    let path = e.path().join("vm").join(f);
+                    if let Ok(text) = std::fs::read(&path) {
+                        out.push_str(&format!(
+                            "--- {}, last 6000 bytes:\n{}\n",
+                            path.display(),
+                            tail_str(&String::from_utf8_lossy(&text), 6_000)
+                        ));
+                    }
+                }
+            }
+        }
+        out.push_str(&process_states());
+        out
+    }
+}
+
+/// The last `max` bytes of `s` (from a character boundary).
+fn tail_str(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // A failed test (an assertion, a timeout) is read from this.
+        if std::thread::panicking() {
+            eprintln!("=== the test failed: diagnostics\n{}", self.diagnostics());
+        }
         // Tasks first (their shims end their microVMs), then containerd.
         let quiet = |args: &[&str]| match self.try_ctr(args) {
             Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),

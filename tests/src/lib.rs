@@ -32,6 +32,7 @@ pub mod containerd;
 pub mod daemon;
 pub mod netns;
 pub mod procmem;
+pub mod pty;
 pub mod rootfs;
 
 /// Paths of the artifacts under test, from the environment `make e2e` sets.

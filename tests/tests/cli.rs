@@ -14,7 +14,6 @@
 mod cli {
     use std::fs;
     use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::unix::process::CommandExt;
     use std::path::Path;
     use std::process::{Child, Command, ExitStatus, Stdio};
     use std::sync::OnceLock;
@@ -799,68 +798,10 @@ mod cli {
     /// controlling terminal: stdin, stdout and stderr), typing `input`;
     /// returns the exit status and everything written to the terminal.
     fn mvctl_pty(args: &[&str], rows: u16, cols: u16, input: &[u8]) -> (i32, String) {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        let (mut master, mut slave) = (-1, -1);
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: openpty fills two descriptors we then own; the winsize
-        // is read only.
-        let r = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &ws,
-            )
-        };
-        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: openpty returned these descriptors; nothing else owns them.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        let mut cmd = mvctl_command(&suite().host, args);
-        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave));
-        // SAFETY: setsid and TIOCSCTTY in the child before exec; both
-        // async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                libc::ioctl(0, libc::TIOCSCTTY, 0);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("spawn mvctl on a pty");
-        drop(cmd);
-        let mut m = fs::File::from(master);
-        m.write_all(input).unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                // EIO once the last slave descriptor is closed.
-                match m.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                }
-            }
-            out
-        });
-        let status = wait_deadline(
-            &mut child,
-            Duration::from_millis(20),
-            &format!("mvctl {args:?} on a pty"),
-        );
-        let out = reader.join().unwrap();
-        (
-            status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out).into_owned(),
-        )
+        let cmd = mvctl_command(&suite().host, args);
+        let (status, out) = mvm_e2e::pty::run(cmd, rows, cols, input, CALL_TIMEOUT)
+            .unwrap_or_else(|e| panic!("mvctl {args:?} on a pty: {e}"));
+        (status.code().unwrap_or(-1), out)
     }
 
     /// `run -i` feeds stdin, `run -it` gets a raw terminal of our size,
