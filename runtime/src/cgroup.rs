@@ -252,7 +252,7 @@ impl Cgroup {
                 Hierarchy::V2(r) | Hierarchy::V1(r) => r,
             };
             let _ = fs::remove_dir(root.join("mvm").join(id));
-            let _ = fs::remove_dir(kthreads_dir(root, id));
+            remove_kthreads(root, id);
         }
     }
 }
@@ -309,44 +309,58 @@ pub fn set_frozen(id: &str, frozen: bool, timeout: Duration) -> Result<(), Freez
         source,
     })?;
     let deadline = Instant::now() + timeout;
+    match wait_events(&mut f, deadline, |text| {
+        events_flag(text, "frozen") == Some(frozen)
+    }) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(FreezeError::Timeout {
+            id: id.into(),
+            state: if frozen { "frozen" } else { "thawed" },
+            secs: timeout.as_secs(),
+            path: events,
+        }),
+        Err((what, source)) => Err(FreezeError::Io {
+            what,
+            path: events,
+            source,
+        }),
+    }
+}
+
+/// Read the open `cgroup.events` file `f` until `done` holds for its text
+/// (true) or `deadline` passes (false), sleeping in poll(2) between
+/// reads: kernfs wakes pollers of a changed `cgroup.events` with POLLPRI,
+/// so this waits on the kernel's event, not on a timer. The error names
+/// the step that failed.
+fn wait_events(
+    f: &mut fs::File,
+    deadline: Instant,
+    done: impl Fn(&str) -> bool,
+) -> Result<bool, (&'static str, io::Error)> {
     loop {
         let mut text = String::new();
         f.seek(SeekFrom::Start(0))
             .and_then(|_| f.read_to_string(&mut text))
-            .map_err(|source| FreezeError::Io {
-                what: "read",
-                path: events.clone(),
-                source,
-            })?;
-        if events_frozen(&text) == Some(frozen) {
-            return Ok(());
+            .map_err(|e| ("read", e))?;
+        if done(&text) {
+            return Ok(true);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(FreezeError::Timeout {
-                id: id.into(),
-                state: if frozen { "frozen" } else { "thawed" },
-                secs: timeout.as_secs(),
-                path: events,
-            });
+            return Ok(false);
         }
-        // kernfs wakes pollers of a changed cgroup.events with POLLPRI.
         let mut pfd = libc::pollfd {
             fd: f.as_raw_fd(),
             events: libc::POLLPRI,
             revents: 0,
         };
         let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
-        // SAFETY: one valid pollfd on a descriptor this function owns.
+        // SAFETY: one valid pollfd on a descriptor the caller owns.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(FreezeError::Io {
-                    what: "poll",
-                    path: events,
-                    source: e,
-                });
+                return Err(("poll", e));
             }
         }
     }
@@ -392,6 +406,28 @@ fn move_kernel_threads(id: &str, root: &Path, dir: &Path) -> Result<(), FreezeEr
     Ok(())
 }
 
+/// How long [`Cgroup::remove`] waits for KVM's kernel thread to leave the
+/// sibling cgroup: it ends shortly after the VM's last descriptor closes,
+/// which is when the VMM process ended, just before the removal.
+const KTHREADS_EXIT: Duration = Duration::from_secs(5);
+
+/// Remove sandbox `id`'s kernel-thread cgroup, if pause made one: after
+/// its kernel thread left (`populated 0`), else rmdir fails with EBUSY and
+/// an empty cgroup would be left behind for every paused sandbox.
+fn remove_kthreads(root: &Path, id: &str) {
+    let aside = kthreads_dir(root, id);
+    let Ok(mut events) = fs::File::open(aside.join("cgroup.events")) else {
+        return;
+    };
+    let deadline = Instant::now() + KTHREADS_EXIT;
+    let _ = wait_events(&mut events, deadline, |text| {
+        events_flag(text, "populated") == Some(false)
+    });
+    if let Err(e) = fs::remove_dir(&aside) {
+        tracing::warn!("cgroup {} left behind: {e}", aside.display());
+    }
+}
+
 /// Where [`move_kernel_threads`] puts a sandbox's kernel threads.
 fn kthreads_dir(root: &Path, id: &str) -> PathBuf {
     root.join("mvm").join(format!("{id}-kthreads"))
@@ -409,14 +445,17 @@ fn stat_is_kernel_thread(stat: &str) -> bool {
         .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
-/// The `frozen` line of a `cgroup.events` text.
-fn events_frozen(text: &str) -> Option<bool> {
-    text.lines()
-        .find_map(|l| match l.trim().strip_prefix("frozen ") {
-            Some("1") => Some(true),
-            Some("0") => Some(false),
+/// The boolean line `key` (`frozen`, `populated`) of a `cgroup.events`
+/// text.
+fn events_flag(text: &str, key: &str) -> Option<bool> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.trim().split_once(' ')?;
+        match (k == key, v) {
+            (true, "1") => Some(true),
+            (true, "0") => Some(false),
             _ => None,
-        })
+        }
+    })
 }
 
 fn create_dir(path: &Path) -> Result<(), CgroupError> {
@@ -488,9 +527,16 @@ mod tests {
 
     #[test]
     fn the_frozen_line_of_cgroup_events() {
-        assert_eq!(events_frozen("populated 1\nfrozen 1\n"), Some(true));
-        assert_eq!(events_frozen("populated 0\nfrozen 0\n"), Some(false));
-        assert_eq!(events_frozen("populated 1\n"), None);
+        assert_eq!(events_flag("populated 1\nfrozen 1\n", "frozen"), Some(true));
+        assert_eq!(
+            events_flag("populated 0\nfrozen 0\n", "frozen"),
+            Some(false)
+        );
+        assert_eq!(
+            events_flag("populated 0\nfrozen 1\n", "populated"),
+            Some(false)
+        );
+        assert_eq!(events_flag("populated 1\n", "frozen"), None);
     }
 
     /// The freezer on the real hierarchy: a counting process stops while
