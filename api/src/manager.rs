@@ -505,7 +505,7 @@ impl Manager {
             let (stop_tx, stop_rx) = watch::channel(false);
             let open_stdin = e.row().spec.process.open_stdin;
             let pump = tokio::spawn(output::pump(
-                me.rt.paths(&e.id).vsock,
+                me.rt.paths(&e.id).agent_socket(),
                 e.id.clone(),
                 e.logs.clone(),
                 e.link.clone(),

@@ -14,11 +14,12 @@
 //! guest serves one attacher at a time (a new one detaches the old), and
 //! the logs must see every byte whoever is attached.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use mvm_protocol::agent::client::{AgentClient, ClientError, Event, ExecControl, ExecStdin};
+use mvm_protocol::agent::client::{
+    AgentClient, ClientError, Event, ExecControl, ExecStdin, VsockSocket,
+};
 use mvm_protocol::agent::{ErrorCode as AgentCode, AGENT_PORT};
 use mvm_runtime::logs::Stream;
 use tokio::sync::watch;
@@ -141,7 +142,7 @@ impl Link {
 /// Collect the current run's output until the workload's stream ends or,
 /// once `stop` says the VMM has ended, what is left has been read.
 pub async fn pump(
-    vsock: PathBuf,
+    vsock: VsockSocket,
     sandbox: String,
     logs: Arc<LogHub>,
     link: Arc<Link>,
@@ -174,6 +175,13 @@ pub async fn pump(
                 // An init from before agent output: it writes to the
                 // console, which is kept in console.log.
                 tracing::warn!(sandbox = %sandbox, "the guest's output cannot be attached ({e}); it is only in the console log");
+                link.end();
+                return;
+            }
+            Err(e @ ClientError::Refused(_)) => {
+                // Something other than the VMM's socket is at its path (a
+                // compromised VMM planted a link): never retried.
+                tracing::warn!(sandbox = %sandbox, "the workload's output cannot be attached: {e}");
                 link.end();
                 return;
             }

@@ -353,7 +353,8 @@ impl Runtime {
     }
 
     /// A connection to the guest agent of running sandbox `id`, through
-    /// its VMM's vsock socket; retried until `timeout` (the guest may
+    /// its VMM's vsock socket (never through a link planted in its place:
+    /// [`paths::open_vmm_socket`]); retried until `timeout` (the guest may
     /// still be booting).
     pub async fn agent(
         &self,
@@ -361,7 +362,8 @@ impl Runtime {
         timeout: std::time::Duration,
     ) -> Result<mvm_protocol::agent::client::AgentClient, mvm_protocol::agent::client::ClientError>
     {
-        mvm_protocol::agent::client::AgentClient::connect(self.paths(id).vsock, timeout).await
+        mvm_protocol::agent::client::AgentClient::connect(self.paths(id).agent_socket(), timeout)
+            .await
     }
 
     /// Resolve the request against its image and the host, and make the

@@ -163,6 +163,13 @@ pub struct SandboxPaths {
 }
 
 impl SandboxPaths {
+    /// The VMM's vsock socket as host code must reach it (the guest
+    /// agent, every caller of the runtime: mvmd, the builder, the
+    /// containerd shim): see [`open_vmm_socket`].
+    pub fn agent_socket(&self) -> mvm_protocol::agent::client::VsockSocket {
+        mvm_protocol::agent::client::VsockSocket::opened_by(self.vsock.clone(), open_vmm_socket)
+    }
+
     /// The current workload log file.
     pub fn json_log(&self) -> PathBuf {
         self.logs.join("json.log")
@@ -199,3 +206,30 @@ pub use mvm_vmm_api::config::previous_part;
 pub use mvm_unpack::beneath::{
     append_file as append_vm_file, read_file as read_vm_file, BeneathError as VmFileError,
 };
+
+/// Opens a connection to a VMM's vsock socket `v.sock` in its socket
+/// directory, which belongs to the VMM's unprivileged uid.
+///
+/// A compromised VMM could replace `v.sock` with a symbolic link to any
+/// other Unix socket of the host (mvmd's API socket, containerd's), and a
+/// host that connected by path would send that socket its `CONNECT` line
+/// and then agent requests meant for the guest, as root. So the name is
+/// resolved beneath the directory without following any link and must be
+/// a socket, and the connection is made through the descriptor of what
+/// was checked ([`mvm_unpack::beneath::connect_socket`]): a link is
+/// refused (`PermissionDenied`, which the agent client does not retry).
+///
+/// Why this and not the other two ways to close it: having mvmd bind the
+/// listening socket and hand the VMM its descriptor would change the
+/// VMM's configuration contract, the jailer's descriptor list and the
+/// muxer's handling of a stale socket, for every caller of the VMM;
+/// keeping the socket in a directory only mvmd writes, bind-mounted into
+/// the jail, does not work by itself, since the VMM must create its socket
+/// there (so the directory must be its to write, and links are back). The
+/// check here needs neither, and covers every host caller at once,
+/// jailed or not (unjailed, the VMM is root and no boundary is crossed).
+/// Hard links are out of the VMM's reach: its jail shows it no other
+/// socket of the host, and `link(2)` does not cross mounts.
+pub fn open_vmm_socket(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    mvm_unpack::beneath::connect_socket(path).map_err(std::io::Error::from)
+}

@@ -223,7 +223,7 @@ impl Transient {
     /// caller then reads [`Self::exit_info`].
     pub async fn agent(&self, timeout: Duration) -> Result<AgentClient, ClientError> {
         tokio::select! {
-            c = AgentClient::connect(&self.paths.vsock, timeout) => c,
+            c = AgentClient::connect(self.paths.agent_socket(), timeout) => c,
             () = self.wait() => Err(ClientError::Closed("the microVM ended before its agent answered")),
         }
     }

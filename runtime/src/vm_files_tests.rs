@@ -129,3 +129,62 @@ fn a_fifo_console_is_refused_without_blocking() {
     let e = crate::paths::read_vm_file(&paths.console).unwrap_err();
     assert!(e.to_string().contains("FIFO"), "{e}");
 }
+
+/// The VMM's vsock socket lives in its socket directory, which is the
+/// VMM's to write: a compromised VMM can put a link there in place of
+/// `v.sock`. The agent connection every runtime caller makes (mvmd, the
+/// builder, the shim) refuses it at once and never reaches the link's
+/// target; the VMM's own socket still works.
+#[tokio::test]
+async fn a_link_planted_for_the_vsock_socket_is_refused() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::time::{Duration, Instant};
+
+    use mvm_protocol::agent::client::{AgentClient, ClientError};
+
+    let t = tempfile::tempdir().unwrap();
+    let (paths, _secret) = sandbox(t.path());
+    std::fs::create_dir_all(&paths.sockets).unwrap();
+    // Another socket of the host (mvmd's API socket, say).
+    let host_socket = t.path().join("mvmd.sock");
+    let other = UnixListener::bind(&host_socket).unwrap();
+    other.set_nonblocking(true).unwrap();
+    let reached = || match other.accept() {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accept: {e}"),
+    };
+    for target in [host_socket.clone(), "../../../mvmd.sock".into()] {
+        symlink(&target, &paths.vsock).unwrap();
+        let started = Instant::now();
+        let e = match AgentClient::connect(paths.agent_socket(), Duration::from_secs(10)).await {
+            Ok(_) => panic!("connected through a link to {}", target.display()),
+            Err(e) => e,
+        };
+        assert!(matches!(e, ClientError::Refused(_)), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("v.sock") && msg.contains("symbolic link"),
+            "{msg}"
+        );
+        // Refused, not retried until the deadline.
+        assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+        assert!(!reached(), "the link's target got a connection");
+        std::fs::remove_file(&paths.vsock).unwrap();
+    }
+
+    // The VMM's own socket: the hybrid handshake goes through.
+    let vmm = UnixListener::bind(&paths.vsock).unwrap();
+    let answer = std::thread::spawn(move || {
+        let (mut s, _) = vmm.accept().unwrap();
+        let mut line = [0u8; 13];
+        s.read_exact(&mut line).unwrap();
+        s.write_all(b"OK 1073741824\n").unwrap();
+        line
+    });
+    let c = AgentClient::connect(paths.agent_socket(), Duration::from_secs(10)).await;
+    assert!(c.is_ok(), "{:?}", c.err());
+    assert_eq!(&answer.join().unwrap(), b"CONNECT 1023\n");
+    assert!(!reached());
+}

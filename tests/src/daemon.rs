@@ -40,14 +40,21 @@ pub fn binary(name: &str) -> PathBuf {
 /// PR_SET_PDEATHSIG (which fires when the forking *thread* ends) takes
 /// the daemon down with the test process, not with the first test.
 pub fn start_daemon(root: &Path, run: &Path, log: &Path) {
+    start_daemon_with(root, run, log, &[]);
+}
+
+/// [`start_daemon`] with more flags for mvmd (`--init PATH`, say).
+pub fn start_daemon_with(root: &Path, run: &Path, log: &Path, flags: &[&str]) {
     let (tx, rx) = mpsc::channel();
     let (root, run, log) = (root.to_path_buf(), run.to_path_buf(), log.to_path_buf());
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
     std::thread::spawn(move || {
         let mut cmd = Command::new(binary("mvmd"));
         cmd.arg("--root")
             .arg(&root)
             .arg("--run-dir")
             .arg(&run)
+            .args(&flags)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&log).unwrap())
             .stderr(fs::File::create(&log).unwrap());

@@ -59,6 +59,27 @@ fn env_path(name: &str) -> PathBuf {
     p
 }
 
+/// A static guest test program of crate `mvm-guest-tools`
+/// (`mvm-vsock-tool`, `mvm-hostile-agent`): in `MVM_GUEST_TOOLS` (a
+/// directory), else next to the static init (`make init` builds both).
+pub fn guest_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("MVM_GUEST_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            env_path("MVM_INIT")
+                .parent()
+                .expect("the init's directory")
+                .to_path_buf()
+        });
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: `make init` builds it (crate mvm-guest-tools)",
+        p.display()
+    );
+    p
+}
+
 impl Artifacts {
     /// The artifacts, checked once; also checks that KVM can boot a guest.
     pub fn get() -> &'static Artifacts {

@@ -794,6 +794,102 @@ mod cli {
         mvctl(&["rm", "-f", &name]).ok();
     }
 
+    /// `mvctl cp` out of a compromised guest: its PID 1 is
+    /// `mvm-hostile-agent` (crate `mvm-guest-tools`), booted by an mvmd of
+    /// this test's own started with `--init` naming it, which answers
+    /// `copy_out` over the real agent protocol with archives holding a
+    /// symlink then a file beneath it, `..`, absolute names and hard links
+    /// leaving the destination (the cases are in its module doc). Each
+    /// copy goes to a fresh `dest/` beside an `outside/` holding `keep`:
+    /// nothing may change outside `dest/`, and mvctl must fail naming the
+    /// entry. The clean `ok` archive from the same guest is copied, so
+    /// the refusals are the archives' and not a broken pipeline's.
+    #[test]
+    fn cp_out_of_a_hostile_guest_writes_nothing_outside_the_destination() {
+        use std::os::unix::fs::MetadataExt;
+
+        let s = suite();
+        let dir = tempfile::Builder::new()
+            .prefix("mvctl-hostile-")
+            .tempdir()
+            .unwrap();
+        let (run, root, log) = (
+            dir.path().join("run"),
+            dir.path().join("root"),
+            dir.path().join("mvmd.log"),
+        );
+        let agent = mvm_e2e::guest_tool("mvm-hostile-agent");
+        mvm_e2e::daemon::start_daemon_with(&root, &run, &log, &["--init", agent.to_str().unwrap()]);
+        wait_for_socket(&run.join("mvmd.sock"), &log);
+        let host = format!("unix://{}", run.join("mvmd.sock").display());
+        let hostile = |args: &[&str]| run_cmd(mvctl_command(&host, args), None);
+        hostile(&[
+            "import",
+            s.dir.path().join("rootfs.tar").to_str().unwrap(),
+            BUSYBOX,
+        ])
+        .ok();
+        // The workload is never run: the guest's init is the attacker's.
+        hostile(&["run", "-d", "--name", "evil", BUSYBOX, "sleep", "600"]).ok();
+
+        let names = |d: &Path| {
+            let mut v: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let cases = [
+            ("symlink-abs", "link/pwned"),
+            ("symlink-rel", "up/outside/keep"),
+            ("symlink-nested", "d/up/outside/keep"),
+            ("dotdot", "../outside/keep"),
+            ("dotdot-inner", "outside/pwned"),
+            ("absolute", "/outside/pwned"),
+            ("hardlink-abs", "\"h\""),
+            ("hardlink-rel", "\"h\""),
+        ];
+        // The clean archive first: it also waits (in mvmd, on the agent
+        // connection) for the guest to boot.
+        for (case, entry) in [("ok", "")].into_iter().chain(cases) {
+            let work = dir.path().join(format!("work-{case}"));
+            let (dest, outside) = (work.join("dest"), work.join("outside"));
+            fs::create_dir_all(&dest).unwrap();
+            fs::create_dir_all(&outside).unwrap();
+            fs::write(outside.join("keep"), "original").unwrap();
+            let src = format!("evil:/{case}{}", outside.display());
+            let out = hostile(&["cp", &src, dest.to_str().unwrap()]);
+            if case == "ok" {
+                let out = out.ok();
+                assert_eq!(
+                    fs::read_to_string(dest.join("d/f")).unwrap(),
+                    "fine\n",
+                    "{out:?}"
+                );
+            } else {
+                let out = out.failed();
+                assert!(
+                    out.stderr.contains(entry),
+                    "{case}: the error does not name {entry}: {out:?}"
+                );
+            }
+            assert_eq!(names(&outside), ["keep"], "{case}");
+            assert_eq!(
+                fs::read_to_string(outside.join("keep")).unwrap(),
+                "original",
+                "{case}"
+            );
+            assert_eq!(
+                fs::metadata(outside.join("keep")).unwrap().nlink(),
+                1,
+                "{case}: a hard link to keep was made"
+            );
+            assert_eq!(names(&work), ["dest", "outside"], "{case}");
+        }
+        hostile(&["rm", "-f", "evil"]).ok();
+    }
+
     /// Run `mvctl ARGS` on a new pseudo-terminal of `rows` x `cols` (its
     /// controlling terminal: stdin, stdout and stderr), typing `input`;
     /// returns the exit status and everything written to the terminal.

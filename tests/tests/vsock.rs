@@ -13,19 +13,9 @@ use mvm_e2e::{procmem, rootfs, Artifacts, Running, Vm};
 
 const MIB: usize = 1024 * 1024;
 
-/// The static guest tool: `MVM_GUEST_TOOLS` (a directory), else next to the
-/// static init that `make init` built.
+/// The static guest tool.
 fn tool() -> PathBuf {
-    let dir = std::env::var_os("MVM_GUEST_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Artifacts::get().init.parent().unwrap().to_path_buf());
-    let p = dir.join("mvm-vsock-tool");
-    assert!(
-        p.exists(),
-        "{} is missing: `make init` builds it (crate mvm-guest-tools)",
-        p.display()
-    );
-    p
+    mvm_e2e::guest_tool("mvm-vsock-tool")
 }
 
 /// A busybox root disk with the tool at /bin/mvm-vsock-tool.

@@ -134,14 +134,15 @@ pub const KVM_GET_REGS: u64 = kvm_ior::<kvm_bindings::kvm_regs>(0x81);
 /// `KVM_GET_SREGS`: likewise.
 pub const KVM_GET_SREGS: u64 = kvm_ior::<kvm_bindings::kvm_sregs>(0x83);
 
-/// Calls every thread makes: memory, threads (std's spawn and exit, with
-/// the guard page and signal stack), locks, blocked signals, time, the
-/// descriptors it already holds (reads and writes of disks, TAPs, sockets,
-/// eventfds; `close` on teardown), the log and console files it rotates
-/// live (`openat`, `rename`), the status file written atomically
-/// (`openat`, `fsync`, `rename`, `unlink` on failure), entropy (the rng
-/// device, and std's hash map keys in each thread).
-const COMMON: &[i64] = &[
+/// The base every role's list starts from, and all a helper thread may
+/// call: memory (the allocator; a thread's stack and signal stack
+/// unmapped when it ends), futexes (its channel, with a deadline: the
+/// clock), sleeps and clocks, blocked signals, its log lines and the log's
+/// live rotation (`write`, `openat`, `rename`, `close`), entropy (std's
+/// hash map keys), `shutdown` (the vhost-user watchdog on a silent
+/// backend's socket) and the end of the thread (`abort` on a panic that
+/// cannot unwind: `tgkill`).
+const BASE: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_mmap,
     libc::SYS_munmap,
@@ -150,11 +151,7 @@ const COMMON: &[i64] = &[
     libc::SYS_madvise,
     libc::SYS_futex,
     libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_set_robust_list,
     libc::SYS_rseq,
-    libc::SYS_clone,
-    libc::SYS_clone3,
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_gettid,
@@ -171,10 +168,31 @@ const COMMON: &[i64] = &[
     libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,
     libc::SYS_gettimeofday,
-    libc::SYS_read,
     libc::SYS_write,
-    libc::SYS_readv,
     libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_fstat,
+    libc::SYS_openat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_getrandom,
+    // The vhost-user watchdog shuts a silent backend's socket down.
+    libc::SYS_shutdown,
+];
+
+/// What the main and vCPU threads call beyond [`BASE`]: threads (std's
+/// spawn), the descriptors they hold (reads and writes of disks, TAPs,
+/// sockets, eventfds), the status file written atomically (`fsync`,
+/// `unlink` on failure), the vhost-user messages with descriptors
+/// (virtio-fs start and stop, on a vCPU thread) and vsock's Unix streams.
+const WORKER: &[i64] = &[
+    libc::SYS_sched_getaffinity,
+    libc::SYS_set_robust_list,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_read,
+    libc::SYS_readv,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_preadv,
@@ -182,25 +200,14 @@ const COMMON: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
-    libc::SYS_close,
-    libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
-    libc::SYS_openat,
-    libc::SYS_rename,
-    libc::SYS_renameat,
-    libc::SYS_renameat2,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
-    libc::SYS_getrandom,
-    // vhost-user (virtio-fs start and stop, on a vCPU thread) passes
-    // descriptors in messages; vsock's Unix streams use send/recv.
     libc::SYS_sendmsg,
     libc::SYS_recvmsg,
     libc::SYS_sendto,
     libc::SYS_recvfrom,
-    // The vhost-user watchdog shuts a silent backend's socket down.
-    libc::SYS_shutdown,
 ];
 
 /// The main thread's extra calls: the event loop, the vsock device's
@@ -216,49 +223,6 @@ const MAIN: &[i64] = &[
     libc::SYS_getsockopt,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
-];
-
-/// All a helper thread may call: wait on its channel (`futex`, with a
-/// deadline: the clock), sleep, write the exit eventfd and its log lines
-/// (with the log's live rotation: `openat`, `rename`, `close`), shut its
-/// socket down, and end (its stack and signal stack unmapped; `abort` on
-/// a panic that cannot unwind). Memory calls for the allocator.
-const HELPER: &[i64] = &[
-    libc::SYS_brk,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_mprotect,
-    libc::SYS_madvise,
-    libc::SYS_futex,
-    libc::SYS_sched_yield,
-    libc::SYS_rseq,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_gettid,
-    libc::SYS_getpid,
-    libc::SYS_tgkill,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigaction,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_sigaltstack,
-    libc::SYS_restart_syscall,
-    libc::SYS_clock_gettime,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_nanosleep,
-    libc::SYS_gettimeofday,
-    libc::SYS_write,
-    libc::SYS_writev,
-    libc::SYS_close,
-    libc::SYS_fstat,
-    libc::SYS_openat,
-    libc::SYS_rename,
-    libc::SYS_renameat,
-    libc::SYS_renameat2,
-    // std's hash map keys, should a log line's formatting make one.
-    libc::SYS_getrandom,
-    // The vhost-user watchdog shuts a silent backend's socket down.
-    libc::SYS_shutdown,
 ];
 
 /// The `fcntl` commands allowed (std's `set_nonblocking` on files,
@@ -300,10 +264,15 @@ pub fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError
         detail: e.to_string(),
     };
     let mut m: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let lists: &[&[i64]] = match role {
+        Role::Helper => &[BASE],
+        Role::Vcpu => &[BASE, WORKER],
+        Role::Main => &[BASE, WORKER, MAIN],
+    };
+    for &nr in lists.iter().copied().flatten() {
+        m.insert(nr, vec![]);
+    }
     if role == Role::Helper {
-        for &nr in HELPER {
-            m.insert(nr, vec![]);
-        }
         // std checks that a descriptor is open before it closes it
         // (`OwnedFd`'s drop, debug builds): `F_GETFD` alone. A helper
         // closes the last reference to the exit eventfd, or its socket
@@ -314,13 +283,7 @@ pub fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError
         );
         return Ok(m);
     }
-    for &nr in COMMON {
-        m.insert(nr, vec![]);
-    }
     if role == Role::Main {
-        for &nr in MAIN {
-            m.insert(nr, vec![]);
-        }
         // Unix sockets only: the vsock device's connections to host ports.
         m.insert(
             libc::SYS_socket,
@@ -436,6 +399,15 @@ pub fn test_trigger() {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each call is in one list only: the base is shared, not repeated.
+    #[test]
+    fn the_lists_do_not_repeat_each_other() {
+        let mut seen = std::collections::BTreeSet::new();
+        for &nr in BASE.iter().chain(WORKER).chain(MAIN) {
+            assert!(seen.insert(nr), "system call {nr} is listed twice");
+        }
+    }
 
     #[test]
     fn ioctl_numbers_match_the_kernel() {

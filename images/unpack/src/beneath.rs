@@ -12,15 +12,29 @@
 //!
 //! The directory itself is opened with `O_NOFOLLOW` on its last
 //! component: its parents are the caller's (root's) and trusted.
+//!
+//! Unix sockets there are connected to the same way ([`Dir::connect`]):
+//! `connect(2)` takes a path and follows every link in it, so a
+//! compromised VMM could replace its vsock socket `v.sock` with a link to
+//! another socket of the host (mvmd's API socket, containerd's), and the
+//! host would send that socket what it meant for the guest agent. The
+//! name is opened beneath the directory with `O_PATH | O_NOFOLLOW` (no
+//! link followed, the final component included), `fstat` must say
+//! socket, and the connection goes through that very descriptor
+//! (`/proc/self/fd/N`, which names the inode that was checked): there is
+//! no window between the check and the connect in which the name could
+//! be swapped.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
+use rustix::net as rnet;
 
 /// `openat2` resolution for everything beneath a root: never above it,
 /// never through a symlink, never through a `/proc` magic link.
@@ -55,6 +69,14 @@ pub enum BeneathError {
     #[error("refusing {path}: it is a {kind}, not a regular file")]
     NotRegular {
         /// The file refused.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// Something other than a Unix socket is where a socket was expected.
+    #[error("refusing {path}: it is a {kind}, not a Unix socket")]
+    NotSocket {
+        /// The name refused.
         path: PathBuf,
         /// What it is.
         kind: &'static str,
@@ -172,47 +194,15 @@ impl Dir {
             mode,
             RESOLVE,
         )
-        .map_err(|e| match e {
-            Errno::LOOP => BeneathError::Symlink {
-                path: path.clone(),
-                dir: self.path.clone(),
-            },
-            Errno::XDEV => BeneathError::Escapes {
-                path: path.clone(),
-                dir: self.path.clone(),
-            },
-            // A directory opened for writing; a FIFO with no reader.
-            Errno::ISDIR => BeneathError::NotRegular {
-                path: path.clone(),
-                kind: "directory",
-            },
-            Errno::NXIO => BeneathError::NotRegular {
-                path: path.clone(),
-                kind: "FIFO or socket",
-            },
-            e => BeneathError::Io {
-                op,
-                path: path.clone(),
-                source: e.into(),
-            },
-        })?;
-        let st = rfs::fstat(&fd).map_err(|e| BeneathError::Io {
-            op: "inspecting",
-            path: path.clone(),
-            source: e.into(),
-        })?;
-        let kind = match FileType::from_raw_mode(st.st_mode) {
-            FileType::RegularFile => None,
-            FileType::Directory => Some("directory"),
-            FileType::Fifo => Some("FIFO"),
-            FileType::Socket => Some("socket"),
-            FileType::CharacterDevice => Some("character device"),
-            FileType::BlockDevice => Some("block device"),
-            FileType::Symlink => Some("symbolic link"),
-            FileType::Unknown => Some("file of unknown type"),
-        };
-        if let Some(kind) = kind {
-            return Err(BeneathError::NotRegular { path, kind });
+        .map_err(|e| self.open_error(e, &path, op))?;
+        match file_type(&fd, &path)? {
+            FileType::RegularFile => {}
+            t => {
+                return Err(BeneathError::NotRegular {
+                    path,
+                    kind: type_name(t),
+                })
+            }
         }
         // Back to blocking I/O: the flag was only for the open.
         let fl = rfs::fcntl_getfl(&fd).map_err(|e| BeneathError::Io {
@@ -226,6 +216,114 @@ impl Dir {
             source: e.into(),
         })?;
         Ok(File::from(fd))
+    }
+
+    /// Connects to the Unix stream socket `name` without following any
+    /// link (see the module doc): a non-blocking stream, connected. A
+    /// link, a name leaving the directory or anything but a socket is
+    /// refused before any connection is made; a socket nobody listens on
+    /// is the usual `ECONNREFUSED`, and a listener whose backlog is full
+    /// `EAGAIN` (never a blocked caller).
+    pub fn connect(&self, name: impl AsRef<Path>) -> Result<UnixStream, BeneathError> {
+        let name = name.as_ref();
+        let path = self.path.join(name);
+        // O_PATH opens the name without opening the socket (which a
+        // socket does not allow anyway); O_NOFOLLOW with RESOLVE_NO_SYMLINKS
+        // gives a link's own descriptor, told apart below.
+        let fd = rfs::openat2(
+            &self.fd,
+            name.as_os_str(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| self.open_error(e, &path, "opening the socket"))?;
+        match file_type(&fd, &path)? {
+            FileType::Socket => {}
+            FileType::Symlink => {
+                return Err(BeneathError::Symlink {
+                    path,
+                    dir: self.path.clone(),
+                })
+            }
+            t => {
+                return Err(BeneathError::NotSocket {
+                    path,
+                    kind: type_name(t),
+                })
+            }
+        }
+        let io = |op, e: Errno| BeneathError::Io {
+            op,
+            path: path.clone(),
+            source: e.into(),
+        };
+        let sock = rnet::socket_with(
+            rnet::AddressFamily::UNIX,
+            rnet::SocketType::STREAM,
+            rnet::SocketFlags::NONBLOCK | rnet::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| io("creating a socket to connect to", e))?;
+        // The magic link names the inode checked above, whatever the
+        // name in the directory points to by now.
+        let via = rnet::SocketAddrUnix::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| io("naming", e))?;
+        rnet::connect(&sock, &via)
+            .map_err(|e| io("connecting (through its descriptor in /proc/self/fd) to", e))?;
+        Ok(UnixStream::from(sock))
+    }
+
+    /// An `openat2` error of the name `path` as a refusal or an I/O error.
+    fn open_error(&self, e: Errno, path: &Path, op: &'static str) -> BeneathError {
+        match e {
+            Errno::LOOP => BeneathError::Symlink {
+                path: path.into(),
+                dir: self.path.clone(),
+            },
+            Errno::XDEV => BeneathError::Escapes {
+                path: path.into(),
+                dir: self.path.clone(),
+            },
+            // A directory opened for writing; a FIFO with no reader.
+            Errno::ISDIR => BeneathError::NotRegular {
+                path: path.into(),
+                kind: "directory",
+            },
+            Errno::NXIO => BeneathError::NotRegular {
+                path: path.into(),
+                kind: "FIFO or socket",
+            },
+            e => BeneathError::Io {
+                op,
+                path: path.into(),
+                source: e.into(),
+            },
+        }
+    }
+}
+
+/// The type of what `fd` (opened as `path`) is.
+fn file_type(fd: &OwnedFd, path: &Path) -> Result<FileType, BeneathError> {
+    let st = rfs::fstat(fd).map_err(|e| BeneathError::Io {
+        op: "inspecting",
+        path: path.into(),
+        source: e.into(),
+    })?;
+    Ok(FileType::from_raw_mode(st.st_mode))
+}
+
+/// A file type for messages.
+fn type_name(t: FileType) -> &'static str {
+    match t {
+        FileType::RegularFile => "regular file",
+        FileType::Directory => "directory",
+        FileType::Fifo => "FIFO",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Symlink => "symbolic link",
+        FileType::Unknown => "file of unknown type",
     }
 }
 
@@ -247,6 +345,15 @@ pub fn read_file(path: &Path) -> Result<Option<File>, BeneathError> {
 pub fn append_file(path: &Path, mode: u32) -> Result<File, BeneathError> {
     let (dir, name) = split(path)?;
     Dir::open(dir)?.append(name, mode)
+}
+
+/// Connects to the Unix socket at `path` as [`Dir::connect`] does,
+/// without following a link in its last two components (the socket and
+/// its directory). For a socket in a directory another, less trusted
+/// process writes (a VMM's vsock socket).
+pub fn connect_socket(path: &Path) -> Result<UnixStream, BeneathError> {
+    let (dir, name) = split(path)?;
+    Dir::open(dir)?.connect(name)
 }
 
 fn split(path: &Path) -> Result<(&Path, &OsStr), BeneathError> {
@@ -392,5 +499,116 @@ mod tests {
             d.read("/etc/passwd"),
             Err(BeneathError::Escapes { .. })
         ));
+    }
+
+    /// A listener that accepts nothing unless asked, to tell whether a
+    /// connection reached it.
+    fn listener(path: &Path) -> std::os::unix::net::UnixListener {
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        l.set_nonblocking(true).unwrap();
+        l
+    }
+
+    fn reached(l: &std::os::unix::net::UnixListener) -> bool {
+        match l.accept() {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_socket_is_connected_through_its_descriptor() {
+        let (_t, _s, dir) = setup();
+        let p = dir.join("v.sock");
+        let l = listener(&p);
+        let mut c = connect_socket(&p).unwrap();
+        assert!(c.set_nonblocking(false).is_ok());
+        let (mut a, _) = {
+            l.set_nonblocking(false).unwrap();
+            l.accept().unwrap()
+        };
+        c.write_all(b"CONNECT 1024\n").unwrap();
+        let mut got = [0u8; 13];
+        a.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"CONNECT 1024\n");
+        // Nobody listening: refused as usual, not as a link.
+        drop(l);
+        let e = connect_socket(&p).unwrap_err();
+        assert!(
+            matches!(&e, BeneathError::Io { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused),
+            "{e:?}"
+        );
+        // Absent.
+        assert!(connect_socket(&dir.join("none.sock"))
+            .unwrap_err()
+            .is_not_found());
+    }
+
+    #[test]
+    fn a_link_planted_for_the_socket_is_refused_and_its_target_not_reached() {
+        let (t, _s, dir) = setup();
+        // Another socket of the host (mvmd's API socket, say).
+        let other = t.path().join("other.sock");
+        let l = listener(&other);
+        let p = dir.join("v.sock");
+        symlink(&other, &p).unwrap();
+        let e = connect_socket(&p).unwrap_err();
+        assert!(matches!(e, BeneathError::Symlink { .. }), "{e:?}");
+        assert!(e.to_string().contains("v.sock"), "{e}");
+        assert!(!reached(&l), "the link's target got a connection");
+        // Relative, too.
+        let rel = dir.join("rel.sock");
+        symlink("../other.sock", &rel).unwrap();
+        assert!(matches!(
+            connect_socket(&rel),
+            Err(BeneathError::Symlink { .. })
+        ));
+        assert!(!reached(&l));
+        // A linked socket directory.
+        let linked = t.path().join("linked");
+        symlink(t.path(), &linked).unwrap();
+        assert!(matches!(
+            connect_socket(&linked.join("other.sock")),
+            Err(BeneathError::Symlink { .. })
+        ));
+        assert!(!reached(&l));
+        // The same socket by its own name is reached: the refusals above
+        // were the links'.
+        let _c = connect_socket(&other).unwrap();
+        assert!(reached(&l));
+    }
+
+    #[test]
+    fn anything_but_a_socket_is_refused() {
+        let (_t, secret, dir) = setup();
+        let f = dir.join("v.sock");
+        std::fs::write(&f, "not a socket").unwrap();
+        let e = connect_socket(&f).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BeneathError::NotSocket {
+                    kind: "regular file",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let d = dir.join("d.sock");
+        std::fs::create_dir(&d).unwrap();
+        assert!(matches!(
+            connect_socket(&d),
+            Err(BeneathError::NotSocket {
+                kind: "directory",
+                ..
+            })
+        ));
+        let dir = Dir::open(&dir).unwrap();
+        assert!(matches!(
+            dir.connect("../secret"),
+            Err(BeneathError::Escapes { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "the secret\n");
     }
 }

@@ -2,7 +2,11 @@
 //!
 //! [`AgentClient::connect`] reaches the agent through the VMM's vsock Unix
 //! socket (the `CONNECT` handshake, retried until the agent listens, within
-//! a deadline). The first request of a connection rides in the `hello`
+//! a deadline). The socket is a [`VsockSocket`]: a path connected to as
+//! it is (tests, an agent on the host), or a path with the function that
+//! opens connections to it, for a socket in a directory the host does not
+//! trust (a jailed VMM's: `mvm_runtime::paths::SandboxPaths::agent_socket`
+//! never connects through a link planted there). The first request of a connection rides in the `hello`
 //! frame, so a request costs one round trip. Streaming requests (`exec`,
 //! `attach`, `copy_out`) take the connection over; the others can be
 //! repeated on one client.
@@ -40,6 +44,10 @@ pub enum ClientError {
     },
     #[error("cannot connect to {path}: {source}")]
     Connect { path: PathBuf, source: io::Error },
+    /// The socket's opener refused what is at its path (a link, not a
+    /// socket): not retried.
+    #[error("the VMM's vsock socket was refused: {0}")]
+    Refused(io::Error),
     #[error(transparent)]
     Handshake(#[from] hybrid::AckError),
     #[error("agent protocol error: {0}")]
@@ -158,6 +166,84 @@ impl FrameOut {
     }
 }
 
+/// Opens a connection to a VMM's vsock Unix socket: a connected stream
+/// (made non-blocking here), or an error; `PermissionDenied` means what is
+/// at the path was refused and is not retried.
+pub type OpenSocket = fn(&Path) -> io::Result<std::os::unix::net::UnixStream>;
+
+/// A VMM's vsock Unix socket and how connections to it are opened.
+#[derive(Debug, Clone)]
+pub struct VsockSocket {
+    path: PathBuf,
+    open: Option<OpenSocket>,
+}
+
+impl VsockSocket {
+    /// Connected to by path, following links: for sockets in directories
+    /// only the caller writes.
+    pub fn path(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            open: None,
+        }
+    }
+
+    /// Connected to with `open`, which decides what it trusts at `path`.
+    pub fn opened_by(path: impl Into<PathBuf>, open: OpenSocket) -> Self {
+        Self {
+            path: path.into(),
+            open: Some(open),
+        }
+    }
+
+    /// Where the socket is (for messages).
+    pub fn as_path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn connect(&self) -> std::result::Result<UnixStream, Attempt> {
+        let Some(open) = self.open else {
+            return UnixStream::connect(&self.path)
+                .await
+                .map_err(|e| Attempt::Retry(format!("connect: {e}")));
+        };
+        let s = open(&self.path).map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                Attempt::Fatal(ClientError::Refused(e))
+            } else {
+                Attempt::Retry(format!("connect: {e}"))
+            }
+        })?;
+        s.set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(s))
+            .map_err(|e| Attempt::Retry(format!("connect: {e}")))
+    }
+}
+
+impl From<PathBuf> for VsockSocket {
+    fn from(p: PathBuf) -> Self {
+        Self::path(p)
+    }
+}
+
+impl From<&PathBuf> for VsockSocket {
+    fn from(p: &PathBuf) -> Self {
+        Self::path(p.clone())
+    }
+}
+
+impl From<&Path> for VsockSocket {
+    fn from(p: &Path) -> Self {
+        Self::path(p)
+    }
+}
+
+impl From<&VsockSocket> for VsockSocket {
+    fn from(s: &VsockSocket) -> Self {
+        s.clone()
+    }
+}
+
 /// A connection to the guest agent.
 pub struct AgentClient {
     rx: FrameIn,
@@ -166,20 +252,25 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// Connect to the agent through the VMM's vsock socket `uds_path`,
+    /// Connect to the agent through the VMM's vsock socket,
     /// retrying (the VMM may not listen yet, the agent may not yet listen
     /// in the guest) until `timeout`.
-    pub async fn connect(uds_path: impl AsRef<Path>, timeout: Duration) -> Result<Self> {
-        Self::connect_port(uds_path.as_ref(), AGENT_PORT, timeout).await
+    pub async fn connect(socket: impl Into<VsockSocket>, timeout: Duration) -> Result<Self> {
+        Self::connect_port(socket, AGENT_PORT, timeout).await
     }
 
     /// [`Self::connect`] to another guest port.
-    pub async fn connect_port(path: &Path, port: u32, timeout: Duration) -> Result<Self> {
+    pub async fn connect_port(
+        socket: impl Into<VsockSocket>,
+        port: u32,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let socket = socket.into();
         let deadline = Instant::now() + timeout;
         let mut delay = Duration::from_millis(2);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let last = match tokio::time::timeout(left, hybrid_connect(path, port)).await {
+            let last = match tokio::time::timeout(left, hybrid_connect(&socket, port)).await {
                 Ok(Ok(stream)) => return Ok(Self::from_stream(stream)),
                 Ok(Err(Attempt::Fatal(e))) => return Err(e),
                 Ok(Err(Attempt::Retry(e))) => e,
@@ -187,7 +278,7 @@ impl AgentClient {
             };
             if Instant::now() + delay >= deadline {
                 return Err(ClientError::Timeout {
-                    path: path.into(),
+                    path: socket.path,
                     port,
                     timeout,
                     last,
@@ -201,23 +292,24 @@ impl AgentClient {
     /// One connection attempt within `timeout`, no retries: for callers
     /// that pace their own retries (a guest that is still booting should
     /// not be asked hundreds of times a second).
-    pub async fn connect_once(path: &Path, port: u32, timeout: Duration) -> Result<Self> {
-        match tokio::time::timeout(timeout, hybrid_connect(path, port)).await {
-            Ok(Ok(stream)) => Ok(Self::from_stream(stream)),
-            Ok(Err(Attempt::Fatal(e))) => Err(e),
-            Ok(Err(Attempt::Retry(last))) => Err(ClientError::Timeout {
-                path: path.into(),
-                port,
-                timeout,
-                last,
-            }),
-            Err(_) => Err(ClientError::Timeout {
-                path: path.into(),
-                port,
-                timeout,
-                last: "the handshake did not complete".into(),
-            }),
-        }
+    pub async fn connect_once(
+        socket: impl Into<VsockSocket>,
+        port: u32,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let socket = socket.into();
+        let last = match tokio::time::timeout(timeout, hybrid_connect(&socket, port)).await {
+            Ok(Ok(stream)) => return Ok(Self::from_stream(stream)),
+            Ok(Err(Attempt::Fatal(e))) => return Err(e),
+            Ok(Err(Attempt::Retry(last))) => last,
+            Err(_) => "the handshake did not complete".into(),
+        };
+        Err(ClientError::Timeout {
+            path: socket.path,
+            port,
+            timeout,
+            last,
+        })
     }
 
     /// Talk to an agent listening directly on a Unix socket (no VMM in
@@ -458,10 +550,11 @@ enum Attempt {
     Fatal(ClientError),
 }
 
-async fn hybrid_connect(path: &Path, port: u32) -> std::result::Result<UnixStream, Attempt> {
-    let mut s = UnixStream::connect(path)
-        .await
-        .map_err(|e| Attempt::Retry(format!("connect: {e}")))?;
+async fn hybrid_connect(
+    socket: &VsockSocket,
+    port: u32,
+) -> std::result::Result<UnixStream, Attempt> {
+    let mut s = socket.connect().await?;
     s.write_all(hybrid::connect_line(port).as_bytes())
         .await
         .map_err(|e| Attempt::Retry(format!("write CONNECT: {e}")))?;
