@@ -243,6 +243,7 @@ pub fn exit_reason(r: ExitReason) -> api::ExitReason {
         ExitReason::VmmDied => api::ExitReason::VmmDied,
         ExitReason::StartFailed => api::ExitReason::StartFailed,
         ExitReason::VmmError => api::ExitReason::VmmError,
+        ExitReason::Checkpointed => api::ExitReason::Checkpointed,
     }
 }
 
@@ -302,6 +303,22 @@ pub fn log_record(r: &LogRecord) -> api_logs::LogRecord {
             Stream::Stderr => api_logs::Stream::Stderr,
         },
         time: r.time.clone(),
+    }
+}
+
+/// A checkpoint as the API shows it.
+pub fn checkpoint(
+    c: &mvm_runtime::checkpoint::CheckpointInfo,
+) -> mvm_api::checkpoint::Checkpoint {
+    let created = chrono::DateTime::<chrono::Utc>::from_timestamp(c.created as i64, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    mvm_api::checkpoint::Checkpoint {
+        name: c.name.clone(),
+        created,
+        memory_mib: c.memory_mib,
+        memory_bytes: c.memory_bytes,
+        paused_us: c.paused_us,
     }
 }
 

@@ -407,18 +407,32 @@ impl Manager {
 
     // ----- start -----
 
-    /// Start a created or exited sandbox.
-    pub async fn start(self: &Arc<Self>, key: &str) -> Result<Vec<String>> {
+    /// Start a created or exited sandbox; from checkpoint `checkpoint`
+    /// (its guest resumed where the checkpoint left it) when given.
+    pub async fn start(
+        self: &Arc<Self>,
+        key: &str,
+        checkpoint: Option<&str>,
+    ) -> Result<Vec<String>> {
         let e = self.get(key)?;
         let _op = e.op.lock().await;
         let status = e.row().state.status;
         state::check(status, Op::Start).map_err(|m| err(ErrorCode::InvalidState, m))?;
-        self.start_locked(&e, true).await
+        self.start_from(&e, true, checkpoint).await
     }
 
     /// Start with the operation lock held. `manual`: a user's start,
     /// which resets the restart count and the manual-stop mark.
     async fn start_locked(self: &Arc<Self>, e: &Arc<Entry>, manual: bool) -> Result<Vec<String>> {
+        self.start_from(e, manual, None).await
+    }
+
+    async fn start_from(
+        self: &Arc<Self>,
+        e: &Arc<Entry>,
+        manual: bool,
+        checkpoint: Option<&str>,
+    ) -> Result<Vec<String>> {
         let (spec, settings) = {
             let r = e.row();
             (r.spec.clone(), r.internal.network.clone())
@@ -451,9 +465,13 @@ impl Manager {
             }
         };
         let boot = attached.boot;
-        let started = tokio::task::spawn_blocking(move || rt.start_with(&spec, size, &[], &boot))
-            .await
-            .map_err(internal)?;
+        let checkpoint = checkpoint.map(str::to_string);
+        let started = tokio::task::spawn_blocking(move || match &checkpoint {
+            Some(name) => rt.restore_with(&spec, &[], &boot, name),
+            None => rt.start_with(&spec, size, &[], &boot),
+        })
+        .await
+        .map_err(internal)?;
         let started = match started {
             Ok(s) => s,
             Err(er) => {
@@ -811,6 +829,97 @@ impl Manager {
             "the VMM (pid {}) did not end after SIGKILL",
             vmm.pid
         )))
+    }
+
+    // ----- checkpoints -----
+
+    /// Checkpoint a running sandbox (`docker checkpoint create`): it
+    /// stops once the checkpoint is made, unless `leave_running`.
+    pub async fn checkpoint_create(
+        self: &Arc<Self>,
+        key: &str,
+        name: &str,
+        leave_running: bool,
+    ) -> Result<mvm_runtime::checkpoint::CheckpointInfo> {
+        let e = self.get(key)?;
+        let _op = e.op.lock().await;
+        let (spec, status, paused, exits, manual_stop) = {
+            let r = e.row();
+            (
+                r.spec.clone(),
+                r.state.status,
+                r.state.paused,
+                r.internal.exits,
+                r.internal.manual_stop,
+            )
+        };
+        if status != Status::Running {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!(
+                    "sandbox {} is not running; only a running sandbox can be checkpointed",
+                    spec.name
+                ),
+            ));
+        }
+        if paused {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("sandbox {} is paused; unpause it first (mvctl unpause {0})", spec.name),
+            ));
+        }
+        if mvm_runtime::checkpoint::path(&self.rt.paths(&e.id), name)
+            .map_err(|er| err(ErrorCode::BadRequest, er.to_string()))?
+            .exists()
+        {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!("sandbox {} already has a checkpoint named {name}", spec.name),
+            ));
+        }
+        if !leave_running {
+            // The end that follows is asked for: no restart policy.
+            self.update(&e, |r| r.internal.manual_stop = true)?;
+        }
+        let rt = self.rt.clone();
+        let n = name.to_string();
+        let made = tokio::task::spawn_blocking(move || rt.checkpoint_create(&spec, &n, leave_running))
+            .await
+            .map_err(internal)?;
+        let info = match made {
+            Ok(i) => i,
+            Err(er) => {
+                if !leave_running {
+                    self.update(&e, |r| r.internal.manual_stop = manual_stop)?;
+                }
+                tracing::warn!(sandbox = %e.id, "checkpoint {name} failed: {er}");
+                return Err(runtime_err(er));
+            }
+        };
+        tracing::info!(sandbox = %e.id, checkpoint = name, paused_us = info.paused_us, memory_bytes = info.memory_bytes, "checkpoint made");
+        // As with Docker, the sandbox has stopped when the call returns.
+        if !leave_running && !self.wait_exit(&e, exits, VMM_GRACE).await {
+            tracing::warn!(sandbox = %e.id, "the VMM did not end within {VMM_GRACE:?} of its checkpoint");
+        }
+        Ok(info)
+    }
+
+    /// The checkpoints of a sandbox, oldest first.
+    pub fn checkpoint_list(&self, key: &str) -> Result<Vec<mvm_runtime::checkpoint::CheckpointInfo>> {
+        let e = self.get(key)?;
+        self.rt.checkpoint_list(&e.id).map_err(runtime_err)
+    }
+
+    /// Remove a checkpoint of a sandbox.
+    pub async fn checkpoint_remove(self: &Arc<Self>, key: &str, name: &str) -> Result<()> {
+        let e = self.get(key)?;
+        let _op = e.op.lock().await;
+        let rt = self.rt.clone();
+        let (id, n) = (e.id.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || rt.checkpoint_remove(&id, &n))
+            .await
+            .map_err(internal)?
+            .map_err(runtime_err)
     }
 
     // ----- pause / unpause -----

@@ -149,6 +149,10 @@ pub async fn pump(
     open_stdin: bool,
     mut stop: watch::Receiver<bool>,
 ) {
+    // A session lost while the VMM runs (a checkpoint left running resets
+    // the guest's vsock connections) is attached again: the agent keeps
+    // what the workload writes meanwhile.
+    'run: loop {
     let mut delay = RETRY_DELAY;
     let session = loop {
         if *stop.borrow() {
@@ -223,14 +227,18 @@ pub async fn pump(
         match ev {
             Ok(Event::Stdout(b)) => logs.write(Stream::Stdout, &b),
             Ok(Event::Stderr(b)) => logs.write(Stream::Stderr, &b),
-            Ok(Event::Exited(_)) => break,
+            Ok(Event::Exited(_)) => break 'run,
             Err(e) => {
                 // The guest went down (stop, kill, crash) or another host
                 // took the session: the exit status comes from the VMM.
                 tracing::debug!(sandbox = %sandbox, "the workload's output ended: {e}");
-                break;
+                if deadline.is_some() || *stop.borrow() {
+                    break 'run;
+                }
+                continue 'run;
             }
         }
+    }
     }
     link.end();
 }

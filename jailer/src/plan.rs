@@ -106,6 +106,9 @@ pub fn plan(cfg: &VmConfig, spec: &JailSpec) -> Result<Vec<Bind>, PlanError> {
     for f in &cfg.fs {
         dirs.insert(parent(&f.socket)?);
     }
+    if let Some(c) = &cfg.control_socket {
+        dirs.insert(parent(c)?);
+    }
     let root = abs(&spec.root)?;
     for d in &dirs {
         if root.starts_with(d) || d.starts_with(&root) {
@@ -147,6 +150,11 @@ pub fn plan(cfg: &VmConfig, spec: &JailSpec) -> Result<Vec<Bind>, PlanError> {
     }
     for r in &spec.ro {
         add(BindKind::RoFile, r)?;
+    }
+    // A snapshot to restore is only read (its memory is mapped private).
+    if let Some(r) = &cfg.restore {
+        add(BindKind::RoFile, &r.state)?;
+        add(BindKind::RoFile, &r.memory)?;
     }
     for h in HOST_INFO {
         add(BindKind::RoFile, Path::new(h))?;

@@ -128,6 +128,13 @@ pub enum Command {
     Login(LoginArgs),
     /// Forget the credentials for a registry
     Logout(LogoutArgs),
+    /// Manage checkpoints of sandboxes (a running guest saved whole:
+    /// memory, CPU, devices and scratch disk)
+    Checkpoint {
+        /// The subcommand.
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Manage volumes
     Volume {
         /// The subcommand.
@@ -309,6 +316,9 @@ pub struct StartArgs {
     /// Stream the output and exit with the workload's status (one sandbox)
     #[arg(short = 'a', long)]
     pub attach: bool,
+    /// Resume the guest from this checkpoint instead of booting it
+    #[arg(long, value_name = "NAME")]
+    pub checkpoint: Option<String>,
     /// With -a: send stdin to the workload (created with -i)
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -852,6 +862,41 @@ pub enum VolumeCommand {
     Export(VolumeExportArgs),
     /// Restore a tar archive into a new or empty volume (--force: replace a volume's content)
     Import(VolumeImportArgs),
+}
+
+/// `mvctl checkpoint ...` (Docker's verbs).
+#[derive(Debug, Clone, Subcommand)]
+pub enum CheckpointCommand {
+    /// Checkpoint a running sandbox; it stops once the checkpoint is made
+    /// unless --leave-running
+    Create {
+        /// Keep the sandbox running after the checkpoint
+        #[arg(long)]
+        leave_running: bool,
+        /// The sandbox (id, id prefix or name)
+        #[arg(value_name = "SANDBOX")]
+        sandbox: String,
+        /// The checkpoint's name
+        #[arg(value_name = "CHECKPOINT")]
+        name: String,
+    },
+    /// List a sandbox's checkpoints
+    #[command(alias = "list")]
+    Ls {
+        /// The sandbox
+        #[arg(value_name = "SANDBOX")]
+        sandbox: String,
+    },
+    /// Remove a checkpoint
+    #[command(alias = "remove")]
+    Rm {
+        /// The sandbox
+        #[arg(value_name = "SANDBOX")]
+        sandbox: String,
+        /// The checkpoint's name
+        #[arg(value_name = "CHECKPOINT")]
+        name: String,
+    },
 }
 
 /// `mvctl volume export`.

@@ -145,6 +145,11 @@ pub fn exit_info(status: Option<&StatusReport>, intent: Intent, oom: bool) -> Ex
             info.error =
                 Some(message.unwrap_or_else(|| "the VMM failed; no detail: see vmm.log".into()));
         }
+        // The guest lives on in its checkpoint; nothing failed.
+        GuestState::Checkpointed => {
+            info.exit_code = 0;
+            info.reason = ExitReason::Checkpointed;
+        }
         GuestState::Stopped => match intent {
             Intent::Kill { signal } => {
                 info.exit_code = 128 + signal;

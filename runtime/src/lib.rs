@@ -33,6 +33,7 @@
 
 pub mod artifacts;
 pub mod cgroup;
+pub mod checkpoint;
 pub mod exit;
 pub mod host;
 pub mod jail;
@@ -123,6 +124,8 @@ pub enum RuntimeError {
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
 }
 
 impl RuntimeError {
@@ -161,6 +164,15 @@ impl RuntimeError {
                 | launch::LaunchError::NicMtu { .. },
             ) => ErrorKind::Invalid,
             Self::Volume(VolumeError::Missing(_)) => ErrorKind::NotFound,
+            Self::Checkpoint(checkpoint::CheckpointError::NotFound(_)) => ErrorKind::NotFound,
+            Self::Checkpoint(
+                checkpoint::CheckpointError::Name(_)
+                | checkpoint::CheckpointError::Exists(_)
+                | checkpoint::CheckpointError::Unusable { .. }
+                | checkpoint::CheckpointError::OtherBinaries { .. }
+                | checkpoint::CheckpointError::Vmm(_),
+            ) => ErrorKind::Invalid,
+            Self::Checkpoint(_) => ErrorKind::Internal,
             Self::Volume(e) if e.is_invalid() => ErrorKind::Invalid,
             Self::Volume(_) => ErrorKind::Internal,
             Self::Io { source, .. } | Self::Launch(launch::LaunchError::Write { source, .. })
@@ -283,7 +295,13 @@ pub struct Runtime {
     store: Store,
     /// Hands out the VMMs' uids (jailed only).
     uids: Option<jail::UidAllocator>,
+    /// SHA-256 of the kernel, init and VMM, by file identity
+    /// ([`Self::identity`]).
+    hashes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, (FileKey, String)>>>,
 }
+
+/// What identifies a file's contents cheaply: device, inode, size, mtime.
+type FileKey = (u64, u64, u64, i64, i64);
 
 impl Runtime {
     /// Open the runtime: the image store and the directories.
@@ -324,7 +342,12 @@ impl Runtime {
                 );
             }
         }
-        Ok(Self { cfg, store, uids })
+        Ok(Self {
+            cfg,
+            store,
+            uids,
+            hashes: Default::default(),
+        })
     }
 
     /// The configuration.
@@ -479,7 +502,41 @@ impl Runtime {
         shares: &[HostShare],
         net: &BootNet,
     ) -> Result<Started, RuntimeError> {
+        self.start_inner(spec, size, shares, net, None)
+    }
+
+    /// [`Self::start_with`] from checkpoint `name` instead of a boot
+    /// ([`checkpoint`]): refused unless it was made with this runtime's
+    /// kernel, init and VMM and its files are whole; the scratch disk is
+    /// put back as it was when the checkpoint was made.
+    pub fn restore_with(
+        &self,
+        spec: &SandboxSpec,
+        shares: &[HostShare],
+        net: &BootNet,
+        name: &str,
+    ) -> Result<Started, RuntimeError> {
+        self.start_inner(spec, None, shares, net, Some(name))
+    }
+
+    fn start_inner(
+        &self,
+        spec: &SandboxSpec,
+        size: Option<(u16, u16)>,
+        shares: &[HostShare],
+        net: &BootNet,
+        checkpoint: Option<&str>,
+    ) -> Result<Started, RuntimeError> {
         let paths = self.paths(&spec.id);
+        let identity = self.identity()?;
+        let restore = match checkpoint {
+            Some(name) => {
+                let dir =
+                    checkpoint::check(&paths, name, &identity, spec.resources.memory_mib)?;
+                Some(dir)
+            }
+            None => None,
+        };
         let mut warnings = Vec::new();
         match fs::remove_file(&paths.status) {
             Ok(()) => {}
@@ -523,8 +580,18 @@ impl Runtime {
             &spec.resources,
         );
         self.bound_files(&mut cfg, &paths);
+        cfg.control_socket = Some(checkpoint::control_socket(&paths));
+        cfg.artifacts = Some(identity);
         launch::add_block_mounts(&mut launch, &mut cfg, &self.volumes().blocks(&spec.mounts));
         launch::add_network(&mut launch, &mut cfg, &net.nics, net.network.clone())?;
+        if let Some(dir) = &restore {
+            // The disk as the guest's page cache last saw it.
+            checkpoint::copy_disk(&dir.join("scratch.ext4"), &paths.scratch)?;
+            cfg.restore = Some(mvm_vmm_api::RestoreConfig {
+                state: dir.join("state"),
+                memory: dir.join("memory"),
+            });
+        }
         // Stopped again if anything below fails (dropped).
         let backends = self.start_shares(&paths, shares, &mut launch, &mut cfg)?;
         volume::mark_copy_up(&spec.mounts, &mut launch.mounts);
@@ -565,6 +632,77 @@ impl Runtime {
         let (backends, boot) = share::Backends::start(&bin, paths, shares)?;
         launch::add_shares(launch, cfg, &boot);
         Ok(Some(backends))
+    }
+
+    /// The identity of the kernel, init and VMM this runtime starts (the
+    /// SHA-256 of each), recorded in every VMM's configuration and so in
+    /// its snapshots. Each file is hashed once per version of it (device,
+    /// inode, size, mtime).
+    pub fn identity(&self) -> Result<mvm_vmm_api::Artifacts, RuntimeError> {
+        use sha2::{Digest, Sha256};
+        use std::os::unix::fs::MetadataExt;
+        let hash = |p: &Path| -> Result<String, RuntimeError> {
+            let m = fs::metadata(p).map_err(io_err("reading", p))?;
+            let key = (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec());
+            let mut cache = self
+                .hashes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((k, h)) = cache.get(p) {
+                if *k == key {
+                    return Ok(h.clone());
+                }
+            }
+            let mut f = fs::File::open(p).map_err(io_err("opening", p))?;
+            let mut h = Sha256::new();
+            io::copy(&mut f, &mut h).map_err(io_err("reading", p))?;
+            let h = hex::encode(h.finalize());
+            cache.insert(p.to_path_buf(), (key, h.clone()));
+            Ok(h)
+        };
+        let a = &self.cfg.artifacts;
+        Ok(mvm_vmm_api::Artifacts {
+            kernel: hash(&a.kernel)?,
+            init: hash(&a.init)?,
+            vmm: hash(&a.vmm)?,
+        })
+    }
+
+    /// Checkpoint running sandbox `spec` as `name` (`checkpoint`): the
+    /// guest pauses while its memory and scratch disk are saved, then runs
+    /// on if `leave_running`, else its VMM ends (the sandbox exits).
+    pub fn checkpoint_create(
+        &self,
+        spec: &SandboxSpec,
+        name: &str,
+        leave_running: bool,
+    ) -> Result<checkpoint::CheckpointInfo, RuntimeError> {
+        let paths = self.paths(&spec.id);
+        let artifacts = self.identity()?;
+        let vmm_gid = match &self.uids {
+            Some(u) => Some(u.uid_for(&paths.dir)?),
+            None => None,
+        };
+        Ok(checkpoint::create(
+            &paths,
+            &checkpoint::CreateSpec {
+                name,
+                leave_running,
+                artifacts: &artifacts,
+                memory_mib: spec.resources.memory_mib,
+                vmm_gid,
+            },
+        )?)
+    }
+
+    /// The checkpoints of sandbox `id`, oldest first.
+    pub fn checkpoint_list(&self, id: &str) -> Result<Vec<checkpoint::CheckpointInfo>, RuntimeError> {
+        Ok(checkpoint::list(&self.paths(id))?)
+    }
+
+    /// Remove checkpoint `name` of sandbox `id`.
+    pub fn checkpoint_remove(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        Ok(checkpoint::remove(&self.paths(id), name)?)
     }
 
     /// How the last run of sandbox `id` ended; `end` is what

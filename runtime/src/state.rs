@@ -49,6 +49,9 @@ pub enum ExitReason {
     StartFailed,
     /// The microVM could not be started (the error says why).
     VmmError,
+    /// A checkpoint was made and the sandbox stopped with it (`checkpoint
+    /// create` without `--leave-running`); `start --checkpoint` resumes it.
+    Checkpointed,
 }
 
 /// The state of a sandbox's runs: the record a caller stores next to the

@@ -133,6 +133,12 @@ pub enum BuildError {
     EventLoop(String),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("restoring the snapshot: {0}")]
+    Restore(String),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// Options that are not part of the VM's configuration.
@@ -189,7 +195,15 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
     }
     let kvm = kvm::open(opts.force_pvm)?;
     let mem_size = cfg.memory_bytes();
-    let ram = memory::create(mem_size, Backing::for_config(cfg))?;
+    // A snapshot to restore is read and checked before anything is built.
+    let restore = match &cfg.restore {
+        Some(r) => Some((crate::snapshot::read(&r.state)?, r)),
+        None => None,
+    };
+    let ram = match &restore {
+        Some((_, r)) => memory::restore(mem_size, &r.memory)?,
+        None => memory::create(mem_size, Backing::for_config(cfg))?,
+    };
     tracing::debug!(
         "guest memory: {} MiB of {}, huge pages {}",
         mem_size >> 20,
@@ -217,13 +231,18 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         })?;
     let writer = ConsoleWriter::new(console_sink(&cfg.console, cfg.console_max_bytes)?);
     let tail: Arc<Mutex<ConsoleTail>> = writer.tail();
-    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_evt, writer)));
+    let serial = match &restore {
+        Some((s, _)) => SerialDevice::from_snapshot(serial_evt, writer, &s.devices.serial)
+            .map_err(BuildError::Restore)?,
+        None => SerialDevice::new(serial_evt, writer),
+    };
+    let serial = Arc::new(Mutex::new(serial));
     io_bus.insert(serial.clone(), SERIAL_PORT.into(), SERIAL_LEN.into())?;
-    io_bus.insert(
-        Arc::new(Mutex::new(I8042::new(exit.clone()))),
-        I8042_BASE.into(),
-        I8042_LEN.into(),
-    )?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    if let Some((s, _)) = &restore {
+        lock(&i8042).restore(&s.devices.i8042);
+    }
+    io_bus.insert(i8042.clone(), I8042_BASE.into(), I8042_LEN.into())?;
     let status_port = StatusPort::new(opts.start, exit.clone(), cfg.seccomp)?;
     let guest_status = status_port.status();
     io_bus.insert(
@@ -313,6 +332,7 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
             subscriber: fs,
         });
     }
+    let mut transports = Vec::new();
     for (i, slot) in slots.iter().enumerate() {
         let (base, irq) = layout::virtio_slot(i);
         let dev = lock(&slot.device);
@@ -326,12 +346,12 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
             .register_irqfd(dev.interrupt_evt(), irq)
             .map_err(|source| BuildError::Irqfd { irq, source })?;
         drop(dev);
-        let transport = MmioTransport::new(mem.clone(), slot.device.clone());
-        mmio_bus.insert(
-            Arc::new(Mutex::new(transport)),
-            base,
-            layout::VIRTIO_MMIO_SIZE,
-        )?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            mem.clone(),
+            slot.device.clone(),
+        )));
+        transports.push(transport.clone());
+        mmio_bus.insert(transport, base, layout::VIRTIO_MMIO_SIZE)?;
     }
 
     phase("devices ready");
@@ -340,35 +360,28 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         .map(|i| Vcpu::new(&vm, i))
         .collect::<Result<Vec<_>, _>>()?;
 
-    // Guest memory contents.
-    let loaded_entry = load_kernel(&mem, cfg)?;
-    if loaded_entry != entry {
-        tracing::debug!("PVH entry {loaded_entry:#x} from the loader, {entry:#x} from validation");
+    match &restore {
+        Some((state, _)) => restore_state(state, cfg, &vm, &vcpus, &transports)?,
+        None => boot_setup(&kvm, &mem, cfg, entry, mem_size, &vcpus)?,
     }
-    phase("kernel loaded");
-    let kernel_end = kernel_end(cfg)?;
-    let initrd = load_initrd(&mem, cfg, kernel_end)?;
-    phase("initrd loaded");
-    let cmdline = cfg.kernel_cmdline()?;
-    tracing::debug!("kernel command line: {cmdline}");
-    let mut bytes = cmdline.into_bytes();
-    bytes.push(0);
-    mem.write_slice(&bytes, GuestAddress(CMDLINE_START))
-        .map_err(|source| BuildError::GuestWrite {
-            what: "the command line",
-            source,
-        })?;
-    pvh::write_boot_info(&mem, mem_size, CMDLINE_START, initrd)?;
-    mptable::setup(&mem, cfg.vcpus)?;
-    regs::write_gdt_idt(&mem)?;
-
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(BuildError::Cpuid)?;
-    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
-    for v in &vcpus {
-        v.configure(&cpuid, count, tsc_deadline, loaded_entry)?;
+    if let Some((state, _)) = &restore {
+        if state.devices.boot_complete {
+            lock(&guest_status).boot_time = Some(opts.start.elapsed());
+        }
+        phase("snapshot restored");
     }
+    // The MSRs a snapshot saves: a system ioctl, so read now, before any
+    // filter.
+    let msrs = if cfg.control_socket.is_some() {
+        crate::vstate::vcpu_state::msrs_to_save(&kvm)
+            .map_err(|e| BuildError::Restore(e.to_string()))?
+    } else {
+        Vec::new()
+    };
+    let control = match &cfg.control_socket {
+        Some(p) => Some(crate::control::bind(p)?),
+        None => None,
+    };
 
     // The event loop: exit latch and signals, then the devices.
     let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
@@ -388,8 +401,31 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         seccomp: cfg.seccomp,
     };
     phase(&format!("starting {count} vCPU(s)"));
-    for v in vcpus {
-        v.start(ctx.clone())?;
+    crate::vstate::vcpu::install_kick_handler()?;
+    let handles = crate::vstate::vcpu::start_all(vcpus, &ctx, Arc::new(msrs))?;
+    // The VM fd stays open for the VM's life: with the control server, or
+    // here until the end.
+    let mut _vm_kept = None;
+    match control {
+        Some(listener) => {
+            let parts = crate::control::VmParts {
+                vm,
+                mem: mem.clone(),
+                vcpus: handles,
+                serial: serial.clone(),
+                i8042,
+                guest_status: guest_status.clone(),
+                transports,
+                artifacts: cfg.artifacts.clone(),
+                memory_bytes: mem_size,
+            };
+            em.add_subscriber(Arc::new(Mutex::new(crate::control::ControlServer::new(
+                listener,
+                parts,
+                exit.clone(),
+            ))));
+        }
+        None => _vm_kept = Some((vm, handles)),
     }
     // From here the main thread only runs the event loop and the
     // teardown; its filter goes on after the vCPU threads exist, since a
@@ -433,6 +469,88 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         guest,
         console_tail,
     })
+}
+
+/// A new VM's memory and vCPUs set up for the PVH boot of `cfg`'s kernel.
+fn boot_setup(
+    kvm: &kvm_ioctls::Kvm,
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+    entry: u64,
+    mem_size: u64,
+    vcpus: &[Vcpu],
+) -> Result<(), BuildError> {
+    let count = cfg.vcpus as u8;
+    let loaded_entry = load_kernel(mem, cfg)?;
+    if loaded_entry != entry {
+        tracing::debug!("PVH entry {loaded_entry:#x} from the loader, {entry:#x} from validation");
+    }
+    let kernel_end = kernel_end(cfg)?;
+    let initrd = load_initrd(mem, cfg, kernel_end)?;
+    let cmdline = cfg.kernel_cmdline()?;
+    tracing::debug!("kernel command line: {cmdline}");
+    let mut bytes = cmdline.into_bytes();
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(CMDLINE_START))
+        .map_err(|source| BuildError::GuestWrite {
+            what: "the command line",
+            source,
+        })?;
+    pvh::write_boot_info(mem, mem_size, CMDLINE_START, initrd)?;
+    mptable::setup(mem, cfg.vcpus)?;
+    regs::write_gdt_idt(mem)?;
+
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(BuildError::Cpuid)?;
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    for v in vcpus {
+        v.configure(&cpuid, count, tsc_deadline, loaded_entry)?;
+    }
+    Ok(())
+}
+
+/// A new VM put in a snapshot's state: the VM-wide state, then each
+/// vCPU's, then the devices' (which activates those the driver had, with
+/// their queues where they stood), once the snapshot is known to fit.
+fn restore_state(
+    state: &crate::snapshot::MicrovmState,
+    cfg: &VmConfig,
+    vm: &Vm,
+    vcpus: &[Vcpu],
+    transports: &[Arc<Mutex<MmioTransport>>],
+) -> Result<(), BuildError> {
+    let types: Vec<u32> = transports
+        .iter()
+        .map(|t| {
+            let t = lock(t);
+            let d = lock(t.device().as_ref());
+            d.device_type()
+        })
+        .collect();
+    state.check_fits(cfg, &types)?;
+    vm.restore_state(&state.vm)?;
+    for (v, s) in vcpus.iter().zip(&state.vcpus) {
+        v.restore(s)?;
+    }
+    for (i, (t, s)) in transports.iter().zip(&state.devices.virtio).enumerate() {
+        let mut t = lock(t);
+        t.restore(s)
+            .map_err(|e| BuildError::Restore(format!("virtio device {i}: {e}")))?;
+        // A pending interrupt is raised again (the guest finds the reason
+        // in the interrupt status register); one that was delivered and
+        // not yet handled is in the restored interrupt controllers.
+        if s.interrupt_status != 0 {
+            let d = lock(t.device().as_ref());
+            if let Err(e) = d.interrupt_evt().write(1) {
+                tracing::warn!("virtio device {i}: raising its interrupt after restore: {e}");
+            }
+        }
+    }
+    // Requests the guest made available before the snapshot and the old
+    // VMM had not handled yet are handled now.
+    crate::control::kick_queues(transports);
+    Ok(())
 }
 
 /// The device's view of a validated net configuration.

@@ -153,6 +153,14 @@ pub enum ConfigError {
     VsockPathTooLong { path: PathBuf, len: usize },
     #[error("vsock uds_path {0} exists and is not a socket; remove it or pick another path")]
     VsockPathNotSocket(PathBuf),
+    #[error("control socket {path} is {len} bytes; at most {MAX_FS_SOCKET_LEN} fit a Unix socket address")]
+    ControlSocketTooLong { path: PathBuf, len: usize },
+    #[error("restore: the snapshot's {what} file {path} is not a readable file: {detail}")]
+    RestoreFile {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
     #[error("bad --fs {0:?}: expected tag=TAG,socket=PATH[,queue_size=N]")]
     FsFlag(String),
     #[error("fs tag {0:?} is invalid: it must be 1 to {MAX_FS_TAG_LEN} bytes of letters, digits, '-', '_' or '.'")]
@@ -339,6 +347,9 @@ pub fn merge(file: Option<VmConfig>, flags: FlagConfig) -> Result<VmConfig, Conf
         fs: or_list(flags.fs, file.fs),
         net: or_list(flags.net, file.net),
         seccomp: !flags.no_seccomp && file.seccomp,
+        control_socket: file.control_socket,
+        restore: file.restore,
+        artifacts: file.artifacts,
     })
 }
 
@@ -368,6 +379,7 @@ impl VmConfigExt for VmConfig {
     }
 
     fn validate(&self, host: &HostLimits) -> Result<u64, ConfigError> {
+        // (The snapshot files' contents are checked when they are read.)
         let entry = check_kernel(&self.kernel)?;
         for path in &self.initrd {
             let meta = std::fs::metadata(path)
@@ -411,6 +423,7 @@ impl VmConfigExt for VmConfig {
         }
         check_drives(self)?;
         check_nets(self)?;
+        check_snapshot_files(self)?;
         if self.virtio_device_count() > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(self.virtio_device_count()));
         }
@@ -643,6 +656,36 @@ fn check_parent(what: &'static str, path: &Path) -> Result<(), ConfigError> {
             path: path.to_owned(),
         })
     }
+}
+
+
+/// The control socket fits a socket address in a directory that exists;
+/// the snapshot to restore is two regular files.
+fn check_snapshot_files(cfg: &VmConfig) -> Result<(), ConfigError> {
+    if let Some(p) = &cfg.control_socket {
+        let len = p.as_os_str().len();
+        if len > MAX_FS_SOCKET_LEN {
+            return Err(ConfigError::ControlSocketTooLong {
+                path: p.clone(),
+                len,
+            });
+        }
+        check_parent("control socket", p)?;
+    }
+    if let Some(r) = &cfg.restore {
+        for (what, path) in [("state", &r.state), ("memory", &r.memory)] {
+            let bad = |detail: String| ConfigError::RestoreFile {
+                what,
+                path: path.clone(),
+                detail,
+            };
+            let m = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+            if !m.is_file() {
+                return Err(bad("not a regular file".into()));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

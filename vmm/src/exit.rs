@@ -32,6 +32,8 @@ pub enum StopReason {
     VmmError(String),
     /// The VMM was asked to stop by this signal.
     Signal(i32),
+    /// A snapshot was taken and the caller asked the VMM to end after it.
+    Checkpointed,
 }
 
 /// The shared "stop the VM" latch.

@@ -122,6 +122,11 @@ pub fn decide(run: &RunResult) -> Outcome {
         StopReason::TripleFault(what) => crash(what.clone()),
         StopReason::GuestCrash(what) => crash(what.clone()),
         StopReason::VmmError(what) => (EXIT_VMM_ERROR, GuestState::Error, format!("VMM error: {what}")),
+        StopReason::Checkpointed => (
+            EXIT_OK,
+            GuestState::Checkpointed,
+            "the VM was snapshotted and ended as asked; the guest lives on in its snapshot".into(),
+        ),
         StopReason::Signal(n) => (
             128 + n,
             GuestState::Stopped,

@@ -13,13 +13,19 @@
 //!   virtio queues of every device: disk I/O, entropy, vsock with its Unix
 //!   sockets, TAP frames and their rate limiters' timers, the exit latch
 //!   and the signalfd) and the teardown (console flush, status file).
-//!   It needs no KVM ioctl after setup.
+//!   Its only KVM ioctls after setup read the VM-wide state for a
+//!   snapshot (`KVM_GET_IRQCHIP`, `KVM_GET_PIT2`, `KVM_GET_CLOCK`),
+//!   served from the event loop with the control socket (`control`),
+//!   which also needs `setsockopt` (a deadline on a connection) and
+//!   `ftruncate` (the memory file's size).
 //! - **vCPU** ([`Role::Vcpu`], threads `vcpu<N>`): installs its filter
 //!   before its first `KVM_RUN`, then handles the port I/O and MMIO exits:
 //!   the serial console (writes and live rotation of its file), the status
 //!   port, the i8042 reset, the virtio-mmio registers, where device
 //!   activation and reset happen (the TAP offload ioctl; the vhost-user
 //!   messages of virtio-fs, with descriptors passed over the socket).
+//!   Paused for a snapshot, it reads its own state (the `KVM_GET_*`
+//!   ioctls of `vstate::vcpu_state`).
 //! - **helper** ([`Role::Helper`]): the `power-off` grace timer of the
 //!   status port (a wait, a sleep, then the exit eventfd) and each
 //!   virtio-fs backend's `vhost-user-watchdog` (a timed wait, then
@@ -127,12 +133,31 @@ const fn kvm_ior<T>(nr: u64) -> u64 {
     ioc(2, KVMIO, nr, std::mem::size_of::<T>() as u64)
 }
 
+const fn kvm_iowr<T>(nr: u64) -> u64 {
+    ioc(3, KVMIO, nr, std::mem::size_of::<T>() as u64)
+}
+
 /// `KVM_RUN`: the vCPU loop.
 pub const KVM_RUN: u64 = kvm_io(0x80);
 /// `KVM_GET_REGS`: the crash report of a triple fault.
 pub const KVM_GET_REGS: u64 = kvm_ior::<kvm_bindings::kvm_regs>(0x81);
 /// `KVM_GET_SREGS`: likewise.
 pub const KVM_GET_SREGS: u64 = kvm_ior::<kvm_bindings::kvm_sregs>(0x83);
+
+/// What a paused vCPU reads of itself for a snapshot
+/// (`vstate::vcpu_state`), with `KVM_GET_REGS` and `KVM_GET_SREGS`.
+pub const KVM_GET_MP_STATE: u64 = kvm_ior::<kvm_bindings::kvm_mp_state>(0x98);
+pub const KVM_GET_XSAVE: u64 = kvm_ior::<kvm_bindings::kvm_xsave>(0xa4);
+pub const KVM_GET_XCRS: u64 = kvm_ior::<kvm_bindings::kvm_xcrs>(0xa6);
+pub const KVM_GET_DEBUGREGS: u64 = kvm_ior::<kvm_bindings::kvm_debugregs>(0xa1);
+pub const KVM_GET_LAPIC: u64 = kvm_ior::<kvm_bindings::kvm_lapic_state>(0x8e);
+pub const KVM_GET_CPUID2: u64 = kvm_iowr::<kvm_bindings::kvm_cpuid2>(0x91);
+pub const KVM_GET_MSRS: u64 = kvm_iowr::<kvm_bindings::kvm_msrs>(0x88);
+pub const KVM_GET_VCPU_EVENTS: u64 = kvm_ior::<kvm_bindings::kvm_vcpu_events>(0x9f);
+/// What the main thread reads of the VM for a snapshot (`vstate::vm`).
+pub const KVM_GET_IRQCHIP: u64 = kvm_iowr::<kvm_bindings::kvm_irqchip>(0x62);
+pub const KVM_GET_PIT2: u64 = kvm_ior::<kvm_bindings::kvm_pit_state2>(0x9f);
+pub const KVM_GET_CLOCK: u64 = kvm_ior::<kvm_bindings::kvm_clock_data>(0x7c);
 
 /// The base every role's list starts from, and all a helper thread may
 /// call: memory (the allocator; a thread's stack and signal stack
@@ -223,6 +248,11 @@ const MAIN: &[i64] = &[
     libc::SYS_getsockopt,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
+    // The control socket: a deadline on the accepted connection.
+    libc::SYS_setsockopt,
+    // A snapshot's memory file is sized to the guest's memory (its pages
+    // of zeros are holes).
+    libc::SYS_ftruncate,
 ];
 
 /// The `fcntl` commands allowed (std's `set_nonblocking` on files,
@@ -240,13 +270,29 @@ pub fn ioctls(role: Role) -> Vec<u64> {
     match role {
         // std's `set_nonblocking` on sockets (vsock's accepted and
         // connected streams) and close-on-exec.
-        Role::Main => vec![libc::FIONBIO, libc::FIOCLEX],
+        // A snapshot reads the VM-wide state (`control`).
+        Role::Main => vec![
+            libc::FIONBIO,
+            libc::FIOCLEX,
+            KVM_GET_IRQCHIP,
+            KVM_GET_PIT2,
+            KVM_GET_CLOCK,
+        ],
         Role::Vcpu => vec![
             KVM_RUN,
             KVM_GET_REGS,
             KVM_GET_SREGS,
             // virtio-net activation and reset set the TAP's offloads.
             libc::TUNSETOFFLOAD,
+            // A paused vCPU saves its own state for a snapshot.
+            KVM_GET_MP_STATE,
+            KVM_GET_XSAVE,
+            KVM_GET_XCRS,
+            KVM_GET_DEBUGREGS,
+            KVM_GET_LAPIC,
+            KVM_GET_CPUID2,
+            KVM_GET_MSRS,
+            KVM_GET_VCPU_EVENTS,
         ],
         Role::Helper => vec![],
     }
@@ -415,6 +461,17 @@ mod tests {
         assert_eq!(KVM_RUN, 0xAE80);
         assert_eq!(KVM_GET_REGS, 0x8090_AE81);
         assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
+        assert_eq!(KVM_GET_MP_STATE, 0x8004_AE98);
+        assert_eq!(KVM_GET_XSAVE, 0x9000_AEA4);
+        assert_eq!(KVM_GET_XCRS, 0x8188_AEA6);
+        assert_eq!(KVM_GET_DEBUGREGS, 0x8080_AEA1);
+        assert_eq!(KVM_GET_LAPIC, 0x8400_AE8E);
+        assert_eq!(KVM_GET_CPUID2, 0xC008_AE91);
+        assert_eq!(KVM_GET_MSRS, 0xC008_AE88);
+        assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_AE9F);
+        assert_eq!(KVM_GET_IRQCHIP, 0xC208_AE62);
+        assert_eq!(KVM_GET_PIT2, 0x8070_AE9F);
+        assert_eq!(KVM_GET_CLOCK, 0x8030_AE7C);
         assert_eq!(libc::TUNSETOFFLOAD, 0x4004_54D0);
     }
 

@@ -224,6 +224,14 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/sandboxes/{id}/restart", post(sandboxes::restart))
         .route("/v1/sandboxes/{id}/kill", post(sandboxes::kill))
         .route("/v1/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route(
+            "/v1/sandboxes/{id}/checkpoints",
+            get(sandboxes::checkpoint_list).post(sandboxes::checkpoint_create),
+        )
+        .route(
+            "/v1/sandboxes/{id}/checkpoints/{name}",
+            axum::routing::delete(sandboxes::checkpoint_remove),
+        )
         .route("/v1/sandboxes/{id}/unpause", post(sandboxes::unpause))
         .route("/v1/sandboxes/{id}/wait", post(sandboxes::wait))
         .route("/v1/sandboxes/{id}/logs", get(sandboxes::logs))

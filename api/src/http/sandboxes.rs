@@ -46,8 +46,46 @@ fn started(warnings: Vec<String>) -> Response {
     }
 }
 
-pub async fn start(State(d): D, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(started(d.manager.start(&id).await?))
+/// `checkpoint=NAME` starts from that checkpoint (`start --checkpoint`).
+pub async fn start(State(d): D, Path(id): Path<String>, q: Query) -> ApiResult<Response> {
+    let checkpoint = q.get("checkpoint").filter(|c| !c.is_empty());
+    Ok(started(d.manager.start(&id, checkpoint).await?))
+}
+
+/// `POST /v1/sandboxes/{id}/checkpoints`.
+pub async fn checkpoint_create(
+    State(d): D,
+    Path(id): Path<String>,
+    Json(req): Json<mvm_api::checkpoint::CheckpointCreateRequest>,
+) -> ApiResult<Response> {
+    let info = d
+        .manager
+        .checkpoint_create(&id, &req.name, req.leave_running)
+        .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &crate::convert::checkpoint(&info),
+    ))
+}
+
+/// `GET /v1/sandboxes/{id}/checkpoints`.
+pub async fn checkpoint_list(State(d): D, Path(id): Path<String>) -> ApiResult<Response> {
+    let list: Vec<_> = d
+        .manager
+        .checkpoint_list(&id)?
+        .iter()
+        .map(crate::convert::checkpoint)
+        .collect();
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+/// `DELETE /v1/sandboxes/{id}/checkpoints/{name}`.
+pub async fn checkpoint_remove(
+    State(d): D,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    d.manager.checkpoint_remove(&id, &name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn stop(State(d): D, Path(id): Path<String>, q: Query) -> ApiResult<Response> {

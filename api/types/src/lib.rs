@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod build;
+pub mod checkpoint;
 pub mod error;
 pub mod exec;
 pub mod images;

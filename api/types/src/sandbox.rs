@@ -215,6 +215,9 @@ pub enum ExitReason {
     StartFailed,
     /// mvmd could not start the microVM (the `error` field says why).
     VmmError,
+    /// A checkpoint was made and the sandbox stopped with it; `start
+    /// --checkpoint NAME` resumes it from there.
+    Checkpointed,
 }
 
 /// The state block of [`SandboxInfo`].

@@ -200,6 +200,34 @@ impl Client {
         self.call::<()>(Method::POST, &q.build(), None).await
     }
 
+    /// `POST /v1/sandboxes/{id}/start?checkpoint=NAME`.
+    pub async fn start_from_checkpoint(&self, id: &str, checkpoint: &str) -> Result<()> {
+        let q = Query::new(format!("{}/start", sandbox(id))).push("checkpoint", checkpoint);
+        self.call::<()>(Method::POST, &q.build(), None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/checkpoints`.
+    pub async fn checkpoint_create(
+        &self,
+        id: &str,
+        req: &mvm_api::checkpoint::CheckpointCreateRequest,
+    ) -> Result<mvm_api::checkpoint::Checkpoint> {
+        self.json(Method::POST, &format!("{}/checkpoints", sandbox(id)), Some(req))
+            .await
+    }
+
+    /// `GET /v1/sandboxes/{id}/checkpoints`.
+    pub async fn checkpoints(&self, id: &str) -> Result<Vec<mvm_api::checkpoint::Checkpoint>> {
+        self.json::<(), _>(Method::GET, &format!("{}/checkpoints", sandbox(id)), None)
+            .await
+    }
+
+    /// `DELETE /v1/sandboxes/{id}/checkpoints/{name}`.
+    pub async fn checkpoint_remove(&self, id: &str, name: &str) -> Result<()> {
+        let path = format!("{}/checkpoints/{}", sandbox(id), encode_segment(name));
+        self.call::<()>(Method::DELETE, &path, None).await
+    }
+
     /// `POST /v1/sandboxes/{id}/pause` or `.../unpause`.
     pub async fn pause(&self, id: &str, paused: bool) -> Result<()> {
         let verb = if paused { "pause" } else { "unpause" };

@@ -204,6 +204,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> CmdResult {
             | Command::Kill(_)
             | Command::Restart(_)
             | Command::Rm(_)
+            | Command::Checkpoint { .. }
     );
     let r = dispatch_command(ctx, cmd).await;
     if ports_change {
@@ -220,6 +221,7 @@ async fn dispatch_command(ctx: &Ctx, cmd: Command) -> CmdResult {
         Command::Stop(a) => sandbox::stop(ctx, a).await,
         Command::Kill(a) => sandbox::kill(ctx, a).await,
         Command::Pause(a) => sandbox::pause(ctx, a, true).await,
+        Command::Checkpoint { command } => sandbox::checkpoint(ctx, command).await,
         Command::Unpause(a) => sandbox::pause(ctx, a, false).await,
         Command::Restart(a) => sandbox::restart(ctx, a).await,
         Command::Rm(a) => sandbox::rm(ctx, a).await,

@@ -13,6 +13,18 @@ use crate::format;
 
 /// `mvctl start [-a]`.
 pub async fn start(ctx: &Ctx, a: StartArgs) -> CmdResult {
+    if let Some(name) = &a.checkpoint {
+        if a.attach || a.ids.len() != 1 {
+            return Err(CmdError::Invalid(
+                "start --checkpoint takes exactly one sandbox, without -a (attach with mvctl logs -f)"
+                    .into(),
+            ));
+        }
+        let client = ctx.client().await?;
+        client.start_from_checkpoint(&a.ids[0], name).await?;
+        println!("{}", a.ids[0]);
+        return Ok(0);
+    }
     if a.attach {
         if a.ids.len() != 1 {
             return Err(CmdError::Invalid(
@@ -37,6 +49,40 @@ pub async fn start(ctx: &Ctx, a: StartArgs) -> CmdResult {
         Ok(())
     })
     .await
+}
+
+/// `mvctl checkpoint create|ls|rm`.
+pub async fn checkpoint(ctx: &Ctx, cmd: crate::cli::CheckpointCommand) -> CmdResult {
+    use crate::cli::CheckpointCommand as C;
+    let client = ctx.client().await?;
+    match cmd {
+        C::Create {
+            leave_running,
+            sandbox,
+            name,
+        } => {
+            let req = mvm_api::checkpoint::CheckpointCreateRequest {
+                name,
+                leave_running,
+            };
+            let c = client.checkpoint_create(&sandbox, &req).await?;
+            println!("{}", c.name);
+        }
+        C::Ls { sandbox } => {
+            let rows: Vec<Vec<String>> = client
+                .checkpoints(&sandbox)
+                .await?
+                .into_iter()
+                .map(|c| vec![c.name, c.created])
+                .collect();
+            print!(
+                "{}",
+                crate::format::table(&["CHECKPOINT NAME", "CREATED"], &rows)
+            );
+        }
+        C::Rm { sandbox, name } => client.checkpoint_remove(&sandbox, &name).await?,
+    }
+    Ok(0)
 }
 
 /// `mvctl stop [-t]`.

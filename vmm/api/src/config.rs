@@ -108,6 +108,46 @@ pub struct VmConfig {
     /// the file when on, the default.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub seccomp: bool,
+    /// The control socket: the VMM listens there for
+    /// [`crate::control::Request`]s (snapshots) while the VM runs. Its
+    /// directory is bound writable into the jail, as the vsock socket's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+    /// Start from this snapshot instead of booting: the kernel and initrd
+    /// are not loaded, the devices are made from this configuration (the
+    /// same kinds in the same order as when it was taken) and their state,
+    /// the vCPUs' and the guest memory come from the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreConfig>,
+    /// What the guest runs, as the caller identifies it (the runtime puts
+    /// the SHA-256 of the kernel, init and VMM binaries here). Recorded in
+    /// every snapshot and compared on restore: a snapshot made with other
+    /// binaries is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Artifacts>,
+}
+
+/// The snapshot a VM is restored from (both files as written by a
+/// [`crate::control::Request::Snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// The state file (vCPUs, VM, devices; versioned and checksummed).
+    pub state: PathBuf,
+    /// The guest memory file, mapped copy-on-write and read lazily.
+    pub memory: PathBuf,
+}
+
+/// The identity of the binaries a guest runs (see [`VmConfig::artifacts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifacts {
+    /// The guest kernel.
+    pub kernel: String,
+    /// The guest init.
+    pub init: String,
+    /// The VMM.
+    pub vmm: String,
 }
 
 fn default_vcpus() -> u32 {
@@ -469,6 +509,9 @@ impl VmConfig {
             fs: Vec::new(),
             net: Vec::new(),
             seccomp: true,
+            control_socket: None,
+            restore: None,
+            artifacts: None,
         }
     }
 

@@ -19,13 +19,15 @@
 //! limits, the files themselves) stays in `mvm-vmm`'s validation.
 
 pub mod config;
+pub mod control;
 pub mod disk_lock;
 pub mod kvm;
+pub mod snapshot;
 pub mod status;
 
 pub use config::{
-    Console, DriveConfig, FsConfig, MacAddr, NetConfig, RateLimit, TapConfig, TokenBucket,
-    VmConfig, VsockConfig,
+    Artifacts, Console, DriveConfig, FsConfig, MacAddr, NetConfig, RateLimit, TapConfig, TokenBucket,
+    RestoreConfig, VmConfig, VsockConfig,
 };
 pub use kvm::KvmMode;
 pub use status::{GuestState, StatusReport, WorkloadReport};

@@ -7,6 +7,7 @@
 //! | [`EXIT_VMM_ERROR`] (1) | `error` | bad configuration, KVM unusable, device or I/O failure |
 //! | [`EXIT_GUEST_CRASH`] (2) | `crashed` | a reset without init's notice (panic), a triple fault |
 //! | 128+N | `stopped` | the VMM got signal N; the guest was killed |
+//! | [`EXIT_OK`] (0) | `checkpointed` | a snapshot was taken and the VMM ended as asked (`control::Request::Snapshot` without `resume`) |
 //!
 //! A VMM that dies without writing the file was killed from outside.
 
@@ -37,6 +38,9 @@ pub enum GuestState {
     Error,
     /// The VMM was stopped by a signal and killed the guest.
     Stopped,
+    /// The VM was snapshotted and the VMM ended as asked: the guest is
+    /// neither dead nor running, it lives on in its snapshot.
+    Checkpointed,
 }
 
 impl GuestState {
@@ -47,6 +51,7 @@ impl GuestState {
             Self::Crashed => "crashed",
             Self::Error => "error",
             Self::Stopped => "stopped",
+            Self::Checkpointed => "checkpointed",
         }
     }
 }

@@ -56,7 +56,38 @@ pub struct I8042 {
     exit: Arc<ExitSignal>,
 }
 
+/// The controller's registers, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    pub status: u8,
+    pub ctr: u8,
+    pub outp: u8,
+    pub pending: Option<u8>,
+    pub buf: Vec<u8>,
+}
+
 impl I8042 {
+    /// The controller's state.
+    pub fn snapshot(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            status: self.status,
+            ctr: self.ctr,
+            outp: self.outp,
+            pending: self.pending,
+            buf: self.buf.iter().copied().collect(),
+        }
+    }
+
+    /// Put the controller in a snapshot's state (its buffer cut to the
+    /// controller's size).
+    pub fn restore(&mut self, s: &I8042Snapshot) {
+        self.status = s.status;
+        self.ctr = s.ctr;
+        self.outp = s.outp;
+        self.pending = s.pending;
+        self.buf = s.buf.iter().copied().take(BUF_MAX).collect();
+    }
+
     pub fn new(exit: Arc<ExitSignal>) -> Self {
         Self {
             status: SB_SYSTEM_FLAG | SB_KBD_ENABLED,

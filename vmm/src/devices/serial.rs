@@ -160,10 +160,63 @@ pub struct SerialDevice {
     serial: Serial<IrqTrigger, NoEvents, ConsoleWriter>,
 }
 
+/// The UART's registers and input FIFO, for snapshots (vm-superio's
+/// `SerialState` has no serde of its own).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 impl SerialDevice {
     pub fn new(irq: EventFd, out: ConsoleWriter) -> Self {
         Self {
             serial: Serial::new(IrqTrigger(irq), out),
+        }
+    }
+
+    /// A UART in a snapshot's state (an input FIFO longer than the
+    /// UART's is refused).
+    pub fn from_snapshot(irq: EventFd, out: ConsoleWriter, s: &SerialSnapshot) -> Result<Self, String> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let serial = Serial::from_state(&state, IrqTrigger(irq), NoEvents, out)
+            .map_err(|e| format!("the serial port's state is unusable: {e:?}"))?;
+        Ok(Self { serial })
+    }
+
+    /// The UART's state.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.serial.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 

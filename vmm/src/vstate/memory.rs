@@ -55,6 +55,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 
 use vm_memory::mmap::MmapRegionError;
+use vm_memory::GuestMemoryBackend;
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
 };
@@ -98,6 +99,27 @@ pub enum MemoryError {
     },
     #[error("assembling the guest memory regions failed: {0}")]
     Regions(vm_memory::GuestRegionCollectionError),
+    #[error("{what} the guest memory file {path}: {source}")]
+    File {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the guest memory file {path} is {found} bytes; the snapshot's memory is {expected} \
+         (truncated or not this snapshot's)"
+    )]
+    FileSize {
+        path: std::path::PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error("mapping the guest memory file at {addr:#x} ({size} bytes) failed: {source}")]
+    MapFile {
+        addr: u64,
+        size: u64,
+        source: std::io::Error,
+    },
 }
 
 /// What backs guest memory (see the module doc for why each).
@@ -301,6 +323,138 @@ fn memfd(name: &CStr) -> Result<File, MemoryError> {
 
 /// The start of guest RAM, for loaders.
 pub const RAM_START: GuestAddress = GuestAddress(0);
+
+/// The page size of the memory file's holes.
+const DUMP_PAGE: usize = 4096;
+
+/// Write guest memory to a new file at `path`, region after region,
+/// leaving pages of zeros as holes (most of a young guest's RAM: the file
+/// then takes only what the guest wrote). The vCPUs must be paused.
+/// Returns the bytes written.
+pub fn dump(mem: &GuestMemoryMmap, path: &std::path::Path) -> Result<u64, MemoryError> {
+    use std::os::unix::fs::FileExt;
+    let err = |what| {
+        move |source| MemoryError::File {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let f = File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(err("creating"))?;
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        // SAFETY: the region is a live mapping of `len` bytes that `mem`
+        // keeps; the vCPUs are paused and the devices idle (the event
+        // loop is running this), so nothing writes it while it is read.
+        let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr().cast_const(), len) };
+        for (i, page) in bytes.chunks(DUMP_PAGE).enumerate() {
+            if page.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let at = offset + (i * DUMP_PAGE) as u64;
+            f.write_all_at(page, at).map_err(err("writing"))?;
+            written += page.len() as u64;
+        }
+        offset += len as u64;
+    }
+    f.set_len(offset).map_err(err("sizing"))?;
+    f.sync_all().map_err(err("syncing"))?;
+    Ok(written)
+}
+
+/// Guest memory from a snapshot's memory file: each region maps its part
+/// of the file `MAP_PRIVATE`, so a page is read when the guest first
+/// touches it and the guest's writes go to private copies (the file is
+/// never changed and may back any number of restored VMs).
+pub fn restore(size: u64, path: &std::path::Path) -> Result<GuestRam, MemoryError> {
+    let file = File::open(path).map_err(|source| MemoryError::File {
+        what: "opening",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let found = file
+        .metadata()
+        .map_err(|source| MemoryError::File {
+            what: "reading the size of",
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    // A shorter file would fault the guest with SIGBUS past its end.
+    if found != size {
+        return Err(MemoryError::FileSize {
+            path: path.to_path_buf(),
+            expected: size,
+            found,
+        });
+    }
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (addr, len) in layout::memory_regions(size) {
+        let bytes = usize::try_from(len).map_err(|_| MemoryError::MapFile {
+            addr: addr.0,
+            size: len,
+            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+        })?;
+        let file_offset = libc::off_t::try_from(offset).map_err(|_| MemoryError::MapFile {
+            addr: addr.0,
+            size: len,
+            source: std::io::Error::from_raw_os_error(libc::EOVERFLOW),
+        })?;
+        // SAFETY: a new private mapping of `bytes` bytes of an open file
+        // the kernel checks; nothing else is at the address it picks.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                prot,
+                flags,
+                file.as_raw_fd(),
+                file_offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(MemoryError::MapFile {
+                addr: addr.0,
+                size: len,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let ptr = ptr.cast::<u8>();
+        // SAFETY: `ptr` is the mapping of `bytes` bytes just made, with
+        // these protection and flags; it is never unmapped while the
+        // region lives (the VM's lifetime).
+        let region = unsafe { MmapRegion::build_raw(ptr, bytes, prot, flags) };
+        let region = match region {
+            Ok(r) => r,
+            Err(source) => {
+                unmap(ptr, bytes);
+                return Err(MemoryError::Wrap {
+                    addr: addr.0,
+                    size: len,
+                    source,
+                });
+            }
+        };
+        advise(ptr, bytes, libc::MADV_DONTFORK, "MADV_DONTFORK", false)?;
+        regions.push(GuestRegionMmap::new(region, addr).ok_or(MemoryError::Region(addr.0))?);
+        offset += len;
+    }
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)?;
+    Ok(GuestRam {
+        mem,
+        backing: Backing::Private,
+        huge_pages_advised: false,
+    })
+}
 
 #[cfg(test)]
 mod tests {

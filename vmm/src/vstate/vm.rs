@@ -1,6 +1,10 @@
 //! The KVM VM: interrupt controllers, PIT and memory slots.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
+use serde::{Deserialize, Serialize};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
@@ -24,6 +28,34 @@ pub enum VmError {
     },
     #[error("guest memory region {0} has no host mapping")]
     HostAddress(u32),
+    #[error("{what} failed: {source}")]
+    State {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// The VM-wide KVM state of a snapshot: the in-kernel interrupt
+/// controllers, the PIT and the kvm-clock.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+}
+
+impl std::fmt::Debug for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmState")
+            .field("clock", &self.clock.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+fn state_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::State { what, source }
 }
 
 /// A VM with the in-kernel PIC, IOAPIC and PIT.
@@ -67,6 +99,55 @@ impl Vm {
             // owned by `mem`, which the caller keeps alive for the VM's life.
             unsafe { self.fd.set_user_memory_region(r) }
                 .map_err(|source| VmError::MemorySlot { slot, source })?;
+        }
+        Ok(())
+    }
+
+    /// Read the VM-wide state (all vCPUs paused).
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let chip = |id| -> Result<kvm_irqchip, VmError> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut c)
+                .map_err(state_err("KVM_GET_IRQCHIP"))?;
+            Ok(c)
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(state_err("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(state_err("KVM_GET_CLOCK"))?,
+        })
+    }
+
+    /// Write the VM-wide state back (before the vCPUs', as Firecracker
+    /// does). The clock goes on from the value it had: the guest sees no
+    /// time pass while it was a snapshot (its flags are KVM's to set).
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(state_err("KVM_SET_PIT2"))?;
+        let mut clock = state.clock;
+        clock.flags = 0;
+        self.fd
+            .set_clock(&clock)
+            .map_err(state_err("KVM_SET_CLOCK"))?;
+        for (chip, id) in [
+            (&state.pic_master, KVM_IRQCHIP_PIC_MASTER),
+            (&state.pic_slave, KVM_IRQCHIP_PIC_SLAVE),
+            (&state.ioapic, KVM_IRQCHIP_IOAPIC),
+        ] {
+            // The chip id is the snapshot's; a corrupt one must not make
+            // KVM write another chip than the one named.
+            let mut c = *chip;
+            c.chip_id = id;
+            self.fd
+                .set_irqchip(&c)
+                .map_err(state_err("KVM_SET_IRQCHIP"))?;
         }
         Ok(())
     }

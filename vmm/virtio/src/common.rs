@@ -133,6 +133,16 @@ impl VirtioCommon {
     }
 
     /// Whether the device is active.
+    /// `(next_avail, next_used)` of each queue of the active device.
+    pub fn queue_positions(&self) -> Option<Vec<(u16, u16)>> {
+        self.active.as_ref().map(|a| {
+            a.queues
+                .iter()
+                .map(|q| (q.next_avail(), q.next_used()))
+                .collect()
+        })
+    }
+
     pub fn is_activated(&self) -> bool {
         self.active.is_some()
     }

@@ -172,4 +172,17 @@ pub trait VirtioDevice: Send {
     /// The InterruptStatus register, shared between device (sets bits) and
     /// transport (reads it, clears bits on InterruptACK).
     fn interrupt_status(&self) -> Arc<AtomicU32>;
+
+    /// Where each active queue stands, `(next_avail, next_used)`, for a
+    /// snapshot; `None` while the device is not active.
+    fn queue_positions(&self) -> Option<Vec<(u16, u16)>>;
+
+    /// Called with the vCPUs paused, before the device's state is read
+    /// for a snapshot. A device whose state lives outside the VMM and
+    /// cannot be saved refuses (`Err` with the reason); vsock resets its
+    /// connections here, as Firecracker does.
+    fn prepare_snapshot(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
 }

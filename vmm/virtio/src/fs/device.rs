@@ -266,6 +266,18 @@ impl VirtioDevice for Fs {
         self.common.is_activated()
     }
 
+    fn queue_positions(&self) -> Option<Vec<(u16, u16)>> {
+        self.common.queue_positions()
+    }
+
+    fn prepare_snapshot(&mut self) -> Result<(), String> {
+        Err(format!(
+            "virtio-fs share {:?} cannot be snapshotted: its state lives in the virtiofsd \
+             backend (a sandbox with volumes or bind mounts cannot be checkpointed)",
+            self.tag
+        ))
+    }
+
     fn queue_events(&self) -> &[EventFd] {
         self.common.queue_evts()
     }

@@ -201,6 +201,10 @@ impl VirtioDevice for Rng {
         self.common.is_activated()
     }
 
+    fn queue_positions(&self) -> Option<Vec<(u16, u16)>> {
+        self.common.queue_positions()
+    }
+
     fn queue_events(&self) -> &[EventFd] {
         self.common.queue_evts()
     }

@@ -22,6 +22,8 @@ use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::common::LogThrottle;
 use crate::{
     VirtioDevice, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -519,6 +521,193 @@ impl MmioTransport {
         self.driver_features = 0;
         self.driver_features_beyond_64 = false;
         self.queue_select = 0;
+    }
+}
+
+/// One queue as a snapshot keeps it: what the driver configured, and
+/// where the device stands in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+/// The transport's registers and its device's queues and features, for a
+/// snapshot ([`MmioTransport::save`], [`MmioTransport::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioState {
+    pub device_type: u32,
+    pub device_status: u32,
+    pub device_features_select: u32,
+    pub driver_features_select: u32,
+    pub driver_features: u64,
+    pub driver_features_beyond_64: bool,
+    pub queue_select: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueSnapshot>,
+}
+
+/// Why a transport's snapshot state cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the snapshot has a device of type {found} where this VM has type {expected}")]
+    DeviceType { expected: u32, found: u32 },
+    #[error("the snapshot's device of type {kind} has {found} queues; the device has {expected}")]
+    QueueCount {
+        kind: u32,
+        expected: usize,
+        found: usize,
+    },
+    #[error("queue {index} of device type {kind}: {detail}")]
+    Queue {
+        kind: u32,
+        index: usize,
+        detail: String,
+    },
+    #[error("device type {kind}: the driver's features {features:#x} are not all offered ({offered:#x})")]
+    Features {
+        kind: u32,
+        features: u64,
+        offered: u64,
+    },
+    #[error("device type {kind} did not activate: {detail}")]
+    Activate { kind: u32, detail: String },
+}
+
+impl MmioTransport {
+    /// Snapshot the transport and its device's queues (vCPUs paused).
+    pub fn save(&self) -> MmioState {
+        let device = lock(&self.device);
+        let positions = device.queue_positions();
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let (next_avail, next_used) = positions
+                    .as_ref()
+                    .and_then(|p| p.get(i).copied())
+                    .unwrap_or((q.next_avail(), q.next_used()));
+                QueueSnapshot {
+                    size: q.size(),
+                    ready: q.ready(),
+                    desc_table: q.desc_table(),
+                    avail_ring: q.avail_ring(),
+                    used_ring: q.used_ring(),
+                    next_avail,
+                    next_used,
+                }
+            })
+            .collect();
+        MmioState {
+            device_type: device.device_type(),
+            device_status: self.device_status,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            driver_features_beyond_64: self.driver_features_beyond_64,
+            queue_select: self.queue_select,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
+            queues,
+        }
+    }
+
+    /// Put a fresh transport (and its fresh device) in the state `s`,
+    /// activating the device if the driver had. Everything in `s` is
+    /// checked as the register writes that led to it would have been:
+    /// queues must fit guest memory and features must be offered.
+    pub fn restore(&mut self, s: &MmioState) -> Result<(), RestoreError> {
+        let mut device = lock(&self.device);
+        let kind = device.device_type();
+        if s.device_type != kind {
+            return Err(RestoreError::DeviceType {
+                expected: kind,
+                found: s.device_type,
+            });
+        }
+        let max_sizes = device.queue_max_sizes().to_vec();
+        if s.queues.len() != max_sizes.len() {
+            return Err(RestoreError::QueueCount {
+                kind,
+                expected: max_sizes.len(),
+                found: s.queues.len(),
+            });
+        }
+        let offered = device.avail_features();
+        if s.driver_features & !offered != 0 {
+            return Err(RestoreError::Features {
+                kind,
+                features: s.driver_features,
+                offered,
+            });
+        }
+        let queue_err = |index: usize, detail: String| RestoreError::Queue {
+            kind,
+            index,
+            detail,
+        };
+        let mut queues = Vec::with_capacity(max_sizes.len());
+        for (i, (qs, &max)) in s.queues.iter().zip(&max_sizes).enumerate() {
+            let mut q = Queue::new(max).map_err(|e| queue_err(i, e.to_string()))?;
+            if qs.size > max {
+                return Err(queue_err(i, format!("size {} above the maximum {max}", qs.size)));
+            }
+            q.set_size(qs.size);
+            q.set_desc_table_address(Some(qs.desc_table as u32), Some((qs.desc_table >> 32) as u32));
+            q.set_avail_ring_address(Some(qs.avail_ring as u32), Some((qs.avail_ring >> 32) as u32));
+            q.set_used_ring_address(Some(qs.used_ring as u32), Some((qs.used_ring >> 32) as u32));
+            q.set_next_avail(qs.next_avail);
+            q.set_next_used(qs.next_used);
+            q.set_ready(qs.ready);
+            if qs.ready && !q.is_valid(&self.mem) {
+                return Err(queue_err(
+                    i,
+                    format!(
+                        "size {}, desc {:#x}, avail {:#x}, used {:#x} do not fit guest memory",
+                        qs.size, qs.desc_table, qs.avail_ring, qs.used_ring
+                    ),
+                ));
+            }
+            queues.push(q);
+        }
+        if s.device_status & DRIVER_OK != 0 {
+            device.set_acked_features(s.driver_features);
+            let event_idx = s.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+            let mut active = Vec::with_capacity(queues.len());
+            for (i, q) in queues.iter().enumerate() {
+                let mut copy =
+                    Queue::try_from(q.state()).map_err(|e| queue_err(i, e.to_string()))?;
+                copy.set_event_idx(event_idx);
+                active.push(copy);
+            }
+            device
+                .activate(self.mem.clone(), active)
+                .map_err(|e| RestoreError::Activate {
+                    kind,
+                    detail: e.to_string(),
+                })?;
+        } else if s.device_status & FEATURES_OK != 0 {
+            device.set_acked_features(s.driver_features);
+        }
+        drop(device);
+        self.queues = queues;
+        self.device_status = s.device_status;
+        self.device_features_select = s.device_features_select;
+        self.driver_features_select = s.driver_features_select;
+        self.driver_features = s.driver_features;
+        self.driver_features_beyond_64 = s.driver_features_beyond_64;
+        self.queue_select = s.queue_select;
+        self.config_generation = s.config_generation;
+        self.interrupt_status
+            .store(s.interrupt_status, Ordering::SeqCst);
+        Ok(())
     }
 }
 

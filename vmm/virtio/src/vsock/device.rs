@@ -457,6 +457,20 @@ impl VirtioDevice for Vsock {
         self.common.is_activated()
     }
 
+    fn queue_positions(&self) -> Option<Vec<(u16, u16)>> {
+        self.common.queue_positions()
+    }
+
+    fn prepare_snapshot(&mut self) -> Result<(), String> {
+        // The host ends of the connections cannot be saved: both sides
+        // drop them, the guest when it reads the event (at once here, or
+        // in the restored VM). Listening sockets survive.
+        if self.common.is_activated() && !self.transport_reset() {
+            warn!("virtio-vsock: the guest had no event buffer for the transport reset");
+        }
+        Ok(())
+    }
+
     fn queue_events(&self) -> &[EventFd] {
         self.common.queue_evts()
     }
