@@ -6,8 +6,9 @@
 //! Run with `tests/run-e2e.sh netwire` (inside the emulated KVM host on
 //! machines without hardware KVM). One test drives one daemon through
 //! the whole story, because it SIGKILLs and restarts that daemon half-way
-//! (the daemon is this test's child, not a shared one); the build test
-//! has a daemon of its own. Each daemon owns the host's mvm bridges and
+//! (the daemon is this test's child, not a shared one); the build, the
+//! connect, the published-ports and the isolation tests have daemons of
+//! their own. Each daemon owns the host's mvm bridges and
 //! nftables tables, so the tests take turns ([`one_daemon_at_a_time`]).
 //! Only loopback, the addresses of the networks mvmd makes and of a
 //! namespace the test makes ("the outside", behind the default network's
@@ -73,6 +74,27 @@ mod netwire {
     }
 
     const BUSYBOX: &str = "e2e/busybox:net";
+    /// The image's page served on port 8080.
+    const HTTPD: [&str; 6] = ["httpd", "-f", "-p", "8080", "-h", "/www"];
+
+    /// The start of each test here: its turn, a directory of its own, a
+    /// daemon there (with `extra` arguments) and the busybox image. The
+    /// daemon goes first when the three are dropped in reverse order.
+    fn setup(prefix: &str, extra: &[&str]) -> (MutexGuard<'static, ()>, tempfile::TempDir, Daemon) {
+        mvm_e2e::require_hardware_kvm();
+        let turn = one_daemon_at_a_time();
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let d = Daemon::start_with(dir.path(), 1, extra);
+        import_busybox(&d, dir.path());
+        (turn, dir, d)
+    }
+
+    /// The host's address on network `name` (its gateway).
+    fn gateway(d: &Daemon, name: &str) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(d, &["network", "inspect", name])).unwrap();
+        v[0]["gateway"].as_str().unwrap().to_string()
+    }
     /// The published host port of the web sandbox.
     const WEB_PORT: u16 = 18080;
 
@@ -255,6 +277,12 @@ mod netwire {
             .collect()
     }
 
+    /// The lines a guest script printed, once it has succeeded.
+    fn script_lines(d: &Daemon, o: &Out) -> Vec<String> {
+        assert_eq!(o.code, 0, "{o:#?}\nmvmd log:\n{}", d.log());
+        o.stdout.lines().map(String::from).collect()
+    }
+
     /// A field of `mvctl inspect NAME` (`/network_settings/ipv4_address`).
     fn inspect_field(d: &Daemon, name: &str, pointer: &str) -> serde_json::Value {
         let v: serde_json::Value = serde_json::from_str(&ok(d, &["inspect", name])).unwrap();
@@ -290,14 +318,7 @@ mod netwire {
 
     #[test]
     fn sandboxes_on_networks() {
-        mvm_e2e::require_hardware_kvm();
-        let _turn = one_daemon_at_a_time();
-        let dir = tempfile::Builder::new()
-            .prefix("netwire-e2e-")
-            .tempdir()
-            .unwrap();
-        let mut d = Daemon::start(dir.path(), 1);
-        import_busybox(&d, dir.path());
+        let (_turn, dir, mut d) = setup("netwire-e2e-", &[]);
 
         let info = ok(&d, &["info"]);
         assert!(info.contains(" Networking: ok"), "{info}");
@@ -320,9 +341,7 @@ mod netwire {
         assert!(body.contains("hello from netwire"), "{body}");
         // On the bridge's address too (the host's own traffic to a
         // non-loopback address of its own: output DNAT, not the proxy).
-        let bridge: serde_json::Value =
-            serde_json::from_str(&ok(&d, &["network", "inspect", "bridge"])).unwrap();
-        let gateway = bridge[0]["gateway"].as_str().unwrap().to_string();
+        let gateway = gateway(&d, "bridge");
         let body = http_get(&format!("{gateway}:{WEB_PORT}")).unwrap();
         assert!(body.contains("hello from netwire"), "{body}");
         let ports = ok(&d, &["port", "web"]);
@@ -455,14 +474,7 @@ mod netwire {
     /// boots.
     #[test]
     fn published_udp_and_exposed_ports_and_what_is_refused() {
-        mvm_e2e::require_hardware_kvm();
-        let _turn = one_daemon_at_a_time();
-        let dir = tempfile::Builder::new()
-            .prefix("netwire-ports-e2e-")
-            .tempdir()
-            .unwrap();
-        let d = Daemon::start(dir.path(), 1);
-        import_busybox(&d, dir.path());
+        let (_turn, dir, d) = setup("netwire-ports-e2e-", &[]);
         let bridge: serde_json::Value =
             serde_json::from_str(&ok(&d, &["network", "inspect", "bridge"])).unwrap();
         let gateway = bridge[0]["gateway"].as_str().unwrap().to_string();
@@ -511,65 +523,33 @@ mod netwire {
         // the sandbox is left on the host or running.
         let objects_before = host_objects();
         let held = TcpListener::bind("127.0.0.1:18383").unwrap();
-        let o = mvctl(
-            &d,
-            &[
-                "run",
-                "-d",
-                "--name",
-                "clash",
-                "-p",
-                "18383:8080",
-                "e2e/exposed",
-                "httpd",
-                "-f",
-                "-p",
-                "8080",
-                "-h",
-                "/www",
-            ],
-        );
-        assert!(
-            o.code != 0 && o.stderr.contains("18383/tcp is already in use"),
-            "{o:#?}\nmvmd log:\n{}",
-            d.log()
-        );
-        assert_eq!(
-            host_objects(),
-            objects_before,
-            "mvm's host objects after the refused start"
-        );
-        let running = ok(&d, &["ps", "-q"]);
-        assert_eq!(running.trim(), "", "nothing runs: {running}");
+        for (name, rm) in [("clash", false), ("clash2", true)] {
+            let mut args = vec!["run", "-d", "--name", name, "-p", "18383:8080"];
+            if rm {
+                args.push("--rm");
+            }
+            args.push("e2e/exposed");
+            args.extend(HTTPD);
+            let o = mvctl(&d, &args);
+            assert!(
+                o.code != 0 && o.stderr.contains("18383/tcp is already in use"),
+                "{o:#?}\nmvmd log:\n{}",
+                d.log()
+            );
+            assert_eq!(
+                host_objects(),
+                objects_before,
+                "mvm's host objects after the refused start of {name}"
+            );
+            let running = ok(&d, &["ps", "-q"]);
+            assert_eq!(running.trim(), "", "nothing runs: {running}");
+        }
+        // Without --rm the sandbox stays for inspection (as in Docker),
+        // not running and with no ports; with --rm it is gone.
         assert_ne!(inspect_field(&d, "clash", "/state/status"), "running");
         assert_eq!(ok(&d, &["port", "clash"]).trim(), "");
-        // With --rm, the sandbox goes too.
-        let o = mvctl(
-            &d,
-            &[
-                "run",
-                "-d",
-                "--rm",
-                "--name",
-                "clash2",
-                "-p",
-                "18383:8080",
-                "e2e/exposed",
-                "httpd",
-                "-f",
-                "-p",
-                "8080",
-                "-h",
-                "/www",
-            ],
-        );
-        assert!(
-            o.code != 0 && o.stderr.contains("18383/tcp is already in use"),
-            "{o:#?}"
-        );
-        let all = ok(&d, &["ps", "-a"]);
-        assert!(!all.contains("clash2"), "{all}");
-        assert_eq!(host_objects(), objects_before);
+        let gone = mvctl(&d, &["inspect", "clash2"]);
+        assert_ne!(gone.code, 0, "{gone:?}");
         drop(held);
         ok(&d, &["rm", "-f", "clash"]);
 
@@ -649,16 +629,9 @@ mod netwire {
     /// Three sandboxes boot.
     #[test]
     fn networks_are_isolated_from_each_other_the_host_and_the_outside() {
-        mvm_e2e::require_hardware_kvm();
-        let _turn = one_daemon_at_a_time();
-        let dir = tempfile::Builder::new()
-            .prefix("netwire-isolation-e2e-")
-            .tempdir()
-            .unwrap();
         const API: u16 = 23750;
         let api = format!("0.0.0.0:{API}");
-        let d = Daemon::start_with(dir.path(), 1, &["--tcp", &api]);
-        import_busybox(&d, dir.path());
+        let (_turn, _dir, d) = setup("netwire-isolation-e2e-", &["--tcp", &api]);
         let _outside = Outside::start("payload from the outside\n");
         // The outside's veth is a host route: a subnet on it is refused.
         let o = mvctl(
@@ -702,11 +675,7 @@ mod netwire {
                 }
             });
         }
-        let default_gateway = {
-            let b: serde_json::Value =
-                serde_json::from_str(&ok(&d, &["network", "inspect", "bridge"])).unwrap();
-            b[0]["gateway"].as_str().unwrap().to_string()
-        };
+        let default_gateway = gateway(&d, "bridge");
         for to in ["10.99.22.1:7778", "10.99.22.1:7777", "10.99.21.1:7777"] {
             assert!(http_get(to).unwrap().contains("host service"), "{to}");
         }
@@ -721,24 +690,9 @@ mod netwire {
         }
 
         for (name, net) in [("in1", "innet"), ("user1", "usernet")] {
-            ok(
-                &d,
-                &[
-                    "run",
-                    "-d",
-                    "--name",
-                    name,
-                    "--network",
-                    net,
-                    BUSYBOX,
-                    "httpd",
-                    "-f",
-                    "-p",
-                    "8080",
-                    "-h",
-                    "/www",
-                ],
-            );
+            let mut args = vec!["run", "-d", "--name", name, "--network", net, BUSYBOX];
+            args.extend(HTTPD);
+            ok(&d, &args);
         }
         let ip = |name| {
             let a = inspect_field(&d, name, "/network_settings/ipv4_address");
@@ -777,10 +731,8 @@ echo \"api: $(try 10.99.21.1 {API} | has HTTP)\""
                 &script,
             ],
         );
-        assert_eq!(o.code, 0, "{o:#?}\nmvmd log:\n{}", d.log());
-        let lines: Vec<&str> = o.stdout.lines().collect();
         assert_eq!(
-            lines,
+            script_lines(&d, &o),
             [
                 "member: 1",
                 "default-route: 0",
@@ -812,10 +764,8 @@ echo \"api-host: $(try 198.18.7.1 {API} | has HTTP)\"
 echo \"api-default-gateway: $(try {default_gateway} {API} | has HTTP)\""
         );
         let o = mvctl(&d, &["exec", "user1", "sh", "-c", &script]);
-        assert_eq!(o.code, 0, "{o:#?}\nmvmd log:\n{}", d.log());
-        let lines: Vec<&str> = o.stdout.lines().collect();
         assert_eq!(
-            lines,
+            script_lines(&d, &o),
             [
                 "outside: 1",
                 "self: 1",
@@ -912,14 +862,7 @@ echo \"api-default-gateway: $(try {default_gateway} {API} | has HTTP)\""
     /// step then fails saying why.
     #[test]
     fn build_steps_reach_the_outside_through_nat() {
-        mvm_e2e::require_hardware_kvm();
-        let _turn = one_daemon_at_a_time();
-        let dir = tempfile::Builder::new()
-            .prefix("netwire-build-e2e-")
-            .tempdir()
-            .unwrap();
-        let d = Daemon::start(dir.path(), 1);
-        import_busybox(&d, dir.path());
+        let (_turn, dir, d) = setup("netwire-build-e2e-", &[]);
         let outside = Outside::start("payload from the outside\n");
         let links_before = host_objects().1;
 
@@ -996,14 +939,7 @@ echo \"api-default-gateway: $(try {default_gateway} {API} | has HTTP)\""
     /// takes the NIC away again at the next start.
     #[test]
     fn connect_and_disconnect_a_stopped_sandbox() {
-        mvm_e2e::require_hardware_kvm();
-        let _turn = one_daemon_at_a_time();
-        let dir = tempfile::Builder::new()
-            .prefix("netwire-connect-e2e-")
-            .tempdir()
-            .unwrap();
-        let d = Daemon::start(dir.path(), 1);
-        import_busybox(&d, dir.path());
+        let (_turn, dir, d) = setup("netwire-connect-e2e-", &[]);
         ok(
             &d,
             &["network", "create", "--subnet", "10.99.8.0/24", "frontnet"],
