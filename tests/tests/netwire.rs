@@ -625,8 +625,10 @@ mod netwire {
     /// each other by address; a guest reaches neither mvmd's TCP API
     /// nor an unpublished host service on its gateway (or the host's
     /// other address), while a guest of a normal network does reach the
-    /// outside (so the refusals are the rules', not a broken path).
-    /// Three sandboxes boot.
+    /// outside (so the refusals are the rules', not a broken path), and
+    /// no longer does once it sends with another address or MAC than its
+    /// own (anti-spoofing), until it has its own back. Three sandboxes
+    /// boot.
     #[test]
     fn networks_are_isolated_from_each_other_the_host_and_the_outside() {
         const API: u16 = 23750;
@@ -761,7 +763,16 @@ echo \"any-address-service: $(try 10.99.22.1 7777 | has 'host service')\"
 echo \"other-gateway-service: $(try 10.99.21.1 7777 | has 'host service')\"
 echo \"api-gateway: $(try 10.99.22.1 {API} | has HTTP)\"
 echo \"api-host: $(try 198.18.7.1 {API} | has HTTP)\"
-echo \"api-default-gateway: $(try {default_gateway} {API} | has HTTP)\""
+echo \"api-default-gateway: $(try {default_gateway} {API} | has HTTP)\"
+mac=$(cat /sys/class/net/eth0/address)
+again() {{ ip addr flush dev eth0 && ip addr add $1/24 dev eth0 && ip route add default via 10.99.22.1 && ip neigh flush dev eth0; }}
+again 10.99.22.200
+echo \"forged-ip: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
+again {user1}
+ip link set eth0 address 02:42:0a:63:16:c8 && ip neigh flush dev eth0
+echo \"forged-mac: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
+ip link set eth0 address $mac && ip neigh flush dev eth0
+echo \"own-again: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\""
         );
         let o = mvctl(&d, &["exec", "user1", "sh", "-c", &script]);
         assert_eq!(
@@ -776,7 +787,10 @@ echo \"api-default-gateway: $(try {default_gateway} {API} | has HTTP)\""
                 "other-gateway-service: 0",
                 "api-gateway: 0",
                 "api-host: 0",
-                "api-default-gateway: 0"
+                "api-default-gateway: 0",
+                "forged-ip: 0",
+                "forged-mac: 0",
+                "own-again: 1"
             ],
             "{o:#?}"
         );
