@@ -765,13 +765,13 @@ echo \"api-gateway: $(try 10.99.22.1 {API} | has HTTP)\"
 echo \"api-host: $(try 198.18.7.1 {API} | has HTTP)\"
 echo \"api-default-gateway: $(try {default_gateway} {API} | has HTTP)\"
 mac=$(cat /sys/class/net/eth0/address)
-again() {{ ip addr flush dev eth0 && ip addr add $1/24 dev eth0 && ip route add default via 10.99.22.1 && ip neigh flush dev eth0; }}
+again() {{ ip addr flush dev eth0 && ip addr add $1/24 dev eth0 && ip route add default via 10.99.22.1 && ip neigh flush dev eth0 >/dev/null; }}
 again 10.99.22.200
 echo \"forged-ip: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
 again {user1}
-ip link set eth0 address 02:42:0a:63:16:c8 && ip neigh flush dev eth0
+ip link set eth0 address 02:42:0a:63:16:c8 && ip neigh flush dev eth0 >/dev/null
 echo \"forged-mac: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
-ip link set eth0 address $mac && ip neigh flush dev eth0
+ip link set eth0 address $mac && ip neigh flush dev eth0 >/dev/null
 echo \"own-again: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\""
         );
         let o = mvctl(&d, &["exec", "user1", "sh", "-c", &script]);
