@@ -216,7 +216,9 @@ impl HostNet {
                         .cloned()
                         .collect();
                     for q in old {
-                        a.proxies.remove(&q);
+                        if let Some(px) = a.proxies.remove(&q) {
+                            px.stop().await;
+                        }
                     }
                     proxy::bind_spec(p)?
                 }
@@ -234,8 +236,20 @@ impl HostNet {
         crate::nft::apply(state)?;
 
         // 4. Proxies.
+        // Unpublished ports are free when this returns (a stopped
+        // sandbox's port can be taken at once, by anyone).
         let wanted: HashSet<&PortSpec> = state.ports.iter().collect();
-        a.proxies.retain(|p, _| wanted.contains(p));
+        let gone: Vec<PortSpec> = a
+            .proxies
+            .keys()
+            .filter(|p| !wanted.contains(p))
+            .cloned()
+            .collect();
+        for p in gone {
+            if let Some(px) = a.proxies.remove(&p) {
+                px.stop().await;
+            }
+        }
         for (p, bound) in fresh {
             let Some(e) = state.endpoint(&p.endpoint) else {
                 continue;

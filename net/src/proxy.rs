@@ -15,13 +15,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::spec::{PortSpec, Protocol};
 
@@ -201,7 +201,18 @@ pub fn holder(protocol: Protocol, port: u16) -> Option<String> {
     None
 }
 
-/// A running relay; dropping it stops it and closes its sockets.
+/// A running relay. [`Proxy::stop`] ends it and returns once its sockets
+/// are closed; dropping it only starts that (the tasks end a moment
+/// later, on the runtime's threads).
+///
+/// Everything a relay starts (a TCP connection's copy, a UDP flow's
+/// reply path) is a task of the relay's own [`JoinSet`], so it ends with
+/// the relay, and holds the relay's listening socket at most weakly, so
+/// the port is closed when the relay's task ends. (A flow's reply task
+/// was once a task of its own holding that socket: the host port stayed
+/// bound for up to [`UDP_IDLE`] after it was unpublished, and a stopped
+/// sandbox's UDP port could not be published again meanwhile; proxied
+/// TCP connections to a stopped guest lived until TCP gave up.)
 #[derive(Debug)]
 pub struct Proxy {
     tasks: Vec<JoinHandle<()>>,
@@ -231,10 +242,28 @@ impl Proxy {
         let _ = bound.protocol;
         Ok(Self { tasks })
     }
+
+    /// Ends the relay and everything it started; when this returns, its
+    /// sockets are closed and the host port is free (so the same port
+    /// can be bound again at once, by a new publication or anyone).
+    pub async fn stop(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            // Cancelled (or, had it ended, finished): either way its
+            // future, and with it its sockets, is gone.
+            let _ = t.await;
+        }
+    }
 }
 
 async fn tcp_relay(l: TcpListener, target: SocketAddrV4) {
+    let mut conns = JoinSet::new();
     loop {
+        // Reap finished connections (their results are nothing).
+        while conns.try_join_next().is_some() {}
         let (mut client, peer) = match l.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -244,7 +273,7 @@ async fn tcp_relay(l: TcpListener, target: SocketAddrV4) {
                 continue;
             }
         };
-        tokio::spawn(async move {
+        conns.spawn(async move {
             match TcpStream::connect(target).await {
                 Ok(mut guest) => {
                     let _ = client.set_nodelay(true);
@@ -261,11 +290,13 @@ async fn tcp_relay(l: TcpListener, target: SocketAddrV4) {
 
 async fn udp_relay(outer: Arc<UdpSocket>, target: SocketAddrV4) {
     let flows: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    let mut backs = JoinSet::new();
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((n, client)) = outer.recv_from(&mut buf).await else {
             continue;
         };
+        while backs.try_join_next().is_some() {}
         let flow = {
             let mut f = flows.lock().await;
             match f.get(&client) {
@@ -280,7 +311,12 @@ async fn udp_relay(outer: Arc<UdpSocket>, target: SocketAddrV4) {
                     }
                     let s = Arc::new(s);
                     f.insert(client, s.clone());
-                    tokio::spawn(udp_back(outer.clone(), s.clone(), client, flows.clone()));
+                    backs.spawn(udp_back(
+                        Arc::downgrade(&outer),
+                        s.clone(),
+                        client,
+                        flows.clone(),
+                    ));
                     s
                 }
             }
@@ -289,15 +325,19 @@ async fn udp_relay(outer: Arc<UdpSocket>, target: SocketAddrV4) {
     }
 }
 
-/// Relays a flow's replies back to its client until it idles out.
+/// Relays a flow's replies back to its client until it idles out or the
+/// relay ends. It holds the relay's socket weakly: the relay's own task
+/// holds the only strong reference, so the host port is closed the moment
+/// that task ends, not when this one (aborted with it) next runs.
 async fn udp_back(
-    outer: Arc<UdpSocket>,
+    outer: Weak<UdpSocket>,
     flow: Arc<UdpSocket>,
     client: SocketAddr,
     flows: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>>,
 ) {
     let mut buf = vec![0u8; 65536];
     while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, flow.recv(&mut buf)).await {
+        let Some(outer) = outer.upgrade() else { return };
         let _ = outer.send_to(&buf[..n], client).await;
     }
     flows.lock().await.remove(&client);
@@ -326,5 +366,61 @@ mod tests {
         assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
         let b = bind(Protocol::Udp, None, 0).unwrap();
         assert_ne!(b.port(), 0);
+    }
+
+    /// A relay with a live UDP flow and an open TCP connection: once
+    /// `stop` returns, both host ports bind again (a flow's reply task
+    /// held the UDP socket for `UDP_IDLE` before), and the proxied
+    /// connection is closed (it lived on until TCP gave up before).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_frees_the_ports_and_ends_flows_and_connections() {
+        use tokio::io::AsyncReadExt;
+        let v4 = |a: SocketAddr| match a {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(a) => panic!("{a}"),
+        };
+        // The "guest": a UDP echo server, and a TCP server that accepts
+        // and never answers.
+        let guest_udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let guest_tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gu = v4(guest_udp.local_addr().unwrap());
+        let gt = v4(guest_tcp.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = guest_udp.recv_from(&mut buf).await {
+                let _ = guest_udp.send_to(&buf[..n], from).await;
+            }
+        });
+        let accepted = tokio::spawn(async move { guest_tcp.accept().await.map(|(s, _)| s) });
+        let lo = Some(IpAddr::from(Ipv4Addr::LOCALHOST));
+        let bound = bind(Protocol::Udp, lo, 0).unwrap();
+        let udp_port = bound.port();
+        let udp = Proxy::start(bound, gu).unwrap();
+        let bound = bind(Protocol::Tcp, lo, 0).unwrap();
+        let tcp_port = bound.port();
+        let tcp = Proxy::start(bound, gt).unwrap();
+
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(("127.0.0.1", udp_port)).await.unwrap();
+        client.send(b"ping").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+            .await
+            .expect("an answer through the relay")
+            .unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        let mut conn = TcpStream::connect(("127.0.0.1", tcp_port)).await.unwrap();
+        let _guest_end = accepted.await.unwrap().unwrap();
+
+        udp.stop().await;
+        tcp.stop().await;
+        std::net::UdpSocket::bind(("127.0.0.1", udp_port))
+            .expect("the UDP port is free once stop returns");
+        std::net::TcpListener::bind(("127.0.0.1", tcp_port))
+            .expect("the TCP port is free once stop returns");
+        let r = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("the proxied connection ends with its relay");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     }
 }

@@ -6,8 +6,9 @@
 //! Run with `tests/run-e2e.sh netwire` (inside the emulated KVM host on
 //! machines without hardware KVM). One test drives one daemon through
 //! the whole story, because it SIGKILLs and restarts that daemon half-way
-//! (the daemon is this test's child, not a shared one); the build test
-//! has a daemon of its own. Each daemon owns the host's mvm bridges and
+//! (the daemon is this test's child, not a shared one); the build, the
+//! connect, the published-ports and the isolation tests have daemons of
+//! their own. Each daemon owns the host's mvm bridges and
 //! nftables tables, so the tests take turns ([`one_daemon_at_a_time`]).
 //! Only loopback, the addresses of the networks mvmd makes and of a
 //! namespace the test makes ("the outside", behind the default network's
@@ -16,7 +17,7 @@
 mod netwire {
     use std::fs;
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
     use std::os::unix::process::CommandExt;
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
@@ -40,6 +41,7 @@ mod netwire {
         mvm_e2e::rootfs::busybox_tree(&tree).expect("busybox tree");
         fs::create_dir_all(tree.join("www")).unwrap();
         fs::write(tree.join("www/index.html"), "hello from netwire\n").unwrap();
+        fs::copy(udp_echo_tool(), tree.join("bin/mvm-udp-echo")).unwrap();
         let tar = dir.join("rootfs.tar");
         sh(&format!(
             "tar --numeric-owner --owner=0 --group=0 -C '{}' -cf '{}' .",
@@ -49,7 +51,50 @@ mod netwire {
         ok(d, &["import", tar.to_str().unwrap(), BUSYBOX]);
     }
 
+    /// The guest tools' UDP echo server (busybox has no UDP server):
+    /// `MVM_GUEST_TOOLS` (a directory), else next to the static init that
+    /// `make init` built.
+    fn udp_echo_tool() -> PathBuf {
+        let dir = std::env::var_os("MVM_GUEST_TOOLS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                mvm_e2e::Artifacts::get()
+                    .init
+                    .parent()
+                    .unwrap()
+                    .to_path_buf()
+            });
+        let p = dir.join("mvm-udp-echo");
+        assert!(
+            p.exists(),
+            "{} is missing: `make init` builds it (crate mvm-guest-tools)",
+            p.display()
+        );
+        p
+    }
+
     const BUSYBOX: &str = "e2e/busybox:net";
+    /// The image's page served on port 8080.
+    const HTTPD: [&str; 6] = ["httpd", "-f", "-p", "8080", "-h", "/www"];
+
+    /// The start of each test here: its turn, a directory of its own, a
+    /// daemon there (with `extra` arguments) and the busybox image. The
+    /// daemon goes first when the three are dropped in reverse order.
+    fn setup(prefix: &str, extra: &[&str]) -> (MutexGuard<'static, ()>, tempfile::TempDir, Daemon) {
+        mvm_e2e::require_hardware_kvm();
+        let turn = one_daemon_at_a_time();
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let d = Daemon::start_with(dir.path(), 1, extra);
+        import_busybox(&d, dir.path());
+        (turn, dir, d)
+    }
+
+    /// The host's address on network `name` (its gateway).
+    fn gateway(d: &Daemon, name: &str) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(d, &["network", "inspect", name])).unwrap();
+        v[0]["gateway"].as_str().unwrap().to_string()
+    }
     /// The published host port of the web sandbox.
     const WEB_PORT: u16 = 18080;
 
@@ -63,6 +108,11 @@ mod netwire {
 
     impl Daemon {
         fn start(dir: &Path, n: u32) -> Daemon {
+            Self::start_with(dir, n, &[])
+        }
+
+        /// [`Daemon::start`] with more arguments for mvmd.
+        fn start_with(dir: &Path, n: u32, extra: &[&str]) -> Daemon {
             let root = dir.join("root");
             let run = dir.join("run");
             let log = dir.join(format!("mvmd-{n}.log"));
@@ -71,6 +121,7 @@ mod netwire {
                 .arg(&root)
                 .arg("--run-dir")
                 .arg(&run)
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(fs::File::create(&log).unwrap())
                 .stderr(fs::File::create(&log).unwrap());
@@ -160,9 +211,9 @@ mod netwire {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `GET /` on 127.0.0.1:`port`: the body, or why not.
-    fn http_get(port: u16) -> Result<String, String> {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    /// `GET /` on `addr`: the answer, or why not.
+    fn http_get(addr: &str) -> Result<String, String> {
+        let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
@@ -179,20 +230,63 @@ mod netwire {
     /// Wait for the guest's server to answer through the published port
     /// (the guest boots and starts httpd meanwhile).
     fn wait_http(d: &Daemon, port: u16) -> String {
+        wait_http_at(d, &format!("127.0.0.1:{port}"))
+    }
+
+    /// [`wait_http`] on another address than 127.0.0.1.
+    fn wait_http_at(d: &Daemon, addr: &str) -> String {
         let t = Instant::now();
         loop {
-            match http_get(port) {
+            match http_get(addr) {
                 Ok(body) => return body,
                 Err(e) => {
                     assert!(
                         t.elapsed() < Duration::from_secs(120),
-                        "http://127.0.0.1:{port}/ did not answer within 120 s: {e}\nmvmd log:\n{}",
+                        "http://{addr}/ did not answer within 120 s: {e}\nmvmd log:\n{}",
                         d.log()
                     );
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }
+    }
+
+    /// One datagram to `addr` and the answer from there (10 s), or why
+    /// not.
+    fn udp_ask(addr: &str, msg: &str) -> Result<String, String> {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.connect(addr).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.send(msg.as_bytes()).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 2048];
+        let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// `mvctl port NAME` as container port (`8080/tcp`) to host port.
+    fn published(d: &Daemon, name: &str) -> std::collections::BTreeMap<String, u16> {
+        ok(d, &["port", name])
+            .lines()
+            .map(|l| {
+                let (guest, host) = l
+                    .split_once(" -> 0.0.0.0:")
+                    .unwrap_or_else(|| panic!("a line of mvctl port: {l:?}"));
+                (guest.to_string(), host.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// The lines a guest script printed, once it has succeeded.
+    fn script_lines(d: &Daemon, o: &Out) -> Vec<String> {
+        assert_eq!(o.code, 0, "{o:#?}\nmvmd log:\n{}", d.log());
+        o.stdout.lines().map(String::from).collect()
+    }
+
+    /// A field of `mvctl inspect NAME` (`/network_settings/ipv4_address`).
+    fn inspect_field(d: &Daemon, name: &str, pointer: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&ok(d, &["inspect", name])).unwrap();
+        v[0].pointer(pointer).cloned().unwrap_or_default()
     }
 
     /// What mvm owns on the host: its nftables objects (rules, chains,
@@ -224,14 +318,7 @@ mod netwire {
 
     #[test]
     fn sandboxes_on_networks() {
-        mvm_e2e::require_hardware_kvm();
-        let _turn = one_daemon_at_a_time();
-        let dir = tempfile::Builder::new()
-            .prefix("netwire-e2e-")
-            .tempdir()
-            .unwrap();
-        let mut d = Daemon::start(dir.path(), 1);
-        import_busybox(&d, dir.path());
+        let (_turn, dir, mut d) = setup("netwire-e2e-", &[]);
 
         let info = ok(&d, &["info"]);
         assert!(info.contains(" Networking: ok"), "{info}");
@@ -251,6 +338,11 @@ mod netwire {
             ],
         );
         let body = wait_http(&d, WEB_PORT);
+        assert!(body.contains("hello from netwire"), "{body}");
+        // On the bridge's address too (the host's own traffic to a
+        // non-loopback address of its own: output DNAT, not the proxy).
+        let gateway = gateway(&d, "bridge");
+        let body = http_get(&format!("{gateway}:{WEB_PORT}")).unwrap();
         assert!(body.contains("hello from netwire"), "{body}");
         let ports = ok(&d, &["port", "web"]);
         assert_eq!(ports.trim(), format!("8080/tcp -> 0.0.0.0:{WEB_PORT}"));
@@ -373,6 +465,339 @@ mod netwire {
         assert!(bad.stderr.contains("no such network: nosuchnet"), "{bad:?}");
     }
 
+    /// Published ports beyond one TCP port: `-p H:C/udp` answers on
+    /// 127.0.0.1 (the proxy) and on the bridge's address (DNAT); `-P`
+    /// publishes the image's EXPOSEd ports (TCP and UDP) on free host
+    /// ports that `mvctl port` and `ps` show; a host port already in use
+    /// fails the start, naming the port, with nothing left behind;
+    /// overlapping subnets are refused at `network create`. One sandbox
+    /// boots.
+    #[test]
+    fn published_udp_and_exposed_ports_and_what_is_refused() {
+        let (_turn, dir, d) = setup("netwire-ports-e2e-", &[]);
+        let bridge: serde_json::Value =
+            serde_json::from_str(&ok(&d, &["network", "inspect", "bridge"])).unwrap();
+        let gateway = bridge[0]["gateway"].as_str().unwrap().to_string();
+        let default_subnet = bridge[0]["subnet"].as_str().unwrap().to_string();
+
+        // Overlapping subnets: refused, naming what they overlap.
+        ok(
+            &d,
+            &["network", "create", "--subnet", "10.99.20.0/24", "ovl1"],
+        );
+        for (subnet, what) in [
+            ("10.99.20.128/25", "network \"ovl1\" (10.99.20.0/24)"),
+            ("10.99.0.0/16", "network \"ovl1\" (10.99.20.0/24)"),
+            (
+                default_subnet.as_str(),
+                &*format!("network \"bridge\" ({default_subnet})"),
+            ),
+        ] {
+            let o = mvctl(&d, &["network", "create", "--subnet", subnet, "ovl2"]);
+            assert!(
+                o.code != 0
+                    && o.stderr
+                        .contains(&format!("subnet {subnet} overlaps {what}")),
+                "{subnet}: {o:#?}"
+            );
+        }
+        let nets = ok(&d, &["network", "ls"]);
+        assert!(!nets.contains("ovl2"), "{nets}");
+        ok(&d, &["network", "rm", "ovl1"]);
+
+        // An image that EXPOSEs a TCP and a UDP port (a build of
+        // metadata only: no step boots).
+        let ctx = dir.path().join("ctx");
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {BUSYBOX}\nEXPOSE 8080 7070/udp\n"),
+        )
+        .unwrap();
+        ok(
+            &d,
+            &["build", "-q", "-t", "e2e/exposed", ctx.to_str().unwrap()],
+        );
+
+        // A host port in use: the start fails naming it, and nothing of
+        // the sandbox is left on the host or running.
+        let objects_before = host_objects();
+        let held = TcpListener::bind("127.0.0.1:18383").unwrap();
+        for (name, rm) in [("clash", false), ("clash2", true)] {
+            let mut args = vec!["run", "-d", "--name", name, "-p", "18383:8080"];
+            if rm {
+                args.push("--rm");
+            }
+            args.push("e2e/exposed");
+            args.extend(HTTPD);
+            let o = mvctl(&d, &args);
+            assert!(
+                o.code != 0 && o.stderr.contains("18383/tcp is already in use"),
+                "{o:#?}\nmvmd log:\n{}",
+                d.log()
+            );
+            assert_eq!(
+                host_objects(),
+                objects_before,
+                "mvm's host objects after the refused start of {name}"
+            );
+            let running = ok(&d, &["ps", "-q"]);
+            assert_eq!(running.trim(), "", "nothing runs: {running}");
+        }
+        // Without --rm the sandbox stays for inspection (as in Docker),
+        // not running and with no ports; with --rm it is gone.
+        assert_ne!(inspect_field(&d, "clash", "/state/status"), "running");
+        assert_eq!(ok(&d, &["port", "clash"]).trim(), "");
+        let gone = mvctl(&d, &["inspect", "clash2"]);
+        assert_ne!(gone.code, 0, "{gone:?}");
+        drop(held);
+        ok(&d, &["rm", "-f", "clash"]);
+
+        // -p H:C/udp and -P: the UDP echo server answers on two ports,
+        // httpd on the EXPOSEd TCP one (started once both UDP ports are
+        // bound, so an HTTP answer means UDP is being served).
+        ok(
+            &d,
+            &[
+                "run", "-d", "--name", "udp", "-P", "-p", "18181:5353/udp", "e2e/exposed",
+                "sh", "-c",
+                "mvm-udp-echo 5353 7070 > /tmp/udp & until grep -q 'udp-listening 7070' /tmp/udp 2>/dev/null; do sleep 0.1; done; exec httpd -f -p 8080 -h /www",
+            ],
+        );
+        let ports = published(&d, "udp");
+        assert_eq!(
+            ports.keys().collect::<Vec<_>>(),
+            ["5353/udp", "7070/udp", "8080/tcp"],
+            "{ports:?}"
+        );
+        assert_eq!(ports["5353/udp"], 18181);
+        let (tcp, udp) = (ports["8080/tcp"], ports["7070/udp"]);
+        assert!(
+            tcp != 0 && udp != 0 && tcp != 18181 && udp != 18181,
+            "{ports:?}"
+        );
+        let ps = ok(&d, &["ps"]);
+        for p in [
+            "0.0.0.0:18181->5353/udp".to_string(),
+            format!("0.0.0.0:{tcp}->8080/tcp"),
+            format!("0.0.0.0:{udp}->7070/udp"),
+        ] {
+            assert!(ps.contains(&p), "{p} in {ps}");
+        }
+        assert_eq!(
+            ok(&d, &["port", "udp", "7070/udp"]).trim(),
+            format!("0.0.0.0:{udp}")
+        );
+        let body = wait_http(&d, tcp);
+        assert!(body.contains("hello from netwire"), "{body}");
+        let body = http_get(&format!("{gateway}:{tcp}")).unwrap();
+        assert!(body.contains("hello from netwire"), "{body}");
+        // Each answer names the source the guest saw (the host's address
+        // on the bridge, by proxy and by DNAT) and the port that answered.
+        for (addr, port) in [
+            (format!("127.0.0.1:{}", 18181), 5353),
+            (format!("{gateway}:18181"), 5353),
+            (format!("127.0.0.1:{udp}"), 7070),
+            (format!("{gateway}:{udp}"), 7070),
+        ] {
+            let answer = udp_ask(&addr, "over udp")
+                .unwrap_or_else(|e| panic!("udp {addr}: {e}\nmvmd log:\n{}", d.log()));
+            assert_eq!(answer, format!("{gateway} {port} over udp"), "{addr}");
+        }
+
+        // Stopped: the UDP ports are free again.
+        ok(&d, &["stop", "-t", "1", "udp"]);
+        for p in [18181, udp] {
+            UdpSocket::bind(("0.0.0.0", p))
+                .unwrap_or_else(|e| panic!("udp port {p} still taken after stop: {e}"));
+        }
+        ok(&d, &["rm", "-f", "udp"]);
+        assert_eq!(
+            host_objects(),
+            objects_before,
+            "mvm's host objects at the end"
+        );
+    }
+
+    /// Isolation through the product: members of an `--internal`
+    /// network reach each other but nothing outside, even with a route
+    /// they add themselves; sandboxes on different networks cannot reach
+    /// each other by address; a guest reaches neither mvmd's TCP API
+    /// nor an unpublished host service on its gateway (or the host's
+    /// other address), while a guest of a normal network does reach the
+    /// outside (so the refusals are the rules', not a broken path), and
+    /// no longer does once it sends with another address or MAC than its
+    /// own (anti-spoofing), until it has its own back. Three sandboxes
+    /// boot.
+    #[test]
+    fn networks_are_isolated_from_each_other_the_host_and_the_outside() {
+        const API: u16 = 23750;
+        let api = format!("0.0.0.0:{API}");
+        let (_turn, _dir, d) = setup("netwire-isolation-e2e-", &["--tcp", &api]);
+        let _outside = Outside::start("payload from the outside\n");
+        // The outside's veth is a host route: a subnet on it is refused.
+        let o = mvctl(
+            &d,
+            &["network", "create", "--subnet", "198.18.7.0/24", "onroute"],
+        );
+        assert!(
+            o.code != 0
+                && o.stderr
+                    .contains(&format!("the host route via {OUTSIDE_VETH}")),
+            "{o:#?}"
+        );
+        ok(
+            &d,
+            &[
+                "network",
+                "create",
+                "--internal",
+                "--subnet",
+                "10.99.21.0/24",
+                "innet",
+            ],
+        );
+        ok(
+            &d,
+            &["network", "create", "--subnet", "10.99.22.0/24", "usernet"],
+        );
+        // Unpublished host services: one on usernet's gateway address,
+        // one on every address; the host itself reaches them and mvmd's
+        // TCP API on the gateways and its other address.
+        for addr in ["10.99.22.1:7778", "0.0.0.0:7777"] {
+            let service = TcpListener::bind(addr).unwrap();
+            std::thread::spawn(move || {
+                for c in service.incoming() {
+                    let Ok(mut c) = c else { return };
+                    // The request first: closing with it unread would
+                    // reset the connection before the client reads.
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = c.read(&mut [0u8; 4096]);
+                    let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhost service\n");
+                }
+            });
+        }
+        let default_gateway = gateway(&d, "bridge");
+        for to in ["10.99.22.1:7778", "10.99.22.1:7777", "10.99.21.1:7777"] {
+            assert!(http_get(to).unwrap().contains("host service"), "{to}");
+        }
+        for host in [
+            "10.99.21.1",
+            "10.99.22.1",
+            "198.18.7.1",
+            default_gateway.as_str(),
+        ] {
+            let answer = http_get(&format!("{host}:{API}"));
+            assert!(answer.is_ok(), "mvmd's API on {host}: {answer:?}");
+        }
+
+        for (name, net) in [("in1", "innet"), ("user1", "usernet")] {
+            let mut args = vec!["run", "-d", "--name", name, "--network", net, BUSYBOX];
+            args.extend(HTTPD);
+            ok(&d, &args);
+        }
+        let ip = |name| {
+            let a = inspect_field(&d, name, "/network_settings/ipv4_address");
+            a.as_str().unwrap().split('/').next().unwrap().to_string()
+        };
+        let (in1, user1) = (ip("in1"), ip("user1"));
+        assert!(in1.starts_with("10.99.21.") && user1.starts_with("10.99.22."));
+
+        // `try HOST PORT`: an HTTP GET, its answer on stdout (nothing if
+        // it got nowhere within 5 s); `has TEXT`: 1 if stdin has it, else 0.
+        let helpers = "try() { printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $1 $2 2>/dev/null; }
+has() { grep -q \"$1\" && echo 1 || echo 0; }";
+        // A second member of the internal network.
+        let script = format!(
+            "{helpers}
+for i in $(seq 1 40); do try in1 8080 | grep -q hello && break; sleep 0.3; done
+echo \"member: $(try in1 8080 | has hello)\"
+echo \"default-route: $(ip route | has default)\"
+echo \"outside: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
+ip route add default via 10.99.21.1 && echo route-added
+echo \"outside-routed: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
+echo \"other-net: $(try {user1} 8080 | has hello)\"
+echo \"gateway-service: $(try 10.99.21.1 7777 | has 'host service')\"
+echo \"api: $(try 10.99.21.1 {API} | has HTTP)\""
+        );
+        let o = mvctl(
+            &d,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "innet",
+                BUSYBOX,
+                "sh",
+                "-c",
+                &script,
+            ],
+        );
+        assert_eq!(
+            script_lines(&d, &o),
+            [
+                "member: 1",
+                "default-route: 0",
+                "outside: 0",
+                "route-added",
+                "outside-routed: 0",
+                "other-net: 0",
+                "gateway-service: 0",
+                "api: 0"
+            ],
+            "{o:#?}"
+        );
+
+        // The normal network's guest: the outside yes (NAT), its own
+        // server and its network's DNS on the gateway yes; the other
+        // network, the host's services and mvmd's API on any host
+        // address no.
+        let script = format!(
+            "{helpers}
+echo \"outside: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
+echo \"self: $(try {user1} 8080 | has hello)\"
+echo \"resolver: $(nslookup user1 | has 'Address:.*{user1}$')\"
+echo \"other-net: $(try {in1} 8080 | has hello)\"
+echo \"gateway-service: $(try 10.99.22.1 7778 | has 'host service')\"
+echo \"any-address-service: $(try 10.99.22.1 7777 | has 'host service')\"
+echo \"other-gateway-service: $(try 10.99.21.1 7777 | has 'host service')\"
+echo \"api-gateway: $(try 10.99.22.1 {API} | has HTTP)\"
+echo \"api-host: $(try 198.18.7.1 {API} | has HTTP)\"
+echo \"api-default-gateway: $(try {default_gateway} {API} | has HTTP)\"
+mac=$(cat /sys/class/net/eth0/address)
+again() {{ ip addr flush dev eth0 && ip addr add $1/24 dev eth0 && ip route add default via 10.99.22.1 && ip neigh flush dev eth0 >/dev/null; }}
+again 10.99.22.200
+echo \"forged-ip: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
+again {user1}
+ip link set eth0 address 02:42:0a:63:16:c8 && ip neigh flush dev eth0 >/dev/null
+echo \"forged-mac: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
+ip link set eth0 address $mac && ip neigh flush dev eth0 >/dev/null
+echo \"own-again: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\""
+        );
+        let o = mvctl(&d, &["exec", "user1", "sh", "-c", &script]);
+        assert_eq!(
+            script_lines(&d, &o),
+            [
+                "outside: 1",
+                "self: 1",
+                "resolver: 1",
+                "other-net: 0",
+                "gateway-service: 0",
+                "any-address-service: 0",
+                "other-gateway-service: 0",
+                "api-gateway: 0",
+                "api-host: 0",
+                "api-default-gateway: 0",
+                "forged-ip: 0",
+                "forged-mac: 0",
+                "own-again: 1"
+            ],
+            "{o:#?}"
+        );
+        ok(&d, &["rm", "-f", "in1", "user1"]);
+        ok(&d, &["network", "rm", "innet", "usernet"]);
+    }
+
     /// "The outside": a namespace behind a veth pair from the host
     /// (198.18.7.1 on the host's end, 198.18.7.2 on its own, a benchmark
     /// range nothing else uses), with an HTTP server on 198.18.7.2:8000
@@ -451,14 +876,7 @@ mod netwire {
     /// step then fails saying why.
     #[test]
     fn build_steps_reach_the_outside_through_nat() {
-        mvm_e2e::require_hardware_kvm();
-        let _turn = one_daemon_at_a_time();
-        let dir = tempfile::Builder::new()
-            .prefix("netwire-build-e2e-")
-            .tempdir()
-            .unwrap();
-        let d = Daemon::start(dir.path(), 1);
-        import_busybox(&d, dir.path());
+        let (_turn, dir, d) = setup("netwire-build-e2e-", &[]);
         let outside = Outside::start("payload from the outside\n");
         let links_before = host_objects().1;
 
@@ -535,14 +953,7 @@ mod netwire {
     /// takes the NIC away again at the next start.
     #[test]
     fn connect_and_disconnect_a_stopped_sandbox() {
-        mvm_e2e::require_hardware_kvm();
-        let _turn = one_daemon_at_a_time();
-        let dir = tempfile::Builder::new()
-            .prefix("netwire-connect-e2e-")
-            .tempdir()
-            .unwrap();
-        let d = Daemon::start(dir.path(), 1);
-        import_busybox(&d, dir.path());
+        let (_turn, dir, d) = setup("netwire-connect-e2e-", &[]);
         ok(
             &d,
             &["network", "create", "--subnet", "10.99.8.0/24", "frontnet"],
