@@ -610,6 +610,9 @@ mod tests {
             log_file: Some("/d/vmm.log".into()),
             log_max_bytes: Some(1 << 20),
             status_file: Some("/d/status.json".into()),
+            control_socket: None,
+            restore: None,
+            artifacts: None,
             rng: false,
             vsock: Some(VsockConfig {
                 guest_cid: 3,
