@@ -307,9 +307,7 @@ pub fn log_record(r: &LogRecord) -> api_logs::LogRecord {
 }
 
 /// A checkpoint as the API shows it.
-pub fn checkpoint(
-    c: &mvm_runtime::checkpoint::CheckpointInfo,
-) -> mvm_api::checkpoint::Checkpoint {
+pub fn checkpoint(c: &mvm_runtime::checkpoint::CheckpointInfo) -> mvm_api::checkpoint::Checkpoint {
     let created = chrono::DateTime::<chrono::Utc>::from_timestamp(c.created as i64, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();

@@ -865,7 +865,10 @@ impl Manager {
         if paused {
             return Err(err(
                 ErrorCode::InvalidState,
-                format!("sandbox {} is paused; unpause it first (mvctl unpause {0})", spec.name),
+                format!(
+                    "sandbox {} is paused; unpause it first (mvctl unpause {0})",
+                    spec.name
+                ),
             ));
         }
         if mvm_runtime::checkpoint::path(&self.rt.paths(&e.id), name)
@@ -874,7 +877,10 @@ impl Manager {
         {
             return Err(err(
                 ErrorCode::Conflict,
-                format!("sandbox {} already has a checkpoint named {name}", spec.name),
+                format!(
+                    "sandbox {} already has a checkpoint named {name}",
+                    spec.name
+                ),
             ));
         }
         if !leave_running {
@@ -883,9 +889,10 @@ impl Manager {
         }
         let rt = self.rt.clone();
         let n = name.to_string();
-        let made = tokio::task::spawn_blocking(move || rt.checkpoint_create(&spec, &n, leave_running))
-            .await
-            .map_err(internal)?;
+        let made =
+            tokio::task::spawn_blocking(move || rt.checkpoint_create(&spec, &n, leave_running))
+                .await
+                .map_err(internal)?;
         let info = match made {
             Ok(i) => i,
             Err(er) => {
@@ -905,7 +912,10 @@ impl Manager {
     }
 
     /// The checkpoints of a sandbox, oldest first.
-    pub fn checkpoint_list(&self, key: &str) -> Result<Vec<mvm_runtime::checkpoint::CheckpointInfo>> {
+    pub fn checkpoint_list(
+        &self,
+        key: &str,
+    ) -> Result<Vec<mvm_runtime::checkpoint::CheckpointInfo>> {
         let e = self.get(key)?;
         self.rt.checkpoint_list(&e.id).map_err(runtime_err)
     }

@@ -153,92 +153,92 @@ pub async fn pump(
     // the guest's vsock connections) is attached again: the agent keeps
     // what the workload writes meanwhile.
     'run: loop {
-    let mut delay = RETRY_DELAY;
-    let session = loop {
-        if *stop.borrow() {
-            link.end();
-            return;
-        }
-        let attempt = async {
-            let c = AgentClient::connect_once(&vsock, AGENT_PORT, CONNECT_TRY).await?;
-            c.attach(open_stdin).await
-        };
-        let r = tokio::select! {
-            r = attempt => r,
-            changed = stop.changed() => {
-                if changed.is_err() {
-                    link.end();
-                    return;
-                }
-                continue;
-            }
-        };
-        match r {
-            Ok(s) => break s,
-            Err(e) if e.code() == Some(AgentCode::NotAttachable) => {
-                // An init from before agent output: it writes to the
-                // console, which is kept in console.log.
-                tracing::warn!(sandbox = %sandbox, "the guest's output cannot be attached ({e}); it is only in the console log");
+        let mut delay = RETRY_DELAY;
+        let session = loop {
+            if *stop.borrow() {
                 link.end();
                 return;
             }
-            Err(e @ ClientError::Refused(_)) => {
-                // Something other than the VMM's socket is at its path (a
-                // compromised VMM planted a link): never retried.
-                tracing::warn!(sandbox = %sandbox, "the workload's output cannot be attached: {e}");
-                link.end();
-                return;
-            }
-            Err(e) => {
-                tracing::trace!(sandbox = %sandbox, "attaching to the guest agent: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => delay = (delay * 2).min(RETRY_MAX),
-                    changed = stop.changed() => if changed.is_err() {
+            let attempt = async {
+                let c = AgentClient::connect_once(&vsock, AGENT_PORT, CONNECT_TRY).await?;
+                c.attach(open_stdin).await
+            };
+            let r = tokio::select! {
+                r = attempt => r,
+                changed = stop.changed() => {
+                    if changed.is_err() {
                         link.end();
                         return;
                     }
+                    continue;
+                }
+            };
+            match r {
+                Ok(s) => break s,
+                Err(e) if e.code() == Some(AgentCode::NotAttachable) => {
+                    // An init from before agent output: it writes to the
+                    // console, which is kept in console.log.
+                    tracing::warn!(sandbox = %sandbox, "the guest's output cannot be attached ({e}); it is only in the console log");
+                    link.end();
+                    return;
+                }
+                Err(e @ ClientError::Refused(_)) => {
+                    // Something other than the VMM's socket is at its path (a
+                    // compromised VMM planted a link): never retried.
+                    tracing::warn!(sandbox = %sandbox, "the workload's output cannot be attached: {e}");
+                    link.end();
+                    return;
+                }
+                Err(e) => {
+                    tracing::trace!(sandbox = %sandbox, "attaching to the guest agent: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => delay = (delay * 2).min(RETRY_MAX),
+                        changed = stop.changed() => if changed.is_err() {
+                            link.end();
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        tracing::debug!(sandbox = %sandbox, pid = session.pid, "attached to the workload's output");
+        let stdin = session.stdin.map(|s| Arc::new(tokio::sync::Mutex::new(s)));
+        if let Some((rows, cols)) = link.up(stdin, session.control.clone()) {
+            let _ = session.control.resize(rows, cols).await;
+        }
+        let mut output = session.output;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, output.next())
+                        .await
+                        .unwrap_or(Err(ClientError::Closed("the VMM had ended"))),
+                    None => output.next().await,
+                }
+            };
+            let ev = tokio::select! {
+                ev = next => ev,
+                _ = stop.changed(), if deadline.is_none() => {
+                    deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+                    continue;
+                }
+            };
+            match ev {
+                Ok(Event::Stdout(b)) => logs.write(Stream::Stdout, &b),
+                Ok(Event::Stderr(b)) => logs.write(Stream::Stderr, &b),
+                Ok(Event::Exited(_)) => break 'run,
+                Err(e) => {
+                    // The guest went down (stop, kill, crash) or another host
+                    // took the session: the exit status comes from the VMM.
+                    tracing::debug!(sandbox = %sandbox, "the workload's output ended: {e}");
+                    if deadline.is_some() || *stop.borrow() {
+                        break 'run;
+                    }
+                    continue 'run;
                 }
             }
         }
-    };
-    tracing::debug!(sandbox = %sandbox, pid = session.pid, "attached to the workload's output");
-    let stdin = session.stdin.map(|s| Arc::new(tokio::sync::Mutex::new(s)));
-    if let Some((rows, cols)) = link.up(stdin, session.control.clone()) {
-        let _ = session.control.resize(rows, cols).await;
-    }
-    let mut output = session.output;
-    let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
-        let next = async {
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d, output.next())
-                    .await
-                    .unwrap_or(Err(ClientError::Closed("the VMM had ended"))),
-                None => output.next().await,
-            }
-        };
-        let ev = tokio::select! {
-            ev = next => ev,
-            _ = stop.changed(), if deadline.is_none() => {
-                deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
-                continue;
-            }
-        };
-        match ev {
-            Ok(Event::Stdout(b)) => logs.write(Stream::Stdout, &b),
-            Ok(Event::Stderr(b)) => logs.write(Stream::Stderr, &b),
-            Ok(Event::Exited(_)) => break 'run,
-            Err(e) => {
-                // The guest went down (stop, kill, crash) or another host
-                // took the session: the exit status comes from the VMM.
-                tracing::debug!(sandbox = %sandbox, "the workload's output ended: {e}");
-                if deadline.is_some() || *stop.borrow() {
-                    break 'run;
-                }
-                continue 'run;
-            }
-        }
-    }
     }
     link.end();
 }

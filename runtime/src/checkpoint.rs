@@ -117,7 +117,10 @@ pub struct CheckpointInfo {
 pub fn check_name(name: &str) -> Result<(), CheckpointError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
@@ -204,7 +207,10 @@ pub struct CreateSpec<'a> {
 }
 
 /// Make checkpoint `spec.name` of the running sandbox at `paths`.
-pub fn create(paths: &SandboxPaths, spec: &CreateSpec<'_>) -> Result<CheckpointInfo, CheckpointError> {
+pub fn create(
+    paths: &SandboxPaths,
+    spec: &CreateSpec<'_>,
+) -> Result<CheckpointInfo, CheckpointError> {
     let final_dir = path(paths, spec.name)?;
     if final_dir.exists() {
         return Err(CheckpointError::Exists(spec.name.to_string()));
@@ -231,8 +237,12 @@ fn make(
 ) -> Result<CheckpointInfo, CheckpointError> {
     // The VMM writes where it may: its own vm/ directory. Names that
     // cannot collide with its console, log or status files.
-    let vm_state = paths.vm_dir.join(format!(".checkpoint-{}.state", spec.name));
-    let vm_memory = paths.vm_dir.join(format!(".checkpoint-{}.memory", spec.name));
+    let vm_state = paths
+        .vm_dir
+        .join(format!(".checkpoint-{}.state", spec.name));
+    let vm_memory = paths
+        .vm_dir
+        .join(format!(".checkpoint-{}.memory", spec.name));
     for p in [&vm_state, &vm_memory] {
         match fs::remove_file(p) {
             Ok(()) => {}
@@ -322,8 +332,12 @@ fn adopt(from: &Path, to: &Path, gid: Option<u32>) -> Result<(), CheckpointError
         return Err(CheckpointError::NotAFile(from.to_path_buf()));
     }
     std::os::unix::fs::fchown(&f, Some(0), gid).map_err(io_err("changing the owner of", to))?;
-    f.set_permissions(fs::Permissions::from_mode(if gid.is_some() { 0o640 } else { 0o600 }))
-        .map_err(io_err("setting the mode of", to))?;
+    f.set_permissions(fs::Permissions::from_mode(if gid.is_some() {
+        0o640
+    } else {
+        0o600
+    }))
+    .map_err(io_err("setting the mode of", to))?;
     Ok(())
 }
 
@@ -466,7 +480,10 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].name, "c1");
         remove(&p, "c1").unwrap();
-        assert!(matches!(remove(&p, "c1"), Err(CheckpointError::NotFound(_))));
+        assert!(matches!(
+            remove(&p, "c1"),
+            Err(CheckpointError::NotFound(_))
+        ));
         assert!(list(&p).unwrap().is_empty());
     }
 
@@ -475,9 +492,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = paths(t.path());
         fake(&p, "c1", &mvm_vmm_api::snapshot::seal(b"state"), 1 << 20);
-        let err = check(&p, "c1", &ids(&"z".repeat(64)), 1).unwrap_err().to_string();
+        let err = check(&p, "c1", &ids(&"z".repeat(64)), 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("another guest kernel"), "{err}");
-        assert!(err.contains("sha256:kkkkkkkkkkkk") && err.contains("sha256:zzzzzzzzzzzz"), "{err}");
+        assert!(
+            err.contains("sha256:kkkkkkkkkkkk") && err.contains("sha256:zzzzzzzzzzzz"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -534,9 +556,16 @@ mod tests {
         copy_disk(&from, &to).unwrap();
         let m = fs::metadata(&to).unwrap();
         assert_eq!(m.len(), 64 << 20);
-        assert!(m.blocks() * 512 < 1 << 20, "not sparse: {} blocks", m.blocks());
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "not sparse: {} blocks",
+            m.blocks()
+        );
         let mut buf = [0u8; 4];
-        fs::File::open(&to).unwrap().read_exact_at(&mut buf, 1 << 20).unwrap();
+        fs::File::open(&to)
+            .unwrap()
+            .read_exact_at(&mut buf, 1 << 20)
+            .unwrap();
         assert_eq!(&buf, b"data");
     }
 }

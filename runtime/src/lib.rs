@@ -531,8 +531,7 @@ impl Runtime {
         let identity = self.identity()?;
         let restore = match checkpoint {
             Some(name) => {
-                let dir =
-                    checkpoint::check(&paths, name, &identity, spec.resources.memory_mib)?;
+                let dir = checkpoint::check(&paths, name, &identity, spec.resources.memory_mib)?;
                 Some(dir)
             }
             None => None,
@@ -696,7 +695,10 @@ impl Runtime {
     }
 
     /// The checkpoints of sandbox `id`, oldest first.
-    pub fn checkpoint_list(&self, id: &str) -> Result<Vec<checkpoint::CheckpointInfo>, RuntimeError> {
+    pub fn checkpoint_list(
+        &self,
+        id: &str,
+    ) -> Result<Vec<checkpoint::CheckpointInfo>, RuntimeError> {
         Ok(checkpoint::list(&self.paths(id))?)
     }
 

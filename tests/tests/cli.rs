@@ -1101,16 +1101,21 @@ mod cli {
         assert!(out.stderr.contains("not running"), "{out:?}");
 
         mvctl(&["start", "--checkpoint", "c1", &name]).ok();
-        wait_until("the restored workload to count", Duration::from_secs(120), || {
-            last_tick() > at_checkpoint
-        });
+        wait_until(
+            "the restored workload to count",
+            Duration::from_secs(120),
+            || last_tick() > at_checkpoint,
+        );
         let count: u64 = mvctl(&["exec", &name, "cat", "/tmp/count"])
             .ok()
             .stdout
             .trim()
             .parse()
             .unwrap();
-        assert!(count > at_checkpoint, "the tmpfs counter is {count}, it was {at_checkpoint}");
+        assert!(
+            count > at_checkpoint,
+            "the tmpfs counter is {count}, it was {at_checkpoint}"
+        );
         let logs = mvctl(&["logs", &name]).ok().stdout;
         assert_eq!(
             logs.lines().filter(|l| *l == "tick 1").count(),
@@ -1124,7 +1129,11 @@ mod cli {
             .iter()
             .position(|l| *l == format!("tick {at_checkpoint}"))
             .unwrap();
-        let next: u64 = lines[at + 1].strip_prefix("tick ").unwrap().parse().unwrap();
+        let next: u64 = lines[at + 1]
+            .strip_prefix("tick ")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(
             next > at_checkpoint && next <= at_checkpoint + 2,
             "the count did not go on from {at_checkpoint}: {logs}"
@@ -1143,7 +1152,10 @@ mod cli {
         let out = mvctl(&["checkpoint", "create", &name, "c2"]).failed();
         assert!(out.stderr.contains("already has a checkpoint"), "{out:?}");
         let out = mvctl(&["checkpoint", "ls", &name]).ok();
-        assert!(out.stdout.contains("c1") && out.stdout.contains("c2"), "{out:?}");
+        assert!(
+            out.stdout.contains("c1") && out.stdout.contains("c2"),
+            "{out:?}"
+        );
 
         // A corrupted state file is refused, naming what is wrong.
         mvctl(&["stop", "-t", "1", &name]).ok();
@@ -1163,7 +1175,10 @@ mod cli {
         assert!(out.stderr.contains("no such checkpoint"), "{out:?}");
         mvctl(&["checkpoint", "rm", &name, "c2"]).ok();
         let out = mvctl(&["checkpoint", "ls", &name]).ok();
-        assert!(!out.stdout.contains("c2") && out.stdout.contains("c1"), "{out:?}");
+        assert!(
+            !out.stdout.contains("c2") && out.stdout.contains("c1"),
+            "{out:?}"
+        );
         mvctl(&["rm", "-f", &name]).ok();
     }
 

@@ -658,7 +658,6 @@ fn check_parent(what: &'static str, path: &Path) -> Result<(), ConfigError> {
     }
 }
 
-
 /// The control socket fits a socket address in a directory that exists;
 /// the snapshot to restore is two regular files.
 fn check_snapshot_files(cfg: &VmConfig) -> Result<(), ConfigError> {

@@ -174,7 +174,9 @@ impl ControlServer {
         for t in &self.parts.transports {
             let t = lock(t);
             let device = t.device();
-            let d = device.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let d = device
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if d.device_type() == mvm_virtio::TYPE_FS {
                 drop(d);
                 return Err(
@@ -237,7 +239,9 @@ impl ControlServer {
         for t in &p.transports {
             let t = lock(t);
             let device = t.device().clone();
-            let mut d = device.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut d = device
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             d.prepare_snapshot()?;
         }
         let vcpus = p.vcpus.save()?;

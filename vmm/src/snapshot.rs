@@ -38,8 +38,8 @@ use crate::devices::serial::SerialSnapshot;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::VmState;
 
-pub use mvm_vmm_api::snapshot::{FORMAT_VERSION, MAX_STATE_BYTES};
 use mvm_vmm_api::snapshot::SnapshotFileError;
+pub use mvm_vmm_api::snapshot::{FORMAT_VERSION, MAX_STATE_BYTES};
 
 /// Why a snapshot could not be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +140,11 @@ pub fn read(path: &Path) -> Result<MicrovmState, SnapshotError> {
 impl MicrovmState {
     /// Refuse a snapshot that was not made by a VM like the one `cfg`
     /// describes: each difference would make the restored guest wrong.
-    pub fn check_fits(&self, cfg: &mvm_vmm_api::VmConfig, device_types: &[u32]) -> Result<(), SnapshotError> {
+    pub fn check_fits(
+        &self,
+        cfg: &mvm_vmm_api::VmConfig,
+        device_types: &[u32],
+    ) -> Result<(), SnapshotError> {
         let mismatch = |m: String| Err(SnapshotError::Mismatch(m));
         if self.artifacts != cfg.artifacts {
             let show = |a: &Option<Artifacts>| match a {
@@ -318,7 +322,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
         write(&path, &state()).unwrap();
-        assert!(write(&path, &state()).is_err(), "an existing file was overwritten");
+        assert!(
+            write(&path, &state()).is_err(),
+            "an existing file was overwritten"
+        );
         assert_eq!(read(&path).unwrap().vm.clock.clock, 12345);
         let f = File::create(&path).unwrap();
         f.set_len(MAX_STATE_BYTES + 1).unwrap();
@@ -339,7 +346,10 @@ mod tests {
         let mut other = cfg.clone();
         other.artifacts.as_mut().unwrap().kernel = "k2".into();
         let err = s.check_fits(&other, &[]).unwrap_err().to_string();
-        assert!(err.contains("kernel k,") && err.contains("kernel k2"), "{err}");
+        assert!(
+            err.contains("kernel k,") && err.contains("kernel k2"),
+            "{err}"
+        );
         let mut other = cfg.clone();
         other.memory_mib = 256;
         assert!(s.check_fits(&other, &[]).is_err());

@@ -39,7 +39,9 @@ mod tests {
     fn create_requests_default_to_stopping_and_refuse_unknown_fields() {
         let r: CheckpointCreateRequest = serde_json::from_str(r#"{"name":"c1"}"#).unwrap();
         assert!(!r.leave_running);
-        assert!(serde_json::from_str::<CheckpointCreateRequest>(r#"{"name":"c1","exit":true}"#)
-            .is_err());
+        assert!(
+            serde_json::from_str::<CheckpointCreateRequest>(r#"{"name":"c1","exit":true}"#)
+                .is_err()
+        );
     }
 }

@@ -212,8 +212,12 @@ impl Client {
         id: &str,
         req: &mvm_api::checkpoint::CheckpointCreateRequest,
     ) -> Result<mvm_api::checkpoint::Checkpoint> {
-        self.json(Method::POST, &format!("{}/checkpoints", sandbox(id)), Some(req))
-            .await
+        self.json(
+            Method::POST,
+            &format!("{}/checkpoints", sandbox(id)),
+            Some(req),
+        )
+        .await
     }
 
     /// `GET /v1/sandboxes/{id}/checkpoints`.

@@ -145,7 +145,10 @@ mod tests {
             r#"{"snapshot":{"state":"/a/state","memory":"/a/memory","after":"pause"}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), req);
-        assert_eq!(serde_json::to_string(&Request::Resume).unwrap(), r#""resume""#);
+        assert_eq!(
+            serde_json::to_string(&Request::Resume).unwrap(),
+            r#""resume""#
+        );
         let bad = r#"{"snapshot":{"state":"/a","memory":"/b","after":"exit","x":1}}"#;
         assert!(serde_json::from_str::<Request>(bad).is_err());
     }

@@ -26,8 +26,8 @@ pub mod snapshot;
 pub mod status;
 
 pub use config::{
-    Artifacts, Console, DriveConfig, FsConfig, MacAddr, NetConfig, RateLimit, TapConfig, TokenBucket,
-    RestoreConfig, VmConfig, VsockConfig,
+    Artifacts, Console, DriveConfig, FsConfig, MacAddr, NetConfig, RateLimit, RestoreConfig,
+    TapConfig, TokenBucket, VmConfig, VsockConfig,
 };
 pub use kvm::KvmMode;
 pub use status::{GuestState, StatusReport, WorkloadReport};

@@ -185,7 +185,11 @@ impl SerialDevice {
 
     /// A UART in a snapshot's state (an input FIFO longer than the
     /// UART's is refused).
-    pub fn from_snapshot(irq: EventFd, out: ConsoleWriter, s: &SerialSnapshot) -> Result<Self, String> {
+    pub fn from_snapshot(
+        irq: EventFd,
+        out: ConsoleWriter,
+        s: &SerialSnapshot,
+    ) -> Result<Self, String> {
         let state = vm_superio::serial::SerialState {
             baud_divisor_low: s.baud_divisor_low,
             baud_divisor_high: s.baud_divisor_high,

@@ -140,7 +140,11 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
 
 /// The main thread's handles on every vCPU thread, to pause them.
 pub struct VcpuHandles {
-    vcpus: Vec<(std::thread::JoinHandle<()>, Arc<AtomicBool>, Sender<VcpuCommand>)>,
+    vcpus: Vec<(
+        std::thread::JoinHandle<()>,
+        Arc<AtomicBool>,
+        Sender<VcpuCommand>,
+    )>,
     replies: Receiver<VcpuReply>,
 }
 
@@ -293,10 +297,12 @@ impl Vcpu {
 
     /// Write a snapshot's state into this new vCPU.
     pub fn restore(&self, state: &VcpuState) -> Result<(), VcpuError> {
-        state.restore(&self.fd).map_err(|source| VcpuError::Restore {
-            index: self.index,
-            source,
-        })
+        state
+            .restore(&self.fd)
+            .map_err(|source| VcpuError::Restore {
+                index: self.index,
+                source,
+            })
     }
 
     /// Start the run loop on its own thread.

@@ -172,7 +172,9 @@ impl VcpuState {
         ) {
             d.1 = tsc;
         }
-        let events = fd.get_vcpu_events().map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?;
+        let events = fd
+            .get_vcpu_events()
+            .map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?;
         Ok(Self {
             cpuid,
             mp_state,
@@ -201,7 +203,8 @@ impl VcpuState {
         fd.set_mp_state(self.mp_state)
             .map_err(kvm_err("KVM_SET_MP_STATE"))?;
         fd.set_regs(&self.regs).map_err(kvm_err("KVM_SET_REGS"))?;
-        fd.set_sregs(&self.sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+        fd.set_sregs(&self.sregs)
+            .map_err(kvm_err("KVM_SET_SREGS"))?;
         // SAFETY: `xsave` is a whole `kvm_xsave` read back from KVM (or a
         // checksummed snapshot of one); KVM validates its contents and
         // refuses what the vCPU cannot hold.
@@ -209,7 +212,8 @@ impl VcpuState {
         fd.set_xcrs(&self.xcrs).map_err(kvm_err("KVM_SET_XCRS"))?;
         fd.set_debug_regs(&self.debug_regs)
             .map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
-        fd.set_lapic(&self.lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+        fd.set_lapic(&self.lapic)
+            .map_err(kvm_err("KVM_SET_LAPIC"))?;
         let refused = write_msrs(fd, &self.msrs)?;
         if refused.contains(&MSR_IA32_TSC) {
             return Err(VcpuStateError::TscRefused);

@@ -184,5 +184,4 @@ pub trait VirtioDevice: Send {
     fn prepare_snapshot(&mut self) -> Result<(), String> {
         Ok(())
     }
-
 }

@@ -657,11 +657,20 @@ impl MmioTransport {
         for (i, (qs, &max)) in s.queues.iter().zip(&max_sizes).enumerate() {
             let mut q = Queue::new(max).map_err(|e| queue_err(i, e.to_string()))?;
             if qs.size > max {
-                return Err(queue_err(i, format!("size {} above the maximum {max}", qs.size)));
+                return Err(queue_err(
+                    i,
+                    format!("size {} above the maximum {max}", qs.size),
+                ));
             }
             q.set_size(qs.size);
-            q.set_desc_table_address(Some(qs.desc_table as u32), Some((qs.desc_table >> 32) as u32));
-            q.set_avail_ring_address(Some(qs.avail_ring as u32), Some((qs.avail_ring >> 32) as u32));
+            q.set_desc_table_address(
+                Some(qs.desc_table as u32),
+                Some((qs.desc_table >> 32) as u32),
+            );
+            q.set_avail_ring_address(
+                Some(qs.avail_ring as u32),
+                Some((qs.avail_ring >> 32) as u32),
+            );
             q.set_used_ring_address(Some(qs.used_ring as u32), Some((qs.used_ring >> 32) as u32));
             q.set_next_avail(qs.next_avail);
             q.set_next_used(qs.next_used);
