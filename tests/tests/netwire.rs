@@ -953,7 +953,7 @@ echo \"own-again: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\""
     /// takes the NIC away again at the next start.
     #[test]
     fn connect_and_disconnect_a_stopped_sandbox() {
-        let (_turn, dir, d) = setup("netwire-connect-e2e-", &[]);
+        let (_turn, _dir, d) = setup("netwire-connect-e2e-", &[]);
         ok(
             &d,
             &["network", "create", "--subnet", "10.99.8.0/24", "frontnet"],

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use mvm_e2e::{procmem, rootfs, Artifacts, Running, Vm};
+use mvm_e2e::{procmem, rootfs, Running, Vm};
 
 const MIB: usize = 1024 * 1024;
 
