@@ -819,7 +819,14 @@ mod cli {
             dir.path().join("mvmd.log"),
         );
         let agent = mvm_e2e::guest_tool("mvm-hostile-agent");
-        mvm_e2e::daemon::start_daemon_with(&root, &run, &log, &["--init", agent.to_str().unwrap()]);
+        // No network: the suite's own mvmd has the default bridge and its
+        // DNS on the gateway; a second one would find that address taken.
+        mvm_e2e::daemon::start_daemon_with(
+            &root,
+            &run,
+            &log,
+            &["--no-network", "--init", agent.to_str().unwrap()],
+        );
         wait_for_socket(&run.join("mvmd.sock"), &log);
         let host = format!("unix://{}", run.join("mvmd.sock").display());
         let hostile = |args: &[&str]| run_cmd(mvctl_command(&host, args), None);

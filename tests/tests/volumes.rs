@@ -1057,7 +1057,7 @@ mod volumes {
     fn backends_of(dir: &Path) -> Vec<i32> {
         let want = format!("--shared-dir={}", dir.display());
         pids_whose_cmdline(|args| {
-            args.first().is_some_and(|a| a.contains("virtiofsd")) && args.iter().any(|a| *a == want)
+            args.first().is_some_and(|a| a.contains("virtiofsd")) && args.contains(&want)
         })
     }
 
@@ -1310,7 +1310,7 @@ mod volumes {
         d.kill9();
         let _ = start.wait();
         let w = wrapper.to_string_lossy().into_owned();
-        for pid in pids_whose_cmdline(|args| args.iter().any(|a| *a == w)) {
+        for pid in pids_whose_cmdline(|args| args.contains(&w)) {
             // SAFETY: kill(2) on the held jailer wrapper found above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
