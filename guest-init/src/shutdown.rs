@@ -59,6 +59,14 @@ pub fn power_off(event: Option<GuestEvent>, scratch: Option<&OwnedFd>) -> ! {
         crate::status::report(event);
     }
     crate::status::report(GuestEvent::PowerOff);
+    // The console is a tty whose output drains through the UART's
+    // interrupts, while the kernel's own reboot message is written to the
+    // UART at once: without waiting, that message lands in the middle of
+    // our last lines ("mvm-init: workloreboot: Restarting system\nad
+    // exited with status 3", seen in guest-init/tests/qemu.rs). Not a tty
+    // (ENOTTY) is fine: nothing is buffered then.
+    // SAFETY: tcdrain(3) on the console's descriptor; no pointers.
+    unsafe { libc::tcdrain(libc::STDERR_FILENO) };
     // SAFETY: reboot(2) with a constant command; as PID 1 we may.
     unsafe { libc::reboot(libc::RB_AUTOBOOT) };
     crate::error!("reboot failed: {}", std::io::Error::last_os_error());
