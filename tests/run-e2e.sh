@@ -57,17 +57,17 @@ echo "e2e: building test binaries" >&2
 # what was built, so a test file that fails to compile would otherwise
 # silently drop out of the suite.
 cargo test --workspace --no-run >&2 || { echo "e2e: the test binaries did not build" >&2; exit 1; }
-# The seccomp kill test's VMM (tests/api.rs): mvm-vmm with the test-only
-# feature `seccomp-test-trigger`, which makes a forbidden system call once
-# its filter is on. Built in a target directory of its own, so that the
-# product's mvm-vmm never carries the trigger (a feature build in the
-# shared one would overwrite target/$profile_dir/mvm-vmm).
+# The seccomp kill test's VMM (tests/api.rs): mvm-vmm-seccomp-trigger, the
+# VMM with the test-only feature `seccomp-test-trigger`, which makes a
+# forbidden system call once its filter is on. A binary of its own (the
+# product's mvm-vmm never carries the trigger), built with `make build`'s
+# selection so that only the VMM crate itself compiles again.
 trigger_release=()
 [ "$profile_dir" = release ] && trigger_release=(--release)
-CARGO_TARGET_DIR="$root/target/seccomp-trigger" cargo build "${trigger_release[@]}" -p mvm-vmm --bin mvm-vmm \
-  --features seccomp-test-trigger >&2 || { echo "e2e: the seccomp-trigger VMM did not build" >&2; exit 1; }
+cargo build "${trigger_release[@]}" --workspace --exclude mvm-init --exclude mvm-e2e \
+  --features mvm-vmm/seccomp-test-trigger --bin mvm-vmm-seccomp-trigger >&2 ||
+  { echo "e2e: the seccomp-trigger VMM did not build" >&2; exit 1; }
 export MVM_VMM_SECCOMP_TRIGGER=$root/target/$profile_dir/mvm-vmm-seccomp-trigger
-cp "$root/target/seccomp-trigger/$profile_dir/mvm-vmm" "$MVM_VMM_SECCOMP_TRIGGER"
 mapfile -t all_bins < <(test_binaries mvm-e2e)
 # tests/machine.rs boots the emulated KVM host itself (`mvctl machine`),
 # and tests/installed.rs uses the installed product as a user would (the
@@ -163,7 +163,10 @@ run_bin() {
   fi
   echo "=== $key" >&2
   local rc=0
-  timeout -k 10 "$BIN_TIMEOUT" "$@" 2>&1 | tee "$STATE/$key.out" || rc=$?
+  # Each test's duration in the log ("test x ... ok <12.345s>"): libtest's
+  # --report-time, unstable, allowed on a stable toolchain's test binary by
+  # RUSTC_BOOTSTRAP; it says where the suite's time goes.
+  RUSTC_BOOTSTRAP=1 timeout -k 10 "$BIN_TIMEOUT" "$@" -Zunstable-options --report-time 2>&1 | tee "$STATE/$key.out" || rc=$?
   # In the emulated host, each test that failed runs once more on its
   # own: its faults (guests whose vCPU triple-faults during boot under
   # TCG's nested SVM) are rare and random, a real bug fails twice. Both
