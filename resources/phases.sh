@@ -1,0 +1,82 @@
+#!/bin/bash
+# Run make targets one after another and print how long each took: `make
+# test` goes through here, so every run of it (CI's included) ends with the
+# table that says where a fresh machine's hour goes.
+#
+# Usage: resources/phases.sh PHASE...
+#   PHASE is a make target, or `FG|BG1 BG2...`: FG in the foreground while
+#   BG1, then BG2, ... run beside it at the lowest CPU priority (nice 19),
+#   their output kept in target/phase-BG.log and shown when they end. make
+#   test runs the compile-only checks (clippy, the fuzz smoke) beside the
+#   end-to-end suite: that suite spends much of its time in the emulated
+#   host waiting on its guests, and the checks use those idle cycles
+#   instead of adding a quarter of an hour after it. At nice 19 they take
+#   CPU only when the emulated host leaves it.
+# Stops after the first phase that fails (the table shows how far it got).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+rows=()
+t0=$SECONDS
+table() {
+  printf '\n%-24s %8s\n' phase seconds >&2
+  local r
+  for r in "${rows[@]}"; do printf '%-24s %8s\n' $r >&2; done
+  printf '%-24s %8s\n' total $((SECONDS - t0)) >&2
+}
+trap table EXIT
+stamp() { date -u +%H:%M:%S; }
+
+# beside TARGET...: run each target in turn at nice 19; one line per target
+# "NAME SECONDS STATUS" in $beside_times.
+beside() {
+  local t s rc
+  for t in "$@"; do
+    s=$SECONDS
+    rc=0
+    nice -n 19 make --no-print-directory "$t" >"target/phase-$t.log" 2>&1 || rc=$?
+    echo "$t $((SECONDS - s)) $rc" >>"$beside_times"
+    [ "$rc" = 0 ] || return "$rc"
+  done
+}
+
+status=0
+for phase in "$@"; do
+  fg=${phase%%|*}
+  bg=()
+  [ "$fg" != "$phase" ] && read -ra bg <<<"${phase#*|}"
+  pid=
+  if [ ${#bg[@]} -gt 0 ]; then
+    mkdir -p target
+    for t in "${bg[@]}"; do rm -f "target/phase-$t.log"; done
+    beside_times=$(mktemp "target/phase-times.XXXXXX")
+    echo "=== make ${bg[*]} beside $fg, at nice 19 ($(stamp)); output in target/phase-*.log" >&2
+    beside "${bg[@]}" &
+    pid=$!
+  fi
+  start=$SECONDS
+  echo "=== make $fg ($(stamp))" >&2
+  rc=0
+  make --no-print-directory "$fg" || rc=$?
+  rows+=("$fg $((SECONDS - start))")
+  [ "$rc" = 0 ] || status=$rc
+  if [ -n "$pid" ]; then
+    echo "=== waiting for ${bg[*]} ($(stamp))" >&2
+    brc=0
+    wait "$pid" || brc=$?
+    for t in "${bg[@]}"; do
+      [ -f "target/phase-$t.log" ] || continue
+      echo "=== make $t (beside $fg): its output" >&2
+      cat "target/phase-$t.log" >&2
+    done
+    while read -r name secs trc; do
+      rows+=("$name(beside) $secs")
+      [ "$trc" = 0 ] || echo "=== make $name failed (exit $trc)" >&2
+    done <"$beside_times"
+    rm -f "$beside_times"
+    [ "$brc" = 0 ] || [ "$status" != 0 ] || status=$brc
+  fi
+  if [ "$status" != 0 ]; then
+    rows+=("(stopped) -")
+    exit "$status"
+  fi
+done
