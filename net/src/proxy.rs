@@ -32,6 +32,49 @@ pub const UDP_IDLE: Duration = Duration::from_secs(60);
 /// clients are dropped until a flow idles out.
 pub const MAX_UDP_FLOWS: usize = 1024;
 
+/// A proxy socket whose receive or accept fails (out of descriptors or
+/// memory: the error is the socket's, not a peer's) is retried after a
+/// pause that doubles from 5 ms up to 1 s while the failures last, as Go's
+/// HTTP server does with accept: retrying at once would spin a core and
+/// flood the log for as long as the condition lasts.
+struct Backoff {
+    pause: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        Backoff {
+            pause: Duration::ZERO,
+        }
+    }
+
+    /// A success: the next failure starts a new streak.
+    fn reset(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+
+    /// The pause after `pause`.
+    fn next(pause: Duration) -> Duration {
+        if pause.is_zero() {
+            Self::FIRST
+        } else {
+            (pause * 2).min(Self::MAX)
+        }
+    }
+
+    /// A failure: warns on the first of a streak, then waits.
+    async fn failed(&mut self, what: &str, e: &std::io::Error) {
+        if self.pause.is_zero() {
+            tracing::warn!(error = %e, "port proxy {what} failed; retrying with a back-off");
+        }
+        self.pause = Self::next(self.pause);
+        tokio::time::sleep(self.pause).await;
+    }
+}
+
 /// Why a publication's sockets could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -261,6 +304,7 @@ impl Proxy {
 
 async fn tcp_relay(l: TcpListener, target: SocketAddrV4) {
     let mut conns = JoinSet::new();
+    let mut backoff = Backoff::new();
     loop {
         // Reap finished connections (their results are nothing).
         while conns.try_join_next().is_some() {}
@@ -268,11 +312,11 @@ async fn tcp_relay(l: TcpListener, target: SocketAddrV4) {
             Ok(c) => c,
             Err(e) => {
                 // Out of descriptors and the like: keep serving.
-                tracing::warn!(error = %e, "port proxy accept failed");
-                tokio::task::yield_now().await;
+                backoff.failed("accept", &e).await;
                 continue;
             }
         };
+        backoff.reset();
         conns.spawn(async move {
             match TcpStream::connect(target).await {
                 Ok(mut guest) => {
@@ -292,10 +336,16 @@ async fn udp_relay(outer: Arc<UdpSocket>, target: SocketAddrV4) {
     let flows: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
     let mut backs = JoinSet::new();
     let mut buf = vec![0u8; 65536];
+    let mut backoff = Backoff::new();
     loop {
-        let Ok((n, client)) = outer.recv_from(&mut buf).await else {
-            continue;
+        let (n, client) = match outer.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                backoff.failed("receive", &e).await;
+                continue;
+            }
         };
+        backoff.reset();
         while backs.try_join_next().is_some() {}
         let flow = {
             let mut f = flows.lock().await;
@@ -351,6 +401,34 @@ pub fn bind_spec(p: &PortSpec) -> Result<Bound, ProxyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_back_off_doubling_to_a_ceiling() {
+        let mut p = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            p = Backoff::next(p);
+            seen.push(p.as_millis());
+        }
+        assert_eq!(seen, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+    }
+
+    #[tokio::test]
+    async fn a_failure_waits_and_a_success_starts_a_new_streak() {
+        let e = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut b = Backoff::new();
+        let t0 = std::time::Instant::now();
+        b.failed("accept", &e).await;
+        b.failed("accept", &e).await;
+        assert!(
+            t0.elapsed() >= Duration::from_millis(15),
+            "it waited 5 + 10 ms"
+        );
+        assert_eq!(b.pause, Duration::from_millis(10));
+        b.reset();
+        b.failed("accept", &e).await;
+        assert_eq!(b.pause, Backoff::FIRST);
+    }
 
     #[test]
     fn a_taken_port_is_refused_naming_its_holder() {
