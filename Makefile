@@ -49,12 +49,15 @@ lint:
 	$(if $(LINT_TARGET_DIR),CARGO_TARGET_DIR=$(LINT_TARGET_DIR) )$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Phase by phase, each timed (resources/phases.sh prints the table at the
-# end): a fresh machine's make test must stay under an hour. The
-# compile-only checks run beside the end-to-end suite at nice 19 (see
-# phases.sh), clippy in a target directory of its own so that it never
-# holds the build lock the suite's cargo calls need.
+# end): a fresh machine's make test must stay under an hour. Work that
+# needs nothing from the phase it runs beside goes beside it at nice 19
+# (see phases.sh): the kernel and base images (uncached only on a fresh
+# machine) beside the workspace build, whose serial stretches leave a core
+# idle; the compile-only checks beside the end-to-end suite, clippy in a
+# target directory of its own so that it never holds the build lock the
+# suite's cargo calls need.
 test:
-	@LINT_TARGET_DIR=$(CURDIR)/target/lint resources/phases.sh deps kernel images build unit 'e2e|lint fuzz-smoke'
+	@LINT_TARGET_DIR=$(CURDIR)/target/lint resources/phases.sh deps 'build|kernel images' unit 'e2e|lint fuzz-smoke'
 
 # libFuzzer targets for every parser of hostile input (fuzz/README.md).
 # The smoke run gives each target FUZZ_SMOKE_SECONDS so the targets keep

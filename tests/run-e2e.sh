@@ -269,7 +269,10 @@ if [ ${#machine_bins[@]} -gt 0 ]; then
     key=$(basename "$b")
     echo "=== $key (on this host: it boots the emulated KVM host itself)" >&2
     rc=0
-    "$b" --test-threads=1 ${filter:+"$filter"} 2>&1 | tee "$state/$key.out" || rc=$?
+    # --nocapture: each mvctl command's transcript and duration stays in
+    # the log, passed or not (these tests are few and long; the log says
+    # where their minutes go).
+    "$b" --test-threads=1 --nocapture ${filter:+"$filter"} 2>&1 | tee "$state/$key.out" || rc=$?
     # The machine's watcher reports an L1 that stopped answering (the
     # emulation's own fault, resources/testhost/README.md): a test that
     # failed while that happened runs once more, alone, and is named at

@@ -472,6 +472,17 @@ fn the_installed_product_runs_builds_pulls_and_pushes() {
     assert!(e.contains("not empty") && e.contains("force"), "{e}");
     p.ok(&["volume", "rm", "inst-data", "inst-copy"]);
 
+    // Published ports as a user: a TCP and a UDP server in a sandbox
+    // answer on this host's 127.0.0.1 (in machine mode through the
+    // forwards mvctl adds before `run` returns), and both ports are free
+    // again once `rm` returns.
+    published_ports_reach_this_host(&p);
+
+    // A checkpoint as a user: the sandbox stops with its memory saved and
+    // `start --checkpoint` continues the same guest (a counter in its
+    // tmpfs goes on from where it was).
+    checkpoint_and_restore(&p);
+
     // Bad input: clear errors, and the store as it was.
     let before = p.images();
     let closed = registry_support::free_port();
@@ -488,4 +499,167 @@ fn the_installed_product_runs_builds_pulls_and_pushes() {
     ]);
     assert!(e.contains("manifest unknown"), "{e}");
     assert_eq!(p.images(), before, "failed pulls leave the store unchanged");
+}
+
+/// The guest tools' UDP echo server, built static by `make init` (busybox
+/// has no UDP server); test data copied into an image, not the product.
+fn udp_echo_tool() -> PathBuf {
+    let p = repo().join("target/x86_64-unknown-linux-gnu/release/mvm-udp-echo");
+    assert!(
+        p.exists(),
+        "{} is missing: `make init` builds it (crate mvm-guest-tools)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `what` every 200 ms until it gives a value or `limit` passes.
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "waited {limit:?} for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn published_ports_reach_this_host(p: &Product) {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+
+    fs::create_dir_all(p.work.path().join("web")).unwrap();
+    fs::copy(udp_echo_tool(), p.work.path().join("web/mvm-udp-echo")).unwrap();
+    p.write(
+        "web/Dockerfile",
+        "FROM inst/busybox:1\n\
+         COPY mvm-udp-echo /bin/mvm-udp-echo\n\
+         RUN mkdir /www && echo hello-published > /www/index.html\n",
+    );
+    p.ok(&["build", "--progress", "plain", "-t", "inst/web:1", "web"]);
+    let tcp = registry_support::free_port();
+    let udp = loop {
+        let port = registry_support::free_port();
+        if port != tcp && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
+    };
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "inst-web",
+        "-p",
+        &format!("{tcp}:8080"),
+        "-p",
+        &format!("{udp}:7070/udp"),
+        "inst/web:1",
+        "sh",
+        "-c",
+        "mvm-udp-echo 7070 & exec httpd -f -p 8080 -h /www",
+    ]);
+    let ports = p.ok(&["port", "inst-web"]);
+    assert!(
+        ports.contains(&format!("8080/tcp -> 0.0.0.0:{tcp}"))
+            && ports.contains(&format!("7070/udp -> 0.0.0.0:{udp}")),
+        "mvctl port names both: {ports}"
+    );
+
+    let page = wait_for(
+        "the published TCP port to answer",
+        Duration::from_secs(120),
+        || {
+            let mut s = TcpStream::connect(("127.0.0.1", tcp)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            body.contains("hello-published").then_some(body)
+        },
+    );
+    assert!(page.starts_with("HTTP/1."), "{page}");
+
+    // The echo server says when it listens; then a datagram through the
+    // published port comes back (sent again while the reply is missing:
+    // UDP may drop it, and nothing says the forward carried the first).
+    wait_for("the UDP server to listen", Duration::from_secs(60), || {
+        p.ok(&["logs", "inst-web"])
+            .contains("udp-listening 7070")
+            .then_some(())
+    });
+    let sock = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let answer = wait_for(
+        "the UDP echo through the published port",
+        Duration::from_secs(60),
+        || {
+            sock.send_to(b"ping-installed", ("127.0.0.1", udp)).ok()?;
+            let mut buf = [0u8; 512];
+            let n = sock.recv(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        },
+    );
+    assert!(
+        answer.ends_with(" 7070 ping-installed"),
+        "the guest's echo server answered: {answer}"
+    );
+
+    p.ok(&["rm", "-f", "inst-web"]);
+    assert!(
+        TcpListener::bind(("127.0.0.1", tcp)).is_ok(),
+        "TCP port {tcp} is released when rm returns"
+    );
+    assert!(
+        UdpSocket::bind(("127.0.0.1", udp)).is_ok(),
+        "UDP port {udp} is released when rm returns"
+    );
+}
+
+fn checkpoint_and_restore(p: &Product) {
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "inst-count",
+        "inst/busybox:1",
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.2; done",
+    ]);
+    let last_tick = || -> u64 {
+        p.ok(&["logs", "--tail", "1", "inst-count"])
+            .trim()
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_for("the workload to count", Duration::from_secs(120), || {
+        (last_tick() >= 3).then_some(())
+    });
+    p.ok(&["checkpoint", "create", "inst-count", "c1"]);
+    let at_checkpoint = last_tick();
+    assert!(p.ok(&["checkpoint", "ls", "inst-count"]).contains("c1"));
+    p.ok(&["start", "--checkpoint", "c1", "inst-count"]);
+    wait_for(
+        "the restored workload to count",
+        Duration::from_secs(120),
+        || (last_tick() > at_checkpoint).then_some(()),
+    );
+    let count: u64 = p
+        .ok(&["exec", "inst-count", "cat", "/tmp/count"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        count > at_checkpoint,
+        "the tmpfs counter is {count}; it was {at_checkpoint} at the checkpoint"
+    );
+    let logs = p.ok(&["logs", "inst-count"]);
+    assert_eq!(
+        logs.lines().filter(|l| *l == "tick 1").count(),
+        1,
+        "the count did not start again after the restore: {logs}"
+    );
+    p.ok(&["rm", "-f", "inst-count"]);
 }
