@@ -245,13 +245,17 @@ impl Cgroup {
     }
 
     /// Remove the cgroup of sandbox `id` wherever it is (after its VMM
-    /// ended; a cgroup with live processes cannot be removed).
+    /// ended), killing first whatever still runs in it: a cgroup with live
+    /// processes cannot be removed, and nothing of a sandbox being cleaned
+    /// up may run (see [`kill_leftovers`]).
     pub fn remove(id: &str) {
         if let Some(h) = Hierarchy::detect() {
             let root = match &h {
                 Hierarchy::V2(r) | Hierarchy::V1(r) => r,
             };
-            let _ = fs::remove_dir(root.join("mvm").join(id));
+            let dir = root.join("mvm").join(id);
+            kill_leftovers(&h, &dir);
+            let _ = fs::remove_dir(&dir);
             remove_kthreads(root, id);
         }
     }
@@ -428,6 +432,55 @@ fn remove_kthreads(root: &Path, id: &str) {
     }
 }
 
+/// Kill the processes left in the cgroup `dir` of a sandbox being cleaned
+/// up, and wait (at most [`KTHREADS_EXIT`]) until they are gone. Such a
+/// process is a VMM that no one tracks: mvmd SIGKILLed between spawning it
+/// and recording it, so a restarted mvmd finds the sandbox created or
+/// exited with no VMM of record. Left alone, it would run on unseen and
+/// hold the cgroup. Kernel threads (KVM's, briefly after its VM closed)
+/// are not counted: they end by themselves and ignore signals.
+///
+/// cgroup v2 kills with `cgroup.kill`, atomic against forks; v1 (a CPU
+/// quota only) signals each listed process.
+fn kill_leftovers(h: &Hierarchy, dir: &Path) {
+    let pids = user_processes(dir);
+    if pids.is_empty() {
+        return;
+    }
+    tracing::warn!(cgroup = %dir.display(), ?pids, "killing processes left in the cgroup of a sandbox being cleaned up (an unrecorded VMM)");
+    let killed_all =
+        matches!(h, Hierarchy::V2(_)) && fs::write(dir.join("cgroup.kill"), "1").is_ok();
+    if !killed_all {
+        for pid in &pids {
+            // SAFETY: kill(2) with plain integers; the pid was in the
+            // cgroup a moment ago (a reused pid would have to be both
+            // reaped and reissued in between).
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+    let deadline = Instant::now() + KTHREADS_EXIT;
+    while !user_processes(dir).is_empty() {
+        if Instant::now() >= deadline {
+            tracing::warn!(cgroup = %dir.display(), "processes still in the cgroup after SIGKILL");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The pids in cgroup `dir` that are not kernel threads.
+fn user_processes(dir: &Path) -> Vec<libc::pid_t> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat_is_kernel_thread(&stat))
+        })
+        .collect()
+}
+
 /// Where [`move_kernel_threads`] puts a sandbox's kernel threads.
 fn kthreads_dir(root: &Path, id: &str) -> PathBuf {
     root.join("mvm").join(format!("{id}-kthreads"))
@@ -513,6 +566,27 @@ mod tests {
         assert_eq!(cg.quota_cpus(), Some(1.5));
         Cgroup::remove(&id);
         assert!(!cg.path.exists());
+    }
+
+    /// Removing a sandbox's cgroup kills what still runs in it (an
+    /// unrecorded VMM) instead of leaving both behind; on whichever
+    /// hierarchy this host has (needs root, as mvmd does).
+    #[test]
+    fn removal_kills_what_is_left_in_the_cgroup() {
+        let h = Hierarchy::detect().expect("a cgroup cpu controller on this host");
+        let id = format!("test-leftover-{}", std::process::id());
+        let cg = Cgroup::create_in(&h, &id, 1.0).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        fs::write(cg.procs(), child.id().to_string()).unwrap();
+        assert_eq!(user_processes(&cg.path), [child.id() as libc::pid_t]);
+        Cgroup::remove(&id);
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        assert!(!cg.path.exists(), "the cgroup is gone with its process");
     }
 
     #[test]
