@@ -30,10 +30,14 @@ wanted() {
   return 1
 }
 
+# The product's binaries with `make build`'s selection (the `run` and
+# `volumes` benchmarks start mvmd, mvctl and, through mvmd, the jailer
+# from next to mvm-vmm); a `-p` selection would unify features apart
+# from it and rebuild dozens of crates.
 release=()
 [ "$profile_dir" = release ] && release=(--release)
-echo "bench: building mvm-vmm ($profile_dir) and mvm-init" >&2
-cargo build "${release[@]}" -p mvm-vmm >&2
+echo "bench: building the product ($profile_dir)" >&2
+cargo build "${release[@]}" --workspace --exclude mvm-init --exclude mvm-e2e >&2
 export MVM_KERNEL=${MVM_KERNEL:-$(resources/kernel/build.sh --print-path)}
 export MVM_INIT=${MVM_INIT:-$target/x86_64-unknown-linux-gnu/release/mvm-init}
 export MVM_VMM=${MVM_VMM:-$target/$profile_dir/mvm-vmm}
@@ -43,13 +47,21 @@ for f in "$MVM_KERNEL" "$MVM_INIT" "$MVM_VMM" "$MVM_VIRTIOFSD"; do
 done
 
 # The bench executables of mvm-e2e: "NAME PATH" per line. Built in the
-# bench profile (release), which is what `cargo bench` would run.
+# bench profile (release), which is what `cargo bench` would run, or with
+# MVM_PROFILE_DIR=debug in the dev profile next to the debug product,
+# whose dependencies `cargo test --workspace` has built already (the
+# benchmarks only drive the product; what they time is the product's
+# code). The whole workspace is selected, as `cargo test --workspace`
+# does, so that features unify the same way; only mvm-e2e's benchmarks
+# are kept below.
+bench_profile=()
+[ "$profile_dir" = debug ] && bench_profile=(--profile dev)
 echo "bench: building the benchmark executables" >&2
 mkdir -p "$target"
 json=$(mktemp "$target/mvm-bench-build.XXXXXX")
 job=$(mktemp "$target/mvm-bench-job.XXXXXX")
 trap 'rm -f "$json" "$job"' EXIT
-cargo bench -p mvm-e2e --no-run --message-format=json-render-diagnostics >"$json" ||
+cargo bench --workspace --bench '*' "${bench_profile[@]}" --no-run --message-format=json-render-diagnostics >"$json" ||
   { echo "bench: building the benchmarks failed" >&2; exit 1; }
 mapfile -t benches < <(
   python3 -c '
@@ -59,9 +71,11 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+    if (m.get("reason") == "compiler-artifact" and m.get("executable")
+            and "bench" in m["target"]["kind"]
+            and m.get("manifest_path") == sys.argv[1]):
         print(m["target"]["name"], m["executable"])
-' <"$json"
+' "$root/tests/Cargo.toml" <"$json"
 )
 [ ${#benches[@]} -gt 0 ] || { echo "bench: no [[bench]] target was built for mvm-e2e" >&2; exit 1; }
 selected=()

@@ -10,13 +10,31 @@
 //! end of the stream. Every address lives in a namespace this program
 //! makes and deletes.
 //!
+//! Then HTTP requests per second through a published port (issue 12): a
+//! sandbox started through a real `mvmd` (`mvctl run -d -p
+//! 18080:8080 ... httpd`, busybox's httpd serving a 4 KiB page), loaded
+//! by ApacheBench (`ab`, Debian's apache2-utils) on the host side through
+//! each path a client can take: 127.0.0.1 (mvmd's userspace proxy), the
+//! bridge's address (nftables DNAT in the host's output path), and the
+//! sandbox's own address (routed over the bridge, no NAT: virtio-net
+//! alone). The reference is the same httpd and page in a namespace behind
+//! a veth pair (`ab` in the other namespace), and on the host's loopback.
+//! Every path is loaded for the same time with the same concurrency;
+//! busybox httpd forks a process per connection on either side, so the
+//! ratio compares the paths, not the servers.
+//!
 //! A standalone program (no libtest harness); needs what the end-to-end
-//! tests need (`MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`, hardware KVM, root).
-//! Optional: `MVM_BENCH_NET_MIB` (default 64 MiB per direction),
-//! `MVM_BENCH_PINGS` (default 20).
+//! tests need (`MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`, hardware KVM, root),
+//! and `mvmd`, `mvctl`, `mvm-jailer` next to `MVM_VMM`, and `ab`.
+//! Optional: `MVM_BENCH_NET_MIB` (default 64 MiB per direction; 0 skips
+//! the throughput and ping part), `MVM_BENCH_PINGS` (default 20),
+//! `MVM_BENCH_HTTP_SECS` (default 10 s of load per path; 0 skips the
+//! HTTP part), `MVM_BENCH_HTTP_CONC` (default 4 requests in flight).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -333,13 +351,392 @@ fn veth_figures(bytes: usize, pings: usize) -> Figures {
     }
 }
 
+/// The published host port of the HTTP part, and the guest's.
+const WEB_PORT: u16 = 18080;
+const GUEST_PORT: u16 = 8080;
+/// The host-loopback reference server's port.
+const LOOPBACK_PORT: u16 = 18081;
+/// The image the HTTP part imports (busybox and the page).
+const WEB_IMAGE: &str = "bench/busybox:web";
+/// Size of the page every server serves.
+const PAGE_BYTES: usize = 4096;
+
+/// `mvmd`, `mvctl` and `mvm-jailer` sit next to `mvm-vmm` (one target dir).
+fn binary(name: &str) -> PathBuf {
+    let vmm = std::env::var_os("MVM_VMM").expect("MVM_VMM is not set: run tests/run-bench.sh");
+    let p = Path::new(&vmm).with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build it in the VMM's profile (`make build-release`, or `make build` with MVM_PROFILE_DIR=debug)",
+        p.display()
+    );
+    p
+}
+
+/// A real `mvmd` with networking (the default bridge, nftables, the port
+/// proxy), stopped with SIGTERM when dropped.
+struct Daemon {
+    child: Child,
+    host: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let log = dir.join("mvmd.log");
+        let run = dir.join("run");
+        let child = Command::new(binary("mvmd"))
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--run-dir")
+            .arg(&run)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn mvmd");
+        let socket = run.join("mvmd.sock");
+        let t = Instant::now();
+        while UnixStream::connect(&socket).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "mvmd did not listen within 60 s; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            host: format!("unix://{}", socket.display()),
+            log,
+        }
+    }
+
+    /// Run mvctl; panics with its output (and mvmd's log) unless it exits
+    /// 0. Returns stdout.
+    fn mvctl(&self, args: &[&str]) -> String {
+        let out = Command::new(binary("mvctl"))
+            .args(args)
+            .env("MVM_HOST", &self.host)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn mvctl");
+        assert!(
+            out.status.success(),
+            "mvctl {args:?} failed ({}):\n{}{}\nmvmd log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP GET of `/` at `addr`: the response, or why there was none.
+fn http_get(addr: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    if buf.starts_with("HTTP/1.") && buf.contains(" 200 ") {
+        Ok(buf)
+    } else {
+        Err(format!("not a 200 answer: {buf:?}"))
+    }
+}
+
+/// Wait until `addr` serves the page (a sandbox boots meanwhile);
+/// `run_in` makes the attempt in a namespace if given.
+fn wait_http(addr: &str, run_in: Option<&Netns>) {
+    let t = Instant::now();
+    loop {
+        let a = addr.to_string();
+        let got = match run_in {
+            Some(ns) => ns.run(move || http_get(&a)).unwrap(),
+            None => http_get(&a),
+        };
+        match got {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(180),
+                    "http://{addr}/ did not answer within 180 s: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// What `ab` measured on one path.
+#[derive(Debug, Clone, Copy)]
+struct Ab {
+    requests: u64,
+    per_s: f64,
+    /// Median and 99th percentile of the requests' times, ms.
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `ab` against `url` for `secs` seconds with `conc` requests in flight
+/// (in namespace `ns` if given): every request must have succeeded with
+/// the whole page.
+fn ab(url: &str, secs: usize, conc: usize, ns: Option<&Netns>) -> Ab {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(ns) = ns {
+        args.extend(["ip", "netns", "exec", ns.name()].map(String::from));
+    }
+    // -t first: it implies -n 50000, which the -n after it raises.
+    args.extend(
+        [
+            "ab",
+            "-q",
+            "-t",
+            &secs.to_string(),
+            "-n",
+            "10000000",
+            "-c",
+            &conc.to_string(),
+            url,
+        ]
+        .map(String::from),
+    );
+    let out = Command::new(&args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn ab (apache2-utils; resources/deps.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ab {url} failed ({}):\n{text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().next()?.parse().ok()
+    };
+    let pct = |p: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.trim_start().starts_with(p))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let (Some(done), Some(failed), Some(len), Some(per_s), Some(p50), Some(p99)) = (
+        field("Complete requests:"),
+        field("Failed requests:"),
+        field("Document Length:"),
+        field("Requests per second:"),
+        pct("50%"),
+        pct("99%"),
+    ) else {
+        panic!("ab {url}: unexpected report:\n{text}");
+    };
+    assert!(
+        done > 0.0 && failed == 0.0 && !text.contains("Non-2xx responses"),
+        "ab {url}: failed requests:\n{text}"
+    );
+    assert_eq!(len as usize, PAGE_BYTES, "ab {url}: the page's length");
+    Ab {
+        requests: done as u64,
+        per_s,
+        p50_ms: p50,
+        p99_ms: p99,
+    }
+}
+
+/// A busybox tree whose `/www/index.html` is the page.
+fn web_tree(root: &Path) {
+    mvm_e2e::rootfs::busybox_tree(root).expect("busybox tree");
+    let www = root.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), page()).unwrap();
+}
+
+fn page() -> Vec<u8> {
+    let mut p = b"<html><body><pre>\n".to_vec();
+    while p.len() < PAGE_BYTES - 20 {
+        p.extend_from_slice(b"mvm benchmark page\n");
+    }
+    p.resize(PAGE_BYTES - 20, b'.');
+    p.extend_from_slice(b"</pre></body></html>");
+    assert_eq!(p.len(), PAGE_BYTES);
+    p
+}
+
+/// HTTP through the published port's paths and the references (see the
+/// module doc): (path, figures) rows.
+fn http_figures(secs: usize, conc: usize) -> Vec<(String, Ab)> {
+    let mut rows = Vec::new();
+    let dir = tempfile::Builder::new()
+        .prefix("mvm-bench-http-")
+        .tempdir()
+        .unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), page()).unwrap();
+    let www = www.to_str().unwrap().to_string();
+
+    // The references first: busybox httpd behind a veth pair, and on the
+    // host's loopback.
+    {
+        let host = Netns::new("http-host").unwrap();
+        let peer = Netns::new("http-peer").unwrap();
+        veth_pair(
+            &host,
+            &format!("{VETH_HOST}/24"),
+            &peer,
+            &format!("{VETH_PEER}/24"),
+        )
+        .unwrap();
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", peer.name(), "busybox", "httpd", "-f"])
+            .args(["-p", &GUEST_PORT.to_string(), "-h", &www])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("{VETH_PEER}:{GUEST_PORT}");
+        wait_http(&url, Some(&host));
+        eprintln!("net: HTTP over the veth pair");
+        ab(&format!("http://{url}/"), 1, 1, Some(&host));
+        rows.push((
+            "veth pair between namespaces (reference)".to_string(),
+            ab(&format!("http://{url}/"), secs, conc, Some(&host)),
+        ));
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    {
+        let mut server = Command::new("busybox")
+            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{LOOPBACK_PORT}")])
+            .args(["-h", &www])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("127.0.0.1:{LOOPBACK_PORT}");
+        wait_http(&url, None);
+        eprintln!("net: HTTP on the host's loopback");
+        ab(&format!("http://{url}/"), 1, 1, None);
+        rows.push((
+            "host loopback, no VM (reference)".to_string(),
+            ab(&format!("http://{url}/"), secs, conc, None),
+        ));
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+
+    // The sandbox, through mvmd as `mvctl run -p` does it.
+    let d = Daemon::start(dir.path());
+    let tree = dir.path().join("tree");
+    web_tree(&tree);
+    let tar = dir.path().join("rootfs.tar");
+    let st = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar of the busybox tree failed");
+    d.mvctl(&["import", tar.to_str().unwrap(), WEB_IMAGE]);
+    let publish = format!("{WEB_PORT}:{GUEST_PORT}");
+    let port = GUEST_PORT.to_string();
+    d.mvctl(&[
+        "run", "-d", "--name", "web", "-p", &publish, WEB_IMAGE, "httpd", "-f", "-p", &port, "-h",
+        "/www",
+    ]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&d.mvctl(&["inspect", "web"])).expect("inspect prints JSON");
+    let guest = inspect[0]["network_settings"]["ipv4_address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no sandbox address: {inspect}"))
+        .to_string();
+    let net: serde_json::Value =
+        serde_json::from_str(&d.mvctl(&["network", "inspect", "bridge"])).expect("JSON");
+    let gateway = net[0]["gateway"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no gateway: {net}"))
+        .to_string();
+    for (what, addr) in [
+        (
+            "published port, 127.0.0.1 (mvmd's userspace proxy)",
+            format!("127.0.0.1:{WEB_PORT}"),
+        ),
+        (
+            "published port, the bridge's address (nftables DNAT)",
+            format!("{gateway}:{WEB_PORT}"),
+        ),
+        (
+            "the sandbox's address, routed over the bridge (no NAT)",
+            format!("{guest}:{GUEST_PORT}"),
+        ),
+    ] {
+        wait_http(&addr, None);
+        eprintln!("net: HTTP to the sandbox, {what}");
+        ab(&format!("http://{addr}/"), 1, 1, None);
+        rows.push((
+            what.to_string(),
+            ab(&format!("http://{addr}/"), secs, conc, None),
+        ));
+    }
+    d.mvctl(&["rm", "-f", "web"]);
+    rows
+}
+
+fn print_http(rows: &[(String, Ab)], secs: usize, conc: usize) {
+    println!();
+    println!(
+        "HTTP through a published port: ab -c {conc} for {secs} s per path, GET of a {PAGE_BYTES}-byte page from busybox httpd (a process per connection)"
+    );
+    println!();
+    println!("| path | requests | requests/s | x veth | p50 ms | p99 ms |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let veth = rows[0].1.per_s;
+    for (what, f) in rows {
+        println!(
+            "| {what} | {} | {:.1} | {:.2}x | {:.0} | {:.0} |",
+            f.requests,
+            f.per_s,
+            f.per_s / veth,
+            f.p50_ms,
+            f.p99_ms
+        );
+    }
+}
+
 fn main() {
     // The VMM logs its net counters at debug level when the VM ends.
     if std::env::var_os("MVM_LOG").is_none() {
         std::env::set_var("MVM_LOG", "debug");
     }
-    let bytes = env_usize("MVM_BENCH_NET_MIB", 64).max(1) * MIB;
+    let mib = env_usize("MVM_BENCH_NET_MIB", 64);
     let pings = env_usize("MVM_BENCH_PINGS", 20).max(1);
+    let http_secs = env_usize("MVM_BENCH_HTTP_SECS", 10);
+    let http_conc = env_usize("MVM_BENCH_HTTP_CONC", 4).max(1);
+    if mib > 0 {
+        tcp_and_ping(mib * MIB, pings);
+    }
+    if http_secs > 0 {
+        let rows = http_figures(http_secs, http_conc);
+        print_http(&rows, http_secs, http_conc);
+    }
+}
+
+/// The throughput and ping table (the module doc's first part).
+fn tcp_and_ping(bytes: usize, pings: usize) {
     let baseline = veth_figures(bytes, pings);
     let vm = vm_figures(bytes, pings);
     println!();
