@@ -503,6 +503,89 @@ mod tests {
     }
 
     #[test]
+    fn another_init_or_vmm_is_refused_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        let p = paths(t.path());
+        fake(&p, "c1", &mvm_vmm_api::snapshot::seal(b"state"), 1 << 20);
+        let mut ours = ids(&"k".repeat(64));
+        ours.init = "j".repeat(64);
+        let err = check(&p, "c1", &ours, 1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CheckpointError::OtherBinaries {
+                    what: "guest init",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = err.to_string();
+        assert!(
+            err.contains("sha256:iiiiiiiiiiii") && err.contains("sha256:jjjjjjjjjjjj"),
+            "{err}"
+        );
+        assert!(err.contains("start without --checkpoint"), "{err}");
+        let mut ours = ids(&"k".repeat(64));
+        ours.vmm = "w".repeat(64);
+        let err = check(&p, "c1", &ours, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("another VMM (mvm-vmm)") && err.contains("sha256:wwwwwwwwwwww"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_with_missing_or_garbled_parts_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = paths(t.path());
+        let k = ids(&"k".repeat(64));
+        let sealed = mvm_vmm_api::snapshot::seal(b"state");
+        let unusable = |name: &str, want: &str| {
+            let err = check(&p, name, &k, 1).unwrap_err();
+            assert!(
+                matches!(err, CheckpointError::Unusable { .. }),
+                "{name}: {err}"
+            );
+            let err = err.to_string();
+            assert!(
+                err.contains(&format!("checkpoint {name} is unusable")) && err.contains(want),
+                "{name}: {want:?} not in {err:?}"
+            );
+        };
+        fake(&p, "meta", &sealed, 1 << 20);
+        fs::write(dir(&p).join("meta").join(META), b"{\"name\": 1").unwrap();
+        unusable("meta", META);
+        fake(&p, "nostate", &sealed, 1 << 20);
+        fs::remove_file(dir(&p).join("nostate/state")).unwrap();
+        unusable("nostate", "reading snapshot state");
+        fake(&p, "empty", b"", 1 << 20);
+        unusable("empty", "truncated");
+        fake(
+            &p,
+            "foreign",
+            b"{\"kernel\": \"vmlinux\", \"init\": 1}",
+            1 << 20,
+        );
+        unusable("foreign", "not a mvm snapshot state file");
+        let mut v2 = sealed.clone();
+        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        fake(&p, "v2", &v2, 1 << 20);
+        unusable("v2", "format version 2");
+        fake(&p, "nomem", &sealed, 1 << 20);
+        fs::remove_file(dir(&p).join("nomem/memory")).unwrap();
+        unusable("nomem", "memory");
+        fake(&p, "bigmem", &sealed, 2 << 20);
+        unusable("bigmem", "memory file is 2097152 bytes");
+        fake(&p, "nodisk", &sealed, 1 << 20);
+        fs::remove_file(dir(&p).join("nodisk/scratch.ext4")).unwrap();
+        unusable("nodisk", "scratch disk copy is missing");
+        // A checkpoint being made (no metadata yet) is not listed.
+        let names: Vec<String> = list(&p).unwrap().into_iter().map(|i| i.name).collect();
+        assert!(!names.contains(&"meta".to_string()), "{names:?}");
+    }
+
+    #[test]
     fn corrupt_or_truncated_files_are_refused() {
         let t = tempfile::tempdir().unwrap();
         let p = paths(t.path());

@@ -28,6 +28,7 @@ use mvm_runtime::{Layout, Resources, SandboxPaths};
 use mvm_vmm_api::kvm::{self, KvmMode};
 pub use mvm_vmm_api::{GuestState, StatusReport, VmConfig, WorkloadReport};
 
+pub mod bench;
 pub mod containerd;
 pub mod daemon;
 pub mod netns;

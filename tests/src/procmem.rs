@@ -17,6 +17,15 @@ use std::fs;
 pub struct VmmMemory {
     /// Resident pages of the guest RAM mapping(s).
     pub guest: u64,
+    /// Their proportional share (PSS): a page mapped by N processes
+    /// counts 1/N here. Guest RAM restored from a snapshot's memory file
+    /// shares the pages the guest only read with every other mapping of
+    /// that file (and the page cache).
+    pub guest_pss: u64,
+    /// Of `guest`, the anonymous pages: for RAM restored from a memory
+    /// file, the guest's private copies of the pages it wrote; the rest
+    /// of `guest` is the file's shared pages.
+    pub guest_anon: u64,
     /// Every other resident page of the process: its heap, stacks,
     /// executable and libraries.
     pub own: u64,
@@ -61,7 +70,9 @@ pub fn parse(smaps: &str, guest_bytes: u64) -> VmmMemory {
         match first {
             "Rss:" if is_guest => m.guest += kib(),
             "Rss:" => m.own += kib(),
-            "Anonymous:" if !is_guest => m.own_anon += kib(),
+            "Pss:" if is_guest => m.guest_pss += kib(),
+            "Anonymous:" if is_guest => m.guest_anon += kib(),
+            "Anonymous:" => m.own_anon += kib(),
             _ => {}
         }
     }
@@ -80,7 +91,8 @@ Rss:                 800 kB
 Anonymous:             0 kB
 7f0000000000-7f0008000000 rw-p 00000000 00:00 0 
 Rss:               22528 kB
-Anonymous:         22528 kB
+Pss:               14336 kB
+Anonymous:          6144 kB
 VmFlags: rd wr mr mw me ac dc hg
 7f0008000000-7f0008200000 rw-p 00000000 00:00 0 
 Rss:                 300 kB
@@ -90,6 +102,8 @@ Anonymous:           300 kB
             parse(smaps, 128 << 20),
             VmmMemory {
                 guest: 22528,
+                guest_pss: 14336,
+                guest_anon: 6144,
                 own: 1100,
                 own_anon: 300
             }

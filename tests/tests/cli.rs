@@ -1065,8 +1065,9 @@ mod cli {
     /// goes on from its value (it does not start again at 1), a file on
     /// the scratch disk is there, exec works (the agent is reached again
     /// after the vsock reset). `--leave-running` keeps the guest going. A
-    /// corrupted checkpoint is refused with a clear error, before any VMM
-    /// starts.
+    /// corrupted checkpoint, one made by another kernel and one whose
+    /// memory file is truncated are refused with a clear error, before any
+    /// VMM starts.
     #[test]
     fn checkpoint_restore_continues_the_guest() {
         let name = unique("ckpt");
@@ -1180,6 +1181,44 @@ mod cli {
         assert_eq!(inspect(&name)["state"]["status"], "exited");
         let out = mvctl(&["start", "--checkpoint", "nope", &name]).failed();
         assert!(out.stderr.contains("no such checkpoint"), "{out:?}");
+
+        // A checkpoint made by another kernel (as after an upgrade of the
+        // guest kernel) is refused naming both, before any VMM starts.
+        let meta = format!("{dir}/checkpoints/c1/checkpoint.json");
+        let original = std::fs::read(&meta).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        let ours = v["artifacts"]["kernel"].as_str().unwrap().to_string();
+        v["artifacts"]["kernel"] = "0".repeat(64).into();
+        std::fs::write(&meta, serde_json::to_vec(&v).unwrap()).unwrap();
+        let out = mvctl(&["start", "--checkpoint", "c1", &name]).failed();
+        assert!(
+            out.stderr
+                .contains("checkpoint c1 was made with another guest kernel (sha256:000000000000)")
+                && out
+                    .stderr
+                    .contains(&format!("this mvm runs sha256:{}", &ours[..12])),
+            "{out:?}"
+        );
+        assert_eq!(inspect(&name)["state"]["status"], "exited");
+        // Put back, it would restore again; a truncated memory file is
+        // refused instead.
+        std::fs::write(&meta, &original).unwrap();
+        let memory = format!("{dir}/checkpoints/c1/memory");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&memory)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len / 2).unwrap();
+        let out = mvctl(&["start", "--checkpoint", "c1", &name]).failed();
+        assert!(
+            out.stderr.contains("checkpoint c1 is unusable")
+                && out
+                    .stderr
+                    .contains(&format!("its memory file is {} bytes", len / 2)),
+            "{out:?}"
+        );
+        assert_eq!(inspect(&name)["state"]["status"], "exited");
         mvctl(&["checkpoint", "rm", &name, "c2"]).ok();
         let out = mvctl(&["checkpoint", "ls", &name]).ok();
         assert!(

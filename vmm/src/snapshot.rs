@@ -351,8 +351,29 @@ mod tests {
             "{err}"
         );
         let mut other = cfg.clone();
+        other.artifacts.as_mut().unwrap().init = "i2".into();
+        let err = s.check_fits(&other, &[]).unwrap_err().to_string();
+        assert!(err.contains("init i,") && err.contains("init i2"), "{err}");
+        let mut other = cfg.clone();
+        other.artifacts.as_mut().unwrap().vmm = "v2".into();
+        let err = s.check_fits(&other, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("VMM v (mvm-vmm 0.1.0)") && err.contains("VMM v2"),
+            "{err}"
+        );
+        let mut other = cfg.clone();
+        other.artifacts = None;
+        let err = s.check_fits(&other, &[]).unwrap_err().to_string();
+        assert!(err.contains("this VM runs no identity"), "{err}");
+        let mut other = cfg.clone();
         other.memory_mib = 256;
-        assert!(s.check_fits(&other, &[]).is_err());
-        assert!(s.check_fits(&cfg, &[2]).is_err());
+        let err = s.check_fits(&other, &[]).unwrap_err().to_string();
+        assert!(err.contains("its guest memory is 134217728 bytes"), "{err}");
+        let mut other = cfg.clone();
+        other.vcpus = 2;
+        let err = s.check_fits(&other, &[]).unwrap_err().to_string();
+        assert!(err.contains("it has 0 vCPUs; this VM has 2"), "{err}");
+        let err = s.check_fits(&cfg, &[2]).unwrap_err().to_string();
+        assert!(err.contains("types []; this VM's are [2]"), "{err}");
     }
 }

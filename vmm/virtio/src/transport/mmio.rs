@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use serde::{Deserialize, Serialize};
 
@@ -662,16 +662,27 @@ impl MmioTransport {
                     format!("size {} above the maximum {max}", qs.size),
                 ));
             }
-            q.set_size(qs.size);
-            q.set_desc_table_address(
-                Some(qs.desc_table as u32),
-                Some((qs.desc_table >> 32) as u32),
-            );
-            q.set_avail_ring_address(
-                Some(qs.avail_ring as u32),
-                Some((qs.avail_ring >> 32) as u32),
-            );
-            q.set_used_ring_address(Some(qs.used_ring as u32), Some((qs.used_ring >> 32) as u32));
+            // The `try_` setters: the plain ones ignore a bad value and
+            // keep the default, which would restore a queue other than
+            // the guest's without a word.
+            q.try_set_size(qs.size)
+                .map_err(|e| queue_err(i, format!("size {}: {e}", qs.size)))?;
+            for (what, addr, set) in [
+                (
+                    "descriptor table",
+                    qs.desc_table,
+                    Queue::try_set_desc_table_address as fn(&mut Queue, _) -> _,
+                ),
+                (
+                    "available ring",
+                    qs.avail_ring,
+                    Queue::try_set_avail_ring_address,
+                ),
+                ("used ring", qs.used_ring, Queue::try_set_used_ring_address),
+            ] {
+                set(&mut q, GuestAddress(addr))
+                    .map_err(|e| queue_err(i, format!("{what} at {addr:#x}: {e}")))?;
+            }
             q.set_next_avail(qs.next_avail);
             q.set_next_used(qs.next_used);
             q.set_ready(qs.ready);

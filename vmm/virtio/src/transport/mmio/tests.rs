@@ -560,3 +560,109 @@ fn random_register_traffic_never_panics() {
         assert_eq!(active, t.device_status() & DRIVER_OK != 0);
     }
 }
+
+/// An rng transport driven to DRIVER_OK with its queue at 0x1000 (size
+/// 64), and its saved state.
+fn active_rng_state(mem: &GuestMemoryMmap) -> MmioState {
+    let (mut t, dev) = rng_transport(mem);
+    negotiate(&mut t, VERSION_1 | EVENT_IDX);
+    let gq = GuestQueue::new(mem, GuestAddress(0x1000), 64);
+    setup_queue(&mut t, 0, &gq, 64);
+    w(&mut t, REG_STATUS, FULL);
+    assert!(dev.lock().unwrap().is_activated());
+    t.save()
+}
+
+#[test]
+fn a_saved_transport_restores_into_a_fresh_one() {
+    let mem = mem();
+    let s = active_rng_state(&mem);
+    let (mut t, dev) = rng_transport(&mem);
+    t.restore(&s).unwrap();
+    assert_eq!(r(&mut t, REG_STATUS), FULL);
+    assert_eq!(t.save(), s);
+    let d = dev.lock().unwrap();
+    assert!(d.is_activated(), "DRIVER_OK in the state activates");
+    assert_eq!(d.acked_features(), VERSION_1 | EVENT_IDX);
+    let q = &d.common.active().unwrap().queues[0];
+    assert_eq!((q.size(), q.desc_table()), (64, 0x1000));
+    assert!(q.event_idx_enabled());
+}
+
+/// Every way a (checksummed, decodable) state can be wrong is refused
+/// with an error naming it; the fresh device stays inactive.
+#[test]
+fn a_hostile_transport_state_is_refused_by_name() {
+    let mem = mem();
+    let good = active_rng_state(&mem);
+    let refuse = |s: &MmioState, want: &str| {
+        let (mut t, dev) = rng_transport(&mem);
+        let err = t.restore(s).unwrap_err().to_string();
+        assert!(err.contains(want), "{want:?} not in {err:?}");
+        assert!(!dev.lock().unwrap().is_activated(), "{err}");
+        assert_eq!(r(&mut t, REG_STATUS), 0, "{err}");
+    };
+    let mut s = good.clone();
+    s.device_type = TYPE_BLOCK;
+    refuse(&s, "device of type 2 where this VM has type 4");
+    let mut s = good.clone();
+    s.queues.push(s.queues[0].clone());
+    refuse(&s, "has 2 queues; the device has 1");
+    let mut s = good.clone();
+    s.queues.clear();
+    refuse(&s, "has 0 queues");
+    let mut s = good.clone();
+    s.driver_features |= 1 << 60;
+    refuse(&s, "are not all offered");
+    let mut s = good.clone();
+    s.queues[0].size = 1024;
+    refuse(&s, "size 1024 above the maximum");
+    for bad in [0u16, 3, 48] {
+        let mut s = good.clone();
+        s.queues[0].size = bad;
+        refuse(&s, &format!("size {bad}:"));
+    }
+    let mut s = good.clone();
+    s.queues[0].desc_table = 0x1001;
+    refuse(&s, "descriptor table at 0x1001");
+    let mut s = good.clone();
+    s.queues[0].avail_ring = 0x2001;
+    refuse(&s, "available ring at 0x2001");
+    let mut s = good.clone();
+    s.queues[0].used_ring = 0x3002;
+    refuse(&s, "used ring at 0x3002");
+    // Aligned but outside the 1 MiB of guest memory, low and high words.
+    let mut s = good.clone();
+    s.queues[0].desc_table = 0x10_0000 - 0x100;
+    refuse(&s, "do not fit guest memory");
+    let mut s = good.clone();
+    s.queues[0].used_ring |= 1 << 40;
+    refuse(&s, "do not fit guest memory");
+}
+
+/// Random bytes in every field never panic the restore.
+#[test]
+fn random_transport_states_never_panic() {
+    let mem = mem();
+    let good = active_rng_state(&mem);
+    let mut rng = XorShift::new(0x5eed);
+    for _ in 0..2000 {
+        let mut s = good.clone();
+        let v = rng.next_u64();
+        match v % 8 {
+            0 => s.device_status = (v >> 8) as u32,
+            1 => s.driver_features = rng.next_u64(),
+            2 => s.queues[0].size = (v >> 8) as u16,
+            3 => s.queues[0].desc_table = rng.next_u64() & 0x1f_ffff,
+            4 => s.queues[0].avail_ring = rng.next_u64() & 0x1f_ffff,
+            5 => s.queues[0].used_ring = rng.next_u64() & 0x1f_ffff,
+            6 => {
+                s.queues[0].next_avail = (v >> 8) as u16;
+                s.queues[0].next_used = (v >> 24) as u16;
+            }
+            _ => s.interrupt_status = (v >> 8) as u32,
+        }
+        let (mut t, _dev) = rng_transport(&mem);
+        let _ = t.restore(&s);
+    }
+}
