@@ -60,7 +60,7 @@ fn remove_and_check_nothing_left(c: &Containerd, ids: &[&str]) {
 }
 
 #[test]
-#[ignore = "hung in the emulated host (2026-12-07, over 10 min): the harness's pty helper kept the slave's descriptors in its Command after the spawn, so the master never ended; fixed in mvm_e2e::pty (CLOEXEC ends, Command dropped), not yet rerun"]
+#[ignore = "hung again in the emulated host (2026-12-07 14:34, over 5 min, after the pty helper fix; its binary was stopped before libtest printed anything): rerun it alone with --include-ignored --nocapture to see where"]
 fn shim_terminal_run_and_exec_through_a_pty() {
     let c = Containerd::start();
     let script = tty_script(33, 111, 3);
@@ -121,7 +121,7 @@ fn shim_terminal_run_and_exec_through_a_pty() {
 /// socket: it finds the same shim, the task still runs and answers, and
 /// kill and delete work as before.
 #[test]
-#[ignore = "failed again in the emulated host (2026-12-07); its output was lost when the hung terminal test's binary was stopped: to be rerun with the failure diagnostics (Containerd's Drop prints them)"]
+#[ignore = "fails (2026-12-07 14:43, with diagnostics): after containerd's SIGTERM and restart, containerd logs 'cleaning up after shim disconnected' and 'cleaning up dead shim' for the task and `ctr task ls` lists nothing: the shim did not survive containerd's stop, or containerd could not reach it again"]
 fn shim_tasks_survive_containerd_restarts() {
     let mut c = Containerd::start();
     let out = c.run(&["-d"], "survivor", &["sleep", "1000"]);
@@ -174,7 +174,7 @@ fn shim_tasks_survive_containerd_restarts() {
 /// (`/tasks/oom`, what the CRI plugin turns into the container's
 /// `OOMKilled` reason) before its exit.
 #[test]
-#[ignore = "failed in 3 of the last 3 runs in the emulated host (ctr run did not end within 180 s twice; 2026-12-07 output lost when the hung terminal test's binary was stopped): to be rerun with the failure diagnostics"]
+#[ignore = "fails (2026-12-07 14:40, with diagnostics): `ctr run` does not end within 180 s while the guest's vCPU runs throughout: the --memory-limit sizes the whole 64 MiB guest (no memory.max on the workload cgroup), which thrashes instead of OOM-killing under emulation; to fix: guest memory = limit + headroom and the workload cgroup's memory.max = the limit (Kata's model)"]
 fn shim_an_oom_kill_in_the_guest_reaches_containerd() {
     let c = Containerd::start();
     let events = c.events();
@@ -206,42 +206,37 @@ fn shim_an_oom_kill_in_the_guest_reaches_containerd() {
 }
 
 /// A VMM killed from outside (its host pid is the task's) ends the task
-/// with the signal's status, as runc's task would: SIGKILL is 137, and
-/// SIGSYS (what a seccomp kill is) 159. The shim learns the signal by
-/// reaping the VMM's jailer (which ends as its VMM did), so nothing else
-/// in the shim may reap it first (the containerd-shim crate's reaper).
+/// with the signal's status, as runc's task would: SIGKILL is 137. The
+/// shim learns the signal by reaping the VMM's jailer (which ends as its
+/// VMM did), so nothing else in the shim may reap it first (the
+/// containerd-shim crate's reaper). Only SIGKILL: the jailed VMM is PID 1
+/// of its own PID namespace, so the kernel drops any other signal it has
+/// no handler for, even from the host (a SIGSYS sent by kill(2) left it
+/// running, seen 2026-12-07); a real seccomp kill is not a signal but an
+/// exit, and the api suite proves it with the trigger-built VMM.
 #[test]
-#[ignore = "failed again in the emulated host (2026-12-07); its output was lost when the hung terminal test's binary was stopped: to be rerun with the failure diagnostics"]
 fn shim_a_vmm_killed_from_outside_ends_its_task_with_the_signal() {
     let c = Containerd::start();
     let events = c.events();
-    let cases = [("vmm-kill", libc::SIGKILL), ("vmm-sys", libc::SIGSYS)];
-    for (id, _) in cases {
-        let out = c.run(&["-d"], id, &["sleep", "1000"]);
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            text(&out.stderr),
-            c.log_tail()
-        );
-    }
-    for (id, signal) in cases {
-        let vmm = task_pid(&c, id);
-        // SAFETY: kill on the pid containerd reports for the task.
-        assert_eq!(unsafe { libc::kill(vmm, signal) }, 0);
-        let exit = events.wait_for(&format!("{id}'s exit event"), |l| {
-            l.contains("/tasks/exit") && l.contains(&format!("\"container_id\":\"{id}\""))
-        });
-        assert!(
-            exit.contains(&format!("\"exit_status\":{}", 128 + signal)),
-            "{id}: {exit}\n{}",
-            c.log_tail()
-        );
-    }
-    // The seccomp kill is named as such in the shim's log.
-    let log = std::fs::read_to_string(c.dir.path().join("containerd.log")).unwrap();
-    assert!(log.contains("seccomp filter"), "{}", c.log_tail());
-    remove_and_check_nothing_left(&c, &["vmm-kill", "vmm-sys"]);
+    let out = c.run(&["-d"], "vmm-kill", &["sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        c.log_tail()
+    );
+    let vmm = task_pid(&c, "vmm-kill");
+    // SAFETY: kill on the pid containerd reports for the task.
+    assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
+    let exit = events.wait_for("vmm-kill's exit event", |l| {
+        l.contains("/tasks/exit") && l.contains("\"container_id\":\"vmm-kill\"")
+    });
+    assert!(
+        exit.contains("\"exit_status\":137"),
+        "{exit}\n{}",
+        c.log_tail()
+    );
+    remove_and_check_nothing_left(&c, &["vmm-kill"]);
 }
 
 /// Kubernetes, step 2 (docs/kubernetes.md): a pod's sandbox (the CRI
