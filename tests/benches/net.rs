@@ -33,11 +33,11 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mvm_e2e::bench;
 use mvm_e2e::netns::{veth_pair, Netns};
 use mvm_e2e::{Running, Vm};
 use mvm_runtime::launch::Nic;
@@ -361,84 +361,9 @@ const WEB_IMAGE: &str = "bench/busybox:web";
 /// Size of the page every server serves.
 const PAGE_BYTES: usize = 4096;
 
-/// `mvmd`, `mvctl` and `mvm-jailer` sit next to `mvm-vmm` (one target dir).
-fn binary(name: &str) -> PathBuf {
-    let vmm = std::env::var_os("MVM_VMM").expect("MVM_VMM is not set: run tests/run-bench.sh");
-    let p = Path::new(&vmm).with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build it in the VMM's profile (`make build-release`, or `make build` with MVM_PROFILE_DIR=debug)",
-        p.display()
-    );
-    p
-}
-
-/// A real `mvmd` with networking (the default bridge, nftables, the port
-/// proxy), stopped with SIGTERM when dropped.
-struct Daemon {
-    child: Child,
-    host: String,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let log = dir.join("mvmd.log");
-        let run = dir.join("run");
-        let child = Command::new(binary("mvmd"))
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--run-dir")
-            .arg(&run)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn mvmd");
-        let socket = run.join("mvmd.sock");
-        let t = Instant::now();
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "mvmd did not listen within 60 s; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child,
-            host: format!("unix://{}", socket.display()),
-            log,
-        }
-    }
-
-    /// Run mvctl; panics with its output (and mvmd's log) unless it exits
-    /// 0. Returns stdout.
-    fn mvctl(&self, args: &[&str]) -> String {
-        let out = Command::new(binary("mvctl"))
-            .args(args)
-            .env("MVM_HOST", &self.host)
-            .stdin(Stdio::null())
-            .output()
-            .expect("spawn mvctl");
-        assert!(
-            out.status.success(),
-            "mvctl {args:?} failed ({}):\n{}{}\nmvmd log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
+/// [`bench::mvctl`]'s stdout.
+fn mvctl(d: &bench::Daemon, args: &[&str]) -> String {
+    bench::mvctl(d, args).0
 }
 
 /// One HTTP GET of `/` at `addr`: the response, or why there was none.
@@ -637,7 +562,7 @@ fn http_figures(secs: usize, conc: usize) -> Vec<(String, Ab)> {
     }
 
     // The sandbox, through mvmd as `mvctl run -p` does it.
-    let d = Daemon::start(dir.path());
+    let d = bench::start_daemon_with(&[]);
     let tree = dir.path().join("tree");
     web_tree(&tree);
     let tar = dir.path().join("rootfs.tar");
@@ -650,22 +575,25 @@ fn http_figures(secs: usize, conc: usize) -> Vec<(String, Ab)> {
         .status()
         .unwrap();
     assert!(st.success(), "tar of the busybox tree failed");
-    d.mvctl(&["import", tar.to_str().unwrap(), WEB_IMAGE]);
+    mvctl(&d, &["import", tar.to_str().unwrap(), WEB_IMAGE]);
     let publish = format!("{WEB_PORT}:{GUEST_PORT}");
     let port = GUEST_PORT.to_string();
-    d.mvctl(&[
-        "run", "-d", "--name", "web", "-p", &publish, WEB_IMAGE, "httpd", "-f", "-p", &port, "-h",
-        "/www",
-    ]);
+    mvctl(
+        &d,
+        &[
+            "run", "-d", "--name", "web", "-p", &publish, WEB_IMAGE, "httpd", "-f", "-p", &port,
+            "-h", "/www",
+        ],
+    );
     let inspect: serde_json::Value =
-        serde_json::from_str(&d.mvctl(&["inspect", "web"])).expect("inspect prints JSON");
+        serde_json::from_str(&mvctl(&d, &["inspect", "web"])).expect("inspect prints JSON");
     let guest = inspect[0]["network_settings"]["ipv4_address"]
         .as_str()
         .and_then(|a| a.split('/').next())
         .unwrap_or_else(|| panic!("no sandbox address: {inspect}"))
         .to_string();
     let net: serde_json::Value =
-        serde_json::from_str(&d.mvctl(&["network", "inspect", "bridge"])).expect("JSON");
+        serde_json::from_str(&mvctl(&d, &["network", "inspect", "bridge"])).expect("JSON");
     let gateway = net[0]["gateway"]
         .as_str()
         .unwrap_or_else(|| panic!("no gateway: {net}"))
@@ -692,7 +620,7 @@ fn http_figures(secs: usize, conc: usize) -> Vec<(String, Ab)> {
             ab(&format!("http://{addr}/"), secs, conc, None),
         ));
     }
-    d.mvctl(&["rm", "-f", "web"]);
+    mvctl(&d, &["rm", "-f", "web"]);
     rows
 }
 

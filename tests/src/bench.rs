@@ -27,7 +27,7 @@ pub fn binary(name: &str) -> PathBuf {
     let p = Path::new(&vmm).with_file_name(name);
     assert!(
         p.is_file(),
-        "{} is missing: run `make build-release`",
+        "{} is missing: build it in the VMM's profile (`make build-release`, or `make build` with MVM_PROFILE_DIR=debug)",
         p.display()
     );
     p
@@ -47,8 +47,19 @@ pub struct Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM, so a daemon with networking removes its bridge, TAPs and
+    /// rules as it does when a user stops it; SIGKILL after 30 s.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.wait();
     }
 }
@@ -103,10 +114,11 @@ pub fn mvctl(d: &Daemon, args: &[&str]) -> (String, Duration) {
     let took = t.elapsed();
     assert!(
         out.status.success(),
-        "mvctl {args:?} failed ({}):\n{}{}",
+        "mvctl {args:?} failed ({}):\n{}{}\nmvmd log:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(d.dir.path().join("mvmd.log")).unwrap_or_default()
     );
     (String::from_utf8_lossy(&out.stdout).into_owned(), took)
 }
