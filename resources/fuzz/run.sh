@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the fuzz targets (fuzz/) and run each for a while.
+# Build the libFuzzer targets (fuzz/libfuzzer/, whose bodies are in fuzz/src/)
+# and run each for a while.
 #
 # Usage: resources/fuzz/run.sh SECONDS [TARGET...]
 #   SECONDS  CPU time per target (the smoke run in `make test` gives each a
@@ -9,8 +10,9 @@
 # Corpora persist in ${MVM_CACHE:-/var/cache/mvm}/fuzz/corpus/<target>
 # (seeded by fuzz/make_seeds.py where libFuzzer would take long to find
 # the format: tar archives, JSON documents); a crash leaves its input
-# in fuzz/artifacts/<target>/ and fails the run, naming the reproducer:
-#   (cd fuzz && cargo fuzz run TARGET artifacts/TARGET/crash-...)
+# in fuzz/libfuzzer/artifacts/<target>/ and fails the run, naming the
+# reproducer:
+#   (cd fuzz/libfuzzer && cargo fuzz run --fuzz-dir . TARGET artifacts/TARGET/crash-...)
 # FUZZ_PROFILE (release or dev) picks how the targets are built.
 # At the end a table prints each target's executions, coverage and corpus
 # size (what docs/security.md reports).
@@ -28,18 +30,22 @@ case "${FUZZ_PROFILE:-release}" in
 	*) echo "fuzz: FUZZ_PROFILE must be release or dev, not ${FUZZ_PROFILE}" >&2; exit 2 ;;
 esac
 fuzz=$(resources/fuzz/cargo-fuzz.sh | tail -n1)
-cd fuzz
+# The crate is its own workspace under fuzz/, whose library (the target
+# bodies) cargo-fuzz would otherwise take for the project: name the
+# directory. Its rust-toolchain.toml selects nightly.
+cd fuzz/libfuzzer
+fdir=(--fuzz-dir "$PWD")
 echo "fuzz: building the targets (nightly, AddressSanitizer, ${FUZZ_PROFILE:-release})" >&2
-"$fuzz" build "${profile[@]}" >&2
+"$fuzz" build "${fdir[@]}" "${profile[@]}" >&2
 if [ $# -eq 0 ]; then
-	mapfile -t targets < <("$fuzz" list)
+	mapfile -t targets < <("$fuzz" list "${fdir[@]}")
 else
 	targets=("$@")
 fi
 corpora=${MVM_CACHE:-/var/cache/mvm}/fuzz/corpus
 seeds_dir=$(mktemp -d)
 trap 'rm -rf "$seeds_dir"' EXIT
-python3 make_seeds.py "$seeds_dir"
+python3 ../make_seeds.py "$seeds_dir"
 status=0
 summary=()
 for t in "${targets[@]}"; do
@@ -49,12 +55,12 @@ for t in "${targets[@]}"; do
 	log=$(mktemp)
 	echo "=== fuzz: $t for ${secs} s" >&2
 	rc=0
-	"$fuzz" run "${profile[@]}" "$t" "$corpora/$t" "${seeds[@]}" -- \
+	"$fuzz" run "${fdir[@]}" "${profile[@]}" "$t" "$corpora/$t" "${seeds[@]}" -- \
 		-max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 \
 		-print_final_stats=1 >"$log" 2>&1 || rc=$?
 	if [ "$rc" != 0 ]; then
 		tail -n 60 "$log" >&2
-		echo "fuzz: $t FAILED (exit $rc); reproducer in fuzz/artifacts/$t/" >&2
+		echo "fuzz: $t FAILED (exit $rc); reproducer in fuzz/libfuzzer/artifacts/$t/" >&2
 		status=1
 	fi
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)

@@ -206,19 +206,22 @@ impl Tap {
         Ok(tap)
     }
 
-    /// Wraps a datagram descriptor that is not a TAP (unit tests and the
-    /// fuzz targets: one end of a `SOCK_SEQPACKET` pair keeps frame
-    /// boundaries like a TAP). Never in a production build.
-    #[cfg(any(test, feature = "fuzzing"))]
+    /// Wraps a datagram descriptor that is not a TAP: one end of a socket
+    /// pair keeps frame boundaries like a TAP, so the unit tests and the
+    /// fuzz harness (`fuzz/`, a workspace member whose replay runs in every
+    /// `make test`) drive the real device code without a network. It
+    /// grants nothing the caller does not already hold (its own
+    /// descriptor); the VMM never calls it, so it is not a feature flag,
+    /// which would build the workspace's device crate twice.
     #[doc(hidden)]
-    pub fn from_datagram_fd(fd: OwnedFd) -> Self {
+    pub fn from_datagram_fd(fd: OwnedFd) -> Result<Self, TapError> {
         let tap = Self {
             file: File::from(fd),
-            name: "test".into(),
+            name: "datagram".into(),
             is_tap: false,
         };
-        tap.set_fd_flags().unwrap();
-        tap
+        tap.set_fd_flags()?;
+        Ok(tap)
     }
 
     fn ioctl_err(&self, what: &'static str) -> TapError {

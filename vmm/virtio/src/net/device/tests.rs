@@ -124,7 +124,7 @@ impl<'a> Env<'a> {
     /// An active device whose driver acked `features` (offered ones only).
     fn new(mem: &'a GuestMemoryMmap, cfg: NetConfig, features: u64) -> Self {
         let (dev_end, host_end) = seqpacket_pair();
-        let net = Net::with_tap(cfg, Tap::from_datagram_fd(dev_end)).unwrap();
+        let net = Net::with_tap(cfg, Tap::from_datagram_fd(dev_end).unwrap()).unwrap();
         Self::with_net(mem, net, Host(host_end), features)
     }
 
@@ -206,7 +206,7 @@ impl<'a> Env<'a> {
 
 fn offered() -> u64 {
     let (a, _b) = seqpacket_pair();
-    Net::with_tap(config(), Tap::from_datagram_fd(a))
+    Net::with_tap(config(), Tap::from_datagram_fd(a).unwrap())
         .unwrap()
         .avail_features()
 }
@@ -246,7 +246,7 @@ fn features_and_config_space() {
     let mut cfg = config();
     cfg.mac = None;
     cfg.mtu = 9000;
-    let mut dev = Net::with_tap(cfg, Tap::from_datagram_fd(a)).unwrap();
+    let mut dev = Net::with_tap(cfg, Tap::from_datagram_fd(a).unwrap()).unwrap();
     assert_eq!(dev.avail_features() & (1u64 << VIRTIO_NET_F_MAC), 0);
     let mut cs = [0u8; 12];
     dev.read_config(0, &mut cs);
@@ -279,7 +279,7 @@ fn bad_configurations_are_refused() {
         let mut cfg = config();
         cfg.mtu = mtu;
         cfg.mac = mac;
-        assert!(Net::with_tap(cfg, Tap::from_datagram_fd(a)).is_err());
+        assert!(Net::with_tap(cfg, Tap::from_datagram_fd(a).unwrap()).is_err());
     }
     let (a, _b) = seqpacket_pair();
     let mut cfg = config();
@@ -291,7 +291,7 @@ fn bad_configurations_are_refused() {
         }),
         ops: None,
     });
-    let e = Net::with_tap(cfg, Tap::from_datagram_fd(a)).unwrap_err();
+    let e = Net::with_tap(cfg, Tap::from_datagram_fd(a).unwrap()).unwrap_err();
     assert!(e.to_string().contains("non-zero"), "{e}");
 }
 
