@@ -662,13 +662,19 @@ fn overrides_and_image_defaults() {
         d.run(json!({"image": "app:1", "entrypoint": ["/bin/echo", "only-entrypoint"]}));
     assert_eq!(code, 0);
     assert_eq!(logs.trim(), "only-entrypoint", "{logs:?}");
-    // Entrypoint cleared, command alone.
-    let (code, logs, _) =
-        d.run(json!({"image": "app:1", "entrypoint": [], "cmd": ["/bin/hostname"]}));
-    assert_eq!(code, 0);
-    assert!(logs.contains(""), "{logs}");
-    let (_, logs, _) = d.run(json!({"image": "busybox", "hostname": "named", "cmd": ["hostname"]}));
-    assert_eq!(logs.trim(), "named");
+    // Entrypoint cleared, command alone, with the hostname given. Under the
+    // image's entrypoint (`/bin/sh -c`) this command would be `sh -c
+    // /bin/sh -c ...`: an inner shell reading empty stdin, printing nothing.
+    let (code, logs, _) = d.run(json!({
+        "image": "app:1", "entrypoint": [], "cmd": ["/bin/sh", "-c", "echo alone; hostname"],
+        "hostname": "named"
+    }));
+    assert_eq!(code, 0, "{logs}");
+    assert_eq!(
+        logs.lines().collect::<Vec<_>>(),
+        ["alone", "named"],
+        "{logs:?}"
+    );
 }
 
 #[test]

@@ -479,22 +479,21 @@ mod cli {
             "{out:?}"
         );
 
-        // -u by name, from the image's /etc/passwd.
-        let out = mvctl(&["run", "--rm", "-u", "user", BUSYBOX, "id", "-un"]).ok();
-        assert_eq!(out.stdout.trim(), "user");
-
-        // --entrypoint replaces the image's, CMD args follow it.
+        // --entrypoint replaces the image's, CMD args follow it; -u by name,
+        // from the image's /etc/passwd.
         let out = mvctl(&[
             "run",
             "--rm",
+            "-u",
+            "user",
             "--entrypoint",
-            "/bin/echo",
+            "/bin/sh",
             DEFAULTS,
-            "from",
-            "entrypoint",
+            "-c",
+            "id -un; echo from entrypoint",
         ])
         .ok();
-        assert_eq!(out.stdout, "from entrypoint\n");
+        assert_eq!(out.stdout, "user\nfrom entrypoint\n");
         let out = mvctl(&[
             "run",
             "--rm",

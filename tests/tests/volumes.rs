@@ -725,10 +725,16 @@ mod volumes {
 
         let out = mvctl(&["volume", "import", &b, first.to_str().unwrap()]).ok();
         assert_eq!(out.stdout.trim(), b);
-        // A second sandbox sees the same content through the new volume.
-        let look = "cd /d; cat sub/f; readlink link; readlink abs; stat -c '%n %a %u:%g %Y %h' sub sub/f sub/deep hard; md5sum sub/bin hard";
-        let want = run_sh(&["-v", &format!("{a}:/d")], look).ok().stdout;
-        let got = run_sh(&["-v", &format!("{b}:/d")], look).ok().stdout;
+        // A second sandbox sees the same content through the new volume as
+        // through the first (both mounted, one boot).
+        let look = "cat sub/f; readlink link; readlink abs; stat -c '%n %a %u:%g %Y %h' sub sub/f sub/deep hard; md5sum sub/bin hard";
+        let both = run_sh(
+            &["-v", &format!("{a}:/d"), "-v", &format!("{b}:/e")],
+            &format!("set -e; cd /d; {look}; echo ===; cd /e; {look}"),
+        )
+        .ok()
+        .stdout;
+        let (want, got) = both.split_once("===\n").expect("both listings");
         assert_eq!(got, want);
         assert!(got.starts_with("hello\nsub/f\n/etc/passwd\n"), "{got}");
         let second = dir.join("b.tar");
@@ -739,15 +745,22 @@ mod volumes {
             tar_listing(&second)
         );
 
-        // An import never overwrites by accident; --force replaces whole.
+        // An import never overwrites by accident; --force replaces whole:
+        // after a one-file archive, the volume holds that file alone.
         mvctl(&["volume", "import", &a, second.to_str().unwrap()]).refused("not empty");
-        run_sh(&["-v", &format!("{a}:/d")], "echo extra > /d/extra").ok();
+        let single = dir.join("single.tar");
+        sh(&format!(
+            "cd '{}' && mkdir -p one && echo only > one/only && tar -C one -cf '{}' only",
+            dir.display(),
+            single.display()
+        ));
+        mvctl(&["volume", "import", "--force", &a, single.to_str().unwrap()]).ok();
+        let replaced = dir.join("replaced.tar");
+        mvctl(&["volume", "export", &a, "-o", replaced.to_str().unwrap()]).ok();
+        let list = tar_listing(&replaced);
+        assert!(list.lines().any(|l| l.ends_with("only")), "{list}");
+        assert!(!list.contains("sub/"), "replaced, not merged: {list}");
         mvctl(&["volume", "import", "--force", &a, second.to_str().unwrap()]).ok();
-        let out = run_sh(&["-v", &format!("{a}:/d")], "ls /d").ok();
-        assert!(
-            !out.stdout.contains("extra"),
-            "replaced, not merged: {out:?}"
-        );
 
         // A hostile archive is refused, naming the entry; no volume is left.
         let evil = dir.join("evil.tar");
