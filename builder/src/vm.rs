@@ -199,6 +199,7 @@ impl RuntimeExecutor {
                 cpu_quota: None,
                 memory_mib: 512,
                 scratch_mib: 8 << 10,
+                workload_memory_mib: None,
             },
             timeout: Duration::from_secs(3600),
             network: None,

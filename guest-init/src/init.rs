@@ -7,6 +7,7 @@
 //! Every failure before the workload runs is printed as
 //! `mvm-init: error: ...`, reported as an `InitError`, and powers off.
 
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,13 +57,17 @@ pub enum Error {
     Spawn(#[from] SpawnError),
     #[error(transparent)]
     Reaper(#[from] ReaperError),
+    #[error("cannot limit the workload's memory to {0} bytes (memory.max of its cgroup): {1}")]
+    MemoryMax(u64, io::Error),
 }
 
 impl Error {
     /// The code the host receives.
     pub fn code(&self) -> InitError {
         match self {
-            Self::Early(_) | Self::System(_) | Self::Reaper(_) => InitError::Other,
+            Self::Early(_) | Self::System(_) | Self::Reaper(_) | Self::MemoryMax(..) => {
+                InitError::Other
+            }
             Self::SpecRead(_) | Self::Spec(_) | Self::Hostname(HostnameError::Invalid(_)) => {
                 InitError::BadSpec
             }
@@ -188,6 +193,17 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
         })?;
     let env = crate::env::build(&p.env, &hostname, &user.home);
     let cgroup = crate::agent::cgroup::setup_guest();
+    if let Some(max) = p.memory_max {
+        // A limit the host asked for is never silently dropped: the
+        // workload would run without it.
+        let dir = cgroup.as_ref().ok_or_else(|| {
+            Error::MemoryMax(
+                max,
+                io::Error::other("no workload cgroup (see the warning above)"),
+            )
+        })?;
+        crate::agent::cgroup::set_memory_max(dir, max).map_err(|e| Error::MemoryMax(max, e))?;
+    }
     let mut command = Command::new(&p.args, &env, &p.cwd, user)?;
     if let Some(cg) = &cgroup {
         command.cgroup(&cg.join("cgroup.procs"));

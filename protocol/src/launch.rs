@@ -250,7 +250,18 @@ pub struct Process {
     pub rows: u16,
     #[serde(default, skip_serializing_if = "is_default")]
     pub cols: u16,
+    /// The workload cgroup's `memory.max` in bytes; `None` (not written):
+    /// the guest's memory is the only limit. The containerd shim sets it to
+    /// a container's memory limit and gives the guest headroom above it,
+    /// so that going over the limit is an OOM kill of the workload, as
+    /// under runc, instead of a whole guest thrashing at its own size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
 }
+
+/// The smallest workload memory limit a spec may ask for: below it the
+/// workload cannot even exec (runc refuses limits under 6 MiB too).
+pub const MIN_MEMORY_MAX: u64 = 6 << 20;
 
 /// Where the workload's stdout and stderr go.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,6 +302,8 @@ pub enum SpecError {
     Env(String),
     #[error("launch spec working directory {0:?} is not absolute")]
     Cwd(String),
+    #[error("launch spec process.memory_max {0} is below the smallest workload limit, {MIN_MEMORY_MAX} bytes (6 MiB)")]
+    MemoryMax(u64),
     #[error("launch spec sets {0} but process.output is \"console\": a terminal, an open stdin or exported changes need \"output\": \"agent\"")]
     NeedsAgent(&'static str),
     #[error("launch spec mount tag {0:?} is invalid: it must be 1 to {MAX_FS_TAG_LEN} bytes of letters, digits, '-', '_' or '.'")]
@@ -380,6 +393,7 @@ impl LaunchSpec {
                 stdin: false,
                 rows: 0,
                 cols: 0,
+                memory_max: None,
             },
             mounts: Vec::new(),
             tmpfs: Vec::new(),
@@ -459,6 +473,11 @@ impl LaunchSpec {
         }
         if self.process.user.contains('\0') {
             return Err(SpecError::Nul("process.user"));
+        }
+        if let Some(m) = self.process.memory_max {
+            if m < MIN_MEMORY_MAX {
+                return Err(SpecError::MemoryMax(m));
+            }
         }
         if let Some(h) = &self.hostname {
             if !is_valid_hostname(h) {
@@ -627,6 +646,11 @@ mod tests {
         s.process.cwd = "relative".into();
         assert!(matches!(s.validate(), Err(SpecError::Cwd(_))));
         s.process.cwd = "/".into();
+        s.process.memory_max = Some(MIN_MEMORY_MAX - 1);
+        assert!(matches!(s.validate(), Err(SpecError::MemoryMax(_))));
+        s.process.memory_max = Some(MIN_MEMORY_MAX);
+        assert!(s.validate().is_ok());
+        s.process.memory_max = None;
         s.rootfs.image_drive = "x".repeat(21);
         assert!(matches!(s.validate(), Err(SpecError::DriveId(_))));
         s.rootfs.image_drive = "rootfs".into();

@@ -676,6 +676,7 @@ mod tests {
             cpu_quota: Some(0.5),
             memory_mib: 256,
             scratch_mib: 64,
+            workload_memory_mib: None,
         };
         let l = Limits::for_vmm(&res);
         assert_eq!(l.memory_max, Some((256 + VMM_OVERHEAD_MIB) << 20));

@@ -238,7 +238,13 @@ pub fn console_shows_oom(console: &Path) -> bool {
     let mut buf = Vec::new();
     let _ = f.take(64 * 1024).read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
-    text.contains("Out of memory: Killed process") || text.contains("oom-kill:")
+    // The guest-wide OOM killer logs "Out of memory: Killed process", the
+    // workload cgroup's (memory.max, the shim's container limit) "Memory
+    // cgroup out of memory: Killed process"; both at KERN_ERR, which a
+    // quiet console still shows.
+    text.contains("Out of memory: Killed process")
+        || text.contains("Memory cgroup out of memory: Killed process")
+        || text.contains("oom-kill:")
 }
 
 #[cfg(test)]
@@ -396,6 +402,13 @@ mod tests {
                 "{}\n[ 1.0] Out of memory: Killed process 42 (x)\n",
                 "x".repeat(100_000)
             ),
+        )
+        .unwrap();
+        assert!(console_shows_oom(&p));
+        // The workload cgroup's limit (the shim's memory.max).
+        fs::write(
+            &p,
+            "[ 2.0] Memory cgroup out of memory: Killed process 7 (hog) total-vm:9kB\n",
         )
         .unwrap();
         assert!(console_shows_oom(&p));

@@ -334,6 +334,7 @@ mod tests {
             cpu_quota: None,
             memory_mib: 512,
             scratch_mib: 1024,
+            workload_memory_mib: None,
         };
         let boot = BootFiles {
             kernel: Path::new("/k/vmlinux"),
@@ -395,6 +396,7 @@ mod tests {
             cpu_quota: None,
             memory_mib: 128,
             scratch_mib: 64,
+            workload_memory_mib: None,
         };
         let mut cfg = vm_config(boot, &paths, Path::new("/d/root.ext4"), &res);
         let mut spec = LaunchSpec::new(vec!["true".into()]);
@@ -443,6 +445,7 @@ mod tests {
             cpu_quota: None,
             memory_mib: 128,
             scratch_mib: 64,
+            workload_memory_mib: None,
         };
         let base = vm_config(boot, &paths, Path::new("/d/root.ext4"), &res);
         let mac0 = MacAddr([2, 0x42, 0xac, 0x11, 0, 2]);

@@ -147,6 +147,13 @@ pub struct Resources {
     pub memory_mib: u64,
     /// Size of the writable scratch disk in MiB (sparse).
     pub scratch_mib: u64,
+    /// The workload's own memory limit in MiB inside the guest (the
+    /// workload cgroup's `memory.max`), below `memory_mib`; `None`: the
+    /// guest's memory is the limit (mvmd's `--memory`, as sized by
+    /// Docker users). The containerd shim sets it: a container's limit is
+    /// the workload's, and the guest gets headroom for its kernel and init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_memory_mib: Option<u64>,
 }
 
 /// How the sandbox is stopped and what happens when it ends.
@@ -345,6 +352,7 @@ pub fn resolve(
             cpu_quota: cpus,
             memory_mib,
             scratch_mib: defaults.scratch_mib,
+            workload_memory_mib: None,
         },
         lifecycle: Lifecycle {
             restart_policy: req.restart_policy.clone(),

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mvm_protocol::launch::MIN_MEMORY_MAX;
 use mvm_runtime::spec::{resolve_cpus, resolve_memory, Defaults, ResourceRequest};
 use mvm_runtime::{HostResources, HostShare, ProcessSpec, Resources};
 use oci_spec::runtime::Spec;
@@ -222,9 +223,18 @@ fn network_namespace(spec: &Spec) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-/// `linux.resources`: the memory limit becomes the guest's memory, a CPU
-/// quota/period a vCPU count and the VMM's cgroup quota (as `mvmd`'s
-/// `--cpus`). CPU shares are relative weights between containers that the
+/// Guest memory above a container's memory limit: the guest kernel, init
+/// and the agent live outside the workload's cgroup, as a runc container's
+/// limit leaves the host's own memory out (Kata adds its own base the same
+/// way). Measured need under 40 MiB; 64 leaves page cache room.
+pub const GUEST_HEADROOM_MIB: u64 = 64;
+
+/// `linux.resources`: the memory limit becomes the workload cgroup's
+/// `memory.max` in the guest, and the guest gets [`GUEST_HEADROOM_MIB`]
+/// more, so going over the limit OOM-kills the workload as runc would
+/// (and containerd gets the OOM event) instead of starving the whole
+/// guest; a CPU quota/period becomes a vCPU count and the VMM's cgroup
+/// quota (as `mvmd`'s `--cpus`). CPU shares are relative weights between containers that the
 /// runtime does not apply to VMMs yet: ignored, with a warning.
 fn resources(
     spec: &Spec,
@@ -237,6 +247,11 @@ fn resources(
     if let Some(limit) = r.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()) {
         // -1 is "unlimited" in the OCI spec.
         if limit > 0 {
+            if (limit as u64) < MIN_MEMORY_MAX {
+                return Err(BundleError::Resources(format!(
+                    "memory.limit {limit} is below the smallest limit the runtime applies, {MIN_MEMORY_MAX} bytes (6 MiB)"
+                )));
+            }
             let mib = (limit as u64).div_ceil(1 << 20);
             req.memory_mib = Some(mib);
         } else if limit != -1 {
@@ -255,8 +270,11 @@ fn resources(
             warnings.push("cpu.shares is ignored by the mvm runtime".into());
         }
     }
-    let memory_mib = resolve_memory(req.memory_mib.unwrap_or(defaults.memory_mib), host)
-        .map_err(|e| BundleError::Resources(e.to_string()))?;
+    let guest_mib = req
+        .memory_mib
+        .map_or(defaults.memory_mib, |m| m + GUEST_HEADROOM_MIB);
+    let memory_mib =
+        resolve_memory(guest_mib, host).map_err(|e| BundleError::Resources(e.to_string()))?;
     let (vcpus, cpu_quota) = resolve_cpus(&req, &defaults, host, warnings)
         .map_err(|e| BundleError::Resources(e.to_string()))?;
     Ok(Resources {
@@ -264,6 +282,7 @@ fn resources(
         cpu_quota,
         memory_mib,
         scratch_mib: 0,
+        workload_memory_mib: req.memory_mib,
     })
 }
 
@@ -340,11 +359,26 @@ mod tests {
         assert_eq!(b.process.user, "");
         assert!(b.process.open_stdin);
         assert_eq!(b.hostname, "abcdef012345");
-        assert_eq!(b.resources.memory_mib, 256);
+        // The container's limit is the workload's; the guest has headroom.
+        assert_eq!(b.resources.workload_memory_mib, Some(256));
+        assert_eq!(b.resources.memory_mib, 256 + GUEST_HEADROOM_MIB);
         assert_eq!(b.resources.vcpus, 2);
         assert_eq!(b.resources.cpu_quota, Some(1.5));
         assert!(b.shares.is_empty());
         assert_eq!(b.warnings.len(), 1, "{:?}", b.warnings);
+    }
+
+    #[test]
+    fn memory_limits_below_six_mib_or_negative_are_refused_and_none_is_unlimited() {
+        for (limit, why) in [("1048576", "6 MiB"), ("-5", "positive")] {
+            let json = BASE.replace("268435456", limit);
+            let e = from_spec(&spec(&json), "abcdef0123456789", false, false, &host()).unwrap_err();
+            assert!(e.to_string().contains(why), "{limit}: {e}");
+        }
+        let json = BASE.replace("268435456", "-1");
+        let b = from_spec(&spec(&json), "abcdef0123456789", false, false, &host()).unwrap();
+        assert_eq!(b.resources.workload_memory_mib, None);
+        assert_eq!(b.resources.memory_mib, Defaults::default().memory_mib);
     }
 
     #[test]
@@ -468,7 +502,7 @@ mod tests {
             &host(),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("too small"), "{e}");
+        assert!(e.to_string().contains("6 MiB"), "{e}");
         let e = from_spec(
             &spec(&BASE.replace("268435456", "1099511627776")),
             "x",

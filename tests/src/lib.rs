@@ -314,6 +314,7 @@ impl Vm {
             cpu_quota: None,
             memory_mib: self.memory_mib,
             scratch_mib: 64,
+            workload_memory_mib: None,
         };
         let paths = self.paths();
         let mut cfg = launch::vm_config(boot, &paths, rootfs::busybox(), &resources);

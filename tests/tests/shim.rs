@@ -121,7 +121,7 @@ fn shim_terminal_run_and_exec_through_a_pty() {
 /// socket: it finds the same shim, the task still runs and answers, and
 /// kill and delete work as before.
 #[test]
-#[ignore = "fails (2026-12-07 14:43, with diagnostics): after containerd's SIGTERM and restart, containerd logs 'cleaning up after shim disconnected' and 'cleaning up dead shim' for the task and `ctr task ls` lists nothing: the shim did not survive containerd's stop, or containerd could not reach it again"]
+#[ignore = "fails (2026-12-07 17:45, with diagnostics): the OLD containerd, within 1.2 s of its SIGTERM (sd STOPPING=1), logs 'cleaning up after shim disconnected' and 'cleaning up dead shim', so it runs the shim binary's `delete` action (which kills the VMM) before exiting: its ttrpc connection to the shim closed during its own shutdown. Next: find what closes it (containerd 1.6.20's shutdown path against the containerd-shim crate's server), as runc's shims survive the same restart"]
 fn shim_tasks_survive_containerd_restarts() {
     let mut c = Containerd::start();
     let out = c.run(&["-d"], "survivor", &["sleep", "1000"]);
@@ -169,12 +169,13 @@ fn shim_tasks_survive_containerd_restarts() {
     c.ok(&["containers", "rm", "survivor"]);
 }
 
-/// A workload over its `--memory-limit`: the guest's OOM killer ends it,
+/// A workload over its `--memory-limit`: the OOM killer of its cgroup in
+/// the guest (memory.max = the limit; the guest has headroom) ends it,
 /// `ctr run` exits 137 and containerd gets the task's OOM event
 /// (`/tasks/oom`, what the CRI plugin turns into the container's
 /// `OOMKilled` reason) before its exit.
 #[test]
-#[ignore = "fails (2026-12-07 14:40, with diagnostics): `ctr run` does not end within 180 s while the guest's vCPU runs throughout: the --memory-limit sizes the whole 64 MiB guest (no memory.max on the workload cgroup), which thrashes instead of OOM-killing under emulation; to fix: guest memory = limit + headroom and the workload cgroup's memory.max = the limit (Kata's model)"]
+#[ignore = "not yet seen to pass (2026-12-07 18:05): in the emulated host `ctr events` delivers nothing, not even the subscription's probe, so the test times out before its workload runs. The limit itself reaches the guest (shim_bind_mounts_and_memory_limits_reach_the_guest reads memory.max); rerun with --include-ignored --nocapture once events arrive"]
 fn shim_an_oom_kill_in_the_guest_reaches_containerd() {
     let c = Containerd::start();
     let events = c.events();
@@ -215,7 +216,7 @@ fn shim_an_oom_kill_in_the_guest_reaches_containerd() {
 /// running, seen 2026-12-07); a real seccomp kill is not a signal but an
 /// exit, and the api suite proves it with the trigger-built VMM.
 #[test]
-#[ignore = "hung in the final e2e run (2026-12-07 14:48, over 6 min; an earlier diagnosed run saw the 137 exit event arrive at once, and a zombie virtiofsd under the killed task's shim): rerun it alone with --include-ignored --nocapture"]
+#[ignore = "fails (2026-12-07 17:46 and 18:05, with diagnostics): the shim logs the VMM's SIGKILL as the microVM's end, but not the `exit status` line that follows it in run_init, and `ctr task delete -f` then waits 180 s for an exit that never comes; the events it waits on never arrive in the emulated host either (see the OOM test)"]
 fn shim_a_vmm_killed_from_outside_ends_its_task_with_the_signal() {
     let c = Containerd::start();
     let events = c.events();
@@ -567,7 +568,8 @@ fn shim_bind_mounts_and_memory_limits_reach_the_guest() {
         &[
             "sh",
             "-c",
-            "cat /data/in; echo back > /data/out; grep MemTotal /proc/meminfo",
+            "cat /data/in; echo back > /data/out; grep MemTotal /proc/meminfo; \
+             cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max",
         ],
     );
     assert!(
@@ -579,12 +581,14 @@ fn shim_bind_mounts_and_memory_limits_reach_the_guest() {
     let stdout = text(&out.stdout);
     assert!(stdout.starts_with("from the host\n"), "{stdout}");
     assert_eq!(std::fs::read_to_string(data.join("out")).unwrap(), "back\n");
-    // 256 MiB of guest memory, less what the kernel keeps.
+    // The limit is the workload cgroup's memory.max; the guest has
+    // headroom above it (256 + 64 MiB, less what the kernel keeps).
     let kib: u64 = stdout
         .lines()
         .find(|l| l.starts_with("MemTotal"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .expect("MemTotal");
-    assert!((150_000..=262_144).contains(&kib), "MemTotal {kib} kB");
+    assert!((262_144..=327_680).contains(&kib), "MemTotal {kib} kB");
+    assert_eq!(stdout.lines().last(), Some("268435456"), "{stdout}");
 }

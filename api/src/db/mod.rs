@@ -413,6 +413,7 @@ mod tests {
                     cpu_quota: None,
                     memory_mib: 128,
                     scratch_mib: 64,
+                    workload_memory_mib: None,
                 },
                 lifecycle: Lifecycle {
                     restart_policy: RestartPolicy::No,

@@ -1,6 +1,7 @@
 //! The workload cgroup: the main workload and every exec'd process run in
 //! `<cgroup root>/workload`, so `stats` measures them and not init or the
-//! agent, and limits can later be applied to the workload alone.
+//! agent, and a memory limit (`process.memory_max`, the containerd
+//! shim's container limit) applies to the workload alone.
 //!
 //! Init stays in the root cgroup, which is exempt from cgroup v2's "no
 //! processes in inner nodes" rule, so enabling controllers for children
@@ -58,4 +59,17 @@ pub fn setup_guest() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Sets the workload cgroup's `memory.max` to `bytes`: going over it is an
+/// OOM kill inside the cgroup (the kernel logs "Memory cgroup out of
+/// memory", which the host reads as the OOM reason), not guest-wide
+/// memory pressure. `memory.oom.group` makes the kill take the whole
+/// workload, as a container's limit does under runc with cgroup v2.
+pub fn set_memory_max(dir: &Path, bytes: u64) -> io::Result<()> {
+    std::fs::write(dir.join("memory.max"), bytes.to_string())?;
+    // Without it only the largest process dies; best effort (older
+    // kernels lack the file).
+    let _ = std::fs::write(dir.join("memory.oom.group"), "1");
+    Ok(())
 }
