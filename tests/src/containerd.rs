@@ -108,7 +108,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .arg("events")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.dir.path().join("ctr-events.err"))
+                    .expect("ctr events' stderr file"),
+            )
             .spawn()
             .expect("run ctr events");
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -121,7 +124,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
                 sink.lock().unwrap().push(line);
             }
         });
-        let events = Events { child, lines };
+        let events = Events {
+            child,
+            lines,
+            stderr: self.dir.path().join("ctr-events.err"),
+        };
         // Subscribed once an event made after the start arrives: a label
         // on the namespace (`/namespaces/update`). On this host `ctr
         // events` through a pipe shows it at once; in the emulated host no
@@ -479,6 +486,8 @@ fn spawn_daemon(dir: &Path, shim: &Path) -> Child {
 pub struct Events {
     child: Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Where `ctr events` writes its errors (shown when a wait times out).
+    stderr: PathBuf,
 }
 
 impl Events {
@@ -489,11 +498,18 @@ impl Events {
             if let Some(l) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
                 return l.clone();
             }
-            assert!(
-                t0.elapsed() < CTR_TIMEOUT,
-                "timed out waiting for {what}; events so far:\n{}",
-                self.lines().join("\n")
-            );
+            if t0.elapsed() >= CTR_TIMEOUT {
+                let mut child = String::from("running");
+                // SAFETY: waitpid-free probe of our own child's liveness.
+                if unsafe { libc::kill(self.child.id() as i32, 0) } != 0 {
+                    child = "gone".into();
+                }
+                panic!(
+                    "timed out waiting for {what}; `ctr events` ({child}) printed:\n{}\nand on stderr:\n{}",
+                    self.lines().join("\n"),
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
