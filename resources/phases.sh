@@ -7,11 +7,10 @@
 #   PHASE is a make target, or `FG|BG1 BG2...`: FG in the foreground while
 #   BG1, then BG2, ... run beside it at the lowest CPU priority (nice 19),
 #   their output kept in target/phase-BG.log and shown when they end. make
-#   test runs the compile-only checks (clippy, the fuzz smoke) beside the
-#   end-to-end suite: that suite spends much of its time in the emulated
-#   host waiting on its guests, and the checks use those idle cycles
-#   instead of adding a quarter of an hour after it. At nice 19 they take
-#   CPU only when the emulated host leaves it.
+#   test builds the kernel and base images beside the workspace build
+#   (uncached only on a fresh machine); nothing runs beside the end-to-end
+#   suite, whose emulated host keeps both cores busy (checks beside it only
+#   slowed it: CI took 67 minutes that way).
 # Stops after the first phase that fails (the table shows how far it got).
 set -uo pipefail
 cd "$(dirname "$0")/.."
