@@ -527,11 +527,11 @@ fn shim_a_sigkilled_shim_leaves_no_vmm_behind() {
 #[test]
 fn shim_bad_bundles_are_clear_errors_and_leak_nothing() {
     let c = Containerd::start();
-    // Memory below the runtime's minimum.
+    // Memory below the smallest workload limit (6 MiB).
     let out = c.run(&["--rm", "--memory-limit", "1048576"], "small", &["true"]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("too small"),
+        text(&out.stderr).contains("below the smallest limit"),
         "{}",
         text(&out.stderr)
     );
