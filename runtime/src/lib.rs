@@ -560,7 +560,7 @@ impl Runtime {
         };
         let mut launch = launch::launch_spec(&spec.process, &spec.hostname, stdio);
         launch.rootfs.read_only = spec.read_only_root;
-        launch.process.memory_max = spec.resources.workload_memory_mib.map(|m| m << 20);
+        launch.process.memory_max = spec.resources.workload_memory_max();
         launch.tmpfs = spec
             .mounts
             .iter()

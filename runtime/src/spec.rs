@@ -156,6 +156,14 @@ pub struct Resources {
     pub workload_memory_mib: Option<u64>,
 }
 
+impl Resources {
+    /// [`Self::workload_memory_mib`] in bytes, as the launch spec's
+    /// `process.memory_max` carries it (saturating: never a wrapped limit).
+    pub fn workload_memory_max(&self) -> Option<u64> {
+        self.workload_memory_mib.map(|m| m.saturating_mul(1 << 20))
+    }
+}
+
 /// How the sandbox is stopped and what happens when it ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lifecycle {

@@ -123,7 +123,7 @@ impl Runtime {
             };
             let mut l = launch::launch_spec(&spec.process, &spec.hostname, stdio);
             l.rootfs.export_changes = spec.export_changes;
-            l.process.memory_max = spec.resources.workload_memory_mib.map(|m| m << 20);
+            l.process.memory_max = spec.resources.workload_memory_max();
             let init = self.init_archive()?;
             let disk = match &spec.root {
                 Root::Disk(d) => d.as_path(),
