@@ -28,6 +28,7 @@ mod stdio;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use containerd_shim::asynchronous::util::write_str_to_file;
 use containerd_shim::asynchronous::{run, spawn, ExitSignal, Shim};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api, Config, Error, Flags, StartOpts};
@@ -61,7 +62,14 @@ impl Shim for MvmShim {
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         // One shim per container.
         let grouping = opts.id.clone();
-        spawn(opts, &grouping, Vec::new()).await
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        // containerd finds a running shim again after its own restart by
+        // the bundle's `address` file (runtime v2's `loadShim`); without
+        // it a restarted containerd treats the shim as dead and runs
+        // `delete`, which ends the task. The crate's `spawn` leaves
+        // writing it to the shim, as runc's shim does.
+        write_str_to_file("address", &address).await?;
+        Ok(address)
     }
 
     async fn delete_shim(&mut self) -> Result<api::DeleteResponse, Error> {
