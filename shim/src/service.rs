@@ -140,7 +140,10 @@ impl Proc {
         self.exit_status = code;
         self.exited_at = Some(now());
         self.control = None;
-        let _ = self.done.send(true);
+        // Stored even when nobody waits yet: `send` drops the value when
+        // there is no receiver, and a `Wait` that came later (a task
+        // killed, then `ctr task delete -f`) waited for ever.
+        self.done.send_replace(true);
     }
 }
 
@@ -1044,5 +1047,24 @@ impl Task for TaskService {
         _req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         Err(unimplemented("stats"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that ended before anyone waited on it is seen as ended
+    /// by a later `Wait` (what `ctr task delete -f` does after a kill).
+    #[tokio::test]
+    async fn an_end_nobody_waited_for_is_seen_by_a_later_wait() {
+        let mut p = Proc::new(Fifos::default());
+        p.finish(137);
+        let mut rx = p.done.subscribe();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|d| *d))
+            .await
+            .expect("a later Wait sees the end")
+            .expect("the sender lives");
+        assert_eq!(p.exit_status, 137);
     }
 }
