@@ -130,18 +130,30 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             stderr: self.dir.path().join("ctr-events.err"),
         };
         // Subscribed once an event made after the start arrives: a label
-        // on the namespace (`/namespaces/update`). On this host `ctr
-        // events` through a pipe shows it at once; in the emulated host no
-        // event has arrived yet (2026-12-07, neither for this label nor
-        // for an image label), so the tests that wait on events are
-        // ignored there until that is understood.
+        // on the namespace (`/namespaces/update`). `ctr events` subscribes
+        // some time after it starts (seconds in the emulated host) and an
+        // event published before that is never shown, so a probe that got
+        // no answer is sent again, with a new value, until one arrives:
+        // the subscription itself is the event waited on.
         static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let label = format!("mvm-e2e-probe={}-{n}", std::process::id());
-        self.ok(&["namespaces", "label", "default", &label]);
-        events.wait_for("the subscription's probe event", |l| {
-            l.contains("/namespaces/update") && l.contains(&label.replace('=', "\":\""))
-        });
+        let t0 = std::time::Instant::now();
+        loop {
+            let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let label = format!("mvm-e2e-probe={}-{n}", std::process::id());
+            self.ok(&["namespaces", "label", "default", &label]);
+            let seen = label.replace('=', "\":\"");
+            if events
+                .wait_until(Duration::from_secs(1), |l| {
+                    l.contains("/namespaces/update") && l.contains(&seen)
+                })
+                .is_some()
+            {
+                break;
+            }
+            if t0.elapsed() >= CTR_TIMEOUT {
+                events.timed_out("the subscription's probe event");
+            }
+        }
         events
     }
     /// `ctr ARGS` against this containerd; a call that has not ended
@@ -182,8 +194,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             if std::time::Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                let out = t_out.join().unwrap_or_default();
+                let out = String::from_utf8_lossy(&out);
                 return Err(format!(
-                    "ctr {args:?} did not end within {CTR_TIMEOUT:?}; stderr so far: {}\n{}\n{}",
+                    "ctr {args:?} did not end within {CTR_TIMEOUT:?}; stdout so far (its end): {}\nstderr so far: {}\n{}\n{}",
+                    tail_str(&out, 2000),
                     String::from_utf8_lossy(&t_err.join().unwrap_or_default()),
                     self.log_tail(),
                     process_states()
@@ -491,27 +506,38 @@ pub struct Events {
 }
 
 impl Events {
-    /// Wait (at most [`CTR_TIMEOUT`]) for a line matching `pred`; it.
-    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    /// The first line matching `pred` within `limit`, if one came.
+    pub fn wait_until(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
         let t0 = std::time::Instant::now();
         loop {
             if let Some(l) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
-                return l.clone();
+                return Some(l.clone());
             }
-            if t0.elapsed() >= CTR_TIMEOUT {
-                let mut child = String::from("running");
-                // SAFETY: waitpid-free probe of our own child's liveness.
-                if unsafe { libc::kill(self.child.id() as i32, 0) } != 0 {
-                    child = "gone".into();
-                }
-                panic!(
-                    "timed out waiting for {what}; `ctr events` ({child}) printed:\n{}\nand on stderr:\n{}",
-                    self.lines().join("\n"),
-                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
+            if t0.elapsed() >= limit {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Wait (at most [`CTR_TIMEOUT`]) for a line matching `pred`; it.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_until(CTR_TIMEOUT, pred)
+            .unwrap_or_else(|| self.timed_out(what))
+    }
+
+    /// Fail the test: `what` never came; with what `ctr events` printed.
+    fn timed_out(&self, what: &str) -> ! {
+        let mut child = String::from("running");
+        // SAFETY: waitpid-free probe of our own child's liveness.
+        if unsafe { libc::kill(self.child.id() as i32, 0) } != 0 {
+            child = "gone".into();
+        }
+        panic!(
+            "timed out waiting for {what}; `ctr events` ({child}) printed:\n{}\nand on stderr:\n{}",
+            self.lines().join("\n"),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        );
     }
 
     /// Every line so far.

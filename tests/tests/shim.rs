@@ -60,7 +60,6 @@ fn remove_and_check_nothing_left(c: &Containerd, ids: &[&str]) {
 }
 
 #[test]
-#[ignore = "hung again in the emulated host (2026-12-07 14:34, over 5 min, after the pty helper fix; its binary was stopped before libtest printed anything): rerun it alone with --include-ignored --nocapture to see where"]
 fn shim_terminal_run_and_exec_through_a_pty() {
     let c = Containerd::start();
     let script = tty_script(33, 111, 3);
@@ -121,7 +120,6 @@ fn shim_terminal_run_and_exec_through_a_pty() {
 /// socket: it finds the same shim, the task still runs and answers, and
 /// kill and delete work as before.
 #[test]
-#[ignore = "fails (2026-12-07 17:45, with diagnostics): the OLD containerd, within 1.2 s of its SIGTERM (sd STOPPING=1), logs 'cleaning up after shim disconnected' and 'cleaning up dead shim', so it runs the shim binary's `delete` action (which kills the VMM) before exiting: its ttrpc connection to the shim closed during its own shutdown. Next: find what closes it (containerd 1.6.20's shutdown path against the containerd-shim crate's server), as runc's shims survive the same restart"]
 fn shim_tasks_survive_containerd_restarts() {
     let mut c = Containerd::start();
     let out = c.run(&["-d"], "survivor", &["sleep", "1000"]);
@@ -175,16 +173,19 @@ fn shim_tasks_survive_containerd_restarts() {
 /// (`/tasks/oom`, what the CRI plugin turns into the container's
 /// `OOMKilled` reason) before its exit.
 #[test]
-#[ignore = "not yet seen to pass (2026-12-07 18:05): in the emulated host `ctr events` delivers nothing, not even the subscription's probe, so the test times out before its workload runs. The limit itself reaches the guest (shim_bind_mounts_and_memory_limits_reach_the_guest reads memory.max); rerun with --include-ignored --nocapture once events arrive"]
 fn shim_an_oom_kill_in_the_guest_reaches_containerd() {
     let c = Containerd::start();
     let events = c.events();
-    // Small allocations that are all touched: the OOM killer, not a
-    // failed allocation, ends it.
+    // `tail` of an endless line keeps all of it: memory that is all
+    // touched (read into), grown in small steps, so the OOM killer of the
+    // cgroup ends it, not a failed allocation. A small limit: each new
+    // page of a nested guest costs milliseconds in the emulated host (an
+    // awk filling 64 MiB had reached 20000 entries, about 6 MiB, after
+    // 180 s there).
     let out = c.run(
-        &["--rm", "--memory-limit", "67108864"],
+        &["--rm", "--memory-limit", "16777216"],
         "hog",
-        &["awk", "BEGIN { while (1) a[i++] = sprintf(\"%0200d\", i) }"],
+        &["tail", "/dev/zero"],
     );
     assert_eq!(
         out.status.code(),
@@ -216,7 +217,6 @@ fn shim_an_oom_kill_in_the_guest_reaches_containerd() {
 /// running, seen 2026-12-07); a real seccomp kill is not a signal but an
 /// exit, and the api suite proves it with the trigger-built VMM.
 #[test]
-#[ignore = "fails (2026-12-07 17:46 and 18:05, with diagnostics): the shim logs the VMM's SIGKILL as the microVM's end, but not the `exit status` line that follows it in run_init, and `ctr task delete -f` then waits 180 s for an exit that never comes; the events it waits on never arrive in the emulated host either (see the OOM test)"]
 fn shim_a_vmm_killed_from_outside_ends_its_task_with_the_signal() {
     let c = Containerd::start();
     let events = c.events();
