@@ -290,6 +290,7 @@ impl Executor for RuntimeExecutor {
             export_changes: true,
             die_with_parent: false,
             net,
+            files: Vec::new(),
         };
         let t = self.runtime.start_transient(&spec)?;
         // The builder is synchronous (it runs on a blocking thread); the

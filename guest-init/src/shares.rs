@@ -20,6 +20,13 @@
 //!   disk is mounted without loading its journal (`noload`) after a plain
 //!   read-only mount failed.
 //!
+//! - A file (`files`: an OCI bind mount of a single file, such as the
+//!   `/etc/resolv.conf` containerd's CRI plugin gives a pod) is written
+//!   into a small tmpfs of init's own and bind-mounted over its target
+//!   (an empty file is created there when missing), read-only when the
+//!   spec says so. The tmpfs is then detached from its staging directory:
+//!   the bind mounts keep it, and nothing of it is left to see.
+//!
 //! Missing targets are created, with their parents, in the overlay root.
 //! Mounts of every kind are mounted parents first (fewest path components
 //! first), so one inside another's target lands on top of it, not
@@ -28,9 +35,12 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use mvm_protocol::launch::{normalize_target, BlockMount, LaunchSpec, Mount, TmpfsMount};
+use mvm_protocol::launch::{
+    normalize_target, BlockMount, FileMount, LaunchSpec, Mount, TmpfsMount,
+};
 
 /// Why a mount could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +63,8 @@ pub enum ShareError {
         what: String,
         source: Box<crate::rootfs::RootfsError>,
     },
+    #[error("{what}: {why}")]
+    File { what: String, why: String },
     #[error("{what}: {source}")]
     CopyUp {
         what: String,
@@ -69,6 +81,8 @@ pub enum Planned<'a> {
     Tmpfs(&'a TmpfsMount),
     /// An ext4 disk.
     Block(&'a BlockMount),
+    /// A single file.
+    File(&'a FileMount),
 }
 
 impl Planned<'_> {
@@ -78,6 +92,7 @@ impl Planned<'_> {
             Self::Share(m) => &m.target,
             Self::Tmpfs(t) => &t.target,
             Self::Block(b) => &b.target,
+            Self::File(f) => &f.target,
         }
     }
 
@@ -87,6 +102,7 @@ impl Planned<'_> {
             Self::Share(m) => format!("share {:?}", m.tag),
             Self::Tmpfs(_) => "a tmpfs".into(),
             Self::Block(b) => format!("the block volume on drive {:?}", b.drive),
+            Self::File(f) => format!("the file bound on {}", f.target),
         }
     }
 }
@@ -100,6 +116,7 @@ pub fn mount_order(spec: &LaunchSpec) -> Vec<Planned<'_>> {
         .map(Planned::Share)
         .chain(spec.tmpfs.iter().map(Planned::Tmpfs))
         .chain(spec.block_mounts.iter().map(Planned::Block))
+        .chain(spec.files.iter().map(Planned::File))
         .collect();
     // Stable: equal depths keep the spec's order.
     order.sort_by_key(|m| normalize_target(m.target()).matches('/').count());
@@ -157,9 +174,18 @@ pub fn tmpfs_flags(t: &TmpfsMount) -> libc::c_ulong {
 /// shutdown freezes them (their journals then hold nothing to replay).
 pub fn mount_all(root: &Path, spec: &LaunchSpec) -> Result<Vec<OwnedFd>, ShareError> {
     let mut disks = Vec::new();
+    let mut files = None;
     for m in mount_order(spec) {
         let target = under(root, m.target());
         let what = m.describe();
+        if let Planned::File(f) = m {
+            let stage = match &mut files {
+                Some(s) => s,
+                None => files.insert(FileStage::new(root)?),
+            };
+            stage.bind(f, &target, &what)?;
+            continue;
+        }
         crate::mounts::mount_point(&target, 0o755).map_err(|e| {
             let source = match e {
                 crate::mounts::MountError::MountPoint { source, .. } => source,
@@ -215,9 +241,116 @@ pub fn mount_all(root: &Path, spec: &LaunchSpec) -> Result<Vec<OwnedFd>, ShareEr
                     disks.push(fd);
                 }
             }
+            Planned::File(_) => unreachable!("bound above"),
         }
     }
+    if let Some(stage) = files {
+        stage.detach();
+    }
     Ok(disks)
+}
+
+/// The tmpfs the spec's files are written to before each is bound over
+/// its target: mounted on a directory in the guest's /dev (a tmpfs of the
+/// kernel's, so nothing of the workload's root is touched), detached
+/// when every file is bound.
+struct FileStage {
+    dir: PathBuf,
+    next: usize,
+}
+
+impl FileStage {
+    fn new(root: &Path) -> Result<Self, ShareError> {
+        let dir = root.join("dev/.mvm-files");
+        let err = |why: String| ShareError::File {
+            what: "the files' staging tmpfs".into(),
+            why,
+        };
+        std::fs::create_dir(&dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+        crate::sys::mount(
+            "tmpfs",
+            &dir,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "mode=700",
+        )
+        .map_err(|e| err(format!("mounting it on {}: {e}", dir.display())))?;
+        Ok(Self { dir, next: 0 })
+    }
+
+    /// Write `f`'s content to the stage and bind it over `target`.
+    fn bind(&mut self, f: &FileMount, target: &Path, what: &str) -> Result<(), ShareError> {
+        let err = |why: String| ShareError::File {
+            what: what.to_string(),
+            why,
+        };
+        let content = f.bytes().map_err(|e| err(e.to_string()))?;
+        let staged = self.dir.join(self.next.to_string());
+        self.next += 1;
+        write_file(&staged, &content).map_err(|e| err(format!("writing its content: {e}")))?;
+        if let Some(parent) = target.parent() {
+            crate::mounts::mount_point(parent, 0o755)
+                .map_err(|e| err(format!("creating its directory: {e}")))?;
+        }
+        // The mount point: an existing file (not a directory), or a new
+        // empty one. A symlink there is followed, as runc resolves mount
+        // destinations inside the container's root: init runs in that
+        // root, so it cannot lead out of the guest (/etc/resolv.conf is a
+        // link in many images).
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(target);
+        match opened {
+            Ok(file) if file.metadata().is_ok_and(|m| m.is_file()) => {}
+            Ok(_) => return Err(err("the target exists and is not a regular file".into())),
+            Err(e) => {
+                return Err(err(format!(
+                    "creating the mount point {}: {e}",
+                    target.display()
+                )))
+            }
+        }
+        crate::sys::mount(&staged.to_string_lossy(), target, "", libc::MS_BIND, "")
+            .map_err(|e| err(format!("binding it on {}: {e}", target.display())))?;
+        if f.read_only {
+            let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            crate::sys::mount("", target, "", flags, "")
+                .map_err(|e| err(format!("making it read-only: {e}")))?;
+        }
+        crate::info!(
+            "file bound on {} ({} bytes{})",
+            f.target,
+            content.len(),
+            if f.read_only { ", read-only" } else { "" }
+        );
+        Ok(())
+    }
+
+    /// Detach the stage: the files stay, held by their bind mounts.
+    fn detach(self) {
+        if let Err(e) = crate::sys::umount(&self.dir, libc::MNT_DETACH) {
+            crate::warn!("detaching {}: {e}", self.dir.display());
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            crate::warn!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// A new file `path` holding `content`, readable by every user (what a
+/// container expects of /etc/resolv.conf and its kin).
+fn write_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all(content)
 }
 
 /// What the image has at `target`, opened before a volume is mounted

@@ -79,6 +79,10 @@ pub struct LaunchSpec {
     /// when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_mounts: Vec<BlockMount>,
+    /// Single files placed over their targets ([`FileMount`]). Not
+    /// written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
     /// Network configuration init applies before the workload. `None`
     /// (not written): the guest has only `lo`, and init leaves
     /// /etc/resolv.conf as the image has it. `Some` with no interfaces is
@@ -166,6 +170,55 @@ pub struct BlockMount {
     /// inside a disk a guest has written, so the guest decides.
     #[serde(default, skip_serializing_if = "is_default")]
     pub copy_up: bool,
+}
+
+/// A single file bound over `target` in the guest, as an OCI bind mount
+/// of a file is (containerd's CRI plugin binds a pod's `/etc/hosts`,
+/// `/etc/hostname` and `/etc/resolv.conf`, and the kubelet a container's
+/// `/dev/termination-log`). virtio-fs shares directories, so a file's
+/// content travels in the spec instead: copied at start (a change on the
+/// host afterwards is not seen), held in guest memory, and bind-mounted
+/// over the target (created empty when missing) without touching the
+/// file below it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMount {
+    /// Where it appears in the workload's root: absolute, no `..`.
+    pub target: String,
+    /// The content, base64 (standard alphabet, padded).
+    pub content: String,
+    /// Mounted read-only (`MS_RDONLY`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_only: bool,
+}
+
+/// At most this many [`FileMount`]s in a spec.
+pub const MAX_FILES: usize = 64;
+/// At most this many bytes of [`FileMount`] content in a spec, decoded,
+/// all files together: the spec is read whole into guest memory.
+pub const MAX_FILES_BYTES: usize = 1 << 20;
+
+impl FileMount {
+    /// A file of `content` at `target`.
+    pub fn new(target: impl Into<String>, content: &[u8], read_only: bool) -> Self {
+        use base64::Engine as _;
+        Self {
+            target: target.into(),
+            content: base64::engine::general_purpose::STANDARD.encode(content),
+            read_only,
+        }
+    }
+
+    /// The decoded content.
+    pub fn bytes(&self) -> Result<Vec<u8>, SpecError> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.content)
+            .map_err(|e| SpecError::File {
+                target: self.target.clone(),
+                why: format!("its content is not base64: {e}"),
+            })
+    }
 }
 
 /// How the root filesystem is assembled.
@@ -368,6 +421,8 @@ pub enum SpecError {
     Tmpfs { target: String, why: String },
     #[error("launch spec block mount of drive {drive:?}: {why}")]
     BlockMount { drive: String, why: String },
+    #[error("launch spec file on {target:?}: {why}")]
+    File { target: String, why: String },
 }
 
 impl LaunchSpec {
@@ -398,6 +453,7 @@ impl LaunchSpec {
             mounts: Vec::new(),
             tmpfs: Vec::new(),
             block_mounts: Vec::new(),
+            files: Vec::new(),
             network: None,
         }
     }
@@ -569,6 +625,31 @@ impl LaunchSpec {
                 drive: b.drive.clone(),
                 why: format!("target {:?} {why}", b.target),
             })?;
+        }
+        if self.files.len() > MAX_FILES {
+            return Err(SpecError::TooMany {
+                what: "files",
+                count: self.files.len(),
+                max: MAX_FILES,
+            });
+        }
+        let mut total = 0usize;
+        for f in &self.files {
+            let bad = |why: String| SpecError::File {
+                target: f.target.clone(),
+                why,
+            };
+            check_target(&f.target, &mut targets).map_err(|w| bad(w.to_string()))?;
+            // Bounded before decoding: base64 is 4 bytes per 3.
+            if f.content.len() > MAX_FILES_BYTES / 3 * 4 + 4 {
+                return Err(bad(format!("its content is over {MAX_FILES_BYTES} bytes")));
+            }
+            total += f.bytes()?.len();
+            if total > MAX_FILES_BYTES {
+                return Err(bad(format!(
+                    "the files' content is over {MAX_FILES_BYTES} bytes in all"
+                )));
+            }
         }
         Ok(())
     }
@@ -807,6 +888,57 @@ mod tests {
         let mut bad = s;
         bad.rootfs.share = None;
         assert!(matches!(bad.validate(), Err(SpecError::DriveId(_))));
+    }
+
+    #[test]
+    fn files_round_trip_stay_off_the_wire_when_empty_and_hostile_ones_are_refused() {
+        let mut s = LaunchSpec::new(vec!["true".into()]);
+        let json = String::from_utf8(s.to_json().unwrap()).unwrap();
+        assert!(!json.contains("files"), "{json}");
+        let content = b"nameserver 10.0.0.1\n\0\xff binary too";
+        s.files = vec![FileMount::new("/etc/resolv.conf", content, true)];
+        s.validate().unwrap();
+        let back = LaunchSpec::from_json(&s.to_json().unwrap()).unwrap();
+        assert_eq!(back.files[0].bytes().unwrap(), content);
+        assert!(back.files[0].read_only);
+
+        let refused = |files: Vec<FileMount>, needle: &str| {
+            let mut bad = s.clone();
+            bad.files = files;
+            let e = bad.validate().expect_err(needle).to_string();
+            assert!(e.contains(needle), "{e}");
+        };
+        let file = |t: &str| FileMount::new(t, b"x", false);
+        refused(vec![file("etc/hosts")], "not absolute");
+        refused(vec![file("/etc/../hosts")], "'..'");
+        refused(vec![file("/")], "root directory");
+        refused(
+            vec![file("/etc/hosts"), file("/etc//hosts")],
+            "another mount",
+        );
+        let mut not_b64 = file("/a");
+        not_b64.content = "not base64!".into();
+        refused(vec![not_b64], "not base64");
+        let big = vec![0u8; MAX_FILES_BYTES / 2 + 1];
+        refused(
+            vec![
+                FileMount::new("/a", &big, false),
+                FileMount::new("/b", &big, false),
+            ],
+            "in all",
+        );
+        let mut huge = file("/a");
+        huge.content = "A".repeat(MAX_FILES_BYTES * 2);
+        refused(vec![huge], "over");
+        let many = (0..=MAX_FILES).map(|i| file(&format!("/f{i}"))).collect();
+        refused(many, "at most");
+        // A file and a tmpfs on one target.
+        let mut both = s.clone();
+        both.tmpfs = vec![TmpfsMount {
+            target: "/etc/resolv.conf".into(),
+            ..Default::default()
+        }];
+        assert!(both.validate().is_err());
     }
 
     #[test]

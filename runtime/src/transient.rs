@@ -66,6 +66,9 @@ pub struct TransientSpec {
     /// caller owns the TAPs and removes them after the transient ended
     /// (a build's RUN step gets an endpoint of mvmd's networks).
     pub net: BootNet,
+    /// Single files bound over targets in the guest (OCI binds of files;
+    /// [`mvm_protocol::launch::FileMount`]).
+    pub files: Vec<mvm_protocol::launch::FileMount>,
 }
 
 /// A running (or ended) transient sandbox.
@@ -124,6 +127,7 @@ impl Runtime {
             let mut l = launch::launch_spec(&spec.process, &spec.hostname, stdio);
             l.rootfs.export_changes = spec.export_changes;
             l.process.memory_max = spec.resources.workload_memory_max();
+            l.files = spec.files.clone();
             let init = self.init_archive()?;
             let disk = match &spec.root {
                 Root::Disk(d) => d.as_path(),

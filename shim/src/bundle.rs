@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mvm_protocol::launch::MIN_MEMORY_MAX;
+use mvm_protocol::launch::{FileMount, MAX_FILES_BYTES, MIN_MEMORY_MAX};
 use mvm_runtime::spec::{resolve_cpus, resolve_memory, Defaults, ResourceRequest};
 use mvm_runtime::{HostResources, HostShare, ProcessSpec, Resources};
 use oci_spec::runtime::Spec;
@@ -109,8 +109,10 @@ pub struct Bundle {
     pub hostname: String,
     /// vCPUs, quota, memory.
     pub resources: Resources,
-    /// `bind` mounts, shared over virtio-fs.
+    /// `bind` mounts of directories, shared over virtio-fs.
     pub shares: Vec<HostShare>,
+    /// `bind` mounts of single files, copied into the guest at start.
+    pub files: Vec<FileMount>,
     /// A pod's sandbox, or no pod.
     pub pod: PodRole,
     /// Non-fatal remarks (a CPU quota larger than the vCPUs...).
@@ -198,12 +200,13 @@ pub fn from_spec(
         }
     }
     let resources = resources(spec, host, &mut warnings)?;
-    let shares = shares(spec)?;
+    let (shares, files) = mounts(spec)?;
     Ok(Bundle {
         process,
         hostname,
         resources,
         shares,
+        files,
         pod,
         warnings,
     })
@@ -286,11 +289,16 @@ fn resources(
     })
 }
 
-/// `mounts`: binds become virtio-fs shares (read-only with `ro`); the
-/// mounts the guest provides are ignored ([`IGNORED_MOUNTS`]); anything
-/// else is refused.
-fn shares(spec: &Spec) -> Result<Vec<HostShare>, BundleError> {
+/// `mounts`: binds of directories become virtio-fs shares (read-only
+/// with `ro`), binds of regular files are copied into the guest at start
+/// ([`FileMount`]: containerd's CRI plugin binds a pod's
+/// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname`); the mounts the
+/// guest provides are ignored ([`IGNORED_MOUNTS`]); anything else is
+/// refused.
+fn mounts(spec: &Spec) -> Result<(Vec<HostShare>, Vec<FileMount>), BundleError> {
     let mut out = Vec::new();
+    let mut files = Vec::new();
+    let mut file_bytes = 0usize;
     for m in spec.mounts().as_deref().unwrap_or_default() {
         let dest = m.destination().to_string_lossy().into_owned();
         let kind = m.typ().clone().unwrap_or_default();
@@ -310,25 +318,55 @@ fn shares(spec: &Spec) -> Result<Vec<HostShare>, BundleError> {
                 "bind mount {dest} has no source"
             )));
         };
-        if !source.is_absolute() || !source.is_dir() {
-            return Err(BundleError::Invalid(format!(
-                "bind mount {dest}: the source {} must be an existing directory (the mvm runtime shares directories, not files)",
-                source.display()
-            )));
-        }
         if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
             return Err(BundleError::Invalid(format!(
                 "bind mount destination {dest:?} must be absolute without '..'"
+            )));
+        }
+        let read_only = options.iter().any(|o| o == "ro");
+        if source.is_absolute() && source.is_file() {
+            let content = read_bounded(&source, MAX_FILES_BYTES - file_bytes).map_err(|why| {
+                BundleError::Invalid(format!(
+                    "bind mount {dest}: the file {}: {why}",
+                    source.display()
+                ))
+            })?;
+            file_bytes += content.len();
+            files.push(FileMount::new(dest, &content, read_only));
+            continue;
+        }
+        if !source.is_absolute() || !source.is_dir() {
+            return Err(BundleError::Invalid(format!(
+                "bind mount {dest}: the source {} must be an existing directory or regular file",
+                source.display()
             )));
         }
         out.push(HostShare {
             tag: format!("bind{}", out.len()),
             source,
             target: dest,
-            read_only: options.iter().any(|o| o == "ro"),
+            read_only,
         });
     }
-    Ok(out)
+    Ok((out, files))
+}
+
+/// The content of the regular file `path`, refused when it is over
+/// `limit` bytes (what is left of [`MAX_FILES_BYTES`], the launch spec's
+/// bound on files copied into the guest).
+fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut content = Vec::new();
+    f.take(limit as u64 + 1)
+        .read_to_end(&mut content)
+        .map_err(|e| e.to_string())?;
+    if content.len() > limit {
+        return Err(format!(
+            "files bound into a microVM are copied into it, {MAX_FILES_BYTES} bytes at most in all; share its directory instead"
+        ));
+    }
+    Ok(content)
 }
 
 #[cfg(test)]
@@ -411,6 +449,46 @@ mod tests {
         );
         let e = from_spec(&spec(&json), "x", false, false, &host()).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x"), "{e}");
+    }
+
+    #[test]
+    fn binds_of_files_are_copied_in_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 10.0.0.2\n").unwrap();
+        let bind = |src: &std::path::Path, dest: &str, opts: &str| {
+            BASE.replace(
+                r#"{"destination":"/proc""#,
+                &format!(
+                    r#"{{"destination":"{dest}","type":"bind","source":"{}","options":[{opts}]}},{{"destination":"/proc""#,
+                    src.display()
+                ),
+            )
+        };
+        let json = bind(&resolv, "/etc/resolv.conf", r#""rbind","ro""#);
+        let b = from_spec(&spec(&json), "x", false, false, &host()).unwrap();
+        assert!(b.shares.is_empty());
+        assert_eq!(b.files.len(), 1);
+        assert_eq!(b.files[0].target, "/etc/resolv.conf");
+        assert_eq!(b.files[0].bytes().unwrap(), b"nameserver 10.0.0.2\n");
+        assert!(b.files[0].read_only);
+
+        // Over the launch spec's bound: refused, naming the file.
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_FILES_BYTES + 1]).unwrap();
+        let e = from_spec(
+            &spec(&bind(&big, "/big", r#""rbind""#)),
+            "x",
+            false,
+            false,
+            &host(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/big") && e.contains("share its directory"),
+            "{e}"
+        );
     }
 
     fn with_annotations(annotations: &str) -> Spec {

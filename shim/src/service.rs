@@ -343,6 +343,7 @@ impl Service {
             die_with_parent: true,
             // No NIC: a containerd sandbox has `lo` only.
             net: Default::default(),
+            files: c.spec.files.clone(),
         };
         // On this (the only) thread: the VMM's death signal is tied to it.
         let vm = rt
