@@ -10,11 +10,13 @@ PACKAGES="
   docker-registry skopeo apache2-utils debootstrap
   iproute2 procps psmisc file nftables
   libcap-ng-dev libseccomp-dev
-  containerd fio
+  containerd fio protobuf-compiler
 "
 # containerd (with ctr and runc): the containerd shim's end-to-end suite
 # (tests/tests/shim.rs) starts a containerd of its own, and its benchmark
-# compares with runc. fio: the host side of the volume benchmark
+# compares with runc. protobuf-compiler: protoc, which the k8s-cri crate's
+# build script needs (the shim suite's CRI client talks to containerd's CRI
+# plugin, as the kubelet does). fio: the host side of the volume benchmark
 # (tests/benches/volumes.rs; its guest side is resources/images/fio.sh).
 
 # virtiofsd, the virtio-fs backend (no Debian 12 package): built once with

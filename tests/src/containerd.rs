@@ -15,6 +15,11 @@ use crate::{daemon, rootfs, wait_until, Artifacts};
 pub const RUNTIME: &str = "io.containerd.mvm.v1";
 /// The imported image.
 pub const IMAGE: &str = "docker.io/mvm-e2e/busybox:latest";
+/// The pod sandbox image of [`Containerd::start_cri`]: busybox whose
+/// command sleeps, in the role of Kubernetes' `pause`.
+pub const PAUSE_IMAGE: &str = "docker.io/mvm-e2e/pause:latest";
+/// The containerd namespace of the CRI plugin.
+pub const CRI_NAMESPACE: &str = "k8s.io";
 
 /// A containerd of the test's own, with the image imported.
 /// The longest a single `ctr` call may take (a `ctr run` boots a microVM
@@ -29,6 +34,19 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// [`Self::start`] with containerd's CRI plugin on (what the kubelet
+    /// talks to; [`Self::cri`]): a runtime handler `mvm` for the mvm
+    /// runtime, as a RuntimeClass names it, the `native` snapshotter, and
+    /// [`PAUSE_IMAGE`] as the pod sandbox image, both images imported
+    /// into the CRI plugin's namespace `k8s.io` too.
+    pub fn start_cri() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(cri: bool) -> Self {
         let _ = Artifacts::get();
         let shim = daemon::binary("containerd-shim-mvm-v1");
         let dir = tempfile::Builder::new()
@@ -36,11 +54,34 @@ impl Containerd {
             .tempdir_in("/tmp")
             .unwrap();
         let d = dir.path();
+        let (disabled_cri, cri_config) = if cri {
+            (
+                "",
+                format!(
+                    r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+    default_runtime_name = "mvm"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.mvm]
+      runtime_type = "{RUNTIME}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+"#,
+                    d = d.display()
+                ),
+            )
+        } else {
+            (r#""io.containerd.grpc.v1.cri", "#, String::new())
+        };
         let config = format!(
             r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+disabled_plugins = [{disabled_cri}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
 [debug]
   level = "debug"
 [grpc]
@@ -49,15 +90,43 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
   address = "{d}/c.sock.ttrpc"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
-"#,
+{cri_config}"#,
             d = d.display()
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let child = spawn_daemon(d, &shim);
         let c = Containerd { dir, child };
         c.wait_ready();
-        c.import_image();
+        c.import_image("default", "busybox", &["sh"]);
+        if cri {
+            c.import_image(CRI_NAMESPACE, "busybox", &["sh"]);
+            c.import_image(CRI_NAMESPACE, "pause", &["sleep", "1000000000"]);
+        }
         c
+    }
+
+    /// A CRI client on this containerd ([`Self::start_cri`]), once the
+    /// CRI plugin knows both images (it learns of imports from events).
+    pub fn cri(&self) -> crate::cri::Cri {
+        let mut cri = crate::cri::Cri::connect(&self.dir.path().join("c.sock"))
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
+        for image in [IMAGE, PAUSE_IMAGE] {
+            let t0 = std::time::Instant::now();
+            loop {
+                let answer = cri.has_image(image);
+                if matches!(answer, Ok(true)) {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(60) {
+                    panic!(
+                        "the CRI plugin does not know {image} after 60 s (last answer: {answer:?})\n{}",
+                        self.log_tail()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cri
     }
 
     /// Wait until containerd answers on its socket.
@@ -247,9 +316,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         out
     }
 
-    /// A docker-archive (`docker save` format) of a busybox tree.
-    fn import_image(&self) {
-        let d = self.dir.path().join("image");
+    /// A docker-archive (`docker save` format) of a busybox tree whose
+    /// command is `cmd`, imported as `mvm-e2e/NAME:latest` into `namespace`.
+    fn import_image(&self, namespace: &str, name: &str, cmd: &[&str]) {
+        let d = self.dir.path().join(format!("image-{namespace}-{name}"));
         let tree = d.join("tree");
         rootfs::busybox_tree(&tree).unwrap();
         let layer = d.join("layer.tar");
@@ -270,7 +340,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             "os": "linux",
             "config": {
                 "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                "Cmd": ["sh"],
+                "Cmd": cmd,
             },
             "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{digest}")]},
         });
@@ -284,7 +354,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         .unwrap();
         let manifest = serde_json::json!([{
             "Config": format!("{cfg_digest}.json"),
-            "RepoTags": ["mvm-e2e/busybox:latest"],
+            "RepoTags": [format!("mvm-e2e/{name}:latest")],
             "Layers": [format!("{digest}/layer.tar")],
         }]);
         std::fs::write(
@@ -300,13 +370,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .arg(&tar)
             .arg("."));
         self.ok(&[
+            "--namespace",
+            namespace,
             "images",
             "import",
             "--snapshotter",
             "native",
             tar.to_str().unwrap(),
         ]);
-        assert!(self.ok(&["images", "ls", "-q"]).contains(IMAGE));
+        let listed = self.ok(&["--namespace", namespace, "images", "ls", "-q"]);
+        assert!(
+            listed.contains(&format!("docker.io/mvm-e2e/{name}:latest")),
+            "{listed}"
+        );
     }
 
     /// `ctr run` with the mvm runtime and the native snapshotter.

@@ -30,6 +30,7 @@ pub use mvm_vmm_api::{GuestState, StatusReport, VmConfig, WorkloadReport};
 
 pub mod bench;
 pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod netns;
 pub mod procmem;

@@ -323,6 +323,172 @@ fn shim_pod_sandbox_boots_and_pod_containers_are_refused() {
     c.ok(&["containers", "rm", "pod1"]);
 }
 
+/// The same pod through containerd's CRI plugin, driven as the kubelet
+/// drives it (a CRI client on containerd's socket; docs/kubernetes.md,
+/// step 2): `RunPodSandbox` with the runtime handler `mvm` (what a
+/// RuntimeClass names) boots the pod's microVM with the sandbox image's
+/// process and the pod is READY; a container of the pod is created but
+/// refused at its start with the error naming the pod; `StopPodSandbox`
+/// ends the microVM and `RemovePodSandbox` leaves nothing behind.
+#[test]
+fn shim_cri_runs_a_pod_sandbox_with_the_mvm_runtime_handler() {
+    use k8s_cri::v1::PodSandboxState;
+    use mvm_e2e::containerd::PAUSE_IMAGE;
+    use mvm_e2e::cri;
+
+    let c = Containerd::start_cri();
+    let mut api = c.cri();
+    let version = api.version().expect("CRI Version");
+    assert_eq!(version.runtime_name, "containerd", "{version:?}");
+    let config = cri::pod_config("web");
+    let pod = api
+        .run_pod(&config, "mvm")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log_tail()));
+    assert_eq!(
+        api.pod_state(&pod).unwrap(),
+        PodSandboxState::SandboxReady as i32
+    );
+    let vms = c.vm_processes();
+    assert!(!vms.is_empty(), "no microVM for the pod");
+    let task = c.ok(&["--namespace", "k8s.io", "task", "ls"]);
+    assert!(
+        task.lines()
+            .any(|l| l.starts_with(&pod) && l.contains("RUNNING")),
+        "the pod's sandbox task ({PAUSE_IMAGE}): {task}"
+    );
+
+    // The CRI plugin binds the pod's own resolv.conf and hostname files
+    // into it: single files, copied into the guest and bound over their
+    // targets there.
+    let files = c
+        .dir
+        .path()
+        .join("root/io.containerd.grpc.v1.cri/sandboxes")
+        .join(&pod);
+    for (n, name) in ["resolv.conf", "hostname"].into_iter().enumerate() {
+        let host = std::fs::read_to_string(files.join(name)).unwrap();
+        let exec_id = format!("cat-{n}");
+        let guest = c.ok(&[
+            "--namespace",
+            "k8s.io",
+            "task",
+            "exec",
+            "--exec-id",
+            &exec_id,
+            &pod,
+            "cat",
+            &format!("/etc/{name}"),
+        ]);
+        assert_eq!(guest, host, "/etc/{name} in the pod");
+    }
+
+    let app = api
+        .create_container(&pod, &config, "app", IMAGE, &["true"])
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log_tail()));
+    let err = api
+        .start_container(&app)
+        .expect_err("a pod's container starts only inside the pod's microVM (step 3)");
+    assert!(
+        err.message().contains(&format!("pod sandbox \"{pod}\""))
+            && err.message().contains("step 3"),
+        "{err}"
+    );
+    assert_eq!(
+        c.vm_processes(),
+        vms,
+        "something booted for the refused container"
+    );
+    api.remove_container(&app).expect("RemoveContainer");
+
+    api.stop_pod(&pod)
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log_tail()));
+    assert_eq!(
+        api.pod_state(&pod).unwrap(),
+        PodSandboxState::SandboxNotready as i32
+    );
+    api.remove_pod(&pod).expect("RemovePodSandbox");
+    remove_and_check_nothing_left(&c, &[]);
+}
+
+/// An image made with mvm is a containerd image: `mvctl save` of an image
+/// in mvmd's store, `ctr images import` of the archive, and `ctr run`
+/// with the mvm runtime runs it.
+#[test]
+fn shim_runs_an_image_saved_by_mvctl() {
+    use mvm_e2e::daemon::{binary, ping, start_daemon};
+
+    let c = Containerd::start();
+    let d = c.dir.path().join("mvmd");
+    let (root, run) = (d.join("root"), d.join("run"));
+    std::fs::create_dir_all(&run).unwrap();
+    start_daemon(&root, &run, &d.join("mvmd.log"));
+    let socket = run.join("mvmd.sock");
+    wait_until(
+        "mvmd's socket",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || ping(&socket),
+    );
+    let mvctl = |args: &[&str]| {
+        let out = std::process::Command::new(binary("mvctl"))
+            .args(args)
+            .env("MVM_HOST", format!("unix://{}", socket.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mvctl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let tree = d.join("tree");
+    mvm_e2e::rootfs::busybox_tree(&tree).unwrap();
+    let rootfs = d.join("rootfs.tar");
+    let tar = std::process::Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&rootfs)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    mvctl(&["import", rootfs.to_str().unwrap(), "saved/busybox:1"]);
+    let archive = d.join("saved.tar");
+    mvctl(&["save", "-o", archive.to_str().unwrap(), "saved/busybox:1"]);
+
+    c.ok(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "native",
+        archive.to_str().unwrap(),
+    ]);
+    let image = "docker.io/saved/busybox:1";
+    assert!(c.ok(&["images", "ls", "-q"]).contains(image));
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--snapshotter",
+        "native",
+        image,
+        "saved",
+        "echo",
+        "hi",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        c.log_tail()
+    );
+    assert_eq!(text(&out.stdout), "hi\n");
+    remove_and_check_nothing_left(&c, &[]);
+}
+
 #[test]
 fn shim_ctr_run_prints_output_and_propagates_exit_codes() {
     let c = Containerd::start();
