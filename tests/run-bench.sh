@@ -42,6 +42,10 @@ export MVM_KERNEL=${MVM_KERNEL:-$(resources/kernel/build.sh --print-path)}
 export MVM_INIT=${MVM_INIT:-$target/x86_64-unknown-linux-gnu/release/mvm-init}
 export MVM_VMM=${MVM_VMM:-$target/$profile_dir/mvm-vmm}
 export MVM_VIRTIOFSD=${MVM_VIRTIOFSD:-$(resources/virtiofsd/build.sh | tail -n1)}
+# The containerd benchmark runs the shim as installed, as the shim suite
+# does (tests/run-e2e.sh, tests/src/containerd.rs).
+make --no-print-directory install PREFIX="$root/target/e2e-install" PROFILE="$profile_dir" >/dev/null ||
+  { echo "bench: make install PREFIX=$root/target/e2e-install failed" >&2; exit 1; }
 for f in "$MVM_KERNEL" "$MVM_INIT" "$MVM_VMM" "$MVM_VIRTIOFSD"; do
   [ -f "$f" ] || { echo "bench: $f is missing; run 'make kernel build-release' (or 'make bench') first" >&2; exit 1; }
 done

@@ -68,6 +68,15 @@ cargo build "${trigger_release[@]}" --workspace --exclude mvm-init --exclude mvm
   --features mvm-vmm/seccomp-test-trigger --bin mvm-vmm-seccomp-trigger >&2 ||
   { echo "e2e: the seccomp-trigger VMM did not build" >&2; exit 1; }
 export MVM_VMM_SECCOMP_TRIGGER=$root/target/$profile_dir/mvm-vmm-seccomp-trigger
+# The containerd shim suite runs the shim as installed: `make install`
+# into a prefix under the target directory (the emulated host sees it),
+# and containerd gets that prefix's bin on its PATH and none of the MVM_*
+# artifact variables, so the shim finds its kernel, init, VMM, jailer and
+# virtiofsd as an installed one does (tests/src/containerd.rs).
+e2e_prefix=$root/target/e2e-install
+rm -rf "$e2e_prefix"
+make --no-print-directory -C "$root" install PREFIX="$e2e_prefix" PROFILE="$profile_dir" >/dev/null ||
+  { echo "e2e: make install PREFIX=$e2e_prefix failed" >&2; exit 1; }
 mapfile -t all_bins < <(test_binaries mvm-e2e)
 # tests/machine.rs boots the emulated KVM host itself (`mvctl machine`),
 # and tests/installed.rs uses the installed product as a user would (the

@@ -1,6 +1,9 @@
 //! A containerd of a test's own (Debian's 1.6: its own root, state,
 //! socket and config, never the system one) that finds
-//! `containerd-shim-mvm-v1` on its PATH as an installed one is found,
+//! `containerd-shim-mvm-v1` on its PATH in an installed prefix
+//! ([`installed_bin`]: `make install`, which tests/run-e2e.sh runs), with
+//! none of the `MVM_*` artifact variables, so the shim finds its kernel,
+//! init, VMM, jailer and virtiofsd as an installed one does,
 //! with a busybox image imported (a docker-archive, `ctr images import`)
 //! into the `native` snapshotter. Used by `tests/shim.rs` and the
 //! `containerd` benchmark.
@@ -9,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
-use crate::{daemon, rootfs, wait_until, Artifacts};
+use crate::{rootfs, wait_until, Artifacts};
 
 /// The mvm runtime's name.
 pub const RUNTIME: &str = "io.containerd.mvm.v1";
@@ -48,7 +51,7 @@ impl Containerd {
 
     fn start_with(cri: bool) -> Self {
         let _ = Artifacts::get();
-        let shim = daemon::binary("containerd-shim-mvm-v1");
+        let shim = installed_bin("containerd-shim-mvm-v1");
         let dir = tempfile::Builder::new()
             .prefix("ctd-e2e-")
             .tempdir_in("/tmp")
@@ -148,7 +151,7 @@ disabled_plugins = [{disabled_cri}"io.containerd.snapshotter.v1.btrfs", "io.cont
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
         let status = self.child.wait().unwrap();
         eprintln!("containerd ended ({status}) after signal {signal}; starting it again");
-        let shim = daemon::binary("containerd-shim-mvm-v1");
+        let shim = installed_bin("containerd-shim-mvm-v1");
         self.child = spawn_daemon(self.dir.path(), &shim);
         self.wait_ready();
     }
@@ -547,8 +550,38 @@ impl Containerd {
     }
 }
 
+/// `bin/NAME` of the installation tests/run-e2e.sh makes for the shim
+/// suite (`make install PREFIX=target/e2e-install`).
+pub fn installed_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test binary>
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the target directory above the test binary");
+    let p = target.join("e2e-install/bin").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: tests/run-e2e.sh installs the product there (make install PREFIX=target/e2e-install)",
+        p.display()
+    );
+    p
+}
+
+/// The variables that name mvm's artifacts: containerd (and so the shim)
+/// runs without them, as an installed one does.
+const ARTIFACT_VARS: &[&str] = &[
+    "MVM_KERNEL",
+    "MVM_INIT",
+    "MVM_VMM",
+    "MVM_JAILER",
+    "MVM_VIRTIOFSD",
+    "MVM_CACHE",
+];
+
 /// Start containerd with the config in `dir`, logging (appended) to
-/// `dir/containerd.log`, with `shim`'s directory first on its PATH.
+/// `dir/containerd.log`, with `shim`'s directory first on its PATH and
+/// none of [`ARTIFACT_VARS`].
 fn spawn_daemon(dir: &Path, shim: &Path) -> Child {
     let path = format!(
         "{}:{}",
@@ -560,8 +593,11 @@ fn spawn_daemon(dir: &Path, shim: &Path) -> Child {
         .append(true)
         .open(dir.join("containerd.log"))
         .unwrap();
-    Command::new("containerd")
-        .arg("--config")
+    let mut cmd = Command::new("containerd");
+    for var in ARTIFACT_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--config")
         .arg(dir.join("config.toml"))
         .env("PATH", path)
         .env("MVM_ROOT", dir.join("mvm"))

@@ -1,8 +1,9 @@
 //! The containerd shim end to end: a real containerd (Debian's 1.6, its
-//! own root, state, socket and config; never the system one) finds
-//! `containerd-shim-mvm-v1` on its PATH, as an installed one is found,
-//! and `ctr` runs containers as microVMs on real KVM
-//! (`mvm_e2e::containerd`).
+//! own root, state, socket and config; never the system one) finds the
+//! installed `containerd-shim-mvm-v1` on its PATH (`make install` into
+//! target/e2e-install, run by tests/run-e2e.sh; no `MVM_*` artifact
+//! variables), and `ctr` and a CRI client run containers as microVMs on
+//! real KVM (`mvm_e2e::containerd`).
 //!
 //! The image is a docker-archive of a busybox tree (`ctr images import`),
 //! unpacked with the `native` snapshotter (overlay-on-overlay fails in
