@@ -368,6 +368,33 @@ fn hello_world_and_the_system_it_sees() {
     eprintln!("hello boot took {:?}", out.elapsed);
 }
 
+/// The host's clock and entropy a spec carries (a warm start's hand-over
+/// sets them; a cold spec may too) are applied before the workload: its
+/// date is the spec's, not the boot's, and the entropy ioctls succeed on
+/// the real kernel. A warm boot itself needs the agent (vsock), which
+/// this QEMU has not; tests/tests/warm.rs drives one on real KVM.
+#[test]
+fn the_specs_clock_and_entropy_are_applied_before_the_workload() {
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "date -u +%Y-%m-%dT%H; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo",
+    ]);
+    // 2031-06-01T00:00:00Z: not a date any boot of this test has.
+    s.realtime_ns = Some(1_938_038_400 * 1_000_000_000);
+    s.set_entropy(&[0x5a; mvm_protocol::launch::ENTROPY_LEN]);
+    let out = boot_spec(s, None);
+    out.assert_events(&done(GuestEvent::Exited(0)));
+    out.assert_console("mvm-init: applied the host's clock and entropy (CRNG reseeded)");
+    out.assert_console("\n2031-06-01T00\n");
+    let random = out
+        .console
+        .lines()
+        .find(|l| l.len() == 32 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no 16 random bytes:\n{}", out.console));
+    assert_ne!(random, "0".repeat(32));
+}
+
 #[test]
 fn exit_code_is_reported() {
     let out = boot_spec(
