@@ -100,8 +100,7 @@ fn add_entropy(dev: &Path, bytes: &[u8]) -> Result<(), ReseedError> {
     cvt(unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, &info) })
         .map_err(ReseedError::AddEntropy)?;
     // SAFETY: RNDRESEEDCRNG takes no argument.
-    cvt(unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) })
-        .map_err(ReseedError::Reseed)?;
+    cvt(unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) }).map_err(ReseedError::Reseed)?;
     Ok(())
 }
 

@@ -176,8 +176,7 @@ fn read_request(r: &mut FrameReader<Conn>, w: &mut FrameWriter<Conn>) -> Option<
             Ok(req) => return Some(req),
             Err(e) => {
                 let msg = format!("malformed request: {e}");
-                if w
-                    .write_json(&Response::error(ErrorCode::BadRequest, msg))
+                if w.write_json(&Response::error(ErrorCode::BadRequest, msg))
                     .is_err()
                 {
                     return None;

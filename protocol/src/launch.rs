@@ -798,7 +798,10 @@ mod tests {
         ];
         for (field, f) in cases {
             let e = with(f);
-            assert!(e.contains(&format!("warm but sets {field}")), "{field}: {e}");
+            assert!(
+                e.contains(&format!("warm but sets {field}")),
+                "{field}: {e}"
+            );
         }
         let hostile = br#"{"version":1,"warm":true,"process":{"args":["sh"]}}"#;
         assert!(matches!(

@@ -271,11 +271,17 @@ impl Transient {
     /// reports `WarmReady` (the VMM's control socket answers at that
     /// event). A VMM that ends first is an error at once.
     pub async fn wait_warm_ready(&self, timeout: Duration) -> Result<(), WarmError> {
-        if self.warm.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+        if self
+            .warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
             return Err(WarmError::NotWarm);
         }
         let socket = crate::checkpoint::control_socket(&self.paths);
-        let waiting = tokio::task::spawn_blocking(move || crate::warm::wait_ready(&socket, timeout));
+        let waiting =
+            tokio::task::spawn_blocking(move || crate::warm::wait_ready(&socket, timeout));
         tokio::select! {
             r = waiting => r.unwrap_or(Err(WarmError::EndedBeforeReady)),
             () = self.wait() => Err(WarmError::EndedBeforeReady),

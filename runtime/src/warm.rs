@@ -8,7 +8,7 @@
 //! `mvmd --warm-starts`, with templates and restores, steps 2 and 3).
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mvm_protocol::agent::client::{AgentClient, ClientError};
 use mvm_protocol::launch::{LaunchSpec, ENTROPY_LEN};
@@ -38,7 +38,40 @@ pub enum WarmError {
 /// Wait until the VMM listening on `socket` reports its guest's
 /// `WarmReady` (the control socket answers at that event; no polling),
 /// for at most `timeout`. Blocking.
+///
+/// A VMM just spawned binds its control socket while it sets the VM up:
+/// until then connecting finds no socket (or no listener), and is retried
+/// with a short back-off, as the agent client retries the vsock socket.
+/// The caller races this against the VMM's end
+/// ([`crate::transient::Transient::wait_warm_ready`]).
 pub fn wait_ready(socket: &Path, timeout: Duration) -> Result<(), WarmError> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(2);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(WarmError::Timeout(timeout));
+        }
+        match call_once(socket, left) {
+            Err(WarmError::Control(ControlError::Connect { source, .. }))
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                if Instant::now() + delay >= deadline {
+                    return Err(WarmError::Timeout(timeout));
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(50));
+            }
+            Err(WarmError::Timeout(_)) => return Err(WarmError::Timeout(timeout)),
+            r => return r,
+        }
+    }
+}
+
+fn call_once(socket: &Path, timeout: Duration) -> Result<(), WarmError> {
     match control::call(socket, &Request::WaitWarmReady, timeout) {
         Ok(Response::WarmReady) => Ok(()),
         Ok(Response::Error { message }) => Err(WarmError::Vmm(message)),
@@ -111,9 +144,39 @@ mod tests {
     }
 
     #[test]
-    fn a_vmm_that_is_gone_is_an_error_not_a_wait() {
+    fn no_socket_within_the_deadline_is_a_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let e = wait_ready(&dir.path().join("ctl.sock"), Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(e, WarmError::Control(ControlError::Connect { .. })), "{e}");
+        let t = Instant::now();
+        let e = wait_ready(&dir.path().join("ctl.sock"), Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, WarmError::Timeout(_)), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A VMM stand-in that binds its socket late, answers the wait when
+    /// "the guest" is ready, or closes without an answer.
+    #[test]
+    fn the_wait_finds_a_late_socket_and_ends_with_the_answer() {
+        use std::io::{BufRead, BufReader, Write};
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let p = path.clone();
+        let vmm = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let l = UnixListener::bind(&p).unwrap();
+            for answer in [Some("\"warm_ready\"\n"), None] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line).unwrap();
+                assert_eq!(line, "\"wait_warm_ready\"\n");
+                if let Some(a) = answer {
+                    s.write_all(a.as_bytes()).unwrap();
+                }
+            }
+        });
+        wait_ready(&path, Duration::from_secs(10)).unwrap();
+        let e = wait_ready(&path, Duration::from_secs(10)).unwrap_err();
+        assert!(matches!(e, WarmError::EndedBeforeReady), "{e}");
+        vmm.join().unwrap();
     }
 }

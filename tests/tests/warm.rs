@@ -92,7 +92,10 @@ fn warm_boot_waits_for_its_spec_then_runs_it() {
 
         let t1 = Instant::now();
         t.warm_launch(READY).await.unwrap();
-        eprintln!("warm: launch accepted after {} ms", t1.elapsed().as_millis());
+        eprintln!(
+            "warm: launch accepted after {} ms",
+            t1.elapsed().as_millis()
+        );
         // Only once.
         assert!(matches!(
             t.warm_launch(READY).await,
@@ -102,11 +105,19 @@ fn warm_boot_waits_for_its_spec_then_runs_it() {
         let (out, err, exit) = session.output.collect().await.unwrap();
         let out = String::from_utf8(out).unwrap();
         eprintln!("warm: workload output:\n{out}");
-        assert_eq!(exit.exit_code, Some(7), "{out}\n{}", String::from_utf8_lossy(&err));
+        assert_eq!(
+            exit.exit_code,
+            Some(7),
+            "{out}\n{}",
+            String::from_utf8_lossy(&err)
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 5, "{out}");
         assert_eq!(lines[0], "warm-one");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let year = std::process::Command::new("date")
             .args(["-u", "+%Y"])
             .output()

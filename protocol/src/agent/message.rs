@@ -523,7 +523,10 @@ mod tests {
             spec: Box::new(spec),
         };
         let json = serde_json::to_string(&r).unwrap();
-        assert!(json.starts_with(r#"{"op":"launch","spec":{"version":1,"#), "{json}");
+        assert!(
+            json.starts_with(r#"{"op":"launch","spec":{"version":1,"#),
+            "{json}"
+        );
         assert_eq!(req(&json).unwrap(), r);
         assert_eq!(r.op(), "launch");
         // Inside hello, as the client sends a first request.
