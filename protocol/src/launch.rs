@@ -695,7 +695,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
     };
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.as_bytes()
@@ -771,7 +771,8 @@ mod tests {
             f(&mut s);
             s.validate().unwrap_err().to_string()
         };
-        let cases: [(&str, &dyn Fn(&mut LaunchSpec)); 9] = [
+        type Set<'a> = &'a dyn Fn(&mut LaunchSpec);
+        let cases: [(&str, Set); 9] = [
             ("process", &|s| s.process.args = vec!["sh".into()]),
             ("rootfs", &|s| s.rootfs.image_drive = "rootfs".into()),
             ("hostname", &|s| s.hostname = Some("h".into())),
