@@ -182,6 +182,18 @@ fn boot(spec_json: &[u8], scratch: Option<&Path>) -> Outcome {
 
 /// [`boot`] with extra kernel command-line words.
 fn boot_with(spec_json: &[u8], scratch: Option<&Path>, cmdline: &str) -> Outcome {
+    boot_until(spec_json, scratch, cmdline, None)
+}
+
+/// [`boot_with`], stopping QEMU once the guest has reported `until` (a
+/// guest that would wait for the host forever) instead of waiting for
+/// its power-off.
+fn boot_until(
+    spec_json: &[u8],
+    scratch: Option<&Path>,
+    cmdline: &str,
+    until: Option<GuestEvent>,
+) -> Outcome {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let fx = fixture();
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,9 +262,15 @@ fn boot_with(spec_json: &[u8], scratch: Option<&Path>, cmdline: &str) -> Outcome
     let mut child = cmd
         .spawn()
         .expect("qemu-system-x86_64: install qemu-system-x86 (make deps)");
+    let mut stopped = false;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
+        }
+        if until.is_some_and(|ev| status_events(&read_lossy(&trace)).contains(&ev)) {
+            let _ = child.kill();
+            stopped = true;
+            break child.wait().unwrap();
         }
         if start.elapsed() > BOOT_TIMEOUT {
             let _ = child.kill();
@@ -268,7 +286,7 @@ fn boot_with(spec_json: &[u8], scratch: Option<&Path>, cmdline: &str) -> Outcome
     let out = child.wait_with_output().unwrap();
     let console = read_lossy(&console);
     assert!(
-        status.success(),
+        stopped || status.success(),
         "qemu failed ({status}): {}\nconsole:\n{console}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -393,6 +411,34 @@ fn the_specs_clock_and_entropy_are_applied_before_the_workload() {
         .find(|l| l.len() == 32 && l.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or_else(|| panic!("no 16 random bytes:\n{}", out.console));
     assert_ne!(random, "0".repeat(32));
+}
+
+/// A warm spec: init does only what does not depend on the sandbox and
+/// reports `WarmReady`, then waits for the agent's `launch` (which this
+/// QEMU, without vsock, cannot send; tests/tests/warm.rs does, on KVM).
+/// No disk is mounted, no workload started, no power-off. A warm spec
+/// that carries a process is refused at boot like any bad spec.
+#[test]
+fn a_warm_spec_stops_at_warm_ready() {
+    let out = boot_until(
+        &LaunchSpec::warm().to_json().unwrap(),
+        None,
+        "",
+        Some(GuestEvent::WarmReady),
+    );
+    out.assert_events(&[GuestEvent::BootComplete, GuestEvent::WarmReady]);
+    out.assert_console("mvm-init: warm: ready, waiting for the launch spec");
+    for absent in ["workload", "powering off", "error"] {
+        assert!(
+            !out.console.contains(absent),
+            "a warm guest printed {absent:?}:\n{}",
+            out.console
+        );
+    }
+    let hostile = br#"{"version":1,"warm":true,"process":{"args":["sh"]}}"#;
+    let out = boot(hostile, None);
+    out.assert_events(&failed(InitError::BadSpec));
+    out.assert_console("launch spec is warm but sets process");
 }
 
 #[test]
