@@ -1,5 +1,8 @@
 //! PID 1's whole life, in order (see the README for the why):
 //! report boot, mount the API filesystems, read the spec, assemble and
+//! (a warm spec: report `WarmReady` and take the real spec from the
+//! agent's `launch`, see [`crate::warm`]), apply the host's clock and
+//! entropy, assemble and
 //! switch to the root filesystem, set up the system (API filesystems,
 //! virtio-fs shares, hostname, loopback, the spec's network), start the
 //! workload,
@@ -59,15 +62,22 @@ pub enum Error {
     Reaper(#[from] ReaperError),
     #[error("cannot limit the workload's memory to {0} bytes (memory.max of its cgroup): {1}")]
     MemoryMax(u64, io::Error),
+    #[error("a warm boot needs the agent's port, which init cannot listen on: {0} (does the VM have a vsock device?)")]
+    WarmListen(io::Error),
+    #[error(transparent)]
+    Reseed(#[from] crate::reseed::ReseedError),
 }
 
 impl Error {
     /// The code the host receives.
     pub fn code(&self) -> InitError {
         match self {
-            Self::Early(_) | Self::System(_) | Self::Reaper(_) | Self::MemoryMax(..) => {
-                InitError::Other
-            }
+            Self::Early(_)
+            | Self::System(_)
+            | Self::Reaper(_)
+            | Self::MemoryMax(..)
+            | Self::WarmListen(_)
+            | Self::Reseed(_) => InitError::Other,
             Self::SpecRead(_) | Self::Spec(_) | Self::Hostname(HostnameError::Invalid(_)) => {
                 InitError::BadSpec
             }
@@ -150,6 +160,19 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
     }
     // Before anything is forked, so no SIGCHLD or forwarded signal is lost.
     let reaper = Reaper::new()?;
+    let (spec, listener) = if spec.warm {
+        // Everything above is all a warm guest has: no disk, no NIC, no
+        // hostname, no process but init, until the launch.
+        let listener = crate::agent::listen_guest().map_err(Error::WarmListen)?;
+        status::report(GuestEvent::WarmReady);
+        let spec = crate::warm::wait_for_launch(&listener);
+        (spec, Some(listener))
+    } else {
+        (spec, None)
+    };
+    // Before anything reads the clock or draws random numbers for the
+    // sandbox.
+    crate::reseed::apply(&spec)?;
 
     state.rootfs = crate::rootfs::assemble(&spec.rootfs)?;
     crate::rootfs::switch_root(Path::new(crate::rootfs::ROOT_DIR))?;
@@ -217,7 +240,10 @@ fn run(state: &mut State) -> Result<GuestEvent, Error> {
     // The agent's port is taken before the workload exists, so no workload
     // can listen there first (it is privileged too; see AGENT_PORT). A few
     // syscalls: the workload's start waits for nothing else of the agent.
-    let listener = crate::agent::listen_guest();
+    let listener = match listener {
+        Some(l) => Ok(l),
+        None => crate::agent::listen_guest(),
+    };
     let workload = crate::agent::Workload::spawn(&mut command, p)?;
 
     let config = crate::agent::Config {

@@ -20,6 +20,8 @@
 //! * [`reaper`]: reaping, signal forwarding, stopping the rest.
 //! * [`shutdown`]: durability, power-off.
 //! * [`agent`]: the host's agent over vsock (exec, attach, copy, stats).
+//! * [`warm`]: a warm boot's wait for its spec (the agent's `launch`).
+//! * [`reseed`]: the host's clock and entropy from the spec.
 //! * [`sys`]: checked wrappers for raw syscalls.
 
 pub mod agent;
@@ -35,9 +37,11 @@ pub mod netlink;
 pub mod network;
 pub mod process;
 pub mod reaper;
+pub mod reseed;
 pub mod rootfs;
 pub mod shares;
 pub mod shutdown;
 pub mod status;
 pub mod sys;
 pub mod user;
+pub mod warm;

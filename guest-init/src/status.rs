@@ -119,6 +119,7 @@ pub fn describe(event: GuestEvent) -> String {
         ),
         GuestEvent::InitError(e) => format!("init error {}: {}", e as u32, e.describe()),
         GuestEvent::PowerOff => "powering off".into(),
+        GuestEvent::WarmReady => "warm: ready, waiting for the launch spec".into(),
     }
 }
 

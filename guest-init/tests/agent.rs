@@ -576,6 +576,35 @@ async fn attach_to_console_output_is_refused_and_exit_needs_no_attacher() {
     );
 }
 
+/// A launched guest (here, one whose workload runs) refuses `launch`: a
+/// warm guest takes exactly one, before its workload exists, and a cold
+/// one none. The client's method and a raw request alike.
+#[tokio::test]
+async fn a_launch_to_a_launched_guest_is_refused() {
+    let g = Guest::start(GuestSpec::sh("sleep 30"));
+    let mut spec = mvm_protocol::launch::LaunchSpec::new(vec!["true".into()]);
+    spec.hostname = Some("second".into());
+    let mut c = g.client().await;
+    let err = c.launch(&spec).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    assert!(err.to_string().contains("launched already"), "{err}");
+    // The connection stays usable.
+    c.ping().await.unwrap();
+    let mut s = g.raw().await;
+    let mut bytes = hello();
+    bytes.extend(control(&Request::Launch {
+        spec: Box::new(mvm_protocol::launch::LaunchSpec::warm()),
+    }));
+    s.write_all(&bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = responses(&mut s);
+    assert!(
+        matches!(&got[1], Response::Error { code: ErrorCode::BadRequest, message } if message.contains("launched already")),
+        "{got:?}"
+    );
+    assert_eq!(stop(g).await, 128 + libc::SIGKILL);
+}
+
 #[tokio::test]
 async fn terminal_main_workload() {
     let mut spec = GuestSpec::sh("stty size; read x; stty size; exit 0");

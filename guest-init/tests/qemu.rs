@@ -182,6 +182,18 @@ fn boot(spec_json: &[u8], scratch: Option<&Path>) -> Outcome {
 
 /// [`boot`] with extra kernel command-line words.
 fn boot_with(spec_json: &[u8], scratch: Option<&Path>, cmdline: &str) -> Outcome {
+    boot_until(spec_json, scratch, cmdline, None)
+}
+
+/// [`boot_with`], stopping QEMU once the guest has reported `until` (a
+/// guest that would wait for the host forever) instead of waiting for
+/// its power-off.
+fn boot_until(
+    spec_json: &[u8],
+    scratch: Option<&Path>,
+    cmdline: &str,
+    until: Option<GuestEvent>,
+) -> Outcome {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let fx = fixture();
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,9 +262,15 @@ fn boot_with(spec_json: &[u8], scratch: Option<&Path>, cmdline: &str) -> Outcome
     let mut child = cmd
         .spawn()
         .expect("qemu-system-x86_64: install qemu-system-x86 (make deps)");
+    let mut stopped = false;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
+        }
+        if until.is_some_and(|ev| status_events(&read_lossy(&trace)).contains(&ev)) {
+            let _ = child.kill();
+            stopped = true;
+            break child.wait().unwrap();
         }
         if start.elapsed() > BOOT_TIMEOUT {
             let _ = child.kill();
@@ -268,7 +286,7 @@ fn boot_with(spec_json: &[u8], scratch: Option<&Path>, cmdline: &str) -> Outcome
     let out = child.wait_with_output().unwrap();
     let console = read_lossy(&console);
     assert!(
-        status.success(),
+        stopped || status.success(),
         "qemu failed ({status}): {}\nconsole:\n{console}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -366,6 +384,61 @@ fn hello_world_and_the_system_it_sees() {
         );
     }
     eprintln!("hello boot took {:?}", out.elapsed);
+}
+
+/// The host's clock and entropy a spec carries (a warm start's hand-over
+/// sets them; a cold spec may too) are applied before the workload: its
+/// date is the spec's, not the boot's, and the entropy ioctls succeed on
+/// the real kernel. A warm boot itself needs the agent (vsock), which
+/// this QEMU has not; tests/tests/warm.rs drives one on real KVM.
+#[test]
+fn the_specs_clock_and_entropy_are_applied_before_the_workload() {
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "date -u +%Y-%m-%dT%H; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo",
+    ]);
+    // 2031-06-01T00:00:00Z: not a date any boot of this test has.
+    s.realtime_ns = Some(1_938_038_400 * 1_000_000_000);
+    s.set_entropy(&[0x5a; mvm_protocol::launch::ENTROPY_LEN]);
+    let out = boot_spec(s, None);
+    out.assert_events(&done(GuestEvent::Exited(0)));
+    out.assert_console("mvm-init: applied the host's clock and entropy (CRNG reseeded)");
+    out.assert_console("\n2031-06-01T00\n");
+    let random = out
+        .console
+        .lines()
+        .find(|l| l.len() == 32 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no 16 random bytes:\n{}", out.console));
+    assert_ne!(random, "0".repeat(32));
+}
+
+/// A warm spec: init does only what does not depend on the sandbox and
+/// reports `WarmReady`, then waits for the agent's `launch` (which this
+/// QEMU, without vsock, cannot send; tests/tests/warm.rs does, on KVM).
+/// No disk is mounted, no workload started, no power-off. A warm spec
+/// that carries a process is refused at boot like any bad spec.
+#[test]
+fn a_warm_spec_stops_at_warm_ready() {
+    let out = boot_until(
+        &LaunchSpec::warm().to_json().unwrap(),
+        None,
+        "",
+        Some(GuestEvent::WarmReady),
+    );
+    out.assert_events(&[GuestEvent::BootComplete, GuestEvent::WarmReady]);
+    out.assert_console("mvm-init: warm: ready, waiting for the launch spec");
+    for absent in ["workload", "powering off", "error"] {
+        assert!(
+            !out.console.contains(absent),
+            "a warm guest printed {absent:?}:\n{}",
+            out.console
+        );
+    }
+    let hostile = br#"{"version":1,"warm":true,"process":{"args":["sh"]}}"#;
+    let out = boot(hostile, None);
+    out.assert_events(&failed(InitError::BadSpec));
+    out.assert_console("launch spec is warm but sets process");
 }
 
 #[test]

@@ -51,19 +51,31 @@ pub fn is_valid_fs_tag(tag: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// Everything init needs to start the workload.
+/// Everything init needs to start the workload, or, with [`Self::warm`],
+/// the instruction to wait for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LaunchSpec {
     /// Must equal [`SPEC_VERSION`].
     pub version: u32,
+    /// A warm boot (docs/snapshots.md, "Warm starts"): init does only what
+    /// does not depend on the sandbox (API filesystems, the reaper, the
+    /// agent's port), reports `WarmReady` and waits for the real spec in
+    /// the agent's `launch` request. A warm spec has nothing else: no
+    /// process, root, mounts, network or hostname ([`Self::warm`]). Not
+    /// written when false, so cold specs stay readable by older inits; an
+    /// older init refuses a warm spec (an unknown field) at boot.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub warm: bool,
     /// The guest's hostname ([`is_valid_hostname`]); init leaves the
-    /// kernel default when absent.
-    #[serde(default)]
+    /// kernel default when absent (then not written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    /// The root filesystem.
+    /// The root filesystem. Absent (and not written) only in a warm spec.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub rootfs: Rootfs,
-    /// The workload.
+    /// The workload. Absent (and not written) only in a warm spec.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub process: Process,
     /// virtio-fs shares init mounts in the workload's root before the
     /// workload starts. Not written when empty, so a spec without shares
@@ -90,7 +102,28 @@ pub struct LaunchSpec {
     /// /etc/resolv.conf as Docker does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    /// The host's `CLOCK_REALTIME` when it made the spec, in nanoseconds
+    /// since the Unix epoch: init sets the guest's realtime clock to it
+    /// (`clock_settime`) before anything else, so a guest restored from a
+    /// template never shows the template's date. Not written when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime_ns: Option<u64>,
+    /// [`ENTROPY_LEN`] bytes from the host's `getrandom`, as lower-case hex:
+    /// init adds them to the kernel's pool (`RNDADDENTROPY`) and forces a
+    /// reseed (`RNDRESEEDCRNG`) before the workload starts, so guests
+    /// restored from one template do not share their CRNG state. Not
+    /// written when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<String>,
 }
+
+/// How many bytes of host entropy a spec carries ([`LaunchSpec::entropy`]).
+pub const ENTROPY_LEN: usize = 64;
+
+/// The earliest realtime a spec may set: 2020-01-01T00:00:00Z. Anything
+/// before is a host with a broken clock (or a hostile spec), and would
+/// make TLS and make(1) in the workload misbehave in confusing ways.
+pub const MIN_REALTIME_NS: u64 = 1_577_836_800 * 1_000_000_000;
 
 /// A virtio-fs share mounted in the guest: `mount -t virtiofs TAG TARGET`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,8 +254,9 @@ impl FileMount {
     }
 }
 
-/// How the root filesystem is assembled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How the root filesystem is assembled. The default (nothing) is only
+/// valid in a warm spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rootfs {
     /// Serial of the read-only ext4 image disk (the overlay's lower layer).
@@ -310,6 +344,24 @@ pub struct Process {
     /// under runc, instead of a whole guest thrashing at its own size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_max: Option<u64>,
+}
+
+impl Default for Process {
+    /// No command (only valid in a warm spec), the root directory.
+    fn default() -> Self {
+        Self {
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: default_cwd(),
+            user: String::new(),
+            output: Output::Console,
+            terminal: false,
+            stdin: false,
+            rows: 0,
+            cols: 0,
+            memory_max: None,
+        }
+    }
 }
 
 /// The smallest workload memory limit a spec may ask for: below it the
@@ -423,6 +475,12 @@ pub enum SpecError {
     BlockMount { drive: String, why: String },
     #[error("launch spec file on {target:?}: {why}")]
     File { target: String, why: String },
+    #[error("launch spec is warm but sets {0}: a warm spec has nothing of the sandbox (it comes in the agent's launch request)")]
+    WarmWith(&'static str),
+    #[error("launch spec realtime_ns {0} is before 2020-01-01 (the host's clock is wrong)")]
+    Realtime(u64),
+    #[error("launch spec entropy must be {ENTROPY_LEN} bytes as {hex_digits} lower-case hex digits, not {0} characters that are not", hex_digits = ENTROPY_LEN * 2)]
+    Entropy(usize),
 }
 
 impl LaunchSpec {
@@ -440,21 +498,65 @@ impl LaunchSpec {
             },
             process: Process {
                 args,
-                env: Vec::new(),
-                cwd: default_cwd(),
-                user: String::new(),
-                output: Output::Console,
-                terminal: false,
-                stdin: false,
-                rows: 0,
-                cols: 0,
-                memory_max: None,
+                ..Process::default()
             },
             mounts: Vec::new(),
             tmpfs: Vec::new(),
             block_mounts: Vec::new(),
             files: Vec::new(),
             network: None,
+            warm: false,
+            realtime_ns: None,
+            entropy: None,
+        }
+    }
+
+    /// A warm spec: `{"version":1,"warm":true}` and nothing else.
+    pub fn warm() -> Self {
+        Self {
+            version: SPEC_VERSION,
+            warm: true,
+            hostname: None,
+            rootfs: Rootfs::default(),
+            process: Process::default(),
+            mounts: Vec::new(),
+            tmpfs: Vec::new(),
+            block_mounts: Vec::new(),
+            files: Vec::new(),
+            network: None,
+            realtime_ns: None,
+            entropy: None,
+        }
+    }
+
+    /// The bytes of [`Self::entropy`], if the spec carries them (it is
+    /// validated: exactly [`ENTROPY_LEN`] bytes of hex).
+    pub fn entropy_bytes(&self) -> Option<Vec<u8>> {
+        decode_hex(self.entropy.as_deref()?).filter(|b| b.len() == ENTROPY_LEN)
+    }
+
+    /// Set [`Self::entropy`] from raw bytes.
+    pub fn set_entropy(&mut self, bytes: &[u8; ENTROPY_LEN]) {
+        self.entropy = Some(bytes.iter().map(|b| format!("{b:02x}")).collect());
+    }
+
+    /// A warm spec's own checks: nothing but the version.
+    fn validate_warm(&self) -> Result<(), SpecError> {
+        let fields: [(&'static str, bool); 10] = [
+            ("process", self.process != Process::default()),
+            ("rootfs", self.rootfs != Rootfs::default()),
+            ("hostname", self.hostname.is_some()),
+            ("mounts", !self.mounts.is_empty()),
+            ("tmpfs", !self.tmpfs.is_empty()),
+            ("block_mounts", !self.block_mounts.is_empty()),
+            ("files", !self.files.is_empty()),
+            ("network", self.network.is_some()),
+            ("realtime_ns", self.realtime_ns.is_some()),
+            ("entropy", self.entropy.is_some()),
+        ];
+        match fields.iter().find(|(_, set)| *set) {
+            Some((field, _)) => Err(SpecError::WarmWith(field)),
+            None => Ok(()),
         }
     }
 
@@ -478,6 +580,19 @@ impl LaunchSpec {
             return Err(SpecError::Version {
                 found: self.version,
             });
+        }
+        if self.warm {
+            return self.validate_warm();
+        }
+        if let Some(ns) = self.realtime_ns {
+            if ns < MIN_REALTIME_NS {
+                return Err(SpecError::Realtime(ns));
+            }
+        }
+        if let Some(hex) = &self.entropy {
+            if hex.len() != ENTROPY_LEN * 2 || self.entropy_bytes().is_none() {
+                return Err(SpecError::Entropy(hex.len()));
+            }
         }
         if self.process.args.is_empty() {
             return Err(SpecError::NoArgs);
@@ -655,6 +770,23 @@ impl LaunchSpec {
     }
 }
 
+/// Lower-case hex to bytes; `None` for anything else (odd length,
+/// upper case, other characters).
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
 /// Check a mount point: absolute, no NUL, no `..`, not `/`, and not one
 /// already in `seen` (compared normalised).
 fn check_target(
@@ -708,6 +840,116 @@ mod tests {
         spec.rootfs.scratch_drive = Some(SCRATCH_DRIVE_ID.into());
         let json = spec.to_json().unwrap();
         assert_eq!(LaunchSpec::from_json(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_warm_spec_is_nothing_but_warm_and_a_cold_one_needs_its_process() {
+        let warm = LaunchSpec::warm();
+        let json = warm.to_json().unwrap();
+        assert_eq!(json, br#"{"version":1,"warm":true}"#);
+        assert_eq!(LaunchSpec::from_json(&json).unwrap(), warm);
+        // Each field of the sandbox, set in a warm spec, is refused by name.
+        let with = |f: &dyn Fn(&mut LaunchSpec)| {
+            let mut s = LaunchSpec::warm();
+            f(&mut s);
+            s.validate().unwrap_err().to_string()
+        };
+        type Set<'a> = &'a dyn Fn(&mut LaunchSpec);
+        let cases: [(&str, Set); 9] = [
+            ("process", &|s| s.process.args = vec!["sh".into()]),
+            ("rootfs", &|s| s.rootfs.image_drive = "rootfs".into()),
+            ("hostname", &|s| s.hostname = Some("h".into())),
+            ("mounts", &|s| {
+                s.mounts.push(Mount {
+                    tag: "t".into(),
+                    target: "/t".into(),
+                    read_only: false,
+                    copy_up: false,
+                })
+            }),
+            ("tmpfs", &|s| s.tmpfs.push(TmpfsMount::default())),
+            ("block_mounts", &|s| {
+                s.block_mounts.push(BlockMount {
+                    drive: "v".into(),
+                    target: "/v".into(),
+                    read_only: false,
+                    copy_up: false,
+                })
+            }),
+            ("network", &|s| s.network = Some(Network::default())),
+            ("realtime_ns", &|s| s.realtime_ns = Some(MIN_REALTIME_NS)),
+            ("entropy", &|s| s.set_entropy(&[1; ENTROPY_LEN])),
+        ];
+        for (field, f) in cases {
+            let e = with(f);
+            assert!(
+                e.contains(&format!("warm but sets {field}")),
+                "{field}: {e}"
+            );
+        }
+        let hostile = br#"{"version":1,"warm":true,"process":{"args":["sh"]}}"#;
+        assert!(matches!(
+            LaunchSpec::from_json(hostile),
+            Err(SpecError::WarmWith("process"))
+        ));
+        // A cold spec without a process, or without a root, names what is
+        // missing.
+        let e = LaunchSpec::from_json(br#"{"version":1,"rootfs":{"image_drive":"r"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("process.args"), "{e}");
+        let e = LaunchSpec::from_json(br#"{"version":1,"process":{"args":["a"]}}"#).unwrap_err();
+        assert!(matches!(e, SpecError::DriveId(_)), "{e}");
+        // `warm: false` written out by someone is a cold spec.
+        let s = LaunchSpec::from_json(
+            br#"{"version":1,"warm":false,"rootfs":{"image_drive":"r"},"process":{"args":["a"]}}"#,
+        )
+        .unwrap();
+        assert!(!s.warm);
+        // Cold specs do not change on the wire: no warm, clock or entropy.
+        let text = String::from_utf8(LaunchSpec::new(vec!["a".into()]).to_json().unwrap()).unwrap();
+        for field in ["warm", "realtime_ns", "entropy"] {
+            assert!(!text.contains(field), "{text}");
+        }
+    }
+
+    #[test]
+    fn clock_and_entropy_are_validated() {
+        let mut s = LaunchSpec::new(vec!["true".into()]);
+        s.realtime_ns = Some(MIN_REALTIME_NS - 1);
+        assert!(matches!(s.validate(), Err(SpecError::Realtime(_))));
+        s.realtime_ns = Some(0);
+        assert!(matches!(s.validate(), Err(SpecError::Realtime(0))));
+        s.realtime_ns = Some(u64::MAX);
+        s.validate().unwrap();
+        let bytes: [u8; ENTROPY_LEN] = std::array::from_fn(|i| i as u8 * 3);
+        s.set_entropy(&bytes);
+        s.validate().unwrap();
+        assert_eq!(s.entropy_bytes().unwrap(), bytes);
+        let json = s.to_json().unwrap();
+        assert_eq!(LaunchSpec::from_json(&json).unwrap(), s);
+        let good = s.entropy.clone().unwrap();
+        for bad in [
+            String::new(),
+            "00".into(),
+            good[..good.len() - 2].to_string(),
+            format!("{good}00"),
+            good.to_uppercase(),
+            format!("{}zz", &good[..good.len() - 2]),
+            format!("{}\0\0", &good[..good.len() - 2]),
+            format!("{}é", &good[..good.len() - 2]),
+        ] {
+            s.entropy = Some(bad.clone());
+            assert!(
+                matches!(s.validate(), Err(SpecError::Entropy(_))),
+                "{bad:?}"
+            );
+            assert_eq!(s.entropy_bytes(), None, "{bad:?}");
+        }
+        let e = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"]},"entropy":[1,2]}"#;
+        assert!(matches!(LaunchSpec::from_json(e), Err(SpecError::Json(_))));
+        let e = br#"{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"]},"realtime_ns":-1}"#;
+        assert!(matches!(LaunchSpec::from_json(e), Err(SpecError::Json(_))));
     }
 
     #[test]

@@ -17,6 +17,7 @@ const KIND_EXITED: u32 = 0x02;
 const KIND_SIGNALED: u32 = 0x03;
 const KIND_INIT_ERROR: u32 = 0x04;
 const KIND_POWER_OFF: u32 = 0x05;
+const KIND_WARM_READY: u32 = 0x06;
 const ARG_MASK: u32 = 0x00ff_ffff;
 
 /// An event reported by guest init.
@@ -36,6 +37,11 @@ pub enum GuestEvent {
     /// (the reboot path adds nothing the host needs). A reset that is not
     /// preceded by this event is a crash (kernel panic, triple fault).
     PowerOff,
+    /// A warm boot is ready (docs/snapshots.md, "Warm starts"): init has
+    /// done everything that does not depend on the sandbox, listens on the
+    /// agent's port and waits for the `launch` request. VMMs that predate
+    /// it ignore the value, as they ignore any unknown one.
+    WarmReady,
 }
 
 /// Why init failed before or while starting the workload. Stable numbers:
@@ -106,6 +112,7 @@ impl GuestEvent {
             Self::Signaled(s) => (KIND_SIGNALED, u32::from(s)),
             Self::InitError(e) => (KIND_INIT_ERROR, e as u32),
             Self::PowerOff => (KIND_POWER_OFF, 0),
+            Self::WarmReady => (KIND_WARM_READY, 0),
         };
         (kind << 24) | (arg & ARG_MASK)
     }
@@ -120,6 +127,7 @@ impl GuestEvent {
             KIND_SIGNALED => small.map(Self::Signaled),
             KIND_INIT_ERROR => InitError::from_u32(arg).map(Self::InitError),
             KIND_POWER_OFF if arg == 0 => Some(Self::PowerOff),
+            KIND_WARM_READY if arg == 0 => Some(Self::WarmReady),
             _ => None,
         }
     }
@@ -139,6 +147,7 @@ mod tests {
             GuestEvent::InitError(InitError::NotFound),
             GuestEvent::InitError(InitError::Network),
             GuestEvent::PowerOff,
+            GuestEvent::WarmReady,
         ];
         for e in all {
             assert_eq!(GuestEvent::decode(e.encode()), Some(e));
@@ -152,5 +161,7 @@ mod tests {
         assert_eq!(GuestEvent::decode((KIND_EXITED << 24) | 256), None);
         assert_eq!(GuestEvent::decode((KIND_INIT_ERROR << 24) | 99), None);
         assert_eq!(GuestEvent::decode((KIND_BOOT << 24) | 1), None);
+        assert_eq!(GuestEvent::decode((KIND_WARM_READY << 24) | 1), None);
+        assert_eq!(GuestEvent::decode(0x0700_0000), None);
     }
 }

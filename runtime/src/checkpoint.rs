@@ -267,7 +267,7 @@ fn make(
             memory_written,
         } => (paused_us, memory_written),
         Response::Error { message } => return Err(CheckpointError::Vmm(message)),
-        Response::Resumed => {
+        Response::Resumed | Response::WarmReady => {
             return Err(CheckpointError::Vmm("the VMM answered out of turn".into()))
         }
     };

@@ -50,6 +50,7 @@ pub mod transient;
 #[cfg(test)]
 mod vm_files_tests;
 pub mod volume;
+pub mod warm;
 
 use std::fs;
 use std::io;

@@ -13,6 +13,12 @@
 //!
 //! A [`Transient`] owns its VMM and files: dropping it kills a VMM that
 //! still runs and removes everything.
+//!
+//! [`Runtime::start_warm_transient`] boots one warm (docs/snapshots.md,
+//! "Warm starts", step 1): the guest gets only a warm spec, and the
+//! caller hands it the real one with [`Transient::warm_launch`] once it
+//! is ready ([`Transient::wait_warm_ready`]). An opt-in building block;
+//! no caller's default path uses it.
 
 use std::fs;
 use std::io;
@@ -20,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mvm_protocol::agent::client::{AgentClient, ClientError};
+use mvm_protocol::launch::LaunchSpec;
 
 use crate::exit::{ExitInfo, Intent};
 use crate::launch::{self, Stdio};
@@ -27,6 +34,7 @@ use crate::paths::SandboxPaths;
 use crate::process::VmmProcess;
 use crate::share::{Backends, HostShare};
 use crate::spec::{ProcessSpec, Resources};
+use crate::warm::WarmError;
 use crate::{cgroup, exit_info_of, io_err, names, BootNet, Runtime, RuntimeError};
 
 /// The root filesystem of a transient sandbox.
@@ -88,6 +96,8 @@ pub struct Transient {
     uids: Option<crate::jail::UidAllocator>,
     /// How its VMM ended, once [`Self::wait`] reaped it.
     end: std::sync::Mutex<Option<crate::process::VmmEnd>>,
+    /// Booted warm: the spec still to hand over (taken by the launch).
+    warm: std::sync::Mutex<Option<LaunchSpec>>,
 }
 
 impl Runtime {
@@ -104,6 +114,24 @@ impl Runtime {
         &self,
         spec: &TransientSpec,
         shares: &[HostShare],
+    ) -> Result<Transient, RuntimeError> {
+        self.boot_transient(spec, shares, false)
+    }
+
+    /// [`Self::start_transient`], booted warm: the guest's init gets a
+    /// warm spec, reports `WarmReady` and waits; the sandbox's own spec
+    /// (checked now) is kept for [`Transient::warm_launch`]. The VMM has
+    /// its control socket, through which [`Transient::wait_warm_ready`]
+    /// waits for that event.
+    pub fn start_warm_transient(&self, spec: &TransientSpec) -> Result<Transient, RuntimeError> {
+        self.boot_transient(spec, &[], true)
+    }
+
+    fn boot_transient(
+        &self,
+        spec: &TransientSpec,
+        shares: &[HostShare],
+        warm: bool,
     ) -> Result<Transient, RuntimeError> {
         let id = names::new_id();
         let paths = self.cfg.layout.transient(&id);
@@ -161,7 +189,16 @@ impl Runtime {
                 launch::add_shares(&mut l, &mut cfg, &boot);
                 Some(backends)
             };
-            launch::write(&l, &cfg, &paths)?;
+            let kept = if warm {
+                // Checked now, so a spec init would refuse fails the start.
+                l.validate().map_err(launch::LaunchError::from)?;
+                cfg.control_socket = Some(crate::checkpoint::control_socket(&paths));
+                launch::write(&LaunchSpec::warm(), &cfg, &paths)?;
+                Some(l)
+            } else {
+                launch::write(&l, &cfg, &paths)?;
+                None
+            };
             let mut warnings = Vec::new();
             let spawned = self.launch_vmm(
                 &id,
@@ -170,10 +207,10 @@ impl Runtime {
                 spec.die_with_parent,
                 &mut warnings,
             )?;
-            Ok((spawned, backends))
+            Ok((spawned, backends, kept))
         })();
         match r {
-            Ok((spawned, backends)) => Ok(Transient {
+            Ok((spawned, backends, kept)) => Ok(Transient {
                 id,
                 paths,
                 vmm: spawned.vmm,
@@ -182,6 +219,7 @@ impl Runtime {
                 backends,
                 uids: self.uids().cloned(),
                 end: std::sync::Mutex::new(None),
+                warm: std::sync::Mutex::new(kept),
             }),
             Err(e) => {
                 cgroup::Cgroup::remove(&id);
@@ -231,6 +269,46 @@ impl Transient {
             c = AgentClient::connect(self.paths.agent_socket(), timeout) => c,
             () = self.wait() => Err(ClientError::Closed("the microVM ended before its agent answered")),
         }
+    }
+
+    /// A warm transient: wait, for at most `timeout`, until its guest
+    /// reports `WarmReady` (the VMM's control socket answers at that
+    /// event). A VMM that ends first is an error at once.
+    pub async fn wait_warm_ready(&self, timeout: Duration) -> Result<(), WarmError> {
+        if self
+            .warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return Err(WarmError::NotWarm);
+        }
+        let socket = crate::checkpoint::control_socket(&self.paths);
+        let waiting =
+            tokio::task::spawn_blocking(move || crate::warm::wait_ready(&socket, timeout));
+        tokio::select! {
+            r = waiting => r.unwrap_or(Err(WarmError::EndedBeforeReady)),
+            () = self.wait() => Err(WarmError::EndedBeforeReady),
+        }
+    }
+
+    /// A warm transient whose guest is ready: hand it its spec (with the
+    /// host's clock and fresh entropy, [`crate::warm::handover_spec`])
+    /// through the agent; it then runs as after a cold boot (attach with
+    /// [`Self::agent`], wait with [`Self::wait`]). Only once: the spec is
+    /// gone after an accepted launch.
+    pub async fn warm_launch(&self, timeout: Duration) -> Result<(), WarmError> {
+        let spec = self
+            .warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(WarmError::NotWarm)?;
+        let spec = crate::warm::handover_spec(&spec)?;
+        let mut client = self.agent(timeout).await?;
+        crate::warm::launch(&mut client, &spec).await?;
+        *self.warm.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
     }
 
     /// Wait until the VMM has ended, and learn how it did: by reaping it

@@ -243,8 +243,10 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
         lock(&i8042).restore(&s.devices.i8042);
     }
     io_bus.insert(i8042.clone(), I8042_BASE.into(), I8042_LEN.into())?;
-    let status_port = StatusPort::new(opts.start, exit.clone(), cfg.seccomp)?;
+    let mut status_port = StatusPort::new(opts.start, exit.clone(), cfg.seccomp)?;
     let guest_status = status_port.status();
+    let warm_ready = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?);
+    status_port.notify_warm_ready(warm_ready.clone());
     io_bus.insert(
         Arc::new(Mutex::new(status_port)),
         status_port::PORT.into(),
@@ -415,6 +417,7 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
                 serial: serial.clone(),
                 i8042,
                 guest_status: guest_status.clone(),
+                warm_ready,
                 transports,
                 artifacts: cfg.artifacts.clone(),
                 memory_bytes: mem_size,

@@ -6,6 +6,11 @@
 //! too, guest memory and every device hold still. One request per
 //! connection, read with a deadline; a failed snapshot leaves the VM
 //! running as it was and removes what it had written.
+//!
+//! `wait_warm_ready` is the one request answered later: its connection is
+//! kept until the guest reports `WarmReady` on the status port (the port
+//! signals an event this subscriber watches), so a host waits on the
+//! event itself. A VM that ends first closes the connection unanswered.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -20,6 +25,7 @@ use mvm_vmm_api::control::{After, Request, Response, MAX_REQUEST_BYTES};
 use mvm_vmm_api::Artifacts;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::lock;
 use crate::devices::i8042::I8042;
@@ -33,6 +39,9 @@ use crate::vstate::vm::Vm;
 
 /// How long a client may take to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections waiting for `WarmReady` at once; more are refused, so a
+/// client cannot make the VMM hold descriptors without bound.
+const MAX_WARM_WAITERS: usize = 8;
 
 /// Errors setting up the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +77,8 @@ pub struct VmParts {
     pub serial: Arc<Mutex<SerialDevice>>,
     pub i8042: Arc<Mutex<I8042>>,
     pub guest_status: Arc<Mutex<GuestStatus>>,
+    /// Signalled by the status port at `WarmReady`.
+    pub warm_ready: Arc<EventFd>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     pub artifacts: Option<Artifacts>,
     pub memory_bytes: u64,
@@ -80,6 +91,8 @@ pub struct ControlServer {
     exit: Arc<ExitSignal>,
     /// The vCPUs were left paused by a snapshot.
     paused: bool,
+    /// Connections waiting for `WarmReady`.
+    warm_waiters: Vec<UnixStream>,
 }
 
 impl ControlServer {
@@ -89,17 +102,19 @@ impl ControlServer {
             parts,
             exit,
             paused: false,
+            warm_waiters: Vec::new(),
+        }
+    }
+
+    /// The guest reported `WarmReady`: answer every waiter.
+    fn warm_ready(&mut self) {
+        let _ = self.parts.warm_ready.read();
+        for s in self.warm_waiters.drain(..) {
+            respond(&s, &Response::WarmReady);
         }
     }
 
     fn serve(&mut self, stream: UnixStream) {
-        let respond = |mut s: &UnixStream, r: &Response| {
-            let mut line = serde_json::to_vec(r).unwrap_or_default();
-            line.push(b'\n');
-            if let Err(e) = s.write_all(&line) {
-                tracing::warn!("control socket: cannot answer: {e}");
-            }
-        };
         if let Err(e) = stream
             .set_nonblocking(false)
             .and_then(|()| stream.set_read_timeout(Some(REQUEST_DEADLINE)))
@@ -142,6 +157,18 @@ impl ControlServer {
                 respond(&stream, &answer);
                 if ended {
                     self.exit.request(StopReason::Checkpointed);
+                }
+            }
+            Request::WaitWarmReady => {
+                if lock(&self.parts.guest_status).warm_ready {
+                    respond(&stream, &Response::WarmReady);
+                } else if self.warm_waiters.len() >= MAX_WARM_WAITERS {
+                    let message = format!(
+                        "{MAX_WARM_WAITERS} connections already wait for the guest's WarmReady"
+                    );
+                    respond(&stream, &Response::Error { message });
+                } else {
+                    self.warm_waiters.push(stream);
                 }
             }
             Request::Resume => {
@@ -266,6 +293,15 @@ impl ControlServer {
     }
 }
 
+/// Write one answer line (a connection's only one).
+fn respond(mut s: &UnixStream, r: &Response) {
+    let mut line = serde_json::to_vec(r).unwrap_or_default();
+    line.push(b'\n');
+    if let Err(e) = s.write_all(&line) {
+        tracing::warn!("control socket: cannot answer: {e}");
+    }
+}
+
 /// Signal every queue of every active device, as if the driver had
 /// notified it: a device finds what the guest made available meanwhile
 /// (nothing, for most; a notification it has not handled, after a pause
@@ -287,6 +323,10 @@ pub fn kick_queues(transports: &[Arc<Mutex<MmioTransport>>]) {
 
 impl MutEventSubscriber for ControlServer {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.parts.warm_ready.as_raw_fd() {
+            self.warm_ready();
+            return;
+        }
         if events.fd() != self.listener.as_raw_fd() {
             return;
         }
@@ -303,10 +343,12 @@ impl MutEventSubscriber for ControlServer {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new_raw(self.listener.as_raw_fd(), EventSet::IN)) {
-            self.exit.request(StopReason::VmmError(format!(
-                "cannot watch the control socket in the event loop: {e:?}"
-            )));
+        for fd in [self.listener.as_raw_fd(), self.parts.warm_ready.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                self.exit.request(StopReason::VmmError(format!(
+                    "cannot watch the control socket in the event loop: {e:?}"
+                )));
+            }
         }
     }
 }

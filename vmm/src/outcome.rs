@@ -164,6 +164,7 @@ mod tests {
             boot_time: Some(Duration::from_micros(123_456)),
             workload: Some(Workload::Exited(3)),
             power_off: true,
+            warm_ready: false,
         };
         let o = decide(&run(StopReason::Reset, g, &[]));
         assert_eq!(o.exit_code, 0);
@@ -180,6 +181,7 @@ mod tests {
             boot_time: None,
             workload: Some(Workload::Exited(0)),
             power_off: true,
+            warm_ready: false,
         };
         let fault = || StopReason::TripleFault("vCPU 0 triple-faulted".into());
         let tail = ["mvm-init: powering off", "reboot: Restarting system"];

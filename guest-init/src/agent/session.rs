@@ -421,6 +421,10 @@ impl Session {
                     Err(e) => self.reply(&error(e.code(), e.to_string())),
                 }
             }
+            Request::Launch { .. } => self.reply(&error(
+                ErrorCode::BadRequest,
+                "this guest is launched already: a warm guest takes exactly one launch, and a cold one none",
+            )),
             Request::Unknown => self.reply(&error(ErrorCode::Unsupported, "unsupported op")),
         }
     }

@@ -431,6 +431,21 @@ impl AgentClient {
         }
     }
 
+    /// Hand a warm guest (one that reported `WarmReady`) its launch spec.
+    /// Returns once init accepted it (validated; it then sets the sandbox
+    /// up and starts the workload, whose output and end the host learns
+    /// as after a cold boot). A refusal is an `Agent` error: `bad_request`
+    /// for a spec init will not run (or a guest already launched),
+    /// `unsupported` from an init that predates warm starts. A spec over
+    /// the frame limit (1 MiB) is refused here before anything is sent.
+    pub async fn launch(&mut self, spec: &crate::launch::LaunchSpec) -> Result<()> {
+        let req = Request::Launch {
+            spec: Box::new(spec.clone()),
+        };
+        self.expect_done(req, "waiting for the launch to be accepted")
+            .await
+    }
+
     async fn expect_done(&mut self, req: Request, waiting: &'static str) -> Result<()> {
         match self.call(req, waiting).await? {
             Response::Done => Ok(()),

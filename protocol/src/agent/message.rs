@@ -12,6 +12,8 @@ use std::fmt;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::launch::LaunchSpec;
+
 /// Host to agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -77,6 +79,17 @@ pub enum Request {
     /// content was hidden carry `.wh..wh..opq`, as the OCI image spec
     /// writes them. The host treats the stream as hostile like any other.
     Changes,
+    /// The launch spec of a guest booted warm (launch spec `warm`, after
+    /// the `WarmReady` status event): init validates it as it validates
+    /// /mvm/launch.json, answers `done` and goes on exactly as a cold boot
+    /// does after reading that file; or answers `bad_request` (an invalid
+    /// spec, a warm one, a spec after the guest was launched) and, while
+    /// still warm, keeps waiting. Versioned by the spec's own `version`:
+    /// an init that knows `launch` but not the spec's format answers
+    /// `bad_request` (unknown fields, another version); one that predates
+    /// `launch` answers `unsupported`. Either way at once: a host never
+    /// waits on an init that cannot launch.
+    Launch { spec: Box<LaunchSpec> },
     /// Any op this version does not know.
     #[serde(other)]
     Unknown,
@@ -106,6 +119,7 @@ impl Request {
             Self::Processes => "processes",
             Self::Shutdown { .. } => "shutdown",
             Self::Changes => "changes",
+            Self::Launch { .. } => "launch",
             Self::Unknown => "unknown",
         }
     }
@@ -496,6 +510,48 @@ mod tests {
             r#"[]"#,
         ] {
             assert!(req(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn launch_carries_a_whole_spec_and_refuses_a_malformed_one() {
+        let mut spec = LaunchSpec::new(vec!["hostname".into()]);
+        spec.hostname = Some("warm-1".into());
+        spec.realtime_ns = Some(crate::launch::MIN_REALTIME_NS + 1);
+        spec.set_entropy(&[7; crate::launch::ENTROPY_LEN]);
+        let r = Request::Launch {
+            spec: Box::new(spec),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.starts_with(r#"{"op":"launch","spec":{"version":1,"#),
+            "{json}"
+        );
+        assert_eq!(req(&json).unwrap(), r);
+        assert_eq!(r.op(), "launch");
+        // Inside hello, as the client sends a first request.
+        let hello = Request::Hello {
+            version: 1,
+            request: Some(Box::new(r.clone())),
+        };
+        let json = serde_json::to_string(&hello).unwrap();
+        assert_eq!(req(&json).unwrap(), hello);
+        for bad in [
+            r#"{"op":"launch"}"#,
+            r#"{"op":"launch","spec":null}"#,
+            r#"{"op":"launch","spec":"{}"}"#,
+            r#"{"op":"launch","spec":{"version":1,"rootfs":{"image_drive":"r"}}}"#,
+            r#"{"op":"launch","spec":{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":["a"]},"future":1}}"#,
+            r#"{"op":"launch","spec":{"version":1,"rootfs":{"image_drive":"r"},"process":{"args":"a"}}}"#,
+        ] {
+            // A request that parses still has its spec validated by init;
+            // these do not even parse (or, for the one without a process,
+            // parse into a spec that fails validation).
+            match req(bad) {
+                Err(_) => {}
+                Ok(Request::Launch { spec }) => assert!(spec.validate().is_err(), "{bad}"),
+                Ok(other) => panic!("{bad} parsed as {other:?}"),
+            }
         }
     }
 

@@ -32,6 +32,12 @@ pub enum Request {
     },
     /// Run the vCPUs of a VM left paused by a snapshot (`After::Pause`).
     Resume,
+    /// Answer (with [`Response::WarmReady`]) once the guest of a warm boot
+    /// has reported `WarmReady` on the status port: at once if it has,
+    /// else when it does, on this same connection (the caller's read
+    /// deadline bounds the wait). A VM that ends first closes the
+    /// connection unanswered.
+    WaitWarmReady,
 }
 
 /// What a VM does after its snapshot.
@@ -60,6 +66,8 @@ pub enum Response {
     },
     /// The vCPUs run again.
     Resumed,
+    /// The warm guest waits for its launch spec.
+    WarmReady,
     /// The request failed; the VM goes on as before it.
     Error {
         /// Why.
@@ -148,6 +156,14 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Resume).unwrap(),
             r#""resume""#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::WaitWarmReady).unwrap(),
+            r#""wait_warm_ready""#
+        );
+        assert_eq!(
+            serde_json::from_str::<Response>(r#""warm_ready""#).unwrap(),
+            Response::WarmReady
         );
         let bad = r#"{"snapshot":{"state":"/a","memory":"/b","after":"exit","x":1}}"#;
         assert!(serde_json::from_str::<Request>(bad).is_err());

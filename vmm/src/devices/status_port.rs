@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mvm_protocol::status::{GuestEvent, InitError, STATUS_PORT, STATUS_PORT_LEN};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{lock, BusDevice};
 use crate::exit::{ExitSignal, StopReason};
@@ -40,6 +41,8 @@ pub struct GuestStatus {
     pub workload: Option<Workload>,
     /// Init announced the power-off: what follows is a clean end.
     pub power_off: bool,
+    /// Init of a warm boot waits for its launch spec (`WarmReady`).
+    pub warm_ready: bool,
 }
 
 /// The port device.
@@ -50,6 +53,9 @@ pub struct StatusPort {
     /// Starts the `power-off` timer thread's grace period; dropped with
     /// the port, which ends that thread.
     power_off: mpsc::Sender<()>,
+    /// Signalled once, at the first `WarmReady`: the control server's
+    /// waiters are answered from the event loop.
+    warm_ready: Option<Arc<EventFd>>,
 }
 
 impl StatusPort {
@@ -91,7 +97,13 @@ impl StatusPort {
             start,
             exit,
             power_off,
+            warm_ready: None,
         })
+    }
+
+    /// Signal `evt` when a warm guest reports `WarmReady` (once).
+    pub fn notify_warm_ready(&mut self, evt: Arc<EventFd>) {
+        self.warm_ready = Some(evt);
     }
 
     /// A handle to read the reports after the VM stopped.
@@ -121,6 +133,14 @@ impl StatusPort {
                 }
             }
             GuestEvent::PowerOff => {}
+            GuestEvent::WarmReady if !s.warm_ready => {
+                tracing::info!("the warm guest is ready for its launch spec");
+                s.warm_ready = true;
+                if let Some(Err(e)) = self.warm_ready.as_ref().map(|e| e.write(1)) {
+                    tracing::warn!("signalling the warm guest's readiness: {e}");
+                }
+            }
+            GuestEvent::WarmReady => {}
         }
     }
 }
@@ -174,6 +194,13 @@ mod tests {
         );
         assert!(!s.lock().unwrap().power_off);
         assert!(!exit.is_requested(), "only the power-off stops the VM");
+        let warm = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        p.notify_warm_ready(warm.clone());
+        assert!(warm.read().is_err(), "not signalled before WarmReady");
+        out(&mut p, GuestEvent::WarmReady);
+        out(&mut p, GuestEvent::WarmReady);
+        assert!(s.lock().unwrap().warm_ready);
+        assert_eq!(warm.read().unwrap(), 1, "signalled once");
         let t = Instant::now();
         out(&mut p, GuestEvent::PowerOff);
         out(&mut p, GuestEvent::PowerOff);
