@@ -390,9 +390,14 @@ disabled_plugins = [{disabled_cri}"io.containerd.snapshotter.v1.btrfs", "io.cont
 
     /// `ctr run` with the mvm runtime and the native snapshotter.
     pub fn run(&self, extra: &[&str], id: &str, cmd: &[&str]) -> Output {
+        self.run_image(extra, IMAGE, id, cmd)
+    }
+
+    /// [`Self::run`] of another imported image.
+    pub fn run_image(&self, extra: &[&str], image: &str, id: &str, cmd: &[&str]) -> Output {
         let mut args = vec!["run", "--runtime", RUNTIME, "--snapshotter", "native"];
         args.extend_from_slice(extra);
-        args.push(IMAGE);
+        args.push(image);
         args.push(id);
         args.extend_from_slice(cmd);
         self.ctr(&args)

@@ -468,18 +468,7 @@ fn shim_runs_an_image_saved_by_mvctl() {
     ]);
     let image = "docker.io/saved/busybox:1";
     assert!(c.ok(&["images", "ls", "-q"]).contains(image));
-    let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--snapshotter",
-        "native",
-        image,
-        "saved",
-        "echo",
-        "hi",
-    ]);
+    let out = c.run_image(&["--rm"], image, "saved", &["echo", "hi"]);
     assert!(
         out.status.success(),
         "{}\n{}",
