@@ -704,9 +704,17 @@ mod netwire {
         assert!(in1.starts_with("10.99.21.") && user1.starts_with("10.99.22."));
 
         // `try HOST PORT`: an HTTP GET, its answer on stdout (nothing if
-        // it got nowhere within 5 s); `has TEXT`: 1 if stdin has it, else 0.
+        // it got nowhere within 5 s); `has TEXT`: 1 if stdin has it, else
+        // 0. `probe NAME HOST PORT TEXT`: "NAME: $(try HOST PORT | has
+        // TEXT)" in the background; `probes` waits for every probe since
+        // the last and prints their lines in the order they were started.
+        // A refused path costs its whole 5 s, so the independent ones run
+        // together.
         let helpers = "try() { printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $1 $2 2>/dev/null; }
-has() { grep -q \"$1\" && echo 1 || echo 0; }";
+has() { grep -q \"$1\" && echo 1 || echo 0; }
+n=0
+probe() { n=$((n+1)); (echo \"$1: $(try $2 $3 | has \"$4\")\" > /tmp/probe.$n) & }
+probes() { wait; i=1; while [ $i -le $n ]; do cat /tmp/probe.$i; i=$((i+1)); done; rm -f /tmp/probe.*; n=0; }";
         // A second member of the internal network.
         let script = format!(
             "{helpers}
@@ -715,10 +723,11 @@ echo \"member: $(try in1 8080 | has hello)\"
 echo \"default-route: $(ip route | has default)\"
 echo \"outside: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
 ip route add default via 10.99.21.1 && echo route-added
-echo \"outside-routed: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
-echo \"other-net: $(try {user1} 8080 | has hello)\"
-echo \"gateway-service: $(try 10.99.21.1 7777 | has 'host service')\"
-echo \"api: $(try 10.99.21.1 {API} | has HTTP)\""
+probe outside-routed {OUTSIDE} {OUTSIDE_PORT} payload
+probe other-net {user1} 8080 hello
+probe gateway-service 10.99.21.1 7777 'host service'
+probe api 10.99.21.1 {API} HTTP
+probes"
         );
         let o = mvctl(
             &d,
@@ -757,13 +766,14 @@ echo \"api: $(try 10.99.21.1 {API} | has HTTP)\""
 echo \"outside: $(try {OUTSIDE} {OUTSIDE_PORT} | has payload)\"
 echo \"self: $(try {user1} 8080 | has hello)\"
 echo \"resolver: $(nslookup user1 | has 'Address:.*{user1}$')\"
-echo \"other-net: $(try {in1} 8080 | has hello)\"
-echo \"gateway-service: $(try 10.99.22.1 7778 | has 'host service')\"
-echo \"any-address-service: $(try 10.99.22.1 7777 | has 'host service')\"
-echo \"other-gateway-service: $(try 10.99.21.1 7777 | has 'host service')\"
-echo \"api-gateway: $(try 10.99.22.1 {API} | has HTTP)\"
-echo \"api-host: $(try 198.18.7.1 {API} | has HTTP)\"
-echo \"api-default-gateway: $(try {default_gateway} {API} | has HTTP)\"
+probe other-net {in1} 8080 hello
+probe gateway-service 10.99.22.1 7778 'host service'
+probe any-address-service 10.99.22.1 7777 'host service'
+probe other-gateway-service 10.99.21.1 7777 'host service'
+probe api-gateway 10.99.22.1 {API} HTTP
+probe api-host 198.18.7.1 {API} HTTP
+probe api-default-gateway {default_gateway} {API} HTTP
+probes
 mac=$(cat /sys/class/net/eth0/address)
 again() {{ ip addr flush dev eth0 && ip addr add $1/24 dev eth0 && ip route add default via 10.99.22.1 && ip neigh flush dev eth0 >/dev/null; }}
 again 10.99.22.200
