@@ -51,13 +51,13 @@ lint:
 # Phase by phase, each timed (resources/phases.sh prints the table at the
 # end): a fresh machine's make test must stay under an hour. The kernel and
 # base images (uncached only on a fresh machine) build beside the workspace
-# build at nice 19, filling its serial stretches. The rest runs in
-# sequence: the emulated host keeps both cores busy, so checks run beside
+# build and then lint (which needs no kernel) at nice 19, filling their
+# serial stretches. The rest runs in sequence: the emulated host keeps both cores busy, so checks run beside
 # the end-to-end suite only slowed it (measured; docs/architecture.md).
 # Fuzzing is not part of it: the unit phase replays every fuzz target over
 # its seeds and stored corpus (fuzz/tests/replay.rs); `make fuzz` fuzzes.
 test:
-	@resources/phases.sh deps 'build|kernel images' unit lint e2e
+	@resources/phases.sh deps 'build lint|kernel images' unit e2e
 
 # libFuzzer targets for every parser of hostile input (fuzz/README.md).
 # The smoke run gives each target FUZZ_SMOKE_SECONDS (an unoptimised

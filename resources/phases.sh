@@ -4,8 +4,9 @@
 # table that says where a fresh machine's hour goes.
 #
 # Usage: resources/phases.sh PHASE...
-#   PHASE is a make target, or `FG|BG1 BG2...`: FG in the foreground while
-#   BG1, then BG2, ... run beside it at the lowest CPU priority (nice 19),
+#   PHASE is a make target, or `FG1 FG2...|BG1 BG2...`: FG1, then FG2, ...
+#   in the foreground (each a row of its own) while BG1, then BG2, ... run
+#   beside them at the lowest CPU priority (nice 19),
 #   their output kept in target/phase-BG.log and shown when they end. make
 #   test builds the kernel and base images beside the workspace build
 #   (uncached only on a fresh machine); nothing runs beside the end-to-end
@@ -48,16 +49,18 @@ for phase in "$@"; do
     mkdir -p target
     for t in "${bg[@]}"; do rm -f "target/phase-$t.log"; done
     beside_times=$(mktemp "target/phase-times.XXXXXX")
-    echo "=== make ${bg[*]} beside $fg, at nice 19 ($(stamp)); output in target/phase-*.log" >&2
+    echo "=== make ${bg[*]} beside ${fg// /, }, at nice 19 ($(stamp)); output in target/phase-*.log" >&2
     beside "${bg[@]}" &
     pid=$!
   fi
-  start=$SECONDS
-  echo "=== make $fg ($(stamp))" >&2
-  rc=0
-  make --no-print-directory "$fg" || rc=$?
-  rows+=("$fg $((SECONDS - start))")
-  [ "$rc" = 0 ] || status=$rc
+  for t in $fg; do
+    start=$SECONDS
+    echo "=== make $t ($(stamp))" >&2
+    rc=0
+    make --no-print-directory "$t" || rc=$?
+    rows+=("$t $((SECONDS - start))")
+    [ "$rc" = 0 ] || { status=$rc && break; }
+  done
   if [ -n "$pid" ]; then
     echo "=== waiting for ${bg[*]} ($(stamp))" >&2
     brc=0
