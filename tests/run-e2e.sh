@@ -82,18 +82,51 @@ mapfile -t all_bins < <(test_binaries mvm-e2e)
 # and tests/installed.rs uses the installed product as a user would (the
 # machine where there is no hardware KVM): both run on this host, after
 # the suite, never inside the emulated host.
-bins=()
+#
+# MVM_E2E_BINS="api netwire ...": only the test binaries of those names
+# (a developer's subset; the filter argument selects tests inside them).
+#
+# Two lanes in the emulated host. netwire's tests take turns (each of its
+# daemons owns the host's mvm bridges and nftables tables) and example is
+# one test, so either alone leaves a vCPU idle: they run one after the
+# other beside the binaries whose daemons have no host networking
+# (`--no-network`) or no daemon at all ($network_free), and the binaries
+# that do use host networking start only when both lanes are done.
+network_free=" agent api boot boot-vmm fs mvm_e2e vsock "
+side_lane=" netwire example "
+wanted=${MVM_E2E_BINS:+ $MVM_E2E_BINS }
+selected() { [ -z "$wanted" ] || [[ "$wanted" == *" $1 "* ]]; }
+first_bins=()
+side_bins=()
+later_bins=()
 machine_bins=()
 for b in "${all_bins[@]}"; do
-  case "$(basename "$b")" in
-    machine-* | installed-*) machine_bins+=("$b") ;;
-    *) bins+=("$b") ;;
-  esac
+  name=$(basename "$b")
+  name=${name%-*}
+  selected "$name" || continue
+  if [[ "$name" == machine || "$name" == installed ]]; then
+    machine_bins+=("$b")
+  elif [[ "$side_lane" == *" $name "* ]]; then
+    side_bins+=("$b")
+  elif [[ "$network_free" == *" $name "* ]]; then
+    first_bins+=("$b")
+  else
+    later_bins+=("$b")
+  fi
 done
+# The side lane in its listed order.
+mapfile -t side_bins < <(for n in $side_lane; do
+  for b in ${side_bins[@]+"${side_bins[@]}"}; do
+    n2=$(basename "$b") && [ "${n2%-*}" = "$n" ] && echo "$b"
+  done
+done)
+bins=(${first_bins[@]+"${first_bins[@]}"} ${side_bins[@]+"${side_bins[@]}"} ${later_bins[@]+"${later_bins[@]}"})
 # The VMM's own boot tests (busybox initramfs, no init) are #[ignore]d in
 # plain `cargo test` because they need KVM; here they run.
-mapfile -t vmm_bins < <(test_binaries mvm-vmm boot)
-[ ${#bins[@]} -gt 0 ] || { echo "e2e: no test binaries were built" >&2; exit 1; }
+vmm_bins=()
+selected boot-vmm && mapfile -t vmm_bins < <(test_binaries mvm-vmm boot)
+[ ${#bins[@]} -gt 0 ] || [ ${#vmm_bins[@]} -gt 0 ] || [ ${#machine_bins[@]} -gt 0 ] ||
+  { echo "e2e: no test binaries were built${wanted:+ or selected (MVM_E2E_BINS=$MVM_E2E_BINS)}" >&2; exit 1; }
 
 # failed_tests FILE: the names libtest lists under its last "failures:".
 failed_tests() {
@@ -208,7 +241,21 @@ run_bin() {
   [ "$rc" = 0 ] || status=1
 }
 EOS
-  for b in "${bins[@]}"; do
+  # The side lane (see above): in the background from the start, its
+  # output in its own log, shown when it is joined. One test thread: its
+  # tests run one at a time either way.
+  side_keys=()
+  if [ ${#side_bins[@]} -gt 0 ]; then
+    echo '{'
+    for b in "${side_bins[@]}"; do
+      printf '  run_bin %q %q --test-threads=1 %s\n' "$(basename "$b")" "$b" "$filter"
+      keys+=("$(basename "$b")") && side_keys+=("$(basename "$b")")
+    done
+    echo '} >"$STATE/side-lane.log" 2>&1 &'
+    echo 'side_lane=$!'
+    printf 'echo "e2e: %s run beside the binaries without host networking; their output follows when they end" >&2\n' "${side_keys[*]}"
+  fi
+  for b in ${first_bins[@]+"${first_bins[@]}"}; do
     # Two test threads: the emulated host has two vCPUs.
     printf 'run_bin %q %q --test-threads=2 %s\n' "$(basename "$b")" "$b" "$filter"
     keys+=("$(basename "$b")")
@@ -218,9 +265,21 @@ EOS
   # ignored tests of the other binaries) must not get it again here.
   vmm_ignored=--include-ignored
   case " $filter " in *" --include-ignored "*) vmm_ignored= ;; esac
-  for b in "${vmm_bins[@]}"; do
+  for b in ${vmm_bins[@]+"${vmm_bins[@]}"}; do
     printf 'run_bin %q %q %s --test-threads=2 %s\n' "$(basename "$b")-vmm" "$b" "$vmm_ignored" "$filter"
     keys+=("$(basename "$b")-vmm")
+  done
+  if [ ${#side_keys[@]} -gt 0 ]; then
+    # The join: the side lane's status is in its binaries' rc files.
+    echo 'wait "$side_lane"'
+    echo 'cat "$STATE/side-lane.log"'
+    for k in "${side_keys[@]}"; do
+      printf '[ "$(cat "$STATE/%s.rc" 2>/dev/null)" = 0 ] || status=1\n' "$k"
+    done
+  fi
+  for b in ${later_bins[@]+"${later_bins[@]}"}; do
+    printf 'run_bin %q %q --test-threads=2 %s\n' "$(basename "$b")" "$b" "$filter"
+    keys+=("$(basename "$b")")
   done
   echo 'kill "$heartbeat" 2>/dev/null'
   echo 'exit $status'
