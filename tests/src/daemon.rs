@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A binary next to the test binary's directory (`target/debug/`), built
 /// by `make build`, or the path in `MVM_<NAME>`.
@@ -73,6 +73,31 @@ pub fn start_daemon_with(root: &Path, run: &Path, log: &Path, flags: &[&str]) {
         }
     });
     rx.recv().expect("mvmd started");
+}
+
+/// Wait until the daemon at `socket` answers [`ping`], for at most 60 s
+/// (its start under nested emulation takes seconds), else panic with its
+/// `log`. mvmd has no readiness notification to wait on, so this asks
+/// every 50 ms.
+pub fn wait_answering(socket: &Path, log: &Path) {
+    let t = Instant::now();
+    while !ping(socket) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "mvmd did not answer at {} within 60 s; its log:\n{}",
+            socket.display(),
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`start_daemon`], then [`wait_answering`]; returns the socket's path.
+pub fn start_answering(root: &Path, run: &Path, log: &Path) -> PathBuf {
+    start_daemon(root, run, log);
+    let socket = run.join("mvmd.sock");
+    wait_answering(&socket, log);
+    socket
 }
 
 /// Whether the daemon at `socket` answers `GET /_ping` with 200.

@@ -19,7 +19,7 @@ mod cli {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    use mvm_e2e::daemon::{binary, ping, start_daemon};
+    use mvm_e2e::daemon::{binary, start_daemon};
     use serde_json::Value;
 
     /// The busybox image made by `mvctl import`.
@@ -88,7 +88,7 @@ mod cli {
             let root = dir.path().join("root");
             let socket = run.join("mvmd.sock");
             start_daemon(&root, &run, &dir.path().join("mvmd.log"));
-            wait_for_socket(&socket, &dir.path().join("mvmd.log"));
+            mvm_e2e::daemon::wait_answering(&socket, &dir.path().join("mvmd.log"));
             let host = format!("unix://{}", socket.display());
             let mut s = Suite {
                 dir,
@@ -98,19 +98,6 @@ mod cli {
             s.busybox_id = make_images(&s);
             s
         })
-    }
-
-    fn wait_for_socket(socket: &Path, log: &Path) {
-        let t = Instant::now();
-        while !ping(socket) {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "mvmd did not answer at {} within 60 s; its log:\n{}",
-                socket.display(),
-                fs::read_to_string(log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// Wait for `child`, looking every `every`; after `CALL_TIMEOUT` kill
@@ -826,7 +813,7 @@ mod cli {
             &log,
             &["--no-network", "--init", agent.to_str().unwrap()],
         );
-        wait_for_socket(&run.join("mvmd.sock"), &log);
+        mvm_e2e::daemon::wait_answering(&run.join("mvmd.sock"), &log);
         let host = format!("unix://{}", run.join("mvmd.sock").display());
         let hostile = |args: &[&str]| run_cmd(mvctl_command(&host, args), None);
         hostile(&[

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mvm_e2e::daemon::{binary, ping, start_daemon};
+use mvm_e2e::daemon::{binary, start_answering};
 
 /// The repository root (this crate is `tests/`).
 fn repo() -> PathBuf {
@@ -112,17 +112,7 @@ fn example_average_builds_and_prints_the_average() {
         dir.path().join("run"),
         dir.path().join("mvmd.log"),
     );
-    start_daemon(&root, &run, &log);
-    let socket = run.join("mvmd.sock");
-    let t = Instant::now();
-    while !ping(&socket) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "mvmd did not answer within 60 s; its log:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let socket = start_answering(&root, &run, &log);
     let host = format!("unix://{}", socket.display());
     let daemon_log = || fs::read_to_string(&log).unwrap_or_default();
 

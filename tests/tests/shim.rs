@@ -416,20 +416,13 @@ fn shim_cri_runs_a_pod_sandbox_with_the_mvm_runtime_handler() {
 /// with the mvm runtime runs it.
 #[test]
 fn shim_runs_an_image_saved_by_mvctl() {
-    use mvm_e2e::daemon::{binary, ping, start_daemon};
+    use mvm_e2e::daemon::{binary, start_answering};
 
     let c = Containerd::start();
     let d = c.dir.path().join("mvmd");
     let (root, run) = (d.join("root"), d.join("run"));
     std::fs::create_dir_all(&run).unwrap();
-    start_daemon(&root, &run, &d.join("mvmd.log"));
-    let socket = run.join("mvmd.sock");
-    wait_until(
-        "mvmd's socket",
-        Duration::from_secs(60),
-        Duration::from_millis(50),
-        || ping(&socket),
-    );
+    let socket = start_answering(&root, &run, &d.join("mvmd.log"));
     let mvctl = |args: &[&str]| {
         let out = std::process::Command::new(binary("mvctl"))
             .args(args)
