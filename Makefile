@@ -57,7 +57,7 @@ lint:
 # Fuzzing is not part of it: the unit phase replays every fuzz target over
 # its seeds and stored corpus (fuzz/tests/replay.rs); `make fuzz` fuzzes.
 test:
-	@resources/phases.sh deps 'build lint|kernel images' unit e2e
+	@resources/phases.sh deps 'build lint|images kernel' unit e2e
 
 # libFuzzer targets for every parser of hostile input (fuzz/README.md).
 # The smoke run gives each target FUZZ_SMOKE_SECONDS (an unoptimised
