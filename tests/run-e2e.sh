@@ -88,12 +88,15 @@ mapfile -t all_bins < <(test_binaries mvm-e2e)
 #
 # Two lanes in the emulated host. netwire's tests take turns (each of its
 # daemons owns the host's mvm bridges and nftables tables) and example is
-# one test, so either alone leaves a vCPU idle: they run one after the
-# other beside the binaries whose daemons have no host networking
-# (`--no-network`) or no daemon at all ($network_free), and the binaries
-# that do use host networking start only when both lanes are done.
-network_free=" agent api boot boot-vmm fs mvm_e2e vsock "
-side_lane=" netwire example "
+# one test, so either alone leaves a vCPU idle. They and cli (whose
+# daemon has the default bridge too) run one after the other, one test at
+# a time, beside the binaries whose daemons have no host networking
+# (`--no-network`: api, volumes) or that have no daemon at all and give
+# their sandboxes no network ($network_free); the rest (shim's mvmd, net's
+# own TAPs and bridges) start only when both lanes are done. The lanes
+# are about as long as each other (measured: docs/architecture.md).
+network_free=" agent api boot boot-vmm build fs mvm_e2e volumes vsock warm "
+side_lane=" netwire example cli "
 wanted=${MVM_E2E_BINS:+ $MVM_E2E_BINS }
 selected() { [ -z "$wanted" ] || [[ "$wanted" == *" $1 "* ]]; }
 first_bins=()
@@ -242,8 +245,9 @@ run_bin() {
 }
 EOS
   # The side lane (see above): in the background from the start, its
-  # output in its own log, shown when it is joined. One test thread: its
-  # tests run one at a time either way.
+  # output in its own log, shown when it is joined. One test thread:
+  # netwire's tests run one at a time either way, and with the other
+  # lane's two that is one test more than L1 has vCPUs, not two.
   side_keys=()
   if [ ${#side_bins[@]} -gt 0 ]; then
     echo '{'
@@ -345,7 +349,10 @@ if [ ${#machine_bins[@]} -gt 0 ]; then
     # --nocapture: each mvctl command's transcript and duration stays in
     # the log, passed or not (these tests are few and long; the log says
     # where their minutes go).
-    "$b" --test-threads=1 --nocapture ${filter:+"$filter"} 2>&1 | tee "$state/$key.out" || rc=$?
+    # The filter word-split, as the job in the emulated host gives it to
+    # the other binaries ("cli api --include-ignored" is three arguments).
+    # shellcheck disable=SC2086
+    "$b" --test-threads=1 --nocapture $filter 2>&1 | tee "$state/$key.out" || rc=$?
     # The machine's watcher reports an L1 that stopped answering (the
     # emulation's own fault, resources/testhost/README.md): a test that
     # failed while that happened runs once more, alone, and is named at

@@ -15,7 +15,7 @@ mod volumes {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    use mvm_e2e::daemon::{binary, ping, start_daemon};
+    use mvm_e2e::daemon::{binary, ping};
 
     const BUSYBOX: &str = "e2e/busybox:vol";
     const CALL_TIMEOUT: Duration = Duration::from_secs(240);
@@ -59,16 +59,16 @@ mod volumes {
             let run = dir.path().join("run");
             let socket = run.join("mvmd.sock");
             let log = dir.path().join("mvmd.log");
-            start_daemon(&dir.path().join("root"), &run, &log);
-            let t = Instant::now();
-            while !ping(&socket) {
-                assert!(
-                    t.elapsed() < Duration::from_secs(60),
-                    "mvmd did not answer; its log:\n{}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            // No host networking: nothing here publishes or connects,
+            // and without it the suite runs beside netwire's daemons,
+            // which own the host's mvm bridges (tests/run-e2e.sh).
+            mvm_e2e::daemon::start_daemon_with(
+                &dir.path().join("root"),
+                &run,
+                &log,
+                &["--no-network"],
+            );
+            mvm_e2e::daemon::wait_answering(&socket, &log);
             let s = Suite {
                 host: format!("unix://{}", socket.display()),
                 dir,
