@@ -10,7 +10,7 @@ PACKAGES="
   docker-registry skopeo apache2-utils debootstrap
   iproute2 procps psmisc file nftables
   libcap-ng-dev libseccomp-dev
-  containerd fio protobuf-compiler
+  containerd fio iperf3 protobuf-compiler
 "
 # containerd (with ctr and runc): the containerd shim's end-to-end suite
 # (tests/tests/shim.rs) starts a containerd of its own, and its benchmark
@@ -18,6 +18,8 @@ PACKAGES="
 # build script needs (the shim suite's CRI client talks to containerd's CRI
 # plugin, as the kubelet does). fio: the host side of the volume benchmark
 # (tests/benches/volumes.rs; its guest side is resources/images/fio.sh).
+# iperf3: the host side of the network benchmark's iperf3 rows
+# (tests/benches/net.rs; its guest side is resources/images/iperf3.sh).
 
 # virtiofsd, the virtio-fs backend (no Debian 12 package): built once with
 # cargo into the cache by its own script, quick when present.

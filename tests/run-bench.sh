@@ -118,6 +118,13 @@ if printf '%s\n' "${selected[@]}" | grep -q '^volumes '; then
   fi
 fi
 
+# The network benchmark's iperf3 rows: Debian's iperf3 on the host and in
+# an image (resources/images/iperf3.sh, debootstrap once).
+if printf '%s\n' "${selected[@]}" | grep -q '^net ' && [ "${MVM_BENCH_IPERF_SECS:-10}" != 0 ]; then
+  command -v iperf3 >/dev/null || { echo "bench: no iperf3 on this host; run 'make deps'" >&2; exit 1; }
+  export MVM_BENCH_IPERF_IMAGE=${MVM_BENCH_IPERF_IMAGE:-$(resources/images/iperf3.sh)}
+fi
+
 status=0
 if [ ${#selected[@]} -gt 0 ]; then
   # The job must be visible inside the emulated host, whose /tmp is its

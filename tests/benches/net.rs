@@ -23,13 +23,24 @@
 //! busybox httpd forks a process per connection on either side, so the
 //! ratio compares the paths, not the servers.
 //!
+//! Last, iperf3 (Debian's, issue 12's tool): TCP throughput both ways
+//! between the host and a sandbox run through mvmd from a Debian image
+//! that has iperf3 (`iperf3 -s` in the sandbox, `iperf3 -c` on the host
+//! to the sandbox's own address, `-R` for the guest's direction), next
+//! to the same two runs over a veth pair between namespaces. iperf3 sends
+//! from a buffer in a loop, so unlike the busybox rows above the tool
+//! costs next to nothing on either side.
+//!
 //! A standalone program (no libtest harness); needs what the end-to-end
 //! tests need (`MVM_KERNEL`, `MVM_INIT`, `MVM_VMM`, hardware KVM, root),
-//! and `mvmd`, `mvctl`, `mvm-jailer` next to `MVM_VMM`, and `ab`.
+//! and `mvmd`, `mvctl`, `mvm-jailer` next to `MVM_VMM`, `ab` and `iperf3`.
 //! Optional: `MVM_BENCH_NET_MIB` (default 64 MiB per direction; 0 skips
 //! the throughput and ping part), `MVM_BENCH_PINGS` (default 20),
 //! `MVM_BENCH_HTTP_SECS` (default 10 s of load per path; 0 skips the
-//! HTTP part), `MVM_BENCH_HTTP_CONC` (default 4 requests in flight).
+//! HTTP part), `MVM_BENCH_HTTP_CONC` (default 4 requests in flight),
+//! `MVM_BENCH_IPERF_SECS` (default 10 s per run; 0 skips the iperf3
+//! part), which needs `MVM_BENCH_IPERF_IMAGE`, the rootfs tarball of
+//! `resources/images/iperf3.sh` (`tests/run-bench.sh` sets it).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -660,6 +671,125 @@ fn main() {
     if http_secs > 0 {
         let rows = http_figures(http_secs, http_conc);
         print_http(&rows, http_secs, http_conc);
+    }
+    let iperf_secs = env_usize("MVM_BENCH_IPERF_SECS", 10);
+    if iperf_secs > 0 {
+        let image = std::env::var_os("MVM_BENCH_IPERF_IMAGE").unwrap_or_else(|| {
+            panic!("MVM_BENCH_IPERF_IMAGE is not set: the tarball of resources/images/iperf3.sh (tests/run-bench.sh sets it; MVM_BENCH_IPERF_SECS=0 skips the iperf3 part)")
+        });
+        print_iperf(&iperf_figures(iperf_secs, Path::new(&image)), iperf_secs);
+    }
+}
+
+/// The image of the iperf3 part (Debian bookworm with iperf3).
+const IPERF_IMAGE: &str = "bench/iperf3:bookworm";
+
+/// TCP throughput in Gbit/s as iperf3's receiver counted it: `iperf3 -c
+/// ADDR -t SECS -J`, with `-R` when the server should send, in namespace
+/// `ns` if given. Tried again until the server answers (a sandbox may
+/// still be booting), for at most 180 s.
+fn iperf3(addr: &str, secs: usize, reverse: bool, ns: Option<&Netns>) -> f64 {
+    let t = Instant::now();
+    loop {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.name(), "iperf3"]);
+                c
+            }
+            None => Command::new("iperf3"),
+        };
+        cmd.args(["-c", addr, "-t", &secs.to_string(), "-J"]);
+        if reverse {
+            cmd.arg("-R");
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .expect("run iperf3 (Debian's iperf3: make deps)");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if out.status.success() {
+            let bps = v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("iperf3 -c {addr} printed no receiver total: {v}"));
+            return bps / 1e9;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "iperf3 -c {addr} did not succeed within 180 s: {} {}",
+            v["error"],
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// iperf3 both ways: (direction, microVM Gbit/s, veth Gbit/s) rows.
+fn iperf_figures(secs: usize, image: &Path) -> Vec<(&'static str, f64, f64)> {
+    // The reference: the server in one namespace, the client in the
+    // other, a veth pair between them.
+    let (veth_out, veth_in) = {
+        let host = Netns::new("iperf-host").unwrap();
+        let peer = Netns::new("iperf-peer").unwrap();
+        veth_pair(
+            &host,
+            &format!("{VETH_HOST}/24"),
+            &peer,
+            &format!("{VETH_PEER}/24"),
+        )
+        .unwrap();
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", peer.name(), "iperf3", "-s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run iperf3 -s");
+        eprintln!("net: iperf3 over the veth pair");
+        iperf3(VETH_PEER, 1, false, Some(&host));
+        let into = iperf3(VETH_PEER, secs, false, Some(&host));
+        let out = iperf3(VETH_PEER, secs, true, Some(&host));
+        let _ = server.kill();
+        let _ = server.wait();
+        (out, into)
+    };
+
+    // The sandbox, through mvmd on its default network; the client on
+    // the host, to the sandbox's own address (virtio-net, the TAP and
+    // the bridge; no NAT).
+    let d = bench::start_daemon_with(&[]);
+    mvctl(&d, &["import", image.to_str().unwrap(), IPERF_IMAGE]);
+    mvctl(
+        &d,
+        &["run", "-d", "--name", "iperf", IPERF_IMAGE, "iperf3", "-s"],
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&mvctl(&d, &["inspect", "iperf"])).expect("inspect prints JSON");
+    let guest = inspect[0]["network_settings"]["ipv4_address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no sandbox address: {inspect}"))
+        .to_string();
+    eprintln!("net: iperf3 to the sandbox at {guest}");
+    iperf3(&guest, 1, false, None);
+    let vm_in = iperf3(&guest, secs, false, None);
+    let vm_out = iperf3(&guest, secs, true, None);
+    mvctl(&d, &["rm", "-f", "iperf"]);
+    vec![
+        ("TCP guest->host", vm_out, veth_out),
+        ("TCP host->guest", vm_in, veth_in),
+    ]
+}
+
+fn print_iperf(rows: &[(&str, f64, f64)], secs: usize) {
+    println!();
+    println!(
+        "iperf3 (Debian's), {secs} s per direction: a sandbox through mvmd (1 vCPU) against a veth pair between namespaces"
+    );
+    println!();
+    println!("| direction | microVM Gbit/s | veth Gbit/s | microVM / veth |");
+    println!("| --- | --- | --- | --- |");
+    for (what, vm, veth) in rows {
+        println!("| {what} | {vm:.3} | {veth:.3} | {:.2}x |", vm / veth);
     }
 }
 
