@@ -176,13 +176,41 @@ mod netwire {
         stderr: String,
     }
 
+    /// Longest any single mvctl call may take: a hang (a guest script
+    /// that never ends, say) fails its test with the daemon's log, so
+    /// the suite goes on and the test can be retried alone, instead of
+    /// the whole binary running out of time.
+    const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
     fn mvctl(d: &Daemon, args: &[&str]) -> Out {
-        let out = Command::new(binary("mvctl"))
+        let child = Command::new(binary("mvctl"))
             .args(args)
             .env("MVM_HOST", &d.host)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("spawn mvctl");
+        let pid = child.id() as libc::pid_t;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(CALL_TIMEOUT) {
+            Ok(out) => out.expect("wait for mvctl"),
+            Err(_) => {
+                // SAFETY: kill(2) on our own child, not yet reaped (its
+                // waiter thread still waits for it).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let out = rx.recv().ok().and_then(Result::ok);
+                panic!(
+                    "mvctl {args:?} did not finish within {CALL_TIMEOUT:?}; its output: {:?}\nmvmd log:\n{}",
+                    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()
+                        + &String::from_utf8_lossy(&o.stderr)),
+                    d.log()
+                );
+            }
+        };
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
