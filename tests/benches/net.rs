@@ -309,15 +309,7 @@ fn spawn_in(ns: &Netns, script: &str) -> Child {
 /// The baseline: the "guest" is namespace `peer`, joined to `host` by a
 /// veth pair, running the same busybox commands.
 fn veth_figures(bytes: usize, pings: usize) -> Figures {
-    let host = Netns::new("veth-host").unwrap();
-    let peer = Netns::new("veth-peer").unwrap();
-    veth_pair(
-        &host,
-        &format!("{VETH_HOST}/24"),
-        &peer,
-        &format!("{VETH_PEER}/24"),
-    )
-    .unwrap();
+    let (host, peer) = veth_namespaces("veth");
     let dir = tempfile::tempdir().unwrap();
     let count = bytes / CHUNK;
     let script = |name: &str, text: &str| {
@@ -375,6 +367,33 @@ const PAGE_BYTES: usize = 4096;
 /// [`bench::mvctl`]'s stdout.
 fn mvctl(d: &bench::Daemon, args: &[&str]) -> String {
     bench::mvctl(d, args).0
+}
+
+/// Two namespaces `TAG-host` and `TAG-peer` joined by a veth pair,
+/// [`VETH_HOST`] and [`VETH_PEER`] on its ends: the container baseline.
+fn veth_namespaces(tag: &str) -> (Netns, Netns) {
+    let host = Netns::new(&format!("{tag}-host")).unwrap();
+    let peer = Netns::new(&format!("{tag}-peer")).unwrap();
+    veth_pair(
+        &host,
+        &format!("{VETH_HOST}/24"),
+        &peer,
+        &format!("{VETH_PEER}/24"),
+    )
+    .unwrap();
+    (host, peer)
+}
+
+/// The IPv4 address (no prefix length) of sandbox `name`, from `mvctl
+/// inspect`.
+fn sandbox_address(d: &bench::Daemon, name: &str) -> String {
+    let inspect: serde_json::Value =
+        serde_json::from_str(&mvctl(d, &["inspect", name])).expect("inspect prints JSON");
+    inspect[0]["network_settings"]["ipv4_address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no sandbox address: {inspect}"))
+        .to_string()
 }
 
 /// One HTTP GET of `/` at `addr`: the response, or why there was none.
@@ -527,15 +546,7 @@ fn http_figures(secs: usize, conc: usize) -> Vec<(String, Ab)> {
     // The references first: busybox httpd behind a veth pair, and on the
     // host's loopback.
     {
-        let host = Netns::new("http-host").unwrap();
-        let peer = Netns::new("http-peer").unwrap();
-        veth_pair(
-            &host,
-            &format!("{VETH_HOST}/24"),
-            &peer,
-            &format!("{VETH_PEER}/24"),
-        )
-        .unwrap();
+        let (host, peer) = veth_namespaces("http");
         let mut server = Command::new("ip")
             .args(["netns", "exec", peer.name(), "busybox", "httpd", "-f"])
             .args(["-p", &GUEST_PORT.to_string(), "-h", &www])
@@ -596,13 +607,7 @@ fn http_figures(secs: usize, conc: usize) -> Vec<(String, Ab)> {
             "-h", "/www",
         ],
     );
-    let inspect: serde_json::Value =
-        serde_json::from_str(&mvctl(&d, &["inspect", "web"])).expect("inspect prints JSON");
-    let guest = inspect[0]["network_settings"]["ipv4_address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no sandbox address: {inspect}"))
-        .to_string();
+    let guest = sandbox_address(&d, "web");
     let net: serde_json::Value =
         serde_json::from_str(&mvctl(&d, &["network", "inspect", "bridge"])).expect("JSON");
     let gateway = net[0]["gateway"]
@@ -730,15 +735,7 @@ fn iperf_figures(secs: usize, image: &Path) -> Vec<(&'static str, f64, f64)> {
     // The reference: the server in one namespace, the client in the
     // other, a veth pair between them.
     let (veth_out, veth_in) = {
-        let host = Netns::new("iperf-host").unwrap();
-        let peer = Netns::new("iperf-peer").unwrap();
-        veth_pair(
-            &host,
-            &format!("{VETH_HOST}/24"),
-            &peer,
-            &format!("{VETH_PEER}/24"),
-        )
-        .unwrap();
+        let (host, peer) = veth_namespaces("iperf");
         let mut server = Command::new("ip")
             .args(["netns", "exec", peer.name(), "iperf3", "-s"])
             .stdin(Stdio::null())
@@ -763,13 +760,7 @@ fn iperf_figures(secs: usize, image: &Path) -> Vec<(&'static str, f64, f64)> {
         &d,
         &["run", "-d", "--name", "iperf", IPERF_IMAGE, "iperf3", "-s"],
     );
-    let inspect: serde_json::Value =
-        serde_json::from_str(&mvctl(&d, &["inspect", "iperf"])).expect("inspect prints JSON");
-    let guest = inspect[0]["network_settings"]["ipv4_address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no sandbox address: {inspect}"))
-        .to_string();
+    let guest = sandbox_address(&d, "iperf");
     eprintln!("net: iperf3 to the sandbox at {guest}");
     iperf3(&guest, 1, false, None);
     let vm_in = iperf3(&guest, secs, false, None);
