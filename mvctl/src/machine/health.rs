@@ -88,9 +88,7 @@ pub fn stall_limit() -> Duration {
 /// A stall of the L1 writing to `files`, judged at `now`. Only once the
 /// job runs (`job-started`): before that, the boot timeout applies.
 pub fn check(files: &BootFiles, limit: Duration, now: SystemTime) -> Option<Stall> {
-    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    let started = mtime(&files.job_started())?;
-    let last = mtime(&files.alive()).map_or(started, |a| a.max(started));
+    let last = heartbeat(files)?;
     let age = now.duration_since(last).unwrap_or_default();
     if age > limit {
         return Some(Stall::NoHeartbeat {
@@ -99,6 +97,15 @@ pub fn check(files: &BootFiles, limit: Duration, now: SystemTime) -> Option<Stal
     }
     let stuck = stuck_seconds(&tail(&files.console_log(), 64 * 1024));
     (stuck >= STUCK_LIMIT_SECS).then_some(Stall::SoftLockup { secs: stuck })
+}
+
+/// When L1 writing to `files` last gave a sign of life: its last
+/// heartbeat, or the job's start before the first one; `None` while it
+/// boots.
+pub fn heartbeat(files: &BootFiles) -> Option<SystemTime> {
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let started = mtime(&files.job_started())?;
+    Some(mtime(&files.alive()).map_or(started, |a| a.max(started)))
 }
 
 /// A stall of the L1 booting into `files`, before its job started, judged
@@ -164,6 +171,9 @@ pub fn dump_l1_state(monitor: &Path, out: &Path) {
             "info cpus",
             "info registers -a",
             "info lapic",
+            "cpu 1",
+            "info lapic",
+            "cpu 0",
         ],
     ) {
         Ok(t) => t,
@@ -172,6 +182,12 @@ pub fn dump_l1_state(monitor: &Path, out: &Path) {
     if let Ok(mut f) = fs::File::create(out) {
         let _ = f.write_all(text.as_bytes());
     }
+}
+
+/// Send HMP `commands` (a kick of [`super::wake`]); their answers are
+/// not needed.
+pub fn kick(monitor: &Path, commands: &[&str]) -> std::io::Result<()> {
+    hmp(monitor, commands).map(drop)
 }
 
 /// HMP's output without carriage returns and the terminal escapes its

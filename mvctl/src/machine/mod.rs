@@ -38,6 +38,7 @@ pub mod ping;
 pub mod ports;
 pub mod qemu;
 pub mod state;
+pub mod wake;
 pub mod watch;
 
 use std::fs::{self, File, OpenOptions};

@@ -219,6 +219,10 @@ impl BootFiles {
     pub fn l1_state(&self) -> PathBuf {
         self.dir.join("l1-state.txt")
     }
+    /// QEMU's view of L1's vCPUs before a wake-up kick ([`super::wake`]).
+    pub fn l1_state_wake(&self) -> PathBuf {
+        self.dir.join("l1-state-wake.txt")
+    }
 }
 
 /// The first existing directory with the testhost scripts: `$MVM_TESTHOST_DIR`,

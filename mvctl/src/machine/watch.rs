@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::health::{self, Stall};
 use super::paths::{BootFiles, Paths};
 use super::state::{MachineState, Proc};
+use super::wake::{self, Action, Waker};
 use super::{Endpoint, MachineError, Started};
 
 /// How often the watcher looks.
@@ -462,6 +463,7 @@ pub fn run(paths: &Paths) -> i32 {
     // stands still while the host sleeps (suspend): a heartbeat that is
     // old only because the host slept is no stall.
     let mut healthy_at = Instant::now();
+    let mut waker = Waker::new();
     loop {
         std::thread::sleep(POLL);
         reap();
@@ -485,6 +487,7 @@ pub fn run(paths: &Paths) -> i32 {
                 return 0;
             }
         }
+        wake(paths, &s, &mut waker);
         match failure(&s) {
             None => {
                 healthy_at = Instant::now();
@@ -528,6 +531,7 @@ pub fn run(paths: &Paths) -> i32 {
                     lost_text(&r)
                 ));
                 healthy_at = Instant::now();
+                waker = Waker::new();
             }
             Err(e) => {
                 log(&format!("restart failed: {e}; done"));
@@ -536,6 +540,37 @@ pub fn run(paths: &Paths) -> i32 {
             }
         }
         drop(lock);
+    }
+}
+
+/// Kick an L1 whose heartbeat went silent ([`super::wake`]), and log
+/// each kick and its outcome: each is a fault of the emulation.
+fn wake(paths: &Paths, s: &MachineState, waker: &mut Waker) {
+    let files = BootFiles::new(&s.boot_dir);
+    let Some(last) = health::heartbeat(&files) else {
+        return;
+    };
+    let action = waker.step(last, SystemTime::now());
+    match action {
+        Action::Nothing => {}
+        Action::Woke(how) => log(&format!(
+            "L1's heartbeat is back: {how} woke it (a lost wake-up of the emulation; its vCPUs before: {})",
+            files.l1_state_wake().display()
+        )),
+        Action::Continue | Action::Nmi => {
+            if action == Action::Continue {
+                health::dump_l1_state(&paths.monitor(), &files.l1_state_wake());
+            }
+            let cmds = action.commands();
+            match health::kick(&paths.monitor(), cmds) {
+                Ok(()) => log(&format!(
+                    "no heartbeat from L1 for {} s or more: sent '{}' to QEMU's monitor to wake it",
+                    wake::WAKE_AFTER.as_secs(),
+                    cmds.join("', '")
+                )),
+                Err(e) => log(&format!("QEMU's monitor did not take '{}': {e}", cmds.join("', '"))),
+            }
+        }
     }
 }
 
