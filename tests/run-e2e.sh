@@ -150,6 +150,27 @@ trap 'rm -f "$job"' EXIT
 # hangs (resources/testhost/run exits 123: a rare hang of the emulation,
 # see resources/testhost/README.md) another boot runs only the binaries
 # that had not finished.
+# save_findings STATUS: copy this run's logs to
+# ${MVM_CACHE:-/var/cache/mvm}/e2e-findings/<time>-<commit>/ when anything
+# was retried, L1 was woken or booted again, or the run failed; keep the
+# newest 10 such runs.
+save_findings() {
+  local kept
+  kept=$(grep -ho "testhost: logs kept in [^ ]*" "$state/testhost.log" 2>/dev/null | awk '{print $NF}' | sort -u)
+  [ "$1" != 0 ] || [ -s "$state/retried-tests" ] || [ -e "$state/l1-failed" ] || [ -n "$kept" ] || return 0
+  local base=${MVM_CACHE:-/var/cache/mvm}/e2e-findings
+  local dir
+  dir=$base/$(date -u +%Y%m%dT%H%M%S)-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  mkdir -p "$dir" || return 0
+  cp "$state"/*.out "$state"/*.rc "$state"/*.log "$state/retried-tests" "$dir/" 2>/dev/null
+  local k
+  for k in $kept; do
+    [ -d "$k" ] && mkdir -p "$dir/$(basename "$k")" &&
+      cp "$k"/console.log "$k"/l1-state*.txt "$k"/wakeups "$k"/timings "$dir/$(basename "$k")/" 2>/dev/null
+  done
+  ls -1d "$base"/*/ 2>/dev/null | head -n -10 | xargs -r rm -rf
+  echo "e2e: this run's logs are saved in $dir" >&2
+}
 bin_timeout=${MVM_E2E_BIN_TIMEOUT:-900}
 state=$root/target/e2e-state
 rm -rf "$state" && mkdir -p "$state"
@@ -305,7 +326,8 @@ else
   for boot in 1 2 3; do
     rc=0
     resources/testhost/run --timeout $((deadline - SECONDS)) --rw "$state" \
-      --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env MVM_JAILER --env MVM_VIRTIOFSD --env MVM_VMM_SECCOMP_TRIGGER --env RUST_BACKTRACE -- "$job" || rc=$?
+      --env MVM_KERNEL --env MVM_INIT --env MVM_VMM --env MVM_JAILER --env MVM_VIRTIOFSD --env MVM_VMM_SECCOMP_TRIGGER --env RUST_BACKTRACE -- "$job" \
+      2> >(tee -a "$state/testhost.log" >&2) || rc=$?
     # Another boot: after a fault of the emulated host itself (123; a
     # third boot only for that), or when a binary ran out of time in the
     # first (see run_bin).
@@ -325,6 +347,10 @@ fi
 if [ -s "$state/retried-tests" ]; then
   echo "e2e: these tests failed once in the emulated host and passed when run again (see their first output above):" >&2
   sed 's/^/  /' "$state/retried-tests" >&2
+fi
+if grep -q "heartbeat is back" "$state/testhost.log" 2>/dev/null; then
+  echo "e2e: the emulated host lost a wake-up and was woken (an emulation fault, resources/testhost/README.md):" >&2
+  grep "heartbeat is back" "$state/testhost.log" | sed 's/^/  /' >&2
 fi
 # Every binary must have run and passed, whatever the boots said.
 for k in "${keys[@]}"; do
@@ -375,4 +401,8 @@ if [ ${#machine_bins[@]} -gt 0 ]; then
     sed 's/^/  /' "$state/retried-tests" >&2
   fi
 fi
+# Findings outlive the clone: a run that retried a test, woke or rebooted
+# L1, or failed leaves its logs under the cache (CI's clone is deleted,
+# and a retried test passes, so nothing else keeps them).
+save_findings "$status"
 exit "$status"
