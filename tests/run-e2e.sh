@@ -156,19 +156,25 @@ trap 'rm -f "$job"' EXIT
 # newest 10 such runs.
 save_findings() {
   local kept
-  kept=$(grep -ho "testhost: logs kept in [^ ]*" "$state/testhost.log" 2>/dev/null | awk '{print $NF}' | sort -u)
+  kept=$({ grep -ho "testhost: logs kept in [^ ]*" "$state/testhost.log" 2>/dev/null || true; } | awk '{print $NF}' | sort -u)
   [ "$1" != 0 ] || [ -s "$state/retried-tests" ] || [ -e "$state/l1-failed" ] || [ -n "$kept" ] || return 0
   local base=${MVM_CACHE:-/var/cache/mvm}/e2e-findings
   local dir
   dir=$base/$(date -u +%Y%m%dT%H%M%S)-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
   mkdir -p "$dir" || return 0
-  cp "$state"/*.out "$state"/*.rc "$state"/*.log "$state/retried-tests" "$dir/" 2>/dev/null
-  local k
-  for k in $kept; do
-    [ -d "$k" ] && mkdir -p "$dir/$(basename "$k")" &&
-      cp "$k"/console.log "$k"/l1-state*.txt "$k"/wakeups "$k"/timings "$dir/$(basename "$k")/" 2>/dev/null
+  # Best effort, file by file: this run's status is already decided.
+  local f k
+  for f in "$state"/*.out "$state"/*.rc "$state"/*.log "$state/retried-tests"; do
+    [ ! -f "$f" ] || cp "$f" "$dir/" || true
   done
-  ls -1d "$base"/*/ 2>/dev/null | head -n -10 | xargs -r rm -rf
+  for k in $kept; do
+    [ -d "$k" ] || continue
+    mkdir -p "$dir/$(basename "$k")" || continue
+    for f in "$k"/console.log "$k"/l1-state*.txt "$k"/wakeups "$k"/timings; do
+      [ ! -f "$f" ] || cp "$f" "$dir/$(basename "$k")/" || true
+    done
+  done
+  { ls -1d "$base"/*/ 2>/dev/null || true; } | head -n -10 | xargs -r rm -rf
   echo "e2e: this run's logs are saved in $dir" >&2
 }
 bin_timeout=${MVM_E2E_BIN_TIMEOUT:-900}
