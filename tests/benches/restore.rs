@@ -33,7 +33,11 @@ use mvm_e2e::bench::{
 
 /// A workload that keeps its state in a tmpfs: the count goes on after a
 /// restore and starts again at 1 after a boot.
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done";
+/// Each count is written to a new file renamed over the old one: `echo >
+/// /tmp/count` truncates before it writes, and an `exec` reading in
+/// between saw an empty file (the first run of this benchmark failed so).
+const COUNTER: &str =
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 1; done";
 
 /// The count the workload of sandbox `name` has written (its first
 /// `exec`, which waits for the agent).

@@ -1066,7 +1066,7 @@ mod cli {
             "sh",
             "-c",
             "echo kept-on-scratch > /kept.txt; i=0; while true; do i=$((i+1)); \
-             echo $i > /tmp/count; echo tick $i; sleep 0.2; done",
+             echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; echo tick $i; sleep 0.2; done",
         ])
         .ok();
         let last_tick = || -> u64 {

@@ -625,7 +625,9 @@ fn checkpoint_and_restore(p: &Product) {
         "inst/busybox:1",
         "sh",
         "-c",
-        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.2; done",
+        // Renamed into place: `cat` never sees the file between the
+        // truncation and the write of `echo >`.
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; echo tick $i; sleep 0.2; done",
     ]);
     let last_tick = || -> u64 {
         p.ok(&["logs", "--tail", "1", "inst-count"])
