@@ -184,8 +184,11 @@ pub fn run(cfg: &VmConfig, entry: u64, opts: RunOptions) -> Result<RunResult, Bu
     let signals =
         SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).map_err(BuildError::Signals)?;
 
+    // Info, not debug: a handful of lines per start in vmm.log, and the
+    // split between the VMM's setup and the guest's boot that the
+    // confinement benchmark reads (tests/benches/run.rs).
     let phase = |what: &str| {
-        tracing::debug!(
+        tracing::info!(
             "{what}: {} ms after VMM start",
             opts.start.elapsed().as_millis()
         );
