@@ -213,6 +213,25 @@ retry_failed_tests() {
     echo "$key: $t" >>"$STATE/retried-tests"
   done
 }
+# kill_orphans: SIGKILL every mvm-vmm and mvmd whose parent is 1, or whose
+# parent is such an mvmd, looking for 10 s (an mvmd may take that long to
+# end on its SIGTERM, and its VMMs become orphans only then).
+kill_orphans() {
+  local i p pp
+  for i in $(seq 10); do
+    for p in $(pgrep -x mvmd; pgrep -x mvm-vmm); do
+      # Not a zombie already killed (its parent reaps it in its time).
+      case "$(ps -o stat= -p "$p" 2>/dev/null)" in Z*|'') continue ;; esac
+      pp=$(ps -o ppid= -p "$p" 2>/dev/null | tr -d ' ')
+      if [ "$pp" = 1 ] || { [ -n "$pp" ] && [ "$(ps -o comm= -p "$pp" 2>/dev/null)" = mvmd ] &&
+        [ "$(ps -o ppid= -p "$pp" 2>/dev/null | tr -d ' ')" = 1 ]; }; then
+        echo "e2e: killing left-over $(ps -o comm= -p "$p" 2>/dev/null) $p" >&2
+        kill -KILL "$p" 2>/dev/null || true
+      fi
+    done
+    sleep 1
+  done
+}
 # run_bin KEY ARGS...: run one test binary under its deadline, once.
 run_bin() {
   local key=$1; shift
@@ -265,7 +284,12 @@ run_bin() {
       done
     done
     # VMMs outlive their mvmd by design; the next binary starts clean.
-    pkill -KILL -x mvm-vmm 2>/dev/null || true
+    # Only this binary's: its mvmds got SIGTERM when it died (their
+    # PDEATHSIG) and the rest of its tree went with it, so its VMMs and
+    # any mvmd still ending are orphans (parent 1). The other lane's
+    # VMMs still have their mvmd or their test process as parent (both
+    # are child subreapers), and its tests go on.
+    kill_orphans
   fi
   echo "$rc" >"$STATE/$key.rc"
   [ "$rc" = 0 ] || status=1
