@@ -1151,8 +1151,19 @@ mod cli {
             "{out:?}"
         );
 
-        // A corrupted state file is refused, naming what is wrong.
+        // A restored guest stops as a booted one does: the workload gets
+        // SIGTERM and init reports its end. (Under QEMU's TCG a restored
+        // TR marked busy made init's status-port write fault, and the
+        // stop ended as a guest crash; vcpu_state::sregs_for_restore.)
         mvctl(&["stop", "-t", "1", &name]).ok();
+        let state = inspect(&name)["state"].clone();
+        assert_eq!(
+            (&state["exit_code"], &state["reason"]),
+            (&serde_json::json!(143), &serde_json::json!("stopped")),
+            "{state}"
+        );
+
+        // A corrupted state file is refused, naming what is wrong.
         let dir = inspect(&name)["paths"]["dir"].as_str().unwrap().to_string();
         let state_file = format!("{dir}/checkpoints/c2/state");
         let mut bytes = std::fs::read(&state_file).unwrap();

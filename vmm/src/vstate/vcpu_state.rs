@@ -11,6 +11,8 @@ use kvm_bindings::{
     KVM_MAX_MSR_ENTRIES,
 };
 use kvm_ioctls::VcpuFd;
+
+use crate::arch::x86_64::cpuid::{self, CpuVendor};
 use serde::{Deserialize, Serialize};
 
 /// `MSR_IA32_TSC`.
@@ -203,7 +205,8 @@ impl VcpuState {
         fd.set_mp_state(self.mp_state)
             .map_err(kvm_err("KVM_SET_MP_STATE"))?;
         fd.set_regs(&self.regs).map_err(kvm_err("KVM_SET_REGS"))?;
-        fd.set_sregs(&self.sregs)
+        let vendor = cpuid::vendor(&self.cpuid);
+        fd.set_sregs(&sregs_for_restore(&self.sregs, vendor))
             .map_err(kvm_err("KVM_SET_SREGS"))?;
         // SAFETY: `xsave` is a whole `kvm_xsave` read back from KVM (or a
         // checksummed snapshot of one); KVM validates its contents and
@@ -230,5 +233,48 @@ impl VcpuState {
             tracing::debug!("KVM_KVMCLOCK_CTRL: {e}");
         }
         Ok(())
+    }
+}
+
+/// The segment registers to restore: `saved`, except that on AMD the
+/// task register's type is "available 64-bit TSS" (9) instead of "busy"
+/// (11).
+///
+/// Why: KVM on AMD reports TR as busy whatever the VMCB holds (svm.c sets
+/// the busy bit in KVM_GET_SREGS, for CPUs that do not keep it), so a
+/// snapshot always holds 11. Hardware does not care: neither SVM's VMRUN
+/// nor the I/O-permission check of `in`/`out` looks at TR's type. But
+/// QEMU's TCG, the emulated host of machine mode and of the e2e suites
+/// (resources/testhost), refuses user-space port I/O through the TSS's
+/// I/O bitmap unless TR's type is 9 (its `check_io`), which is what the
+/// guest's own `ltr` leaves in TR on a cold boot there. With 11, every
+/// restored guest's init died of a general protection fault at its next
+/// status-port write (`ioperm`, then `out`: at the workload's exit or a
+/// stop): found by the restore benchmark on 8 Dec 2026. Intel's VM entry
+/// requires 11 (busy), so there the saved value is kept.
+fn sregs_for_restore(saved: &kvm_sregs, vendor: CpuVendor) -> kvm_sregs {
+    let mut s = *saved;
+    if vendor == CpuVendor::Amd && s.tr.type_ == 11 {
+        s.tr.type_ = 9;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restored_tr_is_an_available_tss_on_amd_only() {
+        let mut saved = kvm_sregs::default();
+        saved.tr.type_ = 11;
+        saved.tr.limit = 0x4087;
+        let amd = sregs_for_restore(&saved, CpuVendor::Amd);
+        assert_eq!((amd.tr.type_, amd.tr.limit), (9, 0x4087));
+        assert_eq!(sregs_for_restore(&saved, CpuVendor::Intel).tr.type_, 11);
+        assert_eq!(sregs_for_restore(&saved, CpuVendor::Other).tr.type_, 11);
+        // Anything else is left as it was.
+        saved.tr.type_ = 3;
+        assert_eq!(sregs_for_restore(&saved, CpuVendor::Amd).tr.type_, 3);
     }
 }
