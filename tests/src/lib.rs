@@ -491,6 +491,64 @@ pub fn wait_until(what: &str, timeout: Duration, every: Duration, mut f: impl Fn
     }
 }
 
+/// Run `cmd` for at most `limit`: its stdin gets `input` (or nothing),
+/// its stdout and stderr are collected. `Err` with what it wrote when it
+/// did not finish in time (it is killed then): the suites' deadline for
+/// one CLI call, so that a hang fails its test with something to read
+/// instead of running its binary out of time.
+pub fn output_within(
+    mut cmd: Command,
+    input: Option<&[u8]>,
+    limit: Duration,
+) -> std::result::Result<std::process::Output, std::process::Output> {
+    use std::io::Write;
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            s
+        })
+    };
+    let t_out = reader(Box::new(child.stdout.take().unwrap()));
+    let t_err = reader(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let (status, finished) = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break (st, true);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break (child.wait().unwrap(), false);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    };
+    if finished {
+        Ok(out)
+    } else {
+        Err(out)
+    }
+}
+
 /// Run `mvm-vmm` with raw arguments (for configuration error tests).
 pub fn vmm_with_args(args: &[&str]) -> Result<std::process::Output> {
     let out = Command::new(&Artifacts::get().vmm)
@@ -513,4 +571,27 @@ pub fn debugfs_cat(image: &Path, path: &str) -> Result<Vec<u8>> {
         bail!("debugfs failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_within_collects_or_kills_at_the_deadline() {
+        let mut cat = Command::new("cat");
+        cat.arg("-");
+        let out = output_within(cat, Some(b"in\n"), Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            (out.status.success(), out.stdout.as_slice()),
+            (true, &b"in\n"[..])
+        );
+        let mut sleep = Command::new("sh");
+        sleep.args(["-c", "echo started; exec sleep 60"]);
+        let t0 = Instant::now();
+        let out = output_within(sleep, None, Duration::from_millis(500)).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        assert_eq!(out.stdout, b"started\n");
+        assert!(!out.status.success());
+    }
 }

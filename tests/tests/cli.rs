@@ -13,9 +13,9 @@
 
 mod cli {
     use std::fs;
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufRead, BufReader};
     use std::path::Path;
-    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::process::{Child, Command, Stdio};
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
@@ -100,60 +100,22 @@ mod cli {
         })
     }
 
-    /// Wait for `child`, looking every `every`; after `CALL_TIMEOUT` kill
-    /// it and panic with "`what` did not finish within ...".
-    fn wait_deadline(child: &mut Child, every: Duration, what: &str) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if started.elapsed() > CALL_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{what} did not finish within {CALL_TIMEOUT:?}");
-            }
-            std::thread::sleep(every);
-        }
-    }
-
-    /// Run a command with a deadline, collecting its output.
-    fn run_cmd(mut cmd: Command, input: Option<&[u8]>) -> Out {
-        cmd.stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn mvctl");
-        if let Some(data) = input {
-            let mut stdin = child.stdin.take().unwrap();
-            let data = data.to_vec();
-            std::thread::spawn(move || {
-                let _ = stdin.write_all(&data);
-            });
-        }
-        let mut so = child.stdout.take().unwrap();
-        let mut se = child.stderr.take().unwrap();
-        let t_out = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = so.read_to_end(&mut s);
-            s
+    /// Run a command with a deadline ([`CALL_TIMEOUT`]), collecting its
+    /// output.
+    fn run_cmd(cmd: Command, input: Option<&[u8]>) -> Out {
+        let what = format!("{cmd:?}");
+        let out = mvm_e2e::output_within(cmd, input, CALL_TIMEOUT).unwrap_or_else(|o| {
+            panic!(
+                "{what} did not finish within {CALL_TIMEOUT:?}; it wrote: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
         });
-        let t_err = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = se.read_to_end(&mut s);
-            s
-        });
-        let status = wait_deadline(&mut child, Duration::from_millis(10), &format!("{cmd:?}"));
-        let stdout = String::from_utf8_lossy(&t_out.join().unwrap()).into_owned();
-        let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
         Out {
-            code: status.code().unwrap_or(-1),
-            signal: std::os::unix::process::ExitStatusExt::signal(&status),
-            stdout,
-            stderr,
+            code: out.status.code().unwrap_or(-1),
+            signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
 

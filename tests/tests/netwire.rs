@@ -183,34 +183,16 @@ mod netwire {
     const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
     fn mvctl(d: &Daemon, args: &[&str]) -> Out {
-        let child = Command::new(binary("mvctl"))
-            .args(args)
-            .env("MVM_HOST", &d.host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mvctl");
-        let pid = child.id() as libc::pid_t;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
+        let mut cmd = Command::new(binary("mvctl"));
+        cmd.args(args).env("MVM_HOST", &d.host);
+        let out = mvm_e2e::output_within(cmd, None, CALL_TIMEOUT).unwrap_or_else(|o| {
+            panic!(
+                "mvctl {args:?} did not finish within {CALL_TIMEOUT:?}; it wrote: {}{}\nmvmd log:\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                d.log()
+            )
         });
-        let out = match rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(out) => out.expect("wait for mvctl"),
-            Err(_) => {
-                // SAFETY: kill(2) on our own child, not yet reaped (its
-                // waiter thread still waits for it).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                let out = rx.recv().ok().and_then(Result::ok);
-                panic!(
-                    "mvctl {args:?} did not finish within {CALL_TIMEOUT:?}; its output: {:?}\nmvmd log:\n{}",
-                    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()
-                        + &String::from_utf8_lossy(&o.stderr)),
-                    d.log()
-                );
-            }
-        };
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
