@@ -163,19 +163,19 @@ fn tail(p: &Path, max: u64) -> String {
 /// the monitor socket) to `out`, for the diagnosis of a stall. Best
 /// effort, a few seconds at most: a QEMU that is stuck itself does not
 /// answer.
-pub fn dump_l1_state(monitor: &Path, out: &Path) {
-    let text = match hmp(
-        monitor,
-        &[
-            "info status",
-            "info cpus",
-            "info registers -a",
-            "info lapic",
-            "cpu 1",
-            "info lapic",
-            "cpu 0",
-        ],
-    ) {
+pub fn dump_l1_state(monitor: &Path, out: &Path, cpus: u32) {
+    let mut commands = vec![
+        "info status".to_string(),
+        "info cpus".into(),
+        "info registers -a".into(),
+    ];
+    // Each vCPU's local APIC (the vectors pending in IRR).
+    for c in 0..cpus.max(1) {
+        commands.extend([format!("cpu {c}"), "info lapic".into()]);
+    }
+    commands.push("cpu 0".into());
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let text = match hmp(monitor, &commands) {
         Ok(t) => t,
         Err(e) => format!("QEMU's monitor {} did not answer: {e}\n", monitor.display()),
     };
@@ -219,13 +219,22 @@ fn hmp(monitor: &Path, commands: &[&str]) -> std::io::Result<String> {
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
-    for c in commands {
-        s.write_all(format!("{c}\n").as_bytes())?;
-        // The answer ends when the monitor goes quiet.
+    // The banner first, then each command's answer: each ends at the next
+    // prompt, or when the monitor goes quiet (2 s).
+    for c in std::iter::once(None).chain(commands.iter().map(Some)) {
+        if let Some(c) = c {
+            s.write_all(format!("{c}\n").as_bytes())?;
+        }
+        let start = out.len();
         loop {
             match s.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out[start..].trim_ascii_end().ends_with(b"(qemu)") {
+                        break;
+                    }
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -330,6 +339,41 @@ mod tests {
     }
 
     #[test]
+    fn each_answer_ends_at_the_prompt_and_every_lapic_is_asked() {
+        use std::io::{BufRead, BufReader};
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("mon");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        // A monitor as QEMU's: a banner, the command echoed after the
+        // prompt, its answer, the next prompt.
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.write_all(b"QEMU monitor\r\n(qemu) ").unwrap();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let cmd = line.trim();
+                let _ = c.write_all(format!("{cmd}\r\nanswer to {cmd}\r\n(qemu) ").as_bytes());
+                line.clear();
+            }
+        });
+        let out = d.path().join("state.txt");
+        let t0 = std::time::Instant::now();
+        dump_l1_state(&sock, &out, 3);
+        // Without the prompt each of the 10 commands would wait 2 s.
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let text = fs::read_to_string(&out).unwrap();
+        for want in [
+            "answer to info registers -a",
+            "answer to cpu 2",
+            "answer to cpu 0",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        assert_eq!(text.matches("answer to info lapic").count(), 3, "{text}");
+    }
+
+    #[test]
     fn a_silent_monitor_is_reported_not_waited_for() {
         let d = tempfile::tempdir().unwrap();
         let sock = d.path().join("mon");
@@ -337,10 +381,10 @@ mod tests {
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let out = d.path().join("state.txt");
         let t0 = std::time::Instant::now();
-        dump_l1_state(&sock, &out);
+        dump_l1_state(&sock, &out, 2);
         assert!(t0.elapsed() < Duration::from_secs(30));
         assert!(fs::metadata(&out).is_ok());
-        dump_l1_state(&d.path().join("none"), &out);
+        dump_l1_state(&d.path().join("none"), &out, 2);
         assert!(fs::read_to_string(&out).unwrap().contains("did not answer"));
     }
 }

@@ -543,7 +543,7 @@ pub(crate) fn start_locked(
             // Nothing ran in this L1 yet, so nothing is lost by booting it
             // again; its logs and vCPU state stay in the previous boot dir.
             Err(MachineError::Stalled(st)) if boot_attempt < BOOT_ATTEMPTS => {
-                health::dump_l1_state(&paths.monitor(), &files.l1_state());
+                health::dump_l1_state(&paths.monitor(), &files.l1_state(), state.cpus);
                 kill_qemu_now(&state);
                 let _ = child.wait();
                 let _ = fs::write(files.stalled(), format!("{st}\n"));
@@ -574,7 +574,7 @@ pub(crate) fn start_locked(
                 let e = match e {
                     // Not left running: nobody would restart it.
                     MachineError::Stalled(st) => {
-                        health::dump_l1_state(&paths.monitor(), &files.l1_state());
+                        health::dump_l1_state(&paths.monitor(), &files.l1_state(), state.cpus);
                         kill_qemu_now(&state);
                         let _ = fs::write(files.stalled(), format!("{st}\n"));
                         MachineError::Died {

@@ -193,7 +193,7 @@ pub(crate) fn restart_locked(
         s.pid
     );
     if s.is_alive() {
-        health::dump_l1_state(&paths.monitor(), &old.l1_state());
+        health::dump_l1_state(&paths.monitor(), &old.l1_state(), s.cpus);
         super::kill_qemu_now(s);
     }
     let _ = fs::write(old.stalled(), format!("{why}\n"));
@@ -559,7 +559,7 @@ fn wake(paths: &Paths, s: &MachineState, waker: &mut Waker) {
         )),
         Action::Continue | Action::Nmi => {
             if action == Action::Continue {
-                health::dump_l1_state(&paths.monitor(), &files.l1_state_wake());
+                health::dump_l1_state(&paths.monitor(), &files.l1_state_wake(), s.cpus);
             }
             let cmds = action.commands();
             match health::kick(&paths.monitor(), cmds) {
